@@ -1,0 +1,79 @@
+"""The cluster backend contract: where workers run and how the frontend talks to them.
+
+A worker handle looks the same whether the worker is a local process or (later)
+a Ray actor; the data plane and the controller only use these names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from infaas import errors
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """What a worker needs to load one variant."""
+
+    variant: str
+    path: str
+    threads: int
+    max_batch: int
+    provider: str = "cpu"
+    max_delay_s: float = 0.0
+
+
+@dataclass(slots=True)
+class WorkerResult:
+    outputs: dict[str, np.ndarray]
+    queue_ns: int
+    compute_ns: int
+    batch_size: int
+    batch_pos: int
+
+
+class WorkerHandle(Protocol):
+    name: str
+    cores: tuple[int, ...]
+
+    @property
+    def alive(self) -> bool: ...
+    @property
+    def loaded(self) -> dict[str, LoadSpec]: ...
+    def hosts(self, variant: str) -> bool: ...
+    def outstanding(self, variant: str | None = None) -> int: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def load(self, spec: LoadSpec) -> dict[str, Any]: ...
+    async def unload(self, variant: str) -> None: ...
+    async def infer(
+        self, variant: str, inputs: dict[str, np.ndarray], rows: int,
+        deadline: float | None = None, drop_late: bool = True,
+    ) -> WorkerResult: ...
+    async def stats(self) -> dict[str, Any]: ...
+
+
+class ClusterBackend(Protocol):
+    @property
+    def workers(self) -> list[WorkerHandle]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+_KINDS: dict[str, type[errors.InfaasError]] = {
+    "DeadlineExceeded": errors.DeadlineExceeded,
+    "Unavailable": errors.Unavailable,
+    "WorkerCrashed": errors.WorkerCrashed,
+    "InvalidArgument": errors.InvalidInput,  # ONNX Runtime's bad-input error
+    "InvalidInput": errors.InvalidInput,
+    "RuntimeContractError": errors.RuntimeContractError,
+}
+
+
+def error_from_reply(reply: dict, worker: str) -> errors.InfaasError:
+    """Turn a worker's error reply into the matching infaas error."""
+    kind = _KINDS.get(reply.get("kind", ""), errors.InfaasError)
+    return kind(f"{reply.get('error', 'worker error')} (worker {worker})")

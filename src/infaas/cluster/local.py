@@ -1,0 +1,247 @@
+"""Local cluster: workers are subprocesses of the server, pinned to disjoint core sets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from infaas.cluster.base import LoadSpec, WorkerResult, error_from_reply
+from infaas.errors import Unavailable, WorkerCrashed
+from infaas.worker.wire import read_message, write_message
+
+log = logging.getLogger("infaas.cluster")
+
+_DRAIN_ABOVE = 4 * 2**20
+
+
+class LocalWorker:
+    """A worker process on this machine, restarted (with its variants) if it dies."""
+
+    def __init__(
+        self, name: str, cores: tuple[int, ...], *, allow_spinning: bool = False,
+        start_timeout_s: float = 30.0, restart: bool = True,
+    ) -> None:
+        self.name = name
+        self.cores = cores
+        self.allow_spinning = allow_spinning
+        self.start_timeout_s = start_timeout_s
+        self.restart = restart
+        self.pid: int | None = None
+        self.restarts = 0
+        self.last_exit: str = ""
+        self._proc: subprocess.Popen | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task | None = None
+        self._pending: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count(1)
+        self._outstanding: Counter[str] = Counter()
+        self._specs: dict[str, LoadSpec] = {}
+        self._alive = False
+        self._stopping = False
+        self._restart_times: list[float] = []
+
+    # ---- state -------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def loaded(self) -> dict[str, LoadSpec]:
+        return dict(self._specs) if self._alive else {}
+
+    def hosts(self, variant: str) -> bool:
+        return self._alive and variant in self._specs
+
+    def outstanding(self, variant: str | None = None) -> int:
+        return self._outstanding[variant] if variant else sum(self._outstanding.values())
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        parent, child = socket.socketpair()
+        cmd = [sys.executable, "-m", "infaas.worker", "--fd", str(child.fileno()),
+               "--cores", ",".join(map(str, self.cores))]  # fmt: skip
+        if self.allow_spinning:
+            cmd.append("--allow-spinning")
+        self._proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
+        child.close()
+        self.pid = self._proc.pid
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        try:
+            hello = await asyncio.wait_for(read_message(reader), self.start_timeout_s)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            self._proc.kill()
+            raise Unavailable(f"worker {self.name} did not start: {exc!r}") from exc
+        if not hello.get("ok"):
+            raise Unavailable(f"worker {self.name} did not start: {hello}")
+        self._writer = writer
+        self._alive = True
+        self._reader_task = asyncio.create_task(self._read_loop(reader, self._proc))
+        log.info("worker %s started (pid %s, cores %s)", self.name, self.pid, self.cores)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._alive = False
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                write_message(self._writer, {"op": "shutdown"})
+                await self._writer.drain()
+                self._writer.close()
+        if self._proc is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self._proc.wait), 5)
+            except asyncio.TimeoutError:
+                self._proc.kill()
+                await asyncio.to_thread(self._proc.wait)
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+        self._fail_pending(Unavailable(f"worker {self.name} stopped"))
+
+    async def _read_loop(self, reader: asyncio.StreamReader, proc: subprocess.Popen) -> None:
+        try:
+            while True:
+                msg = await read_message(reader)
+                fut = self._pending.pop(msg["id"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
+            pass
+        self._alive = False
+        if self._stopping:
+            return
+        code = await asyncio.to_thread(proc.wait)
+        self.last_exit = f"exit code {code}" if code >= 0 else f"signal {-code}"
+        log.error("worker %s (pid %s) died: %s", self.name, proc.pid, self.last_exit)
+        self._fail_pending(WorkerCrashed(
+            f"worker {self.name} (pid {proc.pid}) died ({self.last_exit}) while serving this "
+            "request; it is being restarted"))  # fmt: skip
+        if self.restart:
+            asyncio.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        now = time.monotonic()
+        self._restart_times = [t for t in self._restart_times if now - t < 60] + [now]
+        backoff = min(30.0, 0.5 * 2 ** max(0, len(self._restart_times) - 3))
+        await asyncio.sleep(backoff if len(self._restart_times) > 3 else 0)
+        if self._stopping:
+            return
+        specs = list(self._specs.values())
+        try:
+            await self.start()
+            for spec in specs:
+                await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
+            self.restarts += 1
+            log.info("worker %s restarted with %d variants", self.name, len(specs))
+        except Exception:
+            log.exception("restart of worker %s failed; retrying", self.name)
+            asyncio.create_task(self._restart())
+
+    def _fail_pending(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    # ---- calls ---------------------------------------------------------------------------
+    async def _send(self, message: dict) -> asyncio.Future:
+        if not self._alive or self._writer is None:
+            raise Unavailable(f"worker {self.name} is not running ({self.last_exit or 'starting'})")
+        fut = asyncio.get_running_loop().create_future()
+        rid = next(self._ids)
+        message["id"] = rid
+        self._pending[rid] = fut
+        write_message(self._writer, message)
+        if self._writer.transport.get_write_buffer_size() > _DRAIN_ABOVE:
+            await self._writer.drain()
+        return fut
+
+    async def _call(self, message: dict, timeout: float = 60.0) -> Any:
+        fut = await self._send(message)
+        reply = await asyncio.wait_for(fut, timeout)
+        if not reply["ok"]:
+            raise error_from_reply(reply, self.name)
+        return reply["result"]
+
+    async def load(self, spec: LoadSpec) -> dict[str, Any]:
+        result = await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
+        self._specs[spec.variant] = spec
+        return result
+
+    async def unload(self, variant: str) -> None:
+        self._specs.pop(variant, None)
+        await self._call({"op": "unload", "variant": variant})
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._call({"op": "stats"}, timeout=10)
+
+    async def infer(
+        self, variant: str, inputs: dict[str, np.ndarray], rows: int,
+        deadline: float | None = None, drop_late: bool = True,
+    ) -> WorkerResult:
+        self._outstanding[variant] += 1
+        try:
+            fut = await self._send({
+                "op": "infer", "variant": variant, "inputs": inputs, "rows": rows,
+                "arrival": time.monotonic(), "deadline": deadline, "drop_late": drop_late,
+            })  # fmt: skip
+            reply = await fut
+        finally:
+            self._outstanding[variant] -= 1
+        if not reply["ok"]:
+            raise error_from_reply(reply, self.name)
+        return WorkerResult(reply["outputs"], reply["queue_ns"], reply["compute_ns"],
+                            reply["batch_size"], reply["batch_pos"])  # fmt: skip
+
+    def kill(self) -> None:
+        """Kill the process (tests and fault drills); the handle restarts it."""
+        if self._proc is not None:
+            self._proc.kill()
+
+
+def _spec_msg(spec: LoadSpec) -> dict:
+    return {"variant": spec.variant, "path": spec.path, "threads": spec.threads,
+            "max_batch": spec.max_batch, "provider": spec.provider,
+            "max_delay_s": spec.max_delay_s}  # fmt: skip
+
+
+def core_sets(workers: int, cores_per_worker: int = 0) -> list[tuple[int, ...]]:
+    """Disjoint core sets when the machine has enough cores; wrap around (shared) otherwise."""
+    available = sorted(os.sched_getaffinity(0))
+    per = cores_per_worker or max(1, len(available) // workers)
+    return [
+        tuple(available[(i * per + j) % len(available)] for j in range(per)) for i in range(workers)
+    ]
+
+
+class LocalCluster:
+    """The default backend: N local worker processes."""
+
+    def __init__(self, workers: int = 1, cores_per_worker: int = 0, *,
+                 allow_spinning: bool = False, start_timeout_s: float = 30.0) -> None:  # fmt: skip
+        self._workers = [
+            LocalWorker(f"w{i}", cores, allow_spinning=allow_spinning,
+                        start_timeout_s=start_timeout_s)  # fmt: skip
+            for i, cores in enumerate(core_sets(workers, cores_per_worker))
+        ]
+
+    @property
+    def workers(self) -> list[LocalWorker]:
+        return self._workers
+
+    async def start(self) -> None:
+        await asyncio.gather(*(w.start() for w in self._workers))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(w.stop() for w in self._workers), return_exceptions=True)

@@ -1,0 +1,7 @@
+"""Data plane and protocol doors (REST now; gRPC later)."""
+
+from infaas.frontend.dataplane import Catalog, DataPlane
+from infaas.frontend.rest import build_app
+from infaas.frontend.server import BackgroundServer, build, free_port, serve
+
+__all__ = ["BackgroundServer", "Catalog", "DataPlane", "build", "build_app", "free_port", "serve"]

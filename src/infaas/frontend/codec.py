@@ -1,0 +1,225 @@
+"""KServe v2 REST wire format, including Triton's binary tensor data extension.
+
+Decoding checks everything a client can get wrong before any tensor is built:
+JSON syntax, field types, datatypes, shapes (no negative dims, bounded element
+count), JSON data length, and that binary sizes add up to the body.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+
+from infaas.errors import InvalidInput
+from infaas.frontend.types import InferInput, InferRequest, InferResponse, RequestedOutput
+from infaas.tensors import V2_TO_NUMPY, itemsize
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def _as_dict(value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object")
+    return value
+
+
+def _shape(raw: Any, name: str, limit: int) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
+        raise InvalidInput(f"input '{name}': shape must be a list of integers")
+    if any(d < 0 for d in raw):
+        raise InvalidInput(f"input '{name}': shape {raw} has a negative dimension")
+    if math.prod(raw) > limit:
+        raise InvalidInput(
+            f"input '{name}': shape {raw} declares {math.prod(raw)} elements, over the limit of {limit}"
+        )
+    return tuple(raw)
+
+
+def decode_bytes_tensor(buf: memoryview, count: int, name: str) -> np.ndarray:
+    """BYTES in binary form: each element is a little-endian u32 length then its bytes."""
+    out = np.empty(count, dtype=object)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(buf):
+            raise InvalidInput(f"input '{name}': BYTES data ends after {i} of {count} elements")
+        (n,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        if pos + n > len(buf):
+            raise InvalidInput(f"input '{name}': BYTES element {i} runs past the data")
+        out[i] = bytes(buf[pos : pos + n])
+        pos += n
+    if pos != len(buf):
+        raise InvalidInput(f"input '{name}': {len(buf) - pos} stray bytes after BYTES data")
+    return out
+
+
+def encode_bytes_tensor(arr: np.ndarray) -> bytes:
+    parts = []
+    for item in arr.ravel():
+        b = item.encode() if isinstance(item, str) else bytes(item)
+        parts.append(struct.pack("<I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def _json_data(raw: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        flat = _flatten(raw)
+        arr = np.array([s.encode() if isinstance(s, str) else s for s in flat] or [], dtype=object)
+    else:
+        try:
+            arr = np.asarray(raw, dtype=V2_TO_NUMPY[datatype])
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidInput(f"input '{name}': data does not fit datatype {datatype}: {exc}") from exc
+    if arr.size != count:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {count} elements, data has {arr.size}"
+        )
+    return arr.reshape(shape)
+
+
+def _flatten(raw: Any) -> list:
+    if not isinstance(raw, list):
+        return [raw]
+    out: list = []
+    for item in raw:
+        out.extend(_flatten(item) if isinstance(item, list) else [item])
+    return out
+
+
+def decode_request(
+    body: bytes, header_length: str | None, model: str, version: str | None, max_elements: int
+) -> InferRequest:
+    """Decode a v2 infer request body (JSON, or JSON + binary tensors)."""
+    if header_length is not None:
+        try:
+            json_len = int(header_length)
+        except ValueError:
+            raise InvalidInput(f"Inference-Header-Content-Length is not an integer: {header_length!r}") from None
+        if not 0 < json_len <= len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {json_len} does not fit a body of {len(body)} bytes"
+            )
+    else:
+        json_len = len(body)
+    view = memoryview(body)
+    try:
+        header = orjson.loads(view[:json_len])
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise InvalidInput("request body must be a JSON object")
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("request needs a non-empty 'inputs' list")
+
+    params = _as_dict(header.get("parameters"), "parameters")
+    binary = view[json_len:]
+    offset = 0
+    inputs: list[InferInput] = []
+    for raw in raw_inputs:
+        if not isinstance(raw, dict):
+            raise InvalidInput("each input must be a JSON object")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput("each input needs a 'name'")
+        datatype = raw.get("datatype")
+        if datatype not in V2_TO_NUMPY:
+            raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}")
+        shape = _shape(raw.get("shape"), name, max_elements)
+        in_params = _as_dict(raw.get("parameters"), f"input '{name}' parameters")
+        size = in_params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"input '{name}': binary_data_size {size} runs past the end of the body "
+                    f"({len(binary) - offset} bytes left): truncated request?"
+                )
+            chunk = binary[offset : offset + size]
+            offset += size
+            count = math.prod(shape)
+            if datatype == "BYTES":
+                arr = decode_bytes_tensor(chunk, count, name).reshape(shape)
+            else:
+                expected = count * itemsize(datatype)
+                if size != expected:
+                    raise InvalidInput(
+                        f"input '{name}': {size} bytes of binary data, shape {list(shape)} of "
+                        f"{datatype} needs {expected}"
+                    )
+                arr = np.frombuffer(chunk, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
+        elif "data" in raw:
+            arr = _json_data(raw["data"], datatype, shape, name)
+        else:
+            raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
+        inputs.append(InferInput(name, datatype, shape, arr, in_params))
+    if offset != len(binary):
+        raise InvalidInput(
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size"
+        )
+
+    outputs = None
+    if header.get("outputs") is not None:
+        if not isinstance(header["outputs"], list):
+            raise InvalidInput("'outputs' must be a list")
+        outputs = []
+        for raw in header["outputs"]:
+            if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+                raise InvalidInput("each requested output needs a 'name'")
+            out_params = _as_dict(raw.get("parameters"), "output parameters")
+            flag = out_params.get("binary_data")
+            outputs.append(RequestedOutput(raw["name"], None if flag is None else bool(flag), out_params))
+    rid = header.get("id")
+    return InferRequest(model, version, inputs, outputs, None if rid is None else str(rid), params)
+
+
+def encode_response(resp: InferResponse) -> tuple[bytes, dict[str, str]]:
+    """Encode a v2 infer response; binary outputs go after the JSON header."""
+    outs = []
+    blobs: list[bytes] = []
+    for out in resp.outputs:
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
+        if out.binary:
+            blob = (
+                encode_bytes_tensor(out.data)
+                if out.datatype == "BYTES"
+                else np.ascontiguousarray(out.data).tobytes()
+            )
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif out.datatype == "BYTES":
+            entry["data"] = [b.decode(errors="replace") if isinstance(b, bytes) else str(b)
+                             for b in out.data.ravel()]  # fmt: skip
+        else:
+            entry["data"] = np.ascontiguousarray(out.data).ravel()
+        outs.append(entry)
+    header: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version}
+    if resp.id is not None:
+        header["id"] = resp.id
+    if resp.parameters:
+        header["parameters"] = resp.parameters
+    header["outputs"] = outs
+    js = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
+    if not blobs:
+        return js, {"content-type": "application/json"}
+    return b"".join([js, *blobs]), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(js)),
+    }
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot serialise {type(obj).__name__}")

@@ -1,0 +1,313 @@
+"""The protocol-agnostic data plane: everything REST and gRPC do goes through here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from infaas import __version__
+from infaas.cluster.base import ClusterBackend, LoadSpec, WorkerHandle
+from infaas.errors import InfaasError, InvalidInput, NotFound, Unavailable
+from infaas.frontend.metrics import Metrics
+from infaas.frontend.types import InferOutput, InferRequest, InferResponse
+from infaas.policy import Candidate, NoCandidate, select_loaded
+from infaas.registry import Architecture, Registry, Signature, Task, Variant
+from infaas.settings import Settings
+from infaas.tensors import v2_to_triton_config
+
+log = logging.getLogger("infaas.dataplane")
+
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository",
+              "infaas_modelless", "infaas_management"]  # fmt: skip
+
+
+class Catalog:
+    """An in-memory view of the registry, rebuilt after every registry write."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.tasks: dict[str, Task] = {t.name: t for t in self.registry.tasks()}
+        self.architectures: dict[str, Architecture] = {a.name: a for a in self.registry.architectures()}
+        self.variants: dict[str, Variant] = {v.name: v for v in self.registry.variants()}
+        self.by_arch: dict[str, list[Variant]] = {a: [] for a in self.architectures}
+        for v in self.variants.values():
+            self.by_arch.setdefault(v.architecture, []).append(v)
+
+    def resolve(self, name: str, version: str | None) -> tuple[str, Signature, list[Variant], str]:
+        """(scope text, signature, candidate variants, version reported) for a v2 model name."""
+        if version:
+            arch = self.architectures.get(name)
+            if arch is None:
+                raise NotFound(f"unknown architecture '{name}' (versions are variants of an architecture)")
+            var = self.variants.get(version) or self.variants.get(f"{name}.{version}")
+            if var is None or var.architecture != name:
+                raise NotFound(f"architecture '{name}' has no variant '{version}'")
+            return f"variant {var.name}", arch.signature, [var], var.name
+        if name in self.architectures:
+            arch = self.architectures[name]
+            return f"architecture {name}", arch.signature, self.by_arch.get(name, []), ""
+        if name in self.tasks:
+            variants = [v for a in self.architectures.values() if a.task == name
+                        for v in self.by_arch.get(a.name, [])]  # fmt: skip
+            return f"task {name}", self.tasks[name].signature, variants, ""
+        if name in self.variants:
+            var = self.variants[name]
+            return (f"variant {name}", self.architectures[var.architecture].signature, [var], name)
+        raise NotFound(f"unknown model '{name}': not a task, architecture or variant")
+
+
+def _check_inputs(req: InferRequest, sig: Signature) -> int:
+    """Validate inputs against the signature; returns the batch size (rows)."""
+    given = {i.name: i for i in req.inputs}
+    expected = {s.name for s in sig.inputs}
+    if len(given) != len(req.inputs):
+        raise InvalidInput("an input name appears twice")
+    if missing := expected - set(given):
+        raise InvalidInput(f"missing input(s) {sorted(missing)}; '{req.model}' expects {sorted(expected)}")
+    if extra := set(given) - expected:
+        raise InvalidInput(f"unexpected input(s) {sorted(extra)}; '{req.model}' expects {sorted(expected)}")
+    rows = None
+    for spec in sig.inputs:
+        inp = given[spec.name]
+        if inp.datatype != spec.datatype:
+            raise InvalidInput(f"input '{spec.name}': datatype {inp.datatype}, expected {spec.datatype}")
+        if len(inp.shape) != len(spec.shape) or any(
+            want not in (-1, got) for want, got in zip(spec.shape, inp.shape, strict=True)
+        ):
+            raise InvalidInput(f"input '{spec.name}': shape {list(inp.shape)}, expected {list(spec.shape)} "
+                               "(-1 = any size; the first dimension is the batch)")  # fmt: skip
+        if rows is None:
+            rows = inp.shape[0]
+        elif inp.shape[0] != rows:
+            raise InvalidInput("inputs disagree on the batch size (first dimension)")
+    if not rows:
+        raise InvalidInput("batch size (first dimension) must be at least 1")
+    return rows
+
+
+class DataPlane:
+    def __init__(self, registry: Registry, cluster: ClusterBackend, settings: Settings) -> None:
+        self.registry = registry
+        self.cluster = cluster
+        self.settings = settings
+        self.catalog = Catalog(registry)
+        self.metrics = Metrics(self._queue_depths, self._worker_states)
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=settings.decision_log_size)
+        self.ready = False
+        self._load_lock = asyncio.Lock()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.cluster.start()
+        for arch in list(self.catalog.architectures):
+            await self.ensure_loaded(arch)
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.cluster.stop()
+
+    def default_variant(self, arch: str) -> Variant | None:
+        ready = [v for v in self.catalog.by_arch.get(arch, []) if v.status == "ready"]
+        baseline = [v for v in ready if v.method == "baseline"]
+        return (baseline or ready or [None])[0]
+
+    async def ensure_loaded(self, arch: str) -> None:
+        """Load the architecture's default variant on the least-busy live worker, if not loaded."""
+        variant = self.default_variant(arch)
+        if variant is None:
+            return
+        async with self._load_lock:
+            if any(w.hosts(variant.name) for w in self.cluster.workers):
+                return
+            live = [w for w in self.cluster.workers if w.alive]
+            if not live:
+                raise Unavailable("no live worker to load on")
+            worker = min(live, key=lambda w: len(w.loaded))
+            await self.load(variant, worker)
+
+    async def load(self, variant: Variant, worker: WorkerHandle) -> dict:
+        spec = LoadSpec(
+            variant=variant.name, path=str(self.registry.models.path(variant.artifact_hash)),
+            threads=variant.threads, max_batch=variant.max_batch, provider=variant.provider,
+            max_delay_s=self.settings.max_queue_delay_us / 1e6,
+        )  # fmt: skip
+        result = await worker.load(spec)
+        self.log_decision("load", f"loaded {variant.name} on worker {worker.name} in "
+                          f"{result.get('load_time_s', 0) * 1000:.0f} ms", variant=variant.name,
+                          worker=worker.name)  # fmt: skip
+        return result
+
+    def log_decision(self, kind: str, reason: str, **fields: Any) -> dict:
+        entry = {"time": time.time(), "kind": kind, "reason": reason, **fields}
+        self.decisions.append(entry)
+        return entry
+
+    # ---- health and metadata ---------------------------------------------------------------
+    def server_metadata(self) -> dict:
+        return {"name": "infaas", "version": __version__, "extensions": EXTENSIONS}
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        _, _, variants, _ = self.catalog.resolve(name, version)
+        return any(w.hosts(v.name) for v in variants for w in self.cluster.workers)
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict:
+        scope, sig, variants, _ = self.catalog.resolve(name, version)
+        platform = "infaas_task" if scope.startswith("task") else "onnxruntime_onnx"
+        return {
+            "name": name,
+            "versions": [v.name if scope.startswith("task") else v.short_name for v in variants],
+            "platform": platform,
+            "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in sig.inputs],
+            "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in sig.outputs],
+        }
+
+    def model_config(self, name: str, version: str | None = None) -> dict:
+        """Triton-style model configuration (what perf_analyzer and tritonclient read)."""
+        scope, sig, variants, _ = self.catalog.resolve(name, version)
+        loaded = [v for v in variants if any(w.hosts(v.name) for w in self.cluster.workers)]
+        max_batch = max((v.max_batch for v in (loaded or variants)), default=0)
+
+        def tensors(specs):
+            return [{"name": s.name, "data_type": v2_to_triton_config(s.datatype),
+                     "dims": list(s.shape[1:]) if max_batch else list(s.shape)} for s in specs]  # fmt: skip
+
+        return {
+            "name": name,
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "max_batch_size": max_batch,
+            "input": tensors(sig.inputs),
+            "output": tensors(sig.outputs),
+            "dynamic_batching": {"max_queue_delay_microseconds": self.settings.max_queue_delay_us},
+            "instance_group": [{"name": w.name, "kind": "KIND_CPU", "count": 1} for w in self.cluster.workers],
+            "parameters": {"infaas_scope": {"string_value": scope}},
+        }
+
+    def model_stats(self, name: str | None = None, version: str | None = None) -> dict:
+        if name is None:
+            variants = list(self.catalog.variants.values())
+        else:
+            _, _, variants, _ = self.catalog.resolve(name, version)
+        return {"model_stats": [
+            self.metrics.variants[v.name].json(v.architecture, v.short_name) for v in variants
+        ]}  # fmt: skip
+
+    def repository_index(self) -> list[dict]:
+        rows = []
+        for task in self.catalog.tasks:
+            rows.append({"name": task, "version": "", "state": "READY" if self.model_ready(task) else
+                         "UNAVAILABLE", "reason": "task (model-less)"})  # fmt: skip
+        for v in self.catalog.variants.values():
+            loaded = any(w.hosts(v.name) for w in self.cluster.workers)
+            rows.append({"name": v.architecture, "version": v.short_name,
+                         "state": "READY" if loaded else "UNAVAILABLE",
+                         "reason": "" if loaded else f"not loaded ({v.status})"})  # fmt: skip
+        return rows
+
+    # ---- inference ---------------------------------------------------------------------------
+    async def infer(self, req: InferRequest) -> InferResponse:
+        start = time.perf_counter_ns()
+        variant_name = ""
+        try:
+            scope, sig, variants, _ = self.catalog.resolve(req.model, req.version)
+            rows = _check_inputs(req, sig)
+            if req.outputs is not None:
+                known = {s.name for s in sig.outputs}
+                if unknown := [o.name for o in req.outputs if o.name not in known]:
+                    raise InvalidInput(f"unknown output(s) {unknown}; '{req.model}' has {sorted(known)}")
+            workers = self.cluster.workers
+            candidates = [
+                Candidate(v, tuple((w.name, w.outstanding(v.name)) for w in workers if w.hosts(v.name)))
+                for v in variants
+            ]
+            try:
+                decision = select_loaded(candidates, rows, scope)
+            except NoCandidate as exc:
+                raise (InvalidInput if "exceeds" in str(exc) else Unavailable)(str(exc)) from None
+            variant_name = decision.variant.name
+            worker = next(w for w in workers if w.name == decision.worker)
+            timeout_us = req.parameters.get("timeout")
+            deadline = None
+            if timeout_us is not None:
+                if not isinstance(timeout_us, int | float) or timeout_us <= 0:
+                    raise InvalidInput("parameter 'timeout' must be a positive number of microseconds")
+                deadline = time.monotonic() + timeout_us / 1e6
+            inputs = {i.name: i.data for i in req.inputs}
+            try:
+                async with asyncio.timeout(self.settings.request_timeout_s):
+                    result = await worker.infer(variant_name, inputs, rows, deadline,
+                                                bool(req.parameters.get("drop_late", True)))  # fmt: skip
+            except TimeoutError:
+                raise Unavailable(f"no answer from worker {worker.name} within "
+                                  f"{self.settings.request_timeout_s:g} s") from None  # fmt: skip
+        except InfaasError as exc:
+            self.metrics.failure(req.model, variant_name, exc.status, time.perf_counter_ns() - start)
+            raise
+
+        total_ns = time.perf_counter_ns() - start
+        self.metrics.success(req.model, variant_name, rows, total_ns, result.queue_ns,
+                             result.compute_ns, result.batch_size, result.batch_pos == 0)  # fmt: skip
+        default_binary = bool(req.parameters.get("binary_data_output", False))
+        wanted = req.outputs if req.outputs is not None else None
+        outputs = []
+        for spec in sig.outputs:
+            binary = default_binary
+            if wanted is not None:
+                match = next((o for o in wanted if o.name == spec.name), None)
+                if match is None:
+                    continue
+                binary = default_binary if match.binary is None else match.binary
+            arr: np.ndarray = result.outputs[spec.name]
+            outputs.append(InferOutput(spec.name, spec.datatype, tuple(arr.shape), arr, binary))
+        var = decision.variant
+        params = {
+            "variant": var.name, "architecture": var.architecture, "worker": decision.worker,
+            "reason": decision.reason, "accuracy": var.accuracy, "accuracy_source": var.accuracy_source,
+            "queue_ms": round(result.queue_ns / 1e6, 3), "compute_ms": round(result.compute_ns / 1e6, 3),
+            "batch_size": result.batch_size, "total_ms": round(total_ns / 1e6, 3),
+        }  # fmt: skip
+        version = var.short_name if not scope.startswith("task") else var.name
+        return InferResponse(req.model, version, outputs, req.id,
+                             {k: v for k, v in params.items() if v is not None})  # fmt: skip
+
+    # ---- management -----------------------------------------------------------------------
+    async def register(self, **kwargs: Any) -> tuple[Architecture, Variant]:
+        arch, variant = await asyncio.to_thread(self.registry.register, **kwargs)
+        self.catalog.refresh()
+        self.log_decision("register", f"registered {arch.name} for task {arch.task} "
+                          f"(accuracy {arch.accuracy} {arch.accuracy_source})", architecture=arch.name)  # fmt: skip
+        if self.ready:
+            await self.ensure_loaded(arch.name)
+        return arch, variant
+
+    async def remove(self, arch: str) -> None:
+        for v in self.catalog.by_arch.get(arch, []):
+            for w in self.cluster.workers:
+                if w.hosts(v.name):
+                    await w.unload(v.name)
+        await asyncio.to_thread(self.registry.remove, arch)
+        self.catalog.refresh()
+        self.log_decision("remove", f"removed architecture {arch}", architecture=arch)
+
+    def workers_info(self) -> list[dict]:
+        return [{"name": w.name, "cores": list(w.cores), "alive": w.alive, "pid": getattr(w, "pid", None),
+                 "restarts": getattr(w, "restarts", 0), "loaded": sorted(w.loaded),
+                 "outstanding": w.outstanding()} for w in self.cluster.workers]  # fmt: skip
+
+    def _queue_depths(self):
+        for w in self.cluster.workers:
+            for v in w.loaded:
+                yield v, w.name, w.outstanding(v)
+
+    def _worker_states(self):
+        for w in self.cluster.workers:
+            yield w.name, w.alive, getattr(w, "restarts", 0)

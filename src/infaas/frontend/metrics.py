@@ -1,0 +1,120 @@
+"""Prometheus metrics and Triton-style per-variant statistics, kept by the data plane."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass
+class _Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += ns
+
+    def json(self) -> dict:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class VariantStats:
+    """Triton statistics extension counters for one variant."""
+
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    success: _Duration = field(default_factory=_Duration)
+    fail: _Duration = field(default_factory=_Duration)
+    queue: _Duration = field(default_factory=_Duration)
+    compute_infer: _Duration = field(default_factory=_Duration)
+    batches: dict[int, _Duration] = field(default_factory=lambda: defaultdict(_Duration))
+
+    def json(self, name: str, version: str) -> dict:
+        zero = {"count": 0, "ns": 0}
+        return {
+            "name": name, "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count, "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.json(), "fail": self.fail.json(), "queue": self.queue.json(),
+                "compute_input": zero, "compute_infer": self.compute_infer.json(),
+                "compute_output": zero, "cache_hit": zero, "cache_miss": zero,
+            },
+            "batch_stats": [
+                {"batch_size": b, "compute_input": zero, "compute_infer": d.json(), "compute_output": zero}
+                for b, d in sorted(self.batches.items())
+            ],
+        }  # fmt: skip
+
+
+class Metrics:
+    """Everything the frontend counts; one instance per server (no global registry)."""
+
+    def __init__(self, queue_depths: Callable[[], Iterable[tuple[str, str, int]]],
+                 workers: Callable[[], Iterable[tuple[str, bool, int]]]) -> None:  # fmt: skip
+        self.registry = CollectorRegistry()
+        self.requests = Counter("infaas_requests", "Inference requests", ["model", "variant", "code"],
+                                registry=self.registry)  # fmt: skip
+        self.latency = Histogram("infaas_request_duration_seconds", "End-to-end request latency in the "
+                                 "frontend", ["variant"], buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
+        self.batch_size = Histogram("infaas_batch_size", "Rows per executed batch", ["variant"],
+                                    buckets=BATCH_BUCKETS, registry=self.registry)  # fmt: skip
+        self.variants: dict[str, VariantStats] = defaultdict(VariantStats)
+        self.registry.register(_LiveCollector(queue_depths, workers))
+
+    def success(self, model: str, variant: str, rows: int, total_ns: int, queue_ns: int,
+                compute_ns: int, batch_size: int, first_in_batch: bool) -> None:  # fmt: skip
+        self.requests.labels(model, variant, "200").inc()
+        self.latency.labels(variant).observe(total_ns / 1e9)
+        st = self.variants[variant]
+        st.inference_count += rows
+        st.last_inference_ms = int(time.time() * 1000)
+        st.success.add(total_ns)
+        st.queue.add(queue_ns)
+        if first_in_batch:
+            self.batch_size.labels(variant).observe(batch_size)
+            st.execution_count += 1
+            st.compute_infer.add(compute_ns)
+            st.batches[batch_size].add(compute_ns)
+
+    def failure(self, model: str, variant: str, code: int, total_ns: int) -> None:
+        self.requests.labels(model, variant or "-", str(code)).inc()
+        if variant:
+            self.variants[variant].fail.add(total_ns)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveCollector:
+    """Gauges read at scrape time from the live cluster state."""
+
+    def __init__(self, queue_depths, workers) -> None:
+        self.queue_depths = queue_depths
+        self.workers = workers
+
+    def collect(self):
+        depth = GaugeMetricFamily("infaas_queue_depth", "Requests in flight per variant and worker",
+                                  labels=["variant", "worker"])  # fmt: skip
+        for variant, worker, n in self.queue_depths():
+            depth.add_metric([variant, worker], n)
+        up = GaugeMetricFamily("infaas_worker_up", "1 when the worker process is running", labels=["worker"])
+        restarts = GaugeMetricFamily("infaas_worker_restarts", "Times the worker was restarted after dying",
+                                     labels=["worker"])  # fmt: skip
+        for name, alive, n in self.workers():
+            up.add_metric([name], 1 if alive else 0)
+            restarts.add_metric([name], n)
+        yield depth
+        yield up
+        yield restarts

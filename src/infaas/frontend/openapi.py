@@ -1,0 +1,122 @@
+"""OpenAPI 3.0 schema of the REST surface: KServe v2 endpoints and the /api/v1 management API."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from infaas import __version__
+
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _op(summary: str, tag: str, ok: str = "200", body: dict | None = None, params: list | None = None,
+        schema: dict | None = None) -> dict:  # fmt: skip
+    ok_resp: dict = {"description": "success"}
+    if schema is not None:
+        ok_resp["content"] = {"application/json": {"schema": schema}}
+    op: dict = {"summary": summary, "tags": [tag], "responses": {ok: ok_resp, "400": _ERROR, "404": _ERROR}}
+    if body is not None:
+        op["requestBody"] = body
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_param(name: str, desc: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "description": desc, "schema": {"type": "string"}}
+
+
+def _query_param(name: str, desc: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "description": desc, "schema": {"type": "string"}}
+
+
+@cache
+def openapi_schema() -> dict:
+    model = _path_param("model", "a task (model-less), an architecture, or a variant")
+    version = _path_param("version", "a variant of the architecture (full or short name)")
+    obj = {"type": "object"}
+    infer_body = {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                     "description": "JSON header (Inference-Header-Content-Length bytes) "
+                                                    "followed by binary tensors"},
+    }}  # fmt: skip
+    paths: dict = {
+        "/v2/health/live": {"get": _op("Server liveness", "health")},
+        "/v2/health/ready": {"get": _op("Server readiness", "health")},
+        "/v2": {"get": _op("Server metadata", "metadata", schema=obj)},
+        "/v2/models/stats": {"get": _op("Statistics of every variant", "statistics", schema=obj)},
+        "/v2/repository/index": {"post": _op("Repository index: tasks and variants with state", "repository",
+                                             schema={"type": "array", "items": obj})},  # fmt: skip
+        "/metrics": {"get": _op("Prometheus metrics", "metrics")},
+        "/api/v1/openapi.json": {"get": _op("This schema", "management", schema=obj)},
+        "/api/v1/tasks": {"get": _op("List tasks", "management", schema={"type": "array", "items": obj})},
+        "/api/v1/architectures": {
+            "get": _op("List architectures", "management", params=[_query_param("task", "only this task")],
+                       schema={"type": "array", "items": {"$ref": "#/components/schemas/Architecture"}}),
+            "post": _op("Register an ONNX model for a task", "management", ok="201", schema=obj, body={
+                "required": True, "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "required": ["name", "task", "model"],
+                    "properties": {
+                        "name": {"type": "string", "description": "architecture name"},
+                        "task": {"type": "string"},
+                        "model": {"type": "string", "format": "binary", "description": "ONNX file"},
+                        "validation": {"type": "string", "format": "binary",
+                                       "description": ".npz with 'inputs' and 'labels'; accuracy is measured"},
+                        "accuracy": {"type": "number", "description": "declared top-1 accuracy (0..1)"},
+                        "framework": {"type": "string"},
+                        "description": {"type": "string"},
+                        "max_batch": {"type": "integer"},
+                    }}}}}),  # fmt: skip
+        },
+        "/api/v1/architectures/{name}": {
+            "get": _op("An architecture and its variants", "management", schema=obj,
+                       params=[_path_param("name", "architecture")]),
+            "delete": _op("Remove an architecture and its variants", "management", ok="204",
+                          params=[_path_param("name", "architecture")]),
+        },
+        "/api/v1/variants": {"get": _op("List variants", "management", schema={"type": "array", "items": obj},
+                                        params=[_query_param("architecture", "only this architecture")])},
+        "/api/v1/variants/{name}": {"get": _op("A variant", "management", schema=obj,
+                                               params=[_path_param("name", "variant")])},
+        "/api/v1/workers": {"get": _op("Workers, their cores and loaded variants", "management",
+                                       schema={"type": "array", "items": obj})},
+        "/api/v1/decisions": {"get": _op("Recent decisions with their reasons", "management",
+                                         schema={"type": "array", "items": obj},
+                                         params=[_query_param("limit", "how many, newest last")])},
+    }  # fmt: skip
+    for prefix, params in (("/v2/models/{model}", [model]),
+                           ("/v2/models/{model}/versions/{version}", [model, version])):  # fmt: skip
+        paths[prefix] = {"get": _op("Model metadata", "metadata", params=params, schema=obj)}
+        paths[prefix + "/ready"] = {"get": _op("Model readiness", "health", params=params)}
+        paths[prefix + "/config"] = {"get": _op("Triton-style model configuration", "metadata",
+                                                params=params, schema=obj)}  # fmt: skip
+        paths[prefix + "/stats"] = {"get": _op("Model statistics", "statistics", params=params, schema=obj)}
+        paths[prefix + "/infer"] = {"post": _op("Inference", "inference", params=params, body=infer_body,
+                                                schema={"$ref": "#/components/schemas/InferResponse"})}  # fmt: skip
+    tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string"}, "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "parameters": {"type": "object"}, "data": {"type": "array", "items": {}},
+    }}  # fmt: skip
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "infaas", "version": __version__,
+                 "description": "KServe v2 inference protocol plus the infaas management API."},
+        "paths": paths,
+        "components": {"schemas": {
+            "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
+            "Tensor": tensor,
+            "InferRequest": {"type": "object", "required": ["inputs"], "properties": {
+                "id": {"type": "string"}, "parameters": {"type": "object"},
+                "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
+                "outputs": {"type": "array", "items": {"type": "object"}}}},
+            "InferResponse": {"type": "object", "properties": {
+                "model_name": {"type": "string"}, "model_version": {"type": "string"},
+                "id": {"type": "string"}, "parameters": {"type": "object"},
+                "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}}}},
+            "Architecture": {"type": "object", "properties": {
+                "name": {"type": "string"}, "task": {"type": "string"}, "accuracy": {"type": "number", "nullable": True},
+                "accuracy_source": {"type": "string", "enum": ["measured", "declared", "estimated", "unknown"]}}},
+        }},
+    }  # fmt: skip

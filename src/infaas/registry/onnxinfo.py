@@ -1,0 +1,72 @@
+"""What the registry reads from an ONNX file and its validation data."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from infaas.errors import InvalidInput
+from infaas.registry.types import Signature, TensorSpec
+from infaas.tensors import ONNX_TO_V2
+
+
+def read_signature(model: bytes | str | Path) -> Signature:
+    """Inputs and outputs of an ONNX graph, with the batch dimension as -1."""
+    try:
+        proto = (
+            onnx.load_from_string(model)
+            if isinstance(model, bytes)
+            else onnx.load(str(model), load_external_data=False)
+        )
+    except Exception as exc:  # onnx raises several types for a bad file
+        raise InvalidInput(f"not a readable ONNX model: {exc}") from exc
+    initializers = {i.name for i in proto.graph.initializer}
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        ttype = value.type.tensor_type
+        if not value.type.HasField("tensor_type") or ttype.elem_type not in ONNX_TO_V2:
+            raise InvalidInput(f"tensor {value.name!r} is not a plain tensor; unsupported")
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
+        if dims:
+            dims[0] = -1  # dim 0 is the batch
+        return TensorSpec(name=value.name, datatype=ONNX_TO_V2[ttype.elem_type], shape=tuple(dims))
+
+    inputs = tuple(spec(v) for v in proto.graph.input if v.name not in initializers)
+    outputs = tuple(spec(v) for v in proto.graph.output)
+    if not inputs or not outputs:
+        raise InvalidInput("the ONNX graph must have at least one input and one output")
+    return Signature(inputs=inputs, outputs=outputs)
+
+
+def load_validation(data: bytes | str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """An ``.npz`` with ``labels`` and either ``inputs`` (single-input models) or one array per input name."""
+    try:
+        source = io.BytesIO(data) if isinstance(data, bytes) else str(data)
+        with np.load(source, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:
+        raise InvalidInput(f"validation data is not a readable .npz: {exc}") from exc
+    if "labels" not in arrays:
+        raise InvalidInput("validation .npz needs a 'labels' array")
+    labels = arrays.pop("labels")
+    if not arrays:
+        raise InvalidInput("validation .npz needs 'inputs' (or one array per model input)")
+    if any(len(a) != len(labels) for a in arrays.values()):
+        raise InvalidInput("validation inputs and labels differ in length")
+    return arrays, labels
+
+
+def predicted_labels(outputs: dict[str, np.ndarray], signature: Signature) -> np.ndarray:
+    """Top-1 class per row: an integer rank-1 output if the model has one, else argmax of scores."""
+    for spec in signature.outputs:
+        out = outputs[spec.name]
+        if spec.datatype.startswith(("INT", "UINT")) and out.ndim == 1:
+            return out.astype(np.int64)
+    for spec in signature.outputs:
+        out = outputs[spec.name]
+        if out.ndim == 2 and spec.datatype.startswith("FP"):
+            return out.argmax(axis=1)
+    raise InvalidInput("cannot read a class from the model's outputs (need int labels or scores)")

@@ -1,0 +1,209 @@
+"""The typed registry over a metadata store and a model store."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from infaas.errors import AlreadyExists, InvalidInput, NotFound
+from infaas.registry.modelstore import ModelStore
+from infaas.registry.onnxinfo import load_validation, predicted_labels, read_signature
+from infaas.registry.store import MetadataStore, SQLiteStore
+from infaas.registry.types import Architecture, Profile, Signature, Task, Variant, variant_name
+from infaas.tensors import V2_TO_NUMPY
+from infaas.worker.runtime import OnnxRuntime, infer_checked
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NameKind = Literal["task", "architecture", "variant"]
+
+
+def default_threads() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def measure_accuracy(
+    model_path: Path, signature: Signature, inputs: dict[str, np.ndarray], labels: np.ndarray,
+    threads: int = 1, chunk: int = 256,
+) -> float:
+    """Top-1 accuracy of a model file on labelled data (the task metric ``top1``)."""
+    if set(inputs) == {"inputs"} and len(signature.inputs) == 1:
+        inputs = {signature.inputs[0].name: inputs["inputs"]}
+    missing = {s.name for s in signature.inputs} - set(inputs)
+    if missing:
+        raise InvalidInput(f"validation data lacks model inputs {sorted(missing)}")
+    runtime = OnnxRuntime(model_path, threads=threads)
+    runtime.load()
+    try:
+        correct = 0
+        for start in range(0, len(labels), chunk):
+            batch = {}
+            for spec in signature.inputs:
+                batch[spec.name] = np.ascontiguousarray(
+                    inputs[spec.name][start : start + chunk], dtype=V2_TO_NUMPY[spec.datatype]
+                )
+            rows = len(labels[start : start + chunk])
+            try:
+                outputs = infer_checked(runtime, batch, rows)
+            except Exception as exc:
+                raise InvalidInput(f"model failed on its validation data: {exc}") from exc
+            correct += int((predicted_labels(outputs, signature) == labels[start : start + chunk]).sum())
+        return correct / len(labels)
+    finally:
+        runtime.unload()
+
+
+class Registry:
+    """Tasks, architectures, variants and profiles; model files in a content-addressed store."""
+
+    def __init__(self, store: MetadataStore, models: ModelStore) -> None:
+        self.store = store
+        self.models = models
+
+    @classmethod
+    def open(cls, data_dir: str | Path) -> Registry:
+        data_dir = Path(data_dir)
+        return cls(SQLiteStore(data_dir / "registry.sqlite3"), ModelStore(data_dir / "models"))
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ---- lookups -------------------------------------------------------------------------
+    def tasks(self) -> list[Task]:
+        return [Task.model_validate(b) for b in self.store.list("task")]
+
+    def task(self, name: str) -> Task | None:
+        body = self.store.get("task", name)
+        return None if body is None else Task.model_validate(body)
+
+    def architectures(self, task: str | None = None) -> list[Architecture]:
+        return [Architecture.model_validate(b) for b in self.store.list("architecture", task)]
+
+    def architecture(self, name: str) -> Architecture | None:
+        body = self.store.get("architecture", name)
+        return None if body is None else Architecture.model_validate(body)
+
+    def variants(self, architecture: str | None = None) -> list[Variant]:
+        return [Variant.model_validate(b) for b in self.store.list("variant", architecture)]
+
+    def variant(self, name: str) -> Variant | None:
+        body = self.store.get("variant", name)
+        return None if body is None else Variant.model_validate(body)
+
+    def profiles(self, variant: str | None = None) -> list[Profile]:
+        return [Profile.model_validate(b) for b in self.store.list("profile", variant)]
+
+    def resolve(self, name: str, version: str | None = None) -> tuple[NameKind, object]:
+        """What a v2 model name (and optional version) refers to."""
+        if version:
+            arch = self.architecture(name)
+            if arch is None:
+                raise NotFound(f"unknown architecture {name!r} (versions are variants of an architecture)")
+            var = self.variant(version) or self.variant(f"{name}.{version}")
+            if var is None or var.architecture != name:
+                raise NotFound(f"architecture {name!r} has no variant {version!r}")
+            return "variant", var
+        for kind in ("architecture", "task", "variant"):
+            body = self.store.get(kind, name)
+            if body is not None:
+                model = {"architecture": Architecture, "task": Task, "variant": Variant}[kind]
+                return kind, model.model_validate(body)  # type: ignore[return-value]
+        raise NotFound(f"unknown model {name!r}: not a task, architecture or variant")
+
+    def name_taken(self, name: str) -> NameKind | None:
+        for kind in ("task", "architecture", "variant"):
+            if self.store.get(kind, name) is not None:
+                return kind  # type: ignore[return-value]
+        return None
+
+    # ---- writes ----------------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        task: str,
+        model: bytes | str | Path,
+        *,
+        framework: str = "onnx",
+        accuracy: float | None = None,
+        validation: bytes | str | Path | None = None,
+        description: str = "",
+        max_batch: int = 16,
+        threads: int | None = None,
+    ) -> tuple[Architecture, Variant]:
+        """Register an ONNX model for a task; returns the architecture and its baseline variant."""
+        for what, value in (("architecture", name), ("task", task)):
+            if not NAME_RE.match(value):
+                raise InvalidInput(
+                    f"bad {what} name {value!r}: letters, digits, '-' and '_', at most 64, no dots"
+                )
+        if name == task:
+            raise InvalidInput("an architecture cannot share its task's name")
+        if (taken := self.name_taken(name)) is not None:
+            raise AlreadyExists(f"name {name!r} is already taken by a {taken}")
+        if (taken := self.name_taken(task)) not in (None, "task"):
+            raise AlreadyExists(f"task name {task!r} is already taken by a {taken}")
+        if accuracy is not None and not 0.0 <= accuracy <= 1.0:
+            raise InvalidInput("accuracy must be a fraction between 0 and 1")
+        if max_batch < 1:
+            raise InvalidInput("max_batch must be at least 1")
+
+        model_bytes = model if isinstance(model, bytes) else Path(model).read_bytes()
+        signature = read_signature(model_bytes)
+        existing = self.task(task)
+        if existing is not None and (why := existing.signature.compatible_with(signature)):
+            raise InvalidInput(f"model does not fit task {task!r}: {why}")
+
+        model_hash = self.models.put_bytes(model_bytes, ".onnx")
+        validation_hash = None
+        source = "declared" if accuracy is not None else "unknown"
+        if validation is not None:
+            val_bytes = validation if isinstance(validation, bytes) else Path(validation).read_bytes()
+            inputs, labels = load_validation(val_bytes)
+            accuracy = measure_accuracy(
+                self.models.path(model_hash), signature, inputs, labels, threads=threads or 1
+            )
+            source = "measured"
+            validation_hash = self.models.put_bytes(val_bytes, ".npz")
+
+        if existing is None:
+            self.store.put("task", task, None, Task(name=task, signature=signature).model_dump())
+        arch = Architecture(
+            name=name, task=task, framework=framework, accuracy=accuracy, accuracy_source=source,
+            signature=signature, model_hash=model_hash, validation_hash=validation_hash,
+            description=description,
+        )  # fmt: skip
+        self.store.put("architecture", name, task, arch.model_dump())
+        threads = threads or default_threads()
+        baseline = Variant(
+            name=variant_name(name, "onnx-fp32", "cpu", threads, max_batch),
+            architecture=name, format="onnx-fp32", provider="cpu", threads=threads,
+            max_batch=max_batch, artifact_hash=model_hash, method="baseline",
+            params={"graph_optimization": "all"}, accuracy=accuracy, accuracy_source=source,
+        )  # fmt: skip
+        self.store.put("variant", baseline.name, name, baseline.model_dump())
+        return arch, baseline
+
+    def put_variant(self, variant: Variant) -> None:
+        if self.architecture(variant.architecture) is None:
+            raise NotFound(f"unknown architecture {variant.architecture!r}")
+        self.store.put("variant", variant.name, variant.architecture, variant.model_dump())
+
+    def put_profile(self, profile: Profile) -> None:
+        self.store.put("profile", f"{profile.variant}@{profile.hardware}", profile.variant,
+                       profile.model_dump())  # fmt: skip
+
+    def remove(self, architecture: str) -> None:
+        """Remove an architecture, its variants and profiles; the task goes with its last architecture."""
+        arch = self.architecture(architecture)
+        if arch is None:
+            raise NotFound(f"unknown architecture {architecture!r}")
+        for var in self.variants(architecture):
+            for prof in self.profiles(var.name):
+                self.store.delete("profile", f"{prof.variant}@{prof.hardware}")
+            self.store.delete("variant", var.name)
+        self.store.delete("architecture", architecture)
+        if not self.architectures(arch.task):
+            self.store.delete("task", arch.task)

@@ -1,0 +1,76 @@
+"""One settings tree for the whole system (env prefix ``INFAAS_``).
+
+Precedence: defaults < settings file (``INFAAS_CONFIG`` or ``--config``) < environment < CLI flags.
+Pass the resulting object explicitly; nothing reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "infaas"
+
+
+class Settings(BaseSettings):
+    """Everything configurable in infaas."""
+
+    model_config = SettingsConfigDict(env_prefix="INFAAS_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    url: str = "http://127.0.0.1:8000"
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    workers: int = Field(1, ge=1, description="worker processes to start")
+    cores_per_worker: int = Field(0, ge=0, description="0: split this machine's cores evenly")
+    default_max_batch: int = Field(16, ge=1)
+    max_queue_delay_us: int = Field(
+        0, ge=0, description="longest a batch waits for more requests once the runtime is idle"
+    )
+    request_timeout_s: float = Field(60.0, gt=0, description="ceiling on any request's wait")
+    max_request_elements: int = Field(
+        64 * 1024 * 1024, ge=1, description="largest tensor (elements) a request may declare"
+    )
+    max_request_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    worker_start_timeout_s: float = 30.0
+    ort_allow_spinning: bool = Field(
+        False, description="ORT intra-op spin-waiting; off leaves CPU to the frontend"
+    )
+    decision_log_size: int = 1000
+
+    @property
+    def registry_path(self) -> Path:
+        return self.data_dir / "registry.sqlite3"
+
+    @property
+    def model_store_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the given non-None values applied (CLI flags)."""
+        values = {k: v for k, v in overrides.items() if v is not None}
+        return self.model_copy(update=values)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings: file < environment < explicit overrides."""
+    path = config_file or os.environ.get("INFAAS_CONFIG")
+    file_values: dict[str, Any] = {}
+    if path:
+        file_values = json.loads(Path(path).read_text())
+    env_settings = Settings()
+    env_set = {
+        name for name in Settings.model_fields if f"INFAAS_{name.upper()}" in os.environ
+    }
+    merged = {k: v for k, v in file_values.items() if k not in env_set}
+    base = env_settings.model_copy(update=Settings(**merged).model_dump(include=set(merged)))
+    return base.with_overrides(**overrides)

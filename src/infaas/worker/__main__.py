@@ -1,0 +1,3 @@
+from infaas.worker.process import main
+
+main()

@@ -1,0 +1,216 @@
+"""The worker process: owns a slice of CPU cores, hosts loaded variants, one batching queue each.
+
+Started by a cluster backend as ``python -m infaas.worker --fd N --cores 0,1``
+with one end of a socketpair. Threads: the main thread receives messages; each
+loaded variant has an executor thread that forms batches and runs the runtime;
+loads and unloads run on a side thread so inference keeps flowing meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from infaas.errors import DeadlineExceeded
+from infaas.worker.batcher import BatchQueue, Pending
+from infaas.worker.runtime import OnnxRuntime, Runtime, infer_checked
+from infaas.worker.wire import SocketChannel
+
+
+class VariantExecutor:
+    """A loaded variant: its runtime, its batching queue and the thread that drains it."""
+
+    def __init__(self, name: str, runtime: Runtime, queue: BatchQueue, channel: SocketChannel) -> None:
+        self.name = name
+        self.runtime = runtime
+        self.queue = queue
+        self.channel = channel
+        self.cond = threading.Condition()
+        self.running = True
+        self.served = 0
+        self.batches = 0
+        self.busy_s = 0.0
+        self.thread = threading.Thread(target=self._loop, name=f"exec-{name}", daemon=True)
+        self.thread.start()
+
+    def submit(self, item: Pending) -> None:
+        with self.cond:
+            self.queue.put(item)
+            self.cond.notify()
+
+    def stop(self) -> list[Pending]:
+        with self.cond:
+            self.running = False
+            self.cond.notify()
+            return self.queue.drain()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while True:
+                    if not self.running:
+                        return
+                    formed = self.queue.next(time.monotonic())
+                    for item in formed.expired:
+                        self._fail(item, DeadlineExceeded(
+                            f"request dropped by {self.name}: it could not meet its deadline"))  # fmt: skip
+                    if formed.batch:
+                        break
+                    self.cond.wait(formed.wait_s)
+            self._run(formed.batch)
+
+    def _run(self, batch: list[Pending]) -> None:
+        start = time.monotonic()
+        rows = sum(p.rows for p in batch)
+        try:
+            if len(batch) == 1:
+                inputs = batch[0].payload
+            else:
+                inputs = {
+                    name: np.concatenate([p.payload[name] for p in batch], axis=0)
+                    for name in batch[0].payload
+                }
+            outputs = infer_checked(self.runtime, inputs, rows)
+        except Exception as exc:  # a failed batch fails its requests, not the worker
+            for item in batch:
+                self._fail(item, exc)
+            return
+        end = time.monotonic()
+        compute_ns = int((end - start) * 1e9)
+        self.batches += 1
+        self.served += len(batch)
+        self.busy_s += end - start
+        offset = 0
+        for pos, item in enumerate(batch):
+            part = {k: v[offset : offset + item.rows] for k, v in outputs.items()}
+            offset += item.rows
+            self.channel.send({
+                "id": item.key, "ok": True, "outputs": part,
+                "queue_ns": int((start - item.arrival) * 1e9), "compute_ns": compute_ns,
+                "batch_size": rows, "batch_pos": pos,
+            })  # fmt: skip
+
+    def _fail(self, item: Pending, exc: BaseException) -> None:
+        self.channel.send({"id": item.key, "ok": False, "error": str(exc) or repr(exc),
+                           "kind": type(exc).__name__})  # fmt: skip
+
+
+class Worker:
+    def __init__(self, channel: SocketChannel, threads: int, allow_spinning: bool) -> None:
+        self.channel = channel
+        self.threads = threads
+        self.allow_spinning = allow_spinning
+        self.variants: dict[str, VariantExecutor] = {}
+        self.control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control")
+        self.started = time.time()
+
+    def serve(self) -> None:
+        self.channel.send({"id": 0, "ok": True, "hello": {"pid": os.getpid(), "threads": self.threads}})
+        while True:
+            try:
+                msg = self.channel.recv()
+            except (EOFError, ConnectionError):
+                return
+            op = msg.get("op")
+            if op == "infer":
+                self._infer(msg)
+            elif op == "shutdown":
+                return
+            else:
+                self.control.submit(self._control, msg)
+
+    def _infer(self, msg: dict) -> None:
+        executor = self.variants.get(msg["variant"])
+        if executor is None:
+            self.channel.send({"id": msg["id"], "ok": False, "kind": "Unavailable",
+                               "error": f"variant {msg['variant']} is not loaded on this worker"})  # fmt: skip
+            return
+        inputs = msg["inputs"]
+        executor.submit(Pending(
+            key=msg["id"], rows=msg["rows"], arrival=msg.get("arrival") or time.monotonic(),
+            shape_key=tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items()),
+            deadline=msg.get("deadline"), drop_late=msg.get("drop_late", True), payload=inputs,
+        ))  # fmt: skip
+
+    def _control(self, msg: dict) -> None:
+        try:
+            result = getattr(self, "_op_" + msg["op"])(msg)
+            self.channel.send({"id": msg["id"], "ok": True, "result": result})
+        except Exception as exc:
+            self.channel.send({"id": msg["id"], "ok": False, "kind": type(exc).__name__,
+                               "error": f"{exc}", "trace": traceback.format_exc(limit=5)})  # fmt: skip
+
+    def _op_load(self, msg: dict) -> dict:
+        name = msg["variant"]
+        if name in self.variants:
+            return {"load_time_s": 0.0, "already": True}
+        runtime = OnnxRuntime(
+            msg["path"], threads=min(msg.get("threads", self.threads), self.threads),
+            provider=msg.get("provider", "cpu"), allow_spinning=self.allow_spinning,
+        )  # fmt: skip
+        runtime.load()
+        queue = BatchQueue(msg.get("max_batch", 16), max_delay_s=msg.get("max_delay_s", 0.0))
+        self.variants[name] = VariantExecutor(name, runtime, queue, self.channel)
+        return {"load_time_s": runtime.load_time_s}
+
+    def _op_unload(self, msg: dict) -> dict:
+        executor = self.variants.pop(msg["variant"], None)
+        if executor is None:
+            return {"unloaded": False}
+        for item in executor.stop():
+            executor._fail(item, RuntimeError(f"variant {executor.name} was unloaded"))
+        executor.thread.join(timeout=30)
+        executor.runtime.unload()
+        return {"unloaded": True}
+
+    def _op_stats(self, msg: dict) -> dict:
+        return {
+            "pid": os.getpid(), "rss_mb": _rss_mb(), "uptime_s": time.time() - self.started,
+            "cpu_s": sum(os.times()[:2]),
+            "variants": {n: {"queued": len(e.queue), "served": e.served, "batches": e.batches,
+                             "busy_s": e.busy_s} for n, e in self.variants.items()},
+        }  # fmt: skip
+
+    def _op_ping(self, msg: dict) -> dict:
+        return {"pid": os.getpid()}
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="infaas-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--cores", default="")
+    parser.add_argument("--allow-spinning", action="store_true")
+    args = parser.parse_args(argv)
+    cores = [int(c) for c in args.cores.split(",") if c != ""]
+    if cores:
+        os.sched_setaffinity(0, cores)
+    threads = len(cores) or len(os.sched_getaffinity(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the frontend decides when we stop
+    sock = socket.socket(fileno=args.fd)
+    worker = Worker(SocketChannel(sock), threads, args.allow_spinning)
+    try:
+        worker.serve()
+    finally:
+        sys.stdout.flush()
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Ready model families for demos, tests and benchmarks."""
+
+from infaas.zoo.digits import ZooModel
+
+FAMILIES = ("digits", "efficientnet-lite")
+
+
+def build_family(name: str) -> list[ZooModel]:
+    """Build a zoo family's models (training or exporting them locally; nothing is downloaded)."""
+    if name == "digits":
+        from infaas.zoo import digits
+
+        return digits.build()
+    if name == "efficientnet-lite":
+        from infaas.zoo import efficientnet
+
+        return efficientnet.build()
+    raise ValueError(f"unknown zoo family {name!r}; known: {', '.join(FAMILIES)}")
+
+
+__all__ = ["FAMILIES", "ZooModel", "build_family"]
