@@ -35,11 +35,10 @@ def openapi_schema() -> dict:
     model = _path_param("model", "a task (model-less), an architecture, or a variant")
     version = _path_param("version", "a variant of the architecture (full or short name)")
     obj = {"type": "object"}
-    infer_body = {"required": True, "content": {
+    infer_body = {"required": True, "description": "JSON, or (binary tensor extension) a JSON header of "
+                  "Inference-Header-Content-Length bytes followed by the binary tensors", "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
-                                     "description": "JSON header (Inference-Header-Content-Length bytes) "
-                                                    "followed by binary tensors"},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     }}  # fmt: skip
     paths: dict = {
         "/v2/health/live": {"get": _op("Server liveness", "health")},

@@ -106,6 +106,7 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
 
     async def infer(request: Request) -> Response:
         model, version = model_args(request)
+        dp.catalog.resolve(model, version)  # an unknown model is a 404 whatever the body
         body = await _body(request, settings.max_request_bytes)
         req = codec.decode_request(body, request.headers.get(codec.HEADER_LENGTH), model, version,
                                    settings.max_request_elements)  # fmt: skip

@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:  make demo  |  make test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench install install-dev lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev,zoo]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install       ## install infaas and run the demo (embedded server, digits zoo, a stream of queries)
+	$(BIN)/infaas demo
+
+test: install-dev   ## install test needs and run the whole suite (unit, integration, slow, zoo)
+	$(BIN)/python -m pytest -ra
+
+bench: install-dev  ## overhead benchmark: raw ONNX Runtime vs infaas over REST (EfficientNet-Lite0)
+	$(BIN)/python bench/overhead/run.py
+
+lint: install-dev
+	$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -1,0 +1,115 @@
+"""``infaas demo``: an embedded server, the digits zoo, and a stream of queries at all three levels."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from infaas.client import Client, InfaasClientError
+from infaas.frontend.server import BackgroundServer
+from infaas.settings import Settings
+from infaas.zoo import digits
+
+console = Console()
+
+# (query level, model name asked, version)
+QUERIES = [
+    ("1 variant", "digits-tree", "fp32.cpu.t{t}.b16"),
+    ("2 arch", "digits-nb", None),
+    ("2 arch", "digits-logreg", None),
+    ("3 task", "digits-classification", None),
+]
+
+
+def run_demo(queries: int = 300, concurrency: int = 8, workers: int = 1) -> None:
+    with tempfile.TemporaryDirectory(prefix="infaas-demo-") as data_dir:
+        settings = Settings(data_dir=data_dir, port=0, workers=workers)
+        with console.status("starting an embedded infaas server"):
+            server = BackgroundServer(settings).start()
+        try:
+            console.print(f"[bold]infaas[/] up at {server.url} (data dir {data_dir})")
+            _run(server.url, queries, concurrency)
+        finally:
+            with console.status("stopping"):
+                server.stop()
+
+
+def _run(url: str, queries: int, concurrency: int) -> None:
+    with Client(url) as client:
+        with console.status("training the digits zoo (scikit-learn, a few seconds)"):
+            models = digits.build()
+        with Progress(console=console) as progress:
+            task = progress.add_task("registering (accuracy measured on held-out digits)", total=len(models))
+            for m in models:
+                client.register(m.name, m.task, m.onnx, validation=m.validation, description=m.description)
+                progress.advance(task)
+        table = Table(title="registered architectures (task digits-classification)")
+        for col in ("architecture", "accuracy", "variant"):
+            table.add_column(col)
+        for v in client.variants():
+            table.add_row(v["architecture"], f"{v['accuracy']:.3f} ({v['accuracy_source']})", v["name"])
+        console.print(table)
+        threads = client.variants("digits-tree")[0]["threads"]
+
+    x_val, y_val = digits.sample_inputs(n=400)
+    rng = np.random.default_rng(0)
+    plan = []
+    for i in range(queries):
+        level, model, version = QUERIES[i % len(QUERIES)]
+        rows = int(rng.integers(1, 9))
+        start = int(rng.integers(0, len(x_val) - rows))
+        plan.append((level, model, version and version.format(t=threads), start, rows))
+
+    results: dict[tuple[str, str], list] = {}
+    clients = [Client(url) for _ in range(concurrency)]
+
+    def one(i: int):
+        level, model, version, start, rows = plan[i]
+        c = clients[i % concurrency]
+        t0 = time.perf_counter()
+        try:
+            r = c.infer(model, x_val[start : start + rows], version=version)
+        except InfaasClientError as exc:
+            return level, model, None, exc.message, time.perf_counter() - t0, rows, 0
+        correct = int((r.outputs["label"] == y_val[start : start + rows]).sum())
+        return level, model, r.parameters, None, time.perf_counter() - t0, rows, correct
+
+    t_start = time.perf_counter()
+    with Progress(console=console) as progress, ThreadPoolExecutor(concurrency) as pool:
+        bar = progress.add_task(f"{queries} queries, {concurrency} concurrent clients", total=queries)
+        for res in pool.map(one, range(queries)):
+            results.setdefault((res[0], res[1]), []).append(res)
+            progress.advance(bar)
+    elapsed = time.perf_counter() - t_start
+    for c in clients:
+        c.close()
+
+    table = Table(title=f"what ran ({queries} queries in {elapsed:.1f} s, {queries / elapsed:.0f} queries/s)")
+    for col in ("level", "asked for", "variant that ran", "on", "ok", "correct", "p50 ms", "p99 ms",
+                "batch"):  # fmt: skip
+        table.add_column(col, overflow="fold")
+    for (level, model), rs in sorted(results.items()):
+        ok = [r for r in rs if r[2] is not None]
+        lat = sorted(r[4] * 1000 for r in ok) or [float("nan")]
+        variants = sorted({r[2]["variant"] for r in ok})
+        rows = sum(r[5] for r in ok)
+        table.add_row(level, model, "\n".join(variants), ",".join(sorted({r[2]["worker"] for r in ok})),
+                      f"{len(ok)}/{len(rs)}", f"{sum(r[6] for r in ok)}/{rows}",
+                      f"{statistics.median(lat):.1f}", f"{lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.1f}",
+                      f"{statistics.mean(r[2]['batch_size'] for r in ok):.1f}" if ok else "-")  # fmt: skip
+    console.print(table)
+    for (_level, model), rs in sorted(results.items()):
+        ok = [r for r in rs if r[2] is not None]
+        if ok:
+            console.print(f"[bold]{model}[/] → why: {ok[0][2]['reason']}")
+        for r in rs:
+            if r[3]:
+                console.print(f"[red]{model}: {r[3]}[/]")
+                break

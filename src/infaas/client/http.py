@@ -1,0 +1,219 @@
+"""Python client for an infaas server over HTTP (KServe v2 + the /api/v1 management API)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from infaas.frontend.codec import decode_bytes_tensor, encode_bytes_tensor
+from infaas.tensors import V2_TO_NUMPY, numpy_to_v2
+
+
+class InfaasClientError(Exception):
+    """The server answered with an error; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class InferResult:
+    model_name: str
+    model_version: str
+    outputs: dict[str, np.ndarray]
+    parameters: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+
+
+class Client:
+    """A persistent-connection client. ``binary=True`` sends and receives tensors as raw bytes."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 120.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._signatures: dict[str, dict] = {}
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- plumbing ------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise InfaasClientError(0, f"cannot reach infaas at {self.url}: {exc}") from exc
+        if resp.status_code >= 400:
+            try:
+                message = resp.json().get("error", resp.text)
+            except ValueError:
+                message = resp.text or resp.reason_phrase
+            raise InfaasClientError(resp.status_code, message)
+        return resp
+
+    def _json(self, method: str, path: str, **kwargs) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    # ---- health and metadata ---------------------------------------------------------------
+    def live(self) -> bool:
+        try:
+            return self._http.get("/v2/health/live").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def ready(self) -> bool:
+        try:
+            return self._http.get("/v2/health/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def server_metadata(self) -> dict:
+        return self._json("GET", "/v2")
+
+    def model_metadata(self, model: str, version: str | None = None) -> dict:
+        return self._json("GET", _model_path(model, version))
+
+    def model_config(self, model: str, version: str | None = None) -> dict:
+        return self._json("GET", _model_path(model, version) + "/config")
+
+    def model_ready(self, model: str, version: str | None = None) -> bool:
+        return self._http.get(_model_path(model, version) + "/ready").status_code == 200
+
+    def stats(self, model: str | None = None) -> dict:
+        return self._json("GET", (_model_path(model, None) if model else "/v2/models") + "/stats")
+
+    def repository_index(self) -> list[dict]:
+        return self._json("POST", "/v2/repository/index")
+
+    # ---- inference ---------------------------------------------------------------------------
+    def infer(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray] | np.ndarray,
+        *,
+        version: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        outputs: list[str] | None = None,
+        binary: bool = True,
+        request_id: str | None = None,
+    ) -> InferResult:
+        """Run an inference. A bare array goes to the model's only input, cast to its datatype."""
+        if isinstance(inputs, np.ndarray):
+            meta = self._signatures.get(model) or self.model_metadata(model)
+            self._signatures[model] = meta
+            if len(meta["inputs"]) != 1:
+                raise ValueError(f"{model} has {len(meta['inputs'])} inputs; pass a dict")
+            spec = meta["inputs"][0]
+            want = V2_TO_NUMPY[spec["datatype"]]
+            if inputs.dtype != want:
+                if not np.can_cast(inputs.dtype, want, casting="same_kind"):
+                    raise ValueError(f"input dtype {inputs.dtype} does not fit {spec['datatype']}")
+                inputs = inputs.astype(want)
+            inputs = {spec["name"]: inputs}
+        header: dict[str, Any] = {"inputs": []}
+        blobs = []
+        for name, arr in inputs.items():
+            arr = np.ascontiguousarray(arr)
+            entry: dict[str, Any] = {"name": name, "datatype": numpy_to_v2(arr.dtype), "shape": list(arr.shape)}
+            if binary:
+                blob = encode_bytes_tensor(arr) if entry["datatype"] == "BYTES" else arr.tobytes()
+                entry["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                entry["data"] = [x.decode() if isinstance(x, bytes) else x for x in arr.ravel().tolist()]
+            header["inputs"].append(entry)
+        params = dict(parameters or {})
+        if binary:
+            params["binary_data_output"] = True
+        if params:
+            header["parameters"] = params
+        if outputs:
+            header["outputs"] = [{"name": o} for o in outputs]
+        if request_id is not None:
+            header["id"] = request_id
+        js = orjson.dumps(header)
+        headers = {"content-type": "application/octet-stream" if binary else "application/json"}
+        if binary:
+            headers["inference-header-content-length"] = str(len(js))
+        resp = self._request("POST", _model_path(model, version) + "/infer",
+                             content=b"".join([js, *blobs]), headers=headers)  # fmt: skip
+        return decode_response(resp.content, resp.headers.get("inference-header-content-length"))
+
+    # ---- management --------------------------------------------------------------------------
+    def register(
+        self, name: str, task: str, model: str | Path | bytes, *, accuracy: float | None = None,
+        validation: str | Path | bytes | None = None, description: str = "", framework: str = "onnx",
+        max_batch: int | None = None,
+    ) -> dict:
+        def read(x):
+            return x if isinstance(x, bytes) else Path(x).read_bytes()
+
+        files = {"model": ("model.onnx", read(model), "application/octet-stream")}
+        if validation is not None:
+            files["validation"] = ("validation.npz", read(validation), "application/octet-stream")
+        data = {"name": name, "task": task, "framework": framework, "description": description}
+        if accuracy is not None:
+            data["accuracy"] = str(accuracy)
+        if max_batch is not None:
+            data["max_batch"] = str(max_batch)
+        return self._json("POST", "/api/v1/architectures", data=data, files=files)
+
+    def remove(self, architecture: str) -> None:
+        self._request("DELETE", f"/api/v1/architectures/{architecture}")
+
+    def tasks(self) -> list[dict]:
+        return self._json("GET", "/api/v1/tasks")
+
+    def architectures(self, task: str | None = None) -> list[dict]:
+        return self._json("GET", "/api/v1/architectures", params={"task": task} if task else None)
+
+    def variants(self, architecture: str | None = None) -> list[dict]:
+        params = {"architecture": architecture} if architecture else None
+        return self._json("GET", "/api/v1/variants", params=params)
+
+    def workers(self) -> list[dict]:
+        return self._json("GET", "/api/v1/workers")
+
+    def decisions(self, limit: int = 100) -> list[dict]:
+        return self._json("GET", "/api/v1/decisions", params={"limit": limit})
+
+
+def _model_path(model: str, version: str | None) -> str:
+    return f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+
+
+def decode_response(body: bytes, header_length: str | None) -> InferResult:
+    """Parse a v2 response body (JSON, or JSON followed by binary outputs)."""
+    json_len = int(header_length) if header_length else len(body)
+    header = orjson.loads(body[:json_len])
+    pos = json_len
+    outputs = {}
+    for out in header.get("outputs", []):
+        dtype, shape = out["datatype"], tuple(out["shape"])
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            chunk = body[pos : pos + size]
+            pos += size
+            count = int(np.prod(shape))
+            arr = (decode_bytes_tensor(memoryview(chunk), count, out['name']) if dtype == "BYTES"
+                   else np.frombuffer(chunk, dtype=V2_TO_NUMPY[dtype])).reshape(shape)  # fmt: skip
+        else:
+            data = out["data"]
+            if dtype.startswith("FP") and None in data:  # JSON has no Inf/NaN: null stands for them
+                data = [np.nan if v is None else v for v in data]
+            arr = np.asarray(data, dtype=V2_TO_NUMPY[dtype]).reshape(shape)
+        outputs[out["name"]] = arr
+    return InferResult(header.get("model_name", ""), header.get("model_version", ""), outputs,
+                       header.get("parameters") or {}, header.get("id"))  # fmt: skip

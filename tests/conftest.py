@@ -1,0 +1,48 @@
+"""Shared fixtures: real small models (digits zoo), real servers on ephemeral 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from infaas.frontend.server import BackgroundServer
+from infaas.registry import Registry
+from infaas.settings import Settings
+from infaas.zoo import digits
+
+
+@pytest.fixture(scope="session")
+def digits_models() -> list[digits.ZooModel]:
+    return digits.build()
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory, digits_models) -> Path:
+    """A data directory with the four digits architectures registered (accuracy measured)."""
+    path = tmp_path_factory.mktemp("digits-data")
+    registry = Registry.open(path)
+    for m in digits_models:
+        registry.register(m.name, m.task, m.onnx, validation=m.validation, max_batch=16, threads=1)
+    registry.close()
+    return path
+
+
+def copy_data_dir(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def digits_server(tmp_path_factory, digits_data_dir):
+    """A running server (uvicorn on a free port, one real worker process) over the digits zoo."""
+    data = copy_data_dir(digits_data_dir, tmp_path_factory.mktemp("srv") / "data")
+    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def digits_samples():
+    return digits.sample_inputs(n=64)

@@ -1,0 +1,249 @@
+"""KServe v2 REST over a real socket: uvicorn on an ephemeral port, a real worker process."""
+
+import gzip
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from infaas.client import Client, InfaasClientError
+
+
+@pytest.fixture(scope="module")
+def http(digits_server):
+    with httpx.Client(base_url=digits_server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client(digits_server):
+    with Client(digits_server.url) as c:
+        yield c
+
+
+def json_body(x: np.ndarray, **extra) -> dict:
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                        "data": x.ravel().tolist()}], **extra}  # fmt: skip
+
+
+def test_health_and_server_metadata(http):
+    assert http.get("/v2/health/live").status_code == 200
+    assert http.get("/v2/health/ready").status_code == 200
+    meta = http.get("/v2").json()
+    assert meta["name"] == "infaas" and "binary_tensor_data" in meta["extensions"]
+
+
+def test_json_infer_at_all_three_levels(http, digits_samples, client):
+    x, y = digits_samples
+    x, y = x[:8], y[:8]
+    version = client.variants("digits-mlp")[0]["name"]
+    for path in ("/v2/models/digits-classification/infer",   # model-less: task
+                 "/v2/models/digits-mlp/infer",                # architecture
+                 f"/v2/models/digits-mlp/versions/{version}/infer"):  # explicit variant
+        r = http.post(path, json=json_body(x, id="q1"))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["id"] == "q1"
+        out = {o["name"]: o for o in body["outputs"]}
+        assert out["label"]["shape"] == [8] and out["probabilities"]["shape"] == [8, 10]
+        assert (np.array(out["label"]["data"]) == y).mean() >= 0.75
+        p = body["parameters"]
+        assert p["variant"] == version and p["worker"] == "w0" and p["reason"]
+        assert p["accuracy_source"] == "measured" and p["batch_size"] >= 8
+
+
+def test_task_level_picks_the_most_accurate_and_says_so(http, digits_samples, client):
+    x, _ = digits_samples
+    best = max(client.architectures(), key=lambda a: a["accuracy"])
+    p = http.post("/v2/models/digits-classification/infer", json=json_body(x[:1])).json()["parameters"]
+    assert p["architecture"] == best["name"]
+    assert "most accurate" in p["reason"]
+
+
+def test_binary_request_and_response(client, digits_samples):
+    x, y = digits_samples
+    r = client.infer("digits-logreg", x[:16], binary=True)
+    assert r.outputs["probabilities"].dtype == np.float32
+    assert (r.outputs["label"] == y[:16]).mean() > 0.8
+    j = client.infer("digits-logreg", x[:16], binary=False)
+    np.testing.assert_allclose(j.outputs["probabilities"], r.outputs["probabilities"], rtol=1e-6)
+
+
+def test_requested_outputs_only_and_per_output_binary(http, digits_samples):
+    x, _ = digits_samples
+    body = json_body(x[:2], outputs=[{"name": "label", "parameters": {"binary_data": True}}])
+    r = http.post("/v2/models/digits-nb/infer", json=body)
+    assert r.status_code == 200
+    n = int(r.headers["inference-header-content-length"])
+    header = orjson.loads(r.content[:n])
+    assert [o["name"] for o in header["outputs"]] == ["label"]
+    assert np.frombuffer(r.content[n:], np.int64).shape == (2,)
+
+
+def test_gzip_request_body(http, digits_samples):
+    x, _ = digits_samples
+    r = http.post("/v2/models/digits-nb/infer", content=gzip.compress(orjson.dumps(json_body(x[:2]))),
+                  headers={"content-encoding": "gzip", "content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 200, r.text
+
+
+def test_concurrent_requests_are_batched_and_answered_in_order(client, digits_server, digits_samples):
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, _ = digits_samples
+    clients = [Client(digits_server.url) for _ in range(8)]
+    expected = np.concatenate([client.infer("digits-mlp", x[i : i + 16]).outputs["label"]
+                               for i in range(0, 64, 16)])  # fmt: skip
+
+    def one(i):
+        rows = x[i % 60 : i % 60 + 1 + i % 4]
+        return i, clients[i % 8].infer("digits-mlp", rows)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(200)))
+    for c in clients:
+        c.close()
+    for i, r in results:
+        start = i % 60
+        np.testing.assert_array_equal(r.outputs["label"], expected[start : start + 1 + i % 4])
+    assert max(r.parameters["batch_size"] for _, r in results) > 4  # requests were merged
+
+
+def test_model_metadata_ready_config(http, client):
+    meta = http.get("/v2/models/digits-mlp").json()
+    assert meta["platform"] == "onnxruntime_onnx"
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert http.get("/v2/models/digits-mlp/ready").status_code == 200
+    assert http.get("/v2/models/digits-classification/ready").status_code == 200
+    version = meta["versions"][0]
+    assert http.get(f"/v2/models/digits-mlp/versions/{version}/ready").status_code == 200
+    cfg = http.get("/v2/models/digits-mlp/config").json()
+    assert cfg["max_batch_size"] == 16
+    assert cfg["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}]
+    task_meta = http.get("/v2/models/digits-classification").json()
+    assert task_meta["platform"] == "infaas_task" and len(task_meta["versions"]) == 4
+
+
+def test_statistics_count_what_ran(http, client, digits_samples):
+    x, _ = digits_samples
+    before = http.get("/v2/models/digits-tree/stats").json()["model_stats"][0]
+    for _ in range(3):
+        client.infer("digits-tree", x[:5])
+    after = http.get("/v2/models/digits-tree/stats").json()["model_stats"][0]
+    assert after["inference_count"] - before["inference_count"] == 15
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 3
+    assert after["execution_count"] > before["execution_count"]
+    assert after["batch_stats"] and after["last_inference"] > 0
+    all_stats = http.get("/v2/models/stats").json()["model_stats"]
+    assert len(all_stats) == 4
+
+
+def test_repository_index_and_metrics(http, client, digits_samples):
+    index = http.post("/v2/repository/index").json()
+    assert {r["name"] for r in index} == {"digits-classification", "digits-mlp", "digits-logreg",
+                                          "digits-tree", "digits-nb"}  # fmt: skip
+    assert all(r["state"] == "READY" for r in index)
+    client.infer("digits-nb", digits_samples[0][:3])
+    text = http.get("/metrics").text
+    assert 'infaas_requests_total{code="200",model="digits-nb"' in text
+    assert "infaas_batch_size_bucket" in text and 'infaas_worker_up{worker="w0"} 1.0' in text
+    assert "infaas_queue_depth" in text
+
+
+def test_management_api_register_list_remove(client, digits_models, http, digits_samples):
+    m = next(m for m in digits_models if m.name == "digits-nb")
+    created = client.register("digits-nb2", "digits-classification", m.onnx, validation=m.validation,
+                              description="copy")  # fmt: skip
+    assert created["architecture"]["accuracy_source"] == "measured"
+    assert any(a["name"] == "digits-nb2" for a in client.architectures(task="digits-classification"))
+    variant = client.variants("digits-nb2")[0]
+    assert variant["loaded_on"] == ["w0"]  # registered while serving: loaded at once
+    assert client.infer("digits-nb2", digits_samples[0][:2]).parameters["architecture"] == "digits-nb2"
+    with pytest.raises(InfaasClientError) as exc:
+        client.register("digits-nb2", "digits-classification", m.onnx)
+    assert exc.value.status == 409
+    with pytest.raises(InfaasClientError) as exc:
+        client.register("x", "digits-classification", b"garbage")
+    assert exc.value.status == 400 and "ONNX" in exc.value.message
+    client.remove("digits-nb2")
+    assert http.get("/v2/models/digits-nb2").status_code == 404
+    assert any(d["kind"] == "register" for d in client.decisions())
+    assert client.workers()[0]["alive"] is True
+
+
+def test_openapi_schema_is_valid_and_covers_every_route(http, digits_server):
+    from openapi_spec_validator import validate
+
+    schema = http.get("/api/v1/openapi.json").json()
+    validate(schema)
+    documented = set(schema["paths"])
+    for route in digits_server.app.routes:
+        assert route.path in documented, f"{route.path} is not in the OpenAPI schema"
+
+
+BAD = [
+    # (path, body, headers, status, message fragment)
+    ("/v2/models/nope/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                           "data": [0] * 64}]}, {}, 404, "unknown model"),
+    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 63],
+                                                 "data": [0] * 63}]}, {}, 400, "shape [1, 63], expected [-1, 64]"),
+    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 64],
+                                                 "data": [0] * 64}]}, {}, 400, "datatype FP64, expected FP32"),
+    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "wrong", "datatype": "FP32", "shape": [1, 64],
+                                                 "data": [0] * 64}]}, {}, 400, "missing input"),
+    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP32",
+                                                 "shape": [1 << 20, 1 << 20], "data": [0]}]}, {}, 400, "limit"),
+    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [17, 64],
+                                                 "data": [0] * 17 * 64}]}, {}, 400, "exceeds the largest max batch"),
+    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [0, 64],
+                                                 "data": []}]}, {}, 400, "at least 1"),
+    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                                 "data": [0] * 64}], "outputs": [{"name": "zz"}]}, {}, 400,
+     "unknown output"),
+    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                                 "data": [0] * 64}], "parameters": {"timeout": -3}}, {}, 400,
+     "timeout"),
+    ("/v2/models/digits-mlp/infer", b"this is not json", {}, 400, "not valid JSON"),
+    ("/v2/models/digits-mlp/versions/nope/infer", {"inputs": []}, {}, 404, "no variant 'nope'"),
+    ("/v2/models/digits-mlp/infer", b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], '
+     b'"parameters": {"binary_data_size": 256}}]}' + b"\x00" * 100, {"inference-header-content-length": "110"},
+     400, "truncated"),
+    ("/v2/models/digits-mlp/infer", b'{"inputs": []}', {"inference-header-content-length": "5000"}, 400,
+     "does not fit a body"),
+    ("/v2/models/digits-mlp/infer", b"{}", {"content-encoding": "br"}, 400, "content-encoding"),
+    ("/v2/models/digits-mlp/nothing", b"{}", {}, 404, "Not Found"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body", "headers", "status", "message"), BAD)
+def test_bad_input_gets_a_v2_error_and_the_server_keeps_serving(http, digits_samples, path, body, headers,
+                                                                 status, message):  # fmt: skip
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    r = http.post(path, content=content, headers=headers)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+    ok = http.post("/v2/models/digits-mlp/infer", json=json_body(digits_samples[0][:1]))
+    assert ok.status_code == 200
+
+
+def test_deadline_parameter_drops_requests_that_cannot_make_it(http, digits_samples):
+    r = http.post("/v2/models/digits-mlp/infer", json=json_body(digits_samples[0][:1], parameters={"timeout": 1}))
+    assert r.status_code == 503 and "deadline" in r.json()["error"]
+    r = http.post("/v2/models/digits-mlp/infer",
+                  json=json_body(digits_samples[0][:1], parameters={"timeout": 5_000_000}))  # fmt: skip
+    assert r.status_code == 200
+
+
+def test_in_process_app_without_a_socket(digits_data_dir, tmp_path, digits_samples):
+    from starlette.testclient import TestClient
+
+    from infaas.frontend.server import build
+    from infaas.settings import Settings
+    from tests.conftest import copy_data_dir
+
+    data = copy_data_dir(digits_data_dir, tmp_path / "d")
+    app, _ = build(Settings(data_dir=data, workers=1))
+    with TestClient(app) as tc:
+        r = tc.post("/v2/models/digits-nb/infer", json=json_body(digits_samples[0][:2]))
+        assert r.status_code == 200 and len(r.json()["outputs"][0]["data"]) == 2

@@ -1,0 +1,97 @@
+"""The batching queue on its own: a fake clock, no threads, no server."""
+
+import pytest
+
+from infaas.worker.batcher import BatchQueue, Pending
+
+
+def item(key, rows=1, arrival=0.0, deadline=None, shape=(), drop_late=True):
+    return Pending(key=key, rows=rows, arrival=arrival, shape_key=shape, deadline=deadline,
+                   drop_late=drop_late)  # fmt: skip
+
+
+def test_greedy_merges_everything_queued_up_to_max_batch_in_fifo_order():
+    q = BatchQueue(max_batch=4)
+    for k in range(6):
+        q.put(item(k))
+    first = q.next(now=0.0)
+    assert [p.key for p in first.batch] == [0, 1, 2, 3]
+    second = q.next(now=0.0)
+    assert [p.key for p in second.batch] == [4, 5]
+    assert q.next(now=0.0).batch == [] and len(q) == 0
+
+
+def test_rows_not_requests_fill_the_batch():
+    q = BatchQueue(max_batch=8)
+    q.put(item("a", rows=5))
+    q.put(item("b", rows=4))  # would make 9 > 8
+    q.put(item("c", rows=3))
+    assert [p.key for p in q.next(0.0).batch] == ["a"]
+    assert [p.key for p in q.next(0.0).batch] == ["b", "c"]
+
+
+def test_oversized_single_request_still_runs_alone():
+    q = BatchQueue(max_batch=2)
+    q.put(item("big", rows=5))
+    assert [p.key for p in q.next(0.0).batch] == ["big"]
+
+
+def test_only_requests_of_the_heads_shape_join():
+    q = BatchQueue(max_batch=8)
+    q.put(item("a", shape=("x", (3,))))
+    q.put(item("b", shape=("x", (5,))))
+    q.put(item("c", shape=("x", (3,))))
+    assert [p.key for p in q.next(0.0).batch] == ["a", "c"]
+    assert [p.key for p in q.next(0.0).batch] == ["b"]
+
+
+def test_max_delay_waits_for_a_fuller_batch_then_leaves():
+    q = BatchQueue(max_batch=4, max_delay_s=0.010)
+    q.put(item("a", arrival=0.0))
+    formed = q.next(now=0.002)
+    assert formed.batch == [] and formed.wait_s == pytest.approx(0.008)
+    q.put(item("b", arrival=0.003))
+    formed = q.next(now=0.010)
+    assert [p.key for p in formed.batch] == ["a", "b"]
+
+
+def test_full_batch_leaves_without_waiting_for_the_delay():
+    q = BatchQueue(max_batch=2, max_delay_s=1.0)
+    q.put(item("a"))
+    q.put(item("b"))
+    assert len(q.next(now=0.0).batch) == 2
+
+
+def test_never_waits_past_the_earliest_deadline_minus_execution_time():
+    q = BatchQueue(max_batch=8, max_delay_s=1.0, predict_s=lambda rows: 0.004 + 0.001 * rows)
+    q.put(item("a", arrival=0.0, deadline=0.020))
+    formed = q.next(now=0.0)
+    # must leave by 0.020 - 0.005
+    assert formed.batch == [] and formed.wait_s == pytest.approx(0.015)
+    assert [p.key for p in q.next(now=0.015).batch] == ["a"]
+
+
+def test_requests_that_cannot_meet_their_deadline_are_expired_not_served():
+    q = BatchQueue(max_batch=8, predict_s=lambda rows: 0.005)
+    q.put(item("late", deadline=0.004))
+    q.put(item("fine", deadline=0.100))
+    q.put(item("patient", deadline=0.004, drop_late=False))
+    formed = q.next(now=0.0)
+    assert [p.key for p in formed.expired] == ["late"]
+    assert [p.key for p in formed.batch] == ["fine", "patient"]
+
+
+def test_rows_queued_tracks_puts_batches_and_expiry():
+    q = BatchQueue(max_batch=3)
+    q.put(item("a", rows=2))
+    q.put(item("b", rows=2, deadline=-1.0))
+    assert q.rows_queued == 4
+    q.next(now=0.0)
+    assert q.rows_queued == 0
+    q.put(item("c", rows=1))
+    assert [p.key for p in q.drain()] == ["c"] and q.rows_queued == 0
+
+
+def test_max_batch_must_be_positive():
+    with pytest.raises(ValueError):
+        BatchQueue(max_batch=0)
