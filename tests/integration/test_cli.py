@@ -1,0 +1,130 @@
+"""End to end, as a user would: the ``infaas`` command in subprocesses against a real server."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from infaas.frontend.server import free_port
+
+INFAAS = [sys.executable, "-m", "infaas.cli"]
+
+
+def run(*args, check=True, timeout=180, env=None):
+    proc = subprocess.run([*INFAAS, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"infaas {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    data = tmp_path_factory.mktemp("cli-data")
+    port = free_port()
+    proc = subprocess.Popen([*INFAAS, "serve", "--port", str(port), "--data-dir", str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/v2/health/ready").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read())
+        time.sleep(0.1)
+    yield url, data, proc
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.mark.slow
+def test_serve_zoo_add_models_infer(served, tmp_path, digits_samples):
+    url, _, _ = served
+    out = run("zoo", "add", "digits", "--url", url, "--json")
+    registered = json.loads(out.stdout)
+    assert {r["architecture"]["name"] for r in registered} == {"digits-logreg", "digits-mlp", "digits-tree",
+                                                               "digits-nb"}  # fmt: skip
+    assert all(r["architecture"]["accuracy_source"] == "measured" for r in registered)
+
+    models = json.loads(run("models", "--url", url, "--json").stdout)
+    assert all(v["loaded_on"] for v in models["variants"])
+    table = run("models", "--url", url).stdout
+    assert "digits-classification" in table and "measured" in table and "loaded on w0" in table
+
+    x, y = digits_samples
+    np.save(tmp_path / "x.npy", x[:5].astype(np.float64))  # the client casts to the model's FP32
+    res = json.loads(run("infer", "digits-classification", "--input", str(tmp_path / "x.npy"), "--url", url,
+                         "--json", "--param", "timeout=5000000").stdout)  # fmt: skip
+    assert res["outputs"]["label"] == y[:5].tolist() or np.mean(np.array(res["outputs"]["label"]) == y[:5]) >= 0.8
+    assert res["parameters"]["architecture"] == "digits-mlp"
+    pretty = run("infer", "digits-tree", "--input", str(tmp_path / "x.npy"), "--url", url,
+                 "--output", str(tmp_path / "out.npz")).stdout  # fmt: skip
+    assert "why" in pretty and "digits-tree" in pretty
+    with np.load(tmp_path / "out.npz") as saved:
+        assert saved["label"].shape == (5,)
+
+    assert "w0" in run("workers", "--url", url).stdout
+    assert "loaded digits-mlp" in run("decisions", "--url", url).stdout
+    assert len(json.loads(run("variants", "digits-mlp", "--url", url, "--json").stdout)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_json_infer(served, digits_samples):
+    url, _, _ = served
+    run("zoo", "add", "digits", "--url", url, check=False)  # idempotent for this test's needs
+    x = digits_samples[0][:2]
+    body = json.dumps({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
+                                   "data": x.ravel().tolist()}]})  # fmt: skip
+    out = subprocess.run(["curl", "-sf", "-X", "POST", "-H", "Content-Type: application/json", "-d", body,
+                          f"{url}/v2/models/digits-classification/infer"],
+                         capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    resp = json.loads(out.stdout)
+    assert {o["name"] for o in resp["outputs"]} == {"label", "probabilities"}
+
+
+@pytest.mark.slow
+def test_client_errors_are_readable(served, tmp_path):
+    url, _, _ = served
+    np.save(tmp_path / "bad.npy", np.zeros((1, 3), np.float32))
+    run("zoo", "add", "digits", "--url", url, check=False)
+    proc = run("infer", "digits-mlp", "--input", str(tmp_path / "bad.npy"), "--url", url, check=False)
+    assert proc.returncode == 1 and "error 400" in proc.stderr and "expected [-1, 64]" in proc.stderr
+    free = free_port()
+    proc = run("models", "--url", f"http://127.0.0.1:{free}", check=False)
+    assert proc.returncode == 1 and "cannot reach infaas" in proc.stderr
+
+
+@pytest.mark.slow
+def test_register_offline_into_a_data_dir_then_serve(tmp_path, digits_models):
+    m = next(m for m in digits_models if m.name == "digits-nb")
+    (tmp_path / "m.onnx").write_bytes(m.onnx)
+    (tmp_path / "v.npz").write_bytes(m.validation)
+    out = run("register", "nb", "--task", "digits", "--model", str(tmp_path / "m.onnx"),
+              "--validation", str(tmp_path / "v.npz"), "--data-dir", str(tmp_path / "d"), "--json").stdout  # fmt: skip
+    arch = json.loads(out)[0]["architecture"]
+    assert arch["accuracy_source"] == "measured" and arch["accuracy"] > 0.8
+    proc = run("register", "nb", "--task", "digits", "--model", str(tmp_path / "m.onnx"),
+               "--data-dir", str(tmp_path / "d"), check=False)  # fmt: skip
+    assert proc.returncode == 1 and "already taken" in proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end():
+    out = run("demo", "--queries", "40", "--concurrency", "4", timeout=300).stdout
+    assert "registered architectures" in out and "what ran" in out
+    assert "digits-classification" in out and "why" in out
+    assert "10/10" in out

@@ -1,0 +1,84 @@
+"""A worker that dies mid-request: its requests get a clear error (never a hang), and it comes back."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from infaas.client import Client, InfaasClientError
+from infaas.frontend.server import BackgroundServer
+from infaas.settings import Settings
+from tests.conftest import copy_data_dir
+
+
+@pytest.fixture
+def server(tmp_path, digits_data_dir):
+    data = copy_data_dir(digits_data_dir, tmp_path / "data")
+    # one big batch of digits keeps the MLP busy long enough to be killed mid-request
+    srv = BackgroundServer(Settings(data_dir=data, port=0, workers=1, request_timeout_s=30)).start()
+    yield srv
+    srv.stop()
+
+
+def wait_until(predicate, timeout=30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_crash_mid_request_errors_then_restarts(server, digits_samples):
+    worker = server.dataplane.cluster.workers[0]
+    old_pid = worker.pid
+    x = np.tile(digits_samples[0][:16], (1, 1))
+    big = {"input": np.repeat(x[:1], 16, axis=0)}
+    outcomes = []
+
+    def hammer(i):
+        with Client(server.url) as c:
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                t0 = time.monotonic()
+                try:
+                    c.infer("digits-mlp", big["input"])
+                    outcomes.append(("ok", time.monotonic() - t0, ""))
+                except InfaasClientError as exc:
+                    outcomes.append((exc.status, time.monotonic() - t0, exc.message))
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(hammer, i) for i in range(4)]
+        time.sleep(0.5)
+        worker.kill()
+        for f in futures:
+            f.result(timeout=60)
+
+    errors = [o for o in outcomes if o[0] != "ok"]
+    assert errors, "killing the worker under load must fail the requests it held"
+    assert all(o[0] == 503 for o in errors), errors
+    assert any("died" in o[2] and "restarted" in o[2] for o in errors)
+    assert max(o[1] for o in outcomes) < 30, "no request may hang"
+    assert wait_until(lambda: worker.alive and worker.pid != old_pid)
+    assert wait_until(lambda: worker.hosts(next(iter(worker._specs))))
+    with Client(server.url) as c:
+        r = c.infer("digits-mlp", digits_samples[0][:4])
+        assert r.outputs["label"].shape == (4,)
+        assert c.workers()[0]["restarts"] == 1
+    assert server.dataplane.metrics.exposition().decode().count('infaas_worker_restarts{worker="w0"} 1.0') == 1
+
+
+@pytest.mark.slow
+def test_requests_while_the_worker_is_down_fail_fast(server, digits_samples):
+    worker = server.dataplane.cluster.workers[0]
+    worker.restart = False
+    worker.kill()
+    assert wait_until(lambda: not worker.alive)
+    with Client(server.url) as c:
+        t0 = time.monotonic()
+        with pytest.raises(InfaasClientError) as exc:
+            c.infer("digits-mlp", digits_samples[0][:1])
+        assert exc.value.status == 503 and time.monotonic() - t0 < 5
+        assert c.live()
