@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, description="worker processes to start")
     cores_per_worker: int = Field(0, ge=0, description="0: split this machine's cores evenly")
     default_max_batch: int = Field(16, ge=1)
+    instances_per_variant: int = Field(
+        1, ge=1, description="runtime instances per loaded variant, sharing its queue and the worker's cores"
+    )
     max_queue_delay_us: int = Field(
         0, ge=0, description="longest a batch waits for more requests once the runtime is idle"
     )

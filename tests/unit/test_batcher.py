@@ -95,3 +95,13 @@ def test_rows_queued_tracks_puts_batches_and_expiry():
 def test_max_batch_must_be_positive():
     with pytest.raises(ValueError):
         BatchQueue(max_batch=0)
+
+
+def test_preferred_batch_is_the_smallest_near_the_best_per_row_time():
+    from infaas.worker.process import preferred_batch
+
+    # ms per batch: per row 3.0, 2.0, 1.5, 1.52, 1.9
+    timings = {1: 3.0, 2: 4.0, 4: 6.0, 8: 12.16, 16: 30.4}
+    assert preferred_batch(timings, 16) == 4
+    assert preferred_batch({1: 1.0, 2: 1.0, 4: 1.0}, 4) == 4  # per row keeps falling
+    assert preferred_batch({}, 16) == 16  # nothing measured: the max batch

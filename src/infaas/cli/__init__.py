@@ -55,7 +55,8 @@ def cmd_serve(args) -> None:
 
     settings = load_settings(args.config, data_dir=args.data_dir, host=args.host, port=args.port,
                              workers=args.workers, cores_per_worker=args.cores_per_worker,
-                             max_queue_delay_us=args.max_queue_delay_us)  # fmt: skip
+                             max_queue_delay_us=args.max_queue_delay_us,
+                             instances_per_variant=args.instances)  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     err.print(f"[bold]infaas[/] serving on http://{settings.host}:{settings.port} "
               f"(data dir {settings.data_dir}, {settings.workers} worker(s))")  # fmt: skip
@@ -256,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes (default 1)")
     p.add_argument("--cores-per-worker", type=int, help="default: split the cores evenly")
     p.add_argument("--max-queue-delay-us", type=int, help="batching: longest wait for a fuller batch")
+    p.add_argument("--instances", type=int,
+                   help="runtime instances per loaded variant (default 1; one per core trades latency for throughput)")
     p.add_argument("--config", help="JSON settings file (env INFAAS_CONFIG)")
     p.set_defaults(fn=cmd_serve)
 

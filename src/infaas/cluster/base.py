@@ -24,6 +24,7 @@ class LoadSpec:
     max_batch: int
     provider: str = "cpu"
     max_delay_s: float = 0.0
+    instances: int = 1
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ from infaas.worker.wire import read_message, write_message
 log = logging.getLogger("infaas.cluster")
 
 _DRAIN_ABOVE = 4 * 2**20
+_SOCKET_BUFFER = 4 * 2**20
 
 
 class LocalWorker:
@@ -69,6 +70,9 @@ class LocalWorker:
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         parent, child = socket.socketpair()
+        for sock in (parent, child):  # whole tensors fit in the buffers: fewer partial writes and wake-ups
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
         cmd = [sys.executable, "-m", "infaas.worker", "--fd", str(child.fileno()),
                "--cores", ",".join(map(str, self.cores))]  # fmt: skip
         if self.allow_spinning:
@@ -213,7 +217,7 @@ class LocalWorker:
 def _spec_msg(spec: LoadSpec) -> dict:
     return {"variant": spec.variant, "path": spec.path, "threads": spec.threads,
             "max_batch": spec.max_batch, "provider": spec.provider,
-            "max_delay_s": spec.max_delay_s}  # fmt: skip
+            "max_delay_s": spec.max_delay_s, "instances": spec.instances}  # fmt: skip
 
 
 def core_sets(workers: int, cores_per_worker: int = 0) -> list[tuple[int, ...]]:

@@ -139,11 +139,18 @@ class DataPlane:
             variant=variant.name, path=str(self.registry.models.path(variant.artifact_hash)),
             threads=variant.threads, max_batch=variant.max_batch, provider=variant.provider,
             max_delay_s=self.settings.max_queue_delay_us / 1e6,
+            instances=self.settings.instances_per_variant,
         )  # fmt: skip
         result = await worker.load(spec)
-        self.log_decision("load", f"loaded {variant.name} on worker {worker.name} in "
-                          f"{result.get('load_time_s', 0) * 1000:.0f} ms", variant=variant.name,
-                          worker=worker.name)  # fmt: skip
+        timings = result.get("batch_ms") or {}
+        why = f"loaded {variant.name} on worker {worker.name} in {result.get('load_time_s', 0) * 1000:.0f} ms"
+        if timings:
+            pb = result["preferred_batch"]
+            per_row = ", ".join(f"b{b} {t / b:.2f}" for b, t in sorted(timings.items()))
+            why += (f" ({result['instances']} x {result['threads']} threads); batches of up to {pb}: "
+                    f"fastest per row measured at load (ms/row: {per_row})")
+        self.log_decision("load", why, variant=variant.name, worker=worker.name,
+                          preferred_batch=result.get("preferred_batch"))  # fmt: skip
         return result
 
     def log_decision(self, kind: str, reason: str, **fields: Any) -> dict:

@@ -71,19 +71,25 @@ class Metrics:
         self.batch_size = Histogram("infaas_batch_size", "Rows per executed batch", ["variant"],
                                     buckets=BATCH_BUCKETS, registry=self.registry)  # fmt: skip
         self.variants: dict[str, VariantStats] = defaultdict(VariantStats)
+        self._children: dict[tuple[str, str], tuple] = {}
         self.registry.register(_LiveCollector(queue_depths, workers))
 
     def success(self, model: str, variant: str, rows: int, total_ns: int, queue_ns: int,
                 compute_ns: int, batch_size: int, first_in_batch: bool) -> None:  # fmt: skip
-        self.requests.labels(model, variant, "200").inc()
-        self.latency.labels(variant).observe(total_ns / 1e9)
-        st = self.variants[variant]
+        children = self._children.get((model, variant))
+        if children is None:  # label lookups cost more than the increments: do them once
+            children = self._children[(model, variant)] = (
+                self.requests.labels(model, variant, "200"), self.latency.labels(variant),
+                self.batch_size.labels(variant), self.variants[variant])  # fmt: skip
+        ok, latency, batch, st = children
+        ok.inc()
+        latency.observe(total_ns / 1e9)
         st.inference_count += rows
         st.last_inference_ms = int(time.time() * 1000)
         st.success.add(total_ns)
         st.queue.add(queue_ns)
         if first_in_batch:
-            self.batch_size.labels(variant).observe(batch_size)
+            batch.observe(batch_size)
             st.execution_count += 1
             st.compute_infer.add(compute_ns)
             st.batches[batch_size].add(compute_ns)

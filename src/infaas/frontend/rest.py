@@ -201,7 +201,9 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
     g = _guard
     base = "/v2/models/{model}"
     ver = base + "/versions/{version}"
-    routes = [
+    # the inference routes come first: Starlette tries routes in order
+    routes = [Route(prefix + "/infer", g(infer), methods=["POST"]) for prefix in (base, ver)]
+    routes += [
         Route("/v2/health/live", g(live)),
         Route("/v2/health/ready", g(ready)),
         Route("/v2", g(server_metadata)),
@@ -225,7 +227,6 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
             Route(prefix + "/ready", g(model_ready)),
             Route(prefix + "/config", g(model_config)),
             Route(prefix + "/stats", g(model_stats)),
-            Route(prefix + "/infer", g(infer), methods=["POST"]),
         ]
 
     async def not_found(request: Request, exc: Exception) -> Response:

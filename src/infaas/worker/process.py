@@ -27,11 +27,16 @@ from infaas.worker.wire import SocketChannel
 
 
 class VariantExecutor:
-    """A loaded variant: its runtime, its batching queue and the thread that drains it."""
+    """A loaded variant: its batching queue and one executor thread per runtime instance.
 
-    def __init__(self, name: str, runtime: Runtime, queue: BatchQueue, channel: SocketChannel) -> None:
+    Instances share the queue (as Triton's instance groups do): whichever is idle forms the next
+    batch, so two single-threaded instances never wait on each other the way the two halves of
+    one two-threaded run do.
+    """
+
+    def __init__(self, name: str, runtimes: list[Runtime], queue: BatchQueue, channel: SocketChannel) -> None:
         self.name = name
-        self.runtime = runtime
+        self.runtimes = runtimes
         self.queue = queue
         self.channel = channel
         self.cond = threading.Condition()
@@ -39,8 +44,10 @@ class VariantExecutor:
         self.served = 0
         self.batches = 0
         self.busy_s = 0.0
-        self.thread = threading.Thread(target=self._loop, name=f"exec-{name}", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._loop, args=(rt,), name=f"exec-{name}-{i}", daemon=True)
+                        for i, rt in enumerate(runtimes)]  # fmt: skip
+        for t in self.threads:
+            t.start()
 
     def submit(self, item: Pending) -> None:
         with self.cond:
@@ -50,10 +57,14 @@ class VariantExecutor:
     def stop(self) -> list[Pending]:
         with self.cond:
             self.running = False
-            self.cond.notify()
+            self.cond.notify_all()
             return self.queue.drain()
 
-    def _loop(self) -> None:
+    def join(self, timeout: float) -> None:
+        for t in self.threads:
+            t.join(timeout)
+
+    def _loop(self, runtime: Runtime) -> None:
         while True:
             with self.cond:
                 while True:
@@ -64,11 +75,13 @@ class VariantExecutor:
                         self._fail(item, DeadlineExceeded(
                             f"request dropped by {self.name}: it could not meet its deadline"))  # fmt: skip
                     if formed.batch:
+                        if len(self.queue):
+                            self.cond.notify()  # another idle instance can take the rest
                         break
                     self.cond.wait(formed.wait_s)
-            self._run(formed.batch)
+            self._run(runtime, formed.batch)
 
-    def _run(self, batch: list[Pending]) -> None:
+    def _run(self, runtime: Runtime, batch: list[Pending]) -> None:
         start = time.monotonic()
         rows = sum(p.rows for p in batch)
         try:
@@ -79,16 +92,17 @@ class VariantExecutor:
                     name: np.concatenate([p.payload[name] for p in batch], axis=0)
                     for name in batch[0].payload
                 }
-            outputs = infer_checked(self.runtime, inputs, rows)
+            outputs = infer_checked(runtime, inputs, rows)
         except Exception as exc:  # a failed batch fails its requests, not the worker
             for item in batch:
                 self._fail(item, exc)
             return
         end = time.monotonic()
         compute_ns = int((end - start) * 1e9)
-        self.batches += 1
-        self.served += len(batch)
-        self.busy_s += end - start
+        with self.cond:
+            self.batches += 1
+            self.served += len(batch)
+            self.busy_s += end - start
         offset = 0
         for pos, item in enumerate(batch):
             part = {k: v[offset : offset + item.rows] for k, v in outputs.items()}
@@ -153,14 +167,23 @@ class Worker:
         name = msg["variant"]
         if name in self.variants:
             return {"load_time_s": 0.0, "already": True}
-        runtime = OnnxRuntime(
-            msg["path"], threads=min(msg.get("threads", self.threads), self.threads),
-            provider=msg.get("provider", "cpu"), allow_spinning=self.allow_spinning,
-        )  # fmt: skip
-        runtime.load()
-        queue = BatchQueue(msg.get("max_batch", 16), max_delay_s=msg.get("max_delay_s", 0.0))
-        self.variants[name] = VariantExecutor(name, runtime, queue, self.channel)
-        return {"load_time_s": runtime.load_time_s}
+        instances = max(1, msg.get("instances", 1))
+        runtimes = []
+        for _ in range(instances):
+            runtime = OnnxRuntime(
+                msg["path"], threads=max(1, min(msg.get("threads", self.threads), self.threads // instances)),
+                provider=msg.get("provider", "cpu"), allow_spinning=self.allow_spinning,
+            )  # fmt: skip
+            runtime.load()
+            runtimes.append(runtime)
+        max_batch = msg.get("max_batch", 16)
+        timings = calibrate(runtimes[0], max_batch) if msg.get("calibrate", True) else {}
+        preferred = preferred_batch(timings, max_batch)
+        queue = BatchQueue(preferred, max_delay_s=msg.get("max_delay_s", 0.0))
+        self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel)
+        return {"load_time_s": sum(r.load_time_s for r in runtimes) / instances, "instances": instances,
+                "threads": runtimes[0].threads, "preferred_batch": preferred,
+                "batch_ms": {b: round(t * 1000, 3) for b, t in timings.items()}}  # fmt: skip
 
     def _op_unload(self, msg: dict) -> dict:
         executor = self.variants.pop(msg["variant"], None)
@@ -168,8 +191,9 @@ class Worker:
             return {"unloaded": False}
         for item in executor.stop():
             executor._fail(item, RuntimeError(f"variant {executor.name} was unloaded"))
-        executor.thread.join(timeout=30)
-        executor.runtime.unload()
+        executor.join(timeout=30)
+        for runtime in executor.runtimes:
+            runtime.unload()
         return {"unloaded": True}
 
     def _op_stats(self, msg: dict) -> dict:
@@ -182,6 +206,45 @@ class Worker:
 
     def _op_ping(self, msg: dict) -> dict:
         return {"pid": os.getpid()}
+
+
+def calibrate(runtime: OnnxRuntime, max_batch: int, budget_s: float = 3.0) -> dict[int, float]:
+    """Warm the runtime up and time one batch at sizes 1, 2, 4 ... max_batch (best of 3 runs).
+
+    Returns {batch: seconds}; empty when the inputs have free non-batch dimensions (no sample
+    can be made up) or the model fails on zeros.
+    """
+    samples = runtime.sample_inputs(1)
+    if samples is None:
+        return {}
+    timings: dict[int, float] = {}
+    spent = time.perf_counter()
+    batch = 1
+    while batch <= max_batch:
+        inputs = {k: np.repeat(v, batch, axis=0) for k, v in samples.items()}
+        try:
+            runtime.infer(inputs)  # warm-up
+            runs = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                runtime.infer(inputs)
+                runs.append(time.perf_counter() - t0)
+        except Exception:
+            return timings
+        timings[batch] = min(runs)
+        if time.perf_counter() - spent > budget_s:
+            break
+        batch = batch * 2 if batch * 2 <= max_batch or batch == max_batch else max_batch
+    return timings
+
+
+def preferred_batch(timings: dict[int, float], max_batch: int, tolerance: float = 0.05) -> int:
+    """The smallest batch whose time per row is within ``tolerance`` of the best measured."""
+    if not timings:
+        return max_batch
+    per_row = {b: t / b for b, t in timings.items()}
+    best = min(per_row.values())
+    return min(b for b, t in per_row.items() if t <= best * (1 + tolerance))
 
 
 def _rss_mb() -> float:

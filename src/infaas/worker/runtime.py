@@ -74,6 +74,22 @@ class OnnxRuntime:
     def unload(self) -> None:
         self._session = None
 
+    def sample_inputs(self, rows: int) -> dict[str, np.ndarray] | None:
+        """Zeros of the model's input shapes, or None when a non-batch dimension is free."""
+        if self._session is None:
+            return None
+        from infaas.tensors import ORT_TO_V2, V2_TO_NUMPY
+
+        out = {}
+        for spec in self._session.get_inputs():
+            dims = spec.shape[1:]
+            if spec.type not in ORT_TO_V2 or ORT_TO_V2[spec.type] == "BYTES":
+                return None
+            if not all(isinstance(d, int) and d > 0 for d in dims):
+                return None
+            out[spec.name] = np.zeros((rows, *dims), dtype=V2_TO_NUMPY[ORT_TO_V2[spec.type]])
+        return out
+
     def metadata(self) -> dict:
         return {"path": str(self.path), "threads": self.threads, "provider": self.provider,
                 "load_time_s": self.load_time_s}  # fmt: skip
