@@ -6,7 +6,8 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
+import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -89,15 +90,11 @@ def _register_items(args, items: list[dict]) -> list[dict]:
         return out
 
 
-def _registered_table(results: list[dict]) -> Table:
-    table = Table(title="registered")
-    for col in ("architecture", "task", "accuracy", "variant"):
-        table.add_column(col)
-    for r in results:
-        a = r["architecture"]
-        acc = "-" if a["accuracy"] is None else f"{a['accuracy']:.3f} ({a['accuracy_source']})"
-        table.add_row(a["name"], a["task"], acc, ", ".join(v["name"] for v in r["variants"]))
-    return table
+def _show_registered(args, results: list[dict]) -> None:
+    archs = [r["architecture"] for r in results]
+    rows = ((a["name"], a["task"], _accuracy(a), ", ".join(v["name"] for v in r["variants"]))
+            for a, r in zip(archs, results, strict=True))  # fmt: skip
+    _show(args, results, "registered", ("architecture", "task", "accuracy", "variant"), rows)
 
 
 def cmd_register(args) -> None:
@@ -105,8 +102,7 @@ def cmd_register(args) -> None:
             "validation": args.validation, "description": args.description or ""}  # fmt: skip
     if args.max_batch:
         item["max_batch"] = args.max_batch
-    results = _register_items(args, [item])
-    _print_json(results) if args.json else console.print(_registered_table(results))
+    _show_registered(args, _register_items(args, [item]))
 
 
 def cmd_zoo(args) -> None:
@@ -123,42 +119,48 @@ def cmd_zoo(args) -> None:
              for m in models]  # fmt: skip
     with console.status(f"registering {len(items)} models"):
         results = _register_items(args, items)
-    _print_json(results) if args.json else console.print(_registered_table(results))
+    _show_registered(args, results)
+
+
+def _show(args, data: Any, title: str, columns: tuple[str, ...], rows: Iterable[tuple]) -> None:
+    """``--json``: the data as JSON; otherwise a rich table of the given rows."""
+    if args.json:
+        _print_json(data)
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    console.print(table)
+
+
+def _accuracy(v: dict) -> str:
+    return "-" if v["accuracy"] is None else f"{v['accuracy']:.3f} ({v['accuracy_source']})"
+
+
+def _status(v: dict) -> str:
+    return f"loaded on {', '.join(v['loaded_on'])}" if v["loaded_on"] else v["status"]
 
 
 def cmd_models(args) -> None:
     with _client(args) as client:
         archs = client.architectures()
         variants = client.variants()
-    if args.json:
-        _print_json({"architectures": archs, "variants": variants})
-        return
-    table = Table(title="models")
-    for col in ("task", "architecture", "variant", "accuracy", "max batch", "status"):
-        table.add_column(col)
-    for a in sorted(archs, key=lambda a: (a["task"], a["name"])):
-        for v in [v for v in variants if v["architecture"] == a["name"]]:
-            acc = "-" if v["accuracy"] is None else f"{v['accuracy']:.3f} ({v['accuracy_source']})"
-            status = f"loaded on {', '.join(v['loaded_on'])}" if v["loaded_on"] else v["status"]
-            table.add_row(a["task"], a["name"], v["name"], acc, str(v["max_batch"]), status)
-    console.print(table)
+    rows = ((a["task"], a["name"], v["name"], _accuracy(v), v["max_batch"], _status(v))
+            for a in sorted(archs, key=lambda a: (a["task"], a["name"]))
+            for v in variants if v["architecture"] == a["name"])  # fmt: skip
+    _show(args, {"architectures": archs, "variants": variants}, "models",
+          ("task", "architecture", "variant", "accuracy", "max batch", "status"), rows)  # fmt: skip
 
 
 def cmd_variants(args) -> None:
     with _client(args) as client:
         variants = client.variants(args.architecture)
-    if args.json:
-        _print_json(variants)
-        return
-    table = Table(title=f"variants of {args.architecture}" if args.architecture else "variants")
-    for col in ("variant", "format", "provider", "threads", "max batch", "accuracy", "status"):
-        table.add_column(col)
-    for v in variants:
-        acc = "-" if v["accuracy"] is None else f"{v['accuracy']:.3f} ({v['accuracy_source']})"
-        status = f"loaded on {', '.join(v['loaded_on'])}" if v["loaded_on"] else v["status"]
-        table.add_row(v["name"], v["format"], v["provider"], str(v["threads"]), str(v["max_batch"]),
-                      acc, status)  # fmt: skip
-    console.print(table)
+    rows = ((v["name"], v["format"], v["provider"], v["threads"], v["max_batch"], _accuracy(v), _status(v))
+            for v in variants)  # fmt: skip
+    _show(args, variants, f"variants of {args.architecture}" if args.architecture else "variants",
+          ("variant", "format", "provider", "threads", "max batch", "accuracy", "status"), rows)  # fmt: skip
 
 
 def _load_input(path: str) -> np.ndarray | dict[str, np.ndarray]:
@@ -176,19 +178,14 @@ def cmd_infer(args) -> None:
                               parameters=params, binary=not args.json_tensors)  # fmt: skip
     if args.output:
         np.savez(args.output, **result.outputs)
-    if args.json:
-        _print_json({"model_name": result.model_name, "model_version": result.model_version,
-                     "parameters": result.parameters, "outputs": result.outputs})  # fmt: skip
-        return
-    table = Table(title=f"{result.model_name} → {result.parameters.get('variant', result.model_version)}")
-    for col in ("output", "datatype/shape", "values"):
-        table.add_column(col)
-    for name, arr in result.outputs.items():
-        text = np.array2string(arr, threshold=12, edgeitems=3, precision=4)
-        table.add_row(name, f"{arr.dtype} {list(arr.shape)}", text)
-    console.print(table)
+    rows = ((name, f"{arr.dtype} {list(arr.shape)}", np.array2string(arr, threshold=12, edgeitems=3, precision=4))
+            for name, arr in result.outputs.items())  # fmt: skip
+    _show(args, {"model_name": result.model_name, "model_version": result.model_version,
+                 "parameters": result.parameters, "outputs": result.outputs},
+          f"{result.model_name} → {result.parameters.get('variant', result.model_version)}",
+          ("output", "datatype/shape", "values"), rows)  # fmt: skip
     p = result.parameters
-    if p:
+    if p and not args.json:
         console.print(f"[bold]worker[/] {p.get('worker')}  [bold]queue[/] {p.get('queue_ms')} ms  "
                       f"[bold]compute[/] {p.get('compute_ms')} ms  [bold]batch[/] {p.get('batch_size')}  "
                       f"[bold]total[/] {p.get('total_ms')} ms")  # fmt: skip
@@ -198,32 +195,17 @@ def cmd_infer(args) -> None:
 def cmd_workers(args) -> None:
     with _client(args) as client:
         workers = client.workers()
-    if args.json:
-        _print_json(workers)
-        return
-    table = Table(title="workers")
-    for col in ("worker", "pid", "cores", "alive", "restarts", "in flight", "loaded variants"):
-        table.add_column(col)
-    for w in workers:
-        table.add_row(w["name"], str(w["pid"]), ",".join(map(str, w["cores"])), str(w["alive"]),
-                      str(w["restarts"]), str(w["outstanding"]), "\n".join(w["loaded"]) or "-")  # fmt: skip
-    console.print(table)
+    rows = ((w["name"], w["pid"], ",".join(map(str, w["cores"])), w["alive"], w["restarts"], w["outstanding"],
+             "\n".join(w["loaded"]) or "-") for w in workers)  # fmt: skip
+    _show(args, workers, "workers",
+          ("worker", "pid", "cores", "alive", "restarts", "in flight", "loaded variants"), rows)  # fmt: skip
 
 
 def cmd_decisions(args) -> None:
-    import time
-
     with _client(args) as client:
         decisions = client.decisions(args.limit)
-    if args.json:
-        _print_json(decisions)
-        return
-    table = Table(title="recent decisions")
-    for col in ("time", "kind", "reason"):
-        table.add_column(col)
-    for d in decisions:
-        table.add_row(time.strftime("%H:%M:%S", time.localtime(d["time"])), d["kind"], d["reason"])
-    console.print(table)
+    rows = ((time.strftime("%H:%M:%S", time.localtime(d["time"])), d["kind"], d["reason"]) for d in decisions)
+    _show(args, decisions, "recent decisions", ("time", "kind", "reason"), rows)
 
 
 def cmd_remove(args) -> None:

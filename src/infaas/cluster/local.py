@@ -83,7 +83,7 @@ class LocalWorker:
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         try:
             hello = await asyncio.wait_for(read_message(reader), self.start_timeout_s)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (TimeoutError, asyncio.IncompleteReadError) as exc:
             self._proc.kill()
             raise Unavailable(f"worker {self.name} did not start: {exc!r}") from exc
         if not hello.get("ok"):
@@ -104,7 +104,7 @@ class LocalWorker:
         if self._proc is not None:
             try:
                 await asyncio.wait_for(asyncio.to_thread(self._proc.wait), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._proc.kill()
                 await asyncio.to_thread(self._proc.wait)
         if self._reader_task is not None:
