@@ -92,17 +92,19 @@ def _run(url: str, queries: int, concurrency: int) -> None:
         c.close()
 
     table = Table(title=f"what ran ({queries} queries in {elapsed:.1f} s, {queries / elapsed:.0f} queries/s)")
-    for col in ("level", "asked for", "variant that ran", "on", "ok", "correct", "p50 ms", "p99 ms",
-                "batch"):  # fmt: skip
-        table.add_column(col, overflow="fold")
+    table.add_column("asked for (level)", min_width=21)
+    table.add_column("variant that ran", min_width=16)
+    for col in ("rows right", "p50/p99 ms", "batch"):
+        table.add_column(col, no_wrap=True, justify="right")
     for (level, model), rs in sorted(results.items()):
         ok = [r for r in rs if r[2] is not None]
         lat = sorted(r[4] * 1000 for r in ok) or [float("nan")]
-        variants = sorted({r[2]["variant"] for r in ok})
+        variants = sorted({(r[2]["architecture"], r[2]["variant"]) for r in ok})
+        ran = "\n".join(f"{arch}\n[dim].{name.removeprefix(arch + '.')}[/]" for arch, name in variants)
         rows = sum(r[5] for r in ok)
-        table.add_row(level, model, "\n".join(variants), ",".join(sorted({r[2]["worker"] for r in ok})),
-                      f"{len(ok)}/{len(rs)}", f"{sum(r[6] for r in ok)}/{rows}",
-                      f"{statistics.median(lat):.1f}", f"{lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.1f}",
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        table.add_row(f"{model}\n[dim]{level}, {len(ok)}/{len(rs)} ok[/]", ran, f"{sum(r[6] for r in ok)}/{rows}",
+                      f"{statistics.median(lat):.1f}/{p99:.1f}",
                       f"{statistics.mean(r[2]['batch_size'] for r in ok):.1f}" if ok else "-")  # fmt: skip
     console.print(table)
     for (_level, model), rs in sorted(results.items()):
