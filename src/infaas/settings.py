@@ -50,6 +50,17 @@ class Settings(BaseSettings):
     )
     decision_log_size: int = 1000
 
+    # variants and profiling
+    profile_on_register: bool = Field(True, description="generate and profile variants after registration")
+    max_accuracy_drop: float = Field(0.02, ge=0, description="reject variants losing more top-1 than this")
+    confident_probability: float = Field(
+        0.5, description="estimated accuracy: agreement on inputs the parent answers with this top-1 probability"
+    )
+    # prices (USD per hour), for cost per 1000 inferences. Defaults: AWS EC2 on-demand, us-east-1:
+    # c5.large $0.085/h for 2 vCPUs -> $0.0425 per vCPU-hour; g4dn.xlarge (1 T4) $0.526/h.
+    price_cpu_core_hour: float = 0.0425
+    price_gpu_hour: float = 0.526
+
     @property
     def registry_path(self) -> Path:
         return self.data_dir / "registry.sqlite3"

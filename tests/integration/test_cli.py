@@ -60,7 +60,12 @@ def test_serve_zoo_add_models_infer(served, tmp_path, digits_samples):
     assert all(r["architecture"]["accuracy_source"] == "measured" for r in registered)
 
     models = json.loads(run("models", "--url", url, "--json").stdout)
-    assert all(v["loaded_on"] for v in models["variants"])
+    for arch in registered:  # each architecture serves from one loaded variant ...
+        assert any(v["loaded_on"] for v in models["variants"] if v["architecture"] == arch["architecture"]["name"])
+    # ... and `zoo add` waited for its family to be generated and profiled: measured accuracy everywhere
+    profiled = [v for v in models["variants"] if v["status"] in ("ready", "rejected")]
+    assert len(profiled) > 4 * 4
+    assert all(v["accuracy_source"] == "measured" for v in profiled)
     table = run("models", "--url", url).stdout
     assert "digits-classification" in table and "measured" in table and "loaded on w0" in table
 
@@ -78,14 +83,18 @@ def test_serve_zoo_add_models_infer(served, tmp_path, digits_samples):
 
     assert "w0" in run("workers", "--url", url).stdout
     assert "loaded digits-mlp" in run("decisions", "--url", url).stdout
-    assert len(json.loads(run("variants", "digits-mlp", "--url", url, "--json").stdout)) == 1
+    variants = json.loads(run("variants", "digits-mlp", "--url", url, "--json").stdout)
+    assert {v["format"] for v in variants} >= {"onnx-fp32", "onnx-int8-static", "onnx-int8-dynamic"}
+    assert all(v["profile"]["latency_p50_ms"]["1"] > 0 for v in variants if v["status"] != "failed")
+    table = run("variants", "digits-tree", "--url", url).stdout
+    assert "p50@1 ms" in table and "$/1k" in table and "measured" in table
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_json_infer(served, digits_samples):
     url, _, _ = served
-    run("zoo", "add", "digits", "--url", url, check=False)  # idempotent for this test's needs
+    run("zoo", "add", "digits", "--url", url, "--no-wait", check=False)  # idempotent for this test's needs
     x = digits_samples[0][:2]
     body = json.dumps({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
                                    "data": x.ravel().tolist()}]})  # fmt: skip
@@ -100,7 +109,7 @@ def test_curl_json_infer(served, digits_samples):
 def test_client_errors_are_readable(served, tmp_path):
     url, _, _ = served
     np.save(tmp_path / "bad.npy", np.zeros((1, 3), np.float32))
-    run("zoo", "add", "digits", "--url", url, check=False)
+    run("zoo", "add", "digits", "--url", url, "--no-wait", check=False)
     proc = run("infer", "digits-mlp", "--input", str(tmp_path / "bad.npy"), "--url", url, check=False)
     assert proc.returncode == 1 and "error 400" in proc.stderr and "expected [-1, 64]" in proc.stderr
     free = free_port()
@@ -113,18 +122,23 @@ def test_register_offline_into_a_data_dir_then_serve(tmp_path, digits_models):
     m = next(m for m in digits_models if m.name == "digits-nb")
     (tmp_path / "m.onnx").write_bytes(m.onnx)
     (tmp_path / "v.npz").write_bytes(m.validation)
-    out = run("register", "nb", "--task", "digits", "--model", str(tmp_path / "m.onnx"),
+    out = run("register", "nb", "--task", "digits", "--model", str(tmp_path / "m.onnx"), "--no-wait",
               "--validation", str(tmp_path / "v.npz"), "--data-dir", str(tmp_path / "d"), "--json").stdout  # fmt: skip
     arch = json.loads(out)[0]["architecture"]
     assert arch["accuracy_source"] == "measured" and arch["accuracy"] > 0.8
     proc = run("register", "nb", "--task", "digits", "--model", str(tmp_path / "m.onnx"),
                "--data-dir", str(tmp_path / "d"), check=False)  # fmt: skip
     assert proc.returncode == 1 and "already taken" in proc.stderr
+    # profiling offline, in the CLI's process, into the same data directory
+    variants = json.loads(run("profile", "nb", "--quick", "--data-dir", str(tmp_path / "d"), "--json").stdout)
+    assert {v["status"] for v in variants} <= {"ready", "rejected", "failed"}
+    assert all(v["profile"] and v["accuracy_source"] == "measured" for v in variants if v["status"] != "failed")
 
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end():
     out = run("demo", "--queries", "40", "--concurrency", "4", timeout=300).stdout
-    assert "registered architectures" in out and "what ran" in out
+    assert "architectures of task digits-classification and their variants" in out and "what ran" in out
+    assert "rejected" in out  # the family was generated and judged
     assert "digits-classification" in out and "why" in out
     assert "10/10" in out

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from infaas.client import Client, InfaasClientError
@@ -64,29 +65,72 @@ def cmd_serve(args) -> None:
     serve(settings)
 
 
-def _register_local(data_dir: str, items: list[dict]) -> list[dict]:
+def _profile_local(data_dir: str, names: list[str], quick: bool) -> None:
+    """Generate and profile variants in this process (no server), with progress bars."""
+    import asyncio
+
+    from infaas.profiler import profile_architecture
     from infaas.registry import Registry
 
+    settings = load_settings(data_dir=data_dir)
     registry = Registry.open(data_dir)
     try:
-        out = []
-        for item in items:
-            arch, variant = registry.register(**item)
-            out.append({"architecture": arch.model_dump(), "variants": [variant.model_dump()]})
-        return out
+        with Progress(console=err) as progress:
+            for name in names:
+                bar = progress.add_task(f"{name}: generating", total=None)
+
+                def update(what: str, done: int, total: int, bar=bar, name=name) -> None:
+                    progress.update(bar, description=f"{name}: {what}", completed=done, total=total or None)
+
+                report = asyncio.run(profile_architecture(registry, name, settings, quick=quick, progress=update))
+                progress.update(bar, description=f"{name}: profiled in {report.seconds:.0f} s")
     finally:
         registry.close()
 
 
+def _wait_for_profiles(client: Client, names: list[str], quick: bool) -> None:
+    """Start (or join) server-side profiling and follow it with progress bars."""
+    states = {name: client.profile(name, quick=quick) for name in names}
+    with Progress(console=err) as progress:
+        bars = {name: progress.add_task(f"{name}: {states[name]['stage']}", total=None) for name in names}
+        while True:
+            for name in names:
+                st = states[name] = client.profiling(name)
+                progress.update(bars[name], description=f"{name}: {st['stage']}", completed=st["done"],
+                                total=st["total"] or None)  # fmt: skip
+            if all(st["finished"] is not None for st in states.values()):
+                break
+            time.sleep(0.3)
+    for name, st in states.items():
+        if st["error"]:
+            err.print(f"[red]profiling {name} failed[/] {st['error']}")
+
+
 def _register_items(args, items: list[dict]) -> list[dict]:
-    """Register through the server (default) or straight into a data directory (--data-dir)."""
+    """Register through the server (default) or straight into a data directory (--data-dir); then
+    generate and profile the variants unless --no-wait."""
+    quick = getattr(args, "quick", False)
     if args.data_dir:
-        return _register_local(args.data_dir, items)
+        from infaas.registry import Registry
+
+        registry = Registry.open(args.data_dir)
+        try:
+            out = []
+            for item in items:
+                arch, variant = registry.register(**item)
+                out.append({"architecture": arch.model_dump(mode="json"), "variants": [variant.model_dump(mode="json")]})
+        finally:
+            registry.close()
+        if not args.no_wait:
+            _profile_local(args.data_dir, [r["architecture"]["name"] for r in out], quick)
+        return out
     with _client(args) as client:
         out = []
         for item in items:
             item = dict(item)
             out.append(client.register(item.pop("name"), item.pop("task"), item.pop("model"), **item))
+        if not args.no_wait:
+            _wait_for_profiles(client, [r["architecture"]["name"] for r in out], quick)
         return out
 
 
@@ -99,7 +143,8 @@ def _show_registered(args, results: list[dict]) -> None:
 
 def cmd_register(args) -> None:
     item = {"name": args.name, "task": args.task, "model": args.model, "accuracy": args.accuracy,
-            "validation": args.validation, "description": args.description or ""}  # fmt: skip
+            "validation": args.validation, "calibration": args.calibration,
+            "description": args.description or ""}  # fmt: skip
     if args.max_batch:
         item["max_batch"] = args.max_batch
     _show_registered(args, _register_items(args, [item]))
@@ -115,8 +160,8 @@ def cmd_zoo(args) -> None:
     with console.status(f"building zoo family {args.family} (locally, nothing is downloaded)"):
         models = build_family(args.family)
     items = [{"name": m.name, "task": m.task, "model": m.onnx, "accuracy": m.accuracy,
-              "validation": m.validation, "description": m.description, "max_batch": m.max_batch}
-             for m in models]  # fmt: skip
+              "validation": m.validation, "calibration": m.calibration, "description": m.description,
+              "max_batch": m.max_batch} for m in models]  # fmt: skip
     with console.status(f"registering {len(items)} models"):
         results = _register_items(args, items)
     _show_registered(args, results)
@@ -154,13 +199,61 @@ def cmd_models(args) -> None:
           ("task", "architecture", "variant", "accuracy", "max batch", "status"), rows)  # fmt: skip
 
 
+def _num(x: float | None, fmt: str = ".3g") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def variants_table(variants: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("variant", "status", "p50@1 ms", "p50@max ms", "rows/s", "MB", "load ms", "accuracy", "$/1k"):
+        table.add_column(col, justify="left" if col in ("variant", "status", "accuracy") else "right")
+    for v in variants:
+        p = v.get("profile") or {}
+        lat = p.get("latency_p50_ms") or {}
+        top = str(max((int(b) for b in lat), default=0))
+        short = v["name"].removeprefix(v["architecture"] + ".")
+        table.add_row(short, _status(v), _num(lat.get("1")), _num(lat.get(top)), _num(p.get("throughput"), ".0f"),
+                      _num(p.get("peak_memory_mb"), ".1f"), _num(p.get("load_time_ms"), ".0f"), _accuracy(v),
+                      _num(p.get("cost_per_1k"), ".2g"))  # fmt: skip
+    return table
+
+
+def _print_variants(variants: list[dict], title: str) -> None:
+    console.print(variants_table(variants, title))
+    for v in variants:
+        if v["status"] in ("rejected", "failed"):
+            console.print(f"[dim]{v['name']}[/] {v['status']}: {v['reason']}")
+
+
 def cmd_variants(args) -> None:
     with _client(args) as client:
         variants = client.variants(args.architecture)
-    rows = ((v["name"], v["format"], v["provider"], v["threads"], v["max_batch"], _accuracy(v), _status(v))
-            for v in variants)  # fmt: skip
-    _show(args, variants, f"variants of {args.architecture}" if args.architecture else "variants",
-          ("variant", "format", "provider", "threads", "max batch", "accuracy", "status"), rows)  # fmt: skip
+    if args.json:
+        _print_json(variants)
+        return
+    _print_variants(variants, f"variants of {args.architecture}" if args.architecture else "variants")
+
+
+def cmd_profile(args) -> None:
+    if args.data_dir:
+        _profile_local(args.data_dir, [args.architecture], args.quick)
+        from infaas.registry import Registry
+
+        registry = Registry.open(args.data_dir)
+        try:
+            variants = [{**v.model_dump(mode="json"), "loaded_on": [],
+                         "profile": (p.model_dump(mode="json") if (p := registry.profile(v.name)) else None)}
+                        for v in registry.variants(args.architecture)]  # fmt: skip
+        finally:
+            registry.close()
+    else:
+        with _client(args) as client:
+            _wait_for_profiles(client, [args.architecture], args.quick)
+            variants = client.variants(args.architecture)
+    if args.json:
+        _print_json(variants)
+    else:
+        _print_variants(variants, f"variants of {args.architecture}")
 
 
 def _load_input(path: str) -> np.ndarray | dict[str, np.ndarray]:
@@ -250,9 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="ONNX file")
     p.add_argument("--accuracy", type=float, help="declared top-1 accuracy (0..1)")
     p.add_argument("--validation", help=".npz with 'inputs' and 'labels': accuracy is measured")
+    p.add_argument("--calibration", help=".npz with 'inputs' (no labels) to calibrate INT8 variants on")
     p.add_argument("--description")
     p.add_argument("--max-batch", type=int)
     p.add_argument("--data-dir", help="register into this data directory instead of a running server")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for variant generation and profiling")
+    p.add_argument("--quick", action="store_true", help="quick profiling (fewer runs)")
     p.set_defaults(fn=cmd_register)
 
     p = client_cmd("models", "list tasks, architectures and variants")
@@ -261,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_cmd("variants", "list the variants of an architecture")
     p.add_argument("architecture", nargs="?")
     p.set_defaults(fn=cmd_variants)
+
+    p = client_cmd("profile", "generate and profile an architecture's variants (progress bars)")
+    p.add_argument("architecture")
+    p.add_argument("--quick", action="store_true", help="fewer runs per batch size")
+    p.add_argument("--data-dir", help="profile in this process, in this data directory, without a server")
+    p.set_defaults(fn=cmd_profile)
 
     p = client_cmd("infer", "run an inference")
     p.add_argument("model", help="task (model-less), architecture, or variant")
@@ -276,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["add", "list"])
     p.add_argument("family", nargs="?", default="digits", choices=["digits", "efficientnet-lite"])
     p.add_argument("--data-dir", help="register into this data directory instead of a running server")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for variant generation and profiling")
+    p.add_argument("--quick", action="store_true", help="quick profiling (fewer runs)")
     p.set_defaults(fn=cmd_zoo)
 
     p = client_cmd("workers", "list workers and what they host")

@@ -21,7 +21,7 @@ console = Console()
 
 # (query level, model name asked, version)
 QUERIES = [
-    ("1 variant", "digits-tree", "fp32.cpu.t{t}.b16"),
+    ("1 variant", "digits-tree", "loaded"),
     ("2 arch", "digits-nb", None),
     ("2 arch", "digits-logreg", None),
     ("3 task", "digits-classification", None),
@@ -50,13 +50,26 @@ def _run(url: str, queries: int, concurrency: int) -> None:
             for m in models:
                 client.register(m.name, m.task, m.onnx, validation=m.validation, description=m.description)
                 progress.advance(task)
-        table = Table(title="registered architectures (task digits-classification)")
-        for col in ("architecture", "accuracy", "variant"):
+        from infaas.cli import _wait_for_profiles
+
+        console.print("generating and profiling the variants of each architecture (quick):")
+        _wait_for_profiles(client, [m.name for m in models], quick=True)
+        variants = client.variants()
+        table = Table(title="architectures of task digits-classification and their variants")
+        for col in ("architecture", "accuracy", "ready", "rejected"):
             table.add_column(col)
-        for v in client.variants():
-            table.add_row(v["architecture"], f"{v['accuracy']:.3f} ({v['accuracy_source']})", v["name"])
+        table.add_column("loaded", no_wrap=True)
+        loaded = {}
+        for arch in client.architectures():
+            mine = [v for v in variants if v["architecture"] == arch["name"]]
+            loaded[arch["name"]] = next((v["name"] for v in mine if v["loaded_on"]), "-")
+            table.add_row(arch["name"], f"{arch['accuracy']:.3f} ({arch['accuracy_source']})",
+                          str(sum(v["status"] == "ready" for v in mine)),
+                          str(sum(v["status"] == "rejected" for v in mine)),
+                          loaded[arch["name"]].removeprefix(arch["name"] + "."))  # fmt: skip
         console.print(table)
-        threads = client.variants("digits-tree")[0]["threads"]
+        console.print("(every variant, with latency, throughput, memory, cost and why rejected: "
+                      "infaas variants ARCH)")
 
     x_val, y_val = digits.sample_inputs(n=400)
     rng = np.random.default_rng(0)
@@ -65,7 +78,7 @@ def _run(url: str, queries: int, concurrency: int) -> None:
         level, model, version = QUERIES[i % len(QUERIES)]
         rows = int(rng.integers(1, 9))
         start = int(rng.integers(0, len(x_val) - rows))
-        plan.append((level, model, version and version.format(t=threads), start, rows))
+        plan.append((level, model, loaded[model] if version == "loaded" else version, start, rows))
 
     results: dict[tuple[str, str], list] = {}
     clients = [Client(url) for _ in range(concurrency)]

@@ -154,8 +154,8 @@ class Client:
     # ---- management --------------------------------------------------------------------------
     def register(
         self, name: str, task: str, model: str | Path | bytes, *, accuracy: float | None = None,
-        validation: str | Path | bytes | None = None, description: str = "", framework: str = "onnx",
-        max_batch: int | None = None,
+        validation: str | Path | bytes | None = None, calibration: str | Path | bytes | None = None,
+        description: str = "", framework: str = "onnx", max_batch: int | None = None,
     ) -> dict:
         def read(x):
             return x if isinstance(x, bytes) else Path(x).read_bytes()
@@ -163,12 +163,21 @@ class Client:
         files = {"model": ("model.onnx", read(model), "application/octet-stream")}
         if validation is not None:
             files["validation"] = ("validation.npz", read(validation), "application/octet-stream")
+        if calibration is not None:
+            files["calibration"] = ("calibration.npz", read(calibration), "application/octet-stream")
         data = {"name": name, "task": task, "framework": framework, "description": description}
         if accuracy is not None:
             data["accuracy"] = str(accuracy)
         if max_batch is not None:
             data["max_batch"] = str(max_batch)
         return self._json("POST", "/api/v1/architectures", data=data, files=files)
+
+    def profile(self, architecture: str, quick: bool = False) -> dict:
+        """Start (or join) the background profiling of an architecture; returns its progress."""
+        return self._json("POST", f"/api/v1/architectures/{architecture}/profile", json={"quick": quick})
+
+    def profiling(self, architecture: str) -> dict:
+        return self._json("GET", f"/api/v1/architectures/{architecture}/profile")
 
     def remove(self, architecture: str) -> None:
         self._request("DELETE", f"/api/v1/architectures/{architecture}")

@@ -208,6 +208,10 @@ class LocalWorker:
         return WorkerResult(reply["outputs"], reply["queue_ns"], reply["compute_ns"],
                             reply["batch_size"], reply["batch_pos"])  # fmt: skip
 
+    async def profile(self, request: dict, timeout: float = 600) -> dict[str, Any]:
+        """Run the worker's ``profile`` op (see ``infaas.profiler``)."""
+        return await self._call({"op": "profile", **request}, timeout=timeout)
+
     def kill(self) -> None:
         """Kill the process (tests and fault drills); the handle restarts it."""
         if self._proc is not None:

@@ -37,6 +37,7 @@ class Catalog:
         self.tasks: dict[str, Task] = {t.name: t for t in self.registry.tasks()}
         self.architectures: dict[str, Architecture] = {a.name: a for a in self.registry.architectures()}
         self.variants: dict[str, Variant] = {v.name: v for v in self.registry.variants()}
+        self.profiles = {p.variant: p for p in self.registry.profiles()}
         self.by_arch: dict[str, list[Variant]] = {a: [] for a in self.architectures}
         for v in self.variants.values():
             self.by_arch.setdefault(v.architecture, []).append(v)
@@ -103,6 +104,9 @@ class DataPlane:
         self.decisions: deque[dict[str, Any]] = deque(maxlen=settings.decision_log_size)
         self.ready = False
         self._load_lock = asyncio.Lock()
+        self._profile_lock = asyncio.Lock()  # one profiling at a time: they would disturb each other
+        self.profiling: dict[str, dict[str, Any]] = {}
+        self._tasks: set[asyncio.Task] = set()
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,12 +117,66 @@ class DataPlane:
 
     async def stop(self) -> None:
         self.ready = False
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.cluster.stop()
 
+    # ---- variants and profiling ----------------------------------------------------------
+    def start_profiling(self, arch: str, quick: bool = False) -> dict[str, Any]:
+        """Generate and profile an architecture's variants in the background; returns its progress record."""
+        if arch not in self.catalog.architectures:
+            raise NotFound(f"unknown architecture '{arch}'")
+        state = self.profiling.get(arch)
+        if state is not None and state["finished"] is None:
+            return state
+        state = {"architecture": arch, "quick": quick, "stage": "queued", "done": 0, "total": 0,
+                 "started": time.time(), "finished": None, "seconds": None, "error": None, "summary": None}  # fmt: skip
+        self.profiling[arch] = state
+        task = asyncio.create_task(self._profile(arch, quick, state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return state
+
+    async def _profile(self, arch: str, quick: bool, state: dict[str, Any]) -> None:
+        from infaas.profiler import profile_architecture
+
+        def progress(what: str, done: int, total: int) -> None:
+            state.update(stage=what, done=done, total=total)
+
+        try:
+            async with self._profile_lock:
+                report = await profile_architecture(self.registry, arch, self.settings, quick=quick, progress=progress)
+            counts = {s: sum(v.status == s for v in report.variants) for s in ("ready", "rejected", "failed")}
+            state["summary"] = {**counts, "skipped": {s.format: s.reason for s in report.skipped}}
+            self.catalog.refresh()
+            self.log_decision("profile", f"profiled {arch} in {report.seconds:.1f} s: {counts['ready']} variants "
+                              f"ready, {counts['rejected']} rejected, {counts['failed']} failed "
+                              f"(reasons: infaas variants {arch})", architecture=arch)  # fmt: skip
+        except asyncio.CancelledError:
+            state["error"] = "cancelled (server stopping)"
+            raise
+        except Exception as exc:  # the server keeps serving
+            log.exception("profiling %s failed", arch)
+            state["error"] = f"{type(exc).__name__}: {exc}"
+            self.log_decision("profile", f"profiling {arch} failed: {exc}", architecture=arch)
+        finally:
+            state["finished"] = time.time()
+            state["seconds"] = round(state["finished"] - state["started"], 2)
+
     def default_variant(self, arch: str) -> Variant | None:
+        """What to load for an architecture until the policy decides: the ready variant with the
+        largest max batch, then the most accurate, then the highest measured throughput."""
         ready = [v for v in self.catalog.by_arch.get(arch, []) if v.status == "ready"]
-        baseline = [v for v in ready if v.method == "baseline"]
-        return (baseline or ready or [None])[0]
+        if not ready:
+            return None
+
+        def rank(v: Variant):
+            prof = self.catalog.profiles.get(v.name)
+            return (v.max_batch, -1.0 if v.accuracy is None else v.accuracy, prof.throughput if prof else 0.0)
+
+        return max(ready, key=rank)
 
     async def ensure_loaded(self, arch: str) -> None:
         """Load the architecture's default variant on the least-busy live worker, if not loaded."""
@@ -294,6 +352,8 @@ class DataPlane:
                           f"(accuracy {arch.accuracy} {arch.accuracy_source})", architecture=arch.name)  # fmt: skip
         if self.ready:
             await self.ensure_loaded(arch.name)
+        if self.settings.profile_on_register:
+            self.start_profiling(arch.name)
         return arch, variant
 
     async def remove(self, arch: str) -> None:

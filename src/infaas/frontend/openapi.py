@@ -62,6 +62,8 @@ def openapi_schema() -> dict:
                         "model": {"type": "string", "format": "binary", "description": "ONNX file"},
                         "validation": {"type": "string", "format": "binary",
                                        "description": ".npz with 'inputs' and 'labels'; accuracy is measured"},
+                        "calibration": {"type": "string", "format": "binary",
+                                        "description": ".npz with 'inputs' for INT8 calibration (no labels)"},
                         "accuracy": {"type": "number", "description": "declared top-1 accuracy (0..1)"},
                         "framework": {"type": "string"},
                         "description": {"type": "string"},
@@ -73,6 +75,14 @@ def openapi_schema() -> dict:
                        params=[_path_param("name", "architecture")]),
             "delete": _op("Remove an architecture and its variants", "management", ok="204",
                           params=[_path_param("name", "architecture")]),
+        },
+        "/api/v1/architectures/{name}/profile": {
+            "post": _op("Generate and profile the architecture's variants (in the background)", "management",
+                        ok="202", schema=obj, params=[_path_param("name", "architecture")],
+                        body={"required": False, "content": {"application/json": {"schema": {
+                            "type": "object", "properties": {"quick": {"type": "boolean"}}}}}}),
+            "get": _op("Progress of the architecture's profiling", "management", schema=obj,
+                       params=[_path_param("name", "architecture")]),
         },
         "/api/v1/variants": {"get": _op("List variants", "management", schema={"type": "array", "items": obj},
                                         params=[_query_param("architecture", "only this architecture")])},

@@ -143,7 +143,7 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
             v.model_dump() for v in dp.catalog.by_arch.get(arch.name, [])]})  # fmt: skip
 
     async def register(request: Request) -> Response:
-        form = await request.form(max_files=2, max_fields=20)
+        form = await request.form(max_files=3, max_fields=20)
         try:
             def field(name: str) -> str | None:
                 value = form.get(name)
@@ -156,6 +156,7 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
             if not name or not task:
                 raise InvalidInput("fields 'name' and 'task' are required")
             validation = form.get("validation")
+            calibration = form.get("calibration")
             try:
                 accuracy = float(field("accuracy")) if field("accuracy") else None
                 max_batch = int(field("max_batch")) if field("max_batch") else settings.default_max_batch
@@ -165,6 +166,7 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
                 name=name, task=task, model=await model.read(), framework=field("framework") or "onnx",
                 accuracy=accuracy, description=field("description") or "", max_batch=max_batch,
                 validation=None if validation is None or isinstance(validation, str) else await validation.read(),
+                calibration=None if calibration is None or isinstance(calibration, str) else await calibration.read(),
             )  # fmt: skip
         finally:
             await form.close()
@@ -173,6 +175,24 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
     async def delete_architecture(request: Request) -> Response:
         await dp.remove(request.path_params["name"])
         return Response(status_code=204)
+
+    async def start_profile(request: Request) -> Response:
+        body = await request.body()
+        try:
+            opts = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            raise InvalidInput("body must be JSON, e.g. {\"quick\": true}") from None
+        state = dp.start_profiling(request.path_params["name"], quick=bool(isinstance(opts, dict) and opts.get("quick")))
+        return _json(state, 202)
+
+    async def get_profile(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in dp.catalog.architectures:
+            return _error(f"unknown architecture '{name}'", 404)
+        state = dp.profiling.get(name)
+        if state is None:
+            return _error(f"architecture '{name}' has not been profiled since the server started", 404)
+        return _json(state)
 
     async def list_variants(request: Request) -> Response:
         arch = request.query_params.get("architecture")
@@ -216,6 +236,8 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
         Route("/api/v1/architectures", g(register), methods=["POST"]),
         Route("/api/v1/architectures/{name}", g(get_architecture)),
         Route("/api/v1/architectures/{name}", g(delete_architecture), methods=["DELETE"]),
+        Route("/api/v1/architectures/{name}/profile", g(start_profile), methods=["POST"]),
+        Route("/api/v1/architectures/{name}/profile", g(get_profile)),
         Route("/api/v1/variants", g(list_variants)),
         Route("/api/v1/variants/{name}", g(get_variant)),
         Route("/api/v1/workers", g(workers)),
@@ -238,4 +260,6 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
 
 
 def _variant_row(dp: DataPlane, v) -> dict:
-    return {**v.model_dump(), "loaded_on": [w.name for w in dp.cluster.workers if w.hosts(v.name)]}
+    prof = dp.catalog.profiles.get(v.name)
+    return {**v.model_dump(mode="json"), "loaded_on": [w.name for w in dp.cluster.workers if w.hosts(v.name)],
+            "profile": None if prof is None else prof.model_dump(mode="json")}  # fmt: skip

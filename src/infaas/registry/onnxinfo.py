@@ -41,22 +41,52 @@ def read_signature(model: bytes | str | Path) -> Signature:
     return Signature(inputs=inputs, outputs=outputs)
 
 
-def load_validation(data: bytes | str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """An ``.npz`` with ``labels`` and either ``inputs`` (single-input models) or one array per input name."""
+def load_validation(
+    data: bytes | str | Path, need_labels: bool = True
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """An ``.npz`` with ``labels`` and either ``inputs`` (single-input models) or one array per input name.
+
+    Calibration data is the same without ``labels`` (``need_labels=False``)."""
     try:
         source = io.BytesIO(data) if isinstance(data, bytes) else str(data)
         with np.load(source, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:
         raise InvalidInput(f"validation data is not a readable .npz: {exc}") from exc
-    if "labels" not in arrays:
+    if "labels" not in arrays and need_labels:
         raise InvalidInput("validation .npz needs a 'labels' array")
-    labels = arrays.pop("labels")
+    labels = arrays.pop("labels", None)
     if not arrays:
-        raise InvalidInput("validation .npz needs 'inputs' (or one array per model input)")
-    if any(len(a) != len(labels) for a in arrays.values()):
-        raise InvalidInput("validation inputs and labels differ in length")
+        raise InvalidInput(".npz needs 'inputs' (or one array per model input)")
+    lengths = {len(a) for a in arrays.values()} | ({len(labels)} if labels is not None else set())
+    if len(lengths) != 1:
+        raise InvalidInput("inputs (and labels) in the .npz differ in length")
     return arrays, labels
+
+
+def named_inputs(inputs: dict[str, np.ndarray], signature: Signature) -> dict[str, np.ndarray]:
+    """Map an .npz's arrays to the model's input names (a lone ``inputs`` goes to a lone input), cast."""
+    from infaas.tensors import V2_TO_NUMPY
+
+    if set(inputs) == {"inputs"} and len(signature.inputs) == 1:
+        inputs = {signature.inputs[0].name: inputs["inputs"]}
+    missing = {s.name for s in signature.inputs} - set(inputs)
+    if missing:
+        raise InvalidInput(f"data lacks model inputs {sorted(missing)}")
+    return {s.name: np.ascontiguousarray(inputs[s.name], dtype=V2_TO_NUMPY[s.datatype]) for s in signature.inputs}
+
+
+def confidence(outputs: dict[str, np.ndarray], signature: Signature) -> np.ndarray | None:
+    """Top-1 probability per row from the first score output (softmax unless it already sums to 1)."""
+    for spec in signature.outputs:
+        out = outputs[spec.name]
+        if out.ndim == 2 and spec.datatype.startswith("FP") and out.shape[1] > 1:
+            scores = out.astype(np.float64)
+            if not (np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3)):
+                scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+                scores /= scores.sum(axis=1, keepdims=True)
+            return scores.max(axis=1)
+    return None
 
 
 def predicted_labels(outputs: dict[str, np.ndarray], signature: Signature) -> np.ndarray:

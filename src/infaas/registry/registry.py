@@ -11,10 +11,9 @@ import numpy as np
 
 from infaas.errors import AlreadyExists, InvalidInput, NotFound
 from infaas.registry.modelstore import ModelStore
-from infaas.registry.onnxinfo import load_validation, predicted_labels, read_signature
+from infaas.registry.onnxinfo import load_validation, named_inputs, predicted_labels, read_signature
 from infaas.registry.store import MetadataStore, SQLiteStore
 from infaas.registry.types import Architecture, Profile, Signature, Task, Variant, variant_name
-from infaas.tensors import V2_TO_NUMPY
 from infaas.worker.runtime import OnnxRuntime, infer_checked
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -30,21 +29,13 @@ def measure_accuracy(
     threads: int = 1, chunk: int = 256,
 ) -> float:
     """Top-1 accuracy of a model file on labelled data (the task metric ``top1``)."""
-    if set(inputs) == {"inputs"} and len(signature.inputs) == 1:
-        inputs = {signature.inputs[0].name: inputs["inputs"]}
-    missing = {s.name for s in signature.inputs} - set(inputs)
-    if missing:
-        raise InvalidInput(f"validation data lacks model inputs {sorted(missing)}")
+    inputs = named_inputs(inputs, signature)
     runtime = OnnxRuntime(model_path, threads=threads)
     runtime.load()
     try:
         correct = 0
         for start in range(0, len(labels), chunk):
-            batch = {}
-            for spec in signature.inputs:
-                batch[spec.name] = np.ascontiguousarray(
-                    inputs[spec.name][start : start + chunk], dtype=V2_TO_NUMPY[spec.datatype]
-                )
+            batch = {name: arr[start : start + chunk] for name, arr in inputs.items()}
             rows = len(labels[start : start + chunk])
             try:
                 outputs = infer_checked(runtime, batch, rows)
@@ -129,6 +120,7 @@ class Registry:
         framework: str = "onnx",
         accuracy: float | None = None,
         validation: bytes | str | Path | None = None,
+        calibration: bytes | str | Path | None = None,
         description: str = "",
         max_batch: int = 16,
         threads: int | None = None,
@@ -167,15 +159,21 @@ class Registry:
             )
             source = "measured"
             validation_hash = self.models.put_bytes(val_bytes, ".npz")
+        calibration_hash = None
+        if calibration is not None:
+            cal_bytes = calibration if isinstance(calibration, bytes) else Path(calibration).read_bytes()
+            cal_inputs, _ = load_validation(cal_bytes, need_labels=False)
+            named_inputs(cal_inputs, signature)  # fail now, not at quantization time
+            calibration_hash = self.models.put_bytes(cal_bytes, ".npz")
 
         if existing is None:
-            self.store.put("task", task, None, Task(name=task, signature=signature).model_dump())
+            self.store.put("task", task, None, Task(name=task, signature=signature).model_dump(mode="json"))
         arch = Architecture(
             name=name, task=task, framework=framework, accuracy=accuracy, accuracy_source=source,
             signature=signature, model_hash=model_hash, validation_hash=validation_hash,
-            description=description,
+            calibration_hash=calibration_hash, max_batch=max_batch, description=description,
         )  # fmt: skip
-        self.store.put("architecture", name, task, arch.model_dump())
+        self.store.put("architecture", name, task, arch.model_dump(mode="json"))
         threads = threads or default_threads()
         baseline = Variant(
             name=variant_name(name, "onnx-fp32", "cpu", threads, max_batch),
@@ -183,17 +181,21 @@ class Registry:
             max_batch=max_batch, artifact_hash=model_hash, method="baseline",
             params={"graph_optimization": "all"}, accuracy=accuracy, accuracy_source=source,
         )  # fmt: skip
-        self.store.put("variant", baseline.name, name, baseline.model_dump())
+        self.store.put("variant", baseline.name, name, baseline.model_dump(mode="json"))
         return arch, baseline
 
     def put_variant(self, variant: Variant) -> None:
         if self.architecture(variant.architecture) is None:
             raise NotFound(f"unknown architecture {variant.architecture!r}")
-        self.store.put("variant", variant.name, variant.architecture, variant.model_dump())
+        self.store.put("variant", variant.name, variant.architecture, variant.model_dump(mode="json"))
+
+    def profile(self, variant: str, hardware: str = "cpu") -> Profile | None:
+        body = self.store.get("profile", f"{variant}@{hardware}")
+        return None if body is None else Profile.model_validate(body)
 
     def put_profile(self, profile: Profile) -> None:
         self.store.put("profile", f"{profile.variant}@{profile.hardware}", profile.variant,
-                       profile.model_dump())  # fmt: skip
+                       profile.model_dump(mode="json"))  # fmt: skip
 
     def remove(self, architecture: str) -> None:
         """Remove an architecture, its variants and profiles; the task goes with its last architecture."""

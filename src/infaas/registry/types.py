@@ -64,6 +64,8 @@ class Architecture(_Record):
     signature: Signature
     model_hash: str
     validation_hash: str | None = None
+    calibration_hash: str | None = None
+    max_batch: int = 16
     description: str = ""
     created_at: float = Field(default_factory=time.time)
 
@@ -108,6 +110,9 @@ class Profile(_Record):
     load_time_ms: float = 0.0
     accuracy: float | None = None
     accuracy_source: AccuracySource = "unknown"
+    agreement: float | None = None
+    cost_per_1k: float = 0.0
+    best_batch: int = 1
     measured_at: float = Field(default_factory=time.time)
 
     def predict_ms(self, batch: int) -> float:

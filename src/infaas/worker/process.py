@@ -204,6 +204,46 @@ class Worker:
                              "busy_s": e.busy_s} for n, e in self.variants.items()},
         }  # fmt: skip
 
+    def _op_profile(self, msg: dict) -> dict:
+        """Measure one (artifact, threads) configuration in this process: load time, memory, latency at
+        each batch size (every run, after warm-up), and top-1 answers on the evaluation inputs."""
+        import onnxruntime  # noqa: F401  (imported before the baseline, so only the variant is counted)
+
+        from infaas.registry.onnxinfo import confidence, predicted_labels
+
+        rss_before = _rss_mb()
+        runtime = OnnxRuntime(msg["path"], threads=min(msg["threads"], self.threads),
+                              provider=msg.get("provider", "cpu"), allow_spinning=self.allow_spinning)  # fmt: skip
+        runtime.load()
+        rss_loaded = _rss_mb()
+        inputs: dict[str, np.ndarray] = msg["inputs"]
+        n = len(next(iter(inputs.values())))
+        latency: dict[int, list[float]] = {}
+        for batch in msg["batches"]:
+            idx = np.arange(batch) % n
+            x = {k: np.ascontiguousarray(v[idx]) for k, v in inputs.items()}
+            for _ in range(msg.get("warmup", 2)):
+                infer_checked(runtime, x, batch)
+            runs = []
+            for _ in range(msg.get("repeats", 10)):
+                t0 = time.perf_counter()
+                infer_checked(runtime, x, batch)
+                runs.append((time.perf_counter() - t0) * 1000)
+            latency[batch] = runs
+        chunk = max(msg["batches"])
+        outs: dict[str, list] = {}
+        for start in range(0, n, chunk):
+            part = infer_checked(runtime, {k: v[start : start + chunk] for k, v in inputs.items()},
+                                 min(chunk, n - start))  # fmt: skip
+            for k, v in part.items():
+                outs.setdefault(k, []).append(v)
+        merged = {k: np.concatenate(v) for k, v in outs.items()}
+        signature = msg["signature"]
+        runtime.unload()
+        return {"load_time_s": runtime.load_time_s, "latency_ms": latency,
+                "memory_mb": max(rss_loaded, _peak_rss_mb()) - rss_before,  # weights + arena at its peak
+                "predictions": predicted_labels(merged, signature), "confidence": confidence(merged, signature)}  # fmt: skip
+
     def _op_ping(self, msg: dict) -> dict:
         return {"pid": os.getpid()}
 
@@ -245,6 +285,18 @@ def preferred_batch(timings: dict[int, float], max_batch: int, tolerance: float 
     per_row = {b: t / b for b, t in timings.items()}
     best = min(per_row.values())
     return min(b for b, t in per_row.items() if t <= best * (1 + tolerance))
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process (VmHWM)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _rss_mb() -> float:

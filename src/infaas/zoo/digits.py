@@ -23,6 +23,7 @@ class ZooModel:
     task: str
     onnx: bytes
     validation: bytes | None = None
+    calibration: bytes | None = None
     accuracy: float | None = None
     description: str = ""
     max_batch: int = 16

@@ -93,26 +93,70 @@ def export(name: str) -> bytes:
 
 def build(names: list[str] | None = None) -> list[ZooModel]:
     models = []
+    calibration = calibration_npz()
     for name in names or list(ARCHITECTURES):
         resolution, top1 = ARCHITECTURES[name]
         models.append(ZooModel(
-            name=name, task=TASK, onnx=export(name), accuracy=top1, max_batch=16,
+            name=name, task=TASK, onnx=export(name), accuracy=top1, max_batch=16, calibration=calibration,
             description=f"EfficientNet-Lite at {resolution}px, published ImageNet top-1 {top1:.1%}",
         ))  # fmt: skip
     return models
 
 
-def sample_images(n: int = 4, seed: int = 0):
-    """Real photographs that ship with scikit-learn, cropped to the task's 256x256 RGB input."""
+PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+          "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png", "brick.png", "grass.png",
+          "coins.png", "moon.png")  # fmt: skip
+
+
+def _photos():
+    """Photographs shipped inside scikit-learn's and scikit-image's wheels, as RGB uint8 arrays."""
+    from pathlib import Path
+
     import numpy as np
+    from PIL import Image
     from sklearn.datasets import load_sample_images
 
+    out = list(load_sample_images().images)  # china.jpg, flower.jpg
+    try:
+        import skimage
+
+        root = Path(skimage.__file__).parent / "data"
+        for name in PHOTOS:
+            if (root / name).exists():
+                out.append(np.asarray(Image.open(root / name).convert("RGB")))
+    except ImportError:
+        pass
+    return out
+
+
+def sample_images(n: int = 4, seed: int = 0):
+    """Random crops (scale 0.4-1 of the short side, resized bicubic) and flips of real photographs
+    that ship with scikit-learn and scikit-image, as the task's 256x256 RGB input. Used for
+    calibration, demos and estimated-accuracy checks; nothing is downloaded."""
+    import numpy as np
+    from PIL import Image
+
     rng = np.random.default_rng(seed)
-    photos = load_sample_images().images  # china.jpg, flower.jpg: 427x640x3 uint8
+    photos = _photos()
     out = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
     for i in range(n):
-        img = photos[i % len(photos)]
-        y = int(rng.integers(0, img.shape[0] - SIZE))
-        x = int(rng.integers(0, img.shape[1] - SIZE))
-        out[i] = img[y : y + SIZE, x : x + SIZE]
+        img = photos[int(rng.integers(len(photos)))] if i >= len(photos) else photos[i]
+        h, w = img.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.4, 1.0))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = Image.fromarray(img[y : y + side, x : x + side]).resize((SIZE, SIZE), Image.BICUBIC)
+        arr = np.asarray(crop)
+        out[i] = arr[:, ::-1] if rng.random() < 0.5 else arr
     return out
+
+
+def calibration_npz(n: int = 256, seed: int = 1) -> bytes:
+    """Unlabelled inputs for the INT8 variants (an .npz with ``inputs``): the generator calibrates on
+    the first half, the profiler estimates accuracy from agreement on the second."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, inputs=sample_images(n, seed))
+    return buf.getvalue()
