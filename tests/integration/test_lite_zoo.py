@@ -58,6 +58,20 @@ def test_all_three_answer_the_same_request_like_pytorch(lite_server):
         assert task.parameters["architecture"] == "efficientnet-lite2"  # most accurate, declared
 
 
+def test_folded_resize_is_pytorch_bicubic():
+    import torch
+    import torch.nn.functional as F
+
+    images = torch.from_numpy(efficientnet.sample_images(2, seed=3))
+    for name, (resolution, _) in efficientnet.ARCHITECTURES.items():
+        offset, side = efficientnet.crop_box(resolution)
+        module = efficientnet._wrapped(name)
+        x = images.permute(0, 3, 1, 2).float()[:, :, offset : offset + side, offset : offset + side]
+        ref = F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False) if side != resolution else x
+        got = torch.matmul(torch.matmul(module.resize, x), module.resize.t()) if side != resolution else x
+        assert torch.allclose(got, ref, atol=1e-3), name
+
+
 def test_crop_box_follows_the_reference_preprocessing():
     assert efficientnet.crop_box(224) == (16, 224)
     assert efficientnet.crop_box(240) == (16, 225)

@@ -161,6 +161,8 @@ def _judge(variants: list[Variant], profiles: dict[str, Profile], arch: Architec
             q = profiles[o.name]
             if o is v or o.max_batch != v.max_batch:
                 continue
+            if q.accuracy_source == "estimated" and p.accuracy_source in ("measured", "declared"):
+                continue  # an estimate is weaker evidence than what it would displace
             acc_o, acc_v = (q.accuracy if q.accuracy is not None else -1), (p.accuracy if p.accuracy is not None else -1)
             no_worse = (q.latency_p50_ms[1] <= p.latency_p50_ms[1] and q.throughput >= p.throughput
                         and acc_o >= acc_v and q.cost_per_1k <= p.cost_per_1k)  # fmt: skip
@@ -178,8 +180,10 @@ def _judge(variants: list[Variant], profiles: dict[str, Profile], arch: Architec
 
 async def profile_architecture(
     registry: Registry, name: str, settings: Settings, *, quick: bool = False, progress: Progress | None = None,
+    generate: Callable[..., tuple[list[Artifact], list[Skipped]]] = generate_artifacts,
 ) -> ProfileReport:
-    """Generate, measure and judge every variant of an architecture; persists variants and profiles."""
+    """Generate (with ``generate``), measure and judge every variant of an architecture; persists
+    variants and profiles."""
     started = time.monotonic()
     say = progress or (lambda what, done, total: None)
     arch = registry.architecture(name)
@@ -188,7 +192,7 @@ async def profile_architecture(
 
         raise NotFound(f"unknown architecture {name!r}")
     say("generating variants", 0, 1)
-    artifacts, skipped = await asyncio.to_thread(generate_artifacts, registry, arch,
+    artifacts, skipped = await asyncio.to_thread(generate, registry, arch,
                                                  progress=lambda msg: say(msg, 0, 1))  # fmt: skip
     cores = len(os.sched_getaffinity(0))
     max_threads = min(settings.cores_per_worker or max(1, cores // settings.workers), cores)

@@ -14,6 +14,7 @@ good is the profiler's business: nothing here decides by rule that a format is s
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,11 +87,29 @@ def _quantized_something(path: Path) -> bool:
                              "QLinearConv", "QLinearMatMul", "DequantizeLinear") for n in graph.node)  # fmt: skip
 
 
+class _QuietQuantizer(logging.Filter):
+    """Drops ONNX Runtime quantization's warnings (multi-line tensor dumps on the root logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+
+
 def generate_artifacts(
     registry: Registry, arch: Architecture, *, gpu: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[Artifact], list[Skipped]]:
     """Build every format of ``arch`` and store it; returns the artifacts and what was skipped, with why."""
+    quiet = _QuietQuantizer()
+    logging.getLogger().addFilter(quiet)
+    try:
+        return _generate(registry, arch, gpu, progress)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+def _generate(
+    registry: Registry, arch: Architecture, gpu: bool, progress: Callable[[str], None] | None
+) -> tuple[list[Artifact], list[Skipped]]:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,

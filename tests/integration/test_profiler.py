@@ -1,0 +1,81 @@
+"""Variant generation and profiling on the digits zoo: real quantization, real isolated workers."""
+
+import asyncio
+
+import pytest
+
+from infaas.profiler import profile_architecture
+from infaas.registry import Registry, Variant
+from infaas.settings import Settings
+from tests.conftest import copy_data_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def registry(tmp_path, digits_data_dir):
+    r = Registry.open(copy_data_dir(digits_data_dir, tmp_path / "d"))
+    yield r
+    r.close()
+
+
+def run(registry, name, **kw):
+    return asyncio.run(profile_architecture(registry, name, Settings(data_dir=registry.models.root.parent), quick=True,
+                                            **kw))  # fmt: skip
+
+
+def test_family_of_the_mlp_is_generated_measured_and_judged(registry):
+    progress = []
+    report = run(registry, "digits-mlp", progress=lambda what, done, total: progress.append((what, done, total)))
+    formats = {v.format for v in report.variants}
+    assert formats == {"onnx-fp32", "onnx-int8-static", "onnx-int8-static-s8", "onnx-int8-dynamic"}
+    assert {v.threads for v in report.variants} == {1, 2}
+    assert {v.max_batch for v in report.variants} == {1, 4, 8, 16}
+    assert [s.format for s in report.skipped] == ["onnx-fp16"]  # no GPU here, said so
+    for v in report.variants:
+        assert v.status in ("ready", "rejected") and v.accuracy_source == "measured"
+        p = report.profiles[v.name]
+        assert sorted(p.latency_p50_ms) == [b for b in (1, 2, 4, 8, 16) if b <= v.max_batch]
+        assert all(p.latency_p99_ms[b] >= p.latency_p50_ms[b] > 0 for b in p.latency_p50_ms)
+        assert p.throughput > 0 and p.cost_per_1k > 0 and p.load_time_ms > 0 and p.peak_memory_mb >= 0
+        assert p.agreement is not None and p.agreement > 0.9
+        assert 0.85 < p.accuracy < 1.0
+        if v.status == "rejected":
+            assert v.reason.startswith(("dominated by", "accuracy"))
+    assert any(v.status == "ready" for v in report.variants)
+    quantized = [v for v in report.variants if v.format != "onnx-fp32"]
+    assert all(v.parent and v.parent.startswith("digits-mlp.fp32") for v in quantized)
+    assert progress[-1][0] == "done" and progress[-1][1] == progress[-1][2] == 8
+
+
+def test_unquantizable_graph_says_why(registry):
+    report = run(registry, "digits-tree")
+    assert {v.format for v in report.variants} == {"onnx-fp32"}
+    reasons = {s.format: s.reason for s in report.skipped}
+    assert "no quantizable operators" in reasons["onnx-int8-static"]
+
+
+def test_a_broken_variant_fails_alone_and_profiles_persist(registry, tmp_path):
+    # an artifact that cannot load: its configuration fails, recorded with the reason; the rest go on
+    bad_key = registry.models.put_bytes(b"this is not an onnx model", ".onnx")
+    from infaas.variants import Artifact, generate_artifacts
+
+    def with_broken(reg, arch, **kw):
+        arts, skipped = generate_artifacts(reg, arch, **kw)
+        return arts + [Artifact("onnx-broken", bad_key, "test")], skipped
+
+    report = run(registry, "digits-logreg", generate=with_broken)
+    broken = [v for v in report.variants if v.format == "onnx-broken"]
+    assert broken and all(v.status == "failed" and "profiling failed" in v.reason for v in broken)
+    assert any(v.status == "ready" for v in report.variants)
+
+    root = registry.models.root.parent
+    registry.close()
+    again = Registry.open(root)
+    stored = {v.name: v for v in again.variants("digits-logreg")}
+    for v in report.variants:
+        assert stored[v.name] == v
+        if v.status != "failed":
+            assert again.profile(v.name) == report.profiles[v.name]
+    assert isinstance(next(iter(stored.values())), Variant)
+    again.close()

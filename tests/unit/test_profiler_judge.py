@@ -1,0 +1,77 @@
+"""Judging profiled variants: accuracy bound and dominance, with reasons (pure, no processes)."""
+
+import pytest
+
+from infaas.profiler import linear_fit
+from infaas.profiler.profile import _judge
+from infaas.registry import Profile, Variant
+from infaas.settings import Settings
+from infaas.variants import batch_sizes
+from infaas.variants.generate import powers_of_two
+
+
+def variant(name, threads=1, max_batch=16, acc=0.9):
+    return Variant(name=f"a.{name}", architecture="a", artifact_hash="h", threads=threads, max_batch=max_batch,
+                   accuracy=acc, accuracy_source="measured", status="ready")  # fmt: skip
+
+
+def profile(v, p50_1, throughput, cost, acc=None):
+    return Profile(variant=v.name, hardware="cpu", latency_p50_ms={1: p50_1}, throughput=throughput,
+                   cost_per_1k=cost, accuracy=v.accuracy if acc is None else acc, accuracy_source="measured")  # fmt: skip
+
+
+def judge(variants, profiles, reference=0.9, drop=0.02):
+    return {v.name: v for v in _judge(variants, profiles, None, Settings(max_accuracy_drop=drop), reference)}
+
+
+def test_dominated_variant_is_rejected_with_the_numbers():
+    fast, slow = variant("fp32"), variant("dyn")
+    out = judge([fast, slow], {fast.name: profile(fast, 2.0, 500, 1e-6), slow.name: profile(slow, 6.0, 150, 3e-6)})
+    assert out["a.fp32"].status == "ready"
+    assert out["a.dyn"].status == "rejected"
+    assert "dominated by a.fp32" in out["a.dyn"].reason and "p50@1 2 vs 6 ms" in out["a.dyn"].reason
+
+
+def test_trade_offs_survive():
+    # t2: faster, but dearer per inference than t1; neither dominates
+    t1, t2 = variant("t1", threads=1), variant("t2", threads=2)
+    out = judge([t1, t2], {t1.name: profile(t1, 5.0, 200, 1e-6), t2.name: profile(t2, 3.0, 300, 1.3e-6)})
+    assert out["a.t1"].status == out["a.t2"].status == "ready"
+
+
+def test_more_accurate_but_slower_survives_and_different_max_batch_is_not_compared():
+    acc, fast = variant("acc", acc=0.95), variant("fast", acc=0.90)
+    small = variant("small", max_batch=1, acc=0.9)  # worse than both, but alone at max batch 1
+    out = judge([acc, fast, small], {
+        acc.name: profile(acc, 5.0, 200, 2e-6), fast.name: profile(fast, 2.0, 500, 1e-6),
+        small.name: profile(small, 9.0, 100, 9e-6),
+    }, reference=0.95, drop=0.1)  # fmt: skip
+    assert {n: v.status for n, v in out.items()} == {"a.acc": "ready", "a.fast": "ready", "a.small": "ready"}
+
+
+def test_accuracy_drop_over_the_bound_is_rejected_even_when_fastest():
+    base, q = variant("fp32", acc=0.90), variant("int8", acc=0.85)
+    out = judge([base, q], {base.name: profile(base, 4.0, 250, 1e-6), q.name: profile(q, 1.0, 900, 3e-7)})
+    assert out["a.int8"].status == "rejected" and "0.050 below the parent's 0.900" in out["a.int8"].reason
+
+
+def test_failed_variants_pass_through_untouched():
+    broken = variant("broken").model_copy(update={"status": "failed", "reason": "profiling failed: boom"})
+    assert judge([broken], {})["a.broken"].reason == "profiling failed: boom"
+
+
+def test_linear_fit_and_sizes():
+    slope, intercept = linear_fit([1, 2, 4, 8], [3.0, 5.0, 9.0, 17.0])
+    assert slope == pytest.approx(2.0) and intercept == pytest.approx(1.0)
+    assert linear_fit([1], [4.0]) == (4.0, 0.0)
+    assert batch_sizes(16) == [1, 4, 8, 16] and batch_sizes(12) == [1, 4, 8, 12]
+    assert powers_of_two(2) == [1, 2] and powers_of_two(6) == [1, 2, 4, 6]
+
+
+def test_an_estimated_accuracy_cannot_displace_a_declared_one():
+    fp32 = variant("fp32").model_copy(update={"accuracy_source": "declared"})
+    int8 = variant("int8").model_copy(update={"accuracy_source": "estimated"})
+    p32 = profile(fp32, 5.0, 200, 2e-6).model_copy(update={"accuracy_source": "declared"})
+    p8 = profile(int8, 2.0, 500, 1e-6).model_copy(update={"accuracy_source": "estimated"})
+    out = judge([fp32, int8], {fp32.name: p32, int8.name: p8})
+    assert out["a.fp32"].status == out["a.int8"].status == "ready"
