@@ -76,3 +76,33 @@ def test_crop_box_follows_the_reference_preprocessing():
     assert efficientnet.crop_box(224) == (16, 224)
     assert efficientnet.crop_box(240) == (16, 225)
     assert efficientnet.crop_box(260) == (15, 227)
+
+
+def test_lite0_family_profile(tmp_path, lite_models):
+    """INT8 static must come out faster than fp32 in the measured profile; provenance must be right."""
+    import asyncio
+
+    from infaas.profiler import profile_architecture
+
+    m = next(m for m in lite_models if m.name == "efficientnet-lite0")
+    registry = Registry.open(tmp_path)
+    registry.register(m.name, m.task, m.onnx, accuracy=m.accuracy, calibration=m.calibration, max_batch=16)
+    report = asyncio.run(profile_architecture(registry, m.name, Settings(data_dir=tmp_path), quick=True))
+    by = {(v.format, v.threads, v.max_batch): v for v in report.variants}
+    prof = report.profiles
+    for threads in (1, 2):
+        for mb in (1, 4, 8, 16):
+            assert ("onnx-fp32", threads, mb) in by and ("onnx-int8-static", threads, mb) in by
+        fp32, int8 = by[("onnx-fp32", threads, 16)], by[("onnx-int8-static", threads, 16)]
+        assert prof[int8.name].latency_p50_ms[1] < prof[fp32.name].latency_p50_ms[1]
+        assert prof[int8.name].throughput > prof[fp32.name].throughput
+        assert prof[int8.name].peak_memory_mb < prof[fp32.name].peak_memory_mb
+        assert (fp32.accuracy, fp32.accuracy_source) == (0.751, "declared")
+        assert int8.accuracy_source == "estimated" and 0.6 < int8.accuracy <= 0.751
+        assert fp32.status == "ready"
+    for v in report.variants:
+        if v.format == "onnx-int8-dynamic":  # kept with honest numbers, or rejected with the measured reason
+            assert v.status == "ready" or v.reason.startswith(("dominated by", "accuracy"))
+        if v.status != "failed":
+            assert prof[v.name].load_time_ms > 0 and prof[v.name].cost_per_1k > 0
+    registry.close()
