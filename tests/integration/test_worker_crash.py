@@ -3,7 +3,6 @@
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 
 from infaas.client import Client, InfaasClientError
@@ -15,7 +14,6 @@ from tests.conftest import copy_data_dir
 @pytest.fixture
 def server(tmp_path, digits_data_dir):
     data = copy_data_dir(digits_data_dir, tmp_path / "data")
-    # one big batch of digits keeps the MLP busy long enough to be killed mid-request
     srv = BackgroundServer(Settings(data_dir=data, port=0, workers=1, request_timeout_s=30)).start()
     yield srv
     srv.stop()
@@ -32,10 +30,40 @@ def wait_until(predicate, timeout=30.0):
 
 @pytest.mark.slow
 def test_crash_mid_request_errors_then_restarts(server, digits_samples):
+    import os
+    import signal
+
     worker = server.dataplane.cluster.workers[0]
     old_pid = worker.pid
-    x = np.tile(digits_samples[0][:16], (1, 1))
-    big = {"input": np.repeat(x[:1], 16, axis=0)}
+    x = digits_samples[0][:16]
+    clients = [Client(server.url) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        os.kill(worker.pid, signal.SIGSTOP)  # frozen: what we send now is surely in flight when it dies
+        pending = [pool.submit(c.infer, "digits-mlp", x) for c in clients]
+        assert wait_until(lambda: worker.outstanding() >= 4, timeout=10)
+        t0 = time.monotonic()
+        worker.kill()
+        for f in pending:
+            with pytest.raises(InfaasClientError) as exc:
+                f.result(timeout=30)
+            assert exc.value.status == 503
+            assert "died (signal 9) while serving this request; it is being restarted" in exc.value.message
+        assert time.monotonic() - t0 < 10, "in-flight requests must fail at once, not hang"
+    for c in clients:
+        c.close()
+
+    assert wait_until(lambda: worker.alive and worker.pid != old_pid)
+    assert wait_until(lambda: worker.hosts(next(iter(worker._specs))))
+    with Client(server.url) as c:
+        r = c.infer("digits-mlp", digits_samples[0][:4])
+        assert r.outputs["label"].shape == (4,)
+        assert c.workers()[0]["restarts"] == 1
+    assert server.dataplane.metrics.exposition().decode().count('infaas_worker_restarts{worker="w0"} 1.0') == 1
+
+
+@pytest.mark.slow
+def test_killing_under_load_never_hangs_a_request(server, digits_samples):
+    worker = server.dataplane.cluster.workers[0]
     outcomes = []
 
     def hammer(i):
@@ -44,10 +72,10 @@ def test_crash_mid_request_errors_then_restarts(server, digits_samples):
             while time.monotonic() < end:
                 t0 = time.monotonic()
                 try:
-                    c.infer("digits-mlp", big["input"])
-                    outcomes.append(("ok", time.monotonic() - t0, ""))
+                    c.infer("digits-mlp", digits_samples[0][:16])
+                    outcomes.append(("ok", time.monotonic() - t0))
                 except InfaasClientError as exc:
-                    outcomes.append((exc.status, time.monotonic() - t0, exc.message))
+                    outcomes.append((exc.status, time.monotonic() - t0))
 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(hammer, i) for i in range(4)]
@@ -55,19 +83,9 @@ def test_crash_mid_request_errors_then_restarts(server, digits_samples):
         worker.kill()
         for f in futures:
             f.result(timeout=60)
-
-    errors = [o for o in outcomes if o[0] != "ok"]
-    assert errors, "killing the worker under load must fail the requests it held"
-    assert all(o[0] == 503 for o in errors), errors
-    assert any("died" in o[2] and "restarted" in o[2] for o in errors)
-    assert max(o[1] for o in outcomes) < 30, "no request may hang"
-    assert wait_until(lambda: worker.alive and worker.pid != old_pid)
-    assert wait_until(lambda: worker.hosts(next(iter(worker._specs))))
-    with Client(server.url) as c:
-        r = c.infer("digits-mlp", digits_samples[0][:4])
-        assert r.outputs["label"].shape == (4,)
-        assert c.workers()[0]["restarts"] == 1
-    assert server.dataplane.metrics.exposition().decode().count('infaas_worker_restarts{worker="w0"} 1.0') == 1
+    assert {o[0] for o in outcomes} <= {"ok", 503}
+    assert max(o[1] for o in outcomes) < 10
+    assert outcomes[-1][0] == "ok"  # served again after the restart
 
 
 @pytest.mark.slow

