@@ -79,3 +79,24 @@ def test_a_broken_variant_fails_alone_and_profiles_persist(registry, tmp_path):
             assert again.profile(v.name) == report.profiles[v.name]
     assert isinstance(next(iter(stored.values())), Variant)
     again.close()
+
+
+def test_fp16_artifact_keeps_io_types_and_answers_like_fp32(registry):
+    """The GPU path's conversion, checked on CPU (no GPU here): same I/O types, same answers."""
+    import io
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from infaas.variants import generate_artifacts
+
+    arch = registry.architecture("digits-mlp")
+    artifacts, skipped = generate_artifacts(registry, arch, gpu=True)
+    fp16 = next(a for a in artifacts if a.format == "onnx-fp16")
+    assert "onnx-fp16" not in {s.format for s in skipped}
+    session = ort.InferenceSession(str(registry.models.path(fp16.key)), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)"
+    with np.load(io.BytesIO(registry.models.path(arch.validation_hash).read_bytes())) as npz:
+        x = npz["inputs"][:200]
+    ref = ort.InferenceSession(str(registry.models.path(arch.model_hash))).run(["label"], {"input": x})[0]
+    assert (session.run(["label"], {"input": x})[0] == ref).mean() > 0.98

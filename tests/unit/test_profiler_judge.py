@@ -75,3 +75,22 @@ def test_an_estimated_accuracy_cannot_displace_a_declared_one():
     p8 = profile(int8, 2.0, 500, 1e-6).model_copy(update={"accuracy_source": "estimated"})
     out = judge([fp32, int8], {fp32.name: p32, int8.name: p8})
     assert out["a.fp32"].status == out["a.int8"].status == "ready"
+
+
+def test_gpu_plans_fp32_and_fp16_on_cuda_besides_the_cpu_family():
+    from infaas.registry import Architecture, Signature, TensorSpec
+    from infaas.variants import Artifact, plan_variants
+
+    sig = Signature(inputs=(TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),),
+                    outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, 2)),))  # fmt: skip
+    arch = Architecture(name="a", task="t", signature=sig, model_hash="h", max_batch=8)
+    arts = [Artifact("onnx-fp32", "k1", "baseline"), Artifact("onnx-int8-static", "k2", "int8-static"),
+            Artifact("onnx-fp16", "k3", "fp16")]  # fmt: skip
+    cpu_only = plan_variants(arch, arts, max_threads=2, max_batch=8)
+    assert {(v.format, v.provider) for v in cpu_only} == {("onnx-fp32", "cpu"), ("onnx-int8-static", "cpu")}
+    assert len(cpu_only) == 2 * 2 * 3  # formats x threads {1,2} x max batch {1,4,8}
+    with_gpu = plan_variants(arch, arts, max_threads=2, max_batch=8, gpu=True)
+    cuda = {(v.format, v.threads) for v in with_gpu if v.provider == "cuda"}
+    assert cuda == {("onnx-fp32", 1), ("onnx-fp16", 1)}
+    assert "a.fp16.cuda.t1.b8" in {v.name for v in with_gpu}
+    assert all(v.parent == "a.fp32.cpu.t2.b8" for v in with_gpu if v.name != "a.fp32.cpu.t2.b8")

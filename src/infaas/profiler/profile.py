@@ -28,18 +28,20 @@ from infaas.settings import Settings
 from infaas.variants.generate import (
     Artifact,
     Skipped,
+    cuda_available,
     generate_artifacts,
     plan_variants,
     powers_of_two,
 )
 
-HARDWARE = "cpu"
+HARDWARE = "cpu"  # the hardware kind of CPU variants; CUDA variants are profiled as "cuda"
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
 @dataclass
 class Measurement:
     artifact: Artifact
+    provider: str
     threads: int
     result: dict | None = None
     error: str = ""
@@ -81,12 +83,13 @@ def linear_fit(batches: list[int], p50: list[float]) -> tuple[float, float]:
 
 async def _measure(m: Measurement, registry: Registry, arch: Architecture, inputs: dict, batches: list[int],
                    repeats: int, warmup: int) -> None:  # fmt: skip
-    worker = LocalWorker(f"profiler-{m.artifact.format}-t{m.threads}", tuple(sorted(os.sched_getaffinity(0))),
+    worker = LocalWorker(f"profiler-{m.artifact.format}-{m.provider}-t{m.threads}", tuple(sorted(os.sched_getaffinity(0))),
                          restart=False)  # fmt: skip
     try:
         await worker.start()
         m.result = await worker.profile({
             "path": str(registry.models.path(m.artifact.key)), "threads": m.threads, "inputs": inputs,
+            "provider": m.provider,
             "batches": batches, "repeats": repeats, "warmup": warmup, "signature": arch.signature,
         })  # fmt: skip
     except Exception as exc:  # a crash, OOM or load failure fails this configuration only
@@ -106,7 +109,8 @@ def _variant_profile(v: Variant, m: Measurement, parent: Measurement | None, lab
     slope, intercept = linear_fit(batches, [p50[b] for b in batches])
     best = max(batches, key=lambda b: b / p50[b])
     throughput = best / p50[best] * 1000
-    cost = settings.price_cpu_core_hour * v.threads / 3600 / throughput * 1000
+    hourly = settings.price_gpu_hour if v.provider != "cpu" else settings.price_cpu_core_hour * v.threads
+    cost = hourly / 3600 / throughput * 1000
     preds = np.asarray(r["predictions"])
     agreement = None
     if parent is not None and parent.result is not None:
@@ -126,7 +130,7 @@ def _variant_profile(v: Variant, m: Measurement, parent: Measurement | None, lab
     else:
         accuracy, source = None, "unknown"
     profile = Profile(
-        variant=v.name, hardware=HARDWARE, latency_p50_ms=p50, latency_p99_ms=p99, fit_slope_ms=slope,
+        variant=v.name, hardware=v.provider, latency_p50_ms=p50, latency_p99_ms=p99, fit_slope_ms=slope,
         fit_intercept_ms=intercept, throughput=throughput, peak_memory_mb=max(0.0, r["memory_mb"]),
         load_time_ms=r["load_time_s"] * 1000, accuracy=accuracy, accuracy_source=source, agreement=agreement,
         cost_per_1k=cost, best_batch=best,
@@ -159,7 +163,7 @@ def _judge(variants: list[Variant], profiles: dict[str, Profile], arch: Architec
             continue
         for o in ready:
             q = profiles[o.name]
-            if o is v or o.max_batch != v.max_batch:
+            if o is v or o.max_batch != v.max_batch or o.provider != v.provider:
                 continue
             if q.accuracy_source == "estimated" and p.accuracy_source in ("measured", "declared"):
                 continue  # an estimate is weaker evidence than what it would displace
@@ -192,11 +196,12 @@ async def profile_architecture(
 
         raise NotFound(f"unknown architecture {name!r}")
     say("generating variants", 0, 1)
-    artifacts, skipped = await asyncio.to_thread(generate, registry, arch,
+    gpu = cuda_available()
+    artifacts, skipped = await asyncio.to_thread(generate, registry, arch, gpu=gpu,
                                                  progress=lambda msg: say(msg, 0, 1))  # fmt: skip
     cores = len(os.sched_getaffinity(0))
     max_threads = min(settings.cores_per_worker or max(1, cores // settings.workers), cores)
-    planned = plan_variants(arch, artifacts, max_threads, arch.max_batch)
+    planned = plan_variants(arch, artifacts, max_threads, arch.max_batch, gpu=gpu)
     existing = {v.name: v for v in registry.variants(name)}
     for v in planned:
         if v.name not in existing:
@@ -205,19 +210,23 @@ async def profile_architecture(
     inputs, labels = evaluation_data(registry, arch, rows=1024 if quick else 4096)
     batches = powers_of_two(arch.max_batch)
     repeats, warmup = (4, 1) if quick else (12, 2)
-    measurements = [Measurement(a, t) for a in artifacts for t in powers_of_two(max_threads)]
+    configs = sorted({(v.artifact_hash, v.format, v.provider, v.threads) for v in planned},
+                     key=lambda c: (c[2], c[1], c[3]))  # fmt: skip
+    by_format = {a.format: a for a in artifacts}
+    measurements = [Measurement(by_format[fmt], provider, t) for _, fmt, provider, t in configs]
     for i, m in enumerate(measurements):
-        say(f"measuring {m.artifact.format} with {m.threads} thread(s)", i, len(measurements))
+        say(f"measuring {m.artifact.format} on {m.provider} with {m.threads} thread(s)", i, len(measurements))
         await _measure(m, registry, arch, inputs, batches, repeats, warmup)
     say("judging", len(measurements), len(measurements))
 
-    fp32 = [m for m in measurements if m.artifact.format == "onnx-fp32" and m.result is not None]
+    fp32 = [m for m in measurements if m.artifact.format == "onnx-fp32" and m.provider == "cpu"
+            and m.result is not None]  # fmt: skip
     parent = max(fp32, key=lambda m: m.threads) if fp32 else None
-    by_config = {(m.artifact.format, m.threads): m for m in measurements}
+    by_config = {(m.artifact.format, m.provider, m.threads): m for m in measurements}
     report = ProfileReport(name, skipped=skipped)
     updated = []
     for v in planned:
-        m = by_config[(v.format, v.threads)]
+        m = by_config[(v.format, v.provider, v.threads)]
         if m.result is None:
             updated.append(v.model_copy(update={"status": "failed", "reason": m.error}))
             continue

@@ -189,21 +189,46 @@ def _generate(
                 skipped.append(Skipped("onnx-int8-dynamic", f"quantization failed: {exc}"))
     if not gpu:
         skipped.append(Skipped("onnx-fp16", "no CUDA execution provider on this machine"))
+    else:
+        say("onnx-fp16: converting weights and activations (inputs and outputs keep their types)")
+        try:
+            import onnx
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            fp16 = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+            artifacts.append(Artifact("onnx-fp16", registry.models.put_bytes(fp16.SerializeToString(), ".onnx"),
+                                      "fp16", {"keep_io_types": True}))  # fmt: skip
+        except Exception as exc:
+            skipped.append(Skipped("onnx-fp16", f"conversion failed: {exc}"))
     return artifacts, skipped
 
 
-def plan_variants(arch: Architecture, artifacts: list[Artifact], max_threads: int, max_batch: int) -> list[Variant]:
-    """Every (format, provider, threads, max batch) combination, as pending variants."""
+def cuda_available() -> bool:
+    """True when ONNX Runtime here has a CUDA execution provider (onnxruntime-gpu and a GPU)."""
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+GPU_FORMATS = ("onnx-fp32", "onnx-fp16")  # QDQ INT8 runs poorly on plain CUDA (TensorRT territory)
+
+
+def plan_variants(arch: Architecture, artifacts: list[Artifact], max_threads: int, max_batch: int,
+                  gpu: bool = False) -> list[Variant]:  # fmt: skip
+    """Every (format, provider, threads, max batch) combination, as pending variants: CPU formats
+    at 1, 2 … ``max_threads`` threads; with a GPU, fp32 and fp16 on CUDA (one host thread)."""
     baseline = variant_name(arch.name, "onnx-fp32", "cpu", max_threads, max_batch)
+    configs = [(art, "cpu", t) for art in artifacts if art.format != "onnx-fp16" for t in powers_of_two(max_threads)]
+    if gpu:
+        configs += [(art, "cuda", 1) for art in artifacts if art.format in GPU_FORMATS]
     variants = []
-    for art in artifacts:
-        for threads in powers_of_two(max_threads):
-            for mb in batch_sizes(max_batch):
-                name = variant_name(arch.name, art.format, "cpu", threads, mb)
-                variants.append(Variant(
-                    name=name, architecture=arch.name, format=art.format, provider="cpu", threads=threads,
-                    max_batch=mb, artifact_hash=art.key, parent=None if name == baseline else baseline,
-                    method=art.method if name != baseline else "baseline", params=art.params,
-                    accuracy=None, accuracy_source="unknown", status="pending", reason="waiting to be profiled",
-                ))  # fmt: skip
+    for art, provider, threads in configs:
+        for mb in batch_sizes(max_batch):
+            name = variant_name(arch.name, art.format, provider, threads, mb)
+            variants.append(Variant(
+                name=name, architecture=arch.name, format=art.format, provider=provider, threads=threads,
+                max_batch=mb, artifact_hash=art.key, parent=None if name == baseline else baseline,
+                method=art.method if name != baseline else "baseline", params=art.params,
+                accuracy=None, accuracy_source="unknown", status="pending", reason="waiting to be profiled",
+            ))  # fmt: skip
     return variants

@@ -59,9 +59,8 @@ class OnnxRuntime:
             "session.intra_op.allow_spinning", "1" if self.allow_spinning else "0"
         )
         opts.log_severity_level = 3
-        self._session = ort.InferenceSession(
-            str(self.path), sess_options=opts, providers=[PROVIDERS[self.provider]]
-        )
+        providers = [PROVIDERS[self.provider]] + (["CPUExecutionProvider"] if self.provider != "cpu" else [])
+        self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         self._output_names = [o.name for o in self._session.get_outputs()]
         self.load_time_s = time.perf_counter() - start
 
