@@ -53,7 +53,9 @@ def test_crash_mid_request_errors_then_restarts(server, digits_samples):
         c.close()
 
     assert wait_until(lambda: worker.alive and worker.pid != old_pid)
+    # routed to again only once its variants are back in the new process
     assert wait_until(lambda: worker.hosts(next(iter(worker._specs))))
+    assert worker.restarts == 1
     with Client(server.url) as c:
         r = c.infer("digits-mlp", digits_samples[0][:4])
         assert r.outputs["label"].shape == (4,)

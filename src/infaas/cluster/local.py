@@ -47,7 +47,8 @@ class LocalWorker:
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._outstanding: Counter[str] = Counter()
-        self._specs: dict[str, LoadSpec] = {}
+        self._specs: dict[str, LoadSpec] = {}  # what this worker should host (survives restarts)
+        self._loaded: set[str] = set()  # what the current process has loaded
         self._alive = False
         self._stopping = False
         self._restart_times: list[float] = []
@@ -59,10 +60,10 @@ class LocalWorker:
 
     @property
     def loaded(self) -> dict[str, LoadSpec]:
-        return dict(self._specs) if self._alive else {}
+        return {v: self._specs[v] for v in self._loaded if v in self._specs} if self._alive else {}
 
     def hosts(self, variant: str) -> bool:
-        return self._alive and variant in self._specs
+        return self._alive and variant in self._loaded
 
     def outstanding(self, variant: str | None = None) -> int:
         return self._outstanding[variant] if variant else sum(self._outstanding.values())
@@ -89,6 +90,7 @@ class LocalWorker:
         if not hello.get("ok"):
             raise Unavailable(f"worker {self.name} did not start: {hello}")
         self._writer = writer
+        self._loaded = set()
         self._alive = True
         self._reader_task = asyncio.create_task(self._read_loop(reader, self._proc))
         log.info("worker %s started (pid %s, cores %s)", self.name, self.pid, self.cores)
@@ -146,6 +148,7 @@ class LocalWorker:
             await self.start()
             for spec in specs:
                 await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
+                self._loaded.add(spec.variant)
             self.restarts += 1
             log.info("worker %s restarted with %d variants", self.name, len(specs))
         except Exception:
@@ -181,10 +184,12 @@ class LocalWorker:
     async def load(self, spec: LoadSpec) -> dict[str, Any]:
         result = await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
         self._specs[spec.variant] = spec
+        self._loaded.add(spec.variant)
         return result
 
     async def unload(self, variant: str) -> None:
         self._specs.pop(variant, None)
+        self._loaded.discard(variant)
         await self._call({"op": "unload", "variant": variant})
 
     async def stats(self) -> dict[str, Any]:
