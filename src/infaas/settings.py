@@ -61,14 +61,6 @@ class Settings(BaseSettings):
     price_cpu_core_hour: float = 0.0425
     price_gpu_hour: float = 0.526
 
-    @property
-    def registry_path(self) -> Path:
-        return self.data_dir / "registry.sqlite3"
-
-    @property
-    def model_store_dir(self) -> Path:
-        return self.data_dir / "models"
-
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None values applied (CLI flags)."""
         values = {k: v for k, v in overrides.items() if v is not None}

@@ -107,11 +107,14 @@ def test_persists_across_restart_and_model_files_are_content_addressed(tmp_path,
     path = r2.models.path(arch.model_hash)
     assert path.read_bytes() == m.onnx
     onnx.checker.check_model(str(path))
-    assert r2.resolve(m.name)[0] == "architecture"
-    assert r2.resolve(m.task)[0] == "task"
-    assert r2.resolve(m.name, variant.short_name) == ("variant", variant)
+    from infaas.frontend import Catalog
+
+    catalog = Catalog(r2)  # the server's in-memory view resolves v2 model names
+    assert catalog.resolve(m.name, None)[0] == f"architecture {m.name}"
+    assert catalog.resolve(m.task, None)[0] == f"task {m.task}"
+    assert catalog.resolve(m.name, variant.short_name)[2] == [variant]
     with pytest.raises(NotFound):
-        r2.resolve("nope")
+        catalog.resolve("nope", None)
     r2.close()
 
 

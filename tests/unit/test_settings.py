@@ -12,4 +12,3 @@ def test_precedence_file_then_env_then_flags(tmp_path, monkeypatch):
     assert (s.port, s.workers, str(s.data_dir)) == (9000, 2, str(tmp_path / "f"))
     s = load_settings(cfg, workers=5, port=None)
     assert (s.port, s.workers) == (9000, 5)
-    assert s.registry_path == tmp_path / "f" / "registry.sqlite3"

@@ -87,23 +87,6 @@ class Registry:
     def profiles(self, variant: str | None = None) -> list[Profile]:
         return [Profile.model_validate(b) for b in self.store.list("profile", variant)]
 
-    def resolve(self, name: str, version: str | None = None) -> tuple[NameKind, object]:
-        """What a v2 model name (and optional version) refers to."""
-        if version:
-            arch = self.architecture(name)
-            if arch is None:
-                raise NotFound(f"unknown architecture {name!r} (versions are variants of an architecture)")
-            var = self.variant(version) or self.variant(f"{name}.{version}")
-            if var is None or var.architecture != name:
-                raise NotFound(f"architecture {name!r} has no variant {version!r}")
-            return "variant", var
-        for kind in ("architecture", "task", "variant"):
-            body = self.store.get(kind, name)
-            if body is not None:
-                model = {"architecture": Architecture, "task": Task, "variant": Variant}[kind]
-                return kind, model.model_validate(body)  # type: ignore[return-value]
-        raise NotFound(f"unknown model {name!r}: not a task, architecture or variant")
-
     def name_taken(self, name: str) -> NameKind | None:
         for kind in ("task", "architecture", "variant"):
             if self.store.get(kind, name) is not None:
