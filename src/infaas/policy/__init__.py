@@ -1,5 +1,17 @@
 """Decisions as pure functions: selection (and, later, autoscaling)."""
 
-from infaas.policy.select import Candidate, Decision, NoCandidate, select_loaded
+from infaas.policy.select import (
+    Candidate,
+    Choice,
+    Decision,
+    NoCandidate,
+    Objective,
+    Option,
+    Unreachable,
+    predict_ms,
+    select,
+    select_loaded,
+)
 
-__all__ = ["Candidate", "Decision", "NoCandidate", "select_loaded"]
+__all__ = ["Candidate", "Choice", "Decision", "NoCandidate", "Objective", "Option", "Unreachable",
+           "predict_ms", "select", "select_loaded"]  # fmt: skip

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from infaas.registry.types import Variant
+from infaas.registry.types import Profile, Variant
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +55,151 @@ def select_loaded(candidates: list[Candidate], rows: int, scope: str) -> Decisio
         why = (f"{scope}: {best.variant.name} is the only loaded variant that takes a batch of {rows}; "
                f"worker {worker} has the fewest requests in flight ({queued})")  # fmt: skip
     return Decision(best.variant, worker, why)
+
+
+# ---- objective-driven selection (model-less queries) ------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Objective:
+    """What a query asks for. ``max_cost`` is USD per 1000 inferences."""
+
+    latency_ms: float | None = None
+    min_accuracy: float | None = None
+    max_cost: float | None = None
+    allow_estimated: bool = True
+
+    @property
+    def empty(self) -> bool:
+        return self.latency_ms is None and self.min_accuracy is None and self.max_cost is None
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """A ready variant, its profile, and each worker that has it loaded with the rows in flight there."""
+
+    variant: Variant
+    profile: Profile | None
+    workers: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    variant: Variant
+    worker: str | None  # None: not loaded anywhere, load it first (cold start)
+    predicted_ms: float | None
+    cost_per_1k: float | None
+    reason: str
+
+
+class Unreachable(Exception):
+    """No variant can meet the objective; the message names the closest achievable option."""
+
+
+def predict_ms(profile: Profile, max_batch: int, rows: int, in_flight: int) -> float:
+    """Queue wait for the rows ahead (whole batches at the profile's rate) plus this batch."""
+    wait = 0.0
+    if in_flight:
+        batches = -(-in_flight // max_batch)
+        wait = batches * profile.predict_ms(min(in_flight, max_batch))
+    return wait + profile.predict_ms(min(rows, max_batch))
+
+
+def _acc(v: Variant) -> str:
+    return "unknown" if v.accuracy is None else f"{v.accuracy:.3f} ({v.accuracy_source})"
+
+
+def select(objective: Objective, options: list[Option], rows: int, scope: str) -> Choice:
+    """Cheapest variant that meets the objective: loaded ones first (with queue wait), then cold ones
+    (their load time counted against the latency objective). Pure: no clock, no I/O."""
+    fits = [o for o in options if o.variant.max_batch >= rows and o.variant.status == "ready"]
+    if not fits:
+        raise Unreachable(f"{scope}: no ready variant takes a batch of {rows}")
+
+    def accurate(o: Option) -> bool:
+        v = o.variant
+        if objective.min_accuracy is None:
+            return True
+        if v.accuracy is None or (v.accuracy_source == "estimated" and not objective.allow_estimated):
+            return False
+        return v.accuracy >= objective.min_accuracy
+
+    def cheap(o: Option) -> bool:
+        return objective.max_cost is None or (o.profile is not None and o.profile.cost_per_1k <= objective.max_cost)
+
+    eligible = [o for o in fits if accurate(o) and cheap(o)]
+    if not eligible:
+        raise Unreachable(_why_not(objective, fits, scope))
+
+    best: tuple | None = None
+    for o in eligible:
+        cost = o.profile.cost_per_1k if o.profile else float("inf")
+        for worker, in_flight in o.workers:
+            pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight) if o.profile else None
+            if objective.latency_ms is not None and (pred is None or pred > objective.latency_ms):
+                continue
+            key = (0, cost, pred or 0.0)
+            if best is None or key < best[0]:
+                best = (key, o, worker, pred)
+        if not o.workers and o.profile is not None:
+            pred = o.profile.load_time_ms + o.profile.predict_ms(min(rows, o.variant.max_batch))
+            if objective.latency_ms is None or pred <= objective.latency_ms:
+                key = (1, cost, pred)
+                if best is None or key < best[0]:
+                    best = (key, o, None, pred)
+    if best is None:
+        raise Unreachable(_why_not(objective, eligible, scope, rows))
+    (loaded, cost, _), o, worker, pred = best
+    v = o.variant
+    wants = _objective_text(objective)
+    where = (f"loaded on {worker}, predicted {pred:.2f} ms with the queue there" if loaded == 0 else
+             f"not loaded: cold start, predicted {pred:.1f} ms including {o.profile.load_time_ms:.0f} ms to load")  # fmt: skip
+    reason = (f"{scope}: {v.name} is the cheapest variant meeting {wants} (${cost:.3g} per 1k, "
+              f"accuracy {_acc(v)}; {where})")  # fmt: skip
+    return Choice(v, worker, pred, None if cost == float("inf") else cost, reason)
+
+
+def _objective_text(o: Objective) -> str:
+    parts = []
+    if o.latency_ms is not None:
+        parts.append(f"latency_ms {o.latency_ms:g}")
+    if o.min_accuracy is not None:
+        parts.append(f"min_accuracy {o.min_accuracy:g}")
+    if o.max_cost is not None:
+        parts.append(f"max_cost ${o.max_cost:g} per 1k")
+    return ", ".join(parts) or "no objective"
+
+
+def _why_not(objective: Objective, options: list[Option], scope: str, rows: int | None = None) -> str:
+    """Name the closest achievable option for the objective that cannot be met."""
+    if objective.min_accuracy is not None:
+        known = [o for o in options if o.variant.accuracy is not None and
+                 (objective.allow_estimated or o.variant.accuracy_source != "estimated")]  # fmt: skip
+        top = [o for o in known if o.variant.accuracy >= objective.min_accuracy]
+        if not top:
+            if not known:
+                return f"min_accuracy {objective.min_accuracy:g} unreachable for {scope}: no variant has a known accuracy"
+            b = max(known, key=lambda o: o.variant.accuracy)
+            return (f"min_accuracy {objective.min_accuracy:g} unreachable for {scope}: best is "
+                    f"{b.variant.accuracy:.3f} ({b.variant.architecture}, {b.variant.name})")  # fmt: skip
+        options = top
+    if objective.max_cost is not None:
+        priced = [o for o in options if o.profile is not None]
+        if not any(o.profile.cost_per_1k <= objective.max_cost for o in priced):
+            if not priced:
+                return f"max_cost ${objective.max_cost:g} per 1k unreachable for {scope}: no variant is profiled yet"
+            c = min(priced, key=lambda o: o.profile.cost_per_1k)
+            return (f"max_cost ${objective.max_cost:g} per 1k unreachable for {scope}: cheapest that meets the "
+                    f"other objectives is ${c.profile.cost_per_1k:.3g} per 1k ({c.variant.name})")  # fmt: skip
+    timed = []
+    for o in options:
+        if o.profile is None:
+            continue
+        rows_ = rows or 1
+        for _, in_flight in o.workers:
+            timed.append((predict_ms(o.profile, o.variant.max_batch, rows_, in_flight), o, "loaded"))
+        if not o.workers:
+            timed.append((o.profile.load_time_ms + o.profile.predict_ms(min(rows_, o.variant.max_batch)), o, "cold"))
+    if not timed:
+        return f"latency_ms {objective.latency_ms:g} unreachable for {scope}: no variant is profiled yet"
+    ms, o, state = min(timed, key=lambda t: t[0])
+    return (f"latency_ms {objective.latency_ms:g} unreachable for {scope}: fastest is {ms:.2f} ms "
+            f"({o.variant.name}, {state})")

@@ -1,0 +1,79 @@
+"""Objective-driven selection on hand-built profiles and live states (pure)."""
+
+import pytest
+
+from infaas.policy import Objective, Option, Unreachable, predict_ms, select
+from infaas.registry import Profile, Variant
+
+
+def var(name, acc, source="measured", max_batch=16):
+    return Variant(name=name, architecture=name.split(".")[0], artifact_hash="h", accuracy=acc,
+                   accuracy_source=source, max_batch=max_batch, status="ready")  # fmt: skip
+
+
+def prof(v, slope, intercept, cost, load_ms=50.0):
+    return Profile(variant=v.name, hardware="cpu", fit_slope_ms=slope, fit_intercept_ms=intercept,
+                   cost_per_1k=cost, load_time_ms=load_ms, latency_p50_ms={1: slope + intercept})  # fmt: skip
+
+
+BIG = var("big.fp32", 0.97)  # accurate, slow, dear
+MID = var("mid.int8", 0.85, "estimated")  # cheaper, estimated accuracy
+TINY = var("tiny.fp32", 0.48)  # cheap and fast, inaccurate
+P = {BIG.name: prof(BIG, 2.0, 3.0, 9e-5), MID.name: prof(MID, 0.5, 1.0, 2e-5), TINY.name: prof(TINY, 0.01, 0.1, 1e-6)}
+
+
+def opts(loaded=("big.fp32", "mid.int8", "tiny.fp32"), in_flight=0):
+    return [Option(v, P[v.name], (("w0", in_flight),) if v.name in loaded else ()) for v in (BIG, MID, TINY)]
+
+
+def test_accuracy_floor_then_cheapest_loaded():
+    assert select(Objective(min_accuracy=0.9), opts(), 1, "task t").variant is BIG
+    c = select(Objective(min_accuracy=0.8), opts(), 1, "task t")
+    assert c.variant is MID and c.worker == "w0"
+    assert "cheapest variant meeting min_accuracy 0.8" in c.reason and "0.850 (estimated)" in c.reason
+    assert select(Objective(min_accuracy=0.4), opts(), 1, "task t").variant is TINY
+
+
+def test_estimated_accuracy_counts_only_when_allowed():
+    c = select(Objective(min_accuracy=0.8, allow_estimated=False), opts(), 1, "t")
+    assert c.variant is BIG
+
+
+def test_latency_prediction_includes_the_queue_and_the_batch():
+    p = P[BIG.name]
+    assert predict_ms(p, 16, rows=4, in_flight=0) == pytest.approx(2 * 4 + 3)
+    assert predict_ms(p, 16, rows=1, in_flight=20) == pytest.approx(2 * (2 * 16 + 3) + 5)
+    # BIG alone meets min_accuracy 0.9; with 20 rows queued it cannot make 30 ms
+    with pytest.raises(Unreachable, match="latency_ms 30 unreachable for t: fastest is 75.00 ms"):
+        select(Objective(latency_ms=30, min_accuracy=0.9), opts(in_flight=20), 1, "t")
+    assert select(Objective(latency_ms=30, min_accuracy=0.9), opts(in_flight=0), 1, "t").variant is BIG
+
+
+def test_loaded_preferred_over_cheaper_cold():
+    c = select(Objective(min_accuracy=0.8), opts(loaded=("big.fp32",)), 1, "t")
+    assert c.variant is BIG and c.worker == "w0"
+
+
+def test_cold_start_counts_load_time_against_the_objective():
+    nothing = opts(loaded=())
+    c = select(Objective(min_accuracy=0.8), nothing, 1, "t")
+    assert c.variant is MID and c.worker is None and c.predicted_ms == pytest.approx(50 + 1.5)
+    assert "cold start" in c.reason
+    with pytest.raises(Unreachable, match="fastest is 51.50 ms \\(mid.int8, cold\\)"):
+        select(Objective(min_accuracy=0.8, latency_ms=20), nothing, 1, "t")
+
+
+def test_cost_ceiling():
+    assert select(Objective(max_cost=5e-5), opts(), 1, "t").variant is TINY
+    with pytest.raises(Unreachable, match=r"max_cost \$5e-05 per 1k unreachable for t: cheapest that meets"):
+        select(Objective(max_cost=5e-5, min_accuracy=0.9), opts(), 1, "t")
+
+
+def test_unreachable_accuracy_names_the_best():
+    with pytest.raises(Unreachable, match=r"min_accuracy 0.99 unreachable for task t: best is 0.970 \(big, big.fp32\)"):
+        select(Objective(min_accuracy=0.99), opts(), 1, "task t")
+
+
+def test_batch_larger_than_every_max_batch():
+    with pytest.raises(Unreachable, match="no ready variant takes a batch of 32"):
+        select(Objective(min_accuracy=0.1), opts(), 32, "t")
