@@ -46,3 +46,18 @@ def digits_server(tmp_path_factory, digits_data_dir):
 @pytest.fixture(scope="session")
 def digits_samples():
     return digits.sample_inputs(n=64)
+
+
+@pytest.fixture(scope="session")
+def digits_profiled_dir(tmp_path_factory, digits_data_dir) -> Path:
+    """The digits data directory with every architecture's variants generated and profiled (quick)."""
+    import asyncio
+
+    from infaas.profiler import profile_architecture
+
+    path = copy_data_dir(digits_data_dir, tmp_path_factory.mktemp("digits-profiled") / "d")
+    registry = Registry.open(path)
+    for arch in registry.architectures():
+        asyncio.run(profile_architecture(registry, arch.name, Settings(data_dir=path), quick=True))
+    registry.close()
+    return path

@@ -105,3 +105,22 @@ def test_preferred_batch_is_the_smallest_near_the_best_per_row_time():
     assert preferred_batch(timings, 16) == 4
     assert preferred_batch({1: 1.0, 2: 1.0, 4: 1.0}, 4) == 4  # per row keeps falling
     assert preferred_batch({}, 16) == 16  # nothing measured: the max batch
+
+
+def test_slo_aware_waits_for_company_within_the_slack_and_the_cap():
+    predict = lambda rows: 0.002 + 0.001 * rows  # noqa: E731
+    q = BatchQueue(max_batch=8, predict_s=predict, slo_wait=True)
+    q.put(item("a", arrival=0.0, deadline=0.100))
+    formed = q.next(now=0.0)
+    # slack says leave by 0.097, but never wait longer than a full batch takes (0.010)
+    assert formed.batch == [] and formed.wait_s == pytest.approx(0.010)
+    q.put(item("b", arrival=0.004, deadline=0.012))
+    formed = q.next(now=0.005)  # b must leave by 0.012 - predict(2) = 0.008
+    assert formed.batch == [] and formed.wait_s == pytest.approx(0.003)
+    assert [p.key for p in q.next(now=0.008).batch] == ["a", "b"]
+
+
+def test_slo_aware_without_deadlines_stays_greedy():
+    q = BatchQueue(max_batch=8, predict_s=lambda rows: 0.01, slo_wait=True)
+    q.put(item("a"))
+    assert [p.key for p in q.next(now=0.0).batch] == ["a"]

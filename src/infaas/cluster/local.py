@@ -47,6 +47,7 @@ class LocalWorker:
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._outstanding: Counter[str] = Counter()
+        self._rows: Counter[str] = Counter()
         self._specs: dict[str, LoadSpec] = {}  # what this worker should host (survives restarts)
         self._loaded: set[str] = set()  # what the current process has loaded
         self._alive = False
@@ -67,6 +68,9 @@ class LocalWorker:
 
     def outstanding(self, variant: str | None = None) -> int:
         return self._outstanding[variant] if variant else sum(self._outstanding.values())
+
+    def rows_in_flight(self, variant: str) -> int:
+        return self._rows[variant]
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -200,6 +204,7 @@ class LocalWorker:
         deadline: float | None = None, drop_late: bool = True,
     ) -> WorkerResult:
         self._outstanding[variant] += 1
+        self._rows[variant] += rows
         try:
             fut = await self._send({
                 "op": "infer", "variant": variant, "inputs": inputs, "rows": rows,
@@ -208,6 +213,7 @@ class LocalWorker:
             reply = await fut
         finally:
             self._outstanding[variant] -= 1
+            self._rows[variant] -= rows
         if not reply["ok"]:
             raise error_from_reply(reply, self.name)
         return WorkerResult(reply["outputs"], reply["queue_ns"], reply["compute_ns"],
@@ -226,7 +232,8 @@ class LocalWorker:
 def _spec_msg(spec: LoadSpec) -> dict:
     return {"variant": spec.variant, "path": spec.path, "threads": spec.threads,
             "max_batch": spec.max_batch, "provider": spec.provider,
-            "max_delay_s": spec.max_delay_s, "instances": spec.instances}  # fmt: skip
+            "max_delay_s": spec.max_delay_s, "instances": spec.instances,
+            "latency_ms": (spec.latency_slope_ms, spec.latency_intercept_ms)}  # fmt: skip
 
 
 def core_sets(workers: int, cores_per_worker: int = 0) -> list[tuple[int, ...]]:

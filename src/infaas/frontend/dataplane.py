@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -15,7 +16,15 @@ from infaas.cluster.base import ClusterBackend, LoadSpec, WorkerHandle
 from infaas.errors import InfaasError, InvalidInput, NotFound, Unavailable
 from infaas.frontend.metrics import Metrics
 from infaas.frontend.types import InferOutput, InferRequest, InferResponse
-from infaas.policy import Candidate, NoCandidate, select_loaded
+from infaas.policy import (
+    Candidate,
+    NoCandidate,
+    Objective,
+    Option,
+    Unreachable,
+    select_loaded,
+    select_sorted,
+)
 from infaas.registry import Architecture, Registry, Signature, Task, Variant
 from infaas.settings import Settings
 from infaas.tensors import v2_to_triton_config
@@ -41,6 +50,17 @@ class Catalog:
         self.by_arch: dict[str, list[Variant]] = {a: [] for a in self.architectures}
         for v in self.variants.values():
             self.by_arch.setdefault(v.architecture, []).append(v)
+        self._options: dict[tuple[str, str | None], list[Option]] = {}
+
+    def options(self, name: str, version: str | None, variants: list[Variant]) -> list[Option]:
+        """The scope's ready variants as cold options sorted by cost (cached until the next refresh)."""
+        key = (name, version)
+        cached = self._options.get(key)
+        if cached is None:
+            ready = [Option(v, self.profiles.get(v.name)) for v in variants if v.status == "ready"]
+            cached = self._options[key] = sorted(ready, key=lambda o: o.profile.cost_per_1k if o.profile
+                                                 else float("inf"))  # fmt: skip
+        return cached
 
     def resolve(self, name: str, version: str | None) -> tuple[str, Signature, list[Variant], str]:
         """(scope text, signature, candidate variants, version reported) for a v2 model name."""
@@ -94,6 +114,27 @@ def _check_inputs(req: InferRequest, sig: Signature) -> int:
     return rows
 
 
+def objective_from(params: dict[str, Any]) -> Objective:
+    """Objectives travel in the request parameters: latency_ms, min_accuracy, max_cost, allow_estimated."""
+    values: dict[str, Any] = {}
+    for key, lo, hi in (("latency_ms", 0.0, None), ("min_accuracy", 0.0, 1.0), ("max_cost", 0.0, None)):
+        raw = params.get(key)
+        if raw is None:
+            continue
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise InvalidInput(f"parameter '{key}' must be a number")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidInput(f"parameter '{key}' must be a number, got {raw!r}") from None
+        if value <= lo and key != "min_accuracy" or value < lo or (hi is not None and value > hi):
+            raise InvalidInput(f"parameter '{key}' out of range: {value:g}")
+        values[key] = value
+    allow = params.get("allow_estimated", True)
+    values["allow_estimated"] = allow if isinstance(allow, bool) else str(allow).lower() not in ("0", "false", "no")
+    return Objective(**values)
+
+
 class DataPlane:
     def __init__(self, registry: Registry, cluster: ClusterBackend, settings: Settings) -> None:
         self.registry = registry
@@ -107,6 +148,7 @@ class DataPlane:
         self._profile_lock = asyncio.Lock()  # one profiling at a time: they would disturb each other
         self.profiling: dict[str, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._cold: dict[str, asyncio.Task] = {}  # variant -> its load in progress
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -199,6 +241,9 @@ class DataPlane:
             max_delay_s=self.settings.max_queue_delay_us / 1e6,
             instances=self.settings.instances_per_variant,
         )  # fmt: skip
+        if (prof := self.catalog.profiles.get(variant.name)) is not None:
+            spec = dataclasses.replace(spec, latency_slope_ms=prof.fit_slope_ms,
+                                       latency_intercept_ms=prof.fit_intercept_ms)  # fmt: skip
         result = await worker.load(spec)
         timings = result.get("batch_ms") or {}
         why = f"loaded {variant.name} on worker {worker.name} in {result.get('load_time_s', 0) * 1000:.0f} ms"
@@ -210,6 +255,22 @@ class DataPlane:
         self.log_decision("load", why, variant=variant.name, worker=worker.name,
                           preferred_batch=result.get("preferred_batch"))  # fmt: skip
         return result
+
+    async def load_cold(self, variant: Variant) -> WorkerHandle:
+        """Load a variant that no worker has (one load per variant, however many requests wait for it)."""
+        task = self._cold.get(variant.name)
+        if task is None:
+            async def run() -> WorkerHandle:
+                live = [w for w in self.cluster.workers if w.alive]
+                if not live:
+                    raise Unavailable("no live worker to load on")
+                worker = min(live, key=lambda w: (len(w.loaded), w.outstanding()))
+                await self.load(variant, worker)
+                return worker
+
+            task = self._cold[variant.name] = asyncio.create_task(run())
+            task.add_done_callback(lambda _t, name=variant.name: self._cold.pop(name, None))
+        return await asyncio.shield(task)
 
     def log_decision(self, kind: str, reason: str, **fields: Any) -> dict:
         entry = {"time": time.time(), "kind": kind, "reason": reason, **fields}
@@ -290,22 +351,48 @@ class DataPlane:
                 if unknown := [o.name for o in req.outputs if o.name not in known]:
                     raise InvalidInput(f"unknown output(s) {unknown}; '{req.model}' has {sorted(known)}")
             workers = self.cluster.workers
-            candidates = [
-                Candidate(v, tuple((w.name, w.outstanding(v.name)) for w in workers if w.hosts(v.name)))
-                for v in variants
-            ]
-            try:
-                decision = select_loaded(candidates, rows, scope)
-            except NoCandidate as exc:
-                raise (InvalidInput if "exceeds" in str(exc) else Unavailable)(str(exc)) from None
-            variant_name = decision.variant.name
-            worker = next(w for w in workers if w.name == decision.worker)
+            objective = objective_from(req.parameters)
+            predicted = cost = None
+            if objective.empty or scope.startswith("variant"):
+                candidates = [
+                    Candidate(v, tuple((w.name, w.outstanding(v.name)) for w in workers if w.hosts(v.name)))
+                    for v in variants
+                ]
+                try:
+                    decision = select_loaded(candidates, rows, scope)
+                except NoCandidate as exc:
+                    raise (InvalidInput if "exceeds" in str(exc) else Unavailable)(str(exc)) from None
+                chosen, worker_name, reason = decision.variant, decision.worker, decision.reason
+            else:
+                ordered = self.catalog.options(req.model, req.version, variants)
+                loaded, cold = [], []
+                for o in ordered:  # only loaded variants need live state
+                    hosts = tuple((w.name, w.rows_in_flight(o.variant.name)) for w in workers
+                                  if w.hosts(o.variant.name))  # fmt: skip
+                    if hosts:
+                        loaded.append(Option(o.variant, o.profile, hosts))
+                    else:
+                        cold.append(o)
+                try:
+                    choice = select_sorted(objective, loaded, cold, rows, scope)
+                except Unreachable as exc:
+                    raise InvalidInput(str(exc)) from None
+                chosen, worker_name, reason = choice.variant, choice.worker, choice.reason
+                predicted, cost = choice.predicted_ms, choice.cost_per_1k
+                if worker_name is None:
+                    worker_name = (await self.load_cold(chosen)).name
+                self.log_decision("select", reason, variant=chosen.name, worker=worker_name,
+                                  predicted_ms=predicted)  # fmt: skip
+            variant_name = chosen.name
+            worker = next(w for w in workers if w.name == worker_name)
             timeout_us = req.parameters.get("timeout")
             deadline = None
+            if objective.latency_ms is not None:
+                deadline = time.monotonic() + objective.latency_ms / 1000
             if timeout_us is not None:
                 if not isinstance(timeout_us, int | float) or timeout_us <= 0:
                     raise InvalidInput("parameter 'timeout' must be a positive number of microseconds")
-                deadline = time.monotonic() + timeout_us / 1e6
+                deadline = min(deadline or float("inf"), time.monotonic() + timeout_us / 1e6)
             inputs = {i.name: i.data for i in req.inputs}
             try:
                 async with asyncio.timeout(self.settings.request_timeout_s):
@@ -333,10 +420,12 @@ class DataPlane:
                 binary = default_binary if match.binary is None else match.binary
             arr: np.ndarray = result.outputs[spec.name]
             outputs.append(InferOutput(spec.name, spec.datatype, tuple(arr.shape), arr, binary))
-        var = decision.variant
+        var = chosen
         params = {
-            "variant": var.name, "architecture": var.architecture, "worker": decision.worker,
-            "reason": decision.reason, "accuracy": var.accuracy, "accuracy_source": var.accuracy_source,
+            "variant": var.name, "architecture": var.architecture, "worker": worker_name,
+            "reason": reason, "accuracy": var.accuracy, "accuracy_source": var.accuracy_source,
+            "predicted_ms": None if predicted is None else round(predicted, 3),
+            "cost_usd": None if cost is None else cost / 1000 * rows,
             "queue_ms": round(result.queue_ns / 1e6, 3), "compute_ms": round(result.compute_ns / 1e6, 3),
             "batch_size": result.batch_size, "total_ms": round(total_ns / 1e6, 3),
         }  # fmt: skip

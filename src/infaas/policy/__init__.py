@@ -11,7 +11,8 @@ from infaas.policy.select import (
     predict_ms,
     select,
     select_loaded,
+    select_sorted,
 )
 
 __all__ = ["Candidate", "Choice", "Decision", "NoCandidate", "Objective", "Option", "Unreachable",
-           "predict_ms", "select", "select_loaded"]  # fmt: skip
+           "predict_ms", "select", "select_loaded", "select_sorted"]  # fmt: skip

@@ -107,53 +107,65 @@ def _acc(v: Variant) -> str:
     return "unknown" if v.accuracy is None else f"{v.accuracy:.3f} ({v.accuracy_source})"
 
 
+def _cost(o: Option) -> float:
+    return o.profile.cost_per_1k if o.profile is not None else float("inf")
+
+
 def select(objective: Objective, options: list[Option], rows: int, scope: str) -> Choice:
-    """Cheapest variant that meets the objective: loaded ones first (with queue wait), then cold ones
-    (their load time counted against the latency objective). Pure: no clock, no I/O."""
-    fits = [o for o in options if o.variant.max_batch >= rows and o.variant.status == "ready"]
-    if not fits:
-        raise Unreachable(f"{scope}: no ready variant takes a batch of {rows}")
+    """Convenience form of :func:`select_sorted`: splits loaded from cold and sorts both by cost."""
+    ordered = sorted(options, key=_cost)
+    return select_sorted(objective, [o for o in ordered if o.workers], [o for o in ordered if not o.workers],
+                         rows, scope)  # fmt: skip
 
-    def accurate(o: Option) -> bool:
+
+def select_sorted(objective: Objective, loaded: list[Option], cold: list[Option], rows: int, scope: str) -> Choice:
+    """Cheapest variant that meets the objective: loaded ones first (queue wait counted), then cold
+    ones (load time counted against the latency objective). Both lists come sorted by cost, so the
+    first fit wins and the scan stops there. Pure: no clock, no I/O."""
+    lat, floor, ceiling = objective.latency_ms, objective.min_accuracy, objective.max_cost
+
+    def admissible(o: Option) -> bool:
         v = o.variant
-        if objective.min_accuracy is None:
-            return True
-        if v.accuracy is None or (v.accuracy_source == "estimated" and not objective.allow_estimated):
+        if v.max_batch < rows or v.status != "ready":
             return False
-        return v.accuracy >= objective.min_accuracy
+        if floor is not None and (v.accuracy is None or v.accuracy < floor
+                                  or (v.accuracy_source == "estimated" and not objective.allow_estimated)):  # fmt: skip
+            return False
+        return ceiling is None or (o.profile is not None and o.profile.cost_per_1k <= ceiling)
 
-    def cheap(o: Option) -> bool:
-        return objective.max_cost is None or (o.profile is not None and o.profile.cost_per_1k <= objective.max_cost)
-
-    eligible = [o for o in fits if accurate(o) and cheap(o)]
-    if not eligible:
-        raise Unreachable(_why_not(objective, fits, scope))
-
-    best: tuple | None = None
-    for o in eligible:
-        cost = o.profile.cost_per_1k if o.profile else float("inf")
+    for o in loaded:
+        if not admissible(o):
+            continue
+        best = None
         for worker, in_flight in o.workers:
             pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight) if o.profile else None
-            if objective.latency_ms is not None and (pred is None or pred > objective.latency_ms):
+            if lat is not None and (pred is None or pred > lat):
                 continue
-            key = (0, cost, pred or 0.0)
-            if best is None or key < best[0]:
-                best = (key, o, worker, pred)
-        if not o.workers and o.profile is not None:
-            pred = o.profile.load_time_ms + o.profile.predict_ms(min(rows, o.variant.max_batch))
-            if objective.latency_ms is None or pred <= objective.latency_ms:
-                key = (1, cost, pred)
-                if best is None or key < best[0]:
-                    best = (key, o, None, pred)
-    if best is None:
-        raise Unreachable(_why_not(objective, eligible, scope, rows))
-    (loaded, cost, _), o, worker, pred = best
-    v = o.variant
-    wants = _objective_text(objective)
-    where = (f"loaded on {worker}, predicted {pred:.2f} ms with the queue there" if loaded == 0 else
-             f"not loaded: cold start, predicted {pred:.1f} ms including {o.profile.load_time_ms:.0f} ms to load")  # fmt: skip
-    reason = (f"{scope}: {v.name} is the cheapest variant meeting {wants} (${cost:.3g} per 1k, "
-              f"accuracy {_acc(v)}; {where})")  # fmt: skip
+            if best is None or (pred or 0.0) < (best[1] or 0.0):
+                best = (worker, pred)
+        if best is not None:
+            return _choice(objective, o, best[0], best[1], scope)
+    for o in cold:
+        if o.profile is None or not admissible(o):
+            continue
+        pred = o.profile.load_time_ms + o.profile.predict_ms(min(rows, o.variant.max_batch))
+        if lat is None or pred <= lat:
+            return _choice(objective, o, None, pred, scope)
+    everything = [o for o in loaded + cold if o.variant.max_batch >= rows and o.variant.status == "ready"]
+    if not everything:
+        raise Unreachable(f"{scope}: no ready variant takes a batch of {rows}")
+    raise Unreachable(_why_not(objective, everything, scope, rows))
+
+
+def _choice(objective: Objective, o: Option, worker: str | None, pred: float | None, scope: str) -> Choice:
+    v, cost = o.variant, _cost(o)
+    if worker is not None:
+        where = f"loaded on {worker}, predicted {pred:.2f} ms with the queue there" if pred is not None else \
+            f"loaded on {worker}, not profiled yet"
+    else:
+        where = f"not loaded: cold start, predicted {pred:.1f} ms including {o.profile.load_time_ms:.0f} ms to load"
+    reason = (f"{scope}: {v.name} is the cheapest variant meeting {_objective_text(objective)} "
+              f"(${cost:.3g} per 1k, accuracy {_acc(v)}; {where})")  # fmt: skip
     return Choice(v, worker, pred, None if cost == float("inf") else cost, reason)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from infaas.cluster.local import LocalWorker
 from infaas.registry import Architecture, Profile, Registry, Variant
 from infaas.registry.onnxinfo import load_validation, named_inputs
+from infaas.registry.types import linear_fit
 from infaas.settings import Settings
 from infaas.variants.generate import (
     Artifact,
@@ -72,13 +73,6 @@ def evaluation_data(registry: Registry, arch: Architecture, rows: int) -> tuple[
         return {k: v[:rows] for k, v in inputs.items()}, labels[:rows]
     start = n // 2 if n > 1 else 0  # unlabelled: the half the quantizer did not calibrate on
     return {k: v[start : start + rows] for k, v in inputs.items()}, None
-
-
-def linear_fit(batches: list[int], p50: list[float]) -> tuple[float, float]:
-    if len(batches) < 2:
-        return p50[0], 0.0
-    slope, intercept = np.polyfit(np.asarray(batches, float), np.asarray(p50, float), 1)
-    return float(slope), float(intercept)
 
 
 async def _measure(m: Measurement, registry: Registry, arch: Architecture, inputs: dict, batches: list[int],

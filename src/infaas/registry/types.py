@@ -123,3 +123,13 @@ def variant_name(architecture: str, fmt: str, provider: str, threads: int, max_b
     """Self-explaining variant names, e.g. ``digits-mlp.fp32.cpu.t2.b16``."""
     short_fmt = fmt.removeprefix("onnx-")
     return f"{architecture}.{short_fmt}.{provider}.t{threads}.b{max_batch}"
+
+
+def linear_fit(batches: list[int], ms: list[float]) -> tuple[float, float]:
+    """Least-squares ``latency(b) = slope*b + intercept``; one point gives a pure slope."""
+    if len(batches) < 2:
+        return ms[0], 0.0
+    import numpy as np
+
+    slope, intercept = np.polyfit(np.asarray(batches, float), np.asarray(ms, float), 1)
+    return float(slope), float(intercept)

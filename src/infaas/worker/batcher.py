@@ -14,6 +14,10 @@ Rules of :meth:`BatchQueue.next`:
   (greedy: whatever queued while the runtime was busy forms the batch), when
   the head has waited ``max_delay_s``, or when waiting longer would make its
   most urgent member miss its deadline;
+- SLO-aware (``slo_wait``): when members carry deadlines, the batch waits for
+  company as long as its most urgent member can still finish in time, but no
+  longer than one full batch takes to run (past that, waiting costs more
+  latency than batching saves);
 - otherwise ``wait_s`` says how long until one of those becomes true.
 """
 
@@ -61,12 +65,14 @@ class BatchQueue:
         max_batch: int,
         max_delay_s: float = 0.0,
         predict_s: Callable[[int], float] = _no_latency,
+        slo_wait: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.predict_s = predict_s
+        self.slo_wait = slo_wait
         self._queue: deque[Pending] = deque()
         self.rows_queued = 0
 
@@ -107,10 +113,14 @@ class BatchQueue:
         full = rows >= self.max_batch
         due = head.arrival + self.max_delay_s
         deadlines = [m.deadline for m in members if m.deadline is not None]
+        waiting = self.max_delay_s > 0
         if deadlines:
-            # leave while the most urgent member can still make it
-            due = min(due, min(deadlines) - self.predict_s(rows))
-        if full or self.max_delay_s <= 0 or now >= due:
+            latest = min(deadlines) - self.predict_s(rows)  # leave while the most urgent can still make it
+            if self.slo_wait:
+                due, waiting = min(latest, head.arrival + self.predict_s(self.max_batch)), True
+            else:
+                due = min(due, latest)
+        if full or not waiting or now >= due:
             for i in reversed(chosen):
                 del self._queue[i]
             self.rows_queued -= rows

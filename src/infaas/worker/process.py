@@ -179,7 +179,13 @@ class Worker:
         max_batch = msg.get("max_batch", 16)
         timings = calibrate(runtimes[0], max_batch) if msg.get("calibrate", True) else {}
         preferred = preferred_batch(timings, max_batch)
-        queue = BatchQueue(preferred, max_delay_s=msg.get("max_delay_s", 0.0))
+        slope, intercept = msg.get("latency_ms") or (0.0, 0.0)
+        if not (slope or intercept) and timings:  # no profile yet: fit the calibration runs
+            from infaas.registry.types import linear_fit
+
+            slope, intercept = linear_fit(sorted(timings), [timings[b] * 1000 for b in sorted(timings)])
+        queue = BatchQueue(preferred, max_delay_s=msg.get("max_delay_s", 0.0),
+                           predict_s=lambda rows: max(0.0, slope * rows + intercept) / 1000, slo_wait=True)  # fmt: skip
         self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel)
         return {"load_time_s": sum(r.load_time_s for r in runtimes) / instances, "instances": instances,
                 "threads": runtimes[0].threads, "preferred_batch": preferred,

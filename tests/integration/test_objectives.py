@@ -1,0 +1,92 @@
+"""Model-less queries with objectives over REST (and tritonclient): the objective picks the variant."""
+
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from infaas.client import Client
+from infaas.frontend.server import BackgroundServer
+from infaas.settings import Settings
+from tests.conftest import copy_data_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, digits_profiled_dir):
+    data = copy_data_dir(digits_profiled_dir, tmp_path_factory.mktemp("obj") / "d")
+    srv = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False)).start()
+    yield srv
+    srv.stop()
+
+
+def ask(server, x, model="digits-classification", **params):
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}],
+            "parameters": params}  # fmt: skip
+    return httpx.post(f"{server.url}/v2/models/{model}/infer", json=body, timeout=60)
+
+
+def test_different_objectives_pick_different_variants_and_say_why(server, digits_samples):
+    x, y = digits_samples
+    accurate = ask(server, x[:8], min_accuracy=0.97)  # only the MLP (0.974 measured) qualifies
+    assert accurate.status_code == 200, accurate.text
+    pa = accurate.json()["parameters"]
+    assert pa["architecture"] == "digits-mlp" and pa["accuracy"] >= 0.97
+    mlp_per_1k = pa["cost_usd"] / 8 * 1000
+    cheap = ask(server, x[:8], min_accuracy=0.4)  # the cheapest loaded variant above 0.4
+    pc = cheap.json()["parameters"]
+    assert pc["accuracy"] >= 0.4 and pc["cost_usd"] <= pa["cost_usd"]
+    cheaper = ask(server, x[:8], min_accuracy=0.4, max_cost=mlp_per_1k * 0.99)
+    assert cheaper.status_code == 200, cheaper.text
+    pc = cheaper.json()["parameters"]
+    assert pc["variant"] != pa["variant"] and pc["cost_usd"] < pa["cost_usd"] and "max_cost" in pc["reason"]
+    for p in (pa, pc):
+        assert "cheapest variant meeting min_accuracy" in p["reason"]
+        assert p["predicted_ms"] > 0 and p["cost_usd"] > 0 and p["accuracy_source"] == "measured"
+    labels = np.array([o for o in accurate.json()["outputs"] if o["name"] == "label"][0]["data"])
+    assert (labels == y[:8]).mean() >= 0.75
+
+
+def test_unreachable_objectives_get_a_400_naming_the_best(server, digits_samples):
+    r = ask(server, digits_samples[0][:1], min_accuracy=0.999)
+    assert r.status_code == 400
+    assert "min_accuracy 0.999 unreachable for task digits-classification: best is 0.9" in r.json()["error"]
+    r = ask(server, digits_samples[0][:1], latency_ms=0.0001, min_accuracy=0.5)
+    assert r.status_code == 400 and "latency_ms 0.0001 unreachable" in r.json()["error"]
+    assert "fastest is" in r.json()["error"]
+    r = ask(server, digits_samples[0][:1], min_accuracy="high")
+    assert r.status_code == 400 and "min_accuracy" in r.json()["error"]
+
+
+def test_cold_start_loads_the_chosen_variant_then_serves(server, digits_samples):
+    dp = server.dataplane
+    worker = dp.cluster.workers[0]
+    for name in [v for v in worker.loaded if v.startswith("digits-nb.")]:
+        asyncio.run_coroutine_threadsafe(worker.unload(name), server.loop).result(30)
+    r = ask(server, digits_samples[0][:2], model="digits-nb", min_accuracy=0.5)
+    assert r.status_code == 200, r.text
+    p = r.json()["parameters"]
+    assert "cold start" in p["reason"] and p["architecture"] == "digits-nb"
+    assert worker.hosts(p["variant"])
+    with Client(server.url) as c:
+        kinds = [d["kind"] for d in c.decisions(50)]
+    assert "select" in kinds and "load" in kinds
+
+
+def test_latency_objective_sets_a_deadline(server, digits_samples):
+    r = ask(server, digits_samples[0][:4], latency_ms=5000, min_accuracy=0.9)
+    assert r.status_code == 200
+    assert r.json()["parameters"]["total_ms"] < 5000
+
+
+def test_tritonclient_sends_objectives_as_parameters(server, digits_samples):
+    client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    inp = httpclient.InferInput("input", [4, 64], "FP32")
+    inp.set_data_from_numpy(digits_samples[0][:4], binary_data=True)
+    result = client.infer("digits-classification", [inp], parameters={"min_accuracy": 0.96, "latency_ms": 1000})
+    params = result.get_response()["parameters"]
+    assert params["architecture"] in ("digits-mlp", "digits-logreg") and params["accuracy"] >= 0.96
+    client.close()
