@@ -275,6 +275,9 @@ def _load_input(path: str) -> np.ndarray | dict[str, np.ndarray]:
 
 def cmd_infer(args) -> None:
     params = dict(args.param or [])
+    for key in ("latency_ms", "min_accuracy", "max_cost"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
     with _client(args) as client:
         result = client.infer(args.model, _load_input(args.input), version=args.version,
                               parameters=params, binary=not args.json_tensors)  # fmt: skip
@@ -291,6 +294,8 @@ def cmd_infer(args) -> None:
         console.print(f"[bold]worker[/] {p.get('worker')}  [bold]queue[/] {p.get('queue_ms')} ms  "
                       f"[bold]compute[/] {p.get('compute_ms')} ms  [bold]batch[/] {p.get('batch_size')}  "
                       f"[bold]total[/] {p.get('total_ms')} ms")  # fmt: skip
+        if p.get("predicted_ms") is not None:
+            console.print(f"[bold]predicted[/] {p['predicted_ms']} ms  [bold]cost[/] ${p.get('cost_usd', 0):.3g}")
         console.print(f"[bold]why[/] {p.get('reason')}")
 
 
@@ -379,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="variant of the architecture")
     p.add_argument("--param", action="append", type=_parse_param, metavar="KEY=VALUE",
                    help="request parameter (repeatable), e.g. timeout=100000")  # fmt: skip
+    p.add_argument("--latency-ms", type=float, dest="latency_ms", help="objective: latency in ms")
+    p.add_argument("--min-accuracy", type=float, dest="min_accuracy", help="objective: minimum top-1 accuracy")
+    p.add_argument("--max-cost", type=float, dest="max_cost", help="objective: USD per 1000 inferences")
     p.add_argument("--output", help="save outputs to this .npz")
     p.add_argument("--json-tensors", action="store_true", help="send tensors as JSON, not binary")
     p.set_defaults(fn=cmd_infer)

@@ -50,6 +50,7 @@ class LocalWorker:
         self._rows: Counter[str] = Counter()
         self._specs: dict[str, LoadSpec] = {}  # what this worker should host (survives restarts)
         self._loaded: set[str] = set()  # what the current process has loaded
+        self.placement_version = 0  # bumped whenever what is loaded (or alive) changes
         self._alive = False
         self._stopping = False
         self._restart_times: list[float] = []
@@ -62,6 +63,10 @@ class LocalWorker:
     @property
     def loaded(self) -> dict[str, LoadSpec]:
         return {v: self._specs[v] for v in self._loaded if v in self._specs} if self._alive else {}
+
+    def loaded_names(self) -> set[str] | frozenset[str]:
+        """Names of the variants the current process has loaded (no copy: do not modify)."""
+        return self._loaded if self._alive else frozenset()
 
     def hosts(self, variant: str) -> bool:
         return self._alive and variant in self._loaded
@@ -96,6 +101,7 @@ class LocalWorker:
         self._writer = writer
         self._loaded = set()
         self._alive = True
+        self.placement_version += 1
         self._reader_task = asyncio.create_task(self._read_loop(reader, self._proc))
         log.info("worker %s started (pid %s, cores %s)", self.name, self.pid, self.cores)
 
@@ -129,6 +135,7 @@ class LocalWorker:
         except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
             pass
         self._alive = False
+        self.placement_version += 1
         if self._stopping:
             return
         code = await asyncio.to_thread(proc.wait)
@@ -153,6 +160,7 @@ class LocalWorker:
             for spec in specs:
                 await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
                 self._loaded.add(spec.variant)
+                self.placement_version += 1
             self.restarts += 1
             log.info("worker %s restarted with %d variants", self.name, len(specs))
         except Exception:
@@ -189,11 +197,13 @@ class LocalWorker:
         result = await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
         self._specs[spec.variant] = spec
         self._loaded.add(spec.variant)
+        self.placement_version += 1
         return result
 
     async def unload(self, variant: str) -> None:
         self._specs.pop(variant, None)
         self._loaded.discard(variant)
+        self.placement_version += 1
         await self._call({"op": "unload", "variant": variant})
 
     async def stats(self) -> dict[str, Any]:

@@ -50,16 +50,16 @@ class Catalog:
         self.by_arch: dict[str, list[Variant]] = {a: [] for a in self.architectures}
         for v in self.variants.values():
             self.by_arch.setdefault(v.architecture, []).append(v)
-        self._options: dict[tuple[str, str | None], list[Option]] = {}
+        self._options: dict[tuple[str, str | None], tuple[list[Option], dict[str, Option]]] = {}
 
-    def options(self, name: str, version: str | None, variants: list[Variant]) -> list[Option]:
-        """The scope's ready variants as cold options sorted by cost (cached until the next refresh)."""
+    def options(self, name: str, version: str | None, variants: list[Variant]) -> tuple[list[Option], dict[str, Option]]:
+        """The scope's ready variants as options sorted by cost, and by name (cached until the next refresh)."""
         key = (name, version)
         cached = self._options.get(key)
         if cached is None:
             ready = [Option(v, self.profiles.get(v.name)) for v in variants if v.status == "ready"]
-            cached = self._options[key] = sorted(ready, key=lambda o: o.profile.cost_per_1k if o.profile
-                                                 else float("inf"))  # fmt: skip
+            ordered = sorted(ready, key=lambda o: o.profile.cost_per_1k if o.profile else float("inf"))
+            cached = self._options[key] = (ordered, {o.variant.name: o for o in ordered})
         return cached
 
     def resolve(self, name: str, version: str | None) -> tuple[str, Signature, list[Variant], str]:
@@ -149,6 +149,7 @@ class DataPlane:
         self.profiling: dict[str, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._cold: dict[str, asyncio.Task] = {}  # variant -> its load in progress
+        self._loaded_options: dict[tuple[str, str | None], tuple] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -255,6 +256,19 @@ class DataPlane:
         self.log_decision("load", why, variant=variant.name, worker=worker.name,
                           preferred_batch=result.get("preferred_batch"))  # fmt: skip
         return result
+
+    def _scope_options(self, name: str, version: str | None, variants: list[Variant]):
+        """Cost-sorted options of a scope, and of its loaded variants; the latter cached until a
+        worker's placement changes (loads, unloads, restarts), so a query does not rebuild them."""
+        ordered, _ = self.catalog.options(name, version, variants)
+        placement = tuple(w.placement_version for w in self.cluster.workers)
+        key = (name, version)
+        cached = self._loaded_options.get(key)
+        if cached is None or cached[0] != placement or cached[1] is not ordered:
+            names = set().union(*(w.loaded_names() for w in self.cluster.workers))
+            cached = (placement, ordered, [o for o in ordered if o.variant.name in names])
+            self._loaded_options[key] = cached
+        return ordered, cached[2]
 
     async def load_cold(self, variant: Variant) -> WorkerHandle:
         """Load a variant that no worker has (one load per variant, however many requests wait for it)."""
@@ -364,17 +378,13 @@ class DataPlane:
                     raise (InvalidInput if "exceeds" in str(exc) else Unavailable)(str(exc)) from None
                 chosen, worker_name, reason = decision.variant, decision.worker, decision.reason
             else:
-                ordered = self.catalog.options(req.model, req.version, variants)
-                loaded, cold = [], []
-                for o in ordered:  # only loaded variants need live state
-                    hosts = tuple((w.name, w.rows_in_flight(o.variant.name)) for w in workers
-                                  if w.hosts(o.variant.name))  # fmt: skip
-                    if hosts:
-                        loaded.append(Option(o.variant, o.profile, hosts))
-                    else:
-                        cold.append(o)
+                ordered, loaded = self._scope_options(req.model, req.version, variants)
+
+                def live(name: str) -> tuple[tuple[str, int], ...]:
+                    return tuple((w.name, w.rows_in_flight(name)) for w in workers if w.hosts(name))
+
                 try:
-                    choice = select_sorted(objective, loaded, cold, rows, scope)
+                    choice = select_sorted(objective, loaded, ordered, rows, scope, live)
                 except Unreachable as exc:
                     raise InvalidInput(str(exc)) from None
                 chosen, worker_name, reason = choice.variant, choice.worker, choice.reason

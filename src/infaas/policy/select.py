@@ -6,6 +6,7 @@ here reads a clock, a socket or the registry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from infaas.registry.types import Profile, Variant
@@ -114,14 +115,19 @@ def _cost(o: Option) -> float:
 def select(objective: Objective, options: list[Option], rows: int, scope: str) -> Choice:
     """Convenience form of :func:`select_sorted`: splits loaded from cold and sorts both by cost."""
     ordered = sorted(options, key=_cost)
-    return select_sorted(objective, [o for o in ordered if o.workers], [o for o in ordered if not o.workers],
-                         rows, scope)  # fmt: skip
+    live = {o.variant.name: o.workers for o in ordered if o.workers}
+    return select_sorted(objective, [o for o in ordered if o.workers], ordered, rows, scope, live.get)
 
 
-def select_sorted(objective: Objective, loaded: list[Option], cold: list[Option], rows: int, scope: str) -> Choice:
+def select_sorted(
+    objective: Objective, loaded: list[Option], ordered: list[Option], rows: int, scope: str,
+    live: Callable[[str], tuple[tuple[str, int], ...] | None],
+) -> Choice:
     """Cheapest variant that meets the objective: loaded ones first (queue wait counted), then cold
-    ones (load time counted against the latency objective). Both lists come sorted by cost, so the
-    first fit wins and the scan stops there. Pure: no clock, no I/O."""
+    ones (load time counted against the latency objective). ``loaded`` and ``ordered`` (every
+    ready variant of the scope) come sorted by cost, so the first fit wins and the scan stops
+    there. ``live(name)`` reads the (worker, rows in flight) snapshot of a loaded variant only when
+    the scan reaches it. No clock, no I/O."""
     lat, floor, ceiling = objective.latency_ms, objective.min_accuracy, objective.max_cost
 
     def admissible(o: Option) -> bool:
@@ -133,11 +139,16 @@ def select_sorted(objective: Objective, loaded: list[Option], cold: list[Option]
             return False
         return ceiling is None or (o.profile is not None and o.profile.cost_per_1k <= ceiling)
 
+    hosted = set()
     for o in loaded:
+        workers = live(o.variant.name)
+        if not workers:
+            continue
+        hosted.add(o.variant.name)
         if not admissible(o):
             continue
         best = None
-        for worker, in_flight in o.workers:
+        for worker, in_flight in workers:
             pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight) if o.profile else None
             if lat is not None and (pred is None or pred > lat):
                 continue
@@ -145,13 +156,14 @@ def select_sorted(objective: Objective, loaded: list[Option], cold: list[Option]
                 best = (worker, pred)
         if best is not None:
             return _choice(objective, o, best[0], best[1], scope)
-    for o in cold:
-        if o.profile is None or not admissible(o):
+    for o in ordered:
+        if o.profile is None or o.variant.name in hosted or not admissible(o):
             continue
         pred = o.profile.load_time_ms + o.profile.predict_ms(min(rows, o.variant.max_batch))
         if lat is None or pred <= lat:
             return _choice(objective, o, None, pred, scope)
-    everything = [o for o in loaded + cold if o.variant.max_batch >= rows and o.variant.status == "ready"]
+    everything = [Option(o.variant, o.profile, live(o.variant.name) or ()) for o in ordered]
+    everything = [o for o in everything if o.variant.max_batch >= rows and o.variant.status == "ready"]
     if not everything:
         raise Unreachable(f"{scope}: no ready variant takes a batch of {rows}")
     raise Unreachable(_why_not(objective, everything, scope, rows))
