@@ -77,3 +77,14 @@ def test_unreachable_accuracy_names_the_best():
 def test_batch_larger_than_every_max_batch():
     with pytest.raises(Unreachable, match="no ready variant takes a batch of 32"):
         select(Objective(min_accuracy=0.1), opts(), 32, "t")
+
+
+def test_cheaper_unloaded_variant_is_loaded_in_the_background_while_the_loaded_one_serves():
+    c = select(Objective(min_accuracy=0.8), opts(loaded=("big.fp32",)), 1, "t")
+    assert c.variant is BIG and c.worker == "w0"  # served now, from what is loaded
+    assert c.prefetch is MID and "loading the cheaper mid.int8" in c.reason
+    # nothing cheaper enough: no prefetch
+    assert select(Objective(min_accuracy=0.8), opts(), 1, "t").prefetch is None
+    # the cheaper one must itself meet the latency objective once loaded
+    slow_mid = [Option(MID, prof(MID, 10.0, 5.0, 2e-5)), Option(BIG, P[BIG.name], (("w0", 0),))]
+    assert select(Objective(min_accuracy=0.8, latency_ms=10), slow_mid, 1, "t").prefetch is None

@@ -21,6 +21,7 @@ from infaas.policy import (
     NoCandidate,
     Objective,
     Option,
+    ScopeIndex,
     Unreachable,
     select_loaded,
     select_sorted,
@@ -50,16 +51,15 @@ class Catalog:
         self.by_arch: dict[str, list[Variant]] = {a: [] for a in self.architectures}
         for v in self.variants.values():
             self.by_arch.setdefault(v.architecture, []).append(v)
-        self._options: dict[tuple[str, str | None], tuple[list[Option], dict[str, Option]]] = {}
+        self._options: dict[tuple[str, str | None], ScopeIndex] = {}
 
-    def options(self, name: str, version: str | None, variants: list[Variant]) -> tuple[list[Option], dict[str, Option]]:
-        """The scope's ready variants as options sorted by cost, and by name (cached until the next refresh)."""
+    def options(self, name: str, version: str | None, variants: list[Variant]) -> ScopeIndex:
+        """The scope's ready variants indexed by cost (cached until the next refresh)."""
         key = (name, version)
         cached = self._options.get(key)
         if cached is None:
             ready = [Option(v, self.profiles.get(v.name)) for v in variants if v.status == "ready"]
-            ordered = sorted(ready, key=lambda o: o.profile.cost_per_1k if o.profile else float("inf"))
-            cached = self._options[key] = (ordered, {o.variant.name: o for o in ordered})
+            cached = self._options[key] = ScopeIndex(ready)
         return cached
 
     def resolve(self, name: str, version: str | None) -> tuple[str, Signature, list[Variant], str]:
@@ -257,18 +257,31 @@ class DataPlane:
                           preferred_batch=result.get("preferred_batch"))  # fmt: skip
         return result
 
+    def _background(self, coro) -> None:
+        """Run a coroutine beside the request path; failures are logged, never raised into a query."""
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception as exc:
+                log.warning("background work failed: %s", exc)
+                self.log_decision("error", f"background work failed: {exc}")
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _scope_options(self, name: str, version: str | None, variants: list[Variant]):
         """Cost-sorted options of a scope, and of its loaded variants; the latter cached until a
         worker's placement changes (loads, unloads, restarts), so a query does not rebuild them."""
-        ordered, _ = self.catalog.options(name, version, variants)
+        index = self.catalog.options(name, version, variants)
         placement = tuple(w.placement_version for w in self.cluster.workers)
         key = (name, version)
         cached = self._loaded_options.get(key)
-        if cached is None or cached[0] != placement or cached[1] is not ordered:
+        if cached is None or cached[0] != placement or cached[1] is not index:
             names = set().union(*(w.loaded_names() for w in self.cluster.workers))
-            cached = (placement, ordered, [o for o in ordered if o.variant.name in names])
+            cached = (placement, index, [o for o in index.ordered if o.variant.name in names])
             self._loaded_options[key] = cached
-        return ordered, cached[2]
+        return index, cached[2]
 
     async def load_cold(self, variant: Variant) -> WorkerHandle:
         """Load a variant that no worker has (one load per variant, however many requests wait for it)."""
@@ -391,6 +404,8 @@ class DataPlane:
                 predicted, cost = choice.predicted_ms, choice.cost_per_1k
                 if worker_name is None:
                     worker_name = (await self.load_cold(chosen)).name
+                elif choice.prefetch is not None and choice.prefetch.name not in self._cold:
+                    self._background(self.load_cold(choice.prefetch))
                 self.log_decision("select", reason, variant=chosen.name, worker=worker_name,
                                   predicted_ms=predicted)  # fmt: skip
             variant_name = chosen.name

@@ -7,6 +7,7 @@ from infaas.policy.select import (
     NoCandidate,
     Objective,
     Option,
+    ScopeIndex,
     Unreachable,
     predict_ms,
     select,
@@ -14,5 +15,5 @@ from infaas.policy.select import (
     select_sorted,
 )
 
-__all__ = ["Candidate", "Choice", "Decision", "NoCandidate", "Objective", "Option", "Unreachable",
+__all__ = ["Candidate", "Choice", "Decision", "NoCandidate", "Objective", "Option", "ScopeIndex", "Unreachable",
            "predict_ms", "select", "select_loaded", "select_sorted"]  # fmt: skip

@@ -6,6 +6,9 @@ here reads a clock, a socket or the registry.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,6 +92,11 @@ class Choice:
     predicted_ms: float | None
     cost_per_1k: float | None
     reason: str
+    prefetch: Variant | None = None  # a cheaper variant to load in the background for later queries
+
+
+PREFETCH_SAVING = 0.2  # load a cheaper variant in the background when it saves at least this share
+PREFETCH_SCAN = 32  # look at most this many cheaper variants (keeps every decision in microseconds)
 
 
 class Unreachable(Exception):
@@ -108,26 +116,56 @@ def _acc(v: Variant) -> str:
     return "unknown" if v.accuracy is None else f"{v.accuracy:.3f} ({v.accuracy_source})"
 
 
+class ScopeIndex:
+    """A scope's ready variants sorted by cost, with prefix maxima of accuracy so a floor can skip
+    every cheaper variant that cannot meet it (a bisection instead of a scan). Build once per scope
+    and catalog version; it holds no live state."""
+
+    def __init__(self, options: list[Option]) -> None:
+        self.ordered = sorted(options, key=_cost)
+        self._prefix: dict[bool, list[float]] = {}
+        for allow_estimated in (True, False):
+            best, prefix = -1.0, []
+            for o in self.ordered:
+                v = o.variant
+                if v.accuracy is not None and (allow_estimated or v.accuracy_source != "estimated"):
+                    best = max(best, v.accuracy)
+                prefix.append(best)
+            self._prefix[allow_estimated] = prefix
+
+    def most_accurate(self, allow_estimated: bool) -> Option | None:
+        prefix = self._prefix[allow_estimated]
+        if not prefix or prefix[-1] < 0:
+            return None
+        return self.ordered[bisect.bisect_left(prefix, prefix[-1])]
+
+    def first_meeting(self, floor: float | None, allow_estimated: bool) -> int:
+        """Index of the first variant (in cost order) whose accuracy could meet ``floor``."""
+        return 0 if floor is None else bisect.bisect_left(self._prefix[allow_estimated], floor)
+
+
 def _cost(o: Option) -> float:
     return o.profile.cost_per_1k if o.profile is not None else float("inf")
 
 
 def select(objective: Objective, options: list[Option], rows: int, scope: str) -> Choice:
     """Convenience form of :func:`select_sorted`: splits loaded from cold and sorts both by cost."""
-    ordered = sorted(options, key=_cost)
-    live = {o.variant.name: o.workers for o in ordered if o.workers}
-    return select_sorted(objective, [o for o in ordered if o.workers], ordered, rows, scope, live.get)
+    index = ScopeIndex(options)
+    live = {o.variant.name: o.workers for o in index.ordered if o.workers}
+    return select_sorted(objective, [o for o in index.ordered if o.workers], index, rows, scope, live.get)
 
 
 def select_sorted(
-    objective: Objective, loaded: list[Option], ordered: list[Option], rows: int, scope: str,
+    objective: Objective, loaded: list[Option], index: ScopeIndex, rows: int, scope: str,
     live: Callable[[str], tuple[tuple[str, int], ...] | None],
 ) -> Choice:
     """Cheapest variant that meets the objective: loaded ones first (queue wait counted), then cold
-    ones (load time counted against the latency objective). ``loaded`` and ``ordered`` (every
-    ready variant of the scope) come sorted by cost, so the first fit wins and the scan stops
-    there. ``live(name)`` reads the (worker, rows in flight) snapshot of a loaded variant only when
-    the scan reaches it. No clock, no I/O."""
+    ones (load time counted against the latency objective). ``loaded`` and ``index`` (every
+    ready variant of the scope) are sorted by cost, so the first fit wins and the scan stops
+    there; the index skips variants too inaccurate for the floor. ``live(name)`` reads the
+    (worker, rows in flight) snapshot of a loaded variant only when the scan reaches it. No clock,
+    no I/O."""
+    ordered = index.ordered
     lat, floor, ceiling = objective.latency_ms, objective.min_accuracy, objective.max_cost
 
     def admissible(o: Option) -> bool:
@@ -139,13 +177,11 @@ def select_sorted(
             return False
         return ceiling is None or (o.profile is not None and o.profile.cost_per_1k <= ceiling)
 
-    hosted = set()
     for o in loaded:
+        if not admissible(o):  # static checks first: live state only for candidates
+            continue
         workers = live(o.variant.name)
         if not workers:
-            continue
-        hosted.add(o.variant.name)
-        if not admissible(o):
             continue
         best = None
         for worker, in_flight in workers:
@@ -155,18 +191,50 @@ def select_sorted(
             if best is None or (pred or 0.0) < (best[1] or 0.0):
                 best = (worker, pred)
         if best is not None:
-            return _choice(objective, o, best[0], best[1], scope)
-    for o in ordered:
+            choice = _choice(objective, o, best[0], best[1], scope)
+            start = index.first_meeting(floor, objective.allow_estimated)
+            if start >= len(ordered) or _cost(ordered[start]) >= _cost(o) * (1 - PREFETCH_SAVING):
+                return choice  # nothing in the scope is cheaper enough to be worth loading
+            hosted = {x.variant.name for x in loaded}
+            cheaper = _cheaper_cold(ordered[start:start + PREFETCH_SCAN], hosted, admissible, lat, rows, _cost(o))
+            if cheaper is None:
+                return choice
+            return dataclasses.replace(choice, prefetch=cheaper.variant, reason=(
+                f"{choice.reason}; loading the cheaper {cheaper.variant.name} (${_cost(cheaper):.3g} per 1k) "
+                "in the background for the next queries"))  # fmt: skip
+    hosted = {o.variant.name for o in loaded}
+    for o in itertools.islice(ordered, index.first_meeting(floor, objective.allow_estimated), None):
+        if ceiling is not None and _cost(o) > ceiling:
+            break  # sorted by cost: nothing further is cheap enough
         if o.profile is None or o.variant.name in hosted or not admissible(o):
             continue
         pred = o.profile.load_time_ms + o.profile.predict_ms(min(rows, o.variant.max_batch))
         if lat is None or pred <= lat:
             return _choice(objective, o, None, pred, scope)
-    everything = [Option(o.variant, o.profile, live(o.variant.name) or ()) for o in ordered]
-    everything = [o for o in everything if o.variant.max_batch >= rows and o.variant.status == "ready"]
-    if not everything:
+    if floor is not None and index.first_meeting(floor, objective.allow_estimated) >= len(ordered):
+        best_acc = index.most_accurate(objective.allow_estimated)
+        if best_acc is None:
+            raise Unreachable(f"min_accuracy {floor:g} unreachable for {scope}: no variant has a known accuracy")
+        raise Unreachable(f"min_accuracy {floor:g} unreachable for {scope}: best is "
+                          f"{best_acc.variant.accuracy:.3f} ({best_acc.variant.architecture}, {best_acc.variant.name})")  # fmt: skip
+    fitting = [o for o in ordered if o.variant.max_batch >= rows and o.variant.status == "ready"]
+    if not fitting:
         raise Unreachable(f"{scope}: no ready variant takes a batch of {rows}")
-    raise Unreachable(_why_not(objective, everything, scope, rows))
+    raise Unreachable(_why_not(objective, fitting, scope, rows, live))
+
+
+def _cheaper_cold(ordered: list[Option], hosted: set[str], admissible: Callable[[Option], bool],
+                  lat: float | None, rows: int, cost: float) -> Option | None:  # fmt: skip
+    """The cheapest unloaded variant that would meet the objective once loaded, if it saves enough
+    (``ordered`` is the slice of at most ``PREFETCH_SCAN`` candidates to look at)."""
+    for o in ordered:
+        if _cost(o) >= cost * (1 - PREFETCH_SAVING):
+            return None  # sorted by cost: nothing further saves enough
+        if o.profile is None or o.variant.name in hosted or not admissible(o):
+            continue
+        if lat is None or o.profile.predict_ms(min(rows, o.variant.max_batch)) <= lat:
+            return o
+    return None
 
 
 def _choice(objective: Objective, o: Option, worker: str | None, pred: float | None, scope: str) -> Choice:
@@ -192,8 +260,10 @@ def _objective_text(o: Objective) -> str:
     return ", ".join(parts) or "no objective"
 
 
-def _why_not(objective: Objective, options: list[Option], scope: str, rows: int | None = None) -> str:
-    """Name the closest achievable option for the objective that cannot be met."""
+def _why_not(objective: Objective, options: list[Option], scope: str, rows: int,
+             live: Callable[[str], tuple[tuple[str, int], ...] | None]) -> str:  # fmt: skip
+    """Name the closest achievable option for the objective that cannot be met (a full scan: this
+    is the error path)."""
     if objective.min_accuracy is not None:
         known = [o for o in options if o.variant.accuracy is not None and
                  (objective.allow_estimated or o.variant.accuracy_source != "estimated")]  # fmt: skip
@@ -217,11 +287,11 @@ def _why_not(objective: Objective, options: list[Option], scope: str, rows: int 
     for o in options:
         if o.profile is None:
             continue
-        rows_ = rows or 1
-        for _, in_flight in o.workers:
-            timed.append((predict_ms(o.profile, o.variant.max_batch, rows_, in_flight), o, "loaded"))
-        if not o.workers:
-            timed.append((o.profile.load_time_ms + o.profile.predict_ms(min(rows_, o.variant.max_batch)), o, "cold"))
+        workers = live(o.variant.name) or ()
+        for _, in_flight in workers:
+            timed.append((predict_ms(o.profile, o.variant.max_batch, rows, in_flight), o, "loaded"))
+        if not workers:
+            timed.append((o.profile.load_time_ms + o.profile.predict_ms(min(rows, o.variant.max_batch)), o, "cold"))
     if not timed:
         return f"latency_ms {objective.latency_ms:g} unreachable for {scope}: no variant is profiled yet"
     ms, o, state = min(timed, key=lambda t: t[0])
