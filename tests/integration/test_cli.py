@@ -81,8 +81,16 @@ def test_serve_zoo_add_models_infer(served, tmp_path, digits_samples):
     with np.load(tmp_path / "out.npz") as saved:
         assert saved["label"].shape == (5,)
 
+    # objectives from the command line: the policy picks, and says what it predicted and why
+    res = json.loads(run("infer", "digits-classification", "--input", str(tmp_path / "x.npy"), "--url", url,
+                         "--min-accuracy", "0.97", "--latency-ms", "2000", "--json").stdout)  # fmt: skip
+    assert res["parameters"]["architecture"] == "digits-mlp" and res["parameters"]["predicted_ms"] > 0
+    proc = run("infer", "digits-classification", "--input", str(tmp_path / "x.npy"), "--url", url,
+               "--min-accuracy", "0.999", check=False)  # fmt: skip
+    assert proc.returncode == 1 and "error 400" in proc.stderr and "unreachable" in proc.stderr
     assert "w0" in run("workers", "--url", url).stdout
-    assert "loaded digits-mlp" in run("decisions", "--url", url).stdout
+    decisions = run("decisions", "--url", url).stdout
+    assert "loaded digits-mlp" in decisions and "select" in decisions
     variants = json.loads(run("variants", "digits-mlp", "--url", url, "--json").stdout)
     assert {v["format"] for v in variants} >= {"onnx-fp32", "onnx-int8-static", "onnx-int8-dynamic"}
     assert all(v["profile"]["latency_p50_ms"]["1"] > 0 for v in variants if v["status"] != "failed")

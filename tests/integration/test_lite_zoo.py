@@ -106,3 +106,44 @@ def test_lite0_family_profile(tmp_path, lite_models):
         if v.status != "failed":
             assert prof[v.name].load_time_ms > 0 and prof[v.name].cost_per_1k > 0
     registry.close()
+
+
+@pytest.fixture(scope="module")
+def profiled_lite_server(tmp_path_factory, lite_models):
+    """Lite0 and Lite2, generated and profiled (quick), served by one worker."""
+    import asyncio
+
+    from infaas.profiler import profile_architecture
+
+    data = tmp_path_factory.mktemp("lite-profiled")
+    registry = Registry.open(data)
+    for m in lite_models:
+        if m.name in ("efficientnet-lite0", "efficientnet-lite2"):
+            registry.register(m.name, m.task, m.onnx, accuracy=m.accuracy, calibration=m.calibration, max_batch=16)
+            asyncio.run(profile_architecture(registry, m.name, Settings(data_dir=data), quick=True))
+    registry.close()
+    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False)).start()
+    yield server
+    server.stop()
+
+
+def test_objectives_choose_among_the_lite_family(profiled_lite_server):
+    images = efficientnet.sample_images(1, seed=5)
+    with Client(profiled_lite_server.url) as c:
+        accurate = c.infer("imagenet-classification", images, min_accuracy=0.77)
+        assert accurate.parameters["architecture"] == "efficientnet-lite2"
+        assert accurate.parameters["accuracy"] >= 0.77 and accurate.outputs["logits"].shape == (1, 1000)
+
+        # a tight latency with a lower floor: the fast family members (INT8, or Lite0) qualify
+        lite0_int8 = min((v for v in c.variants("efficientnet-lite0")
+                          if v["format"] == "onnx-int8-static" and v["status"] == "ready" and v["max_batch"] >= 1),
+                         key=lambda v: v["profile"]["latency_p50_ms"]["1"])  # fmt: skip
+        tight = 3 * lite0_int8["profile"]["latency_p50_ms"]["1"] + 5
+        fast = c.infer("imagenet-classification", images, min_accuracy=0.75, latency_ms=tight)
+        p = fast.parameters
+        assert p["accuracy"] >= 0.75
+        assert "int8" in p["variant"] or p["architecture"] == "efficientnet-lite0", p
+        assert p["variant"] != accurate.parameters["variant"] and "why" not in p  # the reason says it
+        assert "cheapest variant meeting latency_ms" in p["reason"]
+        with pytest.raises(Exception, match="min_accuracy 0.8 unreachable .* best is 0.776"):
+            c.infer("imagenet-classification", images, min_accuracy=0.8)

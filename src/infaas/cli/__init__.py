@@ -274,13 +274,11 @@ def _load_input(path: str) -> np.ndarray | dict[str, np.ndarray]:
 
 
 def cmd_infer(args) -> None:
-    params = dict(args.param or [])
-    for key in ("latency_ms", "min_accuracy", "max_cost"):
-        if getattr(args, key) is not None:
-            params[key] = getattr(args, key)
     with _client(args) as client:
         result = client.infer(args.model, _load_input(args.input), version=args.version,
-                              parameters=params, binary=not args.json_tensors)  # fmt: skip
+                              parameters=dict(args.param or []), binary=not args.json_tensors,
+                              latency_ms=args.latency_ms, min_accuracy=args.min_accuracy,
+                              max_cost=args.max_cost)  # fmt: skip
     if args.output:
         np.savez(args.output, **result.outputs)
     rows = ((name, f"{arr.dtype} {list(arr.shape)}", np.array2string(arr, threshold=12, edgeitems=3, precision=4))

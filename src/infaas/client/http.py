@@ -108,8 +108,13 @@ class Client:
         outputs: list[str] | None = None,
         binary: bool = True,
         request_id: str | None = None,
+        latency_ms: float | None = None,
+        min_accuracy: float | None = None,
+        max_cost: float | None = None,
     ) -> InferResult:
-        """Run an inference. A bare array goes to the model's only input, cast to its datatype."""
+        """Run an inference. A bare array goes to the model's only input, cast to its datatype.
+        Objectives (``latency_ms``, ``min_accuracy``, ``max_cost`` in USD per 1000 inferences)
+        travel in the request parameters; the response's parameters say what ran and why."""
         if isinstance(inputs, np.ndarray):
             meta = self._signatures.get(model) or self.model_metadata(model)
             self._signatures[model] = meta
@@ -135,6 +140,9 @@ class Client:
                 entry["data"] = [x.decode() if isinstance(x, bytes) else x for x in arr.ravel().tolist()]
             header["inputs"].append(entry)
         params = dict(parameters or {})
+        for key, value in (("latency_ms", latency_ms), ("min_accuracy", min_accuracy), ("max_cost", max_cost)):
+            if value is not None:
+                params[key] = value
         if binary:
             params["binary_data_output"] = True
         if params:
