@@ -55,9 +55,9 @@ def main() -> None:
     ordered = index.ordered
     loaded_names = {f"arch{a}.v{rng.randrange(args.variants)}" for a in range(args.archs)}
     workers = [f"w{i}" for i in range(4)]
-    placement = {n: rng.choice(workers) for n in loaded_names}
+    placement = {n: rng.choice(workers) for n in sorted(loaded_names)}  # sorted: reproducible
     on_worker = {w: {n for n, pw in placement.items() if pw == w} for w in workers}
-    in_flight = {n: rng.randrange(0, 40) for n in loaded_names}
+    in_flight = {n: rng.randrange(0, 40) for n in sorted(loaded_names)}
     loaded = [o for o in ordered if o.variant.name in placement]  # cached by the data plane
     objectives = [Objective(latency_ms=rng.choice([None, 2, 5, 20, 100, 1000]), min_accuracy=rng.choice([None, 0.6, 0.8, 0.9, 0.95, 0.985]),
                             max_cost=rng.choice([None, None, 5e-5])) for _ in range(256)]  # fmt: skip
