@@ -1,5 +1,15 @@
-"""Decisions as pure functions: selection (and, later, autoscaling)."""
+"""Decisions as pure functions: selection and autoscaling."""
 
+from infaas.policy.autoscale import (
+    Action,
+    Memory,
+    Sample,
+    ScalingConfig,
+    VariantLoad,
+    WorkerRoom,
+    autoscale,
+    state_of,
+)
 from infaas.policy.select import (
     Candidate,
     Choice,
@@ -15,5 +25,6 @@ from infaas.policy.select import (
     select_sorted,
 )
 
-__all__ = ["Candidate", "Choice", "Decision", "NoCandidate", "Objective", "Option", "ScopeIndex", "Unreachable",
+__all__ = ["Action", "Memory", "Sample", "ScalingConfig", "VariantLoad", "WorkerRoom", "autoscale", "state_of",
+           "Candidate", "Choice", "Decision", "NoCandidate", "Objective", "Option", "ScopeIndex", "Unreachable",
            "predict_ms", "select", "select_loaded", "select_sorted"]  # fmt: skip

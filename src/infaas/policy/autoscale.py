@@ -1,0 +1,200 @@
+"""Model-level autoscaling as pure functions: variant states and scaling actions, with reasons.
+
+The controller (issue 5) feeds these a snapshot: per loaded variant, a short window of samples
+(arrival rate, completed rate, mean batch, queue length, latency) summed over its replicas, its
+profile, and where it runs; plus the architecture's other ready variants with their profiles.
+Nothing here reads a clock or does I/O: ``now`` is passed in, and the hysteresis memory (when load
+first looked low) is passed in and returned, so the simulator can replay the very same code.
+
+States, as in INFaaS:
+- ``inactive``: no arrivals in the window;
+- ``overloaded``: demand above what its replicas sustain (capacity per replica = rows/s at the
+  profile's best batch, less a headroom), or a queue that keeps growing;
+- ``interfered``: latency well above the profile's prediction while demand is within capacity;
+- ``active``: otherwise.
+Actions: ``replicate`` (one more replica on a worker with memory to spare), ``upgrade`` (a faster
+variant of the same architecture), ``downgrade`` (a cheaper one that still carries the load),
+``unload`` (a replica, or the variant when idle). Replicate vs upgrade is chosen by cost, as
+INFaaS does: upgrade when replicating costs over 1.5 times as much or cannot be placed. Scale-up
+is immediate; scale-down waits until load has stayed low for ``max(scale_down_s, k x load time)``,
+so an oscillating load never flaps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from infaas.registry.types import Profile, Variant
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One report for one variant, summed over its replicas."""
+
+    time: float
+    arrival_rps: float  # rows per second that arrived
+    completed_rps: float
+    mean_batch: float
+    queue_rows: int
+    p50_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class VariantLoad:
+    variant: Variant
+    profile: Profile
+    replicas: tuple[str, ...]  # workers hosting it
+    window: tuple[Sample, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRoom:
+    """A worker's free memory for one more variant."""
+
+    name: str
+    free_mb: float
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: str  # replicate | upgrade | downgrade | unload
+    variant: str
+    target: str  # a worker (replicate, unload) or a variant (upgrade, downgrade)
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    headroom: float = 0.05  # keep 5 % of a replica's capacity spare (INFaaS: CPU)
+    interference_factor: float = 1.5
+    low_fraction: float = 0.5  # "low" when demand fits in half of one replica fewer
+    scale_down_s: float = 10.0
+    load_time_factor: float = 5.0  # ... or this many times the variant's load time, if longer
+    idle_unload_s: float = 60.0
+    upgrade_ratio: float = 1.5  # upgrade when replicating costs this many times more
+
+
+@dataclass
+class Memory:
+    """Hysteresis: since when each variant's load has looked low (absent: not low)."""
+
+    low_since: dict[str, float] = field(default_factory=dict)
+
+
+def capacity_rps(profile: Profile, max_batch: int) -> float:
+    """Rows per second one replica sustains at its best batch (within its max batch)."""
+    batch = max(1, min(profile.best_batch or max_batch, max_batch))
+    ms = profile.predict_ms(batch)
+    return batch / ms * 1000 if ms > 0 else float("inf")
+
+
+def state_of(load: VariantLoad, cfg: ScalingConfig) -> tuple[str, str, float]:
+    """(state, reason, demand in rows/s) of a loaded variant over its window."""
+    if not load.window or all(s.arrival_rps == 0 for s in load.window):
+        return "inactive", "no requests in the window", 0.0
+    demand = sum(s.arrival_rps for s in load.window) / len(load.window)
+    cap = capacity_rps(load.profile, load.variant.max_batch) * len(load.replicas) * (1 - cfg.headroom)
+    first, last = load.window[0], load.window[-1]
+    growing = len(load.window) > 1 and last.queue_rows > first.queue_rows > load.variant.max_batch * len(load.replicas)
+    if demand > cap or growing:
+        why = (f"demand {demand:.0f} rows/s over capacity {cap:.0f} of {len(load.replicas)} replica(s)"
+               if demand > cap else f"queue growing {first.queue_rows} -> {last.queue_rows} rows")  # fmt: skip
+        return "overloaded", why, demand
+    expected = load.profile.predict_ms(max(1, round(last.mean_batch)))
+    if last.p50_ms > cfg.interference_factor * expected:
+        return "interfered", f"p50 {last.p50_ms:.1f} ms vs {expected:.1f} ms profiled at batch {last.mean_batch:.1f}", demand
+    return "active", f"demand {demand:.0f} of capacity {cap:.0f} rows/s", demand
+
+
+def _hourly(v: Variant, p: Profile) -> float:
+    """Relative hourly price of one replica: cost per 1k x throughput (hardware price x share)."""
+    return p.cost_per_1k * p.throughput
+
+
+def autoscale(
+    loads: list[VariantLoad], family: dict[str, list[tuple[Variant, Profile]]], rooms: list[WorkerRoom],
+    now: float, memory: Memory, cfg: ScalingConfig = ScalingConfig(),
+) -> tuple[list[Action], Memory]:
+    """Actions for this snapshot, and the updated hysteresis memory."""
+    actions: list[Action] = []
+    low_since = dict(memory.low_since)
+    free = {r.name: r.free_mb for r in rooms}
+    for load in loads:
+        v, p = load.variant, load.profile
+        state, why, demand = state_of(load, cfg)
+        per_replica = capacity_rps(p, v.max_batch) * (1 - cfg.headroom)
+        if state == "overloaded":
+            low_since.pop(v.name, None)
+            actions.append(_scale_up(load, demand, per_replica, family.get(v.architecture, []), free, why, cfg))
+            continue
+        quiet_for = max(cfg.scale_down_s, cfg.load_time_factor * p.load_time_ms / 1000)
+        if state == "inactive":
+            since = low_since.setdefault(v.name, now)
+            if now - since >= max(cfg.idle_unload_s, quiet_for):
+                for worker in load.replicas:
+                    actions.append(Action("unload", v.name, worker, f"{v.name} idle for {now - since:.0f} s"))
+                low_since.pop(v.name, None)
+            continue
+        low = demand <= per_replica * max(0, len(load.replicas) - 1) * cfg.low_fraction or (
+            len(load.replicas) == 1 and demand <= per_replica * cfg.low_fraction)
+        if not low:
+            low_since.pop(v.name, None)
+            continue
+        since = low_since.setdefault(v.name, now)
+        if now - since < quiet_for:
+            continue  # not low for long enough: no flapping
+        low_since.pop(v.name, None)
+        if len(load.replicas) > 1:
+            actions.append(Action("unload", v.name, load.replicas[-1], (
+                f"{v.name}: demand {demand:.0f} rows/s has fitted in {len(load.replicas) - 1} replica(s) "
+                f"for {now - since:.0f} s")))  # fmt: skip
+            continue
+        cheaper = _cheapest_carrying(v, p, demand, family.get(v.architecture, []), cfg)
+        if cheaper is not None:
+            actions.append(Action("downgrade", v.name, cheaper.name, (
+                f"{v.name}: demand {demand:.0f} rows/s for {now - since:.0f} s is carried by the cheaper "
+                f"{cheaper.name}")))  # fmt: skip
+    return actions, Memory(low_since)
+
+
+def _cheapest_carrying(v: Variant, p: Profile, demand: float, family: list[tuple[Variant, Profile]],
+                       cfg: ScalingConfig) -> Variant | None:  # fmt: skip
+    best = None
+    for cand, cp in family:
+        if cand.name == v.name or cand.status != "ready" or cp.cost_per_1k >= p.cost_per_1k:
+            continue
+        if (cand.accuracy or 0) < (v.accuracy or 0):
+            continue  # never trade accuracy away behind the user's back
+        if capacity_rps(cp, cand.max_batch) * (1 - cfg.headroom) < demand / cfg.low_fraction:
+            continue
+        if best is None or cp.cost_per_1k < best[1].cost_per_1k:
+            best = (cand, cp)
+    return None if best is None else best[0]
+
+
+def _scale_up(load: VariantLoad, demand: float, per_replica: float, family: list[tuple[Variant, Profile]],
+              free: dict[str, float], why: str, cfg: ScalingConfig) -> Action:  # fmt: skip
+    v, p = load.variant, load.profile
+    needed = max(1, math.ceil(demand / per_replica) - len(load.replicas))
+    hosts = [w for w, mb in sorted(free.items(), key=lambda kv: -kv[1])
+             if w not in load.replicas and mb >= p.peak_memory_mb]  # fmt: skip
+    replicate_cost = None
+    if len(hosts) >= 1:
+        replicate_cost = needed * (_hourly(v, p) + p.load_time_ms / 1000)
+    upgrade = None
+    for cand, cp in family:
+        if cand.name == v.name or cand.status != "ready" or (cand.accuracy or 0) < (v.accuracy or 0):
+            continue
+        if capacity_rps(cp, cand.max_batch) * (1 - cfg.headroom) * len(load.replicas) < demand:
+            continue
+        cost = len(load.replicas) * (_hourly(cand, cp) + cp.load_time_ms / 1000)
+        if upgrade is None or cost < upgrade[1]:
+            upgrade = (cand, cost)
+    if upgrade is not None and (replicate_cost is None or replicate_cost > cfg.upgrade_ratio * upgrade[1]):
+        return Action("upgrade", v.name, upgrade[0].name, (
+            f"{v.name} overloaded ({why}); {upgrade[0].name} carries it alone"
+            + ("" if replicate_cost is None else f" at {upgrade[1]:.3g} vs {replicate_cost:.3g} to replicate")))  # fmt: skip
+    if hosts:
+        return Action("replicate", v.name, hosts[0], f"{v.name} overloaded ({why}); +1 replica on {hosts[0]}")
+    return Action("add_worker", v.name, "cpu", f"{v.name} overloaded ({why}) and no worker has room")

@@ -1,0 +1,109 @@
+"""Autoscaling on synthetic stats windows (pure: time and hysteresis passed in)."""
+
+from infaas.policy.autoscale import (
+    Memory,
+    Sample,
+    ScalingConfig,
+    VariantLoad,
+    WorkerRoom,
+    autoscale,
+    capacity_rps,
+    state_of,
+)
+from infaas.registry import Profile, Variant
+
+
+def variant(name, acc=0.9, max_batch=8):
+    return Variant(name=name, architecture="a", artifact_hash="h", accuracy=acc, accuracy_source="measured",
+                   max_batch=max_batch, status="ready")  # fmt: skip
+
+
+def profile(v, slope, intercept, cost, mem=100.0, load_ms=200.0, best=8):
+    tput = best / (slope * best + intercept) * 1000
+    return Profile(variant=v.name, hardware="cpu", fit_slope_ms=slope, fit_intercept_ms=intercept,
+                   cost_per_1k=cost, throughput=tput, peak_memory_mb=mem, load_time_ms=load_ms, best_batch=best)  # fmt: skip
+
+
+FP32 = variant("a.fp32")  # capacity at batch 8: 8 / (1*8+2) ms = 800 rows/s
+P32 = profile(FP32, 1.0, 2.0, 1e-4)
+INT8 = variant("a.int8")  # 8 / (0.25*8+1) ms = 2667 rows/s, cheaper
+P8 = profile(INT8, 0.25, 1.0, 4e-5)
+FAMILY = {"a": [(FP32, P32), (INT8, P8)]}
+CFG = ScalingConfig(scale_down_s=10, idle_unload_s=60)
+
+
+def window(t, rps, queue=0, p50=5.0, n=5):
+    return tuple(Sample(t - n + i, rps, rps, 8, queue, p50) for i in range(n))
+
+
+def load(v, p, replicas, t, rps, **kw):
+    return VariantLoad(v, p, tuple(replicas), window(t, rps, **kw))
+
+
+def test_capacity_and_states():
+    assert capacity_rps(P32, 8) == 800
+    assert state_of(load(FP32, P32, ["w0"], 10, 0), CFG)[0] == "inactive"
+    assert state_of(load(FP32, P32, ["w0"], 10, 500), CFG)[0] == "active"
+    state, why, demand = state_of(load(FP32, P32, ["w0"], 10, 900), CFG)
+    assert state == "overloaded" and demand == 900 and "over capacity 760" in why
+    assert state_of(load(FP32, P32, ["w0"], 10, 500, p50=30.0), CFG)[0] == "interfered"
+
+
+def test_spike_replicates_when_that_is_cheaper_and_placeable():
+    family = {"a": [(FP32, P32)]}  # no faster variant to upgrade to
+    actions, _ = autoscale([load(FP32, P32, ["w0"], 10, 1200)], family, [WorkerRoom("w1", 1000)], 10, Memory(), CFG)
+    assert [(a.kind, a.target) for a in actions] == [("replicate", "w1")]
+    assert "overloaded" in actions[0].reason
+
+
+def test_spike_upgrades_when_replicating_costs_more_or_cannot_be_placed():
+    actions, _ = autoscale([load(FP32, P32, ["w0"], 10, 2000)], FAMILY, [WorkerRoom("w1", 1000)], 10, Memory(), CFG)
+    assert [(a.kind, a.target) for a in actions] == [("upgrade", "a.int8")]
+    full = [WorkerRoom("w1", 10)]  # not enough memory anywhere: replication is infeasible
+    actions, _ = autoscale([load(FP32, P32, ["w0"], 10, 1000)], {"a": [(FP32, P32)]}, full, 10, Memory(), CFG)
+    assert actions[0].kind == "add_worker"
+
+
+def test_sustained_low_load_scales_down_only_after_the_hysteresis_time():
+    mem = Memory()
+    two = ["w0", "w1"]
+    for t in range(0, 10):  # low (fits in one replica) but not for long enough yet
+        actions, mem = autoscale([load(FP32, P32, two, t, 100)], FAMILY, [], t, mem, CFG)
+        assert actions == []
+    actions, mem = autoscale([load(FP32, P32, two, 10, 100)], FAMILY, [], 10, mem, CFG)
+    assert [(a.kind, a.target) for a in actions] == [("unload", "w1")]
+    # one replica left, still low: after another quiet period, downgrade to the cheaper variant
+    for t in range(11, 21):
+        actions, mem = autoscale([load(FP32, P32, ["w0"], t, 100)], FAMILY, [], t, mem, CFG)
+        assert actions == []
+    actions, mem = autoscale([load(FP32, P32, ["w0"], 21, 100)], FAMILY, [], 21, mem, CFG)
+    assert [(a.kind, a.target) for a in actions] == [("downgrade", "a.int8")]
+
+
+def test_oscillating_load_never_flaps():
+    mem, kinds = Memory(), []
+    two = ["w0", "w1"]
+    for t in range(0, 120):
+        rps = 100 if (t // 5) % 2 == 0 else 1200  # low 5 s, high 5 s, ...
+        actions, mem = autoscale([load(FP32, P32, two, t, rps)], {"a": [(FP32, P32)]},
+                                 [WorkerRoom("w2", 1000)], t, mem, CFG)  # fmt: skip
+        kinds += [a.kind for a in actions]
+    assert "unload" not in kinds and "downgrade" not in kinds  # low never lasts the 10 s hysteresis
+
+
+def test_idle_variant_is_unloaded_after_the_idle_timeout():
+    mem = Memory()
+    for t in range(0, 60):
+        actions, mem = autoscale([load(INT8, P8, ["w0"], t, 0)], FAMILY, [], t, mem, CFG)
+        assert actions == []
+    actions, mem = autoscale([load(INT8, P8, ["w0"], 60, 0)], FAMILY, [], 60, mem, CFG)
+    assert [(a.kind, a.target) for a in actions] == [("unload", "w0")] and "idle for 60 s" in actions[0].reason
+
+
+def test_downgrade_never_trades_accuracy():
+    worse = variant("a.tiny", acc=0.5)
+    family = {"a": [(FP32, P32), (worse, profile(worse, 0.01, 0.1, 1e-6))]}
+    mem = Memory()
+    for t in range(0, 40):
+        actions, mem = autoscale([load(FP32, P32, ["w0"], t, 50)], family, [], t, mem, CFG)
+        assert all(a.kind != "downgrade" for a in actions)
