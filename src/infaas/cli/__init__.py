@@ -330,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infaas", description="Model-less inference serving.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def registration_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="register into this data directory instead of a running server")
+        p.add_argument("--no-wait", action="store_true", help="do not wait for variant generation and profiling")
+        p.add_argument("--quick", action="store_true", help="quick profiling (fewer runs)")
+
     def client_cmd(name: str, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.add_argument("--url", help="server URL (env INFAAS_URL, default http://127.0.0.1:8000)")
@@ -358,9 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", help=".npz with 'inputs' (no labels) to calibrate INT8 variants on")
     p.add_argument("--description")
     p.add_argument("--max-batch", type=int)
-    p.add_argument("--data-dir", help="register into this data directory instead of a running server")
-    p.add_argument("--no-wait", action="store_true", help="do not wait for variant generation and profiling")
-    p.add_argument("--quick", action="store_true", help="quick profiling (fewer runs)")
+    registration_flags(p)
     p.set_defaults(fn=cmd_register)
 
     p = client_cmd("models", "list tasks, architectures and variants")
@@ -392,9 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_cmd("zoo", "ready model families")
     p.add_argument("action", choices=["add", "list"])
     p.add_argument("family", nargs="?", default="digits", choices=["digits", "efficientnet-lite"])
-    p.add_argument("--data-dir", help="register into this data directory instead of a running server")
-    p.add_argument("--no-wait", action="store_true", help="do not wait for variant generation and profiling")
-    p.add_argument("--quick", action="store_true", help="quick profiling (fewer runs)")
+    registration_flags(p)
     p.set_defaults(fn=cmd_zoo)
 
     p = client_cmd("workers", "list workers and what they host")
