@@ -107,7 +107,9 @@ def test_concurrent_requests_are_batched_and_answered_in_order(client, digits_se
     for i, r in results:
         start = i % 60
         np.testing.assert_array_equal(r.outputs["label"], expected[start : start + 1 + i % 4])
-    assert max(r.parameters["batch_size"] for _, r in results) > 4  # requests were merged
+    # requests were merged: some ran in a batch larger than their own rows (the batch size itself
+    # is calibrated at load, so how large depends on the machine)
+    assert any(r.parameters["batch_size"] > len(r.outputs["label"]) for _, r in results)
 
 
 def test_model_metadata_ready_config(http, client):

@@ -52,6 +52,14 @@ class Catalog:
         for v in self.variants.values():
             self.by_arch.setdefault(v.architecture, []).append(v)
         self._options: dict[tuple[str, str | None], ScopeIndex] = {}
+        self._names: dict[tuple[str, str | None], frozenset[str]] = {}
+
+    def scope_names(self, name: str, version: str | None, variants: list[Variant]) -> frozenset[str]:
+        """Names of every variant in a scope, loaded or not (cached until the next refresh)."""
+        cached = self._names.get((name, version))
+        if cached is None:
+            cached = self._names[(name, version)] = frozenset(v.name for v in variants)
+        return cached
 
     def options(self, name: str, version: str | None, variants: list[Variant]) -> ScopeIndex:
         """The scope's ready variants indexed by cost (cached until the next refresh)."""
@@ -381,10 +389,13 @@ class DataPlane:
             objective = objective_from(req.parameters)
             predicted = cost = None
             if objective.empty or scope.startswith("variant"):
-                candidates = [
-                    Candidate(v, tuple((w.name, w.outstanding(v.name)) for w in workers if w.hosts(v.name)))
-                    for v in variants
-                ]
+                members = self.catalog.scope_names(req.model, req.version, variants)
+                hosts: dict[str, list[tuple[str, int]]] = {}
+                for w in workers:  # only what is loaded: a scope may have hundreds of variants
+                    for name in w.loaded_names():
+                        if name in members:
+                            hosts.setdefault(name, []).append((w.name, w.outstanding(name)))
+                candidates = [Candidate(self.catalog.variants[n], tuple(h)) for n, h in hosts.items()]
                 try:
                     decision = select_loaded(candidates, rows, scope)
                 except NoCandidate as exc:

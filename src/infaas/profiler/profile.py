@@ -35,7 +35,6 @@ from infaas.variants.generate import (
     powers_of_two,
 )
 
-HARDWARE = "cpu"  # the hardware kind of CPU variants; CUDA variants are profiled as "cuda"
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
