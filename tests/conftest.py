@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,15 @@ def digits_data_dir(tmp_path_factory, digits_models) -> Path:
         registry.register(m.name, m.task, m.onnx, validation=m.validation, max_batch=16, threads=1)
     registry.close()
     return path
+
+
+def wait_until(predicate, timeout=30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def copy_data_dir(src: Path, dst: Path) -> Path:

@@ -50,6 +50,21 @@ class Settings(BaseSettings):
     )
     decision_log_size: int = 1000
 
+    # autoscaling (the controller)
+    autoscale: bool = Field(True, description="run the controller: replicate, upgrade, downgrade, unload, add/remove workers")
+    autoscale_interval_s: float = Field(1.0, gt=0, description="controller period")
+    autoscale_window: int = Field(5, ge=1, description="samples per variant the controller keeps")
+    min_workers: int = Field(0, ge=0, description="0: the number of workers started (--workers)")
+    max_workers: int = Field(0, ge=0, description="0: as many as this machine's cores allow")
+    scale_down_s: float = Field(
+        10.0, gt=0, description="load must stay low this long (or 5x the variant's load time) before scaling down"
+    )
+    idle_unload_s: float = Field(60.0, gt=0, description="unload a variant idle this long")
+    keep_warm: bool = Field(True, description="an idle architecture keeps one variant loaded")
+    worker_memory_mb: float = Field(0.0, ge=0, description="memory budget per worker; 0: RAM / max workers")
+    # offline jobs
+    job_batch_rows: int = Field(16, ge=1, description="rows per batch of an offline job")
+
     # variants and profiling
     profile_on_register: bool = Field(True, description="generate and profile variants after registration")
     max_accuracy_drop: float = Field(0.02, ge=0, description="reject variants losing more top-1 than this")

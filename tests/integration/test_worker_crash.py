@@ -8,7 +8,7 @@ import pytest
 from infaas.client import Client, InfaasClientError
 from infaas.frontend.server import BackgroundServer
 from infaas.settings import Settings
-from tests.conftest import copy_data_dir
+from tests.conftest import copy_data_dir, wait_until
 
 
 @pytest.fixture
@@ -17,15 +17,6 @@ def server(tmp_path, digits_data_dir):
     srv = BackgroundServer(Settings(data_dir=data, port=0, workers=1, request_timeout_s=30)).start()
     yield srv
     srv.stop()
-
-
-def wait_until(predicate, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.slow

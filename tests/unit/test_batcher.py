@@ -124,3 +124,17 @@ def test_slo_aware_without_deadlines_stays_greedy():
     q = BatchQueue(max_batch=8, predict_s=lambda rows: 0.01, slo_wait=True)
     q.put(item("a"))
     assert [p.key for p in q.next(now=0.0).batch] == ["a"]
+
+
+def test_online_requests_go_ahead_of_queued_offline_ones():
+    q = BatchQueue(max_batch=2)
+    q.put(Pending("job-1", 2, 0.0, offline=True))
+    q.put(Pending("job-2", 2, 0.0, offline=True))
+    q.put(Pending("online-1", 1, 0.1))
+    q.put(Pending("online-2", 1, 0.2))
+    q.put(Pending("job-3", 2, 0.3, offline=True))
+    order = []
+    while len(q):
+        order += [p.key for p in q.next(1.0).batch]
+    assert order == ["online-1", "online-2", "job-1", "job-2", "job-3"]
+    assert q.rows_queued == 0

@@ -92,17 +92,76 @@ def test_oscillating_load_never_flaps():
 
 
 def test_idle_variant_is_unloaded_after_the_idle_timeout():
+    cold = ScalingConfig(scale_down_s=10, idle_unload_s=60, keep_warm=False)
     mem = Memory()
     for t in range(0, 60):
-        actions, mem = autoscale([load(INT8, P8, ["w0"], t, 0)], FAMILY, [], t, mem, CFG)
+        actions, mem = autoscale([load(INT8, P8, ["w0"], t, 0)], FAMILY, [], t, mem, cold)
         assert actions == []
-    actions, mem = autoscale([load(INT8, P8, ["w0"], 60, 0)], FAMILY, [], 60, mem, CFG)
+    actions, mem = autoscale([load(INT8, P8, ["w0"], 60, 0)], FAMILY, [], 60, mem, cold)
     assert [(a.kind, a.target) for a in actions] == [("unload", "w0")] and "idle for 60 s" in actions[0].reason
+
+
+def test_idle_replicas_go_after_the_hysteresis_time_and_keep_warm_leaves_one():
+    mem, unloads = Memory(), []
+    replicas = ["w0", "w1"]
+    for t in range(0, 100):
+        actions, mem = autoscale([load(INT8, P8, replicas, t, 0)], FAMILY, [], t, mem, CFG)
+        unloads += [(t, a.target) for a in actions if a.kind == "unload"]
+        replicas = [w for w in replicas if w not in {a.target for a in actions}]
+    assert unloads == [(10, "w1")]  # the extra replica after 10 s; the last one stays (keep_warm)
+    # two idle variants of one architecture: one goes entirely, the other keeps a replica
+    loads = [load(INT8, P8, ["w0"], 0, 0), load(FP32, P32, ["w1"], 0, 0)]
+    mem = Memory()
+    for t in range(0, 61):
+        actions, mem = autoscale(loads, FAMILY, [], t, mem, CFG)
+    assert [(a.kind, a.variant) for a in actions] == [("unload", "a.int8")]
+
+
+def test_busy_replicas_are_overloaded_even_when_the_profile_says_otherwise():
+    busy = VariantLoad(FP32, P32, ("w0",), tuple(Sample(t, 300, 300, 8, 0, 5.0, busy=0.99) for t in range(5)))
+    state, why, _ = state_of(busy, CFG)
+    assert state == "overloaded" and "computing 99%" in why
+
+
+def test_scale_up_waits_for_the_cooldown_before_acting_again():
+    family = {"a": [(FP32, P32)]}
+    rooms = [WorkerRoom("w1", 1000), WorkerRoom("w2", 1000)]
+    mem, kinds = Memory(), []
+    for t in (0, 1, 2, 3, 4):
+        actions, mem = autoscale([load(FP32, P32, ["w0"], t, 3000)], family, rooms, t, mem, CFG)
+        kinds.append([a.kind for a in actions])
+    assert kinds == [["replicate"], [], [], ["replicate"], []]  # cooldown 3 s
+
+
+def test_an_empty_worker_is_removed_after_the_hysteresis_time_but_never_below_the_minimum():
+    mem = Memory()
+    rooms = [WorkerRoom("w0", 1000, variants=1), WorkerRoom("w1", 1000, variants=0), WorkerRoom("w2", 1000, 0)]
+    removed, two = [], ScalingConfig(scale_down_s=10, min_workers=2)
+    for t in range(0, 20):
+        actions, mem = autoscale([], FAMILY, rooms, t, mem, two)
+        removed += [(t, a.target) for a in actions if a.kind == "remove_worker"]
+        rooms = [r for r in rooms if r.name not in {a.target for a in actions}]
+    assert removed == [(10, "w1")]  # w2 would take the cluster below two workers
+    rooms = [WorkerRoom("w0", 1000, variants=1), WorkerRoom("w1", 1000, variants=0)]
+    actions, _ = autoscale([], FAMILY, rooms, 20, Memory(empty_since={"w1": 10}), CFG)
+    assert [a.kind for a in actions] == ["remove_worker"] and "hosted nothing for 10 s" in actions[0].reason
 
 
 def test_downgrade_never_trades_accuracy():
     worse = variant("a.tiny", acc=0.5)
     family = {"a": [(FP32, P32), (worse, profile(worse, 0.01, 0.1, 1e-6))]}
+    mem = Memory()
+    for t in range(0, 40):
+        actions, mem = autoscale([load(FP32, P32, ["w0"], t, 50)], family, [], t, mem, CFG)
+        assert all(a.kind != "downgrade" for a in actions)
+
+
+def test_never_upgrade_or_downgrade_to_a_variant_that_takes_smaller_batches():
+    small = variant("a.int8.b1", max_batch=1)
+    fast_small = profile(small, 0.01, 0.05, 1e-6, best=1)  # cheaper and faster per row, but batch 1 only
+    family = {"a": [(FP32, P32), (small, fast_small)]}
+    actions, _ = autoscale([load(FP32, P32, ["w0"], 10, 2000)], family, [], 10, Memory(), CFG)
+    assert [a.kind for a in actions] == ["add_worker"]
     mem = Memory()
     for t in range(0, 40):
         actions, mem = autoscale([load(FP32, P32, ["w0"], t, 50)], family, [], t, mem, CFG)

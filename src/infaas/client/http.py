@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,43 @@ class Client:
 
     def decisions(self, limit: int = 100) -> list[dict]:
         return self._json("GET", "/api/v1/decisions", params={"limit": limit})
+
+    def autoscale(self) -> dict:
+        """The autoscaler's limits, each worker's CPU and memory, and each variant's state."""
+        return self._json("GET", "/api/v1/autoscale")
+
+    # ---- offline jobs --------------------------------------------------------------------------
+    def submit_job(self, model: str, inputs: dict[str, np.ndarray] | str | Path | None = None, *,
+                   directory: str | None = None, min_accuracy: float | None = None) -> dict:  # fmt: skip
+        """Submit a batch job: ``inputs`` (arrays by input name, or an .npz file) or a ``directory`` of
+        images on the server. Returns the job record (``id``, ``status``, ``progress`` ...)."""
+        params: dict[str, Any] = {"model": model}
+        if min_accuracy is not None:
+            params["min_accuracy"] = min_accuracy
+        if directory is not None:
+            return self._json("POST", "/api/v1/jobs", json={**params, "directory": directory})
+        if isinstance(inputs, str | Path):
+            body = Path(inputs).read_bytes()
+        else:
+            buf = io.BytesIO()
+            np.savez(buf, **(inputs or {}))
+            body = buf.getvalue()
+        return self._json("POST", "/api/v1/jobs", params=params, content=body,
+                          headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+
+    def job(self, job_id: str) -> dict:
+        return self._json("GET", f"/api/v1/jobs/{job_id}")
+
+    def jobs(self) -> list[dict]:
+        return self._json("GET", "/api/v1/jobs")
+
+    def cancel_job(self, job_id: str) -> dict:
+        return self._json("DELETE", f"/api/v1/jobs/{job_id}")
+
+    def job_result(self, job_id: str) -> dict[str, np.ndarray]:
+        body = self._request("GET", f"/api/v1/jobs/{job_id}/result").content
+        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
 
 
 def _model_path(model: str, version: str | None) -> str:

@@ -157,11 +157,11 @@ class LocalWorker:
         specs = list(self._specs.values())
         try:
             await self.start()
+            self.restarts += 1  # counted before its variants are routable again (observers poll hosts())
             for spec in specs:
                 await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
                 self._loaded.add(spec.variant)
                 self.placement_version += 1
-            self.restarts += 1
             log.info("worker %s restarted with %d variants", self.name, len(specs))
         except Exception:
             log.exception("restart of worker %s failed; retrying", self.name)
@@ -200,10 +200,14 @@ class LocalWorker:
         self.placement_version += 1
         return result
 
-    async def unload(self, variant: str) -> None:
+    async def unload(self, variant: str, drain_s: float = 30.0) -> None:
+        """Stop routing to the variant, let the requests already sent finish, then unload it."""
         self._specs.pop(variant, None)
         self._loaded.discard(variant)
         self.placement_version += 1
+        until = time.monotonic() + drain_s
+        while self._outstanding[variant] and time.monotonic() < until and self._alive:
+            await asyncio.sleep(0.01)
         await self._call({"op": "unload", "variant": variant})
 
     async def stats(self) -> dict[str, Any]:
@@ -211,7 +215,7 @@ class LocalWorker:
 
     async def infer(
         self, variant: str, inputs: dict[str, np.ndarray], rows: int,
-        deadline: float | None = None, drop_late: bool = True,
+        deadline: float | None = None, drop_late: bool = True, offline: bool = False,
     ) -> WorkerResult:
         self._outstanding[variant] += 1
         self._rows[variant] += rows
@@ -219,6 +223,7 @@ class LocalWorker:
             fut = await self._send({
                 "op": "infer", "variant": variant, "inputs": inputs, "rows": rows,
                 "arrival": time.monotonic(), "deadline": deadline, "drop_late": drop_late,
+                "offline": offline,
             })  # fmt: skip
             reply = await fut
         finally:
@@ -256,19 +261,50 @@ def core_sets(workers: int, cores_per_worker: int = 0) -> list[tuple[int, ...]]:
 
 
 class LocalCluster:
-    """The default backend: N local worker processes."""
+    """The default backend: local worker processes, added and removed by the controller.
+
+    Workers started later get cores no other worker holds; when none are free, none is added.
+    """
 
     def __init__(self, workers: int = 1, cores_per_worker: int = 0, *,
                  allow_spinning: bool = False, start_timeout_s: float = 30.0) -> None:  # fmt: skip
-        self._workers = [
-            LocalWorker(f"w{i}", cores, allow_spinning=allow_spinning,
-                        start_timeout_s=start_timeout_s)  # fmt: skip
-            for i, cores in enumerate(core_sets(workers, cores_per_worker))
-        ]
+        self.allow_spinning = allow_spinning
+        self.start_timeout_s = start_timeout_s
+        sets = core_sets(workers, cores_per_worker)
+        self.cores_per_worker = len(sets[0])
+        self._names = itertools.count(workers)
+        self._workers = [self._make(f"w{i}", cores) for i, cores in enumerate(sets)]
+
+    def _make(self, name: str, cores: tuple[int, ...]) -> LocalWorker:
+        return LocalWorker(name, cores, allow_spinning=self.allow_spinning, start_timeout_s=self.start_timeout_s)
 
     @property
     def workers(self) -> list[LocalWorker]:
         return self._workers
+
+    def free_cores(self) -> list[int]:
+        used = {c for w in self._workers for c in w.cores}
+        return [c for c in sorted(os.sched_getaffinity(0)) if c not in used]
+
+    def can_add(self) -> str | None:
+        """Why no worker can be added now (None: one can)."""
+        free = self.free_cores()
+        if len(free) < self.cores_per_worker:
+            return f"{len(free)} free core(s), a worker needs {self.cores_per_worker}"
+        return None
+
+    async def add_worker(self) -> LocalWorker:
+        if (why := self.can_add()) is not None:
+            raise Unavailable(f"cannot add a worker: {why}")
+        worker = self._make(f"w{next(self._names)}", tuple(self.free_cores()[: self.cores_per_worker]))
+        await worker.start()
+        self._workers = [*self._workers, worker]  # a new list: iterations in flight keep theirs
+        return worker
+
+    async def remove_worker(self, name: str) -> None:
+        worker = next(w for w in self._workers if w.name == name)
+        self._workers = [w for w in self._workers if w is not worker]
+        await worker.stop()
 
     async def start(self) -> None:
         await asyncio.gather(*(w.start() for w in self._workers))

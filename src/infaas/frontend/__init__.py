@@ -1,6 +1,7 @@
 """Data plane and protocol doors (REST now; gRPC later)."""
 
-from infaas.frontend.dataplane import Catalog, DataPlane
+from infaas.frontend.catalog import Catalog
+from infaas.frontend.dataplane import DataPlane
 from infaas.frontend.rest import build_app
 from infaas.frontend.server import BackgroundServer, build, free_port, serve
 

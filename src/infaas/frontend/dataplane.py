@@ -14,19 +14,17 @@ import numpy as np
 from infaas import __version__
 from infaas.cluster.base import ClusterBackend, LoadSpec, WorkerHandle
 from infaas.errors import InfaasError, InvalidInput, NotFound, Unavailable
+from infaas.frontend.catalog import Catalog, check_inputs, objective_from
 from infaas.frontend.metrics import Metrics
 from infaas.frontend.types import InferOutput, InferRequest, InferResponse
 from infaas.policy import (
     Candidate,
     NoCandidate,
-    Objective,
-    Option,
-    ScopeIndex,
     Unreachable,
     select_loaded,
     select_sorted,
 )
-from infaas.registry import Architecture, Registry, Signature, Task, Variant
+from infaas.registry import Architecture, Registry, Variant
 from infaas.settings import Settings
 from infaas.tensors import v2_to_triton_config
 
@@ -34,113 +32,6 @@ log = logging.getLogger("infaas.dataplane")
 
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository",
               "infaas_modelless", "infaas_management"]  # fmt: skip
-
-
-class Catalog:
-    """An in-memory view of the registry, rebuilt after every registry write."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self.refresh()
-
-    def refresh(self) -> None:
-        self.tasks: dict[str, Task] = {t.name: t for t in self.registry.tasks()}
-        self.architectures: dict[str, Architecture] = {a.name: a for a in self.registry.architectures()}
-        self.variants: dict[str, Variant] = {v.name: v for v in self.registry.variants()}
-        self.profiles = {p.variant: p for p in self.registry.profiles()}
-        self.by_arch: dict[str, list[Variant]] = {a: [] for a in self.architectures}
-        for v in self.variants.values():
-            self.by_arch.setdefault(v.architecture, []).append(v)
-        self._options: dict[tuple[str, str | None], ScopeIndex] = {}
-        self._names: dict[tuple[str, str | None], frozenset[str]] = {}
-
-    def scope_names(self, name: str, version: str | None, variants: list[Variant]) -> frozenset[str]:
-        """Names of every variant in a scope, loaded or not (cached until the next refresh)."""
-        cached = self._names.get((name, version))
-        if cached is None:
-            cached = self._names[(name, version)] = frozenset(v.name for v in variants)
-        return cached
-
-    def options(self, name: str, version: str | None, variants: list[Variant]) -> ScopeIndex:
-        """The scope's ready variants indexed by cost (cached until the next refresh)."""
-        key = (name, version)
-        cached = self._options.get(key)
-        if cached is None:
-            ready = [Option(v, self.profiles.get(v.name)) for v in variants if v.status == "ready"]
-            cached = self._options[key] = ScopeIndex(ready)
-        return cached
-
-    def resolve(self, name: str, version: str | None) -> tuple[str, Signature, list[Variant], str]:
-        """(scope text, signature, candidate variants, version reported) for a v2 model name."""
-        if version:
-            arch = self.architectures.get(name)
-            if arch is None:
-                raise NotFound(f"unknown architecture '{name}' (versions are variants of an architecture)")
-            var = self.variants.get(version) or self.variants.get(f"{name}.{version}")
-            if var is None or var.architecture != name:
-                raise NotFound(f"architecture '{name}' has no variant '{version}'")
-            return f"variant {var.name}", arch.signature, [var], var.name
-        if name in self.architectures:
-            arch = self.architectures[name]
-            return f"architecture {name}", arch.signature, self.by_arch.get(name, []), ""
-        if name in self.tasks:
-            variants = [v for a in self.architectures.values() if a.task == name
-                        for v in self.by_arch.get(a.name, [])]  # fmt: skip
-            return f"task {name}", self.tasks[name].signature, variants, ""
-        if name in self.variants:
-            var = self.variants[name]
-            return (f"variant {name}", self.architectures[var.architecture].signature, [var], name)
-        raise NotFound(f"unknown model '{name}': not a task, architecture or variant")
-
-
-def _check_inputs(req: InferRequest, sig: Signature) -> int:
-    """Validate inputs against the signature; returns the batch size (rows)."""
-    given = {i.name: i for i in req.inputs}
-    expected = {s.name for s in sig.inputs}
-    if len(given) != len(req.inputs):
-        raise InvalidInput("an input name appears twice")
-    if missing := expected - set(given):
-        raise InvalidInput(f"missing input(s) {sorted(missing)}; '{req.model}' expects {sorted(expected)}")
-    if extra := set(given) - expected:
-        raise InvalidInput(f"unexpected input(s) {sorted(extra)}; '{req.model}' expects {sorted(expected)}")
-    rows = None
-    for spec in sig.inputs:
-        inp = given[spec.name]
-        if inp.datatype != spec.datatype:
-            raise InvalidInput(f"input '{spec.name}': datatype {inp.datatype}, expected {spec.datatype}")
-        if len(inp.shape) != len(spec.shape) or any(
-            want not in (-1, got) for want, got in zip(spec.shape, inp.shape, strict=True)
-        ):
-            raise InvalidInput(f"input '{spec.name}': shape {list(inp.shape)}, expected {list(spec.shape)} "
-                               "(-1 = any size; the first dimension is the batch)")  # fmt: skip
-        if rows is None:
-            rows = inp.shape[0]
-        elif inp.shape[0] != rows:
-            raise InvalidInput("inputs disagree on the batch size (first dimension)")
-    if not rows:
-        raise InvalidInput("batch size (first dimension) must be at least 1")
-    return rows
-
-
-def objective_from(params: dict[str, Any]) -> Objective:
-    """Objectives travel in the request parameters: latency_ms, min_accuracy, max_cost, allow_estimated."""
-    values: dict[str, Any] = {}
-    for key, lo, hi in (("latency_ms", 0.0, None), ("min_accuracy", 0.0, 1.0), ("max_cost", 0.0, None)):
-        raw = params.get(key)
-        if raw is None:
-            continue
-        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-            raise InvalidInput(f"parameter '{key}' must be a number")
-        try:
-            value = float(raw)
-        except ValueError:
-            raise InvalidInput(f"parameter '{key}' must be a number, got {raw!r}") from None
-        if value <= lo and key != "min_accuracy" or value < lo or (hi is not None and value > hi):
-            raise InvalidInput(f"parameter '{key}' out of range: {value:g}")
-        values[key] = value
-    allow = params.get("allow_estimated", True)
-    values["allow_estimated"] = allow if isinstance(allow, bool) else str(allow).lower() not in ("0", "false", "no")
-    return Objective(**values)
 
 
 class DataPlane:
@@ -158,6 +49,10 @@ class DataPlane:
         self._tasks: set[asyncio.Task] = set()
         self._cold: dict[str, asyncio.Task] = {}  # variant -> its load in progress
         self._loaded_options: dict[tuple[str, str | None], tuple] = {}
+        from infaas.control import Autoscaler, JobRunner
+
+        self.autoscaler = Autoscaler(self, settings) if settings.autoscale else None
+        self.jobs = JobRunner(self, settings.data_dir, settings.job_batch_rows)
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -165,9 +60,15 @@ class DataPlane:
         for arch in list(self.catalog.architectures):
             await self.ensure_loaded(arch)
         self.ready = True
+        if self.autoscaler is not None:
+            self.autoscaler.start()
+        self.jobs.start()
 
     async def stop(self) -> None:
         self.ready = False
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
+        await self.jobs.stop()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -217,9 +118,15 @@ class DataPlane:
             state["seconds"] = round(state["finished"] - state["started"], 2)
 
     def default_variant(self, arch: str) -> Variant | None:
-        """What to load for an architecture until the policy decides: the ready variant with the
-        largest max batch, then the most accurate, then the highest measured throughput."""
-        ready = [v for v in self.catalog.by_arch.get(arch, []) if v.status == "ready"]
+        """What to load for an architecture until the policy decides."""
+        return self._first_choice(self.catalog.by_arch.get(arch, []))
+
+    def _first_choice(self, variants: list[Variant], statuses: tuple[str, ...] = ("ready",)) -> Variant | None:
+        """The ready variant with the largest max batch, then the most accurate, then the highest
+        measured throughput."""
+        ready = [v for v in variants if v.status in statuses]
+        cores = min((len(w.cores) for w in self.cluster.workers), default=0)
+        ready = [v for v in ready if v.threads <= cores] or ready  # fits a worker's cores, if any does
         if not ready:
             return None
 
@@ -375,12 +282,13 @@ class DataPlane:
         return rows
 
     # ---- inference ---------------------------------------------------------------------------
-    async def infer(self, req: InferRequest) -> InferResponse:
+    async def infer(self, req: InferRequest, offline: bool = False) -> InferResponse:
+        """Serve one request. ``offline``: a batch job's request (low priority, not logged per batch)."""
         start = time.perf_counter_ns()
         variant_name = ""
         try:
             scope, sig, variants, _ = self.catalog.resolve(req.model, req.version)
-            rows = _check_inputs(req, sig)
+            rows = check_inputs(req, sig)
             if req.outputs is not None:
                 known = {s.name for s in sig.outputs}
                 if unknown := [o.name for o in req.outputs if o.name not in known]:
@@ -398,9 +306,17 @@ class DataPlane:
                 candidates = [Candidate(self.catalog.variants[n], tuple(h)) for n, h in hosts.items()]
                 try:
                     decision = select_loaded(candidates, rows, scope)
+                    chosen, worker_name, reason = decision.variant, decision.worker, decision.reason
                 except NoCandidate as exc:
-                    raise (InvalidInput if "exceeds" in str(exc) else Unavailable)(str(exc)) from None
-                chosen, worker_name, reason = decision.variant, decision.worker, decision.reason
+                    if "exceeds" in str(exc):
+                        raise InvalidInput(str(exc)) from None
+                    # nothing loaded (unloaded when idle, or never loaded): a cold start
+                    explicit = ("ready", "rejected") if scope.startswith("variant") else ("ready",)
+                    chosen = self._first_choice([v for v in variants if v.max_batch >= rows], explicit)
+                    if chosen is None:
+                        raise Unavailable(str(exc)) from None
+                    worker_name = (await self.load_cold(chosen)).name
+                    reason = f"{exc}: cold start of {chosen.name}"
             else:
                 ordered, loaded = self._scope_options(req.model, req.version, variants)
 
@@ -417,8 +333,9 @@ class DataPlane:
                     worker_name = (await self.load_cold(chosen)).name
                 elif choice.prefetch is not None and choice.prefetch.name not in self._cold:
                     self._background(self.load_cold(choice.prefetch))
-                self.log_decision("select", reason, variant=chosen.name, worker=worker_name,
-                                  predicted_ms=predicted)  # fmt: skip
+                if not offline:
+                    self.log_decision("select", reason, variant=chosen.name, worker=worker_name,
+                                      predicted_ms=predicted)  # fmt: skip
             variant_name = chosen.name
             worker = next(w for w in workers if w.name == worker_name)
             timeout_us = req.parameters.get("timeout")
@@ -433,7 +350,7 @@ class DataPlane:
             try:
                 async with asyncio.timeout(self.settings.request_timeout_s):
                     result = await worker.infer(variant_name, inputs, rows, deadline,
-                                                bool(req.parameters.get("drop_late", True)))  # fmt: skip
+                                                bool(req.parameters.get("drop_late", True)), offline)  # fmt: skip
             except TimeoutError:
                 raise Unavailable(f"no answer from worker {worker.name} within "
                                   f"{self.settings.request_timeout_s:g} s") from None  # fmt: skip
@@ -491,9 +408,11 @@ class DataPlane:
         self.log_decision("remove", f"removed architecture {arch}", architecture=arch)
 
     def workers_info(self) -> list[dict]:
+        seen = self.autoscaler.workers if self.autoscaler is not None else {}
         return [{"name": w.name, "cores": list(w.cores), "alive": w.alive, "pid": getattr(w, "pid", None),
                  "restarts": getattr(w, "restarts", 0), "loaded": sorted(w.loaded),
-                 "outstanding": w.outstanding()} for w in self.cluster.workers]  # fmt: skip
+                 "outstanding": w.outstanding(), "cpu": seen.get(w.name, {}).get("cpu"),
+                 "rss_mb": seen.get(w.name, {}).get("rss_mb")} for w in self.cluster.workers]  # fmt: skip
 
     def _queue_depths(self):
         for w in self.cluster.workers:

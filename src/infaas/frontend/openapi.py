@@ -93,6 +93,27 @@ def openapi_schema() -> dict:
         "/api/v1/decisions": {"get": _op("Recent decisions with their reasons", "management",
                                          schema={"type": "array", "items": obj},
                                          params=[_query_param("limit", "how many, newest last")])},
+        "/api/v1/autoscale": {"get": _op("The autoscaler: limits, workers' CPU and memory, each variant's state",
+                                         "management", schema=obj)},
+        "/api/v1/jobs": {
+            "get": _op("List offline jobs", "jobs", schema={"type": "array", "items": obj}),
+            "post": _op("Submit an offline job", "jobs", ok="201", schema=obj, params=[
+                _query_param("model", "a task, architecture or variant"),
+                _query_param("min_accuracy", "lowest accuracy of the variants that may serve it")], body={
+                "required": True, "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                            "description": ".npz of the inputs, by input name"}},
+                    "application/json": {"schema": {"type": "object", "required": ["model", "directory"],
+                        "properties": {"model": {"type": "string"}, "min_accuracy": {"type": "number"},
+                                       "directory": {"type": "string",
+                                                     "description": "a directory of images on the server"}}}}}}),
+        },
+        "/api/v1/jobs/{id}": {
+            "get": _op("A job's status and progress", "jobs", schema=obj, params=[_path_param("id", "job")]),
+            "delete": _op("Cancel a job", "jobs", schema=obj, params=[_path_param("id", "job")]),
+        },
+        "/api/v1/jobs/{id}/result": {"get": _op("A finished job's outputs (.npz)", "jobs",
+                                                params=[_path_param("id", "job")])},
     }  # fmt: skip
     for prefix, params in (("/v2/models/{model}", [model]),
                            ("/v2/models/{model}/versions/{version}", [model, version])):  # fmt: skip

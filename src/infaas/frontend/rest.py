@@ -4,10 +4,12 @@ management API. Routes only convert wire types and call the data plane."""
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
 
+import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -215,6 +217,51 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
             return _error("limit must be an integer", 400)
         return _json(list(dp.decisions)[-limit:])
 
+    async def autoscale(request: Request) -> Response:
+        scaler = dp.autoscaler
+        return _json(scaler.report() if scaler is not None else {"enabled": False})
+
+    async def submit_job(request: Request) -> Response:
+        q = request.query_params
+        body = await request.body()
+        kind = request.headers.get("content-type", "").split(";")[0].strip()
+        opts: dict = dict(q)
+        inputs = None
+        if kind == "application/json":
+            try:
+                opts.update(orjson.loads(body))
+            except (orjson.JSONDecodeError, TypeError, ValueError):
+                raise InvalidInput("JSON body must be an object, e.g. {\"model\": ..., \"directory\": ...}") from None
+        elif body:
+            try:
+                with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+                    inputs = {k: npz[k] for k in npz.files}
+            except Exception as exc:
+                raise InvalidInput(f"body is not a readable .npz: {exc}") from None
+        if not opts.get("model"):
+            raise InvalidInput("'model' (a task, architecture or variant) is required")
+        try:
+            acc = opts.get("min_accuracy")
+            min_accuracy = None if acc in (None, "") else float(acc)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"min_accuracy must be a number, got {opts.get('min_accuracy')!r}") from None
+        job = dp.jobs.submit(opts["model"], inputs=inputs, directory=opts.get("directory"),
+                             min_accuracy=min_accuracy)  # fmt: skip
+        return _json(_job_row(job), 201)
+
+    async def list_jobs(request: Request) -> Response:
+        return _json([_job_row(j) for j in dp.jobs.list()])
+
+    async def get_job(request: Request) -> Response:
+        return _json(_job_row(dp.jobs.get(request.path_params["id"])))
+
+    async def cancel_job(request: Request) -> Response:
+        return _json(_job_row(dp.jobs.cancel(request.path_params["id"])))
+
+    async def job_result(request: Request) -> Response:
+        path = dp.jobs.result_path(request.path_params["id"])
+        return Response(path.read_bytes(), media_type="application/octet-stream")
+
     async def openapi(request: Request) -> Response:
         return _json(openapi_schema())
 
@@ -242,6 +289,12 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
         Route("/api/v1/variants/{name}", g(get_variant)),
         Route("/api/v1/workers", g(workers)),
         Route("/api/v1/decisions", g(decisions)),
+        Route("/api/v1/autoscale", g(autoscale)),
+        Route("/api/v1/jobs", g(list_jobs)),
+        Route("/api/v1/jobs", g(submit_job), methods=["POST"]),
+        Route("/api/v1/jobs/{id}", g(get_job)),
+        Route("/api/v1/jobs/{id}", g(cancel_job), methods=["DELETE"]),
+        Route("/api/v1/jobs/{id}/result", g(job_result)),
     ]
     for prefix in (base, ver):
         routes += [
@@ -263,3 +316,7 @@ def _variant_row(dp: DataPlane, v) -> dict:
     prof = dp.catalog.profiles.get(v.name)
     return {**v.model_dump(mode="json"), "loaded_on": [w.name for w in dp.cluster.workers if w.hosts(v.name)],
             "profile": None if prof is None else prof.model_dump(mode="json")}  # fmt: skip
+
+
+def _job_row(job) -> dict:
+    return {**job.model_dump(mode="json", exclude={"files"}), "progress": round(job.progress, 4)}

@@ -13,7 +13,8 @@ States, as in INFaaS:
 - ``interfered``: latency well above the profile's prediction while demand is within capacity;
 - ``active``: otherwise.
 Actions: ``replicate`` (one more replica on a worker with memory to spare), ``upgrade`` (a faster
-variant of the same architecture), ``downgrade`` (a cheaper one that still carries the load),
+variant of the same architecture), ``downgrade`` (a cheaper one that still carries the load; both
+only to variants at least as accurate, taking batches at least as large),
 ``unload`` (a replica, or the variant when idle). Replicate vs upgrade is chosen by cost, as
 INFaaS does: upgrade when replicating costs over 1.5 times as much or cannot be placed. Scale-up
 is immediate; scale-down waits until load has stayed low for ``max(scale_down_s, k x load time)``,
@@ -38,6 +39,7 @@ class Sample:
     mean_batch: float
     queue_rows: int
     p50_ms: float
+    busy: float = 0.0  # fraction of the replicas' time spent computing
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +52,16 @@ class VariantLoad:
 
 @dataclass(frozen=True, slots=True)
 class WorkerRoom:
-    """A worker's free memory for one more variant."""
+    """A worker's free memory for one more variant, and how many variants it hosts."""
 
     name: str
     free_mb: float
+    variants: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    kind: str  # replicate | upgrade | downgrade | unload
+    kind: str  # replicate | upgrade | downgrade | unload | add_worker | remove_worker
     variant: str
     target: str  # a worker (replicate, unload) or a variant (upgrade, downgrade)
     reason: str
@@ -73,13 +76,19 @@ class ScalingConfig:
     load_time_factor: float = 5.0  # ... or this many times the variant's load time, if longer
     idle_unload_s: float = 60.0
     upgrade_ratio: float = 1.5  # upgrade when replicating costs this many times more
+    cooldown_s: float = 3.0  # after scaling a variant up, let the window see the effect first
+    keep_warm: bool = True  # an idle architecture keeps one replica of one variant loaded
+    min_workers: int = 1
 
 
 @dataclass
 class Memory:
-    """Hysteresis: since when each variant's load has looked low (absent: not low)."""
+    """Hysteresis: since when each variant's load (each worker) has looked low (empty); when each
+    variant was last scaled up."""
 
     low_since: dict[str, float] = field(default_factory=dict)
+    empty_since: dict[str, float] = field(default_factory=dict)
+    scaled_at: dict[str, float] = field(default_factory=dict)
 
 
 def capacity_rps(profile: Profile, max_batch: int) -> float:
@@ -97,9 +106,14 @@ def state_of(load: VariantLoad, cfg: ScalingConfig) -> tuple[str, str, float]:
     cap = capacity_rps(load.profile, load.variant.max_batch) * len(load.replicas) * (1 - cfg.headroom)
     first, last = load.window[0], load.window[-1]
     growing = len(load.window) > 1 and last.queue_rows > first.queue_rows > load.variant.max_batch * len(load.replicas)
-    if demand > cap or growing:
-        why = (f"demand {demand:.0f} rows/s over capacity {cap:.0f} of {len(load.replicas)} replica(s)"
-               if demand > cap else f"queue growing {first.queue_rows} -> {last.queue_rows} rows")  # fmt: skip
+    busy = sum(s.busy for s in load.window) / len(load.window)
+    if demand > cap or growing or busy > 1 - cfg.headroom:
+        if demand > cap:
+            why = f"demand {demand:.0f} rows/s over capacity {cap:.0f} of {len(load.replicas)} replica(s)"
+        elif growing:
+            why = f"queue growing {first.queue_rows} -> {last.queue_rows} rows"
+        else:
+            why = f"replicas computing {busy:.0%} of the time (demand {demand:.0f} rows/s)"
         return "overloaded", why, demand
     expected = load.profile.predict_ms(max(1, round(last.mean_batch)))
     if last.p50_ms > cfg.interference_factor * expected:
@@ -119,21 +133,40 @@ def autoscale(
     """Actions for this snapshot, and the updated hysteresis memory."""
     actions: list[Action] = []
     low_since = dict(memory.low_since)
+    scaled_at = {k: t for k, t in memory.scaled_at.items() if now - t < cfg.cooldown_s}
     free = {r.name: r.free_mb for r in rooms}
+    per_arch: dict[str, int] = {}
+    for load in loads:
+        per_arch[load.variant.architecture] = per_arch.get(load.variant.architecture, 0) + 1
     for load in loads:
         v, p = load.variant, load.profile
         state, why, demand = state_of(load, cfg)
         per_replica = capacity_rps(p, v.max_batch) * (1 - cfg.headroom)
         if state == "overloaded":
             low_since.pop(v.name, None)
-            actions.append(_scale_up(load, demand, per_replica, family.get(v.architecture, []), free, why, cfg))
+            if v.name in scaled_at:
+                continue  # the last scale-up has not shown in the window yet
+            action = _scale_up(load, demand, per_replica, family.get(v.architecture, []), free, why, cfg)
+            actions.append(action)
+            scaled_at[v.name] = now
+            if action.kind == "upgrade":
+                scaled_at[action.target] = now
+            elif action.kind == "replicate":
+                free[action.target] -= p.peak_memory_mb
             continue
         quiet_for = max(cfg.scale_down_s, cfg.load_time_factor * p.load_time_ms / 1000)
         if state == "inactive":
             since = low_since.setdefault(v.name, now)
-            if now - since >= max(cfg.idle_unload_s, quiet_for):
-                for worker in load.replicas:
+            if len(load.replicas) > 1 and now - since >= quiet_for:
+                actions.append(Action("unload", v.name, load.replicas[-1], (
+                    f"{v.name}: no requests for {now - since:.0f} s; {len(load.replicas) - 1} replica(s) left")))
+                low_since.pop(v.name, None)
+            elif now - since >= max(cfg.idle_unload_s, quiet_for):
+                last_one = cfg.keep_warm and per_arch[v.architecture] == 1
+                for worker in load.replicas[1:] if last_one else load.replicas:
                     actions.append(Action("unload", v.name, worker, f"{v.name} idle for {now - since:.0f} s"))
+                if not last_one:
+                    per_arch[v.architecture] -= 1
                 low_since.pop(v.name, None)
             continue
         low = demand <= per_replica * max(0, len(load.replicas) - 1) * cfg.low_fraction or (
@@ -155,7 +188,18 @@ def autoscale(
             actions.append(Action("downgrade", v.name, cheaper.name, (
                 f"{v.name}: demand {demand:.0f} rows/s for {now - since:.0f} s is carried by the cheaper "
                 f"{cheaper.name}")))  # fmt: skip
-    return actions, Memory(low_since)
+    empty_since = {}
+    removable = len(rooms)
+    for room in rooms:
+        if room.variants:
+            continue
+        since = empty_since[room.name] = memory.empty_since.get(room.name, now)
+        if now - since >= cfg.scale_down_s and removable > cfg.min_workers:
+            actions.append(Action("remove_worker", "", room.name,
+                                  f"worker {room.name} has hosted nothing for {now - since:.0f} s"))  # fmt: skip
+            removable -= 1
+            empty_since.pop(room.name)
+    return actions, Memory(low_since, empty_since, scaled_at)
 
 
 def _cheapest_carrying(v: Variant, p: Profile, demand: float, family: list[tuple[Variant, Profile]],
@@ -164,6 +208,8 @@ def _cheapest_carrying(v: Variant, p: Profile, demand: float, family: list[tuple
     for cand, cp in family:
         if cand.name == v.name or cand.status != "ready" or cp.cost_per_1k >= p.cost_per_1k:
             continue
+        if cand.max_batch < v.max_batch:
+            continue  # it must take every request the current one takes
         if (cand.accuracy or 0) < (v.accuracy or 0):
             continue  # never trade accuracy away behind the user's back
         if capacity_rps(cp, cand.max_batch) * (1 - cfg.headroom) < demand / cfg.low_fraction:
@@ -186,6 +232,8 @@ def _scale_up(load: VariantLoad, demand: float, per_replica: float, family: list
     for cand, cp in family:
         if cand.name == v.name or cand.status != "ready" or (cand.accuracy or 0) < (v.accuracy or 0):
             continue
+        if cand.max_batch < v.max_batch:
+            continue  # it must take every request the current one takes
         if capacity_rps(cp, cand.max_batch) * (1 - cfg.headroom) * len(load.replicas) < demand:
             continue
         cost = len(load.replicas) * (_hourly(cand, cp) + cp.load_time_ms / 1000)

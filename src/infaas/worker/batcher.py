@@ -40,6 +40,7 @@ class Pending:
     deadline: float | None = None
     drop_late: bool = True
     payload: Any = None
+    offline: bool = False  # a batch job's request: counted apart from online demand
 
 
 @dataclass(slots=True)
@@ -80,8 +81,15 @@ class BatchQueue:
         return len(self._queue)
 
     def put(self, item: Pending) -> None:
-        self._queue.append(item)
+        """Queue in FIFO order, except that online requests go ahead of queued offline (job) ones."""
         self.rows_queued += item.rows
+        if item.offline or not self._queue or not self._queue[-1].offline:
+            self._queue.append(item)
+            return
+        at = len(self._queue)
+        while at > 0 and self._queue[at - 1].offline:
+            at -= 1
+        self._queue.insert(at, item)
 
     def drain(self) -> list[Pending]:
         """Everything still queued (to fail it on shutdown)."""

@@ -44,6 +44,10 @@ class VariantExecutor:
         self.served = 0
         self.batches = 0
         self.busy_s = 0.0
+        self.arrived_rows = 0  # online
+        self.offline_rows = 0
+        self.completed_rows = 0
+        self.latencies_ms: list[float] = []  # online, end to end in this worker, since the last stats
         self.threads = [threading.Thread(target=self._loop, args=(rt,), name=f"exec-{name}-{i}", daemon=True)
                         for i, rt in enumerate(runtimes)]  # fmt: skip
         for t in self.threads:
@@ -51,6 +55,10 @@ class VariantExecutor:
 
     def submit(self, item: Pending) -> None:
         with self.cond:
+            if item.offline:
+                self.offline_rows += item.rows
+            else:
+                self.arrived_rows += item.rows
             self.queue.put(item)
             self.cond.notify()
 
@@ -103,6 +111,9 @@ class VariantExecutor:
             self.batches += 1
             self.served += len(batch)
             self.busy_s += end - start
+            self.completed_rows += rows
+            if len(self.latencies_ms) < 4096:
+                self.latencies_ms.extend((end - p.arrival) * 1000 for p in batch if not p.offline)
         offset = 0
         for pos, item in enumerate(batch):
             part = {k: v[offset : offset + item.rows] for k, v in outputs.items()}
@@ -153,6 +164,7 @@ class Worker:
             key=msg["id"], rows=msg["rows"], arrival=msg.get("arrival") or time.monotonic(),
             shape_key=tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items()),
             deadline=msg.get("deadline"), drop_late=msg.get("drop_late", True), payload=inputs,
+            offline=msg.get("offline", False),
         ))  # fmt: skip
 
     def _control(self, msg: dict) -> None:
@@ -203,12 +215,22 @@ class Worker:
         return {"unloaded": True}
 
     def _op_stats(self, msg: dict) -> dict:
-        return {
-            "pid": os.getpid(), "rss_mb": _rss_mb(), "uptime_s": time.time() - self.started,
-            "cpu_s": sum(os.times()[:2]),
-            "variants": {n: {"queued": len(e.queue), "served": e.served, "batches": e.batches,
-                             "busy_s": e.busy_s} for n, e in self.variants.items()},
-        }  # fmt: skip
+        """Cumulative counters (the caller takes differences) and the latencies since the last call."""
+        variants = {}
+        for name, e in list(self.variants.items()):
+            with e.cond:
+                lat, e.latencies_ms = e.latencies_ms, []
+                variants[name] = {
+                    "queued": len(e.queue), "queued_rows": e.queue.rows_queued, "served": e.served,
+                    "batches": e.batches, "busy_s": e.busy_s, "instances": len(e.runtimes),
+                    "arrived_rows": e.arrived_rows, "offline_rows": e.offline_rows,
+                    "completed_rows": e.completed_rows,
+                    "p50_ms": float(np.percentile(lat, 50)) if lat else None,
+                    "p99_ms": float(np.percentile(lat, 99)) if lat else None,
+                }  # fmt: skip
+        return {"pid": os.getpid(), "rss_mb": _rss_mb(), "uptime_s": time.time() - self.started,
+                "time": time.monotonic(), "cpu_s": sum(os.times()[:2]), "cores": self.threads,
+                "variants": variants}  # fmt: skip
 
     def _op_profile(self, msg: dict) -> dict:
         """Measure one (artifact, threads) configuration in this process: load time, memory, latency at

@@ -77,6 +77,64 @@ def build(seed: int = 0) -> list[ZooModel]:
     return models
 
 
+def heavy(channels: int = 256, layers: int = 5, seed: int = 0) -> ZooModel:
+    """``digits-conv``: a deliberately heavy model for the same task, to load a small machine.
+
+    ``layers`` random 3x3 convolutions of ``channels`` channels over the 8x8 image (fixed random
+    features, ReLU), 2x2 average pooling, and a ridge-regression read-out fitted in closed form:
+    about 2 x 9 x 64 x channels^2 x layers FLOPs per row (~380 M at the defaults), with small
+    weights, so it loads and quantizes fast. Accuracy is measured on the held-out split; the
+    training inputs calibrate its INT8 variants.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x_train, x_val, y_train, y_val = split(seed)
+    rng = np.random.default_rng(seed)
+    convs, width = [], 1
+    for _ in range(layers):
+        w = rng.normal(0, np.sqrt(2 / (9 * width)), (channels, width, 3, 3)).astype(np.float32)
+        convs.append((w, rng.normal(0, 0.05, channels).astype(np.float32)))
+        width = channels
+    inits = [numpy_helper.from_array(np.array(1 / 16, np.float32), "scale"),
+             numpy_helper.from_array(np.array([-1, 1, 8, 8], np.int64), "image"),
+             numpy_helper.from_array(np.array([0, -1], np.int64), "flat")]  # fmt: skip
+    nodes = [helper.make_node("Mul", [INPUT, "scale"], ["x"]), helper.make_node("Reshape", ["x", "image"], ["h0"])]
+    for i, (w, b) in enumerate(convs):
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [helper.make_node("Conv", [f"h{i}", f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"])]  # fmt: skip
+    nodes += [helper.make_node("AveragePool", [f"h{layers}"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
+              helper.make_node("Reshape", ["pooled", "flat"], ["features"])]  # fmt: skip
+
+    def graph(outputs, extra_nodes, extra_inits, name):
+        return helper.make_model(helper.make_graph(
+            nodes + extra_nodes, name, [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [None, 64])],
+            outputs, inits + extra_inits), opset_imports=[helper.make_opsetid("", 17)])  # fmt: skip
+
+    import onnxruntime as ort
+
+    features = graph([helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, None])], [], [], "f")
+    session = ort.InferenceSession(features.SerializeToString(), providers=["CPUExecutionProvider"])
+    h = session.run(None, {INPUT: x_train})[0]
+    targets = np.eye(10, dtype=np.float32)[y_train] * 8 - 4  # logits for a confident softmax
+    ridge = h.T @ h + 10.0 * np.eye(h.shape[1], dtype=np.float32)
+    w_out = np.linalg.solve(ridge, h.T @ targets).astype(np.float32)
+    head = [helper.make_node("MatMul", ["features", "w_out"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+            helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)]  # fmt: skip
+    model = graph([helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+                   helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 10])],
+                  head, [numpy_helper.from_array(w_out, "w_out")], "digits_conv")  # fmt: skip
+    onnx.checker.check_model(model)
+    calib = io.BytesIO()
+    np.savez(calib, inputs=x_train[:256])
+    return ZooModel("digits-conv", TASK, model.SerializeToString(), validation=validation_npz(x_val, y_val),
+                    calibration=calib.getvalue(),
+                    description=f"{layers} random 3x3 convolutions of {channels} channels + ridge read-out "
+                    "(heavy on purpose)")  # fmt: skip
+
+
 def sample_inputs(n: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A few held-out digits and their labels (for demos and tests)."""
     _, x_val, _, y_val = split(seed)

@@ -1,0 +1,244 @@
+"""The autoscaling controller: every second, read each worker's counters, keep a short window of
+samples per variant, ask :func:`infaas.policy.autoscale` what to do, and do it through the cluster.
+
+All judgement lives in the pure policy; this module only measures and acts. Every action goes to
+the decision log with its reason. The loop survives any exception (logged, counted, retried on the
+next tick).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from infaas.policy import (
+    Action,
+    Memory,
+    Sample,
+    ScalingConfig,
+    VariantLoad,
+    WorkerRoom,
+    autoscale,
+    state_of,
+)
+from infaas.policy.autoscale import capacity_rps
+
+if TYPE_CHECKING:
+    from infaas.frontend.dataplane import DataPlane
+    from infaas.settings import Settings
+
+log = logging.getLogger("infaas.autoscaler")
+
+
+def _ram_mb() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+
+
+class Autoscaler:
+    def __init__(self, plane: DataPlane, settings: Settings) -> None:
+        self.plane = plane
+        self.settings = settings
+        cluster = plane.cluster
+        per = max(1, getattr(cluster, "cores_per_worker", 1))
+        self.min_workers = settings.min_workers or len(cluster.workers)
+        self.max_workers = max(self.min_workers, settings.max_workers or len(os.sched_getaffinity(0)) // per)
+        self.memory_mb = settings.worker_memory_mb or 0.8 * _ram_mb() / self.max_workers
+        self.cfg = ScalingConfig(scale_down_s=settings.scale_down_s, idle_unload_s=settings.idle_unload_s,
+                                 keep_warm=settings.keep_warm, min_workers=self.min_workers)  # fmt: skip
+        self.memory = Memory()
+        self.windows: dict[str, deque[Sample]] = {}
+        self._last: dict[tuple[str, str], tuple[float, dict]] = {}  # (worker, variant) -> counters
+        self._cpu: dict[str, tuple[float, float]] = {}  # worker -> (time, cpu seconds)
+        self.workers: dict[str, dict[str, Any]] = {}  # latest per-worker report
+        self.states: dict[str, dict[str, Any]] = {}  # latest per-variant state
+        self.overloaded: dict[str, str] = {}  # variant -> why (offline jobs yield to these)
+        self.ticks = 0
+        self.errors = 0
+        self._blocked: dict[str, float] = {}  # action key -> when it was last reported impossible
+        self._task: asyncio.Task | None = None
+
+    # ---- loop ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="infaas-autoscaler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        period = self.settings.autoscale_interval_s
+        while True:
+            began = time.monotonic()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never dies: the next tick tries again
+                self.errors += 1
+                log.exception("autoscaler tick failed")
+                self.plane.log_decision("error", f"autoscaler: {type(exc).__name__}: {exc}")
+            await asyncio.sleep(max(0.05, period - (time.monotonic() - began)))
+
+    async def tick(self) -> list[Action]:
+        await self.observe()
+        actions = self.decide(time.monotonic())
+        for action in actions:
+            await self.apply(action)
+        self.ticks += 1
+        return actions
+
+    # ---- monitoring --------------------------------------------------------------------------
+    async def observe(self) -> None:
+        """One sample per loaded variant (summed over its replicas) from every live worker's counters."""
+        workers = [w for w in self.plane.cluster.workers if w.alive]
+        reports = await asyncio.gather(*(w.stats() for w in workers), return_exceptions=True)
+        parts: dict[str, list[dict[str, float]]] = {}
+        seen: set[tuple[str, str]] = set()
+        for w, rep in zip(workers, reports, strict=True):
+            if isinstance(rep, BaseException):
+                continue
+            now = rep["time"]
+            prev = self._cpu.get(w.name)
+            self._cpu[w.name] = (now, rep["cpu_s"])
+            cpu = None
+            if prev is not None and now > prev[0] and rep["cpu_s"] >= prev[1]:
+                cpu = (rep["cpu_s"] - prev[1]) / (now - prev[0]) / max(1, rep["cores"])
+            self.workers[w.name] = {"cpu": cpu, "rss_mb": rep["rss_mb"], "budget_mb": self.memory_mb,
+                                    "pid": rep["pid"], "variants": len(rep["variants"])}  # fmt: skip
+            for name, c in rep["variants"].items():
+                key = (w.name, name)
+                seen.add(key)
+                old = self._last.get(key)
+                self._last[key] = (now, c)
+                if old is None or now <= old[0] or c["completed_rows"] < old[1]["completed_rows"]:
+                    continue  # first report, or a restarted process: no rate yet
+                dt, o = now - old[0], old[1]
+                batches = c["batches"] - o["batches"]
+                rows = c["completed_rows"] - o["completed_rows"]
+                parts.setdefault(name, []).append({
+                    "arrival": (c["arrived_rows"] - o["arrived_rows"]) / dt, "completed": rows / dt,
+                    "offline": (c["offline_rows"] - o["offline_rows"]) / dt,
+                    "batch": rows / batches if batches else 0.0, "queue": c["queued_rows"],
+                    "p50": c["p50_ms"] or 0.0, "p99": c["p99_ms"] or 0.0,
+                    "busy": (c["busy_s"] - o["busy_s"]) / dt / max(1, c["instances"]),
+                })  # fmt: skip
+        for key in set(self._last) - seen:
+            del self._last[key]
+        t = time.monotonic()
+        for name, ps in parts.items():
+            window = self.windows.setdefault(name, deque(maxlen=self.settings.autoscale_window))
+            batch = max((p["batch"] for p in ps), default=0.0) or (window[-1].mean_batch if window else 1.0)
+            window.append(Sample(
+                t, sum(p["arrival"] for p in ps), sum(p["completed"] for p in ps), batch,
+                int(sum(p["queue"] for p in ps)), max(p["p50"] for p in ps), sum(p["busy"] for p in ps) / len(ps),
+            ))  # fmt: skip
+            self.states.setdefault(name, {})["offline_rps"] = sum(p["offline"] for p in ps)
+            self.states[name]["p99_ms"] = max(p["p99"] for p in ps)
+        loaded = {n for w in self.plane.cluster.workers for n in w.loaded_names()}
+        for name in set(self.windows) - loaded:
+            del self.windows[name]
+            self.states.pop(name, None)
+        for name in set(self.workers) - {w.name for w in self.plane.cluster.workers}:
+            del self.workers[name]
+
+    # ---- decisions ---------------------------------------------------------------------------
+    def decide(self, now: float) -> list[Action]:
+        catalog, workers = self.plane.catalog, self.plane.cluster.workers
+        loads = []
+        for name, window in self.windows.items():
+            variant, profile = catalog.variants.get(name), catalog.profiles.get(name)
+            replicas = tuple(w.name for w in workers if w.hosts(name))
+            if variant is None or profile is None or not replicas or not window:
+                continue  # unprofiled variants are served, not scaled
+            loads.append(VariantLoad(variant, profile, replicas, tuple(window)))
+        cores = min((len(w.cores) for w in workers), default=1)
+        family: dict[str, list] = {}
+        for arch, variants in catalog.by_arch.items():
+            family[arch] = [(v, catalog.profiles[v.name]) for v in variants
+                            if v.status == "ready" and v.name in catalog.profiles and v.threads <= cores]  # fmt: skip
+        rooms = [WorkerRoom(w.name, self.memory_mb - self.workers.get(w.name, {}).get("rss_mb", 0.0),
+                            len(w.loaded_names())) for w in workers if w.alive]  # fmt: skip
+        actions, self.memory = autoscale(loads, family, rooms, now, self.memory, self.cfg)
+        self.overloaded = {}
+        for load in loads:
+            state, why, demand = state_of(load, self.cfg)
+            last = load.window[-1]
+            self.states.setdefault(load.variant.name, {}).update(
+                state=state, reason=why, demand_rps=round(demand, 1), replicas=list(load.replicas),
+                capacity_rps=round(capacity_rps(load.profile, load.variant.max_batch) * len(load.replicas), 1),
+                completed_rps=round(last.completed_rps, 1), queue_rows=last.queue_rows,
+                mean_batch=round(last.mean_batch, 2), p50_ms=round(last.p50_ms, 3), busy=round(last.busy, 3),
+            )  # fmt: skip
+            if state == "overloaded":
+                self.overloaded[load.variant.name] = why
+        return actions
+
+    # ---- actions -------------------------------------------------------------------------------
+    async def apply(self, action: Action) -> None:
+        plane, cluster = self.plane, self.plane.cluster
+        workers = {w.name: w for w in cluster.workers}
+        if action.kind == "add_worker":
+            why_not = (f"already at --max-workers {self.max_workers}" if len(workers) >= self.max_workers
+                       else cluster.can_add())  # fmt: skip
+            if why_not is not None:
+                self._report_blocked(action, why_not)
+                return
+            worker = await cluster.add_worker()
+            plane.log_decision("add_worker", f"{action.reason}: started worker {worker.name} on cores "
+                               f"{list(worker.cores)}", worker=worker.name, variant=action.variant)  # fmt: skip
+            return
+        if action.kind == "remove_worker":
+            if len(workers) <= self.min_workers or action.target not in workers:
+                return
+            await cluster.remove_worker(action.target)
+            self.memory.empty_since.pop(action.target, None)
+            self._cpu.pop(action.target, None)
+            plane.log_decision("remove_worker", action.reason, worker=action.target)
+            return
+        variant = plane.catalog.variants.get(action.variant)
+        if variant is None:
+            return
+        if action.kind == "replicate":
+            worker = workers.get(action.target)
+            if worker is None or not worker.alive:
+                return
+            plane.log_decision("replicate", action.reason, variant=variant.name, worker=worker.name)
+            await plane.load(variant, worker)
+        elif action.kind == "unload":
+            worker = workers.get(action.target)
+            if worker is None or not worker.hosts(variant.name):
+                return
+            plane.log_decision("unload", action.reason, variant=variant.name, worker=worker.name)
+            await worker.unload(variant.name)
+        elif action.kind in ("upgrade", "downgrade"):
+            target = plane.catalog.variants.get(action.target)
+            if target is None:
+                return
+            plane.log_decision(action.kind, action.reason, variant=variant.name, target=target.name)
+            for worker in [w for w in workers.values() if w.hosts(variant.name)]:
+                if not worker.hosts(target.name):
+                    await plane.load(target, worker)  # the new one serves before the old one goes
+                await worker.unload(variant.name)
+
+    def _report_blocked(self, action: Action, why_not: str) -> None:
+        key = f"{action.kind}:{action.variant}"
+        now = time.monotonic()
+        if now - self._blocked.get(key, -1e9) >= 30:
+            self._blocked[key] = now
+            self.plane.log_decision("blocked", f"{action.reason}, but no worker can be added: {why_not}",
+                                    variant=action.variant)  # fmt: skip
+
+    def report(self) -> dict[str, Any]:
+        """What ``GET /api/v1/autoscale`` and ``infaas workers`` show."""
+        return {
+            "enabled": True, "ticks": self.ticks, "errors": self.errors,
+            "limits": {"min_workers": self.min_workers, "max_workers": self.max_workers,
+                       "worker_memory_mb": round(self.memory_mb), "scale_down_s": self.cfg.scale_down_s,
+                       "idle_unload_s": self.cfg.idle_unload_s, "keep_warm": self.cfg.keep_warm},
+            "workers": self.workers, "variants": self.states,
+        }  # fmt: skip

@@ -1,0 +1,268 @@
+"""Offline (batch) jobs: inputs in a file, run in batches at low priority on spare capacity.
+
+A job's inputs are saved under ``<data dir>/jobs/<id>/inputs.npz`` and its record in the metadata
+store. The runner takes one batch at a time, through the same data plane as online queries
+(selection with the job's ``min_accuracy``: the cheapest variant that qualifies), marked offline:
+workers queue online requests ahead of it and the autoscaler does not count it as demand. While an
+online variant is overloaded, jobs pause. Each completed batch is written to its own file before
+the record advances, so a restarted server resumes a job from its last completed batch; the parts
+are merged into ``outputs.npz`` at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from infaas.errors import InfaasError, InvalidInput, NotFound
+from infaas.frontend.catalog import check_inputs
+from infaas.frontend.types import InferInput, InferRequest
+from infaas.registry import Signature
+from infaas.tensors import NUMPY_TO_V2
+
+if TYPE_CHECKING:
+    from infaas.frontend.dataplane import DataPlane
+
+log = logging.getLogger("infaas.jobs")
+
+ACTIVE = ("queued", "running", "paused")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class Job(BaseModel):
+    id: str
+    model: str  # a task, an architecture or a variant
+    min_accuracy: float | None = None
+    status: str = "queued"  # queued | running | paused | done | failed | cancelled
+    rows: int
+    done_rows: int = 0
+    batch_rows: int
+    created: float = Field(default_factory=time.time)
+    updated: float = Field(default_factory=time.time)
+    finished: float | None = None
+    reason: str = ""  # why it is paused, failed, ...
+    pauses: int = 0
+    paused_s: float = 0.0
+    variants: dict[str, int] = Field(default_factory=dict)  # rows served by each variant
+    files: list[str] = Field(default_factory=list)  # for directory jobs: the image file of each row
+    error: str | None = None
+
+    @property
+    def progress(self) -> float:
+        return self.done_rows / self.rows if self.rows else 1.0
+
+
+def load_images(directory: str | Path, sig: Signature) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Images of a directory (sorted by name), resized to the task's single NHWC UINT8 input."""
+    from PIL import Image
+
+    if len(sig.inputs) != 1 or sig.inputs[0].datatype != "UINT8" or len(sig.inputs[0].shape) != 4:
+        raise InvalidInput("a directory of images needs a task with one UINT8 input shaped [N, H, W, C]")
+    spec = sig.inputs[0]
+    _, height, width, channels = spec.shape
+    if min(height, width) < 1 or channels not in (1, 3):
+        raise InvalidInput(f"input '{spec.name}' has free image dimensions {list(spec.shape)}: send an .npz")
+    root = Path(directory)
+    if not root.is_dir():
+        raise InvalidInput(f"not a directory on the server: {directory}")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InvalidInput(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {directory}")
+    mode = "RGB" if channels == 3 else "L"
+    rows = []
+    for path in files:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert(mode).resize((width, height), Image.Resampling.BILINEAR))
+        rows.append(arr.reshape(height, width, channels))
+    return {spec.name: np.stack(rows)}, [p.name for p in files]
+
+
+class JobRunner:
+    def __init__(self, plane: DataPlane, data_dir: Path, batch_rows: int) -> None:
+        self.plane = plane
+        self.store = plane.registry.store
+        self.root = Path(data_dir) / "jobs"
+        self.batch_rows = batch_rows
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._inputs: tuple[str, dict[str, np.ndarray]] | None = None  # the current job's, cached
+        self._paused_at: dict[str, float] = {}
+
+    # ---- records ---------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job:
+        body = self.store.get("job", job_id)
+        if body is None:
+            raise NotFound(f"unknown job '{job_id}'")
+        return Job.model_validate(body)
+
+    def list(self) -> list[Job]:
+        return sorted((Job.model_validate(b) for b in self.store.list("job")), key=lambda j: j.created)
+
+    def _put(self, job: Job) -> None:
+        job.updated = time.time()
+        self.store.put("job", job.id, job.model, job.model_dump(mode="json"))
+
+    def result_path(self, job_id: str) -> Path:
+        job = self.get(job_id)
+        if job.status != "done":
+            raise InvalidInput(f"job {job_id} is {job.status} ({job.done_rows}/{job.rows} rows): no result yet")
+        return self.root / job_id / "outputs.npz"
+
+    # ---- submission ------------------------------------------------------------------------
+    def submit(self, model: str, inputs: dict[str, np.ndarray] | None = None, directory: str | None = None,
+               min_accuracy: float | None = None) -> Job:  # fmt: skip
+        scope, sig, variants, _ = self.plane.catalog.resolve(model, None)
+        if (inputs is None) == (directory is None):
+            raise InvalidInput("a job takes either an .npz of inputs or a directory of images")
+        files: list[str] = []
+        if directory is not None:
+            inputs, files = load_images(directory, sig)
+        assert inputs is not None
+        if min_accuracy is not None:
+            if not 0 <= min_accuracy <= 1:
+                raise InvalidInput(f"min_accuracy out of range: {min_accuracy:g}")
+            best = max((v.accuracy or 0.0 for v in variants if v.status == "ready"), default=0.0)
+            if best < min_accuracy:
+                raise InvalidInput(f"min_accuracy {min_accuracy:g} unreachable for {scope}: best is {best:g}")
+        req = InferRequest(model, None, [
+            InferInput(k, NUMPY_TO_V2.get(v.dtype, "?"), tuple(v.shape), v) for k, v in inputs.items()
+        ])  # fmt: skip
+        rows = check_inputs(req, sig)
+        job = Job(id=uuid.uuid4().hex[:12], model=model, min_accuracy=min_accuracy, rows=rows,
+                  batch_rows=self.batch_rows, files=files)  # fmt: skip
+        folder = self.root / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "inputs.npz", **inputs)
+        self._put(job)
+        self.plane.log_decision("job", f"job {job.id} submitted: {rows} rows of {scope}"
+                                + (f" at accuracy >= {min_accuracy:g}" if min_accuracy is not None else ""),
+                                job=job.id)  # fmt: skip
+        self._wake.set()
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.status in ACTIVE:
+            job.status, job.reason, job.finished = "cancelled", "cancelled by the user", time.time()
+            self._put(job)
+            self.plane.log_decision("job", f"job {job.id} cancelled at {job.done_rows}/{job.rows} rows", job=job.id)
+        return job
+
+    # ---- running ---------------------------------------------------------------------------
+    def start(self) -> None:
+        for job in self.list():  # after a restart: running ones resume from their last batch
+            if job.status in ("running", "paused"):
+                job.status, job.reason = "queued", f"resumed after a restart at {job.done_rows}/{job.rows} rows"
+                self._put(job)
+        self._task = asyncio.create_task(self._run(), name="infaas-jobs")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                job = next((j for j in self.list() if j.status in ACTIVE), None)
+                if job is None:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), 1.0)
+                    continue
+                await self._step(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("job runner")
+                self.plane.log_decision("error", f"job runner: {type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
+
+    def _busy(self) -> str | None:
+        scaler = self.plane.autoscaler
+        if scaler is None or not scaler.overloaded:
+            return None
+        name, why = next(iter(scaler.overloaded.items()))
+        return f"online variant {name} is overloaded ({why})"
+
+    async def _step(self, job: Job) -> None:
+        busy = self._busy()
+        if busy is not None:
+            if job.status != "paused":
+                job.status, job.reason, job.pauses = "paused", f"paused: {busy}", job.pauses + 1
+                self._paused_at[job.id] = time.monotonic()
+                self._put(job)
+                self.plane.log_decision("job", f"job {job.id} paused: {busy}", job=job.id)
+            await asyncio.sleep(0.25)
+            return
+        if job.status != "running":
+            if job.id in self._paused_at:
+                job.paused_s += time.monotonic() - self._paused_at.pop(job.id)
+                self.plane.log_decision("job", f"job {job.id} resumed: online load is back within capacity",
+                                        job=job.id)  # fmt: skip
+            job.status, job.reason = "running", ""
+            self._put(job)
+        if self._inputs is None or self._inputs[0] != job.id:
+            with np.load(self.root / job.id / "inputs.npz") as npz:
+                self._inputs = (job.id, {k: npz[k] for k in npz.files})
+        inputs = self._inputs[1]
+        start, end = job.done_rows, min(job.rows, job.done_rows + job.batch_rows)
+        params: dict[str, Any] = {} if job.min_accuracy is None else {"min_accuracy": job.min_accuracy}
+        req = InferRequest(job.model, None, [
+            InferInput(k, NUMPY_TO_V2[np.dtype(v.dtype)], (end - start, *v.shape[1:]), v[start:end])
+            for k, v in inputs.items()
+        ], parameters=params)  # fmt: skip
+        try:
+            resp = await self.plane.infer(req, offline=True)
+        except InvalidInput as exc:
+            return self._finish(job, "failed", f"{exc}")
+        except InfaasError as exc:  # unavailable, crashed worker, ...: retry this batch shortly
+            job.reason = f"retrying batch at row {start}: {exc}"
+            self._put(job)
+            await asyncio.sleep(1.0)
+            return
+        current = self.get(job.id)
+        if current.status not in ACTIVE:  # cancelled meanwhile
+            return
+        np.savez(self.root / job.id / f"part-{start:010d}.npz", **{o.name: o.data for o in resp.outputs})
+        variant = resp.parameters.get("variant", "?")
+        job.variants[variant] = job.variants.get(variant, 0) + (end - start)
+        job.done_rows = end
+        if end >= job.rows:
+            self._merge(job)
+            return self._finish(job, "done", "")
+        self._put(job)
+
+    def _merge(self, job: Job) -> None:
+        folder = self.root / job.id
+        parts = sorted(folder.glob("part-*.npz"))
+        merged: dict[str, list[np.ndarray]] = {}
+        for part in parts:
+            with np.load(part) as npz:
+                for k in npz.files:
+                    merged.setdefault(k, []).append(npz[k])
+        np.savez(folder / "outputs.npz", **{k: np.concatenate(v) for k, v in merged.items()})
+        for part in parts:
+            part.unlink()
+
+    def _finish(self, job: Job, status: str, reason: str) -> None:
+        job.status, job.reason, job.finished = status, reason, time.time()
+        if status == "failed":
+            job.error = reason
+        self._put(job)
+        self._inputs = None
+        took = job.finished - job.created
+        used = ", ".join(f"{v} ({n} rows)" for v, n in job.variants.items())
+        self.plane.log_decision("job", f"job {job.id} {status} after {took:.1f} s: {job.done_rows}/{job.rows} rows"
+                                + (f" on {used}" if used else "") + (f"; {reason}" if reason else "")
+                                + (f"; paused {job.pauses} time(s), {job.paused_s:.1f} s" if job.pauses else ""),
+                                job=job.id)  # fmt: skip
+

@@ -1,0 +1,176 @@
+"""HTTP load generators for KServe v2 endpoints: closed-loop (benchmarks) and open-loop ramps.
+
+Closed loop: each of C clients keeps one HTTP/1.1 keep-alive connection and sends the next request
+as soon as the last answer arrived. Open loop (:func:`ramp`): requests arrive at a set rate per
+stage whether or not earlier ones were answered, as real users do, so an overloaded server sees
+its queue grow. Lean on purpose (raw asyncio streams, no HTTP library): on a 2-core machine the
+load generator competes with the server for CPU, so its own cost must be small.
+
+    python -m infaas.loadgen --url http://127.0.0.1:8000 --path /v2/models/m/infer \
+        --body req.bin --header 'Inference-Header-Content-Length: 123' -c 32 -d 10 --warmup 2
+Prints one JSON object: requests, errors, throughput (req/s), latency percentiles (ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from urllib.parse import urlparse
+
+
+def build_request(host: str, path: str, body: bytes, headers: list[str]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}",
+             "Connection: keep-alive", *headers]  # fmt: skip
+    if not any(h.lower().startswith("content-type") for h in headers):
+        lines.append("Content-Type: application/octet-stream")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    """Send one request on a keep-alive connection, read the whole answer; returns the status."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return int(head[9:12])
+
+
+async def _client(host, port, request, start_at, stop_at, lat, errors):
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                break
+            status = await _exchange(reader, writer, request)
+            t1 = time.perf_counter()
+            if t0 >= start_at:
+                if status == 200:
+                    lat.append(t1 - t0)
+                else:
+                    errors.append(status)
+    finally:
+        writer.close()
+
+
+async def run(url: str, path: str, body: bytes, headers: list[str], concurrency: int, duration: float,
+              warmup: float) -> dict:  # fmt: skip
+    u = urlparse(url)
+    request = build_request(u.netloc, path, body, headers)
+    now = time.perf_counter()
+    start_at, stop_at = now + warmup, now + warmup + duration
+    lat: list[float] = []
+    errors: list[int] = []
+    await asyncio.gather(*(_client(u.hostname, u.port, request, start_at, stop_at, lat, errors)
+                           for _ in range(concurrency)))  # fmt: skip
+    return {"concurrency": concurrency, **_summary(lat, len(errors), duration)}
+
+
+def _summary(lat: list[float], errors: int, duration: float) -> dict:
+    lat = sorted(lat)
+
+    def pct(p):
+        return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000, 2) if lat else None
+
+    return {"duration_s": duration, "requests": len(lat), "errors": errors,
+            "throughput": round(len(lat) / duration, 2), "p50_ms": pct(50), "p90_ms": pct(90),
+            "p99_ms": pct(99), "mean_ms": round(sum(lat) / len(lat) * 1000, 2) if lat else None}  # fmt: skip
+
+
+async def ramp(url: str, path: str, body: bytes, headers: list[str], stages: list[tuple[float, float]],
+               max_connections: int = 256, slo_ms: float | None = None) -> list[dict]:  # fmt: skip
+    """Open-loop load: for each (requests per second, seconds) stage, send at that rate, evenly spaced.
+
+    Each request takes an idle keep-alive connection (or opens one, up to ``max_connections``;
+    past that, arrivals wait for one, which the stage's latencies then show). Returns per-stage
+    summaries of the requests that *arrived* in each stage, with ``slo_violations`` when ``slo_ms``.
+    """
+    u = urlparse(url)
+    request = build_request(u.netloc, path, body, headers)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    opened = 0
+    freed = asyncio.Condition()
+    results: list[tuple[list[float], list[int]]] = [([], []) for _ in stages]
+    tasks: set[asyncio.Task] = set()
+
+    async def one(stage: int) -> None:
+        nonlocal opened
+        t0 = time.perf_counter()
+        async with freed:
+            while not idle and opened >= max_connections:
+                await freed.wait()
+            conn = idle.pop() if idle else None
+            if conn is None:
+                opened += 1
+        try:
+            if conn is None:
+                conn = await asyncio.open_connection(u.hostname, u.port)
+            status = await _exchange(*conn, request)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            results[stage][1].append(getattr(exc, "errno", None) or -1)
+            async with freed:
+                opened -= 1
+                freed.notify()
+            return
+        (results[stage][0] if status == 200 else results[stage][1]).append(
+            time.perf_counter() - t0 if status == 200 else status)
+        async with freed:
+            idle.append(conn)
+            freed.notify()
+
+    start = time.perf_counter()
+    for i, (rate, seconds) in enumerate(stages):
+        n = int(rate * seconds)
+        for k in range(n):
+            at = start + k / rate
+            if (delay := at - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        start += seconds
+        if (delay := start - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+    if tasks:
+        await asyncio.gather(*tasks)
+    for _, writer in idle:
+        writer.close()
+    out = []
+    for (rate, seconds), (lat, errors) in zip(stages, results, strict=True):
+        row = {"rate": rate, **_summary(lat, len(errors), seconds)}
+        if slo_ms is not None:
+            row["slo_violations"] = sum(t * 1000 > slo_ms for t in lat) + len(errors)
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--path", required=True)
+    p.add_argument("--body", required=True, help="file with the request body")
+    p.add_argument("--header", action="append", default=[])
+    p.add_argument("-c", "--concurrency", type=int, default=8)
+    p.add_argument("-d", "--duration", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    args = p.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    with open(args.body, "rb") as f:
+        body = f.read()
+    result = asyncio.run(run(args.url, args.path, body, args.header, args.concurrency, args.duration,
+                             args.warmup))  # fmt: skip
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Autoscaling end to end: a real server, an open-loop load ramp, and the decision log."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from infaas.client import Client
+from infaas.frontend.server import BackgroundServer
+from infaas.loadgen import ramp
+from infaas.policy.autoscale import capacity_rps
+from infaas.registry import Registry
+from infaas.settings import Settings
+from infaas.zoo import digits
+from tests.conftest import copy_data_dir, wait_until
+
+pytestmark = pytest.mark.slow
+
+SCALE_UP = {"replicate", "upgrade", "add_worker"}
+SCALE_DOWN = {"unload", "downgrade", "remove_worker"}
+
+
+@pytest.fixture(scope="session")
+def wide_dir(tmp_path_factory):
+    """digits-conv (heavy on purpose: a few hundred to a few thousand rows/s on one core) registered and profiled (quick)."""
+    from infaas.profiler import profile_architecture
+
+    model = digits.heavy()
+    path = tmp_path_factory.mktemp("wide")
+    registry = Registry.open(path)
+    registry.register(model.name, model.task, model.onnx, validation=model.validation,
+                      calibration=model.calibration, max_batch=16, threads=1)  # fmt: skip
+    asyncio.run(profile_architecture(registry, model.name, Settings(data_dir=path), quick=True))
+    registry.close()
+    return path
+
+
+def json_body(rows: int) -> bytes:
+    x, _ = digits.sample_inputs(rows)
+    return orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                     "data": x.ravel().tolist()}]})  # fmt: skip
+
+
+def test_a_load_ramp_scales_up_and_after_it_scales_down(wide_dir, tmp_path):
+    settings = Settings(data_dir=copy_data_dir(wide_dir, tmp_path / "d"), port=0, workers=1, cores_per_worker=1,
+                        max_workers=2, scale_down_s=3.0, idle_unload_s=600, profile_on_register=False)  # fmt: skip
+    server = BackgroundServer(settings).start()
+    client = Client(server.url)
+    try:
+        plane = server.dataplane
+        (name,) = {n for w in plane.cluster.workers for n in w.loaded_names()}
+        variant, profile = plane.catalog.variants[name], plane.catalog.profiles[name]
+        per_second = capacity_rps(profile, variant.max_batch) / 16  # requests of 16 rows
+        stages = [(0.2 * per_second, 2.0), (1.6 * per_second, 6.0)]
+        results = asyncio.run(ramp(server.url, "/v2/models/digits-conv/infer", json_body(16),
+                                   ["Content-Type: application/json"], stages))  # fmt: skip
+        assert sum(r["requests"] for r in results) > 0.5 * sum(rate * s for rate, s in stages)
+
+        def kinds():
+            return [d["kind"] for d in client.decisions(1000)]
+
+        assert SCALE_UP & set(kinds()), kinds()
+        assert results[0]["errors"] == 0 and results[1]["errors"] == 0, results
+        # the load is over: the capacity goes again after the hysteresis time (3 s), replica then worker
+        # (when the scale-up added one)
+        assert wait_until(lambda: SCALE_DOWN & set(kinds()[max(i for i, k in enumerate(kinds()) if k in SCALE_UP):]),
+                          timeout=60), kinds()  # fmt: skip
+        if "add_worker" in kinds():
+            assert wait_until(lambda: "remove_worker" in kinds(), timeout=30), kinds()
+            assert len(plane.cluster.workers) == 1
+        log = client.decisions(1000)
+        for d in log:
+            if d["kind"] in SCALE_UP | SCALE_DOWN:
+                assert d["reason"], d
+        up = next(d for d in log if d["kind"] in SCALE_UP)
+        assert "overloaded" in up["reason"]
+        report = client.autoscale()
+        assert report["ticks"] > 5 and report["errors"] == 0 and report["limits"]["max_workers"] == 2
+    finally:
+        client.close()
+        server.stop()
