@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def copy_data_dir(src: Path, dst: Path) -> Path:
 def digits_server(tmp_path_factory, digits_data_dir):
     """A running server (uvicorn on a free port, one real worker process) over the digits zoo."""
     data = copy_data_dir(digits_data_dir, tmp_path_factory.mktemp("srv") / "data")
-    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1)).start()
+    server = BackgroundServer(Settings(data_dir=data, port=0, grpc_port=0, workers=1)).start()
     yield server
     server.stop()
 
@@ -61,13 +62,26 @@ def digits_samples():
 @pytest.fixture(scope="session")
 def digits_profiled_dir(tmp_path_factory, digits_data_dir) -> Path:
     """The digits data directory with every architecture's variants generated and profiled (quick)."""
-    import asyncio
-
     from infaas.profiler import profile_architecture
 
     path = copy_data_dir(digits_data_dir, tmp_path_factory.mktemp("digits-profiled") / "d")
     registry = Registry.open(path)
     for arch in registry.architectures():
         asyncio.run(profile_architecture(registry, arch.name, Settings(data_dir=path), quick=True))
+    registry.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def heavy_dir(tmp_path_factory):
+    """digits-conv (heavy on purpose: a few hundred to a few thousand rows/s on one core) registered and profiled (quick)."""
+    from infaas.profiler import profile_architecture
+
+    model = digits.heavy()
+    path = tmp_path_factory.mktemp("heavy")
+    registry = Registry.open(path)
+    registry.register(model.name, model.task, model.onnx, validation=model.validation,
+                      calibration=model.calibration, max_batch=16, threads=1)  # fmt: skip
+    asyncio.run(profile_architecture(registry, model.name, Settings(data_dir=path), quick=True))
     registry.close()
     return path

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int | None = Field(None, description="KServe v2 gRPC port (Triton's is 8001); unset: no gRPC")
 
     workers: int = Field(1, ge=1, description="worker processes to start")
     cores_per_worker: int = Field(0, ge=0, description="0: split this machine's cores evenly")

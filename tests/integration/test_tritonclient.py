@@ -1,62 +1,127 @@
-"""tritonclient (a client no one here wrote) against infaas over HTTP, JSON and binary."""
+"""tritonclient (a client no one here wrote) against infaas: HTTP JSON, HTTP binary, and gRPC."""
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+PROTOCOLS = ["http-json", "http-binary", "grpc"]
 
-@pytest.fixture(scope="module")
-def triton(digits_server):
-    client = httpclient.InferenceServerClient(digits_server.url.removeprefix("http://"))
-    yield client
-    client.close()
+
+class Triton:
+    """One test body for both of tritonclient's protocols (their APIs differ in small ways)."""
+
+    def __init__(self, protocol: str, server) -> None:
+        self.protocol = protocol
+        self.grpc = protocol == "grpc"
+        self.binary = protocol != "http-json"
+        self.lib = grpcclient if self.grpc else httpclient
+        url = server.grpc_url if self.grpc else server.url.removeprefix("http://")
+        self.client = self.lib.InferenceServerClient(url)
+
+    def json(self, method: str, *args, **kwargs):
+        if self.grpc:
+            kwargs["as_json"] = True
+        return getattr(self.client, method)(*args, **kwargs)
+
+    def input(self, x: np.ndarray):
+        inp = self.lib.InferInput("input", list(x.shape), "FP32")
+        if self.grpc:
+            inp.set_data_from_numpy(x)
+        else:
+            inp.set_data_from_numpy(x, binary_data=self.binary)
+        return inp
+
+    def outputs(self):
+        if self.grpc:
+            return [self.lib.InferRequestedOutput("label"), self.lib.InferRequestedOutput("probabilities")]
+        return [self.lib.InferRequestedOutput(n, binary_data=self.binary) for n in ("label", "probabilities")]
+
+    def params(self, result) -> dict:
+        """The response parameters as plain values (gRPC wraps each in an InferParameter)."""
+        raw = result.get_response(as_json=True) if self.grpc else result.get_response()
+        params = raw.get("parameters", {})
+        if self.grpc:
+            return {k: next(iter(v.values())) for k, v in params.items()}
+        return params
+
+
+@pytest.fixture(scope="module", params=PROTOCOLS)
+def triton(request, digits_server):
+    t = Triton(request.param, digits_server)
+    yield t
+    t.client.close()
 
 
 def test_health_and_metadata(triton):
-    assert triton.is_server_live() and triton.is_server_ready()
-    assert triton.get_server_metadata()["name"] == "infaas"
-    assert triton.is_model_ready("digits-mlp")
-    assert triton.is_model_ready("digits-classification")
-    meta = triton.get_model_metadata("digits-mlp")
-    assert meta["inputs"][0]["name"] == "input"
-    assert triton.get_model_config("digits-mlp")["max_batch_size"] == 16
-    assert "model_stats" in triton.get_inference_statistics("digits-mlp")
-    assert any(m["name"] == "digits-classification" for m in triton.get_model_repository_index())
+    c = triton.client
+    assert c.is_server_live() and c.is_server_ready()
+    assert triton.json("get_server_metadata")["name"] == "infaas"
+    assert c.is_model_ready("digits-mlp") and c.is_model_ready("digits-classification")
+    meta = triton.json("get_model_metadata", "digits-mlp")
+    assert meta["inputs"][0]["name"] == "input" and meta["inputs"][0]["shape"] in ([-1, 64], ["-1", "64"])
+    config = triton.json("get_model_config", "digits-mlp")
+    config = config.get("config", config)
+    assert int(config["max_batch_size"]) == 16 and config["input"][0]["data_type"] == "TYPE_FP32"
+    assert "model_stats" in triton.json("get_inference_statistics", "digits-mlp")
+    index = triton.json("get_model_repository_index")
+    models = index["models"] if isinstance(index, dict) else index
+    assert any(m["name"] == "digits-classification" for m in models)
 
 
-@pytest.mark.parametrize("binary", [False, True])
 @pytest.mark.parametrize("model", ["digits-classification", "digits-logreg"])
-def test_infer_json_and_binary(triton, digits_samples, binary, model):
+def test_infer(triton, digits_samples, model):
     x, y = digits_samples
-    inp = httpclient.InferInput("input", [8, 64], "FP32")
-    inp.set_data_from_numpy(x[:8], binary_data=binary)
-    outputs = [httpclient.InferRequestedOutput("label", binary_data=binary),
-               httpclient.InferRequestedOutput("probabilities", binary_data=binary)]  # fmt: skip
-    result = triton.infer(model, [inp], outputs=outputs, request_id="r1")
+    result = triton.client.infer(model, [triton.input(x[:8])], outputs=triton.outputs(), request_id="r1")
     labels = result.as_numpy("label")
     assert labels.shape == (8,) and (labels == y[:8]).mean() >= 0.75
     assert result.as_numpy("probabilities").shape == (8, 10)
-    response = result.get_response()
-    assert response["id"] == "r1"
-    assert response["parameters"]["variant"].startswith("digits-")
+    assert result.get_response(as_json=True)["id"] == "r1" if triton.grpc else result.get_response()["id"] == "r1"
+    params = triton.params(result)
+    assert params["variant"].startswith(model if model != "digits-classification" else "digits-")
+    assert params["reason"] and params["worker"] == "w0"
+
+
+def test_outputs_equal_across_protocols(digits_server, digits_samples):
+    x = digits_samples[0][:16]
+    answers = []
+    for protocol in PROTOCOLS:
+        t = Triton(protocol, digits_server)
+        answers.append(t.client.infer("digits-logreg", [t.input(x)], outputs=t.outputs()).as_numpy("probabilities"))
+        t.client.close()
+    np.testing.assert_allclose(answers[0], answers[2], rtol=1e-6)  # JSON text round trip vs raw bytes
+    np.testing.assert_array_equal(answers[1], answers[2])  # binary HTTP and gRPC: the same bytes
 
 
 def test_explicit_variant_version_and_parameters(triton, digits_samples):
-    version = triton.get_model_metadata("digits-tree")["versions"][0]
-    inp = httpclient.InferInput("input", [2, 64], "FP32")
-    inp.set_data_from_numpy(digits_samples[0][:2])
-    result = triton.infer("digits-tree", [inp], model_version=version, parameters={"drop_late": True})
-    assert result.get_response()["model_version"] == version
+    version = triton.json("get_model_metadata", "digits-tree")["versions"][0]
+    result = triton.client.infer("digits-tree", [triton.input(digits_samples[0][:2])], model_version=version,
+                                 parameters={"drop_late": True})  # fmt: skip
+    response = result.get_response(as_json=True) if triton.grpc else result.get_response()
+    assert response["model_version"] == version
+
+
+def test_model_less_query_with_objectives(triton, digits_samples):
+    result = triton.client.infer("digits-classification", [triton.input(digits_samples[0][:4])],
+                                 parameters={"min_accuracy": 0.97})  # fmt: skip
+    params = triton.params(result)
+    assert params["variant"].startswith("digits-mlp") and "0.97" in params["reason"]
+    with pytest.raises(InferenceServerException, match="min_accuracy 0.999 unreachable") as exc:
+        triton.client.infer("digits-classification", [triton.input(digits_samples[0][:1])],
+                            parameters={"min_accuracy": 0.999})  # fmt: skip
+    if triton.grpc:
+        assert exc.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
 def test_errors_surface_as_inference_server_exception(triton, digits_samples):
-    inp = httpclient.InferInput("input", [1, 63], "FP32")
-    inp.set_data_from_numpy(np.zeros((1, 63), np.float32))
-    with pytest.raises(InferenceServerException, match=r"shape \[1, 63\], expected \[-1, 64\]"):
-        triton.infer("digits-mlp", [inp])
-    good = httpclient.InferInput("input", [1, 64], "FP32")
-    good.set_data_from_numpy(digits_samples[0][:1])
-    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
-        triton.infer("nope", [good])
-    assert triton.infer("digits-mlp", [good]).as_numpy("label").shape == (1,)
+    with pytest.raises(InferenceServerException, match=r"shape \[1, 63\], expected \[-1, 64\]") as exc:
+        triton.client.infer("digits-mlp", [triton.input(np.zeros((1, 63), np.float32))])
+    if triton.grpc:
+        assert exc.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'") as exc:
+        triton.client.infer("nope", [triton.input(digits_samples[0][:1])])
+    if triton.grpc:
+        assert exc.value.status() == "StatusCode.NOT_FOUND"
+    # the server keeps serving
+    assert triton.client.infer("digits-mlp", [triton.input(digits_samples[0][:1])]).as_numpy("label").shape == (1,)

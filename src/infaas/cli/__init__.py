@@ -1,4 +1,5 @@
-"""``infaas`` command line: serve, register, models, variants, infer, zoo, demo, workers, decisions."""
+"""``infaas`` command line: serve, register, models, variants, profile, infer, zoo, workers, job, decisions,
+remove, demo."""
 
 from __future__ import annotations
 
@@ -56,11 +57,15 @@ def cmd_serve(args) -> None:
     from infaas.frontend.server import serve
 
     settings = load_settings(args.config, data_dir=args.data_dir, host=args.host, port=args.port,
+                             grpc_port=args.grpc_port,
                              workers=args.workers, cores_per_worker=args.cores_per_worker,
                              max_queue_delay_us=args.max_queue_delay_us,
-                             instances_per_variant=args.instances)  # fmt: skip
+                             instances_per_variant=args.instances, min_workers=args.min_workers,
+                             max_workers=args.max_workers, scale_down_s=args.scale_down_s,
+                             autoscale=False if args.no_autoscale else None)  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    err.print(f"[bold]infaas[/] serving on http://{settings.host}:{settings.port} "
+    grpc_text = f" and grpc://{settings.host}:{settings.grpc_port}" if settings.grpc_port is not None else ""
+    err.print(f"[bold]infaas[/] serving on http://{settings.host}:{settings.port}{grpc_text} "
               f"(data dir {settings.data_dir}, {settings.workers} worker(s))")  # fmt: skip
     serve(settings)
 
@@ -300,10 +305,86 @@ def cmd_infer(args) -> None:
 def cmd_workers(args) -> None:
     with _client(args) as client:
         workers = client.workers()
-    rows = ((w["name"], w["pid"], ",".join(map(str, w["cores"])), w["alive"], w["restarts"], w["outstanding"],
+        scaling = client.autoscale()
+    if args.json:
+        _print_json({"workers": workers, "autoscale": scaling})
+        return
+
+    def pct(x):
+        return "-" if x is None else f"{x:.0%}"
+
+    rows = ((w["name"], ",".join(map(str, w["cores"])), "yes" if w["alive"] else "no", w["restarts"], pct(w["cpu"]),
+             "-" if w["rss_mb"] is None else f"{w['rss_mb']:.0f}", w["outstanding"],
              "\n".join(w["loaded"]) or "-") for w in workers)  # fmt: skip
-    _show(args, workers, "workers",
-          ("worker", "pid", "cores", "alive", "restarts", "in flight", "loaded variants"), rows)  # fmt: skip
+    _show(args, workers, "workers", ("worker", "cores", "alive", "restarts", "cpu", "MB", "in flight",
+                                     "loaded variants"), rows)  # fmt: skip
+    if not scaling.get("enabled"):
+        console.print("autoscaling is off")
+        return
+    lim = scaling["limits"]
+    console.print(f"autoscaling: workers {lim['min_workers']}..{lim['max_workers']}, scale down after "
+                  f"{lim['scale_down_s']:g} s of low load, unload after {lim['idle_unload_s']:g} s idle")  # fmt: skip
+    states = scaling["variants"]
+    rows = ((n, s.get("state", "-"), f"{s.get('demand_rps', 0):.0f}/{s.get('capacity_rps', 0):.0f}",
+             ",".join(s.get("replicas", [])), s.get("reason", "")) for n, s in sorted(states.items()))  # fmt: skip
+    _show(args, states, "variant states", ("variant", "state", "rows/s demand/capacity", "on", "why"), rows)
+
+
+def _job_line(job: dict) -> str:
+    return (f"{job['id']} {job['status']} {job['done_rows']}/{job['rows']} rows"
+            + (f" ({job['reason']})" if job["reason"] else ""))  # fmt: skip
+
+
+def cmd_job(args) -> None:
+    with _client(args) as client:
+        if args.action == "submit":
+            if not args.target or (args.input is None) == (args.dir is None):
+                raise ValueError("job submit MODEL needs --input FILE.npz or --dir DIRECTORY (of images)")
+            job = client.submit_job(args.target, args.input, directory=args.dir, min_accuracy=args.min_accuracy)
+            if args.json:
+                _print_json(job)
+            else:
+                console.print(f"job [bold]{job['id']}[/] submitted: {job['rows']} rows of {job['model']}")
+                console.print(f"follow it with: infaas job status {job['id']} --watch")
+            return
+        if args.action == "status" and not args.target:
+            jobs = client.jobs()
+            rows = ((j["id"], j["model"], j["status"], f"{j['done_rows']}/{j['rows']}", j["reason"]) for j in jobs)
+            _show(args, jobs, "jobs", ("job", "model", "status", "rows", "reason"), rows)
+            return
+        if not args.target:
+            raise ValueError(f"job {args.action} needs a job id")
+        if args.action == "cancel":
+            job = client.cancel_job(args.target)
+            _print_json(job) if args.json else console.print(_job_line(job))
+        elif args.action == "result":
+            outputs = client.job_result(args.target)
+            out = args.output or f"{args.target}.npz"
+            np.savez(out, **outputs)
+            console.print(f"saved {', '.join(f'{k} {list(v.shape)}' for k, v in outputs.items())} to {out}")
+        elif args.watch:
+            _watch_job(client, args.target)
+        else:
+            job = client.job(args.target)
+            _print_json(job) if args.json else console.print(_job_line(job))
+
+
+def _watch_job(client: Client, job_id: str) -> None:
+    """A progress bar until the job finishes; its description says when and why it is paused."""
+    job = client.job(job_id)
+    with Progress(console=err) as progress:
+        bar = progress.add_task(job_id, total=job["rows"])
+        while True:
+            job = client.job(job_id)
+            what = job["status"] + (f": {job['reason']}" if job["status"] == "paused" else "")
+            progress.update(bar, completed=job["done_rows"], description=f"{job_id} {what}"[:70])
+            if job["status"] in ("done", "failed", "cancelled"):
+                break
+            time.sleep(0.5)
+    console.print(_job_line(job))
+    if job["status"] == "done":
+        used = ", ".join(f"{v} ({n})" for v, n in job["variants"].items())
+        console.print(f"served by {used}; result: infaas job result {job_id} -o out.npz")
 
 
 def cmd_decisions(args) -> None:
@@ -345,12 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the server (KServe v2 REST)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--grpc-port", type=int, help="also serve KServe v2 over gRPC on this port (Triton uses 8001)")
     p.add_argument("--data-dir", help="registry and model store (env INFAAS_DATA_DIR)")
     p.add_argument("--workers", type=int, help="worker processes (default 1)")
     p.add_argument("--cores-per-worker", type=int, help="default: split the cores evenly")
     p.add_argument("--max-queue-delay-us", type=int, help="batching: longest wait for a fuller batch")
     p.add_argument("--instances", type=int,
                    help="runtime instances per loaded variant (default 1; one per core trades latency for throughput)")
+    p.add_argument("--min-workers", type=int, help="autoscaling: never fewer workers (default: --workers)")
+    p.add_argument("--max-workers", type=int, help="autoscaling: never more (default: as many as cores allow)")
+    p.add_argument("--scale-down-s", type=float, help="autoscaling: low load this long before capacity goes")
+    p.add_argument("--no-autoscale", action="store_true", help="no controller: a fixed placement")
     p.add_argument("--config", help="JSON settings file (env INFAAS_CONFIG)")
     p.set_defaults(fn=cmd_serve)
 
@@ -394,12 +480,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = client_cmd("zoo", "ready model families")
     p.add_argument("action", choices=["add", "list"])
-    p.add_argument("family", nargs="?", default="digits", choices=["digits", "efficientnet-lite"])
+    p.add_argument("family", nargs="?", default="digits", choices=["digits", "digits-heavy", "efficientnet-lite"])
     registration_flags(p)
     p.set_defaults(fn=cmd_zoo)
 
     p = client_cmd("workers", "list workers and what they host")
     p.set_defaults(fn=cmd_workers)
+
+    p = client_cmd("job", "offline batch jobs: submit, status [--watch], result, cancel")
+    p.add_argument("action", choices=["submit", "status", "result", "cancel"])
+    p.add_argument("target", nargs="?", help="submit: a task, architecture or variant; others: the job id")
+    p.add_argument("--input", help="submit: .npz of inputs, by input name")
+    p.add_argument("--dir", help="submit: a directory of images (on the server) for an image task")
+    p.add_argument("--min-accuracy", type=float, dest="min_accuracy", help="submit: lowest accuracy allowed")
+    p.add_argument("--watch", action="store_true", help="status: a progress bar until it finishes")
+    p.add_argument("-o", "--output", help="result: where to save the outputs (.npz)")
+    p.set_defaults(fn=cmd_job)
 
     p = client_cmd("decisions", "recent decisions and their reasons")
     p.add_argument("--limit", type=int, default=50)

@@ -162,6 +162,7 @@ class JobRunner:
             if job.status in ("running", "paused"):
                 job.status, job.reason = "queued", f"resumed after a restart at {job.done_rows}/{job.rows} rows"
                 self._put(job)
+                self.plane.log_decision("job", f"job {job.id} {job.reason}", job=job.id)
         self._task = asyncio.create_task(self._run(), name="infaas-jobs")
 
     async def stop(self) -> None:

@@ -29,7 +29,7 @@ def _as_dict(value: Any, what: str) -> dict:
     return value
 
 
-def _shape(raw: Any, name: str, limit: int) -> tuple[int, ...]:
+def check_shape(raw: Any, name: str, limit: int) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
         raise InvalidInput(f"input '{name}': shape must be a list of integers")
     if any(d < 0 for d in raw):
@@ -66,6 +66,22 @@ def encode_bytes_tensor(arr: np.ndarray) -> bytes:
         parts.append(struct.pack("<I", len(b)))
         parts.append(b)
     return b"".join(parts)
+
+
+def tensor_from_bytes(chunk: memoryview | bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """A tensor from its raw little-endian bytes (BYTES: length-prefixed elements), size-checked."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return decode_bytes_tensor(memoryview(chunk), count, name).reshape(shape)
+    expected = count * itemsize(datatype)
+    if len(chunk) != expected:
+        raise InvalidInput(f"input '{name}': {len(chunk)} bytes of binary data, shape {list(shape)} of "
+                           f"{datatype} needs {expected}")  # fmt: skip
+    return np.frombuffer(chunk, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
+
+
+def tensor_to_bytes(arr: np.ndarray, datatype: str) -> bytes:
+    return encode_bytes_tensor(arr) if datatype == "BYTES" else np.ascontiguousarray(arr).tobytes()
 
 
 def _json_data(raw: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -133,7 +149,7 @@ def decode_request(
         datatype = raw.get("datatype")
         if datatype not in V2_TO_NUMPY:
             raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}")
-        shape = _shape(raw.get("shape"), name, max_elements)
+        shape = check_shape(raw.get("shape"), name, max_elements)
         in_params = _as_dict(raw.get("parameters"), f"input '{name}' parameters")
         size = in_params.get("binary_data_size")
         if size is not None:
@@ -146,17 +162,7 @@ def decode_request(
                 )
             chunk = binary[offset : offset + size]
             offset += size
-            count = math.prod(shape)
-            if datatype == "BYTES":
-                arr = decode_bytes_tensor(chunk, count, name).reshape(shape)
-            else:
-                expected = count * itemsize(datatype)
-                if size != expected:
-                    raise InvalidInput(
-                        f"input '{name}': {size} bytes of binary data, shape {list(shape)} of "
-                        f"{datatype} needs {expected}"
-                    )
-                arr = np.frombuffer(chunk, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
+            arr = tensor_from_bytes(chunk, datatype, shape, name)
         elif "data" in raw:
             arr = _json_data(raw["data"], datatype, shape, name)
         else:
@@ -189,11 +195,7 @@ def encode_response(resp: InferResponse) -> tuple[bytes, dict[str, str]]:
     for out in resp.outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
         if out.binary:
-            blob = (
-                encode_bytes_tensor(out.data)
-                if out.datatype == "BYTES"
-                else np.ascontiguousarray(out.data).tobytes()
-            )
+            blob = tensor_to_bytes(out.data, out.datatype)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif out.datatype == "BYTES":

@@ -1,4 +1,4 @@
-"""Assemble and run a server: registry + cluster + data plane + REST on uvicorn."""
+"""Assemble and run a server: registry + cluster + data plane + REST on uvicorn (+ gRPC on grpc.aio)."""
 
 from __future__ import annotations
 
@@ -31,11 +31,19 @@ def build(settings: Settings):
     @contextlib.asynccontextmanager
     async def lifespan(app) -> AsyncIterator[None]:
         await dp.start()
+        grpc_frontend = None
+        if settings.grpc_port is not None:
+            from infaas.frontend.grpc_server import GrpcFrontend
+
+            grpc_frontend = GrpcFrontend(dp)
+            await grpc_frontend.start(settings.host, settings.grpc_port)
         log.info("infaas ready: %d workers, %d architectures", len(cluster.workers),
                  len(dp.catalog.architectures))  # fmt: skip
         try:
             yield
         finally:
+            if grpc_frontend is not None:
+                await grpc_frontend.stop()
             await dp.stop()
             registry.close()
 
@@ -67,6 +75,8 @@ class BackgroundServer:
     def __init__(self, settings: Settings) -> None:
         if settings.port == 0:
             settings = settings.with_overrides(port=free_port(settings.host))
+        if settings.grpc_port == 0:
+            settings = settings.with_overrides(grpc_port=free_port(settings.host))
         self.settings = settings
         self.app, self.dataplane = build(settings)
         self.server = uvicorn.Server(uvicorn_config(self.app, settings))
@@ -77,6 +87,13 @@ class BackgroundServer:
     @property
     def url(self) -> str:
         return f"http://{self.settings.host}:{self.settings.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint (tritonclient's form); set ``grpc_port`` (0: any free port)."""
+        if self.settings.grpc_port is None:
+            raise RuntimeError("this server has no gRPC endpoint (grpc_port is unset)")
+        return f"{self.settings.host}:{self.settings.grpc_port}"
 
     def _run(self) -> None:
         try:

@@ -2,7 +2,7 @@
 
 from infaas.zoo.digits import ZooModel
 
-FAMILIES = ("digits", "efficientnet-lite")
+FAMILIES = ("digits", "digits-heavy", "efficientnet-lite")
 
 
 def build_family(name: str) -> list[ZooModel]:
@@ -11,6 +11,10 @@ def build_family(name: str) -> list[ZooModel]:
         from infaas.zoo import digits
 
         return digits.build()
+    if name == "digits-heavy":  # one slow model for the digits task: load a small machine (autoscaling demos)
+        from infaas.zoo import digits
+
+        return [digits.heavy()]
     if name == "efficientnet-lite":
         from infaas.zoo import efficientnet
 

@@ -1,0 +1,160 @@
+"""Offline jobs: correct outputs, yielding to online load, surviving a restart; CLI and images."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from infaas.client import Client, InfaasClientError
+from infaas.frontend.server import BackgroundServer
+from infaas.loadgen import ramp
+from infaas.policy.autoscale import capacity_rps
+from infaas.registry import Registry
+from infaas.settings import Settings
+from infaas.zoo import digits
+from tests.conftest import copy_data_dir, wait_until
+from tests.integration.test_autoscale import json_body
+
+pytestmark = pytest.mark.slow
+
+
+def rows(n: int, seed: int = 1) -> np.ndarray:
+    x, _ = digits.sample_inputs(n=min(n, 500))
+    return np.resize(x, (n, 64)) + np.random.default_rng(seed).uniform(0, 1, (n, 64)).astype(np.float32)
+
+
+def direct(client: Client, variant: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    arch = variant.split(".")[0]
+    parts = [client.infer(arch, x[i : i + 16], version=variant).outputs for i in range(0, len(x), 16)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@pytest.fixture()
+def server(digits_profiled_dir, tmp_path):
+    srv = BackgroundServer(Settings(data_dir=copy_data_dir(digits_profiled_dir, tmp_path / "d"), port=0,
+                                    workers=1, profile_on_register=False)).start()  # fmt: skip
+    yield srv
+    srv.stop()
+
+
+def test_a_job_completes_and_its_outputs_equal_direct_inference(server):
+    x = rows(1000)
+    with Client(server.url) as client:
+        job = client.submit_job("digits-classification", {"input": x}, min_accuracy=0.96)
+        assert job["status"] == "queued" and job["rows"] == 1000
+        assert wait_until(lambda: client.job(job["id"])["status"] == "done", timeout=60), client.job(job["id"])
+        done = client.job(job["id"])
+        assert done["progress"] == 1.0 and sum(done["variants"].values()) == 1000
+        (variant,) = done["variants"]  # one variant served it: the cheapest with accuracy >= 0.96
+        assert next(v for v in client.variants() if v["name"] == variant)["accuracy"] >= 0.96
+        result = client.job_result(job["id"])
+        expected = direct(client, variant, x)
+        np.testing.assert_array_equal(result["label"], expected["label"])
+        np.testing.assert_allclose(result["probabilities"], expected["probabilities"], rtol=1e-6, atol=1e-7)
+        assert any(d["kind"] == "job" and "done" in d["reason"] for d in client.decisions(1000))
+
+
+def test_bad_jobs_get_clear_errors(server):
+    with Client(server.url) as client:
+        with pytest.raises(InfaasClientError) as exc:
+            client.submit_job("digits-classification", {"input": np.zeros((4, 10), np.float32)})
+        assert exc.value.status == 400 and "shape [4, 10], expected [-1, 64]" in exc.value.message
+        with pytest.raises(InfaasClientError) as exc:
+            client.submit_job("digits-classification", {"input": rows(4)}, min_accuracy=0.999)
+        assert exc.value.status == 400 and "unreachable" in exc.value.message
+        with pytest.raises(InfaasClientError) as exc:
+            client.submit_job("no-such-task", {"input": rows(4)})
+        assert exc.value.status == 404
+        with pytest.raises(InfaasClientError) as exc:
+            client.job("nope")
+        assert exc.value.status == 404
+        job = client.submit_job("digits-classification", {"input": rows(50_000)})
+        with pytest.raises(InfaasClientError) as exc:
+            client.job_result(job["id"])
+        assert exc.value.status == 400 and "no result yet" in exc.value.message
+        assert client.cancel_job(job["id"])["status"] == "cancelled"
+        assert client.live()
+
+
+def test_a_job_survives_a_restart_and_resumes_from_its_last_batch(digits_profiled_dir, tmp_path):
+    settings = Settings(data_dir=copy_data_dir(digits_profiled_dir, tmp_path / "d"), port=0, workers=1,
+                        profile_on_register=False)  # fmt: skip
+    x = rows(30_000)
+    server = BackgroundServer(settings).start()
+    with Client(server.url) as client:
+        job = client.submit_job("digits-classification", {"input": x}, min_accuracy=0.96)
+        assert wait_until(lambda: client.job(job["id"])["done_rows"] >= 2000, timeout=60)
+    server.stop()
+    registry = Registry.open(settings.data_dir)
+    stopped = registry.store.get("job", job["id"])
+    registry.close()
+    assert 2000 <= stopped["done_rows"] < 30_000 and stopped["status"] in ("running", "paused"), stopped
+
+    server = BackgroundServer(settings).start()
+    try:
+        with Client(server.url) as client:
+            assert wait_until(lambda: client.job(job["id"])["status"] == "done", timeout=120)
+            done = client.job(job["id"])
+            assert sum(done["variants"].values()) == 30_000  # resumed, not started again
+            log = [d["reason"] for d in client.decisions(1000)]
+            assert f"job {job['id']} resumed after a restart at {stopped['done_rows']}/30000 rows" in log
+            (variant,) = done["variants"]
+            result = client.job_result(job["id"])
+            assert result["label"].shape == (30_000,)
+            at = stopped["done_rows"]
+            sample = np.r_[0:64, at - 32 : at + 32, 29_936:30_000]
+            np.testing.assert_array_equal(result["label"][sample], direct(client, variant, x[sample])["label"])
+    finally:
+        server.stop()
+
+
+def test_a_job_pauses_while_online_load_is_high(heavy_dir, tmp_path):
+    settings = Settings(data_dir=copy_data_dir(heavy_dir, tmp_path / "d"), port=0, workers=1, cores_per_worker=1,
+                        max_workers=1, profile_on_register=False)  # fmt: skip
+    server = BackgroundServer(settings).start()
+    try:
+        plane = server.dataplane
+        (name,) = {n for w in plane.cluster.workers for n in w.loaded_names()}
+        per_second = capacity_rps(plane.catalog.profiles[name], plane.catalog.variants[name].max_batch) / 16
+        load = threading.Thread(target=lambda: asyncio.run(ramp(
+            server.url, "/v2/models/digits-conv/infer", json_body(16), ["Content-Type: application/json"],
+            [(1.5 * per_second, 6.0)])))  # fmt: skip
+        with Client(server.url) as client:
+            load.start()
+            assert wait_until(lambda: name in plane.autoscaler.overloaded, timeout=10)
+            job = client.submit_job("digits-conv", {"input": rows(3000)})
+            assert wait_until(lambda: client.job(job["id"])["status"] == "paused", timeout=10)
+            paused = client.job(job["id"])
+            assert "overloaded" in paused["reason"]
+            load.join()
+            assert wait_until(lambda: client.job(job["id"])["status"] == "done", timeout=120)
+            done = client.job(job["id"])
+            assert done["pauses"] >= 1 and done["paused_s"] > 0
+            assert any("resumed" in d["reason"] for d in client.decisions(1000) if d["kind"] == "job")
+    finally:
+        server.stop()
+
+
+def test_cli_job_submit_watch_and_result(server, tmp_path):
+    np.savez(tmp_path / "in.npz", input=rows(300))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "infaas.cli", *args, "--url", server.url],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    out = cli("job", "submit", "digits-classification", "--input", str(tmp_path / "in.npz"), "--json")
+    assert out.returncode == 0, out.stderr
+    job_id = json.loads(out.stdout)["id"]
+    watch = cli("job", "status", job_id, "--watch")
+    assert watch.returncode == 0 and f"{job_id} done 300/300 rows" in watch.stdout, watch.stdout + watch.stderr
+    res = cli("job", "result", job_id, "-o", str(tmp_path / "out.npz"))
+    assert res.returncode == 0, res.stderr
+    assert np.load(tmp_path / "out.npz")["label"].shape == (300,)
+    listing = cli("job", "status")
+    assert job_id in listing.stdout and "done" in listing.stdout
