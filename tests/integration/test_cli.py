@@ -27,9 +27,10 @@ def run(*args, check=True, timeout=180, env=None):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     data = tmp_path_factory.mktemp("cli-data")
-    port = free_port()
-    proc = subprocess.Popen([*INFAAS, "serve", "--port", str(port), "--data-dir", str(data)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen([*INFAAS, "serve", "--port", str(port), "--grpc-port", str(grpc_port),
+                             "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc.grpc_url = f"grpc://127.0.0.1:{grpc_port}"
     url = f"http://127.0.0.1:{port}"
     import httpx
 
@@ -88,6 +89,14 @@ def test_serve_zoo_add_models_infer(served, tmp_path, digits_samples):
     proc = run("infer", "digits-classification", "--input", str(tmp_path / "x.npy"), "--url", url,
                "--min-accuracy", "0.999", check=False)  # fmt: skip
     assert proc.returncode == 1 and "error 400" in proc.stderr and "unreachable" in proc.stderr
+    # the same query over KServe v2 gRPC gives the same answer
+    over_grpc = json.loads(run("infer", "digits-classification", "--input", str(tmp_path / "x.npy"), "--url",
+                               served[2].grpc_url, "--min-accuracy", "0.97", "--json").stdout)  # fmt: skip
+    assert over_grpc["outputs"] == res["outputs"] and over_grpc["parameters"]["architecture"] == "digits-mlp"
+    proc = run("infer", "nope", "--input", str(tmp_path / "x.npy"), "--url", served[2].grpc_url, check=False)
+    assert proc.returncode == 1 and "error 404" in proc.stderr and "unknown model 'nope'" in proc.stderr
+    proc = run("models", "--url", served[2].grpc_url, check=False)
+    assert proc.returncode == 2 and "give an http:// URL" in proc.stderr
     assert "w0" in run("workers", "--url", url).stdout
     decisions = run("decisions", "--url", url).stdout
     assert "loaded digits-mlp" in decisions and "select" in decisions

@@ -51,12 +51,15 @@ def test_a_job_completes_and_its_outputs_equal_direct_inference(server):
         assert wait_until(lambda: client.job(job["id"])["status"] == "done", timeout=60), client.job(job["id"])
         done = client.job(job["id"])
         assert done["progress"] == 1.0 and sum(done["variants"].values()) == 1000
-        (variant,) = done["variants"]  # one variant served it: the cheapest with accuracy >= 0.96
-        assert next(v for v in client.variants() if v["name"] == variant)["accuracy"] >= 0.96
+        # served by the cheapest variants with accuracy >= 0.96 (a cheaper one may take over once the
+        # background load it triggered is done); here they are fp32 forms of one architecture
+        used = list(done["variants"])
+        accuracy = {v["name"]: v["accuracy"] for v in client.variants()}
+        assert all(accuracy[v] >= 0.96 for v in used) and len({v.split(".")[0] for v in used}) == 1, used
         result = client.job_result(job["id"])
-        expected = direct(client, variant, x)
+        expected = direct(client, used[0], x)
         np.testing.assert_array_equal(result["label"], expected["label"])
-        np.testing.assert_allclose(result["probabilities"], expected["probabilities"], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(result["probabilities"], expected["probabilities"], rtol=1e-5, atol=1e-6)
         assert any(d["kind"] == "job" and "done" in d["reason"] for d in client.decisions(1000))
 
 
@@ -104,7 +107,7 @@ def test_a_job_survives_a_restart_and_resumes_from_its_last_batch(digits_profile
             assert sum(done["variants"].values()) == 30_000  # resumed, not started again
             log = [d["reason"] for d in client.decisions(1000)]
             assert f"job {job['id']} resumed after a restart at {stopped['done_rows']}/30000 rows" in log
-            (variant,) = done["variants"]
+            variant = next(iter(done["variants"]))
             result = client.job_result(job["id"])
             assert result["label"].shape == (30_000,)
             at = stopped["done_rows"]

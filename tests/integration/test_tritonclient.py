@@ -125,3 +125,21 @@ def test_errors_surface_as_inference_server_exception(triton, digits_samples):
         assert exc.value.status() == "StatusCode.NOT_FOUND"
     # the server keeps serving
     assert triton.client.infer("digits-mlp", [triton.input(digits_samples[0][:1])]).as_numpy("label").shape == (1,)
+
+
+def test_infaas_grpc_client_matches_rest(digits_server, digits_samples):
+    from infaas.client import Client, GrpcClient, InfaasClientError
+
+    x = digits_samples[0][:5]
+    with GrpcClient("grpc://" + digits_server.grpc_url) as g, Client(digits_server.url) as h:
+        assert g.live() and g.ready() and g.model_ready("digits-mlp")
+        assert g.server_metadata()["name"] == "infaas"
+        assert g.model_metadata("digits-mlp")["inputs"][0]["shape"] == [-1, 64]
+        a = g.infer("digits-classification", x.astype(np.float64), min_accuracy=0.97, request_id="g1")
+        b = h.infer("digits-classification", x, min_accuracy=0.97)
+        np.testing.assert_array_equal(a.outputs["probabilities"], b.outputs["probabilities"])
+        assert a.id == "g1" and a.parameters["variant"] == b.parameters["variant"]
+        assert a.parameters["reason"].startswith("task digits-classification")
+        with pytest.raises(InfaasClientError) as exc:
+            g.infer("digits-mlp", np.zeros((1, 63), np.float32))
+        assert exc.value.status == 400 and "expected [-1, 64]" in exc.value.message

@@ -166,3 +166,11 @@ def test_never_upgrade_or_downgrade_to_a_variant_that_takes_smaller_batches():
     for t in range(0, 40):
         actions, mem = autoscale([load(FP32, P32, ["w0"], t, 50)], family, [], t, mem, CFG)
         assert all(a.kind != "downgrade" for a in actions)
+
+
+def test_a_surge_is_seen_in_the_newest_samples_before_the_window_average_moves():
+    window = tuple(Sample(t, rps, rps, 8, 0, 5.0) for t, rps in enumerate([100, 100, 100, 1200, 1200]))
+    state, why, demand = state_of(VariantLoad(FP32, P32, ("w0",), window), CFG)
+    assert state == "overloaded" and demand == 1200  # the window's mean (540) is well under 760
+    calm = tuple(Sample(t, rps, rps, 8, 0, 5.0) for t, rps in enumerate([1200, 1200, 1200, 100, 100]))
+    assert state_of(VariantLoad(FP32, P32, ("w0",), calm), CFG)[0] != "overloaded"

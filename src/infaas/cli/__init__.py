@@ -49,7 +49,11 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 
 def _client(args) -> Client:
-    return Client(args.url or load_settings().url)
+    url = args.url or load_settings().url
+    if url.startswith("grpc://"):
+        raise ValueError(f"'infaas {args.command}' uses the REST management API: give an http:// URL "
+                         "(grpc:// serves infer)")  # fmt: skip
+    return Client(url)
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -279,7 +283,9 @@ def _load_input(path: str) -> np.ndarray | dict[str, np.ndarray]:
 
 
 def cmd_infer(args) -> None:
-    with _client(args) as client:
+    from infaas.client import connect
+
+    with connect(args.url or load_settings().url) as client:
         result = client.infer(args.model, _load_input(args.input), version=args.version,
                               parameters=dict(args.param or []), binary=not args.json_tensors,
                               latency_ms=args.latency_ms, min_accuracy=args.min_accuracy,
@@ -418,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_cmd(name: str, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
-        p.add_argument("--url", help="server URL (env INFAAS_URL, default http://127.0.0.1:8000)")
+        p.add_argument("--url", help="server URL (env INFAAS_URL, default http://127.0.0.1:8000; "
+                       "infer also takes grpc://host:port)")
         if json_flag:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p

@@ -33,6 +33,29 @@ class InferResult:
     id: str | None = None
 
 
+def only_input(model: str, meta: dict, arr: np.ndarray) -> dict[str, np.ndarray]:
+    """A bare array as the model's only input, cast to its datatype (from the model's metadata)."""
+    if len(meta["inputs"]) != 1:
+        raise ValueError(f"{model} has {len(meta['inputs'])} inputs; pass a dict")
+    spec = meta["inputs"][0]
+    want = V2_TO_NUMPY[spec["datatype"]]
+    if arr.dtype != want:
+        if not np.can_cast(arr.dtype, want, casting="same_kind"):
+            raise ValueError(f"input dtype {arr.dtype} does not fit {spec['datatype']}")
+        arr = arr.astype(want)
+    return {spec["name"]: arr}
+
+
+def with_objectives(parameters: dict[str, Any] | None, latency_ms: float | None, min_accuracy: float | None,
+                    max_cost: float | None) -> dict[str, Any]:  # fmt: skip
+    """Request parameters with the objectives added (they travel as parameters on every protocol)."""
+    params = dict(parameters or {})
+    for key, value in (("latency_ms", latency_ms), ("min_accuracy", min_accuracy), ("max_cost", max_cost)):
+        if value is not None:
+            params[key] = value
+    return params
+
+
 class Client:
     """A persistent-connection client. ``binary=True`` sends and receives tensors as raw bytes."""
 
@@ -119,15 +142,7 @@ class Client:
         if isinstance(inputs, np.ndarray):
             meta = self._signatures.get(model) or self.model_metadata(model)
             self._signatures[model] = meta
-            if len(meta["inputs"]) != 1:
-                raise ValueError(f"{model} has {len(meta['inputs'])} inputs; pass a dict")
-            spec = meta["inputs"][0]
-            want = V2_TO_NUMPY[spec["datatype"]]
-            if inputs.dtype != want:
-                if not np.can_cast(inputs.dtype, want, casting="same_kind"):
-                    raise ValueError(f"input dtype {inputs.dtype} does not fit {spec['datatype']}")
-                inputs = inputs.astype(want)
-            inputs = {spec["name"]: inputs}
+            inputs = only_input(model, meta, inputs)
         header: dict[str, Any] = {"inputs": []}
         blobs = []
         for name, arr in inputs.items():
@@ -140,10 +155,7 @@ class Client:
             else:
                 entry["data"] = [x.decode() if isinstance(x, bytes) else x for x in arr.ravel().tolist()]
             header["inputs"].append(entry)
-        params = dict(parameters or {})
-        for key, value in (("latency_ms", latency_ms), ("min_accuracy", min_accuracy), ("max_cost", max_cost)):
-            if value is not None:
-                params[key] = value
+        params = with_objectives(parameters, latency_ms, min_accuracy, max_cost)
         if binary:
             params["binary_data_output"] = True
         if params:

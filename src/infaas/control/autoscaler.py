@@ -191,6 +191,11 @@ class Autoscaler:
             worker = await cluster.add_worker()
             plane.log_decision("add_worker", f"{action.reason}: started worker {worker.name} on cores "
                                f"{list(worker.cores)}", worker=worker.name, variant=action.variant)  # fmt: skip
+            variant = plane.catalog.variants.get(action.variant)
+            if variant is not None:  # the worker was added for this variant: host it at once
+                plane.log_decision("replicate", f"{variant.name}: +1 replica on the new worker {worker.name}",
+                                   variant=variant.name, worker=worker.name)  # fmt: skip
+                await plane.load(variant, worker)
             return
         if action.kind == "remove_worker":
             if len(workers) <= self.min_workers or action.target not in workers:

@@ -25,6 +25,15 @@ class Catalog:
         self.by_arch: dict[str, list[Variant]] = {a: [] for a in self.architectures}
         for v in self.variants.values():
             self.by_arch.setdefault(v.architecture, []).append(v)
+        # Triton-style numeric versions: each variant's rank in its architecture by creation time
+        # (clients such as perf_analyzer read versions as integers); names work everywhere too.
+        self.number: dict[str, int] = {}
+        self.numbered: dict[tuple[str, int], Variant] = {}
+        for arch, variants in self.by_arch.items():
+            variants.sort(key=lambda v: (v.created_at, v.name))
+            for i, v in enumerate(variants, 1):
+                self.number[v.name] = i
+                self.numbered[(arch, i)] = v
         self._options: dict[tuple[str, str | None], ScopeIndex] = {}
         self._names: dict[tuple[str, str | None], frozenset[str]] = {}
 
@@ -51,6 +60,8 @@ class Catalog:
             if arch is None:
                 raise NotFound(f"unknown architecture '{name}' (versions are variants of an architecture)")
             var = self.variants.get(version) or self.variants.get(f"{name}.{version}")
+            if var is None and version.isdigit():
+                var = self.numbered.get((name, int(version)))
             if var is None or var.architecture != name:
                 raise NotFound(f"architecture '{name}' has no variant '{version}'")
             return f"variant {var.name}", arch.signature, [var], var.name

@@ -15,7 +15,7 @@ from infaas import __version__
 from infaas.cluster.base import ClusterBackend, LoadSpec, WorkerHandle
 from infaas.errors import InfaasError, InvalidInput, NotFound, Unavailable
 from infaas.frontend.catalog import Catalog, check_inputs, objective_from
-from infaas.frontend.metrics import Metrics
+from infaas.frontend.metrics import Metrics, VariantStats
 from infaas.frontend.types import InferOutput, InferRequest, InferResponse
 from infaas.policy import (
     Candidate,
@@ -264,9 +264,14 @@ class DataPlane:
         if name is None:
             variants = list(self.catalog.variants.values())
         else:
-            _, _, variants, _ = self.catalog.resolve(name, version)
+            scope, _, variants, _ = self.catalog.resolve(name, version)
+            if scope.startswith("task"):  # one entry for the task as a whole, as for a Triton model
+                total = VariantStats.total(self.metrics.variants[v.name] for v in variants)
+                return {"model_stats": [{**total.json(name, "1"), "variants": [v.name for v in variants]}]}
+        number = self.catalog.number
         return {"model_stats": [
-            self.metrics.variants[v.name].json(v.architecture, v.short_name) for v in variants
+            {**self.metrics.variants[v.name].json(v.architecture, str(number[v.name])), "variant": v.name}
+            for v in variants
         ]}  # fmt: skip
 
     def repository_index(self) -> list[dict]:

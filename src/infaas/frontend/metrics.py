@@ -41,21 +41,44 @@ class VariantStats:
     batches: dict[int, _Duration] = field(default_factory=lambda: defaultdict(_Duration))
 
     def json(self, name: str, version: str) -> dict:
+        """Triton's statistics entry. Compute is timed as one span (inputs, run, outputs): the input
+        and output phases carry its count with 0 ns, as Triton clients expect equal counts."""
         zero = {"count": 0, "ns": 0}
+
+        def counted(d: _Duration) -> dict:
+            return {"count": d.count, "ns": 0}
+
         return {
             "name": name, "version": version,
             "last_inference": self.last_inference_ms,
             "inference_count": self.inference_count, "execution_count": self.execution_count,
             "inference_stats": {
                 "success": self.success.json(), "fail": self.fail.json(), "queue": self.queue.json(),
-                "compute_input": zero, "compute_infer": self.compute_infer.json(),
-                "compute_output": zero, "cache_hit": zero, "cache_miss": zero,
+                "compute_input": counted(self.compute_infer), "compute_infer": self.compute_infer.json(),
+                "compute_output": counted(self.compute_infer), "cache_hit": zero, "cache_miss": zero,
             },
             "batch_stats": [
-                {"batch_size": b, "compute_input": zero, "compute_infer": d.json(), "compute_output": zero}
+                {"batch_size": b, "compute_input": counted(d), "compute_infer": d.json(), "compute_output": counted(d)}
                 for b, d in sorted(self.batches.items())
             ],
         }  # fmt: skip
+
+    @classmethod
+    def total(cls, parts: Iterable[VariantStats]) -> VariantStats:
+        """The sum of several variants' counters (a task's, for clients that ask by task name)."""
+        out = cls()
+        for p in parts:
+            out.inference_count += p.inference_count
+            out.execution_count += p.execution_count
+            out.last_inference_ms = max(out.last_inference_ms, p.last_inference_ms)
+            for key in ("success", "fail", "queue", "compute_infer"):
+                mine, theirs = getattr(out, key), getattr(p, key)
+                mine.count += theirs.count
+                mine.ns += theirs.ns
+            for b, d in p.batches.items():
+                out.batches[b].count += d.count
+                out.batches[b].ns += d.ns
+        return out
 
 
 class Metrics:

@@ -8,8 +8,9 @@ first looked low) is passed in and returned, so the simulator can replay the ver
 
 States, as in INFaaS:
 - ``inactive``: no arrivals in the window;
-- ``overloaded``: demand above what its replicas sustain (capacity per replica = rows/s at the
-  profile's best batch, less a headroom), or a queue that keeps growing;
+- ``overloaded``: demand over the newest samples above what its replicas sustain (capacity per
+  replica = rows/s at the profile's best batch, less a headroom), replicas computing nearly all
+  the time, or a queue that keeps growing;
 - ``interfered``: latency well above the profile's prediction while demand is within capacity;
 - ``active``: otherwise.
 Actions: ``replicate`` (one more replica on a worker with memory to spare), ``upgrade`` (a faster
@@ -77,6 +78,7 @@ class ScalingConfig:
     idle_unload_s: float = 60.0
     upgrade_ratio: float = 1.5  # upgrade when replicating costs this many times more
     cooldown_s: float = 3.0  # after scaling a variant up, let the window see the effect first
+    fast_samples: int = 2  # overload is judged on the newest samples (react fast), low load on all
     keep_warm: bool = True  # an idle architecture keeps one replica of one variant loaded
     min_workers: int = 1
 
@@ -103,11 +105,14 @@ def state_of(load: VariantLoad, cfg: ScalingConfig) -> tuple[str, str, float]:
     if not load.window or all(s.arrival_rps == 0 for s in load.window):
         return "inactive", "no requests in the window", 0.0
     demand = sum(s.arrival_rps for s in load.window) / len(load.window)
+    recent = load.window[-cfg.fast_samples :]  # scale up on the last samples, down on the whole window
+    surge = sum(s.arrival_rps for s in recent) / len(recent)
     cap = capacity_rps(load.profile, load.variant.max_batch) * len(load.replicas) * (1 - cfg.headroom)
     first, last = load.window[0], load.window[-1]
     growing = len(load.window) > 1 and last.queue_rows > first.queue_rows > load.variant.max_batch * len(load.replicas)
-    busy = sum(s.busy for s in load.window) / len(load.window)
-    if demand > cap or growing or busy > 1 - cfg.headroom:
+    busy = sum(s.busy for s in recent) / len(recent)
+    if surge > cap or growing or busy > 1 - cfg.headroom:
+        demand = max(demand, surge)
         if demand > cap:
             why = f"demand {demand:.0f} rows/s over capacity {cap:.0f} of {len(load.replicas)} replica(s)"
         elif growing:
