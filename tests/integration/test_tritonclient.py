@@ -102,14 +102,20 @@ def test_explicit_variant_version_and_parameters(triton, digits_samples):
     assert response["model_version"] == version
 
 
+def objective(value: float, triton: Triton):
+    """tritonclient's gRPC client before 2.4x cannot send float parameters; a numeric string works
+    with every version (infaas parses it), so that is what gRPC sends here."""
+    return str(value) if triton.grpc else value
+
+
 def test_model_less_query_with_objectives(triton, digits_samples):
     result = triton.client.infer("digits-classification", [triton.input(digits_samples[0][:4])],
-                                 parameters={"min_accuracy": 0.97})  # fmt: skip
+                                 parameters={"min_accuracy": objective(0.97, triton)})  # fmt: skip
     params = triton.params(result)
     assert params["variant"].startswith("digits-mlp") and "0.97" in params["reason"]
     with pytest.raises(InferenceServerException, match="min_accuracy 0.999 unreachable") as exc:
         triton.client.infer("digits-classification", [triton.input(digits_samples[0][:1])],
-                            parameters={"min_accuracy": 0.999})  # fmt: skip
+                            parameters={"min_accuracy": objective(0.999, triton)})  # fmt: skip
     if triton.grpc:
         assert exc.value.status() == "StatusCode.INVALID_ARGUMENT"
 

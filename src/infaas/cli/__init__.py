@@ -409,7 +409,7 @@ def cmd_remove(args) -> None:
 def cmd_demo(args) -> None:
     from infaas.cli.demo import run_demo
 
-    run_demo(queries=args.queries, concurrency=args.concurrency, workers=args.workers)
+    run_demo(queries=args.queries, concurrency=args.concurrency, workers=args.workers, scaling=not args.no_scaling)
 
 
 # ---- parser ----------------------------------------------------------------------------------
@@ -512,10 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("architecture")
     p.set_defaults(fn=cmd_remove)
 
-    p = sub.add_parser("demo", help="embedded server + digits zoo + a stream of queries")
+    p = sub.add_parser("demo", help="embedded server + digits zoo + a stream of queries + an autoscaling ramp")
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--no-scaling", action="store_true", help="skip part 2 (the autoscaling ramp, ~1 minute)")
     p.set_defaults(fn=cmd_demo)
     return parser
 

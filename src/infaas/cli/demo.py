@@ -28,7 +28,7 @@ QUERIES = [
 ]
 
 
-def run_demo(queries: int = 300, concurrency: int = 8, workers: int = 1) -> None:
+def run_demo(queries: int = 300, concurrency: int = 8, workers: int = 1, scaling: bool = True) -> None:
     with tempfile.TemporaryDirectory(prefix="infaas-demo-") as data_dir:
         settings = Settings(data_dir=data_dir, port=0, workers=workers)
         with console.status("starting an embedded infaas server"):
@@ -36,6 +36,77 @@ def run_demo(queries: int = 300, concurrency: int = 8, workers: int = 1) -> None
         try:
             console.print(f"[bold]infaas[/] up at {server.url} (data dir {data_dir})")
             _run(server.url, queries, concurrency)
+        finally:
+            with console.status("stopping"):
+                server.stop()
+    if scaling:
+        _scaling()
+
+
+def _scaling() -> None:
+    """Part 2: a load ramp on a deliberately heavy model; the controller adds a worker and a
+    replica, then takes them away once the load is gone."""
+    import asyncio
+    import threading
+
+    import orjson
+
+    from infaas.loadgen import ramp
+    from infaas.policy.autoscale import capacity_rps
+
+    console.rule("autoscaling")
+    with tempfile.TemporaryDirectory(prefix="infaas-demo-") as data_dir:
+        settings = Settings(data_dir=data_dir, port=0, workers=1, cores_per_worker=1, max_workers=2,
+                            scale_down_s=3.0)  # fmt: skip
+        server = BackgroundServer(settings).start()
+        try:
+            with Client(server.url) as client:
+                with console.status("building digits-conv (a deliberately slow model for the digits task)"):
+                    model = digits.heavy()
+                client.register(model.name, model.task, model.onnx, validation=model.validation,
+                                calibration=model.calibration, description=model.description)  # fmt: skip
+                from infaas.cli import _wait_for_profiles
+
+                _wait_for_profiles(client, [model.name], quick=True)
+                plane = server.dataplane
+                name = next(n for w in plane.cluster.workers for n in w.loaded_names())
+                per_second = capacity_rps(plane.catalog.profiles[name], plane.catalog.variants[name].max_batch) / 16
+                x, _ = digits.sample_inputs(16)
+                body = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [16, 64],
+                                                 "data": x.ravel().tolist()}]})  # fmt: skip
+                stages = [(0.3 * per_second, 3.0), (1.3 * per_second, 10.0), (0.2 * per_second, 4.0)]
+                console.print(f"one 1-core worker serves {name} at ~{per_second * 16:.0f} rows/s; sending "
+                              f"16-row requests at 0.3x, then 1.3x that, then 0.2x (open loop)")  # fmt: skip
+                t0 = time.time()
+                done = threading.Event()
+                summary: list = []
+
+                def load() -> None:
+                    summary.extend(asyncio.run(ramp(server.url, f"/v2/models/{model.name}/infer", body,
+                                                    ["Content-Type: application/json"], stages)))  # fmt: skip
+                    done.set()
+
+                threading.Thread(target=load, daemon=True).start()
+                with console.status("") as status:
+                    while not done.is_set() or (len(plane.cluster.workers) > 1 and time.time() - t0 < 60):
+                        workers = plane.cluster.workers
+                        status.update(f"t={time.time() - t0:4.1f} s  workers {len(workers)}  replicas of "
+                                      f"{name.removeprefix(model.name + '.')}: "
+                                      f"{sum(w.hosts(name) for w in workers)}  "
+                                      f"{'(load running)' if not done.is_set() else '(load over)'}")  # fmt: skip
+                        time.sleep(0.2)
+                for s in summary:
+                    console.print(f"  {s['rate']:6.0f} req/s for {s['duration_s']:g} s: p50 {s['p50_ms']} ms, "
+                                  f"p99 {s['p99_ms']} ms, errors {s['errors']}")  # fmt: skip
+                table = Table(title="what the controller did (infaas decisions)")
+                table.add_column("t (s)", justify="right")
+                table.add_column("action")
+                table.add_column("why")
+                for d in client.decisions(1000):
+                    if d["time"] >= t0 and d["kind"] in ("add_worker", "replicate", "upgrade", "downgrade",
+                                                          "unload", "remove_worker", "blocked"):  # fmt: skip
+                        table.add_row(f"{d['time'] - t0:.1f}", d["kind"], d["reason"])
+                console.print(table)
         finally:
             with console.status("stopping"):
                 server.stop()

@@ -52,6 +52,7 @@ class Job(BaseModel):
     pauses: int = 0
     paused_s: float = 0.0
     variants: dict[str, int] = Field(default_factory=dict)  # rows served by each variant
+    segments: list[tuple[int, int, str]] = Field(default_factory=list)  # [start, end) rows -> variant
     files: list[str] = Field(default_factory=list)  # for directory jobs: the image file of each row
     error: str | None = None
 
@@ -236,6 +237,10 @@ class JobRunner:
         np.savez(self.root / job.id / f"part-{start:010d}.npz", **{o.name: o.data for o in resp.outputs})
         variant = resp.parameters.get("variant", "?")
         job.variants[variant] = job.variants.get(variant, 0) + (end - start)
+        if job.segments and job.segments[-1][2] == variant and job.segments[-1][1] == start:
+            job.segments[-1] = (job.segments[-1][0], end, variant)
+        else:
+            job.segments.append((start, end, variant))
         job.done_rows = end
         if end >= job.rows:
             self._merge(job)

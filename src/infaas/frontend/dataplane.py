@@ -106,6 +106,7 @@ class DataPlane:
             self.log_decision("profile", f"profiled {arch} in {report.seconds:.1f} s: {counts['ready']} variants "
                               f"ready, {counts['rejected']} rejected, {counts['failed']} failed "
                               f"(reasons: infaas variants {arch})", architecture=arch)  # fmt: skip
+            await self._replace_rejected(arch)
         except asyncio.CancelledError:
             state["error"] = "cancelled (server stopping)"
             raise
@@ -116,6 +117,19 @@ class DataPlane:
         finally:
             state["finished"] = time.time()
             state["seconds"] = round(state["finished"] - state["started"], 2)
+
+    async def _replace_rejected(self, arch: str) -> None:
+        """After profiling, a loaded variant that profiling rejected gives way to the default one."""
+        best = self.default_variant(arch)
+        for v in self.catalog.by_arch.get(arch, []):
+            if v.status == "ready" or best is None:
+                continue
+            for worker in [w for w in self.cluster.workers if w.hosts(v.name)]:
+                if not worker.hosts(best.name):
+                    await self.load(best, worker)
+                self.log_decision("replace", f"{v.name} was rejected by profiling ({v.reason}); {best.name} "
+                                  f"serves in its place on {worker.name}", variant=v.name, target=best.name)  # fmt: skip
+                await worker.unload(v.name)
 
     def default_variant(self, arch: str) -> Variant | None:
         """What to load for an architecture until the policy decides."""
@@ -393,6 +407,8 @@ class DataPlane:
 
     # ---- management -----------------------------------------------------------------------
     async def register(self, **kwargs: Any) -> tuple[Architecture, Variant]:
+        if kwargs.get("threads") is None and self.cluster.workers:  # the baseline fits a worker's cores
+            kwargs["threads"] = min(len(w.cores) for w in self.cluster.workers)
         arch, variant = await asyncio.to_thread(self.registry.register, **kwargs)
         self.catalog.refresh()
         self.log_decision("register", f"registered {arch.name} for task {arch.task} "
