@@ -31,6 +31,7 @@ class GrpcClient:
         self._channel = grpc.insecure_channel(self.target, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)])  # fmt: skip
         self._signatures: dict[str, dict] = {}
+        self._stubs: dict[str, Any] = {}  # method -> its callable on the channel (made once)
 
     def close(self) -> None:
         self._channel.close()
@@ -42,8 +43,11 @@ class GrpcClient:
         self.close()
 
     def _call(self, method: str, request, response_type):
-        rpc = self._channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=type(request).SerializeToString,
-                                        response_deserializer=response_type.FromString)  # fmt: skip
+        rpc = self._stubs.get(method)
+        if rpc is None:
+            rpc = self._stubs[method] = self._channel.unary_unary(
+                f"/{SERVICE}/{method}", request_serializer=type(request).SerializeToString,
+                response_deserializer=response_type.FromString)  # fmt: skip
         try:
             return rpc(request, timeout=self.timeout)
         except grpc.RpcError as exc:

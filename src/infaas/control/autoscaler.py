@@ -43,9 +43,9 @@ class Autoscaler:
         self.plane = plane
         self.settings = settings
         cluster = plane.cluster
-        per = max(1, getattr(cluster, "cores_per_worker", 1))
         self.min_workers = settings.min_workers or len(cluster.workers)
-        self.max_workers = max(self.min_workers, settings.max_workers or len(os.sched_getaffinity(0)) // per)
+        self.max_workers = max(self.min_workers,
+                               settings.max_workers or len(os.sched_getaffinity(0)) // cluster.cores_per_worker)  # fmt: skip
         self.memory_mb = settings.worker_memory_mb or 0.8 * _ram_mb() / self.max_workers
         self.cfg = ScalingConfig(scale_down_s=settings.scale_down_s, idle_unload_s=settings.idle_unload_s,
                                  keep_warm=settings.keep_warm, min_workers=self.min_workers)  # fmt: skip
@@ -156,7 +156,7 @@ class Autoscaler:
             if variant is None or profile is None or not replicas or not window:
                 continue  # unprofiled variants are served, not scaled
             loads.append(VariantLoad(variant, profile, replicas, tuple(window)))
-        cores = min((len(w.cores) for w in workers), default=1)
+        cores = self.plane.cluster.cores_per_worker
         family: dict[str, list] = {}
         for arch, variants in catalog.by_arch.items():
             family[arch] = [(v, catalog.profiles[v.name]) for v in variants
@@ -224,11 +224,7 @@ class Autoscaler:
             target = plane.catalog.variants.get(action.target)
             if target is None:
                 return
-            plane.log_decision(action.kind, action.reason, variant=variant.name, target=target.name)
-            for worker in [w for w in workers.values() if w.hosts(variant.name)]:
-                if not worker.hosts(target.name):
-                    await plane.load(target, worker)  # the new one serves before the old one goes
-                await worker.unload(variant.name)
+            await plane.swap(variant, target, action.kind, action.reason)
 
     def _report_blocked(self, action: Action, why_not: str) -> None:
         key = f"{action.kind}:{action.variant}"

@@ -180,7 +180,8 @@ class JobRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), 1.0)
                     continue
-                await self._step(job)
+                while await self._step(job):  # the same job until it ends: no re-listing per batch
+                    pass
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -195,7 +196,10 @@ class JobRunner:
         name, why = next(iter(scaler.overloaded.items()))
         return f"online variant {name} is overloaded ({why})"
 
-    async def _step(self, job: Job) -> None:
+    async def _step(self, job: Job) -> bool:
+        """One batch of ``job`` (or one pause tick); False once the job has ended or was cancelled."""
+        if self.get(job.id).status not in ACTIVE:  # cancelled meanwhile
+            return False
         busy = self._busy()
         if busy is not None:
             if job.status != "paused":
@@ -204,7 +208,7 @@ class JobRunner:
                 self._put(job)
                 self.plane.log_decision("job", f"job {job.id} paused: {busy}", job=job.id)
             await asyncio.sleep(0.25)
-            return
+            return True
         if job.status != "running":
             if job.id in self._paused_at:
                 job.paused_s += time.monotonic() - self._paused_at.pop(job.id)
@@ -225,15 +229,15 @@ class JobRunner:
         try:
             resp = await self.plane.infer(req, offline=True)
         except InvalidInput as exc:
-            return self._finish(job, "failed", f"{exc}")
+            self._finish(job, "failed", f"{exc}")
+            return False
         except InfaasError as exc:  # unavailable, crashed worker, ...: retry this batch shortly
             job.reason = f"retrying batch at row {start}: {exc}"
             self._put(job)
             await asyncio.sleep(1.0)
-            return
-        current = self.get(job.id)
-        if current.status not in ACTIVE:  # cancelled meanwhile
-            return
+            return True
+        if self.get(job.id).status not in ACTIVE:  # cancelled while this batch ran: keep its record as is
+            return False
         np.savez(self.root / job.id / f"part-{start:010d}.npz", **{o.name: o.data for o in resp.outputs})
         variant = resp.parameters.get("variant", "?")
         job.variants[variant] = job.variants.get(variant, 0) + (end - start)
@@ -244,8 +248,10 @@ class JobRunner:
         job.done_rows = end
         if end >= job.rows:
             self._merge(job)
-            return self._finish(job, "done", "")
+            self._finish(job, "done", "")
+            return False
         self._put(job)
+        return True
 
     def _merge(self, job: Job) -> None:
         folder = self.root / job.id

@@ -122,14 +122,18 @@ class DataPlane:
         """After profiling, a loaded variant that profiling rejected gives way to the default one."""
         best = self.default_variant(arch)
         for v in self.catalog.by_arch.get(arch, []):
-            if v.status == "ready" or best is None:
-                continue
-            for worker in [w for w in self.cluster.workers if w.hosts(v.name)]:
-                if not worker.hosts(best.name):
-                    await self.load(best, worker)
-                self.log_decision("replace", f"{v.name} was rejected by profiling ({v.reason}); {best.name} "
-                                  f"serves in its place on {worker.name}", variant=v.name, target=best.name)  # fmt: skip
-                await worker.unload(v.name)
+            if v.status != "ready" and best is not None and any(w.hosts(v.name) for w in self.cluster.workers):
+                await self.swap(v, best, "replace", f"{v.name} was rejected by profiling ({v.reason}); "
+                                f"{best.name} serves in its place")  # fmt: skip
+
+    async def swap(self, old: Variant, new: Variant, kind: str, reason: str) -> None:
+        """On every worker hosting ``old``: load ``new`` (it serves before the old one goes), then
+        unload ``old`` (draining what was already sent to it). Logged once, with its reason."""
+        self.log_decision(kind, reason, variant=old.name, target=new.name)
+        for worker in [w for w in self.cluster.workers if w.hosts(old.name)]:
+            if not worker.hosts(new.name):
+                await self.load(new, worker)
+            await worker.unload(old.name)
 
     def default_variant(self, arch: str) -> Variant | None:
         """What to load for an architecture until the policy decides."""
@@ -139,8 +143,7 @@ class DataPlane:
         """The ready variant with the largest max batch, then the most accurate, then the highest
         measured throughput."""
         ready = [v for v in variants if v.status in statuses]
-        cores = min((len(w.cores) for w in self.cluster.workers), default=0)
-        ready = [v for v in ready if v.threads <= cores] or ready  # fits a worker's cores, if any does
+        ready = [v for v in ready if v.threads <= self.cluster.cores_per_worker] or ready  # fits a worker, if any does
         if not ready:
             return None
 
@@ -407,8 +410,8 @@ class DataPlane:
 
     # ---- management -----------------------------------------------------------------------
     async def register(self, **kwargs: Any) -> tuple[Architecture, Variant]:
-        if kwargs.get("threads") is None and self.cluster.workers:  # the baseline fits a worker's cores
-            kwargs["threads"] = min(len(w.cores) for w in self.cluster.workers)
+        if kwargs.get("threads") is None:  # the baseline fits a worker's cores
+            kwargs["threads"] = self.cluster.cores_per_worker
         arch, variant = await asyncio.to_thread(self.registry.register, **kwargs)
         self.catalog.refresh()
         self.log_decision("register", f"registered {arch.name} for task {arch.task} "
