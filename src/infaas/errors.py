@@ -8,10 +8,13 @@ class InfaasError(Exception):
 
     status = 500
     grpc_code = "INTERNAL"
+    retry_after_s: float | None = None  # sent as Retry-After (REST) / retry-after-ms (gRPC trailer)
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class InvalidInput(InfaasError):
@@ -29,11 +32,32 @@ class AlreadyExists(InfaasError):
     grpc_code = "ALREADY_EXISTS"
 
 
+class TooLarge(InfaasError):
+    """A body, message, upload or decompressed stream past its limit."""
+
+    status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class Unauthorized(InfaasError):
+    status = 401
+    grpc_code = "UNAUTHENTICATED"
+
+
 class Unavailable(InfaasError):
-    """The model or worker cannot serve now (not loaded, crashed, overloaded, deadline missed)."""
+    """The model or worker cannot serve now (not loaded, crashed, restarting, deadline missed)."""
 
     status = 503
     grpc_code = "UNAVAILABLE"
+    retry_after_s = 1.0
+
+
+class Overloaded(Unavailable):
+    """Shed at admission: the request cannot finish by its deadline behind the work already queued
+    (or the queue is at its bound). Refused before it costs any compute; retry after ``retry_after_s``."""
+
+    status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 class DeadlineExceeded(Unavailable):
@@ -42,8 +66,19 @@ class DeadlineExceeded(Unavailable):
     grpc_code = "DEADLINE_EXCEEDED"
 
 
+class Cancelled(InfaasError):
+    """The caller gave up (timeout, disconnect, gRPC cancel); the worker dropped the request."""
+
+    status = 499  # nginx's "client closed request": nobody is there to read it
+    grpc_code = "CANCELLED"
+
+
 class WorkerCrashed(Unavailable):
     pass
+
+
+class NameConflict(AlreadyExists):
+    """A name was taken between the check and the write (a concurrent registration)."""
 
 
 class RuntimeContractError(InfaasError):

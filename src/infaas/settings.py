@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# lists from the environment are comma-separated (INFAAS_API_KEYS=key1,key2), not JSON
+CommaList = Annotated[list[str], NoDecode]
 
 
 def _default_data_dir() -> Path:
@@ -40,11 +43,38 @@ class Settings(BaseSettings):
     max_queue_delay_us: int = Field(
         0, ge=0, description="longest a batch waits for more requests once the runtime is idle"
     )
-    request_timeout_s: float = Field(60.0, gt=0, description="ceiling on any request's wait")
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="ceiling on any request's deadline, and the longest wait a queue may hold"
+    )
+    default_timeout_s: float = Field(
+        10.0, gt=0, description="deadline of a request with neither latency_ms nor timeout"
+    )
+    deadline_grace_s: float = Field(
+        0.25, ge=0, description="how long past its deadline the frontend waits for a batch already running"
+    )
+    max_queue_bytes: int = Field(512 * 2**20, ge=1, description="tensor bytes one variant's queue may hold")
     max_request_elements: int = Field(
         64 * 1024 * 1024, ge=1, description="largest tensor (elements) a request may declare"
     )
-    max_request_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    max_request_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="largest inference body or gRPC message, after decompression"
+    )
+    max_management_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="largest management body (model uploads, job inputs)"
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="concurrent HTTP connections (REST) and RPCs (gRPC); past it: 503 / RESOURCE_EXHAUSTED"
+    )
+    api_keys: CommaList = Field(default_factory=list, description="bearer tokens for inference; empty: open")
+    management_api_keys: CommaList = Field(
+        default_factory=list, description="bearer tokens for the management API; empty: the inference keys"
+    )
+    management_host: str | None = Field(None, description="serve the management API on its own listener")
+    management_port: int | None = Field(None, description="port of the management listener (0: any free)")
+    job_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="directories a directory job may read (empty: directory jobs are off)"
+    )
+    api_key: str | None = Field(None, description="the key the CLI and client send (env INFAAS_API_KEY)")
     worker_start_timeout_s: float = 30.0
     ort_allow_spinning: bool = Field(
         False, description="ORT intra-op spin-waiting; off leaves CPU to the frontend"
@@ -64,7 +94,8 @@ class Settings(BaseSettings):
     keep_warm: bool = Field(True, description="an idle architecture keeps one variant loaded")
     worker_memory_mb: float = Field(0.0, ge=0, description="memory budget per worker; 0: RAM / max workers")
     # offline jobs
-    job_batch_rows: int = Field(16, ge=1, description="rows per batch of an offline job")
+    job_batch_rows: int = Field(16, ge=1, description="rows per batch of an offline job (at most a variant's max batch)")
+    job_max_failures: int = Field(5, ge=1, description="a job failing this many batches in a row is marked failed")
 
     # variants and profiling
     profile_on_register: bool = Field(True, description="generate and profile variants after registration")
@@ -76,6 +107,13 @@ class Settings(BaseSettings):
     # c5.large $0.085/h for 2 vCPUs -> $0.0425 per vCPU-hour; g4dn.xlarge (1 T4) $0.526/h.
     price_cpu_core_hour: float = 0.0425
     price_gpu_hour: float = 0.526
+
+    @field_validator("api_keys", "management_api_keys", "job_roots", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None values applied (CLI flags)."""

@@ -134,7 +134,7 @@ def test_a_job_pauses_while_online_load_is_high(heavy_dir, tmp_path):
             [(1.5 * per_second, 6.0)])))  # fmt: skip
         with Client(server.url) as client:
             load.start()
-            assert wait_until(lambda: name in plane.autoscaler.overloaded, timeout=10)
+            assert wait_until(lambda: name in server.services.autoscaler.overloaded, timeout=10)
             job = client.submit_job("digits-conv", {"input": rows(3000)})
             assert wait_until(lambda: client.job(job["id"])["status"] == "paused", timeout=10)
             paused = client.job(job["id"])

@@ -245,7 +245,7 @@ def test_in_process_app_without_a_socket(digits_data_dir, tmp_path, digits_sampl
     from tests.conftest import copy_data_dir
 
     data = copy_data_dir(digits_data_dir, tmp_path / "d")
-    app, _ = build(Settings(data_dir=data, workers=1))
+    app, _, _ = build(Settings(data_dir=data, workers=1))
     with TestClient(app) as tc:
         r = tc.post("/v2/models/digits-nb/infer", json=json_body(digits_samples[0][:2]))
         assert r.status_code == 200 and len(r.json()["outputs"][0]["data"]) == 2

@@ -138,3 +138,68 @@ def test_online_requests_go_ahead_of_queued_offline_ones():
         order += [p.key for p in q.next(1.0).batch]
     assert order == ["online-1", "online-2", "job-1", "job-2", "job-3"]
     assert q.rows_queued == 0
+
+
+# ---- admission (load shedding), all pure -------------------------------------------------------
+def fit_ms(slope, intercept):
+    return lambda rows: (slope * rows + intercept) / 1000
+
+
+def test_admission_refuses_what_cannot_finish_behind_the_queue_before_it_costs_compute():
+    q = BatchQueue(max_batch=4, predict_s=fit_ms(10, 2))  # a batch of 4 takes 42 ms
+    assert q.admit(rows=1, nbytes=0, deadline=1.0, now=0.0) is None  # empty queue: 12 ms
+    for k in range(8):  # 8 rows queued: two full batches, 84 ms
+        q.put(item(k, deadline=10.0))
+    assert q.work_s(8) == pytest.approx(0.084)
+    refusal = q.admit(rows=1, nbytes=0, deadline=0.090, now=0.0)  # 84 + 12 = 96 ms > 90
+    assert refusal is not None and refusal.overloaded and "8 rows queued ahead" in refusal.reason
+    assert refusal.retry_after_s == pytest.approx(0.006)
+    assert q.admit(rows=1, nbytes=0, deadline=0.100, now=0.0) is None
+    # the batch an instance is running counts too
+    assert q.admit(rows=1, nbytes=0, deadline=0.100, now=0.0, busy_s=0.02) is not None
+
+
+def test_a_request_that_cannot_make_its_deadline_even_alone_is_not_called_an_overload():
+    q = BatchQueue(max_batch=4, predict_s=fit_ms(10, 2))
+    refusal = q.admit(rows=4, nbytes=0, deadline=0.010, now=0.0)
+    assert refusal is not None and not refusal.overloaded and "takes about 42.0 ms" in refusal.reason
+
+
+def test_offline_rows_queued_do_not_delay_online_admission():
+    q = BatchQueue(max_batch=4, predict_s=fit_ms(10, 2))
+    for k in range(16):
+        q.put(Pending(key=k, rows=1, arrival=0.0, offline=True))
+    assert q.admit(rows=1, nbytes=0, deadline=0.05, now=0.0) is None  # online goes ahead of them
+    assert q.admit(rows=1, nbytes=0, deadline=0.05, now=0.0, offline=True) is not None
+
+
+def test_queue_is_bounded_in_time_and_bytes():
+    q = BatchQueue(max_batch=4, predict_s=fit_ms(10, 2), max_wait_s=0.1, max_bytes=1000)
+    for k in range(8):
+        q.put(Pending(key=k, rows=1, arrival=0.0, nbytes=100))
+    assert q.bytes_queued == 800
+    no_deadline = q.admit(rows=4, nbytes=100, deadline=None, now=0.0)  # 126 ms of work > 100 ms
+    assert no_deadline is not None and "past its bound of 100 ms" in no_deadline.reason
+    too_big = q.admit(rows=1, nbytes=300, deadline=None, now=0.0)
+    assert too_big is not None and "bytes" in too_big.reason
+    q.next(0.0)  # a batch of 4 leaves: 400 bytes and 42 ms freed
+    assert q.bytes_queued == 400 and q.admit(rows=1, nbytes=300, deadline=None, now=0.0) is None
+
+
+def test_cancel_takes_a_queued_request_out_and_its_rows_with_it():
+    q = BatchQueue(max_batch=4)
+    for k in range(3):
+        q.put(Pending(key=k, rows=2, arrival=0.0, nbytes=10))
+    assert q.cancel(1).key == 1 and q.cancel(1) is None
+    assert q.rows_queued == 4 and q.bytes_queued == 20
+    assert [p.key for p in q.next(0.0).batch] == [0, 2]
+
+
+def test_measured_batch_times_correct_the_profile():
+    q = BatchQueue(max_batch=4, predict_s=fit_ms(10, 0))
+    for _ in range(30):  # this machine runs the model 3x slower than profiled
+        q.observe(4, 0.120)
+    assert q.scale == pytest.approx(3.0, rel=0.01)
+    assert q.predict_s(4) == pytest.approx(0.120, rel=0.01)
+    q.observe(4, 100.0)  # one stall moves the scale, bounded
+    assert q.scale <= 10.0

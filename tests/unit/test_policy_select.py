@@ -2,7 +2,7 @@
 
 import pytest
 
-from infaas.policy import Objective, Option, Unreachable, predict_ms, select
+from infaas.policy import Objective, Option, Saturated, Unreachable, predict_ms, select
 from infaas.registry import Profile, Variant
 
 
@@ -43,10 +43,16 @@ def test_latency_prediction_includes_the_queue_and_the_batch():
     p = P[BIG.name]
     assert predict_ms(p, 16, rows=4, in_flight=0) == pytest.approx(2 * 4 + 3)
     assert predict_ms(p, 16, rows=1, in_flight=20) == pytest.approx(2 * (2 * 16 + 3) + 5)
-    # BIG alone meets min_accuracy 0.9; with 20 rows queued it cannot make 30 ms
-    with pytest.raises(Unreachable, match="latency_ms 30 unreachable for t: fastest is 75.00 ms"):
+    # BIG alone meets min_accuracy 0.9; with 20 rows queued it cannot make 30 ms: the objective is
+    # fine, the load is not (Saturated: a 429 to retry, not a 400 to give up)
+    with pytest.raises(Saturated, match="saturated for latency_ms 30: big.fp32 .* predicts 75.0 ms") as exc:
         select(Objective(latency_ms=30, min_accuracy=0.9), opts(in_flight=20), 1, "t")
+    assert exc.value.wait_ms == pytest.approx(45)
     assert select(Objective(latency_ms=30, min_accuracy=0.9), opts(in_flight=0), 1, "t").variant is BIG
+    # 4 ms cannot be met even when idle (BIG's batch of 1 takes 5): unreachable, not saturated
+    with pytest.raises(Unreachable, match="latency_ms 4 unreachable for t: fastest is 75.00 ms") as exc:
+        select(Objective(latency_ms=4, min_accuracy=0.9), opts(in_flight=20), 1, "t")
+    assert not isinstance(exc.value, Saturated)
 
 
 def test_loaded_preferred_over_cheaper_cold():

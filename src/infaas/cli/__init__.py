@@ -49,11 +49,12 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 
 def _client(args) -> Client:
-    url = args.url or load_settings().url
+    settings = load_settings()
+    url = args.url or settings.url
     if url.startswith("grpc://"):
         raise ValueError(f"'infaas {args.command}' uses the REST management API: give an http:// URL "
                          "(grpc:// serves infer)")  # fmt: skip
-    return Client(url)
+    return Client(url, api_key=getattr(args, "api_key", None) or settings.api_key)
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -66,11 +67,18 @@ def cmd_serve(args) -> None:
                              max_queue_delay_us=args.max_queue_delay_us,
                              instances_per_variant=args.instances, min_workers=args.min_workers,
                              max_workers=args.max_workers, scale_down_s=args.scale_down_s,
-                             autoscale=False if args.no_autoscale else None)  # fmt: skip
+                             autoscale=False if args.no_autoscale else None,
+                             api_keys=args.api_key, management_api_keys=args.management_api_key,
+                             management_host=args.management_host, management_port=args.management_port,
+                             job_roots=args.job_root, default_timeout_s=args.default_timeout_s,
+                             max_connections=args.max_connections)  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     grpc_text = f" and grpc://{settings.host}:{settings.grpc_port}" if settings.grpc_port is not None else ""
-    err.print(f"[bold]infaas[/] serving on http://{settings.host}:{settings.port}{grpc_text} "
-              f"(data dir {settings.data_dir}, {settings.workers} worker(s))")  # fmt: skip
+    mgmt = (f"; management on http://{settings.management_host or settings.host}:{settings.management_port}"
+            if settings.management_port is not None else "")  # fmt: skip
+    keys = "API keys required" if settings.api_keys or settings.management_api_keys else "no API keys"
+    err.print(f"[bold]infaas[/] serving on http://{settings.host}:{settings.port}{grpc_text}{mgmt} "
+              f"(data dir {settings.data_dir}, {settings.workers} worker(s), {keys})")  # fmt: skip
     serve(settings)
 
 
@@ -285,7 +293,8 @@ def _load_input(path: str) -> np.ndarray | dict[str, np.ndarray]:
 def cmd_infer(args) -> None:
     from infaas.client import connect
 
-    with connect(args.url or load_settings().url) as client:
+    settings = load_settings()
+    with connect(args.url or settings.url, api_key=args.api_key or settings.api_key) as client:
         result = client.infer(args.model, _load_input(args.input), version=args.version,
                               parameters=dict(args.param or []), binary=not args.json_tensors,
                               latency_ms=args.latency_ms, min_accuracy=args.min_accuracy,
@@ -376,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.add_argument("--url", help="server URL (env INFAAS_URL, default http://127.0.0.1:8000; "
                        "infer also takes grpc://host:port)")
+        p.add_argument("--api-key", help="API key to send (env INFAAS_API_KEY)")
         if json_flag:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
@@ -394,6 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-workers", type=int, help="autoscaling: never more (default: as many as cores allow)")
     p.add_argument("--scale-down-s", type=float, help="autoscaling: low load this long before capacity goes")
     p.add_argument("--no-autoscale", action="store_true", help="no controller: a fixed placement")
+    p.add_argument("--default-timeout-s", type=float,
+                   help="deadline of requests with neither latency_ms nor timeout (default 10)")
+    p.add_argument("--max-connections", type=int, help="concurrent HTTP connections / gRPC calls (default 1024)")
+    p.add_argument("--api-key", action="append",
+                   help="require this bearer token for inference (repeat for several; env INFAAS_API_KEYS=k1,k2)")
+    p.add_argument("--management-api-key", action="append",
+                   help="bearer token for the management API (default: the --api-key ones)")
+    p.add_argument("--management-host", help="serve the management API on its own listener (with --management-port)")
+    p.add_argument("--management-port", type=int, help="port of the management listener (0: any free)")
+    p.add_argument("--job-root", action="append",
+                   help="directory jobs may read under this directory (repeat; default: directory jobs off)")
     p.add_argument("--config", help="JSON settings file (env INFAAS_CONFIG)")
     p.set_defaults(fn=cmd_serve)
 

@@ -12,22 +12,26 @@ import grpc
 import numpy as np
 
 from infaas.client.http import InfaasClientError, InferResult, only_input, with_objectives
-from infaas.frontend.codec import tensor_from_bytes, tensor_to_bytes
-from infaas.frontend.grpc_server import MAX_MESSAGE, SERVICE, params_from_pb, params_to_pb
-from infaas.frontend.proto import kserve_v2_pb2 as pb
+from infaas.protocol.codec import tensor_from_bytes, tensor_to_bytes
+from infaas.protocol.grpc_codec import SERVICE, params_from_pb, params_to_pb
+from infaas.protocol.proto import kserve_v2_pb2 as pb
 from infaas.tensors import numpy_to_v2
+
+MAX_MESSAGE = 256 * 2**20  # the client's own limit; the server's comes from its settings
 
 # gRPC status -> the HTTP status REST would have answered with (InfaasClientError carries HTTP codes)
 _HTTP = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
          grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.UNAVAILABLE: 503,
-         grpc.StatusCode.DEADLINE_EXCEEDED: 503, grpc.StatusCode.RESOURCE_EXHAUSTED: 413}  # fmt: skip
+         grpc.StatusCode.DEADLINE_EXCEEDED: 503, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+         grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.CANCELLED: 499}  # fmt: skip
 
 
 class GrpcClient:
-    def __init__(self, url: str = "grpc://127.0.0.1:8001", timeout: float = 120.0) -> None:
+    def __init__(self, url: str = "grpc://127.0.0.1:8001", timeout: float = 120.0, api_key: str | None = None) -> None:
         self.url = url
         self.target = url.removeprefix("grpc://")
         self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self._channel = grpc.insecure_channel(self.target, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)])  # fmt: skip
         self._signatures: dict[str, dict] = {}
@@ -49,12 +53,14 @@ class GrpcClient:
                 f"/{SERVICE}/{method}", request_serializer=type(request).SerializeToString,
                 response_deserializer=response_type.FromString)  # fmt: skip
         try:
-            return rpc(request, timeout=self.timeout)
+            return rpc(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
                 raise InfaasClientError(0, f"cannot reach infaas at {self.url}: {exc.details()}") from None
-            raise InfaasClientError(_HTTP.get(code, 500), exc.details() or str(code)) from None
+            trailer = dict(exc.trailing_metadata() or ()).get("retry-after-ms")
+            raise InfaasClientError(_HTTP.get(code, 500), exc.details() or str(code),
+                                    int(trailer) / 1000 if trailer and trailer.isdigit() else None) from None  # fmt: skip
 
     # ---- health and metadata ---------------------------------------------------------------------
     def live(self) -> bool:
@@ -114,10 +120,10 @@ class GrpcClient:
                            resp.id or None)  # fmt: skip
 
 
-def connect(url: str, timeout: float = 120.0):
+def connect(url: str, timeout: float = 120.0, api_key: str | None = None):
     """A client for ``http://`` (REST: everything) or ``grpc://`` (inference, health, metadata) URLs."""
     if url.startswith("grpc://"):
-        return GrpcClient(url, timeout)
+        return GrpcClient(url, timeout, api_key)
     from infaas.client.http import Client
 
-    return Client(url, timeout)
+    return Client(url, timeout, api_key)

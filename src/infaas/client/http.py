@@ -11,17 +11,19 @@ import httpx
 import numpy as np
 import orjson
 
-from infaas.frontend.codec import decode_bytes_tensor, encode_bytes_tensor
+from infaas.protocol.codec import decode_bytes_tensor, encode_bytes_tensor
 from infaas.tensors import V2_TO_NUMPY, numpy_to_v2
 
 
 class InfaasClientError(Exception):
-    """The server answered with an error; ``status`` is the HTTP status."""
+    """The server answered with an error; ``status`` is the HTTP status, ``retry_after_s`` its
+    Retry-After (429 and 503: when a retry may succeed)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -59,9 +61,10 @@ def with_objectives(parameters: dict[str, Any] | None, latency_ms: float | None,
 class Client:
     """A persistent-connection client. ``binary=True`` sends and receives tensors as raw bytes."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 120.0) -> None:
+    def __init__(self, url: str = "http://127.0.0.1:8000", timeout: float = 120.0, api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else None
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
         self._signatures: dict[str, dict] = {}
 
     def close(self) -> None:
@@ -84,7 +87,9 @@ class Client:
                 message = resp.json().get("error", resp.text)
             except ValueError:
                 message = resp.text or resp.reason_phrase
-            raise InfaasClientError(resp.status_code, message)
+            retry = resp.headers.get("retry-after")
+            raise InfaasClientError(resp.status_code, message,
+                                    float(retry) if retry and retry.isdigit() else None)  # fmt: skip
         return resp
 
     def _json(self, method: str, path: str, **kwargs) -> Any:

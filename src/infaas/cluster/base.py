@@ -6,6 +6,7 @@ a Ray actor; the data plane and the controller only use these names.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +28,27 @@ class LoadSpec:
     instances: int = 1
     latency_slope_ms: float = 0.0  # the profile's fit, for deadline-aware batching
     latency_intercept_ms: float = 0.0
+    max_queue_s: float | None = None  # queue bound: work that can finish within the longest allowed wait
+    max_queue_bytes: int | None = None  # queue bound in tensor bytes
+
+
+class WorkerState(enum.Enum):
+    """A worker's life; every transition happens in the backend's one ``_set_state``, logged."""
+
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"  # its process died; a new one is starting and reloading its variants
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class ReplicaState(enum.Enum):
+    """A (worker, variant) replica's life; only READY replicas are routed to."""
+
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"  # out of routing; requests already sent finish
+    UNLOADING = "unloading"
 
 
 @dataclass(slots=True)
@@ -42,12 +64,16 @@ class WorkerHandle(Protocol):
     name: str
     cores: tuple[int, ...]
     placement_version: int  # changes whenever what the worker has loaded (or its liveness) changes
+    state: WorkerState
+    replicas: dict[str, ReplicaState]  # the current process's replicas, in any state
 
     @property
     def alive(self) -> bool: ...
     @property
     def loaded(self) -> dict[str, LoadSpec]: ...
     def hosts(self, variant: str) -> bool: ...
+    def assigned(self, variant: str) -> bool: ...  # in its target placement or present in any state
+    def empty(self) -> bool: ...  # nothing assigned, nothing in flight
     def loaded_names(self) -> set[str] | frozenset[str]: ...
     def outstanding(self, variant: str | None = None) -> int: ...
     def rows_in_flight(self, variant: str) -> int: ...
@@ -69,13 +95,15 @@ class ClusterBackend(Protocol):
     def workers(self) -> list[WorkerHandle]: ...
     def can_add(self) -> str | None: ...
     async def add_worker(self) -> WorkerHandle: ...
-    async def remove_worker(self, name: str) -> None: ...
+    async def remove_worker(self, name: str, only_if_empty: bool = False) -> bool: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
 
 
 _KINDS: dict[str, type[errors.InfaasError]] = {
     "DeadlineExceeded": errors.DeadlineExceeded,
+    "Overloaded": errors.Overloaded,
+    "Cancelled": errors.Cancelled,
     "Unavailable": errors.Unavailable,
     "WorkerCrashed": errors.WorkerCrashed,
     "InvalidArgument": errors.InvalidInput,  # ONNX Runtime's bad-input error
@@ -87,4 +115,4 @@ _KINDS: dict[str, type[errors.InfaasError]] = {
 def error_from_reply(reply: dict, worker: str) -> errors.InfaasError:
     """Turn a worker's error reply into the matching infaas error."""
     kind = _KINDS.get(reply.get("kind", ""), errors.InfaasError)
-    return kind(f"{reply.get('error', 'worker error')} (worker {worker})")
+    return kind(f"{reply.get('error', 'worker error')} (worker {worker})", reply.get("retry_after_s"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from infaas.cluster.base import LoadSpec, WorkerResult, error_from_reply
+from infaas.cluster.base import LoadSpec, ReplicaState, WorkerResult, WorkerState, error_from_reply
 from infaas.errors import Unavailable, WorkerCrashed
 from infaas.worker.wire import read_message, write_message
 
@@ -27,7 +27,14 @@ _SOCKET_BUFFER = 4 * 2**20
 
 
 class LocalWorker:
-    """A worker process on this machine, restarted (with its variants) if it dies."""
+    """A worker process on this machine, restarted (with its variants) if it dies.
+
+    It owns the worker's lifecycle (:class:`WorkerState`) and each replica's
+    (:class:`ReplicaState`); every transition goes through ``_set_state`` / ``_set_replica``
+    (logged, and bumping ``placement_version``). ``_specs`` is the target placement: what this
+    worker should host, kept across restarts. Loads and unloads of one variant are serialized,
+    so an unload draining while a load of the same variant arrives cannot leave them disagreeing.
+    """
 
     def __init__(
         self, name: str, cores: tuple[int, ...], *, allow_spinning: bool = False,
@@ -41,35 +48,43 @@ class LocalWorker:
         self.pid: int | None = None
         self.restarts = 0
         self.last_exit: str = ""
+        self.state = WorkerState.STOPPED
+        self.replicas: dict[str, ReplicaState] = {}
+        self._ready: set[str] = set()  # replicas in READY (what routing sees)
         self._proc: subprocess.Popen | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
+        self._restart_task: asyncio.Task | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._outstanding: Counter[str] = Counter()
         self._rows: Counter[str] = Counter()
         self._specs: dict[str, LoadSpec] = {}  # what this worker should host (survives restarts)
-        self._loaded: set[str] = set()  # what the current process has loaded
-        self.placement_version = 0  # bumped whenever what is loaded (or alive) changes
-        self._alive = False
-        self._stopping = False
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.placement_version = 0  # bumped whenever what is routable changes
         self._restart_times: list[float] = []
 
     # ---- state -------------------------------------------------------------------------
     @property
     def alive(self) -> bool:
-        return self._alive
+        return self.state is WorkerState.READY
 
     @property
     def loaded(self) -> dict[str, LoadSpec]:
-        return {v: self._specs[v] for v in self._loaded if v in self._specs} if self._alive else {}
+        return {v: self._specs[v] for v in self._ready if v in self._specs} if self.alive else {}
 
     def loaded_names(self) -> set[str] | frozenset[str]:
-        """Names of the variants the current process has loaded (no copy: do not modify)."""
-        return self._loaded if self._alive else frozenset()
+        """Names of the READY replicas (no copy: do not modify)."""
+        return self._ready if self.alive else frozenset()
 
     def hosts(self, variant: str) -> bool:
-        return self._alive and variant in self._loaded
+        return variant in self._ready and self.alive
+
+    def assigned(self, variant: str) -> bool:
+        return variant in self._specs or variant in self.replicas
+
+    def empty(self) -> bool:
+        return not self._specs and not self.replicas and not self._pending
 
     def outstanding(self, variant: str | None = None) -> int:
         return self._outstanding[variant] if variant else sum(self._outstanding.values())
@@ -77,8 +92,43 @@ class LocalWorker:
     def rows_in_flight(self, variant: str) -> int:
         return self._rows[variant]
 
+    def _set_state(self, state: WorkerState, why: str = "") -> None:
+        if state is not self.state:
+            log.info("worker %s: %s -> %s%s", self.name, self.state.value, state.value, f" ({why})" if why else "")
+            self.state = state
+            self.placement_version += 1
+
+    def _set_replica(self, variant: str, state: ReplicaState | None) -> None:
+        old = self.replicas.get(variant)
+        if state is None:
+            self.replicas.pop(variant, None)
+        else:
+            self.replicas[variant] = state
+        if state is ReplicaState.READY:
+            self._ready.add(variant)
+        else:
+            self._ready.discard(variant)
+        log.debug("worker %s: %s %s -> %s", self.name, variant, old and old.value, state and state.value)
+        self.placement_version += 1
+
+    def _lock(self, variant: str) -> asyncio.Lock:
+        lock = self._locks.get(variant)
+        if lock is None:
+            lock = self._locks[variant] = asyncio.Lock()
+        return lock
+
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
+        self._set_state(WorkerState.STARTING)
+        try:
+            await self._spawn()
+        except BaseException:
+            self._set_state(WorkerState.STOPPED, "did not start")
+            raise
+        self._set_state(WorkerState.READY, f"pid {self.pid}, cores {list(self.cores)}")
+
+    async def _spawn(self) -> None:
+        """Start a process and connect to it (no variants yet); kills it if the handshake fails."""
         parent, child = socket.socketpair()
         for sock in (parent, child):  # whole tensors fit in the buffers: fewer partial writes and wake-ups
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
@@ -87,27 +137,32 @@ class LocalWorker:
                "--cores", ",".join(map(str, self.cores))]  # fmt: skip
         if self.allow_spinning:
             cmd.append("--allow-spinning")
-        self._proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
+        proc = self._proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
         child.close()
-        self.pid = self._proc.pid
-        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        self.pid = proc.pid
         try:
+            reader, writer = await asyncio.open_unix_connection(sock=parent)
             hello = await asyncio.wait_for(read_message(reader), self.start_timeout_s)
-        except (TimeoutError, asyncio.IncompleteReadError) as exc:
-            self._proc.kill()
+            if not hello.get("ok"):
+                raise Unavailable(f"worker {self.name} did not start: {hello}")
+        except BaseException as exc:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+            parent.close()
+            if isinstance(exc, Unavailable | asyncio.CancelledError):
+                raise
             raise Unavailable(f"worker {self.name} did not start: {exc!r}") from exc
-        if not hello.get("ok"):
-            raise Unavailable(f"worker {self.name} did not start: {hello}")
         self._writer = writer
-        self._loaded = set()
-        self._alive = True
-        self.placement_version += 1
-        self._reader_task = asyncio.create_task(self._read_loop(reader, self._proc))
+        self.replicas, self._ready = {}, set()
+        self._reader_task = asyncio.create_task(self._read_loop(reader, proc))
         log.info("worker %s started (pid %s, cores %s)", self.name, self.pid, self.cores)
 
     async def stop(self) -> None:
-        self._stopping = True
-        self._alive = False
+        self._set_state(WorkerState.STOPPING)
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._restart_task
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 write_message(self._writer, {"op": "shutdown"})
@@ -124,48 +179,74 @@ class LocalWorker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader_task
         self._fail_pending(Unavailable(f"worker {self.name} stopped"))
+        self.replicas, self._ready = {}, set()
+        self._set_state(WorkerState.STOPPED)
 
     async def _read_loop(self, reader: asyncio.StreamReader, proc: subprocess.Popen) -> None:
+        why = ""
         try:
             while True:
                 msg = await read_message(reader)
                 fut = self._pending.pop(msg["id"], None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
-        self._alive = False
-        self.placement_version += 1
-        if self._stopping:
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a corrupt frame or a bug here: the worker cannot be trusted, replace it
+            why = f"unreadable reply ({type(exc).__name__}: {exc})"
+            log.exception("worker %s: %s; killing it", self.name, why)
+            proc.kill()
+        if self._proc is not proc or self.state in (WorkerState.STOPPING, WorkerState.STOPPED):
             return
+        self._writer = None
+        self.replicas, self._ready = {}, set()
         code = await asyncio.to_thread(proc.wait)
-        self.last_exit = f"exit code {code}" if code >= 0 else f"signal {-code}"
+        self.last_exit = why or (f"exit code {code}" if code >= 0 else f"signal {-code}")
         log.error("worker %s (pid %s) died: %s", self.name, proc.pid, self.last_exit)
+        self._set_state(WorkerState.RESTARTING if self.restart else WorkerState.STOPPED, self.last_exit)
         self._fail_pending(WorkerCrashed(
             f"worker {self.name} (pid {proc.pid}) died ({self.last_exit}) while serving this "
             "request; it is being restarted"))  # fmt: skip
-        if self.restart:
-            asyncio.create_task(self._restart())
+        if self.restart and (self._restart_task is None or self._restart_task.done()):
+            self._restart_task = asyncio.create_task(self._restart())
 
     async def _restart(self) -> None:
-        now = time.monotonic()
-        self._restart_times = [t for t in self._restart_times if now - t < 60] + [now]
-        backoff = min(30.0, 0.5 * 2 ** max(0, len(self._restart_times) - 3))
-        await asyncio.sleep(backoff if len(self._restart_times) > 3 else 0)
-        if self._stopping:
-            return
-        specs = list(self._specs.values())
-        try:
-            await self.start()
-            self.restarts += 1  # counted before its variants are routable again (observers poll hosts())
-            for spec in specs:
-                await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
-                self._loaded.add(spec.variant)
-                self.placement_version += 1
-            log.info("worker %s restarted with %d variants", self.name, len(specs))
-        except Exception:
-            log.exception("restart of worker %s failed; retrying", self.name)
-            asyncio.create_task(self._restart())
+        """One restart at a time: spawn, reload the target placement, then route again. A failed
+        attempt kills what it started and tries again with backoff."""
+        while self.state is WorkerState.RESTARTING:
+            now = time.monotonic()
+            self._restart_times = [t for t in self._restart_times if now - t < 60] + [now]
+            if len(self._restart_times) > 3:
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** (len(self._restart_times) - 3)))
+            if self.state is not WorkerState.RESTARTING:
+                return
+            try:
+                await self._spawn()
+                self.restarts += 1  # counted before its variants are routable again (observers poll hosts())
+                for spec in list(self._specs.values()):
+                    async with self._lock(spec.variant):
+                        if self._specs.get(spec.variant) is not spec:
+                            continue  # unloaded (or replaced) meanwhile
+                        self._set_replica(spec.variant, ReplicaState.LOADING)
+                        await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
+                        self._set_replica(spec.variant, ReplicaState.READY)
+                self._set_state(WorkerState.READY, f"restarted with {len(self._specs)} variant(s)")
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("restart of worker %s failed; retrying", self.name)
+                if self._proc is not None and self._proc.poll() is None:
+                    self._proc.kill()
+                    await asyncio.to_thread(self._proc.wait)
+                if self._reader_task is not None:
+                    self._reader_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await self._reader_task
+                self._writer = None
+                self.replicas, self._ready = {}, set()
 
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
@@ -174,41 +255,60 @@ class LocalWorker:
                 fut.set_exception(exc)
 
     # ---- calls ---------------------------------------------------------------------------
-    async def _send(self, message: dict) -> asyncio.Future:
-        if not self._alive or self._writer is None:
-            raise Unavailable(f"worker {self.name} is not running ({self.last_exit or 'starting'})")
+    def _send(self, message: dict) -> tuple[int, asyncio.Future]:
+        if self._writer is None or self.state in (WorkerState.STOPPING, WorkerState.STOPPED):
+            raise Unavailable(f"worker {self.name} is not running ({self.last_exit or self.state.value})")
         fut = asyncio.get_running_loop().create_future()
         rid = next(self._ids)
         message["id"] = rid
         self._pending[rid] = fut
         write_message(self._writer, message)
-        if self._writer.transport.get_write_buffer_size() > _DRAIN_ABOVE:
+        return rid, fut
+
+    async def _drain(self) -> None:
+        if self._writer is not None and self._writer.transport.get_write_buffer_size() > _DRAIN_ABOVE:
             await self._writer.drain()
-        return fut
 
     async def _call(self, message: dict, timeout: float = 60.0) -> Any:
-        fut = await self._send(message)
+        _, fut = self._send(message)
+        await self._drain()
         reply = await asyncio.wait_for(fut, timeout)
         if not reply["ok"]:
             raise error_from_reply(reply, self.name)
         return reply["result"]
 
     async def load(self, spec: LoadSpec) -> dict[str, Any]:
-        result = await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
-        self._specs[spec.variant] = spec
-        self._loaded.add(spec.variant)
-        self.placement_version += 1
-        return result
+        async with self._lock(spec.variant):
+            if self.replicas.get(spec.variant) is ReplicaState.READY:
+                self._specs[spec.variant] = spec
+                return {"load_time_s": 0.0, "already": True}
+            self._specs[spec.variant] = spec
+            self._set_replica(spec.variant, ReplicaState.LOADING)
+            try:
+                result = await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
+            except BaseException:
+                self._specs.pop(spec.variant, None)
+                self._set_replica(spec.variant, None)
+                raise
+            self._set_replica(spec.variant, ReplicaState.READY)
+            return result
 
     async def unload(self, variant: str, drain_s: float = 30.0) -> None:
-        """Stop routing to the variant, let the requests already sent finish, then unload it."""
-        self._specs.pop(variant, None)
-        self._loaded.discard(variant)
-        self.placement_version += 1
-        until = time.monotonic() + drain_s
-        while self._outstanding[variant] and time.monotonic() < until and self._alive:
-            await asyncio.sleep(0.01)
-        await self._call({"op": "unload", "variant": variant})
+        """Leave the target placement, stop routing, let the requests already sent finish, then unload."""
+        async with self._lock(variant):
+            self._specs.pop(variant, None)
+            if variant not in self.replicas:
+                return
+            self._set_replica(variant, ReplicaState.DRAINING)
+            until = time.monotonic() + drain_s
+            while self._outstanding[variant] and time.monotonic() < until and self._writer is not None:
+                await asyncio.sleep(0.01)
+            self._set_replica(variant, ReplicaState.UNLOADING)
+            try:
+                if self._writer is not None:
+                    await self._call({"op": "unload", "variant": variant})
+            finally:
+                self._set_replica(variant, None)
 
     async def stats(self) -> dict[str, Any]:
         return await self._call({"op": "stats"}, timeout=10)
@@ -217,18 +317,30 @@ class LocalWorker:
         self, variant: str, inputs: dict[str, np.ndarray], rows: int,
         deadline: float | None = None, drop_late: bool = True, offline: bool = False,
     ) -> WorkerResult:
+        """Send a request and wait for its reply. Rows count as in flight until the worker answers,
+        even when the caller gives up: a cancelled caller sends ``cancel`` (the worker drops the
+        request if it is still queued), and the frontend's view stays the worker's."""
+        rid, fut = self._send({
+            "op": "infer", "variant": variant, "inputs": inputs, "rows": rows,
+            "arrival": time.monotonic(), "deadline": deadline, "drop_late": drop_late,
+            "offline": offline,
+        })  # fmt: skip
         self._outstanding[variant] += 1
         self._rows[variant] += rows
-        try:
-            fut = await self._send({
-                "op": "infer", "variant": variant, "inputs": inputs, "rows": rows,
-                "arrival": time.monotonic(), "deadline": deadline, "drop_late": drop_late,
-                "offline": offline,
-            })  # fmt: skip
-            reply = await fut
-        finally:
+
+        def release(_: asyncio.Future) -> None:
             self._outstanding[variant] -= 1
             self._rows[variant] -= rows
+
+        fut.add_done_callback(release)
+        try:
+            await self._drain()
+            reply = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if not fut.done() and self._writer is not None:
+                with contextlib.suppress(Exception):
+                    write_message(self._writer, {"op": "cancel", "variant": variant, "key": rid, "id": 0})
+            raise
         if not reply["ok"]:
             raise error_from_reply(reply, self.name)
         return WorkerResult(reply["outputs"], reply["queue_ns"], reply["compute_ns"],
@@ -248,7 +360,8 @@ def _spec_msg(spec: LoadSpec) -> dict:
     return {"variant": spec.variant, "path": spec.path, "threads": spec.threads,
             "max_batch": spec.max_batch, "provider": spec.provider,
             "max_delay_s": spec.max_delay_s, "instances": spec.instances,
-            "latency_ms": (spec.latency_slope_ms, spec.latency_intercept_ms)}  # fmt: skip
+            "latency_ms": (spec.latency_slope_ms, spec.latency_intercept_ms),
+            "max_queue_s": spec.max_queue_s, "max_queue_bytes": spec.max_queue_bytes}  # fmt: skip
 
 
 def core_sets(workers: int, cores_per_worker: int = 0) -> list[tuple[int, ...]]:
@@ -301,10 +414,15 @@ class LocalCluster:
         self._workers = [*self._workers, worker]  # a new list: iterations in flight keep theirs
         return worker
 
-    async def remove_worker(self, name: str) -> None:
-        worker = next(w for w in self._workers if w.name == name)
+    async def remove_worker(self, name: str, only_if_empty: bool = False) -> bool:
+        """Stop and forget a worker; with ``only_if_empty``, only one that hosts and is assigned
+        nothing and has nothing in flight (checked here, at the moment of removal)."""
+        worker = next((w for w in self._workers if w.name == name), None)
+        if worker is None or (only_if_empty and not worker.empty()):
+            return False
         self._workers = [w for w in self._workers if w is not worker]
         await worker.stop()
+        return True
 
     async def start(self) -> None:
         await asyncio.gather(*(w.start() for w in self._workers))

@@ -28,7 +28,7 @@ from infaas.policy import (
 from infaas.policy.autoscale import capacity_rps
 
 if TYPE_CHECKING:
-    from infaas.frontend.dataplane import DataPlane
+    from infaas.control.ports import Actuator
     from infaas.settings import Settings
 
 log = logging.getLogger("infaas.autoscaler")
@@ -39,7 +39,7 @@ def _ram_mb() -> float:
 
 
 class Autoscaler:
-    def __init__(self, plane: DataPlane, settings: Settings) -> None:
+    def __init__(self, plane: Actuator, settings: Settings) -> None:
         self.plane = plane
         self.settings = settings
         cluster = plane.cluster
@@ -200,7 +200,8 @@ class Autoscaler:
         if action.kind == "remove_worker":
             if len(workers) <= self.min_workers or action.target not in workers:
                 return
-            await cluster.remove_worker(action.target)
+            if not await cluster.remove_worker(action.target, only_if_empty=True):
+                return  # something was placed on it since the decision: keep it
             self.memory.empty_since.pop(action.target, None)
             self._cpu.pop(action.target, None)
             plane.log_decision("remove_worker", action.reason, worker=action.target)

@@ -4,9 +4,13 @@ A job's inputs are saved under ``<data dir>/jobs/<id>/inputs.npz`` and its recor
 store. The runner takes one batch at a time, through the same data plane as online queries
 (selection with the job's ``min_accuracy``: the cheapest variant that qualifies), marked offline:
 workers queue online requests ahead of it and the autoscaler does not count it as demand. While an
-online variant is overloaded, jobs pause. Each completed batch is written to its own file before
-the record advances, so a restarted server resumes a job from its last completed batch; the parts
-are merged into ``outputs.npz`` at the end.
+online variant is overloaded, jobs pause. Batches never exceed the smallest max batch in the job's
+scope. Each completed batch is written (and fsynced) to its own file before the record advances,
+so a restarted server resumes a job from its last completed batch; at the end the parts are merged
+into ``outputs.npz`` (written to a temporary file, fsynced, renamed), the record is marked done,
+and only then are the parts removed. A job whose batches fail ``job_max_failures`` times in a row
+is marked failed with the reason, and the queue moves on. A cancel always wins: the runner never
+writes over a cancelled record.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +29,14 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from infaas.errors import InfaasError, InvalidInput, NotFound
-from infaas.frontend.catalog import check_inputs
-from infaas.frontend.types import InferInput, InferRequest
+from infaas.protocol.types import InferInput, InferRequest
+from infaas.protocol.validate import check_inputs
 from infaas.registry import Signature
 from infaas.tensors import NUMPY_TO_V2
 
 if TYPE_CHECKING:
-    from infaas.frontend.dataplane import DataPlane
+    from infaas.control.ports import InferencePort
+    from infaas.registry.store import MetadataStore
 
 log = logging.getLogger("infaas.jobs")
 
@@ -55,13 +62,36 @@ class Job(BaseModel):
     segments: list[tuple[int, int, str]] = Field(default_factory=list)  # [start, end) rows -> variant
     files: list[str] = Field(default_factory=list)  # for directory jobs: the image file of each row
     error: str | None = None
+    failures: int = 0  # batches failed in a row
 
     @property
     def progress(self) -> float:
         return self.done_rows / self.rows if self.rows else 1.0
 
 
-def load_images(directory: str | Path, sig: Signature) -> tuple[dict[str, np.ndarray], list[str]]:
+def allowed_directory(directory: str, roots: list[Path]) -> Path:
+    """The real path of ``directory`` if it lies under one of ``roots`` (symlinks resolved); else one
+    error that says the same whether the path exists or not (no oracle for the server's files)."""
+    if not roots:
+        raise InvalidInput("directory jobs are off on this server: start it with --job-root DIR")
+    refused = InvalidInput(f"directory {directory!r} is not a readable directory under the server's job roots")
+    try:
+        path = Path(directory)
+        real = path.resolve(strict=True) if path.is_absolute() else None
+        if real is None:
+            real = next(((r / path).resolve(strict=True) for r in roots if (r / path).exists()), None)
+        if real is None or not real.is_dir():
+            raise refused
+    except (OSError, RuntimeError, ValueError):
+        raise refused from None
+    for root in roots:
+        with contextlib.suppress(OSError, RuntimeError):
+            if real.is_relative_to(Path(root).resolve(strict=True)):
+                return real
+    raise refused
+
+
+def load_images(directory: str | Path, sig: Signature, limit_bytes: int | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """Images of a directory (sorted by name), resized to the task's single NHWC UINT8 input."""
     from PIL import Image
 
@@ -78,6 +108,9 @@ def load_images(directory: str | Path, sig: Signature) -> tuple[dict[str, np.nda
     if not files:
         raise InvalidInput(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {directory}")
     mode = "RGB" if channels == 3 else "L"
+    if limit_bytes is not None and len(files) * height * width * channels > limit_bytes:
+        raise InvalidInput(f"{len(files)} images of {height}x{width}x{channels} exceed the job input limit "
+                           f"of {limit_bytes} bytes")  # fmt: skip
     rows = []
     for path in files:
         with Image.open(path) as img:
@@ -87,11 +120,19 @@ def load_images(directory: str | Path, sig: Signature) -> tuple[dict[str, np.nda
 
 
 class JobRunner:
-    def __init__(self, plane: DataPlane, data_dir: Path, batch_rows: int) -> None:
+    def __init__(self, plane: InferencePort, store: MetadataStore, data_dir: Path, batch_rows: int, *,
+                 busy: Callable[[], str | None] = lambda: None, max_failures: int = 5,
+                 job_roots: list[Path] | None = None, max_input_bytes: int | None = None,
+                 retry_s: float = 1.0) -> None:  # fmt: skip
         self.plane = plane
-        self.store = plane.registry.store
+        self.store = store
         self.root = Path(data_dir) / "jobs"
         self.batch_rows = batch_rows
+        self.busy = busy  # why online work needs the capacity now (jobs pause), or None
+        self.max_failures = max_failures
+        self.job_roots = [Path(r) for r in job_roots or []]
+        self.max_input_bytes = max_input_bytes
+        self.retry_s = retry_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._inputs: tuple[str, dict[str, np.ndarray]] | None = None  # the current job's, cached
@@ -111,6 +152,16 @@ class JobRunner:
         job.updated = time.time()
         self.store.put("job", job.id, job.model, job.model_dump(mode="json"))
 
+    def _save(self, job: Job) -> bool:
+        """Write the runner's copy of a job unless the stored one was cancelled meanwhile (a cancel
+        wins over any stale record); False when it was. Read and write happen without an await
+        between them, so no other coroutine of this server can slip in."""
+        stored = self.store.get("job", job.id)
+        if stored is None or stored.get("status") == "cancelled":
+            return False
+        self._put(job)
+        return True
+
     def result_path(self, job_id: str) -> Path:
         job = self.get(job_id)
         if job.status != "done":
@@ -125,7 +176,7 @@ class JobRunner:
             raise InvalidInput("a job takes either an .npz of inputs or a directory of images")
         files: list[str] = []
         if directory is not None:
-            inputs, files = load_images(directory, sig)
+            inputs, files = load_images(allowed_directory(directory, self.job_roots), sig, self.max_input_bytes)
         assert inputs is not None
         if min_accuracy is not None:
             if not 0 <= min_accuracy <= 1:
@@ -137,11 +188,12 @@ class JobRunner:
             InferInput(k, NUMPY_TO_V2.get(v.dtype, "?"), tuple(v.shape), v) for k, v in inputs.items()
         ])  # fmt: skip
         rows = check_inputs(req, sig)
+        batch = min([self.batch_rows, *(v.max_batch for v in variants if v.status == "ready")])
         job = Job(id=uuid.uuid4().hex[:12], model=model, min_accuracy=min_accuracy, rows=rows,
-                  batch_rows=self.batch_rows, files=files)  # fmt: skip
+                  batch_rows=batch, files=files)  # fmt: skip
         folder = self.root / job.id
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "inputs.npz", **inputs)
+        _save_npz(folder / "inputs.npz", inputs)
         self._put(job)
         self.plane.log_decision("job", f"job {job.id} submitted: {rows} rows of {scope}"
                                 + (f" at accuracy >= {min_accuracy:g}" if min_accuracy is not None else ""),
@@ -173,6 +225,7 @@ class JobRunner:
 
     async def _run(self) -> None:
         while True:
+            job = None
             try:
                 job = next((j for j in self.list() if j.status in ACTIVE), None)
                 if job is None:
@@ -184,28 +237,29 @@ class JobRunner:
                     pass
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # a bug or an unreadable record: counted against the job, never forever
                 log.exception("job runner")
                 self.plane.log_decision("error", f"job runner: {type(exc).__name__}: {exc}")
-                await asyncio.sleep(1.0)
-
-    def _busy(self) -> str | None:
-        scaler = self.plane.autoscaler
-        if scaler is None or not scaler.overloaded:
-            return None
-        name, why = next(iter(scaler.overloaded.items()))
-        return f"online variant {name} is overloaded ({why})"
+                if job is not None:
+                    job.failures += 1
+                    if job.failures >= self.max_failures:
+                        with contextlib.suppress(Exception):
+                            self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(self.retry_s)
 
     async def _step(self, job: Job) -> bool:
         """One batch of ``job`` (or one pause tick); False once the job has ended or was cancelled."""
         if self.get(job.id).status not in ACTIVE:  # cancelled meanwhile
             return False
-        busy = self._busy()
+        if job.done_rows >= job.rows:  # a crash between the last part and the merge
+            return self._complete(job)
+        busy = self.busy()
         if busy is not None:
             if job.status != "paused":
                 job.status, job.reason, job.pauses = "paused", f"paused: {busy}", job.pauses + 1
                 self._paused_at[job.id] = time.monotonic()
-                self._put(job)
+                if not self._save(job):
+                    return False
                 self.plane.log_decision("job", f"job {job.id} paused: {busy}", job=job.id)
             await asyncio.sleep(0.25)
             return True
@@ -215,10 +269,15 @@ class JobRunner:
                 self.plane.log_decision("job", f"job {job.id} resumed: online load is back within capacity",
                                         job=job.id)  # fmt: skip
             job.status, job.reason = "running", ""
-            self._put(job)
-        if self._inputs is None or self._inputs[0] != job.id:
-            with np.load(self.root / job.id / "inputs.npz") as npz:
-                self._inputs = (job.id, {k: npz[k] for k in npz.files})
+            if not self._save(job):
+                return False
+        try:
+            if self._inputs is None or self._inputs[0] != job.id:
+                with np.load(self.root / job.id / "inputs.npz") as npz:
+                    self._inputs = (job.id, {k: npz[k] for k in npz.files})
+        except Exception as exc:  # a missing or corrupt input file will not get better
+            self._finish(job, "failed", f"cannot read the job's inputs: {type(exc).__name__}: {exc}")
+            return False
         inputs = self._inputs[1]
         start, end = job.done_rows, min(job.rows, job.done_rows + job.batch_rows)
         params: dict[str, Any] = {} if job.min_accuracy is None else {"min_accuracy": job.min_accuracy}
@@ -228,17 +287,20 @@ class JobRunner:
         ], parameters=params)  # fmt: skip
         try:
             resp = await self.plane.infer(req, offline=True)
-        except InvalidInput as exc:
-            self._finish(job, "failed", f"{exc}")
-            return False
-        except InfaasError as exc:  # unavailable, crashed worker, ...: retry this batch shortly
-            job.reason = f"retrying batch at row {start}: {exc}"
-            self._put(job)
-            await asyncio.sleep(1.0)
+        except InfaasError as exc:  # unavailable, crashed worker, model removed ...: retry, up to a point
+            job.failures += 1
+            if isinstance(exc, InvalidInput | NotFound) or job.failures >= self.max_failures:
+                self._finish(job, "failed", f"batch at row {start} failed {job.failures} time(s) in a row: {exc}")
+                return False
+            job.reason = f"retrying batch at row {start} ({job.failures}/{self.max_failures}): {exc}"
+            if not self._save(job):
+                return False
+            await asyncio.sleep(self.retry_s)
             return True
         if self.get(job.id).status not in ACTIVE:  # cancelled while this batch ran: keep its record as is
             return False
-        np.savez(self.root / job.id / f"part-{start:010d}.npz", **{o.name: o.data for o in resp.outputs})
+        job.failures = 0
+        _save_npz(self.root / job.id / f"part-{start:010d}.npz", {o.name: o.data for o in resp.outputs})
         variant = resp.parameters.get("variant", "?")
         job.variants[variant] = job.variants.get(variant, 0) + (end - start)
         if job.segments and job.segments[-1][2] == variant and job.segments[-1][1] == start:
@@ -246,14 +308,14 @@ class JobRunner:
         else:
             job.segments.append((start, end, variant))
         job.done_rows = end
-        if end >= job.rows:
-            self._merge(job)
-            self._finish(job, "done", "")
+        if not self._save(job):
             return False
-        self._put(job)
+        if end >= job.rows:
+            return self._complete(job)
         return True
 
-    def _merge(self, job: Job) -> None:
+    def _complete(self, job: Job) -> bool:
+        """Merge the parts into outputs.npz (atomically), mark the job done, then remove the parts."""
         folder = self.root / job.id
         parts = sorted(folder.glob("part-*.npz"))
         merged: dict[str, list[np.ndarray]] = {}
@@ -261,15 +323,23 @@ class JobRunner:
             with np.load(part) as npz:
                 for k in npz.files:
                     merged.setdefault(k, []).append(npz[k])
-        np.savez(folder / "outputs.npz", **{k: np.concatenate(v) for k, v in merged.items()})
+        outputs = {k: np.concatenate(v) for k, v in merged.items()}
+        got = min((len(v) for v in outputs.values()), default=0)
+        if got != job.rows:
+            self._finish(job, "failed", f"the saved parts hold {got} rows, the job has {job.rows}")
+            return False
+        _save_npz(folder / "outputs.npz", outputs)
+        self._finish(job, "done", "")
         for part in parts:
-            part.unlink()
+            part.unlink(missing_ok=True)
+        return False
 
     def _finish(self, job: Job, status: str, reason: str) -> None:
         job.status, job.reason, job.finished = status, reason, time.time()
         if status == "failed":
             job.error = reason
-        self._put(job)
+        if not self._save(job):
+            return
         self._inputs = None
         took = job.finished - job.created
         used = ", ".join(f"{v} ({n} rows)" for v, n in job.variants.items())
@@ -278,3 +348,17 @@ class JobRunner:
                                 + (f"; paused {job.pauses} time(s), {job.paused_s:.1f} s" if job.pauses else ""),
                                 job=job.id)  # fmt: skip
 
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz durably: a temporary file, fsynced, renamed over ``path``, directory fsynced."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from infaas.errors import InvalidInput, NotFound
-from infaas.frontend.types import InferRequest
-from infaas.policy import Objective, Option, ScopeIndex
+from infaas.errors import NotFound
+from infaas.policy import Option, ScopeIndex
 from infaas.registry import Architecture, Registry, Signature, Task, Variant
 
 
@@ -34,6 +31,7 @@ class Catalog:
             for i, v in enumerate(variants, 1):
                 self.number[v.name] = i
                 self.numbered[(arch, i)] = v
+        self.known_names = frozenset(self.tasks) | frozenset(self.architectures) | frozenset(self.variants)
         self._options: dict[tuple[str, str | None], ScopeIndex] = {}
         self._names: dict[tuple[str, str | None], frozenset[str]] = {}
 
@@ -76,53 +74,3 @@ class Catalog:
             var = self.variants[name]
             return (f"variant {name}", self.architectures[var.architecture].signature, [var], name)
         raise NotFound(f"unknown model '{name}': not a task, architecture or variant")
-
-
-def check_inputs(req: InferRequest, sig: Signature) -> int:
-    """Validate inputs against the signature; returns the batch size (rows)."""
-    given = {i.name: i for i in req.inputs}
-    expected = {s.name for s in sig.inputs}
-    if len(given) != len(req.inputs):
-        raise InvalidInput("an input name appears twice")
-    if missing := expected - set(given):
-        raise InvalidInput(f"missing input(s) {sorted(missing)}; '{req.model}' expects {sorted(expected)}")
-    if extra := set(given) - expected:
-        raise InvalidInput(f"unexpected input(s) {sorted(extra)}; '{req.model}' expects {sorted(expected)}")
-    rows = None
-    for spec in sig.inputs:
-        inp = given[spec.name]
-        if inp.datatype != spec.datatype:
-            raise InvalidInput(f"input '{spec.name}': datatype {inp.datatype}, expected {spec.datatype}")
-        if len(inp.shape) != len(spec.shape) or any(
-            want not in (-1, got) for want, got in zip(spec.shape, inp.shape, strict=True)
-        ):
-            raise InvalidInput(f"input '{spec.name}': shape {list(inp.shape)}, expected {list(spec.shape)} "
-                               "(-1 = any size; the first dimension is the batch)")  # fmt: skip
-        if rows is None:
-            rows = inp.shape[0]
-        elif inp.shape[0] != rows:
-            raise InvalidInput("inputs disagree on the batch size (first dimension)")
-    if not rows:
-        raise InvalidInput("batch size (first dimension) must be at least 1")
-    return rows
-
-
-def objective_from(params: dict[str, Any]) -> Objective:
-    """Objectives travel in the request parameters: latency_ms, min_accuracy, max_cost, allow_estimated."""
-    values: dict[str, Any] = {}
-    for key, lo, hi in (("latency_ms", 0.0, None), ("min_accuracy", 0.0, 1.0), ("max_cost", 0.0, None)):
-        raw = params.get(key)
-        if raw is None:
-            continue
-        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-            raise InvalidInput(f"parameter '{key}' must be a number")
-        try:
-            value = float(raw)
-        except ValueError:
-            raise InvalidInput(f"parameter '{key}' must be a number, got {raw!r}") from None
-        if value <= lo and key != "min_accuracy" or value < lo or (hi is not None and value > hi):
-            raise InvalidInput(f"parameter '{key}' out of range: {value:g}")
-        values[key] = value
-    allow = params.get("allow_estimated", True)
-    values["allow_estimated"] = allow if isinstance(allow, bool) else str(allow).lower() not in ("0", "false", "no")
-    return Objective(**values)

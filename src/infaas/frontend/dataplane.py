@@ -7,24 +7,37 @@ import dataclasses
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from infaas import __version__
-from infaas.cluster.base import ClusterBackend, LoadSpec, WorkerHandle
-from infaas.errors import InfaasError, InvalidInput, NotFound, Unavailable
-from infaas.frontend.catalog import Catalog, check_inputs, objective_from
+from infaas.cluster.base import ClusterBackend, LoadSpec, WorkerHandle, WorkerResult
+from infaas.errors import (
+    DeadlineExceeded,
+    InfaasError,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    Unavailable,
+)
+from infaas.frontend.catalog import Catalog
 from infaas.frontend.metrics import Metrics, VariantStats
-from infaas.frontend.types import InferOutput, InferRequest, InferResponse
 from infaas.policy import (
+    BatchTooLarge,
     Candidate,
     NoCandidate,
+    Objective,
+    Saturated,
     Unreachable,
     select_loaded,
     select_sorted,
 )
-from infaas.registry import Architecture, Registry, Variant
+from infaas.protocol.params import RequestParams, parse_request_params
+from infaas.protocol.types import InferOutput, InferRequest, InferResponse, costly, materialize
+from infaas.protocol.validate import check_inputs
+from infaas.registry import Architecture, Registry, Signature, Variant
 from infaas.settings import Settings
 from infaas.tensors import v2_to_triton_config
 
@@ -32,6 +45,31 @@ log = logging.getLogger("infaas.dataplane")
 
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository",
               "infaas_modelless", "infaas_management"]  # fmt: skip
+
+
+@dataclasses.dataclass(slots=True)
+class Plan:
+    """What a request asks for, resolved: scope, signature, variants, rows, parameters, deadline."""
+
+    scope: str
+    signature: Signature
+    variants: list[Variant]
+    rows: int
+    params: RequestParams
+    objective: Objective
+    deadline: float  # time.monotonic()
+    deadline_source: str
+
+
+@dataclasses.dataclass(slots=True)
+class Route:
+    """Where a request runs, and why."""
+
+    variant: Variant
+    worker: WorkerHandle
+    reason: str
+    predicted_ms: float | None = None
+    cost_per_1k: float | None = None
 
 
 class DataPlane:
@@ -49,10 +87,7 @@ class DataPlane:
         self._tasks: set[asyncio.Task] = set()
         self._cold: dict[str, asyncio.Task] = {}  # variant -> its load in progress
         self._loaded_options: dict[tuple[str, str | None], tuple] = {}
-        from infaas.control import Autoscaler, JobRunner
-
-        self.autoscaler = Autoscaler(self, settings) if settings.autoscale else None
-        self.jobs = JobRunner(self, settings.data_dir, settings.job_batch_rows)
+        self.worker_report: Callable[[], dict[str, dict[str, Any]]] = dict  # set by the composition root
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -60,15 +95,9 @@ class DataPlane:
         for arch in list(self.catalog.architectures):
             await self.ensure_loaded(arch)
         self.ready = True
-        if self.autoscaler is not None:
-            self.autoscaler.start()
-        self.jobs.start()
 
     async def stop(self) -> None:
         self.ready = False
-        if self.autoscaler is not None:
-            await self.autoscaler.stop()
-        await self.jobs.stop()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -173,6 +202,7 @@ class DataPlane:
             threads=variant.threads, max_batch=variant.max_batch, provider=variant.provider,
             max_delay_s=self.settings.max_queue_delay_us / 1e6,
             instances=self.settings.instances_per_variant,
+            max_queue_s=self.settings.request_timeout_s, max_queue_bytes=self.settings.max_queue_bytes,
         )  # fmt: skip
         if (prof := self.catalog.profiles.get(variant.name)) is not None:
             spec = dataclasses.replace(spec, latency_slope_ms=prof.fit_slope_ms,
@@ -305,88 +335,138 @@ class DataPlane:
 
     # ---- inference ---------------------------------------------------------------------------
     async def infer(self, req: InferRequest, offline: bool = False) -> InferResponse:
-        """Serve one request. ``offline``: a batch job's request (low priority, not logged per batch)."""
+        """Serve one request in four steps: resolve (what is asked, by when), route (which variant
+        on which worker), execute (on the worker, within the deadline), respond. ``offline``: a
+        batch job's request (low priority, the longest deadline, not logged per batch)."""
         start = time.perf_counter_ns()
-        variant_name = ""
+        route: Route | None = None
         try:
-            scope, sig, variants, _ = self.catalog.resolve(req.model, req.version)
-            rows = check_inputs(req, sig)
-            if req.outputs is not None:
-                known = {s.name for s in sig.outputs}
-                if unknown := [o.name for o in req.outputs if o.name not in known]:
-                    raise InvalidInput(f"unknown output(s) {unknown}; '{req.model}' has {sorted(known)}")
-            workers = self.cluster.workers
-            objective = objective_from(req.parameters)
-            predicted = cost = None
-            if objective.empty or scope.startswith("variant"):
-                members = self.catalog.scope_names(req.model, req.version, variants)
-                hosts: dict[str, list[tuple[str, int]]] = {}
-                for w in workers:  # only what is loaded: a scope may have hundreds of variants
-                    for name in w.loaded_names():
-                        if name in members:
-                            hosts.setdefault(name, []).append((w.name, w.outstanding(name)))
-                candidates = [Candidate(self.catalog.variants[n], tuple(h)) for n, h in hosts.items()]
-                try:
-                    decision = select_loaded(candidates, rows, scope)
-                    chosen, worker_name, reason = decision.variant, decision.worker, decision.reason
-                except NoCandidate as exc:
-                    if "exceeds" in str(exc):
-                        raise InvalidInput(str(exc)) from None
-                    # nothing loaded (unloaded when idle, or never loaded): a cold start
-                    explicit = ("ready", "rejected") if scope.startswith("variant") else ("ready",)
-                    chosen = self._first_choice([v for v in variants if v.max_batch >= rows], explicit)
-                    if chosen is None:
-                        raise Unavailable(str(exc)) from None
-                    worker_name = (await self.load_cold(chosen)).name
-                    reason = f"{exc}: cold start of {chosen.name}"
+            plan = self._resolve(req, offline)
+            if costly(req.inputs):
+                await asyncio.to_thread(materialize, req.inputs)
             else:
-                ordered, loaded = self._scope_options(req.model, req.version, variants)
-
-                def live(name: str) -> tuple[tuple[str, int], ...]:
-                    return tuple((w.name, w.rows_in_flight(name)) for w in workers if w.hosts(name))
-
-                try:
-                    choice = select_sorted(objective, loaded, ordered, rows, scope, live)
-                except Unreachable as exc:
-                    raise InvalidInput(str(exc)) from None
-                chosen, worker_name, reason = choice.variant, choice.worker, choice.reason
-                predicted, cost = choice.predicted_ms, choice.cost_per_1k
-                if worker_name is None:
-                    worker_name = (await self.load_cold(chosen)).name
-                elif choice.prefetch is not None and choice.prefetch.name not in self._cold:
-                    self._background(self.load_cold(choice.prefetch))
-                if not offline:
-                    self.log_decision("select", reason, variant=chosen.name, worker=worker_name,
-                                      predicted_ms=predicted)  # fmt: skip
-            variant_name = chosen.name
-            worker = next(w for w in workers if w.name == worker_name)
-            timeout_us = req.parameters.get("timeout")
-            deadline = None
-            if objective.latency_ms is not None:
-                deadline = time.monotonic() + objective.latency_ms / 1000
-            if timeout_us is not None:
-                if not isinstance(timeout_us, int | float) or timeout_us <= 0:
-                    raise InvalidInput("parameter 'timeout' must be a positive number of microseconds")
-                deadline = min(deadline or float("inf"), time.monotonic() + timeout_us / 1e6)
-            inputs = {i.name: i.data for i in req.inputs}
+                materialize(req.inputs)
             try:
-                async with asyncio.timeout(self.settings.request_timeout_s):
-                    result = await worker.infer(variant_name, inputs, rows, deadline,
-                                                bool(req.parameters.get("drop_late", True)), offline)  # fmt: skip
+                async with asyncio.timeout(plan.deadline - time.monotonic()):  # a cold start included
+                    route = await self._route(req, plan, offline)
             except TimeoutError:
-                raise Unavailable(f"no answer from worker {worker.name} within "
-                                  f"{self.settings.request_timeout_s:g} s") from None  # fmt: skip
+                raise DeadlineExceeded(f"the request's deadline ({plan.deadline_source}) passed while a variant "
+                                       "was loading for it; the load goes on for the next requests") from None  # fmt: skip
+            result = await self._execute(req, plan, route, offline)
         except InfaasError as exc:
-            self.metrics.failure(req.model, variant_name, exc.status, time.perf_counter_ns() - start)
+            model = req.model if req.model in self.catalog.known_names else "(unknown)"  # bounded labels
+            self.metrics.failure(model, route.variant.name if route else "", exc.status,
+                                 time.perf_counter_ns() - start)  # fmt: skip
             raise
+        return self._respond(req, plan, route, result, start)
 
+    def _resolve(self, req: InferRequest, offline: bool) -> Plan:
+        """The scope, its signature and variants, the batch size and the deadline. Everything is
+        checked against the signature here, before any tensor is decoded."""
+        scope, sig, variants, _ = self.catalog.resolve(req.model, req.version)
+        params = parse_request_params(req.parameters)
+        rows = check_inputs(req, sig)
+        if req.outputs is not None:
+            known = {s.name for s in sig.outputs}
+            if unknown := [o.name for o in req.outputs if o.name not in known]:
+                raise InvalidInput(f"unknown output(s) {unknown}; '{req.model}' has {sorted(known)}")
+        now = time.monotonic()
+        budget, why = self.settings.default_timeout_s, "the server's default_timeout_s"
+        if offline:
+            budget, why = self.settings.request_timeout_s, "an offline job's request_timeout_s"
+        if params.latency_ms is not None:
+            budget, why = params.latency_ms / 1000, "its latency_ms"
+        if params.timeout_us is not None and params.timeout_us / 1e6 < budget:
+            budget, why = params.timeout_us / 1e6, "its timeout"
+        if budget > self.settings.request_timeout_s:
+            budget, why = self.settings.request_timeout_s, "the server's request_timeout_s"
+        deadline = now + budget
+        if req.deadline is not None and req.deadline < deadline:
+            deadline, why = req.deadline, "the caller's deadline"
+        if deadline <= now:
+            raise DeadlineExceeded(f"the request's deadline ({why}) had passed when it arrived")
+        objective = Objective(params.latency_ms, params.min_accuracy, params.max_cost, params.allow_estimated)
+        return Plan(scope, sig, variants, rows, params, objective, deadline, why)
+
+    async def _route(self, req: InferRequest, plan: Plan, offline: bool) -> Route:
+        """Which variant serves, on which worker, and why (policy.select; a cold start if needed)."""
+        scope, variants, rows, objective = plan.scope, plan.variants, plan.rows, plan.objective
+        workers = self.cluster.workers
+        predicted = cost = None
+        if objective.empty or scope.startswith("variant"):
+            members = self.catalog.scope_names(req.model, req.version, variants)
+            hosts: dict[str, list[tuple[str, int]]] = {}
+            for w in workers:  # only what is loaded: a scope may have hundreds of variants
+                for name in w.loaded_names():
+                    if name in members:
+                        hosts.setdefault(name, []).append((w.name, w.outstanding(name)))
+            candidates = [Candidate(self.catalog.variants[n], tuple(h)) for n, h in hosts.items()]
+            try:
+                decision = select_loaded(candidates, rows, scope)
+                chosen, worker_name, reason = decision.variant, decision.worker, decision.reason
+            except BatchTooLarge as exc:
+                raise InvalidInput(str(exc)) from None
+            except NoCandidate as exc:
+                # nothing loaded (unloaded when idle, or never loaded): a cold start
+                explicit = ("ready", "rejected") if scope.startswith("variant") else ("ready",)
+                chosen = self._first_choice([v for v in variants if v.max_batch >= rows], explicit)
+                if chosen is None:
+                    raise Unavailable(str(exc)) from None
+                worker_name = (await self.load_cold(chosen)).name
+                reason = f"{exc}: cold start of {chosen.name}"
+        else:
+            ordered, loaded = self._scope_options(req.model, req.version, variants)
+
+            def live(name: str) -> tuple[tuple[str, int], ...]:
+                return tuple((w.name, w.rows_in_flight(name)) for w in workers if w.hosts(name))
+
+            try:
+                choice = select_sorted(objective, loaded, ordered, rows, scope, live)
+            except Saturated as exc:
+                raise Overloaded(str(exc), retry_after_s=max(0.0, exc.wait_ms / 1000)) from None
+            except Unreachable as exc:
+                raise InvalidInput(str(exc)) from None
+            chosen, worker_name, reason = choice.variant, choice.worker, choice.reason
+            predicted, cost = choice.predicted_ms, choice.cost_per_1k
+            if worker_name is None:
+                worker_name = (await self.load_cold(chosen)).name
+            elif choice.prefetch is not None and choice.prefetch.name not in self._cold:
+                self._background(self.load_cold(choice.prefetch))
+            if not offline:
+                self.log_decision("select", reason, variant=chosen.name, worker=worker_name,
+                                  predicted_ms=predicted)  # fmt: skip
+        # the worker is looked up now: the placement may have changed while a cold start ran
+        worker = next((w for w in self.cluster.workers if w.name == worker_name and w.hosts(chosen.name)), None)
+        if worker is None:
+            raise Unavailable(f"{chosen.name} left worker {worker_name} while this request was routed "
+                              "(unloaded, restarted or removed); retry")  # fmt: skip
+        return Route(chosen, worker, reason, predicted, cost)
+
+    async def _execute(self, req: InferRequest, plan: Plan, route: Route, offline: bool) -> WorkerResult:
+        """Run on the worker; the deadline travels with the request, and a caller that gives up
+        (deadline passed, disconnect, gRPC cancel) cancels it in the worker."""
+        inputs = {i.name: i.data for i in req.inputs}
+        drop_late = plan.params.drop_late
+        wait = plan.deadline - time.monotonic() + self.settings.deadline_grace_s
+        if not drop_late:  # the caller accepts a late answer: wait up to the server's ceiling
+            wait = self.settings.request_timeout_s
+        try:
+            async with asyncio.timeout(wait):
+                return await route.worker.infer(route.variant.name, inputs, plan.rows, plan.deadline,
+                                                drop_late, offline)  # fmt: skip
+        except TimeoutError:
+            raise DeadlineExceeded(f"no answer from worker {route.worker.name} by the request's deadline "
+                                   f"({plan.deadline_source}); the request was cancelled there") from None  # fmt: skip
+
+    def _respond(self, req: InferRequest, plan: Plan, route: Route, result: WorkerResult, start: int) -> InferResponse:
         total_ns = time.perf_counter_ns() - start
-        self.metrics.success(req.model, variant_name, rows, total_ns, result.queue_ns,
+        var, rows = route.variant, plan.rows
+        self.metrics.success(req.model, var.name, rows, total_ns, result.queue_ns,
                              result.compute_ns, result.batch_size, result.batch_pos == 0)  # fmt: skip
-        default_binary = bool(req.parameters.get("binary_data_output", False))
-        wanted = req.outputs if req.outputs is not None else None
+        default_binary = plan.params.binary_data_output
+        wanted = req.outputs
         outputs = []
-        for spec in sig.outputs:
+        for spec in plan.signature.outputs:
             binary = default_binary
             if wanted is not None:
                 match = next((o for o in wanted if o.name == spec.name), None)
@@ -395,16 +475,15 @@ class DataPlane:
                 binary = default_binary if match.binary is None else match.binary
             arr: np.ndarray = result.outputs[spec.name]
             outputs.append(InferOutput(spec.name, spec.datatype, tuple(arr.shape), arr, binary))
-        var = chosen
         params = {
-            "variant": var.name, "architecture": var.architecture, "worker": worker_name,
-            "reason": reason, "accuracy": var.accuracy, "accuracy_source": var.accuracy_source,
-            "predicted_ms": None if predicted is None else round(predicted, 3),
-            "cost_usd": None if cost is None else cost / 1000 * rows,
+            "variant": var.name, "architecture": var.architecture, "worker": route.worker.name,
+            "reason": route.reason, "accuracy": var.accuracy, "accuracy_source": var.accuracy_source,
+            "predicted_ms": None if route.predicted_ms is None else round(route.predicted_ms, 3),
+            "cost_usd": None if route.cost_per_1k is None else route.cost_per_1k / 1000 * rows,
             "queue_ms": round(result.queue_ns / 1e6, 3), "compute_ms": round(result.compute_ns / 1e6, 3),
             "batch_size": result.batch_size, "total_ms": round(total_ns / 1e6, 3),
         }  # fmt: skip
-        version = var.short_name if not scope.startswith("task") else var.name
+        version = var.short_name if not plan.scope.startswith("task") else var.name
         return InferResponse(req.model, version, outputs, req.id,
                              {k: v for k, v in params.items() if v is not None})  # fmt: skip
 
@@ -423,17 +502,20 @@ class DataPlane:
         return arch, variant
 
     async def remove(self, arch: str) -> None:
+        if arch not in self.catalog.architectures:
+            raise NotFound(f"unknown architecture '{arch}'")
         for v in self.catalog.by_arch.get(arch, []):
             for w in self.cluster.workers:
-                if w.hosts(v.name):
+                if w.assigned(v.name):  # restarting workers too: they must not reload it
                     await w.unload(v.name)
         await asyncio.to_thread(self.registry.remove, arch)
         self.catalog.refresh()
         self.log_decision("remove", f"removed architecture {arch}", architecture=arch)
 
     def workers_info(self) -> list[dict]:
-        seen = self.autoscaler.workers if self.autoscaler is not None else {}
-        return [{"name": w.name, "cores": list(w.cores), "alive": w.alive, "pid": getattr(w, "pid", None),
+        seen = self.worker_report()
+        return [{"name": w.name, "cores": list(w.cores), "alive": w.alive, "state": w.state.value,
+                 "replicas": {v: s.value for v, s in w.replicas.items()}, "pid": getattr(w, "pid", None),
                  "restarts": getattr(w, "restarts", 0), "loaded": sorted(w.loaded),
                  "outstanding": w.outstanding(), "cpu": seen.get(w.name, {}).get("cpu"),
                  "rss_mb": seen.get(w.name, {}).get("rss_mb")} for w in self.cluster.workers]  # fmt: skip

@@ -6,110 +6,29 @@ map to gRPC status codes (``InfaasError.grpc_code``) with the same messages as R
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
+import math
 import time
-from typing import Any
 
 import grpc
-import numpy as np
 
-from infaas.errors import InfaasError, InvalidInput
-from infaas.frontend.codec import check_shape, tensor_from_bytes, tensor_to_bytes
+from infaas.errors import Cancelled, InfaasError, Unauthorized
 from infaas.frontend.dataplane import DataPlane
-from infaas.frontend.proto import kserve_v2_pb2 as pb
-from infaas.frontend.types import InferInput, InferRequest, InferResponse, RequestedOutput
-from infaas.tensors import V2_TO_NUMPY
+from infaas.protocol.grpc_codec import SERVICE, decode_infer, encode_infer
+from infaas.protocol.proto import kserve_v2_pb2 as pb
 
 log = logging.getLogger("infaas.grpc")
 
-SERVICE = "inference.GRPCInferenceService"
-MAX_MESSAGE = 256 * 2**20
-
-# datatype -> the InferTensorContents field that carries it
-CONTENTS = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}  # fmt: skip
-
-
-def params_from_pb(params) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        which = value.WhichOneof("parameter_choice")
-        if which is not None:
-            out[key] = getattr(value, which)
-    return out
-
-
-def params_to_pb(target, values: dict[str, Any]) -> None:
-    for key, value in values.items():
-        if value is None:
-            continue
-        param = target[key]
-        if isinstance(value, bool):
-            param.bool_param = value
-        elif isinstance(value, int | np.integer):
-            param.int64_param = int(value)
-        elif isinstance(value, float | np.floating):
-            param.double_param = float(value)
-        else:
-            param.string_param = str(value)
-
-
-def decode_infer(req: pb.ModelInferRequest, max_elements: int) -> InferRequest:
-    """A v2 gRPC ModelInferRequest as the protocol-agnostic request (every field checked)."""
-    if not req.inputs:
-        raise InvalidInput("request needs at least one input")
-    raw = req.raw_input_contents
-    if raw and len(raw) != len(req.inputs):
-        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(req.inputs)} inputs: send one per input "
-                           "(all raw, or all typed contents)")  # fmt: skip
-    inputs = []
-    for i, tensor in enumerate(req.inputs):
-        name, datatype = tensor.name, tensor.datatype
-        if not name:
-            raise InvalidInput("each input needs a 'name'")
-        if datatype not in V2_TO_NUMPY:
-            raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}")
-        shape = check_shape(list(tensor.shape), name, max_elements)
-        if raw:
-            arr = tensor_from_bytes(raw[i], datatype, shape, name)
-        else:
-            field = CONTENTS.get(datatype)
-            if field is None:
-                raise InvalidInput(f"input '{name}': {datatype} travels only in raw_input_contents")
-            values = getattr(tensor.contents, field)
-            count = int(np.prod(shape))
-            if len(values) != count:
-                raise InvalidInput(f"input '{name}': {len(values)} values in contents, shape {list(shape)} "
-                                   f"needs {count}")  # fmt: skip
-            if datatype == "BYTES":
-                arr = np.empty(count, dtype=object)
-                arr[:] = list(values)
-                arr = arr.reshape(shape)
-            else:
-                arr = np.asarray(values, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
-        inputs.append(InferInput(name, datatype, shape, arr, params_from_pb(tensor.parameters)))
-    outputs = [RequestedOutput(o.name, None, params_from_pb(o.parameters)) for o in req.outputs] or None
-    return InferRequest(req.model_name, req.model_version or None, inputs, outputs, req.id or None,
-                        params_from_pb(req.parameters))  # fmt: skip
-
-
-def encode_infer(resp: InferResponse) -> pb.ModelInferResponse:
-    """Outputs always travel as raw_output_contents (as Triton answers)."""
-    out = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id or "")
-    params_to_pb(out.parameters, resp.parameters)
-    for o in resp.outputs:
-        out.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
-        out.raw_output_contents.append(tensor_to_bytes(o.data, o.datatype))
-    return out
-
+# headroom over max_request_bytes for the message's own framing (names, shapes, parameters)
+_ENVELOPE = 1 << 16
 
 class GrpcFrontend:
     def __init__(self, dp: DataPlane) -> None:
         self.dp = dp
         self.server: grpc.aio.Server | None = None
+        self.keys = tuple(dp.settings.api_keys)
 
     # ---- handlers (each: request message -> response message) --------------------------------
     async def ServerLive(self, req, ctx):
@@ -134,6 +53,9 @@ class GrpcFrontend:
 
     async def ModelInfer(self, req, ctx):
         request = decode_infer(req, self.dp.settings.max_request_elements)
+        remaining = ctx.time_remaining()  # the client's gRPC deadline becomes the request's
+        if remaining is not None:
+            request.deadline = time.monotonic() + remaining
         return encode_infer(await self.dp.infer(request))
 
     async def ModelConfig(self, req, ctx):
@@ -173,11 +95,30 @@ class GrpcFrontend:
         return out
 
     # ---- plumbing ------------------------------------------------------------------------------
+    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        """API keys travel as ``authorization: Bearer <key>`` metadata (as with REST)."""
+        header = dict(context.invocation_metadata() or ()).get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("this server needs an API key: send metadata 'authorization: Bearer <key>'")
+        if not any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in self.keys):
+            raise Unauthorized("API key not accepted")
+
     def _wrap(self, method):
+        open_method = method.__name__ in ("ServerLive", "ServerReady")  # probes need no key
+
         async def call(request, context: grpc.aio.ServicerContext):
             try:
+                if self.keys and not open_method:
+                    self._authorize(context)
                 return await method(request, context)
+            except asyncio.CancelledError:  # the client cancelled or its deadline passed: nothing to answer
+                raise
+            except Cancelled as exc:
+                await context.abort(grpc.StatusCode.CANCELLED, exc.message)
             except InfaasError as exc:
+                if exc.retry_after_s is not None:
+                    context.set_trailing_metadata((("retry-after-ms", str(math.ceil(exc.retry_after_s * 1000))),))
                 await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
             except Exception as exc:  # a bug must not take the server down: the caller gets INTERNAL
                 log.exception("gRPC %s failed", method.__name__)
@@ -197,8 +138,10 @@ class GrpcFrontend:
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
     async def start(self, host: str, port: int) -> int:
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
-        self.server = grpc.aio.server(options=options)
+        settings = self.dp.settings
+        options = [("grpc.max_receive_message_length", settings.max_request_bytes + _ENVELOPE),
+                   ("grpc.max_send_message_length", -1)]  # fmt: skip
+        self.server = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.max_connections)
         self.server.add_generic_rpc_handlers((self.handler(),))
         bound = self.server.add_insecure_port(f"{host}:{port}")
         if bound == 0:

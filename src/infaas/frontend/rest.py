@@ -3,11 +3,16 @@ management API. Routes only convert wire types and call the data plane."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
 import io
 import logging
+import math
+import zipfile
 import zlib
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -16,10 +21,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from infaas.errors import InfaasError, InvalidInput
-from infaas.frontend import codec
-from infaas.frontend.dataplane import DataPlane
+from infaas.errors import Cancelled, InfaasError, InvalidInput, TooLarge, Unauthorized
 from infaas.frontend.openapi import openapi_schema
+from infaas.protocol import codec
+from infaas.protocol.params import parse_bool, parse_number
+
+if TYPE_CHECKING:
+    from infaas.frontend.dataplane import DataPlane
+    from infaas.frontend.server import Services
 
 log = logging.getLogger("infaas.rest")
 
@@ -29,21 +38,27 @@ def _json(obj, status: int = 200) -> Response:
                     media_type="application/json")  # fmt: skip
 
 
-def _error(message: str, status: int) -> Response:
-    return _json({"error": message}, status)
+def _error(message: str, status: int, retry_after_s: float | None = None) -> Response:
+    response = _json({"error": message}, status)
+    if retry_after_s is not None:  # whole seconds (RFC 9110), at least 1
+        response.headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
+    return response
 
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _guard(fn: Handler) -> Handler:
-    """Every infaas error becomes a v2 error body with its status; anything else a 500."""
+def _guard(fn: Handler, keys: tuple[str, ...] = ()) -> Handler:
+    """Checks the bearer token when ``keys`` are set; every infaas error becomes a v2 error body with
+    its status (and Retry-After when it has one); anything else a 500."""
 
     async def wrapped(request: Request) -> Response:
         try:
+            if keys:
+                _authorize(request.headers.get("authorization", ""), keys)
             return await fn(request)
         except InfaasError as exc:
-            return _error(exc.message, exc.status)
+            return _error(exc.message, exc.status, exc.retry_after_s)
         except Exception as exc:  # the server keeps serving
             log.exception("unhandled error on %s", request.url.path)
             return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
@@ -51,34 +66,95 @@ def _guard(fn: Handler) -> Handler:
     return wrapped
 
 
+def _authorize(header: str, keys: tuple[str, ...]) -> None:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("this endpoint needs an API key: send 'Authorization: Bearer <key>'")
+    if not any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in keys):
+        raise Unauthorized("API key not accepted")
+
+
 async def _body(request: Request, limit: int) -> bytes:
+    """The body, read within ``limit`` bytes, decompressed (gzip / deflate) within ``limit`` too,
+    as the chunks arrive: a compression bomb stops at the limit, never past it."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "").lower()
-    if encoding in ("gzip", "deflate"):
-        try:
-            body = zlib.decompress(body, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise InvalidInput(f"body is not valid {encoding}: {exc}") from None
-    elif encoding not in ("", "identity"):
+        raise TooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+    encoding = request.headers.get("content-encoding", "").lower().strip()
+    if encoding not in ("", "identity", "gzip", "deflate"):
         raise InvalidInput(f"unsupported content-encoding {encoding!r}")
-    return body
+    inflate = None
+    if encoding in ("gzip", "deflate"):
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    chunks, size, raw = [], 0, 0
+    try:
+        async for chunk in request.stream():
+            raw += len(chunk)
+            if raw > limit:
+                raise TooLarge(f"request body exceeds the limit of {limit} bytes")
+            if inflate is not None:
+                chunk = inflate.decompress(chunk, limit + 1 - size)
+                if inflate.unconsumed_tail:
+                    raise TooLarge(f"{encoding} body inflates past the limit of {limit} bytes")
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"request body exceeds the limit of {limit} bytes"
+                               + (" once decompressed" if inflate is not None else ""))  # fmt: skip
+            chunks.append(chunk)
+        if inflate is not None:
+            tail = inflate.flush()
+            if size + len(tail) > limit:
+                raise TooLarge(f"{encoding} body inflates past the limit of {limit} bytes")
+            chunks.append(tail)
+            if not inflate.eof:
+                raise InvalidInput(f"body is not valid {encoding}: the stream is truncated")
+    except zlib.error as exc:
+        raise InvalidInput(f"body is not valid {encoding}: {exc}") from None
+    return b"".join(chunks)
 
 
-class _TooLarge(InfaasError):
-    status = 413
+def _replay(body: bytes):
+    """An ASGI receive callable that hands out an already-read body (for Starlette's form parser)."""
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            await asyncio.Event().wait()  # no more messages: as a client that waits
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
-def build_app(dp: DataPlane, lifespan=None) -> Starlette:
-    settings = dp.settings
+def read_npz(body: bytes, limit: int) -> dict[str, np.ndarray]:
+    """Arrays of an .npz body, refusing members whose declared uncompressed sizes exceed ``limit``
+    in all (zipfile never inflates a member past its declared size) and anything pickled."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(body)) as zf:
+            total = sum(i.file_size for i in zf.infolist())
+        if total > limit:
+            raise TooLarge(f".npz members inflate to {total} bytes, over the limit of {limit}")
+        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except InfaasError:
+        raise
+    except Exception as exc:
+        raise InvalidInput(f"body is not a readable .npz: {exc}") from None
+
+
+async def _cancel_on_disconnect(request: Request, task: asyncio.Task) -> bool:
+    """Cancel ``task`` when the client goes away (start only once the body has been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            task.cancel()
+            return True
+
+
+def build_app(services: Services, lifespan=None, *, inference: bool = True, management: bool = True) -> Starlette:
+    """The REST app: KServe v2 inference routes and / or the management API (/api/v1, /metrics)."""
+    dp, settings, jobs = services.dataplane, services.settings, services.jobs
 
     def model_args(request: Request) -> tuple[str, str | None]:
         p = request.path_params
@@ -110,14 +186,30 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
         model, version = model_args(request)
         dp.catalog.resolve(model, version)  # an unknown model is a 404 whatever the body
         body = await _body(request, settings.max_request_bytes)
-        req = codec.decode_request(body, request.headers.get(codec.HEADER_LENGTH), model, version,
-                                   settings.max_request_elements)  # fmt: skip
-        resp = await dp.infer(req)
+        header = request.headers.get(codec.HEADER_LENGTH)
+        if len(body) > 1 << 20:  # a large JSON header is parsed off the event loop
+            req = await asyncio.to_thread(codec.decode_request, body, header, model, version,
+                                          settings.max_request_elements)  # fmt: skip
+        else:
+            req = codec.decode_request(body, header, model, version, settings.max_request_elements)
+        # a client that disconnects cancels its request (in the worker too, if still queued)
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.get_running_loop().create_task(_cancel_on_disconnect(request, task))
+        try:
+            resp = await dp.infer(req)
+        except asyncio.CancelledError:
+            if not gone.done() or gone.cancelled() or not gone.result():
+                raise  # the server is stopping
+            task.uncancel()
+            raise Cancelled("the client disconnected; its request was cancelled") from None
+        finally:
+            gone.cancel()
         content, headers = codec.encode_response(resp)
         return Response(content, 200, headers=headers)
 
     async def repository_index(request: Request) -> Response:
-        body = await request.body()
+        body = await _body(request, 1 << 16)
         if body:
             with contextlib.suppress(orjson.JSONDecodeError):
                 opts = orjson.loads(body)
@@ -145,7 +237,8 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
             v.model_dump() for v in dp.catalog.by_arch.get(arch.name, [])]})  # fmt: skip
 
     async def register(request: Request) -> Response:
-        form = await request.form(max_files=3, max_fields=20)
+        body = await _body(request, settings.max_management_bytes)
+        form = await Request(request.scope, _replay(body)).form(max_files=3, max_fields=20)
         try:
             def field(name: str) -> str | None:
                 value = form.get(name)
@@ -179,12 +272,14 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
         return Response(status_code=204)
 
     async def start_profile(request: Request) -> Response:
-        body = await request.body()
+        body = await _body(request, 1 << 16)
         try:
             opts = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError:
             raise InvalidInput("body must be JSON, e.g. {\"quick\": true}") from None
-        state = dp.start_profiling(request.path_params["name"], quick=bool(isinstance(opts, dict) and opts.get("quick")))
+        if not isinstance(opts, dict):
+            raise InvalidInput("body must be a JSON object, e.g. {\"quick\": true}")
+        state = dp.start_profiling(request.path_params["name"], quick=parse_bool(opts, "quick", False))
         return _json(state, 202)
 
     async def get_profile(request: Request) -> Response:
@@ -211,19 +306,18 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
         return _json(dp.workers_info())
 
     async def decisions(request: Request) -> Response:
-        try:
-            limit = int(request.query_params.get("limit", "100"))
-        except ValueError:
-            return _error("limit must be an integer", 400)
-        return _json(list(dp.decisions)[-limit:])
+        raw = request.query_params.get("limit", "100")
+        if not raw.isdigit() or not 0 < int(raw) <= 100_000:
+            return _error("limit must be an integer from 1 to 100000", 400)
+        return _json(list(dp.decisions)[-int(raw):])
 
     async def autoscale(request: Request) -> Response:
-        scaler = dp.autoscaler
+        scaler = services.autoscaler
         return _json(scaler.report() if scaler is not None else {"enabled": False})
 
     async def submit_job(request: Request) -> Response:
         q = request.query_params
-        body = await request.body()
+        body = await _body(request, settings.max_management_bytes)
         kind = request.headers.get("content-type", "").split(";")[0].strip()
         opts: dict = dict(q)
         inputs = None
@@ -233,76 +327,85 @@ def build_app(dp: DataPlane, lifespan=None) -> Starlette:
             except (orjson.JSONDecodeError, TypeError, ValueError):
                 raise InvalidInput("JSON body must be an object, e.g. {\"model\": ..., \"directory\": ...}") from None
         elif body:
-            try:
-                with np.load(io.BytesIO(body), allow_pickle=False) as npz:
-                    inputs = {k: npz[k] for k in npz.files}
-            except Exception as exc:
-                raise InvalidInput(f"body is not a readable .npz: {exc}") from None
-        if not opts.get("model"):
+            inputs = await asyncio.to_thread(read_npz, body, settings.max_management_bytes)
+        if not isinstance(opts.get("model"), str) or not opts.get("model"):
             raise InvalidInput("'model' (a task, architecture or variant) is required")
-        try:
-            acc = opts.get("min_accuracy")
-            min_accuracy = None if acc in (None, "") else float(acc)
-        except (TypeError, ValueError):
-            raise InvalidInput(f"min_accuracy must be a number, got {opts.get('min_accuracy')!r}") from None
-        job = dp.jobs.submit(opts["model"], inputs=inputs, directory=opts.get("directory"),
-                             min_accuracy=min_accuracy)  # fmt: skip
+        directory = opts.get("directory")
+        if directory is not None and not isinstance(directory, str):
+            raise InvalidInput("'directory' must be a string")
+        min_accuracy = parse_number(opts, "min_accuracy", 0.0, 1.0) if opts.get("min_accuracy") != "" else None
+        job = jobs.submit(opts["model"], inputs=inputs, directory=directory, min_accuracy=min_accuracy)
         return _json(_job_row(job), 201)
 
     async def list_jobs(request: Request) -> Response:
-        return _json([_job_row(j) for j in dp.jobs.list()])
+        return _json([_job_row(j) for j in jobs.list()])
 
     async def get_job(request: Request) -> Response:
-        return _json(_job_row(dp.jobs.get(request.path_params["id"])))
+        return _json(_job_row(jobs.get(request.path_params["id"])))
 
     async def cancel_job(request: Request) -> Response:
-        return _json(_job_row(dp.jobs.cancel(request.path_params["id"])))
+        return _json(_job_row(jobs.cancel(request.path_params["id"])))
 
     async def job_result(request: Request) -> Response:
-        path = dp.jobs.result_path(request.path_params["id"])
+        path = jobs.result_path(request.path_params["id"])
         return Response(path.read_bytes(), media_type="application/octet-stream")
 
     async def openapi(request: Request) -> Response:
         return _json(openapi_schema())
 
-    g = _guard
+    inference_keys = tuple(settings.api_keys)
+    management_keys = tuple(settings.management_api_keys or settings.api_keys)
+
+    def g(fn: Handler) -> Handler:
+        return _guard(fn, inference_keys)
+
+    def m(fn: Handler) -> Handler:
+        return _guard(fn, management_keys)
+
     base = "/v2/models/{model}"
     ver = base + "/versions/{version}"
-    # the inference routes come first: Starlette tries routes in order
-    routes = [Route(prefix + "/infer", g(infer), methods=["POST"]) for prefix in (base, ver)]
-    routes += [
-        Route("/v2/health/live", g(live)),
-        Route("/v2/health/ready", g(ready)),
-        Route("/v2", g(server_metadata)),
-        Route("/v2/models/stats", g(model_stats)),
-        Route("/v2/repository/index", g(repository_index), methods=["POST"]),
-        Route("/metrics", g(metrics)),
-        Route("/api/v1/openapi.json", g(openapi)),
-        Route("/api/v1/tasks", g(list_tasks)),
-        Route("/api/v1/architectures", g(list_architectures)),
-        Route("/api/v1/architectures", g(register), methods=["POST"]),
-        Route("/api/v1/architectures/{name}", g(get_architecture)),
-        Route("/api/v1/architectures/{name}", g(delete_architecture), methods=["DELETE"]),
-        Route("/api/v1/architectures/{name}/profile", g(start_profile), methods=["POST"]),
-        Route("/api/v1/architectures/{name}/profile", g(get_profile)),
-        Route("/api/v1/variants", g(list_variants)),
-        Route("/api/v1/variants/{name}", g(get_variant)),
-        Route("/api/v1/workers", g(workers)),
-        Route("/api/v1/decisions", g(decisions)),
-        Route("/api/v1/autoscale", g(autoscale)),
-        Route("/api/v1/jobs", g(list_jobs)),
-        Route("/api/v1/jobs", g(submit_job), methods=["POST"]),
-        Route("/api/v1/jobs/{id}", g(get_job)),
-        Route("/api/v1/jobs/{id}", g(cancel_job), methods=["DELETE"]),
-        Route("/api/v1/jobs/{id}/result", g(job_result)),
-    ]
-    for prefix in (base, ver):
+    routes: list[Route] = []
+    if inference:  # the inference routes come first: Starlette tries routes in order
+        routes += [Route(prefix + "/infer", g(infer), methods=["POST"]) for prefix in (base, ver)]
         routes += [
-            Route(prefix, g(model_metadata)),
-            Route(prefix + "/ready", g(model_ready)),
-            Route(prefix + "/config", g(model_config)),
-            Route(prefix + "/stats", g(model_stats)),
+            Route("/v2/health/live", _guard(live)),  # probes need no key
+            Route("/v2/health/ready", _guard(ready)),
+            Route("/v2", g(server_metadata)),
+            Route("/v2/models/stats", g(model_stats)),
+            Route("/v2/repository/index", g(repository_index), methods=["POST"]),
         ]
+    if management:
+        routes += [
+            Route("/metrics", m(metrics)),
+            Route("/api/v1/openapi.json", _guard(openapi)),
+            Route("/api/v1/tasks", m(list_tasks)),
+            Route("/api/v1/architectures", m(list_architectures)),
+            Route("/api/v1/architectures", m(register), methods=["POST"]),
+            Route("/api/v1/architectures/{name}", m(get_architecture)),
+            Route("/api/v1/architectures/{name}", m(delete_architecture), methods=["DELETE"]),
+            Route("/api/v1/architectures/{name}/profile", m(start_profile), methods=["POST"]),
+            Route("/api/v1/architectures/{name}/profile", m(get_profile)),
+            Route("/api/v1/variants", m(list_variants)),
+            Route("/api/v1/variants/{name}", m(get_variant)),
+            Route("/api/v1/workers", m(workers)),
+            Route("/api/v1/decisions", m(decisions)),
+            Route("/api/v1/autoscale", m(autoscale)),
+            Route("/api/v1/jobs", m(list_jobs)),
+            Route("/api/v1/jobs", m(submit_job), methods=["POST"]),
+            Route("/api/v1/jobs/{id}", m(get_job)),
+            Route("/api/v1/jobs/{id}", m(cancel_job), methods=["DELETE"]),
+            Route("/api/v1/jobs/{id}/result", m(job_result)),
+        ]
+        if not inference:
+            routes += [Route("/v2/health/live", _guard(live)), Route("/v2/health/ready", _guard(ready))]
+    if inference:
+        for prefix in (base, ver):
+            routes += [
+                Route(prefix, g(model_metadata)),
+                Route(prefix + "/ready", g(model_ready)),
+                Route(prefix + "/config", g(model_config)),
+                Route(prefix + "/stats", g(model_stats)),
+            ]
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)

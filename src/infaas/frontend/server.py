@@ -1,4 +1,8 @@
-"""Assemble and run a server: registry + cluster + data plane + REST on uvicorn (+ gRPC on grpc.aio)."""
+"""The composition root: registry + cluster + data plane + controller + job runner + protocol doors.
+
+Each part gets the narrow interface it needs from here (the controller an actuator, the job runner
+an inference port and a "busy" callable); no part builds its peers.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ import logging
 import socket
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import uvicorn
 
 from infaas.cluster import LocalCluster
+from infaas.control import Autoscaler, JobRunner
 from infaas.frontend.dataplane import DataPlane
 from infaas.frontend.rest import build_app
 from infaas.registry import Registry
@@ -20,47 +26,121 @@ from infaas.settings import Settings
 log = logging.getLogger("infaas.server")
 
 
-def build(settings: Settings):
-    """The REST app and its data plane, for these settings (workers start with the app)."""
+@dataclass
+class Services:
+    """Everything one server runs, built once and started / stopped in order."""
+
+    settings: Settings
+    registry: Registry
+    dataplane: DataPlane
+    jobs: JobRunner
+    autoscaler: Autoscaler | None
+
+    async def start(self) -> None:
+        await self.dataplane.start()
+        if self.autoscaler is not None:
+            self.autoscaler.start()
+        self.jobs.start()
+
+    async def stop(self) -> None:
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
+        await self.jobs.stop()
+        await self.dataplane.stop()
+        self.registry.close()
+
+
+def build_services(settings: Settings) -> Services:
     registry = Registry.open(settings.data_dir)
     cluster = LocalCluster(settings.workers, settings.cores_per_worker,
                            allow_spinning=settings.ort_allow_spinning,
                            start_timeout_s=settings.worker_start_timeout_s)  # fmt: skip
     dp = DataPlane(registry, cluster, settings)
+    scaler = Autoscaler(dp, settings) if settings.autoscale else None
+    if scaler is not None:
+        dp.worker_report = lambda: scaler.workers
+
+    def busy() -> str | None:
+        if scaler is None or not scaler.overloaded:
+            return None
+        name, why = next(iter(scaler.overloaded.items()))
+        return f"online variant {name} is overloaded ({why})"
+
+    jobs = JobRunner(dp, registry.store, settings.data_dir, settings.job_batch_rows, busy=busy,
+                     max_failures=settings.job_max_failures, job_roots=settings.job_roots,
+                     max_input_bytes=settings.max_management_bytes)  # fmt: skip
+    return Services(settings, registry, dp, jobs, scaler)
+
+
+def build(settings: Settings):
+    """The apps (inference, and management when it has its own listener) and the services."""
+    services = build_services(settings)
+    separate = settings.management_port is not None
 
     @contextlib.asynccontextmanager
     async def lifespan(app) -> AsyncIterator[None]:
-        await dp.start()
+        await services.start()
         grpc_frontend = None
         if settings.grpc_port is not None:
             from infaas.frontend.grpc_server import GrpcFrontend
 
-            grpc_frontend = GrpcFrontend(dp)
+            grpc_frontend = GrpcFrontend(services.dataplane)
             await grpc_frontend.start(settings.host, settings.grpc_port)
-        log.info("infaas ready: %d workers, %d architectures", len(cluster.workers),
-                 len(dp.catalog.architectures))  # fmt: skip
+        log.info("infaas ready: %d workers, %d architectures", len(services.dataplane.cluster.workers),
+                 len(services.dataplane.catalog.architectures))  # fmt: skip
         try:
             yield
         finally:
             if grpc_frontend is not None:
                 await grpc_frontend.stop()
-            await dp.stop()
-            registry.close()
+            await services.stop()
 
-    return build_app(dp, lifespan=lifespan), dp
+    app = build_app(services, lifespan=lifespan, inference=True, management=not separate)
+    management = build_app(services, inference=False, management=True) if separate else None
+    return app, management, services
 
 
-def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
-    return uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                          log_level="warning", access_log=False, lifespan="on",
-                          timeout_keep_alive=30)  # fmt: skip
+def uvicorn_config(app, settings: Settings, host: str | None = None, port: int | None = None) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host or settings.host, port=settings.port if port is None else port,
+                          loop="uvloop", http="httptools", log_level="warning", access_log=False,
+                          lifespan="on" if port is None else "off", timeout_keep_alive=30,
+                          limit_concurrency=settings.max_connections)  # fmt: skip
+
+
+def _servers(app, management, settings: Settings) -> list[uvicorn.Server]:
+    servers = [uvicorn.Server(uvicorn_config(app, settings))]
+    if management is not None:
+        servers.append(uvicorn.Server(uvicorn_config(
+            management, settings, settings.management_host or settings.host, settings.management_port)))
+    return servers
+
+
+async def _serve_all(servers: list[uvicorn.Server]) -> None:
+    """The inference server first (its lifespan starts the services), then the management one."""
+    main = asyncio.create_task(servers[0].serve())
+    while not servers[0].started and not main.done():
+        await asyncio.sleep(0.02)
+    others = [asyncio.create_task(s.serve()) for s in servers[1:]]
+    try:
+        await main
+    finally:
+        for s in servers[1:]:
+            s.should_exit = True
+        await asyncio.gather(*others, return_exceptions=True)
 
 
 def serve(settings: Settings) -> None:
     """Run in the foreground until interrupted."""
-    app, _ = build(settings)
-    server = uvicorn.Server(uvicorn_config(app, settings))
-    server.run()
+    if settings.management_port == 0:
+        settings = settings.with_overrides(management_port=free_port(settings.management_host or settings.host))
+    app, management, _ = build(settings)
+    servers = _servers(app, management, settings)
+    if len(servers) == 1:
+        servers[0].run()
+        return
+    import uvloop
+
+    uvloop.run(_serve_all(servers))  # a signal stops whichever server holds the handler; the rest follow
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -77,9 +157,13 @@ class BackgroundServer:
             settings = settings.with_overrides(port=free_port(settings.host))
         if settings.grpc_port == 0:
             settings = settings.with_overrides(grpc_port=free_port(settings.host))
+        if settings.management_port == 0:
+            settings = settings.with_overrides(management_port=free_port(settings.management_host or settings.host))
         self.settings = settings
-        self.app, self.dataplane = build(settings)
-        self.server = uvicorn.Server(uvicorn_config(self.app, settings))
+        self.app, self.management_app, self.services = build(settings)
+        self.dataplane = self.services.dataplane
+        self.servers = _servers(self.app, self.management_app, settings)
+        self.server = self.servers[0]
         self.thread = threading.Thread(target=self._run, name="infaas-server", daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.error: BaseException | None = None
@@ -87,6 +171,13 @@ class BackgroundServer:
     @property
     def url(self) -> str:
         return f"http://{self.settings.host}:{self.settings.port}"
+
+    @property
+    def management_url(self) -> str:
+        """Where the management API answers (the inference URL unless it has its own listener)."""
+        if self.settings.management_port is None:
+            return self.url
+        return f"http://{self.settings.management_host or self.settings.host}:{self.settings.management_port}"
 
     @property
     def grpc_url(self) -> str:
@@ -103,8 +194,9 @@ class BackgroundServer:
 
     async def _serve(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.server.config.setup_event_loop = lambda: None  # type: ignore[attr-defined]
-        await self.server.serve()
+        for s in self.servers:
+            s.config.setup_event_loop = lambda: None  # type: ignore[attr-defined]
+        await _serve_all(self.servers)
 
     def start(self, timeout: float = 60.0) -> BackgroundServer:
         self.thread.start()
@@ -115,6 +207,11 @@ class BackgroundServer:
             deadline.wait(0.05)
         if not self.server.started:
             raise RuntimeError(f"server did not start: {self.error!r}")
+        for s in self.servers[1:]:
+            for _ in range(int(timeout * 20)):
+                if s.started or self.error:
+                    break
+                deadline.wait(0.05)
         return self
 
     def stop(self) -> None:

@@ -11,12 +11,14 @@ from infaas.policy.autoscale import (
     state_of,
 )
 from infaas.policy.select import (
+    BatchTooLarge,
     Candidate,
     Choice,
     Decision,
     NoCandidate,
     Objective,
     Option,
+    Saturated,
     ScopeIndex,
     Unreachable,
     predict_ms,
@@ -26,5 +28,5 @@ from infaas.policy.select import (
 )
 
 __all__ = ["Action", "Memory", "Sample", "ScalingConfig", "VariantLoad", "WorkerRoom", "autoscale", "state_of",
-           "Candidate", "Choice", "Decision", "NoCandidate", "Objective", "Option", "ScopeIndex", "Unreachable",
+           "BatchTooLarge", "Candidate", "Choice", "Decision", "NoCandidate", "Objective", "Option", "Saturated", "ScopeIndex", "Unreachable",
            "predict_ms", "select", "select_loaded", "select_sorted"]  # fmt: skip

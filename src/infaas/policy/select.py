@@ -34,6 +34,10 @@ class NoCandidate(Exception):
     """Nothing loaded can take the request; the message says why."""
 
 
+class BatchTooLarge(NoCandidate):
+    """Variants are loaded, but none takes a batch this large."""
+
+
 def _accuracy_text(v: Variant) -> str:
     return "unknown accuracy" if v.accuracy is None else f"accuracy {v.accuracy:.3f} ({v.accuracy_source})"
 
@@ -44,7 +48,7 @@ def select_loaded(candidates: list[Candidate], rows: int, scope: str) -> Decisio
     if not fits:
         if any(c.workers for c in candidates):
             biggest = max(c.variant.max_batch for c in candidates if c.workers)
-            raise NoCandidate(f"batch of {rows} exceeds the largest max batch loaded for {scope} ({biggest})")
+            raise BatchTooLarge(f"batch of {rows} exceeds the largest max batch loaded for {scope} ({biggest})")
         raise NoCandidate(f"no variant of {scope} is loaded")
     best = max(fits, key=lambda c: (
         -1.0 if c.variant.accuracy is None else c.variant.accuracy,
@@ -101,6 +105,16 @@ PREFETCH_SCAN = 32  # look at most this many cheaper variants (keeps every decis
 
 class Unreachable(Exception):
     """No variant can meet the objective; the message names the closest achievable option."""
+
+
+class Saturated(Unreachable):
+    """A loaded variant would meet the latency objective with an empty queue, but not behind the
+    rows in flight now, and no cold start can either: the objective is fine, the load is not.
+    ``wait_ms`` is how far the best option misses it (a hint for when to retry)."""
+
+    def __init__(self, message: str, wait_ms: float) -> None:
+        super().__init__(message)
+        self.wait_ms = wait_ms
 
 
 def predict_ms(profile: Profile, max_batch: int, rows: int, in_flight: int) -> float:
@@ -220,7 +234,28 @@ def select_sorted(
     fitting = [o for o in ordered if o.variant.max_batch >= rows and o.variant.status == "ready"]
     if not fitting:
         raise Unreachable(f"{scope}: no ready variant takes a batch of {rows}")
+    if lat is not None:
+        _raise_if_saturated(objective, [o for o in loaded if admissible(o)], rows, scope, live)
     raise Unreachable(_why_not(objective, fitting, scope, rows, live))
+
+
+def _raise_if_saturated(objective: Objective, loaded: list[Option], rows: int, scope: str,
+                        live: Callable[[str], tuple[tuple[str, int], ...] | None]) -> None:  # fmt: skip
+    """Raise :class:`Saturated` if the latency objective is missed only because of queues."""
+    lat = objective.latency_ms
+    assert lat is not None
+    best: tuple[float, Option] | None = None
+    for o in loaded:
+        if o.profile is None or o.profile.predict_ms(min(rows, o.variant.max_batch)) > lat:
+            continue  # too slow even when idle
+        for _, in_flight in live(o.variant.name) or ():
+            pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight)
+            if best is None or pred < best[0]:
+                best = (pred, o)
+    if best is not None:
+        pred, o = best
+        raise Saturated(f"{scope} is saturated for latency_ms {lat:g}: {o.variant.name} would meet it when "
+                        f"idle, but with the rows in flight now it predicts {pred:.1f} ms", pred - lat)  # fmt: skip
 
 
 def _cheaper_cold(ordered: list[Option], hosted: set[str], admissible: Callable[[Option], bool],

@@ -230,10 +230,11 @@ async def profile_architecture(
     if labels is not None and parent is not None:
         reference = float((np.asarray(parent.result["predictions"]) == labels).mean())
     report.variants = _judge(updated, report.profiles, arch, settings, reference)
-    for v in report.variants:
-        registry.put_variant(v)
-        if v.name in report.profiles:
-            registry.put_profile(report.profiles[v.name])
+    with registry.store.transaction():  # every variant and profile of the report, or none
+        for v in report.variants:
+            registry.put_variant(v)
+            if v.name in report.profiles:
+                registry.put_profile(report.profiles[v.name])
     report.seconds = time.monotonic() - started
     say("done", len(measurements), len(measurements))
     return report

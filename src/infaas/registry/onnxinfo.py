@@ -23,6 +23,9 @@ def read_signature(model: bytes | str | Path) -> Signature:
         )
     except Exception as exc:  # onnx raises several types for a bad file
         raise InvalidInput(f"not a readable ONNX model: {exc}") from exc
+    if external := _external_tensors(proto.graph):
+        raise InvalidInput(f"the model keeps tensor(s) {external[:3]} in external data files: infaas stores one "
+                           "self-contained file (save with onnx.save(model, path, save_as_external_data=False))")  # fmt: skip
     initializers = {i.name for i in proto.graph.initializer}
 
     def spec(value: onnx.ValueInfoProto) -> TensorSpec:
@@ -39,6 +42,20 @@ def read_signature(model: bytes | str | Path) -> Signature:
     if not inputs or not outputs:
         raise InvalidInput("the ONNX graph must have at least one input and one output")
     return Signature(inputs=inputs, outputs=outputs)
+
+
+def _external_tensors(graph: onnx.GraphProto) -> list[str]:
+    """Names of tensors (initializers and constant attributes, subgraphs included) whose data lives
+    in files beside the model: a path the server would read on the uploader's say-so."""
+    found = [t.name for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    found += [t.values.name for t in graph.sparse_initializer if t.values.data_location == onnx.TensorProto.EXTERNAL]
+    for node in graph.node:
+        for attr in node.attribute:
+            tensors = [attr.t] if attr.HasField("t") else list(attr.tensors)
+            found += [t.name or node.name for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
+            for sub in ([attr.g] if attr.HasField("g") else list(attr.graphs)):
+                found += _external_tensors(sub)
+    return found
 
 
 def load_validation(

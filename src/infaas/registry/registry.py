@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from infaas.errors import AlreadyExists, InvalidInput, NotFound
+from infaas.errors import AlreadyExists, InvalidInput, NameConflict, NotFound
 from infaas.registry.modelstore import ModelStore
 from infaas.registry.onnxinfo import load_validation, named_inputs, predicted_labels, read_signature
 from infaas.registry.store import MetadataStore, SQLiteStore
@@ -149,14 +149,11 @@ class Registry:
             named_inputs(cal_inputs, signature)  # fail now, not at quantization time
             calibration_hash = self.models.put_bytes(cal_bytes, ".npz")
 
-        if existing is None:
-            self.store.put("task", task, None, Task(name=task, signature=signature).model_dump(mode="json"))
         arch = Architecture(
             name=name, task=task, framework=framework, accuracy=accuracy, accuracy_source=source,
             signature=signature, model_hash=model_hash, validation_hash=validation_hash,
             calibration_hash=calibration_hash, max_batch=max_batch, description=description,
         )  # fmt: skip
-        self.store.put("architecture", name, task, arch.model_dump(mode="json"))
         threads = threads or default_threads()
         baseline = Variant(
             name=variant_name(name, "onnx-fp32", "cpu", threads, max_batch),
@@ -164,31 +161,49 @@ class Registry:
             max_batch=max_batch, artifact_hash=model_hash, method="baseline",
             params={"graph_optimization": "all"}, accuracy=accuracy, accuracy_source=source,
         )  # fmt: skip
-        self.store.put("variant", baseline.name, name, baseline.model_dump(mode="json"))
+        # the checks above ran without a lock (measuring takes seconds): repeat them where they hold,
+        # inside one transaction with the writes, so two registrations of one name cannot both land
+        with self.store.transaction():
+            if (taken := self.name_taken(name)) is not None:
+                raise NameConflict(f"name {name!r} was just taken by a {taken} (a concurrent registration)")
+            if (taken := self.name_taken(task)) not in (None, "task"):
+                raise NameConflict(f"task name {task!r} was just taken by a {taken}")
+            current = self.task(task)
+            if current is not None and (why := current.signature.compatible_with(signature)):
+                raise InvalidInput(f"model does not fit task {task!r}: {why}")
+            if current is None:
+                self.store.put("task", task, None, Task(name=task, signature=signature).model_dump(mode="json"))
+            self.store.put("architecture", name, task, arch.model_dump(mode="json"))
+            self.store.put("variant", baseline.name, name, baseline.model_dump(mode="json"))
         return arch, baseline
 
     def put_variant(self, variant: Variant) -> None:
-        if self.architecture(variant.architecture) is None:
-            raise NotFound(f"unknown architecture {variant.architecture!r}")
-        self.store.put("variant", variant.name, variant.architecture, variant.model_dump(mode="json"))
+        with self.store.transaction():  # not after its architecture was removed: no orphans
+            if self.architecture(variant.architecture) is None:
+                raise NotFound(f"unknown architecture {variant.architecture!r}")
+            self.store.put("variant", variant.name, variant.architecture, variant.model_dump(mode="json"))
 
     def profile(self, variant: str, hardware: str = "cpu") -> Profile | None:
         body = self.store.get("profile", f"{variant}@{hardware}")
         return None if body is None else Profile.model_validate(body)
 
     def put_profile(self, profile: Profile) -> None:
-        self.store.put("profile", f"{profile.variant}@{profile.hardware}", profile.variant,
-                       profile.model_dump(mode="json"))  # fmt: skip
+        with self.store.transaction():
+            if self.variant(profile.variant) is None:
+                raise NotFound(f"unknown variant {profile.variant!r}")
+            self.store.put("profile", f"{profile.variant}@{profile.hardware}", profile.variant,
+                           profile.model_dump(mode="json"))  # fmt: skip
 
     def remove(self, architecture: str) -> None:
         """Remove an architecture, its variants and profiles; the task goes with its last architecture."""
-        arch = self.architecture(architecture)
-        if arch is None:
-            raise NotFound(f"unknown architecture {architecture!r}")
-        for var in self.variants(architecture):
-            for prof in self.profiles(var.name):
-                self.store.delete("profile", f"{prof.variant}@{prof.hardware}")
-            self.store.delete("variant", var.name)
-        self.store.delete("architecture", architecture)
-        if not self.architectures(arch.task):
-            self.store.delete("task", arch.task)
+        with self.store.transaction():  # all of it or none: no orphans after a crash
+            arch = self.architecture(architecture)
+            if arch is None:
+                raise NotFound(f"unknown architecture {architecture!r}")
+            for var in self.variants(architecture):
+                for prof in self.profiles(var.name):
+                    self.store.delete("profile", f"{prof.variant}@{prof.hardware}")
+                self.store.delete("variant", var.name)
+            self.store.delete("architecture", architecture)
+            if not self.architectures(arch.task):
+                self.store.delete("task", arch.task)

@@ -19,6 +19,14 @@ Rules of :meth:`BatchQueue.next`:
   longer than one full batch takes to run (past that, waiting costs more
   latency than batching saves);
 - otherwise ``wait_s`` says how long until one of those becomes true.
+
+Admission (:meth:`BatchQueue.admit`, also pure): a new request is refused at once, before it
+costs compute, when the work queued ahead of it (online requests go ahead of offline ones) plus
+its own batch cannot finish by its deadline, when the queue would hold more than ``max_wait_s``
+of work (the bound in rows follows from the latency fit: what can finish within the longest
+allowed wait), or when it would hold more than ``max_bytes`` of tensors. Predictions are scaled
+by the ratio of measured to predicted batch time (:meth:`observe`), so a profile taken on a
+quieter machine does not over-admit.
 """
 
 from __future__ import annotations
@@ -41,6 +49,16 @@ class Pending:
     drop_late: bool = True
     payload: Any = None
     offline: bool = False  # a batch job's request: counted apart from online demand
+    nbytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why :meth:`BatchQueue.admit` refused a request, and when a retry could succeed."""
+
+    reason: str
+    retry_after_s: float
+    overloaded: bool = True  # False: the request's own batch cannot make its deadline, queue or not
 
 
 @dataclass(slots=True)
@@ -67,22 +85,84 @@ class BatchQueue:
         max_delay_s: float = 0.0,
         predict_s: Callable[[int], float] = _no_latency,
         slo_wait: bool = False,
+        max_wait_s: float | None = None,
+        max_bytes: int | None = None,
+        instances: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
-        self.predict_s = predict_s
+        self._fit = predict_s
         self.slo_wait = slo_wait
+        self.max_wait_s = max_wait_s
+        self.max_bytes = max_bytes
+        self.instances = max(1, instances)
+        self.scale = 1.0  # measured / predicted batch time (EWMA)
         self._queue: deque[Pending] = deque()
         self.rows_queued = 0
+        self.offline_rows_queued = 0
+        self.bytes_queued = 0
+
+    def predict_s(self, rows: int) -> float:
+        """Predicted time of one batch of ``rows``: the fit, scaled by what was measured here."""
+        return self._fit(rows) * self.scale
+
+    def observe(self, rows: int, seconds: float, alpha: float = 0.2) -> None:
+        """A batch of ``rows`` took ``seconds``: move the scale toward measured / predicted."""
+        predicted = self._fit(rows)
+        if predicted > 0 and seconds > 0:
+            ratio = min(10.0, max(0.5, seconds / predicted))
+            self.scale += alpha * (ratio - self.scale)
+
+    def work_s(self, rows: int) -> float:
+        """Time to run ``rows`` queued rows: full batches, then the rest, shared by the instances."""
+        full, rest = divmod(rows, self.max_batch)
+        total = full * self.predict_s(self.max_batch) + (self.predict_s(rest) if rest else 0.0)
+        return total / self.instances
+
+    def admit(self, rows: int, nbytes: int, deadline: float | None, now: float, offline: bool = False,
+              busy_s: float = 0.0) -> Refusal | None:  # fmt: skip
+        """None if a request of ``rows`` can join the queue; else why not. ``busy_s``: time until an
+        instance frees up from the batch it is running."""
+        if self.max_bytes is not None and self.bytes_queued + nbytes > self.max_bytes and self._queue:
+            return Refusal(f"queue holds {self.bytes_queued} bytes of tensors (bound {self.max_bytes})",
+                           self.work_s(self.rows_queued) + busy_s)  # fmt: skip
+        ahead = self.rows_queued if offline else self.rows_queued - self.offline_rows_queued
+        wait = busy_s + self.work_s(ahead + rows)
+        if self.max_wait_s is not None and ahead and wait > self.max_wait_s:
+            return Refusal(f"queue holds {ahead} rows, {wait * 1000:.0f} ms of work, past its bound of "
+                           f"{self.max_wait_s * 1000:.0f} ms", wait - self.max_wait_s)  # fmt: skip
+        if deadline is not None and now + wait > deadline:
+            left = max(0.0, deadline - now)
+            if not ahead and not busy_s:
+                return Refusal(f"its batch of {rows} rows takes about {wait * 1000:.1f} ms, "
+                               f"{left * 1000:.1f} ms left before its deadline", 0.0, overloaded=False)  # fmt: skip
+            return Refusal(f"{ahead} rows queued ahead: about {wait * 1000:.0f} ms to finish, "
+                           f"{left * 1000:.0f} ms left before its deadline", max(0.0, wait - left))  # fmt: skip
+        return None
+
+    def cancel(self, key: Any) -> Pending | None:
+        """Take a queued request out (its caller gave up); None if it is not queued (running or done)."""
+        for i, item in enumerate(self._queue):
+            if item.key == key:
+                del self._queue[i]
+                self._account(item, -1)
+                return item
+        return None
+
+    def _account(self, item: Pending, sign: int) -> None:
+        self.rows_queued += sign * item.rows
+        self.bytes_queued += sign * item.nbytes
+        if item.offline:
+            self.offline_rows_queued += sign * item.rows
 
     def __len__(self) -> int:
         return len(self._queue)
 
     def put(self, item: Pending) -> None:
         """Queue in FIFO order, except that online requests go ahead of queued offline (job) ones."""
-        self.rows_queued += item.rows
+        self._account(item, +1)
         if item.offline or not self._queue or not self._queue[-1].offline:
             self._queue.append(item)
             return
@@ -95,7 +175,7 @@ class BatchQueue:
         """Everything still queued (to fail it on shutdown)."""
         items = list(self._queue)
         self._queue.clear()
-        self.rows_queued = 0
+        self.rows_queued = self.offline_rows_queued = self.bytes_queued = 0
         return items
 
     def next(self, now: float) -> Formed:
@@ -131,7 +211,8 @@ class BatchQueue:
         if full or not waiting or now >= due:
             for i in reversed(chosen):
                 del self._queue[i]
-            self.rows_queued -= rows
+            for m in members:
+                self._account(m, -1)
             formed.batch = members
         else:
             formed.wait_s = due - now
@@ -145,7 +226,7 @@ class BatchQueue:
             late = item.deadline is not None and now + self.predict_s(item.rows) > item.deadline
             if late and item.drop_late:
                 out.append(item)
-                self.rows_queued -= item.rows
+                self._account(item, -1)
             else:
                 keep.append(item)
         self._queue = keep

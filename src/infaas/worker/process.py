@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from infaas.errors import DeadlineExceeded
+from infaas.errors import Cancelled, DeadlineExceeded, Overloaded, Unavailable
 from infaas.worker.batcher import BatchQueue, Pending
 from infaas.worker.runtime import OnnxRuntime, Runtime, infer_checked
 from infaas.worker.wire import SocketChannel
@@ -43,24 +43,56 @@ class VariantExecutor:
         self.running = True
         self.served = 0
         self.batches = 0
-        self.busy_s = 0.0
+        self.busy_s = 0.0  # computing online rows (a mixed batch's time is split by rows)
+        self.offline_busy_s = 0.0
         self.arrived_rows = 0  # online
         self.offline_rows = 0
         self.completed_rows = 0
+        self.refused = 0  # shed at admission
+        self.expired = 0  # dropped in the queue at their deadline
+        self.cancelled = 0
+        self._running_until: dict[int, float] = {}  # instance -> when its batch should end
         self.latencies_ms: list[float] = []  # online, end to end in this worker, since the last stats
-        self.threads = [threading.Thread(target=self._loop, args=(rt,), name=f"exec-{name}-{i}", daemon=True)
+        self.threads = [threading.Thread(target=self._loop, args=(i, rt), name=f"exec-{name}-{i}", daemon=True)
                         for i, rt in enumerate(runtimes)]  # fmt: skip
         for t in self.threads:
             t.start()
 
     def submit(self, item: Pending) -> None:
+        """Queue a request, or refuse it at once when it cannot make its deadline (shedding)."""
         with self.cond:
             if item.offline:
                 self.offline_rows += item.rows
             else:
                 self.arrived_rows += item.rows
-            self.queue.put(item)
-            self.cond.notify()
+            now = time.monotonic()
+            refusal = self.queue.admit(item.rows, item.nbytes, item.deadline, now, item.offline,
+                                       self._busy_s(now))  # fmt: skip
+            if refusal is None:
+                self.queue.put(item)
+                self.cond.notify()
+                return
+            self.refused += 1
+        if refusal.overloaded:
+            self._fail(item, Overloaded(f"{self.name} is overloaded: {refusal.reason}", refusal.retry_after_s))
+        else:
+            self._fail(item, DeadlineExceeded(f"request refused by {self.name}: it cannot meet its deadline "
+                                              f"({refusal.reason})"))  # fmt: skip
+
+    def cancel(self, key: int) -> None:
+        """The caller gave up: drop the request if it is still queued (a running batch finishes)."""
+        with self.cond:
+            item = self.queue.cancel(key)
+            if item is not None:
+                self.cancelled += 1
+        if item is not None:
+            self._fail(item, Cancelled(f"request cancelled by its caller while queued on {self.name}"))
+
+    def _busy_s(self, now: float) -> float:
+        """Until an instance is free: 0 if one is idle, else the earliest predicted end of a batch."""
+        if len(self._running_until) < len(self.runtimes):
+            return 0.0
+        return max(0.0, min(self._running_until.values()) - now)
 
     def stop(self) -> list[Pending]:
         with self.cond:
@@ -72,22 +104,29 @@ class VariantExecutor:
         for t in self.threads:
             t.join(timeout)
 
-    def _loop(self, runtime: Runtime) -> None:
+    def _loop(self, index: int, runtime: Runtime) -> None:
         while True:
             with self.cond:
                 while True:
                     if not self.running:
                         return
-                    formed = self.queue.next(time.monotonic())
+                    now = time.monotonic()
+                    formed = self.queue.next(now)
+                    self.expired += len(formed.expired)
                     for item in formed.expired:
                         self._fail(item, DeadlineExceeded(
                             f"request dropped by {self.name}: it could not meet its deadline"))  # fmt: skip
                     if formed.batch:
+                        self._running_until[index] = now + self.queue.predict_s(formed.rows)
                         if len(self.queue):
                             self.cond.notify()  # another idle instance can take the rest
                         break
                     self.cond.wait(formed.wait_s)
-            self._run(runtime, formed.batch)
+            try:
+                self._run(runtime, formed.batch)
+            finally:
+                with self.cond:
+                    self._running_until.pop(index, None)
 
     def _run(self, runtime: Runtime, batch: list[Pending]) -> None:
         start = time.monotonic()
@@ -107,10 +146,13 @@ class VariantExecutor:
             return
         end = time.monotonic()
         compute_ns = int((end - start) * 1e9)
+        offline = sum(p.rows for p in batch if p.offline)
         with self.cond:
+            self.queue.observe(rows, end - start)
             self.batches += 1
             self.served += len(batch)
-            self.busy_s += end - start
+            self.busy_s += (end - start) * (rows - offline) / rows
+            self.offline_busy_s += (end - start) * offline / rows
             self.completed_rows += rows
             if len(self.latencies_ms) < 4096:
                 self.latencies_ms.extend((end - p.arrival) * 1000 for p in batch if not p.offline)
@@ -126,7 +168,7 @@ class VariantExecutor:
 
     def _fail(self, item: Pending, exc: BaseException) -> None:
         self.channel.send({"id": item.key, "ok": False, "error": str(exc) or repr(exc),
-                           "kind": type(exc).__name__})  # fmt: skip
+                           "kind": type(exc).__name__, "retry_after_s": getattr(exc, "retry_after_s", None)})  # fmt: skip
 
 
 class Worker:
@@ -148,6 +190,10 @@ class Worker:
             op = msg.get("op")
             if op == "infer":
                 self._infer(msg)
+            elif op == "cancel":
+                executor = self.variants.get(msg["variant"])
+                if executor is not None:
+                    executor.cancel(msg["key"])
             elif op == "shutdown":
                 return
             else:
@@ -164,7 +210,7 @@ class Worker:
             key=msg["id"], rows=msg["rows"], arrival=msg.get("arrival") or time.monotonic(),
             shape_key=tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items()),
             deadline=msg.get("deadline"), drop_late=msg.get("drop_late", True), payload=inputs,
-            offline=msg.get("offline", False),
+            offline=msg.get("offline", False), nbytes=sum(v.nbytes for v in inputs.values()),
         ))  # fmt: skip
 
     def _control(self, msg: dict) -> None:
@@ -197,7 +243,9 @@ class Worker:
 
             slope, intercept = linear_fit(sorted(timings), [timings[b] * 1000 for b in sorted(timings)])
         queue = BatchQueue(preferred, max_delay_s=msg.get("max_delay_s", 0.0),
-                           predict_s=lambda rows: max(0.0, slope * rows + intercept) / 1000, slo_wait=True)  # fmt: skip
+                           predict_s=lambda rows: max(0.0, slope * rows + intercept) / 1000, slo_wait=True,
+                           max_wait_s=msg.get("max_queue_s"), max_bytes=msg.get("max_queue_bytes"),
+                           instances=instances)  # fmt: skip
         self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel)
         return {"load_time_s": sum(r.load_time_s for r in runtimes) / instances, "instances": instances,
                 "threads": runtimes[0].threads, "preferred_batch": preferred,
@@ -208,7 +256,7 @@ class Worker:
         if executor is None:
             return {"unloaded": False}
         for item in executor.stop():
-            executor._fail(item, RuntimeError(f"variant {executor.name} was unloaded"))
+            executor._fail(item, Unavailable(f"variant {executor.name} was unloaded from this worker"))
         executor.join(timeout=30)
         for runtime in executor.runtimes:
             runtime.unload()
@@ -222,7 +270,9 @@ class Worker:
                 lat, e.latencies_ms = e.latencies_ms, []
                 variants[name] = {
                     "queued": len(e.queue), "queued_rows": e.queue.rows_queued, "served": e.served,
-                    "batches": e.batches, "busy_s": e.busy_s, "instances": len(e.runtimes),
+                    "batches": e.batches, "busy_s": e.busy_s, "offline_busy_s": e.offline_busy_s,
+                    "instances": len(e.runtimes), "refused": e.refused, "expired": e.expired,
+                    "cancelled": e.cancelled, "scale": round(e.queue.scale, 3),
                     "arrived_rows": e.arrived_rows, "offline_rows": e.offline_rows,
                     "completed_rows": e.completed_rows,
                     "p50_ms": float(np.percentile(lat, 50)) if lat else None,

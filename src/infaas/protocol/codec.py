@@ -2,7 +2,9 @@
 
 Decoding checks everything a client can get wrong before any tensor is built:
 JSON syntax, field types, datatypes, shapes (no negative dims, bounded element
-count), JSON data length, and that binary sizes add up to the body.
+count), and that binary sizes add up to the body. Costly decoding (JSON data
+lists, BYTES elements) is left pending (see :mod:`infaas.protocol.types`) until
+the request has been checked against the model's signature.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 import orjson
 
 from infaas.errors import InvalidInput
-from infaas.frontend.types import InferInput, InferRequest, InferResponse, RequestedOutput
+from infaas.protocol.params import parse_bool
+from infaas.protocol.types import InferInput, InferRequest, InferResponse, RequestedOutput
 from infaas.tensors import V2_TO_NUMPY, itemsize
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -72,12 +75,23 @@ def tensor_from_bytes(chunk: memoryview | bytes, datatype: str, shape: tuple[int
     """A tensor from its raw little-endian bytes (BYTES: length-prefixed elements), size-checked."""
     count = math.prod(shape)
     if datatype == "BYTES":
+        if len(chunk) < 4 * count:
+            raise InvalidInput(f"input '{name}': {len(chunk)} bytes cannot hold {count} BYTES elements")
         return decode_bytes_tensor(memoryview(chunk), count, name).reshape(shape)
     expected = count * itemsize(datatype)
     if len(chunk) != expected:
         raise InvalidInput(f"input '{name}': {len(chunk)} bytes of binary data, shape {list(shape)} of "
                            f"{datatype} needs {expected}")  # fmt: skip
     return np.frombuffer(chunk, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
+
+
+def input_from_bytes(name: str, datatype: str, shape: tuple[int, ...], chunk: memoryview | bytes,
+                     params: dict[str, Any]) -> InferInput:  # fmt: skip
+    """A binary input: fixed-size types are checked and wrapped now (no copy); BYTES later."""
+    if datatype != "BYTES":
+        return InferInput(name, datatype, shape, tensor_from_bytes(chunk, datatype, shape, name), params)
+    return InferInput(name, datatype, shape, None, params,
+                      pending=lambda: tensor_from_bytes(chunk, datatype, shape, name))  # fmt: skip
 
 
 def tensor_to_bytes(arr: np.ndarray, datatype: str) -> bytes:
@@ -88,7 +102,12 @@ def _json_data(raw: Any, datatype: str, shape: tuple[int, ...], name: str) -> np
     count = math.prod(shape)
     if datatype == "BYTES":
         flat = _flatten(raw)
-        arr = np.array([s.encode() if isinstance(s, str) else s for s in flat] or [], dtype=object)
+        if len(flat) != count:
+            raise InvalidInput(f"input '{name}': shape {list(shape)} needs {count} elements, data has {len(flat)}")
+        if not all(isinstance(s, str) for s in flat):
+            raise InvalidInput(f"input '{name}': BYTES data in JSON must be strings")
+        arr = np.empty(len(flat), dtype=object)
+        arr[:] = [s.encode() for s in flat]
     else:
         try:
             arr = np.asarray(raw, dtype=V2_TO_NUMPY[datatype])
@@ -99,6 +118,10 @@ def _json_data(raw: Any, datatype: str, shape: tuple[int, ...], name: str) -> np
             f"input '{name}': shape {list(shape)} needs {count} elements, data has {arr.size}"
         )
     return arr.reshape(shape)
+
+
+def _json_thunk(raw: Any, datatype: str, shape: tuple[int, ...], name: str):
+    return lambda: _json_data(raw, datatype, shape, name)
 
 
 def _flatten(raw: Any) -> list:
@@ -162,12 +185,12 @@ def decode_request(
                 )
             chunk = binary[offset : offset + size]
             offset += size
-            arr = tensor_from_bytes(chunk, datatype, shape, name)
+            inputs.append(input_from_bytes(name, datatype, shape, chunk, in_params))
         elif "data" in raw:
-            arr = _json_data(raw["data"], datatype, shape, name)
+            inputs.append(InferInput(name, datatype, shape, None, in_params,
+                                     pending=_json_thunk(raw["data"], datatype, shape, name)))  # fmt: skip
         else:
             raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
-        inputs.append(InferInput(name, datatype, shape, arr, in_params))
     if offset != len(binary):
         raise InvalidInput(
             f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size"
@@ -182,8 +205,8 @@ def decode_request(
             if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
                 raise InvalidInput("each requested output needs a 'name'")
             out_params = _as_dict(raw.get("parameters"), "output parameters")
-            flag = out_params.get("binary_data")
-            outputs.append(RequestedOutput(raw["name"], None if flag is None else bool(flag), out_params))
+            flag = None if out_params.get("binary_data") is None else parse_bool(out_params, "binary_data", False)
+            outputs.append(RequestedOutput(raw["name"], flag, out_params))
     rid = header.get("id")
     return InferRequest(model, version, inputs, outputs, None if rid is None else str(rid), params)
 

@@ -1,0 +1,109 @@
+"""KServe v2 gRPC messages <-> the protocol-agnostic request and response (server and client).
+
+Every field a client can get wrong is checked; typed ``contents`` are decoded lazily (after the
+request was checked against the model's signature), raw contents are wrapped without a copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from infaas.errors import InvalidInput
+from infaas.protocol.codec import check_shape, input_from_bytes, tensor_to_bytes
+from infaas.protocol.proto import kserve_v2_pb2 as pb
+from infaas.protocol.types import InferInput, InferRequest, InferResponse, RequestedOutput
+from infaas.tensors import V2_TO_NUMPY
+
+SERVICE = "inference.GRPCInferenceService"
+
+# datatype -> the InferTensorContents field that carries it
+CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}  # fmt: skip
+
+
+def params_from_pb(params) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        which = value.WhichOneof("parameter_choice")
+        if which is not None:
+            out[key] = getattr(value, which)
+    return out
+
+
+def params_to_pb(target, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if value is None:
+            continue
+        param = target[key]
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int | np.integer):
+            param.int64_param = int(value)
+        elif isinstance(value, float | np.floating):
+            param.double_param = float(value)
+        else:
+            param.string_param = str(value)
+
+
+def decode_infer(req: pb.ModelInferRequest, max_elements: int) -> InferRequest:
+    """A v2 gRPC ModelInferRequest as the protocol-agnostic request (every field checked)."""
+    if not req.inputs:
+        raise InvalidInput("request needs at least one input")
+    raw = req.raw_input_contents
+    if raw and len(raw) != len(req.inputs):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(req.inputs)} inputs: send one per input "
+                           "(all raw, or all typed contents)")  # fmt: skip
+    inputs = []
+    for i, tensor in enumerate(req.inputs):
+        name, datatype = tensor.name, tensor.datatype
+        if not name:
+            raise InvalidInput("each input needs a 'name'")
+        if datatype not in V2_TO_NUMPY:
+            raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}")
+        shape = check_shape(list(tensor.shape), name, max_elements)
+        params = params_from_pb(tensor.parameters)
+        if raw:
+            inputs.append(input_from_bytes(name, datatype, shape, raw[i], params))
+            continue
+        field = CONTENTS.get(datatype)
+        if field is None:
+            raise InvalidInput(f"input '{name}': {datatype} travels only in raw_input_contents")
+        values = getattr(tensor.contents, field)
+        count = int(np.prod(shape))
+        if len(values) != count:
+            raise InvalidInput(f"input '{name}': {len(values)} values in contents, shape {list(shape)} "
+                               f"needs {count}")  # fmt: skip
+        inputs.append(InferInput(name, datatype, shape, None, params,
+                                 pending=_contents_thunk(values, datatype, shape, name)))  # fmt: skip
+    outputs = [RequestedOutput(o.name, None, params_from_pb(o.parameters)) for o in req.outputs] or None
+    return InferRequest(req.model_name, req.model_version or None, inputs, outputs, req.id or None,
+                        params_from_pb(req.parameters))  # fmt: skip
+
+
+def _contents_thunk(values, datatype: str, shape: tuple[int, ...], name: str):
+    def decode() -> np.ndarray:
+        if datatype == "BYTES":
+            arr = np.empty(len(values), dtype=object)
+            arr[:] = list(values)
+            return arr.reshape(shape)
+        try:  # int_contents carries INT8/INT16 too: a value out of the datatype's range is a bad request
+            return np.array(values, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
+        except (OverflowError, ValueError) as exc:
+            raise InvalidInput(f"input '{name}': contents do not fit datatype {datatype}: {exc}") from None
+
+    return decode
+
+
+def encode_infer(resp: InferResponse) -> pb.ModelInferResponse:
+    """Outputs always travel as raw_output_contents (as Triton answers)."""
+    out = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id or "")
+    params_to_pb(out.parameters, resp.parameters)
+    for o in resp.outputs:
+        out.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
+        out.raw_output_contents.append(tensor_to_bytes(o.data, o.datatype))
+    return out
