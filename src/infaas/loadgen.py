@@ -83,13 +83,17 @@ def _summary(lat: list[float], errors: int, duration: float) -> dict:
 
 
 async def ramp(url: str, path: str, body: bytes, headers: list[str], stages: list[tuple[float, float]],
-               max_connections: int = 256, slo_ms: float | None = None) -> list[dict]:  # fmt: skip
+               max_connections: int = 256, slo_ms: float | None = None,
+               records: list[tuple[int, float, int, float]] | None = None) -> list[dict]:  # fmt: skip
     """Open-loop load: for each (requests per second, seconds) stage, send at that rate, evenly spaced.
 
     Each request takes an idle keep-alive connection (or opens one, up to ``max_connections``;
     past that, arrivals wait for one, which the stage's latencies then show). Returns per-stage
     summaries of the requests that *arrived* in each stage, with ``slo_violations`` when ``slo_ms``.
+    ``records``, when given, receives one ``(stage, arrival s since the start, status, latency s)``
+    per request (status -1: a connection error).
     """
+    began = time.perf_counter()
     u = urlparse(url)
     request = build_request(u.netloc, path, body, headers)
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
@@ -113,12 +117,16 @@ async def ramp(url: str, path: str, body: bytes, headers: list[str], stages: lis
             status = await _exchange(*conn, request)
         except (OSError, asyncio.IncompleteReadError) as exc:
             results[stage][1].append(getattr(exc, "errno", None) or -1)
+            if records is not None:
+                records.append((stage, t0 - began, -1, time.perf_counter() - t0))
             async with freed:
                 opened -= 1
                 freed.notify()
             return
-        (results[stage][0] if status == 200 else results[stage][1]).append(
-            time.perf_counter() - t0 if status == 200 else status)
+        took = time.perf_counter() - t0
+        (results[stage][0] if status == 200 else results[stage][1]).append(took if status == 200 else status)
+        if records is not None:
+            records.append((stage, t0 - began, status, took))
         async with freed:
             idle.append(conn)
             freed.notify()

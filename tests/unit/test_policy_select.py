@@ -94,3 +94,16 @@ def test_cheaper_unloaded_variant_is_loaded_in_the_background_while_the_loaded_o
     # the cheaper one must itself meet the latency objective once loaded
     slow_mid = [Option(MID, prof(MID, 10.0, 5.0, 2e-5)), Option(BIG, P[BIG.name], (("w0", 0),))]
     assert select(Objective(min_accuracy=0.8, latency_ms=10), slow_mid, 1, "t").prefetch is None
+
+
+def test_unprofiled_unloaded_variants_cold_start_without_a_latency_objective():
+    """A registered variant not profiled yet (and unloaded) serves an accuracy objective by a cold
+    start; with a latency objective it cannot be predicted, so the answer is a clear 'unreachable'
+    (was: a TypeError, a 500)."""
+    unprofiled = [Option(BIG, None, ())]
+    c = select(Objective(min_accuracy=0.9), unprofiled, 1, "t")
+    assert c.variant is BIG and c.worker is None and c.predicted_ms is None and "not profiled yet" in c.reason
+    with pytest.raises(Unreachable, match="no variant is profiled yet"):
+        select(Objective(min_accuracy=0.9, latency_ms=50), unprofiled, 1, "t")
+    with pytest.raises(Unreachable, match="min_accuracy 0.99 unreachable for t: no variant has a known accuracy"):
+        select(Objective(min_accuracy=0.99), [Option(var("x.fp32", None), None, ())], 1, "t")

@@ -220,7 +220,11 @@ def select_sorted(
     for o in itertools.islice(ordered, index.first_meeting(floor, objective.allow_estimated), None):
         if ceiling is not None and _cost(o) > ceiling:
             break  # sorted by cost: nothing further is cheap enough
-        if o.profile is None or o.variant.name in hosted or not admissible(o):
+        if o.variant.name in hosted or not admissible(o):
+            continue
+        if o.profile is None:  # not profiled yet: no prediction, fine when no latency is asked for
+            if lat is None:
+                return _choice(objective, o, None, None, scope)
             continue
         pred = o.profile.load_time_ms + o.profile.predict_ms(min(rows, o.variant.max_batch))
         if lat is None or pred <= lat:
@@ -277,6 +281,8 @@ def _choice(objective: Objective, o: Option, worker: str | None, pred: float | N
     if worker is not None:
         where = f"loaded on {worker}, predicted {pred:.2f} ms with the queue there" if pred is not None else \
             f"loaded on {worker}, not profiled yet"
+    elif o.profile is None or pred is None:
+        where = "not loaded: cold start, not profiled yet (no prediction)"
     else:
         where = f"not loaded: cold start, predicted {pred:.1f} ms including {o.profile.load_time_ms:.0f} ms to load"
     reason = (f"{scope}: {v.name} is the cheapest variant meeting {_objective_text(objective)} "
@@ -327,6 +333,8 @@ def _why_not(objective: Objective, options: list[Option], scope: str, rows: int,
             timed.append((predict_ms(o.profile, o.variant.max_batch, rows, in_flight), o, "loaded"))
         if not workers:
             timed.append((o.profile.load_time_ms + o.profile.predict_ms(min(rows, o.variant.max_batch)), o, "cold"))
+    if objective.latency_ms is None:
+        return f"no variant of {scope} meets {_objective_text(objective)} with a batch of {rows}"
     if not timed:
         return f"latency_ms {objective.latency_ms:g} unreachable for {scope}: no variant is profiled yet"
     ms, o, state = min(timed, key=lambda t: t[0])

@@ -91,10 +91,16 @@ def _contents_thunk(values, datatype: str, shape: tuple[int, ...], name: str):
             arr = np.empty(len(values), dtype=object)
             arr[:] = list(values)
             return arr.reshape(shape)
-        try:  # int_contents carries INT8/INT16 too: a value out of the datatype's range is a bad request
-            return np.array(values, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
-        except (OverflowError, ValueError) as exc:
-            raise InvalidInput(f"input '{name}': contents do not fit datatype {datatype}: {exc}") from None
+        dtype = V2_TO_NUMPY[datatype]
+        if dtype.kind in "iu" and dtype.itemsize < 8 and len(values):
+            # int_contents / uint_contents carry the narrower types too: out of range is a bad request
+            wide = np.asarray(values, dtype=np.int64)
+            info = np.iinfo(dtype)
+            if wide.min() < info.min or wide.max() > info.max:
+                raise InvalidInput(f"input '{name}': contents do not fit datatype {datatype} "
+                                   f"([{info.min}, {info.max}])")  # fmt: skip
+            return wide.astype(dtype).reshape(shape)
+        return np.asarray(values, dtype=dtype).reshape(shape)
 
     return decode
 
