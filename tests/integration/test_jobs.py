@@ -165,3 +165,79 @@ def test_cli_job_submit_watch_and_result(server, tmp_path):
     assert np.load(tmp_path / "out.npz")["label"].shape == (300,)
     listing = cli("job", "status")
     assert job_id in listing.stdout and "done" in listing.stdout
+
+
+def test_jobs_that_keep_failing_are_marked_failed_and_the_queue_moves_on(digits_profiled_dir, tmp_path):
+    """Was: a job whose model was removed, or whose input file is corrupt, was retried forever and
+    every later job starved."""
+    from infaas.control.jobs import Job
+
+    data = copy_data_dir(digits_profiled_dir, tmp_path / "d")
+    registry = Registry.open(data)
+    for job_id, model in (("corrupt", "digits-classification"), ("orphan", "removed-architecture")):
+        job = Job(id=job_id, model=model, rows=32, batch_rows=16)
+        (data / "jobs" / job_id).mkdir(parents=True)
+        if job_id == "corrupt":
+            (data / "jobs" / job_id / "inputs.npz").write_bytes(b"PK\x03\x04 this is not a zip file")
+        else:
+            np.savez(data / "jobs" / job_id / "inputs.npz", input=rows(32))
+        registry.store.put("job", job.id, job.model, job.model_dump(mode="json"))
+    registry.close()
+    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False,
+                                       autoscale=False)).start()  # fmt: skip
+    try:
+        with Client(server.url) as client:
+            good = client.submit_job("digits-classification", {"input": rows(64)})
+            assert wait_until(lambda: client.job(good["id"])["status"] == "done", timeout=60), client.jobs()
+            corrupt, orphan = client.job("corrupt"), client.job("orphan")
+            assert corrupt["status"] == "failed" and "cannot read the job's inputs" in corrupt["error"]
+            assert orphan["status"] == "failed" and "removed-architecture" in orphan["error"]
+    finally:
+        server.stop()
+
+
+def test_jobs_batch_within_every_variants_max_batch(digits_models, tmp_path):
+    """Was: a job failed outright on an architecture whose max batch is below job_batch_rows."""
+    model = next(m for m in digits_models if m.name == "digits-mlp")
+    registry = Registry.open(tmp_path / "d")
+    registry.register("narrow", "narrow-task", model.onnx, accuracy=0.9, max_batch=4, threads=1)
+    registry.close()
+    server = BackgroundServer(Settings(data_dir=tmp_path / "d", port=0, workers=1, profile_on_register=False,
+                                       autoscale=False, job_batch_rows=16)).start()  # fmt: skip
+    try:
+        with Client(server.url) as client:
+            job = client.submit_job("narrow", {"input": rows(50)})
+            assert job["batch_rows"] == 4
+            assert wait_until(lambda: client.job(job["id"])["status"] == "done", timeout=60), client.job(job["id"])
+            assert client.job_result(job["id"])["label"].shape == (50,)
+    finally:
+        server.stop()
+
+
+def test_offline_work_is_not_online_demand(server):
+    """Was: a job's batches counted as online busy time, so a job made its own variant look
+    overloaded and scaled it up."""
+    with Client(server.url) as client:
+        job = client.submit_job("digits-classification", {"input": rows(20_000)})
+        assert wait_until(lambda: client.job(job["id"])["status"] == "done", timeout=120)
+        name = next(iter(client.job(job["id"])["variants"]))
+    worker = next(w for w in server.dataplane.cluster.workers if w.hosts(name))
+    stats = asyncio.run_coroutine_threadsafe(worker.stats(), server.loop).result(10)["variants"][name]
+    assert stats["offline_busy_s"] > 0 and stats["busy_s"] == 0, stats
+    assert stats["offline_rows"] >= 20_000 and stats["arrived_rows"] == 0
+    report = server.services.autoscaler.report()
+    assert report["variants"].get(name, {}).get("state") != "overloaded"
+
+
+def test_a_cancel_is_never_overwritten_by_the_runner(server):
+    """Was: the runner wrote its stale in-memory record (status running) over a user's cancel."""
+    with Client(server.url) as client:
+        job = client.submit_job("digits-classification", {"input": rows(200_000)})
+        assert wait_until(lambda: client.job(job["id"])["done_rows"] > 0, timeout=60)
+        assert client.cancel_job(job["id"])["status"] == "cancelled"
+        at = client.job(job["id"])["done_rows"]
+        import time
+
+        time.sleep(1.5)  # the runner's batches in flight finish meanwhile
+        later = client.job(job["id"])
+        assert later["status"] == "cancelled" and later["done_rows"] == at, later

@@ -32,3 +32,22 @@ def test_directories_need_an_image_task(tmp_path):
         load_images(tmp_path, sig((-1, 64), "FP32"))
     with pytest.raises(InvalidInput, match="not a directory"):
         load_images(tmp_path / "missing", sig((-1, 32, 32, 3)))
+
+
+def test_directory_jobs_read_only_under_the_job_roots(tmp_path):
+    from infaas.control.jobs import allowed_directory
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "batch1").mkdir(parents=True)
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)  # a symlink inside a root that leads out of it
+    assert allowed_directory(str(root / "batch1"), [root]) == (root / "batch1").resolve()
+    assert allowed_directory("batch1", [root]) == (root / "batch1").resolve()  # relative to a root
+    with pytest.raises(InvalidInput, match="directory jobs are off"):
+        allowed_directory(str(root / "batch1"), [])
+    messages = set()
+    for path in (str(outside), str(root / "escape"), str(root / "missing"), "/etc", "../outside", "/nope/x"):
+        with pytest.raises(InvalidInput) as exc:
+            allowed_directory(path, [root])
+        messages.add(exc.value.message.replace(repr(path), "<path>"))
+    assert len(messages) == 1  # the same words whether the path exists or not: no oracle

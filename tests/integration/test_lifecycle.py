@@ -1,0 +1,165 @@
+"""State changes that used to race: unload vs load, worker removal vs placement, restarts vs
+removal, concurrent registrations. Real workers, real server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from infaas.cluster import LocalCluster
+from infaas.cluster.base import ReplicaState, WorkerState
+from infaas.frontend.server import BackgroundServer
+from infaas.settings import Settings
+from tests.conftest import copy_data_dir, wait_until
+
+
+@pytest.fixture
+def server(tmp_path, digits_data_dir):
+    data = copy_data_dir(digits_data_dir, tmp_path / "d")
+    srv = BackgroundServer(Settings(data_dir=data, port=0, workers=1, autoscale=False,
+                                    profile_on_register=False)).start()  # fmt: skip
+    yield srv
+    srv.stop()
+
+
+def run(server, coro, timeout=60):
+    return asyncio.run_coroutine_threadsafe(coro, server.loop).result(timeout)
+
+
+def worker_has(server, worker, name) -> bool:
+    """What the worker process itself reports as loaded."""
+    return name in run(server, worker.stats())["variants"]
+
+
+def test_an_unload_draining_while_a_load_of_the_same_variant_arrives_leaves_them_agreeing(server, digits_samples):
+    """Was: the load answered 'already loaded' while the unload drained, then the unload finished:
+    the frontend routed to a variant the worker had dropped (503 until a later unload)."""
+    plane = server.dataplane
+    worker = plane.cluster.workers[0]
+    name = next(n for n in worker.loaded_names() if n.startswith("digits-mlp."))
+    spec = worker.loaded[name]
+    x = {"input": np.repeat(digits_samples[0][:1].astype(np.float32), 16, axis=0)}
+
+    async def race():
+        traffic = [asyncio.ensure_future(worker.infer(name, x, 16)) for _ in range(50)]
+        await asyncio.sleep(0)
+        await asyncio.gather(worker.unload(name), worker.load(spec))
+        await asyncio.gather(*traffic, return_exceptions=True)
+
+    run(server, race())
+    assert worker.hosts(name) and worker.replicas[name] is ReplicaState.READY
+    assert worker_has(server, worker, name)  # the process agrees with the frontend
+    r = httpx.post(server.url + "/v2/models/digits-mlp/infer", timeout=30, json={"inputs": [
+        {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": digits_samples[0][0].tolist()}]})
+    assert r.status_code == 200, r.text
+    # and the other order: a load then an unload ends unloaded, on both sides
+    async def other_order():
+        await asyncio.gather(worker.load(spec), worker.unload(name))
+
+    run(server, other_order())
+    assert not worker.hosts(name) and name not in worker.replicas and not worker_has(server, worker, name)
+
+
+def test_a_worker_that_was_given_a_variant_is_not_removed(tmp_path, digits_data_dir):
+    """Was: remove_worker could stop a worker that received a variant moments before."""
+    from infaas.registry import Registry
+
+    registry = Registry.open(copy_data_dir(digits_data_dir, tmp_path / "d"))
+    variant = next(v for v in registry.variants() if v.architecture == "digits-mlp")
+    from infaas.cluster.base import LoadSpec
+
+    spec = LoadSpec(variant.name, str(registry.models.path(variant.artifact_hash)), 1, 16)
+
+    async def scenario():
+        cluster = LocalCluster(2, 1)
+        await cluster.start()
+        try:
+            w1 = cluster.workers[1]
+            loading = asyncio.ensure_future(w1.load(spec))
+            await asyncio.sleep(0)  # the load is on its way: the worker is assigned a variant
+            assert await cluster.remove_worker("w1", only_if_empty=True) is False
+            await loading
+            assert await cluster.remove_worker("w1", only_if_empty=True) is False
+            await w1.unload(variant.name)
+            assert await cluster.remove_worker("w1", only_if_empty=True) is True
+            assert [w.name for w in cluster.workers] == ["w0"] and w1.state is WorkerState.STOPPED
+        finally:
+            await cluster.stop()
+
+    asyncio.run(scenario())
+    registry.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            state = stat.rsplit(")", 1)[1].split()[0]
+            if ppid == pid and b"infaas.worker" in cmd and state != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+def test_crashes_in_quick_succession_leave_exactly_one_process_serving(server, digits_samples):
+    """Was: a restart whose reload failed leaked its process, and two restarts could run at once."""
+    worker = server.dataplane.cluster.workers[0]
+    for _ in range(3):
+        pid = worker.pid
+        worker.kill()
+        assert wait_until(lambda p=pid: worker.pid != p, timeout=10)  # killed again while restarting
+    assert wait_until(lambda: worker.alive, timeout=30)
+    assert worker.state is WorkerState.READY and worker.restarts >= 1
+    assert wait_until(lambda: _children(os.getpid()) == [worker.pid], timeout=10), (_children(os.getpid()), worker.pid)
+    r = httpx.post(server.url + "/v2/models/digits-mlp/infer", timeout=30, json={"inputs": [
+        {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": digits_samples[0][0].tolist()}]})
+    assert r.status_code == 200
+
+
+def test_removing_an_architecture_while_its_worker_restarts_leaves_no_zombie(server):
+    """Was: removal skipped restarting workers, which then reloaded the removed variants."""
+    worker = server.dataplane.cluster.workers[0]
+    name = next(n for n in worker.loaded_names() if n.startswith("digits-nb."))
+    worker.kill()
+    assert wait_until(lambda: worker.state is WorkerState.RESTARTING, timeout=10)
+    r = httpx.delete(server.url + "/api/v1/architectures/digits-nb", timeout=30)
+    assert r.status_code == 204
+    assert wait_until(lambda: worker.alive, timeout=30)
+    time.sleep(0.3)
+    assert not worker.assigned(name) and not worker_has(server, worker, name)
+    assert any(n.startswith("digits-mlp.") for n in worker.loaded_names())  # the others came back
+
+
+def test_concurrent_registrations_of_one_name_exactly_one_wins(server, digits_models):
+    """Was: both got 201 and overwrote each other."""
+    model = next(m for m in digits_models if m.name == "digits-mlp")
+    statuses: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def register(i: int) -> None:
+        barrier.wait()
+        r = httpx.post(server.url + "/api/v1/architectures", timeout=60,
+                       data={"name": "twin", "task": "digits-classification", "accuracy": str(0.5 + i / 100)},
+                       files={"model": ("m.onnx", model.onnx)})  # fmt: skip
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [201, 409, 409, 409], statuses
+    arch = httpx.get(server.url + "/api/v1/architectures/twin", timeout=10).json()
+    assert len(arch["variants"]) == 1
