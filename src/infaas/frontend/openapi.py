@@ -14,7 +14,10 @@ def _op(summary: str, tag: str, ok: str = "200", body: dict | None = None, param
     ok_resp: dict = {"description": "success"}
     if schema is not None:
         ok_resp["content"] = {"application/json": {"schema": schema}}
-    op: dict = {"summary": summary, "tags": [tag], "responses": {ok: ok_resp, "400": _ERROR, "404": _ERROR}}
+    # every operation may also answer: 401 (API key), 413 (a body past its limit), 429 (shed at
+    # admission, Retry-After), 499 (the client went away), 503 (unavailable, Retry-After)
+    op: dict = {"summary": summary, "tags": [tag], "responses": {
+        ok: ok_resp, **{code: _ERROR for code in ("400", "401", "404", "409", "413", "429", "499", "503")}}}
     if body is not None:
         op["requestBody"] = body
     if params:

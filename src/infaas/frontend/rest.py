@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -237,8 +238,13 @@ def build_app(services: Services, lifespan=None, *, inference: bool = True, mana
             v.model_dump() for v in dp.catalog.by_arch.get(arch.name, [])]})  # fmt: skip
 
     async def register(request: Request) -> Response:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise InvalidInput("registration takes multipart/form-data (fields name, task, model ...)")
         body = await _body(request, settings.max_management_bytes)
-        form = await Request(request.scope, _replay(body)).form(max_files=3, max_fields=20)
+        try:
+            form = await Request(request.scope, _replay(body)).form(max_files=3, max_fields=20)
+        except HTTPException as exc:  # Starlette's parser: missing boundary, too many parts ...
+            raise InvalidInput(f"malformed multipart body: {exc.detail}") from None
         try:
             def field(name: str) -> str | None:
                 value = form.get(name)
