@@ -75,13 +75,6 @@ def digits_profiled_dir(tmp_path_factory, digits_data_dir) -> Path:
 @pytest.fixture(scope="session")
 def heavy_dir(tmp_path_factory):
     """digits-conv (heavy on purpose: a few hundred to a few thousand rows/s on one core) registered and profiled (quick)."""
-    from infaas.profiler import profile_architecture
-
-    model = digits.heavy()
     path = tmp_path_factory.mktemp("heavy")
-    registry = Registry.open(path)
-    registry.register(model.name, model.task, model.onnx, validation=model.validation,
-                      calibration=model.calibration, max_batch=16, threads=1)  # fmt: skip
-    asyncio.run(profile_architecture(registry, model.name, Settings(data_dir=path), quick=True))
-    registry.close()
+    digits.prepare_heavy(path)
     return path

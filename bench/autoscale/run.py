@@ -27,22 +27,10 @@ from infaas.client import Client
 from infaas.frontend.server import BackgroundServer
 from infaas.loadgen import ramp
 from infaas.policy.autoscale import capacity_rps
-from infaas.registry import Registry
 from infaas.settings import Settings
 from infaas.zoo import digits
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def prepare(path: Path) -> None:
-    from infaas.profiler import profile_architecture
-
-    model = digits.heavy()
-    registry = Registry.open(path)
-    registry.register(model.name, model.task, model.onnx, validation=model.validation,
-                      calibration=model.calibration, max_batch=16, threads=1)  # fmt: skip
-    asyncio.run(profile_architecture(registry, model.name, Settings(data_dir=path), quick=True))
-    registry.close()
 
 
 def run(name: str, data: Path, workers: int, autoscale: bool, stages_x: list[tuple[float, float]],
@@ -100,7 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "heavy"
         print("registering and profiling digits-conv (quick) ...", flush=True)
-        prepare(data)
+        digits.prepare_heavy(data)
         out = [run("static, 1 worker", data, 1, False, stages, args.slo_ms),
                run("static, 2 workers (peak)", data, 2, False, stages, args.slo_ms),
                run("autoscaled, 1..2 workers", data, 1, True, stages, args.slo_ms)]

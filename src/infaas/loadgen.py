@@ -84,14 +84,16 @@ def _summary(lat: list[float], errors: int, duration: float) -> dict:
 
 async def ramp(url: str, path: str, body: bytes, headers: list[str], stages: list[tuple[float, float]],
                max_connections: int = 256, slo_ms: float | None = None,
-               records: list[tuple[int, float, int, float]] | None = None) -> list[dict]:  # fmt: skip
+               records: list[tuple[int, float, int, float]] | None = None,
+               timeout_s: float | None = None) -> list[dict]:  # fmt: skip
     """Open-loop load: for each (requests per second, seconds) stage, send at that rate, evenly spaced.
 
     Each request takes an idle keep-alive connection (or opens one, up to ``max_connections``;
     past that, arrivals wait for one, which the stage's latencies then show). Returns per-stage
     summaries of the requests that *arrived* in each stage, with ``slo_violations`` when ``slo_ms``.
     ``records``, when given, receives one ``(stage, arrival s since the start, status, latency s)``
-    per request (status -1: a connection error).
+    per request (status -1: a connection error; 0: no answer within ``timeout_s``, after which the
+    client gives up and closes its connection, as a real caller with a timeout does).
     """
     began = time.perf_counter()
     u = urlparse(url)
@@ -114,11 +116,14 @@ async def ramp(url: str, path: str, body: bytes, headers: list[str], stages: lis
         try:
             if conn is None:
                 conn = await asyncio.open_connection(u.hostname, u.port)
-            status = await _exchange(*conn, request)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            results[stage][1].append(getattr(exc, "errno", None) or -1)
+            status = await asyncio.wait_for(_exchange(*conn, request), timeout_s)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            gave_up = isinstance(exc, TimeoutError)
+            if gave_up and conn is not None:
+                conn[1].close()
+            results[stage][1].append(0 if gave_up else getattr(exc, "errno", None) or -1)
             if records is not None:
-                records.append((stage, t0 - began, -1, time.perf_counter() - t0))
+                records.append((stage, t0 - began, 0 if gave_up else -1, time.perf_counter() - t0))
             async with freed:
                 opened -= 1
                 freed.notify()

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         0.25, ge=0, description="how long past its deadline the frontend waits for a batch already running"
     )
     max_queue_bytes: int = Field(512 * 2**20, ge=1, description="tensor bytes one variant's queue may hold")
+    admission_control: bool = Field(
+        True, description="refuse at once (429) what cannot finish by its deadline; off: queue it, drop it at the deadline"
+    )
     max_request_elements: int = Field(
         64 * 1024 * 1024, ge=1, description="largest tensor (elements) a request may declare"
     )

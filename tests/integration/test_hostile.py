@@ -235,3 +235,26 @@ def test_leftover_requests_at_unload_are_a_503_not_a_500(strict, digits_samples)
     assert failed, "every request finished before the unload: nothing left over to check"
     assert all(isinstance(o, Unavailable) and o.status == 503 for o in failed), {type(o) for o in failed}
     asyncio.run_coroutine_threadsafe(plane.ensure_loaded("digits-mlp"), strict.loop).result(60)
+
+
+def test_a_corrupted_model_file_is_refused_at_load(tmp_path, digits_data_dir, digits_samples):
+    """Artifacts are verified against their content hash before a worker loads them."""
+    data = copy_data_dir(digits_data_dir, tmp_path / "d")
+    from infaas.registry import Registry
+
+    registry = Registry.open(data)
+    variant = next(v for v in registry.variants() if v.architecture == "digits-nb")
+    path = registry.models.path(variant.artifact_hash)
+    registry.close()
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF  # one flipped bit in the weights
+    path.write_bytes(bytes(blob))
+    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, autoscale=False,
+                                       profile_on_register=False)).start()  # fmt: skip
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            r = c.post("/v2/models/digits-nb/infer", json=body(digits_samples[0][:1]))
+            assert r.status_code == 503 and "does not match its hash" in r.json()["error"], r.text
+            probe(c, digits_samples)  # the other architectures load and serve
+    finally:
+        server.stop()

@@ -160,3 +160,42 @@ def test_a_grpc_deadline_becomes_the_request_deadline_and_cancels_it(heavy_serve
     # (refused, dropped or cancelled in the worker, or refused by the frontend on arrival)
     assert computed < 0.5 * n * 16, (computed, n, len(errors))
     client.close()
+
+
+def test_overload_of_one_variant_does_not_delay_another(heavy_dir, digits_models, tmp_path):
+    """digits-conv at 3x its capacity sheds; digits-mlp, on the other worker, keeps its latency."""
+    from infaas.registry import Registry
+
+    data = copy_data_dir(heavy_dir, tmp_path / "d")
+    registry = Registry.open(data)
+    mlp = next(m for m in digits_models if m.name == "digits-mlp")
+    registry.register(mlp.name, mlp.task, mlp.onnx, accuracy=0.97, max_batch=16, threads=1)
+    registry.close()
+    server = BackgroundServer(Settings(data_dir=data, port=0, workers=2, cores_per_worker=1, autoscale=False,
+                                       profile_on_register=False, default_timeout_s=DEADLINE_S)).start()  # fmt: skip
+    try:
+        hosts = {n: w.name for w in server.dataplane.cluster.workers for n in w.loaded_names()}
+        assert len(set(hosts.values())) == 2, hosts  # one architecture per worker
+        plane = server.dataplane
+        conv = next(n for n in hosts if n.startswith("digits-conv."))
+        per_second = capacity_rps(plane.catalog.profiles[conv], 16) / 16
+        x, _ = digits.sample_inputs(1)
+        light = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                          "data": x.ravel().tolist()}], "parameters": {"timeout": 300_000}})
+
+        async def both():
+            heavy_records: list = []
+            light_records: list = []
+            await asyncio.gather(
+                ramp(server.url, "/v2/models/digits-conv/infer", json_body(16), ["Content-Type: application/json"],
+                     [(3.0 * per_second, 4.0)], records=heavy_records),
+                ramp(server.url, "/v2/models/digits-mlp/infer", light, ["Content-Type: application/json"],
+                     [(40.0, 4.0)], records=light_records))  # fmt: skip
+            return heavy_records, light_records
+
+        heavy, light_out = asyncio.run(both())
+        assert any(r[2] == 429 for r in heavy)  # the heavy variant was overloaded and shed
+        assert light_out and all(r[2] == 200 for r in light_out), {r[2] for r in light_out}
+        assert statistics.median(r[3] for r in light_out) < 0.1
+    finally:
+        server.stop()

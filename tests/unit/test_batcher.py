@@ -203,3 +203,11 @@ def test_measured_batch_times_correct_the_profile():
     assert q.predict_s(4) == pytest.approx(0.120, rel=0.01)
     q.observe(4, 100.0)  # one stall moves the scale, bounded
     assert q.scale <= 10.0
+
+
+def test_admission_off_queues_everything_within_the_byte_bound():
+    q = BatchQueue(max_batch=4, predict_s=fit_ms(10, 2), max_wait_s=0.1, max_bytes=100, admission=False)
+    for k in range(40):
+        q.put(Pending(key=k, rows=1, arrival=0.0, nbytes=1, deadline=0.05))
+    assert q.admit(rows=1, nbytes=1, deadline=0.05, now=0.0) is None  # would be refused with admission on
+    assert q.admit(rows=1, nbytes=100, deadline=None, now=0.0) is not None  # bytes are still bounded

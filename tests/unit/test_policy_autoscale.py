@@ -174,3 +174,20 @@ def test_a_surge_is_seen_in_the_newest_samples_before_the_window_average_moves()
     assert state == "overloaded" and demand == 1200  # the window's mean (540) is well under 760
     calm = tuple(Sample(t, rps, rps, 8, 0, 5.0) for t, rps in enumerate([1200, 1200, 1200, 100, 100]))
     assert state_of(VariantLoad(FP32, P32, ("w0",), calm), CFG)[0] != "overloaded"
+
+
+def test_the_controller_drops_samples_older_than_its_horizon():
+    """A variant whose workers stopped reporting (restarting, busy) is not judged on old samples."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from infaas.control import Autoscaler
+    from infaas.settings import Settings
+
+    plane = SimpleNamespace(catalog=SimpleNamespace(variants={}, profiles={}, by_arch={}),
+                            cluster=SimpleNamespace(workers=[], cores_per_worker=1))  # fmt: skip
+    scaler = Autoscaler(plane, Settings(autoscale_window=5, autoscale_interval_s=1.0))
+    old, fresh = Sample(0.0, 9000.0, 10.0, 1.0, 500, 80.0, 1.0), Sample(95.0, 10.0, 10.0, 1.0, 0, 1.0, 0.1)
+    scaler.windows["v"] = deque([old, fresh], maxlen=5)
+    scaler.decide(now=100.0)  # horizon: 2 x 5 samples x 1 s
+    assert list(scaler.windows["v"]) == [fresh]

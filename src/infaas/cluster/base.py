@@ -30,6 +30,8 @@ class LoadSpec:
     latency_intercept_ms: float = 0.0
     max_queue_s: float | None = None  # queue bound: work that can finish within the longest allowed wait
     max_queue_bytes: int | None = None  # queue bound in tensor bytes
+    admission: bool = True  # refuse at once what cannot finish by its deadline
+    sha256: str = ""  # the artifact's content hash, verified by the worker before it loads it
 
 
 class WorkerState(enum.Enum):
@@ -103,6 +105,7 @@ class ClusterBackend(Protocol):
 _KINDS: dict[str, type[errors.InfaasError]] = {
     "DeadlineExceeded": errors.DeadlineExceeded,
     "Overloaded": errors.Overloaded,
+    "ArtifactCorrupt": errors.Unavailable,
     "Cancelled": errors.Cancelled,
     "Unavailable": errors.Unavailable,
     "WorkerCrashed": errors.WorkerCrashed,

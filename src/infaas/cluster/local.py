@@ -56,6 +56,7 @@ class LocalWorker:
         self._reader_task: asyncio.Task | None = None
         self._restart_task: asyncio.Task | None = None
         self._pending: dict[int, asyncio.Future] = {}
+        self._inflight: dict[int, tuple[str, int]] = {}  # infer id -> (variant, rows), until the worker answers
         self._ids = itertools.count(1)
         self._outstanding: Counter[str] = Counter()
         self._rows: Counter[str] = Counter()
@@ -155,7 +156,6 @@ class LocalWorker:
         self._writer = writer
         self.replicas, self._ready = {}, set()
         self._reader_task = asyncio.create_task(self._read_loop(reader, proc))
-        log.info("worker %s started (pid %s, cores %s)", self.name, self.pid, self.cores)
 
     async def stop(self) -> None:
         self._set_state(WorkerState.STOPPING)
@@ -168,9 +168,15 @@ class LocalWorker:
                 write_message(self._writer, {"op": "shutdown"})
                 await self._writer.drain()
                 self._writer.close()
+        await self._close_process(grace_s=5.0)
+        self._fail_pending(Unavailable(f"worker {self.name} stopped"))
+        self._set_state(WorkerState.STOPPED)
+
+    async def _close_process(self, grace_s: float) -> None:
+        """Wait up to ``grace_s`` for the process to exit, kill it past that, stop reading from it."""
         if self._proc is not None:
             try:
-                await asyncio.wait_for(asyncio.to_thread(self._proc.wait), 5)
+                await asyncio.wait_for(asyncio.to_thread(self._proc.wait), grace_s)
             except TimeoutError:
                 self._proc.kill()
                 await asyncio.to_thread(self._proc.wait)
@@ -178,16 +184,18 @@ class LocalWorker:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader_task
-        self._fail_pending(Unavailable(f"worker {self.name} stopped"))
+        self._writer = None
         self.replicas, self._ready = {}, set()
-        self._set_state(WorkerState.STOPPED)
 
     async def _read_loop(self, reader: asyncio.StreamReader, proc: subprocess.Popen) -> None:
         why = ""
         try:
             while True:
                 msg = await read_message(reader)
-                fut = self._pending.pop(msg["id"], None)
+                rid = msg["id"]
+                if rid in self._inflight:
+                    self._release(rid)
+                fut = self._pending.pop(rid, None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
@@ -238,17 +246,16 @@ class LocalWorker:
                 raise
             except Exception:
                 log.exception("restart of worker %s failed; retrying", self.name)
-                if self._proc is not None and self._proc.poll() is None:
-                    self._proc.kill()
-                    await asyncio.to_thread(self._proc.wait)
-                if self._reader_task is not None:
-                    self._reader_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await self._reader_task
-                self._writer = None
-                self.replicas, self._ready = {}, set()
+                await self._close_process(grace_s=0.0)
+
+    def _release(self, rid: int) -> None:
+        variant, rows = self._inflight.pop(rid)
+        self._outstanding[variant] -= 1
+        self._rows[variant] -= rows
 
     def _fail_pending(self, exc: Exception) -> None:
+        for rid in list(self._inflight):
+            self._release(rid)
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():
@@ -325,19 +332,15 @@ class LocalWorker:
             "arrival": time.monotonic(), "deadline": deadline, "drop_late": drop_late,
             "offline": offline,
         })  # fmt: skip
+        self._inflight[rid] = (variant, rows)  # released when the worker answers (or dies), not before
         self._outstanding[variant] += 1
         self._rows[variant] += rows
-
-        def release(_: asyncio.Future) -> None:
-            self._outstanding[variant] -= 1
-            self._rows[variant] -= rows
-
-        fut.add_done_callback(release)
         try:
             await self._drain()
-            reply = await asyncio.shield(fut)
+            reply = await fut
         except asyncio.CancelledError:
-            if not fut.done() and self._writer is not None:
+            fut.cancel()  # the reply, when it comes, goes nowhere
+            if rid in self._inflight and self._writer is not None:  # still queued or running there
                 with contextlib.suppress(Exception):
                     write_message(self._writer, {"op": "cancel", "variant": variant, "key": rid, "id": 0})
             raise
@@ -361,7 +364,8 @@ def _spec_msg(spec: LoadSpec) -> dict:
             "max_batch": spec.max_batch, "provider": spec.provider,
             "max_delay_s": spec.max_delay_s, "instances": spec.instances,
             "latency_ms": (spec.latency_slope_ms, spec.latency_intercept_ms),
-            "max_queue_s": spec.max_queue_s, "max_queue_bytes": spec.max_queue_bytes}  # fmt: skip
+            "max_queue_s": spec.max_queue_s, "max_queue_bytes": spec.max_queue_bytes,
+            "admission": spec.admission, "sha256": spec.sha256}  # fmt: skip
 
 
 def core_sets(workers: int, cores_per_worker: int = 0) -> list[tuple[int, ...]]:

@@ -149,6 +149,12 @@ class Autoscaler:
     # ---- decisions ---------------------------------------------------------------------------
     def decide(self, now: float) -> list[Action]:
         catalog, workers = self.plane.catalog, self.plane.cluster.workers
+        # samples age out: a variant whose workers stopped reporting (restarting, busy) is not
+        # judged on what it did a while ago
+        horizon = 2 * self.settings.autoscale_window * self.settings.autoscale_interval_s
+        for window in self.windows.values():
+            while window and now - window[0].time > horizon:
+                window.popleft()
         loads = []
         for name, window in self.windows.items():
             variant, profile = catalog.variants.get(name), catalog.profiles.get(name)

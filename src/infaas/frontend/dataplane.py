@@ -93,7 +93,11 @@ class DataPlane:
     async def start(self) -> None:
         await self.cluster.start()
         for arch in list(self.catalog.architectures):
-            await self.ensure_loaded(arch)
+            try:
+                await self.ensure_loaded(arch)
+            except InfaasError as exc:  # one bad model does not keep the server from serving the others
+                log.error("cannot load %s at start: %s", arch, exc.message)
+                self.log_decision("error", f"cannot load {arch} at start: {exc.message}", architecture=arch)
         self.ready = True
 
     async def stop(self) -> None:
@@ -203,6 +207,7 @@ class DataPlane:
             max_delay_s=self.settings.max_queue_delay_us / 1e6,
             instances=self.settings.instances_per_variant,
             max_queue_s=self.settings.request_timeout_s, max_queue_bytes=self.settings.max_queue_bytes,
+            admission=self.settings.admission_control, sha256=variant.artifact_hash.split(".", 1)[0],
         )  # fmt: skip
         if (prof := self.catalog.profiles.get(variant.name)) is not None:
             spec = dataclasses.replace(spec, latency_slope_ms=prof.fit_slope_ms,
@@ -260,6 +265,15 @@ class DataPlane:
             task = self._cold[variant.name] = asyncio.create_task(run())
             task.add_done_callback(lambda _t, name=variant.name: self._cold.pop(name, None))
         return await asyncio.shield(task)
+
+    async def _cold_start(self, variant: Variant, plan: Plan) -> WorkerHandle:
+        """A cold start inside a request, bounded by its deadline (the load itself goes on)."""
+        try:
+            async with asyncio.timeout(plan.deadline - time.monotonic()):
+                return await self.load_cold(variant)
+        except TimeoutError:
+            raise DeadlineExceeded(f"the request's deadline ({plan.deadline_source}) passed while {variant.name} "
+                                   "was loading for it; the load goes on for the next requests") from None  # fmt: skip
 
     def log_decision(self, kind: str, reason: str, **fields: Any) -> dict:
         entry = {"time": time.time(), "kind": kind, "reason": reason, **fields}
@@ -346,12 +360,7 @@ class DataPlane:
                 await asyncio.to_thread(materialize, req.inputs)
             else:
                 materialize(req.inputs)
-            try:
-                async with asyncio.timeout(plan.deadline - time.monotonic()):  # a cold start included
-                    route = await self._route(req, plan, offline)
-            except TimeoutError:
-                raise DeadlineExceeded(f"the request's deadline ({plan.deadline_source}) passed while a variant "
-                                       "was loading for it; the load goes on for the next requests") from None  # fmt: skip
+            route = await self._route(req, plan, offline)
             result = await self._execute(req, plan, route, offline)
         except InfaasError as exc:
             model = req.model if req.model in self.catalog.known_names else "(unknown)"  # bounded labels
@@ -412,7 +421,7 @@ class DataPlane:
                 chosen = self._first_choice([v for v in variants if v.max_batch >= rows], explicit)
                 if chosen is None:
                     raise Unavailable(str(exc)) from None
-                worker_name = (await self.load_cold(chosen)).name
+                worker_name = (await self._cold_start(chosen, plan)).name
                 reason = f"{exc}: cold start of {chosen.name}"
         else:
             ordered, loaded = self._scope_options(req.model, req.version, variants)
@@ -429,7 +438,7 @@ class DataPlane:
             chosen, worker_name, reason = choice.variant, choice.worker, choice.reason
             predicted, cost = choice.predicted_ms, choice.cost_per_1k
             if worker_name is None:
-                worker_name = (await self.load_cold(chosen)).name
+                worker_name = (await self._cold_start(chosen, plan)).name
             elif choice.prefetch is not None and choice.prefetch.name not in self._cold:
                 self._background(self.load_cold(choice.prefetch))
             if not offline:

@@ -9,12 +9,11 @@ from typing import Literal
 
 import numpy as np
 
-from infaas.errors import AlreadyExists, InvalidInput, NameConflict, NotFound
+from infaas.errors import AlreadyExists, InfaasError, InvalidInput, NameConflict, NotFound
 from infaas.registry.modelstore import ModelStore
-from infaas.registry.onnxinfo import load_validation, named_inputs, predicted_labels, read_signature
+from infaas.registry.onnxinfo import load_validation, named_inputs, read_signature
 from infaas.registry.store import MetadataStore, SQLiteStore
 from infaas.registry.types import Architecture, Profile, Signature, Task, Variant, variant_name
-from infaas.worker.runtime import OnnxRuntime, infer_checked
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 NameKind = Literal["task", "architecture", "variant"]
@@ -28,23 +27,20 @@ def measure_accuracy(
     model_path: Path, signature: Signature, inputs: dict[str, np.ndarray], labels: np.ndarray,
     threads: int = 1, chunk: int = 256,
 ) -> float:
-    """Top-1 accuracy of a model file on labelled data (the task metric ``top1``)."""
+    """Top-1 accuracy of a model file on labelled data (the task metric ``top1``), measured in a fresh
+    worker process: a model that crashes or runs out of memory fails its registration, not the server."""
+    from infaas.worker.isolated import call_isolated
+
     inputs = named_inputs(inputs, signature)
-    runtime = OnnxRuntime(model_path, threads=threads)
-    runtime.load()
     try:
-        correct = 0
-        for start in range(0, len(labels), chunk):
-            batch = {name: arr[start : start + chunk] for name, arr in inputs.items()}
-            rows = len(labels[start : start + chunk])
-            try:
-                outputs = infer_checked(runtime, batch, rows)
-            except Exception as exc:
-                raise InvalidInput(f"model failed on its validation data: {exc}") from exc
-            correct += int((predicted_labels(outputs, signature) == labels[start : start + chunk]).sum())
-        return correct / len(labels)
-    finally:
-        runtime.unload()
+        result = call_isolated({"op": "predict", "path": str(model_path), "threads": threads, "inputs": inputs,
+                                "signature": signature, "chunk": chunk})  # fmt: skip
+    except InfaasError as exc:
+        raise InvalidInput(f"model failed on its validation data: {exc.message}") from None
+    predictions = np.asarray(result["predictions"])
+    if len(predictions) != len(labels):
+        raise InvalidInput(f"model gave {len(predictions)} answers for {len(labels)} validation rows")
+    return float((predictions == labels).mean())
 
 
 class Registry:

@@ -88,6 +88,7 @@ class BatchQueue:
         max_wait_s: float | None = None,
         max_bytes: int | None = None,
         instances: int = 1,
+        admission: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -98,6 +99,7 @@ class BatchQueue:
         self.max_wait_s = max_wait_s
         self.max_bytes = max_bytes
         self.instances = max(1, instances)
+        self.admission = admission  # off: only the bytes bound refuses; deadlines are kept in the queue
         self.scale = 1.0  # measured / predicted batch time (EWMA)
         self._queue: deque[Pending] = deque()
         self.rows_queued = 0
@@ -128,6 +130,8 @@ class BatchQueue:
         if self.max_bytes is not None and self.bytes_queued + nbytes > self.max_bytes and self._queue:
             return Refusal(f"queue holds {self.bytes_queued} bytes of tensors (bound {self.max_bytes})",
                            self.work_s(self.rows_queued) + busy_s)  # fmt: skip
+        if not self.admission:
+            return None
         ahead = self.rows_queued if offline else self.rows_queued - self.offline_rows_queued
         wait = busy_s + self.work_s(ahead + rows)
         if self.max_wait_s is not None and ahead and wait > self.max_wait_s:

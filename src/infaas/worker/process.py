@@ -9,6 +9,7 @@ loads and unloads run on a side thread so inference keeps flowing meanwhile.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import signal
 import socket
@@ -225,6 +226,8 @@ class Worker:
         name = msg["variant"]
         if name in self.variants:
             return {"load_time_s": 0.0, "already": True}
+        if msg.get("sha256"):
+            verify_artifact(msg["path"], msg["sha256"])
         instances = max(1, msg.get("instances", 1))
         runtimes = []
         for _ in range(instances):
@@ -245,6 +248,7 @@ class Worker:
         queue = BatchQueue(preferred, max_delay_s=msg.get("max_delay_s", 0.0),
                            predict_s=lambda rows: max(0.0, slope * rows + intercept) / 1000, slo_wait=True,
                            max_wait_s=msg.get("max_queue_s"), max_bytes=msg.get("max_queue_bytes"),
+                           admission=msg.get("admission", True),
                            instances=instances)  # fmt: skip
         self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel)
         return {"load_time_s": sum(r.load_time_s for r in runtimes) / instances, "instances": instances,
@@ -322,8 +326,41 @@ class Worker:
                 "memory_mb": max(rss_loaded, _peak_rss_mb()) - rss_before,  # weights + arena at its peak
                 "predictions": predicted_labels(merged, signature), "confidence": confidence(merged, signature)}  # fmt: skip
 
+    def _op_predict(self, msg: dict) -> dict:
+        """Top-1 answers of a model file on the given inputs, in chunks (accuracy at registration)."""
+        from infaas.registry.onnxinfo import predicted_labels
+
+        runtime = OnnxRuntime(msg["path"], threads=min(msg.get("threads", 1), self.threads),
+                              allow_spinning=self.allow_spinning)  # fmt: skip
+        runtime.load()
+        try:
+            inputs: dict[str, np.ndarray] = msg["inputs"]
+            n, chunk = len(next(iter(inputs.values()))), msg.get("chunk", 256)
+            labels = []
+            for start in range(0, n, chunk):
+                rows = min(chunk, n - start)
+                out = infer_checked(runtime, {k: v[start : start + chunk] for k, v in inputs.items()}, rows)
+                labels.append(np.asarray(predicted_labels(out, msg["signature"])))
+            return {"predictions": np.concatenate(labels) if labels else np.empty(0, np.int64)}
+        finally:
+            runtime.unload()
+
     def _op_ping(self, msg: dict) -> dict:
         return {"pid": os.getpid()}
+
+
+class ArtifactCorrupt(Exception):
+    """A model file whose content no longer matches the hash it is stored under."""
+
+
+def verify_artifact(path: str, sha256: str) -> None:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != sha256:
+        raise ArtifactCorrupt(f"{path} does not match its hash (sha256 {digest.hexdigest()[:12]}…, "
+                              f"stored as {sha256[:12]}…): the model store is corrupt, re-register the model")  # fmt: skip
 
 
 def calibrate(runtime: OnnxRuntime, max_batch: int, budget_s: float = 3.0) -> dict[int, float]:

@@ -152,3 +152,22 @@ def save(models: list[ZooModel], directory: str | Path) -> list[Path]:
     if models and models[0].validation:
         (directory / "validation.npz").write_bytes(models[0].validation)
     return paths
+
+
+def prepare_heavy(data_dir: Path | str) -> None:
+    """Register ``digits-conv`` (accuracy measured, INT8 calibration data) in a data directory and
+    generate and profile its variants (quick): the fixture of overload and autoscaling runs."""
+    import asyncio
+
+    from infaas.profiler import profile_architecture
+    from infaas.registry import Registry
+    from infaas.settings import Settings
+
+    model = heavy()
+    registry = Registry.open(data_dir)
+    try:
+        registry.register(model.name, model.task, model.onnx, validation=model.validation,
+                          calibration=model.calibration, max_batch=16, threads=1)  # fmt: skip
+        asyncio.run(profile_architecture(registry, model.name, Settings(data_dir=Path(data_dir)), quick=True))
+    finally:
+        registry.close()

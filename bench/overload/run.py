@@ -1,0 +1,260 @@
+"""Overload: goodput, deadlines and recovery of one 1-core worker under open-loop load past capacity.
+
+Model: ``digits-conv`` (the digits-heavy zoo), registered and profiled (quick) once. The server runs
+as its own process (``infaas serve``: one worker on one core, autoscaling off), so its memory and
+file descriptors are measured apart from the load generator. Capacity is measured first, closed
+loop (requests of 16 rows from 16 clients). Then open-loop stages at 0.7x, 2x, 3x and 0.5x of it:
+
+- ``admission``: infaas as shipped: requests without an objective (deadline: the server's default,
+  ``--deadline-s``), shed at admission when they cannot make it;
+- ``objective``: the same with ``latency_ms`` (``--latency-ms``) in every request;
+- ``fifo``: admission control off (``INFAAS_ADMISSION_CONTROL=false``): every request is queued and
+  dropped only when its deadline passes in the queue.
+
+Clients give up at their deadline (plus 0.5 s), as real callers with a timeout do. Goodput is the
+rate of answers with status 200 that arrived within the deadline. ``--soak S`` adds a run of S
+seconds at 1.5x capacity sampling the server's and the worker's RSS and open file descriptors.
+
+    python bench/overload/run.py [--deadline-s 1] [--latency-ms 250] [--soak 600]
+Writes bench/results/overload.json and docs/img/overload.png, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from infaas.frontend.server import free_port
+from infaas.loadgen import ramp
+from infaas.loadgen import run as closed_loop
+from infaas.zoo import digits
+
+ROOT = Path(__file__).resolve().parents[2]
+PATH = "/v2/models/digits-conv/infer"
+STAGES = [(0.7, 6.0), (2.0, 8.0), (3.0, 8.0), (0.5, 8.0)]  # (x capacity, seconds)
+
+
+def body(**params) -> bytes:
+    x, _ = digits.sample_inputs(16)
+    req = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [16, 64], "data": x.ravel().tolist()}]}
+    if params:
+        req["parameters"] = params
+    return orjson.dumps(req)
+
+
+class Server:
+    """``infaas serve`` in its own process on a copy of the prepared data directory."""
+
+    def __init__(self, data: Path, deadline_s: float, admission: bool) -> None:
+        self.dir = Path(tempfile.mkdtemp())
+        shutil.copytree(data, self.dir / "d")
+        self.port = free_port()
+        env = {**os.environ, "INFAAS_ADMISSION_CONTROL": "true" if admission else "false"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "infaas.cli", "serve", "--data-dir", str(self.dir / "d"), "--port", str(self.port),
+             "--workers", "1", "--cores-per-worker", "1", "--no-autoscale", "--default-timeout-s", str(deadline_s)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+        for _ in range(600):
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the server did not start")
+
+    def pids(self) -> dict[str, int]:
+        workers = httpx.get(self.url + "/api/v1/workers", timeout=10).json()
+        return {"server": self.proc.pid, **{f"worker {w['name']}": w["pid"] for w in workers}}
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def measure_capacity(data: Path, seconds: float = 6.0) -> float:
+    """Requests of 16 rows per second one worker serves, closed loop (deadline long enough to shed nothing)."""
+    server = Server(data, 60.0, True)
+    try:
+        out = asyncio.run(closed_loop(server.url, PATH, body(), ["Content-Type: application/json"], 16, seconds, 2.0))
+        return out["throughput"]
+    finally:
+        server.stop()
+
+
+def run_config(name: str, data: Path, capacity: float, deadline_s: float, admission: bool,
+               params: dict) -> dict:  # fmt: skip
+    server = Server(data, deadline_s, admission)
+    try:
+        stages = [(x * capacity, s) for x, s in STAGES]
+        records: list[tuple[int, float, int, float]] = []
+        asyncio.run(ramp(server.url, PATH, body(**params), ["Content-Type: application/json"], stages,
+                         max_connections=1024, records=records, timeout_s=deadline_s + 0.5))  # fmt: skip
+    finally:
+        server.stop()
+    return summarize(name, records, stages, capacity, deadline_s)
+
+
+def summarize(name: str, records: list, stages: list, capacity: float, deadline_s: float) -> dict:
+    rows = []
+    t = 0.0
+    for i, ((rate, seconds), (x, _)) in enumerate(zip(stages, STAGES, strict=True)):
+        mine = [r for r in records if r[0] == i]
+        good = [r for r in mine if r[2] == 200 and r[3] <= deadline_s]
+        served = [r[3] for r in mine if r[2] == 200]
+        codes: dict[str, int] = {}
+        for r in mine:
+            codes[str(r[2])] = codes.get(str(r[2]), 0) + 1
+        first_ok = None  # recovery (the last stage): from its start, the time after which every request succeeds
+        if i == len(stages) - 1 and mine:
+            bad = [r[1] for r in mine if r[2] != 200 or r[3] > deadline_s]
+            first_ok = round(max(bad) - t, 2) if bad else 0.0
+        rows.append({
+            "x": x, "offered_rps": round(rate, 1), "seconds": seconds, "sent": len(mine),
+            "goodput_rps": round(len(good) / seconds, 1), "goodput_x_capacity": round(len(good) / seconds / capacity, 3),
+            "p50_ms": round(statistics.median(served) * 1000, 1) if served else None,
+            "p99_ms": round(sorted(served)[int(0.99 * (len(served) - 1))] * 1000, 1) if served else None,
+            "codes": codes, "all_ok_after_s": first_ok,
+        })  # fmt: skip
+        t += seconds
+    return {"config": name, "deadline_s": deadline_s, "stages": rows,
+            "timeline": [(round(r[1], 3), r[2], round(r[3], 4)) for r in records]}  # fmt: skip
+
+
+def soak(data: Path, capacity: float, seconds: float, deadline_s: float) -> dict:
+    server = Server(data, deadline_s, True)
+    samples: list[dict] = []
+    try:
+        pids = server.pids()
+
+        def sample() -> dict:
+            out = {"t": time.monotonic()}
+            for name, pid in pids.items():
+                with open(f"/proc/{pid}/statm") as f:
+                    out[f"{name} rss_mb"] = round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+                out[f"{name} fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+            return out
+
+        async def main() -> list[dict]:
+            load = asyncio.ensure_future(ramp(server.url, PATH, body(), ["Content-Type: application/json"],
+                                              [(1.5 * capacity, seconds)], max_connections=1024,
+                                              timeout_s=deadline_s + 0.5))  # fmt: skip
+            while not load.done():
+                samples.append(await asyncio.to_thread(sample))
+                await asyncio.sleep(5.0)
+            return await load
+
+        result = asyncio.run(main())
+    finally:
+        server.stop()
+    t0 = samples[0]["t"]
+    minute = [s for s in samples if 10 <= s["t"] - t0 <= 70] or samples[:1]  # after the connections opened
+    last = [s for s in samples if samples[-1]["t"] - s["t"] <= 60] or samples[-1:]
+    keys = [k for k in samples[0] if k != "t"]
+    growth = {k: round(statistics.mean(s[k] for s in last) / max(1e-9, statistics.mean(s[k] for s in minute)), 3)
+              for k in keys}  # fmt: skip
+    return {"seconds": seconds, "offered_rps": round(1.5 * capacity, 1), "result": result,
+            "last_minute_over_first": growth, "samples": samples}
+
+
+def plot(results: list[dict], capacity: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 1, figsize=(9, 2.6 * len(results)), sharex=True)
+    edges = [0.0]
+    for _, s in STAGES:
+        edges.append(edges[-1] + s)
+    for ax, res in zip(axes, results, strict=True):
+        bins = [0.5 * i for i in range(int(edges[-1] / 0.5) + 1)]
+        good = [0] * len(bins)
+        shed = [0] * len(bins)
+        late = [0] * len(bins)
+        for t, status, took in res["timeline"]:
+            b = min(len(bins) - 1, int(t / 0.5))
+            if status == 200 and took <= res["deadline_s"]:
+                good[b] += 2
+            elif status == 429:
+                shed[b] += 2
+            else:
+                late[b] += 2
+        ax.plot(bins, good, label="served within the deadline (by arrival time)", color="tab:green")
+        ax.plot(bins, shed, label="shed at admission (429)", color="tab:orange")
+        ax.plot(bins, late, label="late, dropped or timed out", color="tab:red")
+        offered = [x * capacity for x, s in STAGES for _ in range(int(s / 0.5))]
+        ax.step(bins[: len(offered)], offered, where="post", color="grey", linestyle=":", label="offered load")
+        ax.axhline(capacity, color="black", linewidth=0.6, label="capacity")
+        ax.set_ylabel("req/s")
+        ax.set_title(res["config"], fontsize=9)
+        for e in edges[1:-1]:
+            ax.axvline(e, color="grey", linewidth=0.4)
+    axes[0].legend(fontsize=7, loc="upper left")
+    axes[-1].set_xlabel("seconds (stages: " + ", ".join(f"{x}x" for x, _ in STAGES) + " capacity)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--deadline-s", type=float, default=1.0, help="the server's default deadline (no objective)")
+    p.add_argument("--latency-ms", type=float, default=250.0, help="latency objective of the 'objective' run")
+    p.add_argument("--soak", type=float, default=0.0, help="seconds of the 1.5x soak (0: none)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "heavy"
+        print("registering and profiling digits-conv (quick) ...", flush=True)
+        digits.prepare_heavy(data)
+        capacity = measure_capacity(data)
+        print(f"capacity (closed loop, 16 clients, requests of 16 rows): {capacity:.1f} req/s", flush=True)
+        results = [
+            run_config("admission (no objective)", data, capacity, args.deadline_s, True, {}),
+            run_config(f"admission, latency_ms {args.latency_ms:g}", data, capacity, args.latency_ms / 1000, True,
+                       {"latency_ms": args.latency_ms}),
+            run_config("fifo: admission off (no objective)", data, capacity, args.deadline_s, False, {}),
+        ]
+        soaked = soak(data, capacity, args.soak, args.deadline_s) if args.soak else None
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "overload.json").write_text(json.dumps({"capacity_rps": capacity, "runs": results, "soak": soaked},
+                                                      indent=1))  # fmt: skip
+    plot(results, capacity, ROOT / "docs" / "img" / "overload.png")
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
+    print(f"\nCPU: {model}; capacity {capacity:.1f} req/s of 16 rows")
+    print(f"{'config':<36} {'stage':>5} {'offered':>8} {'goodput':>8} {'x cap':>6} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'ok after':>8}  codes")  # fmt: skip
+    for r in results:
+        for s in r["stages"]:
+            print(f"{r['config']:<36} {s['x']:>4}x {s['offered_rps']:>8} {s['goodput_rps']:>8} "
+                  f"{s['goodput_x_capacity']:>6} {s['p50_ms']!s:>8} {s['p99_ms']!s:>8} {s['all_ok_after_s']!s:>8}  "
+                  f"{s['codes']}")  # fmt: skip
+    if soaked:
+        print(f"\nsoak {soaked['seconds']:g} s at {soaked['offered_rps']} req/s: last minute / first minute: "
+              f"{soaked['last_minute_over_first']}")
+        print(f"soak result: {soaked['result']}")
+
+
+if __name__ == "__main__":
+    main()
