@@ -109,7 +109,9 @@ MODELS = st.sampled_from(["digits-mlp", "digits-classification", "digits-nb", "n
 
 def json_safe(value):
     """What orjson can write (it has no NaN/Inf/huge ints): as strings, which the server must refuse."""
-    if isinstance(value, float) and not math.isfinite(value) or isinstance(value, int) and abs(value) > 2**63:
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value) or isinstance(value, int) and abs(value) >= 2**63:
         return str(value)
     return value
 
