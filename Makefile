@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench install install-dev lint clean
+.PHONY: demo test bench bench-overload install install-dev lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: install-dev   ## install test needs and run the whole suite (unit, integra
 
 bench: install-dev  ## overhead benchmark: raw ONNX Runtime vs infaas over REST (EfficientNet-Lite0)
 	$(BIN)/python bench/overhead/run.py
+
+bench-overload: install-dev  ## overload: goodput, deadlines and recovery past capacity (one 1-core worker); SOAK=600 adds a soak
+	$(BIN)/python bench/overload/run.py --soak $(or $(SOAK),0)
 
 lint: install-dev
 	$(BIN)/ruff check src tests bench

@@ -163,3 +163,29 @@ def test_concurrent_registrations_of_one_name_exactly_one_wins(server, digits_mo
     assert sorted(statuses) == [201, 409, 409, 409], statuses
     arch = httpx.get(server.url + "/api/v1/architectures/twin", timeout=10).json()
     assert len(arch["variants"]) == 1
+
+
+def test_an_unreadable_reply_replaces_the_worker_instead_of_hanging_its_requests():
+    """Was: an unexpected exception in the reader left the worker 'alive' and its requests hung to
+    the timeout. Here the reader gets a corrupt frame (a header claiming 10^6 buffers)."""
+    import struct
+    import subprocess
+
+    from infaas.cluster.local import LocalWorker
+    from infaas.errors import WorkerCrashed
+
+    async def scenario():
+        worker = LocalWorker("wx", (0,), restart=False)
+        proc = subprocess.Popen(["sleep", "60"])  # stands for the worker process
+        worker._proc, worker.state = proc, WorkerState.READY
+        waiting = asyncio.get_running_loop().create_future()
+        worker._pending[7] = waiting
+        reader = asyncio.StreamReader()
+        reader.feed_data(struct.pack("<II", 10, 10**6))
+        await asyncio.wait_for(worker._read_loop(reader, proc), 10)
+        assert proc.poll() is not None  # killed
+        assert worker.state is WorkerState.STOPPED and "unreadable reply" in worker.last_exit
+        with pytest.raises(WorkerCrashed):
+            await waiting
+
+    asyncio.run(scenario())
