@@ -189,3 +189,33 @@ def test_an_unreadable_reply_replaces_the_worker_instead_of_hanging_its_requests
             await waiting
 
     asyncio.run(scenario())
+
+
+def test_a_variant_that_fails_to_reload_is_retried_until_it_is_back(tmp_path, digits_data_dir, digits_samples):
+    """A restart no longer hinges on every variant reloading: the worker comes back with the others,
+    the missing one stays in its target placement, and the controller retries it (with backoff,
+    each attempt in the decision log) until it loads."""
+    data = copy_data_dir(digits_data_dir, tmp_path / "d")
+    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False,
+                                       autoscale_interval_s=0.2)).start()  # fmt: skip
+    try:
+        plane = server.dataplane
+        worker = plane.cluster.workers[0]
+        name = next(n for n in worker.loaded_names() if n.startswith("digits-nb."))
+        path = plane.registry.models.path(plane.catalog.variants[name].artifact_hash)
+        good = path.read_bytes()
+        path.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))  # the store gets corrupted
+        worker.kill()
+        assert wait_until(lambda: worker.restarts == 1 and worker.alive, timeout=30)
+        assert not worker.hosts(name) and worker.assigned(name) and [s.variant for s in worker.missing()] == [name]
+        assert any(n.startswith("digits-mlp.") for n in worker.loaded_names())  # the others are back
+        assert wait_until(lambda: any(d["kind"] == "error" and d.get("variant") == name
+                                      for d in list(plane.decisions)), timeout=10)  # fmt: skip
+        path.write_bytes(good)  # repaired
+        assert wait_until(lambda: worker.hosts(name), timeout=15)
+        assert any(d["kind"] == "reconcile" and d.get("variant") == name for d in list(plane.decisions))
+        r = httpx.post(server.url + "/v2/models/digits-nb/infer", timeout=30, json={"inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": digits_samples[0][0].tolist()}]})
+        assert r.status_code == 200
+    finally:
+        server.stop()

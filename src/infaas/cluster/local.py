@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from infaas.cluster.base import LoadSpec, ReplicaState, WorkerResult, WorkerState, error_from_reply
-from infaas.errors import Unavailable, WorkerCrashed
+from infaas.errors import InfaasError, Unavailable, WorkerCrashed
 from infaas.worker.wire import read_message, write_message
 
 log = logging.getLogger("infaas.cluster")
@@ -86,6 +86,10 @@ class LocalWorker:
 
     def empty(self) -> bool:
         return not self._specs and not self.replicas and not self._pending
+
+    def missing(self) -> list[LoadSpec]:
+        """The target placement's variants that have no replica here (a reload that failed)."""
+        return [spec for name, spec in self._specs.items() if name not in self.replicas] if self.alive else []
 
     def outstanding(self, variant: str | None = None) -> int:
         return self._outstanding[variant] if variant else sum(self._outstanding.values())
@@ -233,14 +237,17 @@ class LocalWorker:
             try:
                 await self._spawn()
                 self.restarts += 1  # counted before its variants are routable again (observers poll hosts())
+                failed = []
                 for spec in list(self._specs.values()):
-                    async with self._lock(spec.variant):
-                        if self._specs.get(spec.variant) is not spec:
-                            continue  # unloaded (or replaced) meanwhile
-                        self._set_replica(spec.variant, ReplicaState.LOADING)
-                        await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
-                        self._set_replica(spec.variant, ReplicaState.READY)
-                self._set_state(WorkerState.READY, f"restarted with {len(self._specs)} variant(s)")
+                    try:
+                        await self._load_replica(spec)
+                    except WorkerCrashed:
+                        raise  # the new process died too: start again
+                    except InfaasError as exc:  # this variant stays missing; the controller retries it
+                        failed.append(spec.variant)
+                        log.error("worker %s: reload of %s failed: %s", self.name, spec.variant, exc.message)
+                self._set_state(WorkerState.READY, f"restarted with {len(self._specs) - len(failed)} variant(s)"
+                                + (f", {len(failed)} failed to reload ({', '.join(failed)})" if failed else ""))  # fmt: skip
                 return
             except asyncio.CancelledError:
                 raise
@@ -284,17 +291,27 @@ class LocalWorker:
             raise error_from_reply(reply, self.name)
         return reply["result"]
 
-    async def load(self, spec: LoadSpec) -> dict[str, Any]:
+    async def load(self, spec: LoadSpec, keep_target: bool = False) -> dict[str, Any]:
+        """Add the variant to the target placement and load it. If the load fails it leaves the
+        target again, unless ``keep_target`` (a reconcile: it stays missing, to be retried)."""
+        self._specs[spec.variant] = spec
+        try:
+            result = await self._load_replica(spec)
+        except BaseException:
+            if not keep_target and self._specs.get(spec.variant) is spec:
+                self._specs.pop(spec.variant, None)
+            raise
+        return result or {"load_time_s": 0.0, "already": True}
+
+    async def _load_replica(self, spec: LoadSpec) -> dict[str, Any] | None:
+        """Load ``spec`` in the current process unless it is there already (None) or left the target."""
         async with self._lock(spec.variant):
-            if self.replicas.get(spec.variant) is ReplicaState.READY:
-                self._specs[spec.variant] = spec
-                return {"load_time_s": 0.0, "already": True}
-            self._specs[spec.variant] = spec
+            if self._specs.get(spec.variant) is not spec or self.replicas.get(spec.variant) is ReplicaState.READY:
+                return None
             self._set_replica(spec.variant, ReplicaState.LOADING)
             try:
                 result = await self._call({"op": "load", **_spec_msg(spec)}, timeout=600)
             except BaseException:
-                self._specs.pop(spec.variant, None)
                 self._set_replica(spec.variant, None)
                 raise
             self._set_replica(spec.variant, ReplicaState.READY)

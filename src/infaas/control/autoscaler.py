@@ -15,6 +15,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from infaas.errors import InfaasError
 from infaas.policy import (
     Action,
     Memory,
@@ -59,6 +60,7 @@ class Autoscaler:
         self.ticks = 0
         self.errors = 0
         self._blocked: dict[str, float] = {}  # action key -> when it was last reported impossible
+        self._retry: dict[tuple[str, str], tuple[float, int]] = {}  # (worker, variant) -> (next try, failures)
         self._task: asyncio.Task | None = None
 
     # ---- loop ------------------------------------------------------------------------------
@@ -85,12 +87,41 @@ class Autoscaler:
             await asyncio.sleep(max(0.05, period - (time.monotonic() - began)))
 
     async def tick(self) -> list[Action]:
+        await self.reconcile(time.monotonic())
         await self.observe()
         actions = self.decide(time.monotonic())
         for action in actions:
             await self.apply(action)
         self.ticks += 1
         return actions
+
+    async def reconcile(self, now: float) -> None:
+        """Close the gap between each worker's target placement and its replicas: a variant that
+        failed to reload after a restart (or whose load was cut off) is loaded again, with backoff
+        (1, 2, 4 ... 60 s) between failed attempts, each attempt reported; never forgotten."""
+        for worker in self.plane.cluster.workers:
+            for spec in worker.missing():
+                key = (worker.name, spec.variant)
+                due, tries = self._retry.get(key, (0.0, 0))
+                if now < due:
+                    continue
+                try:
+                    await worker.load(spec, keep_target=True)
+                except InfaasError as exc:
+                    tries += 1
+                    wait = min(60.0, 2.0 ** (tries - 1))
+                    self._retry[key] = (now + wait, tries)
+                    self.plane.log_decision("error", f"{spec.variant} should be on {worker.name} but its load failed "
+                                            f"(attempt {tries}; next in {wait:g} s): {exc.message}",
+                                            variant=spec.variant, worker=worker.name)  # fmt: skip
+                else:
+                    self._retry.pop(key, None)
+                    self.plane.log_decision("reconcile", f"{spec.variant} was missing on {worker.name} (in its target "
+                                            f"placement, not loaded): loaded again after {tries} failed attempt(s)",
+                                            variant=spec.variant, worker=worker.name)  # fmt: skip
+        live = {(w.name, s.variant) for w in self.plane.cluster.workers for s in w.missing()}
+        for key in set(self._retry) - live:
+            del self._retry[key]
 
     # ---- monitoring --------------------------------------------------------------------------
     async def observe(self) -> None:
