@@ -7,14 +7,14 @@ map to gRPC status codes (``InfaasError.grpc_code``) with the same messages as R
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 import time
 
 import grpc
 
-from infaas.errors import Cancelled, InfaasError, Unauthorized
+from infaas.errors import Cancelled, InfaasError
+from infaas.frontend.auth import authorize
 from infaas.frontend.dataplane import DataPlane
 from infaas.protocol.grpc_codec import SERVICE, decode_infer, encode_infer
 from infaas.protocol.proto import kserve_v2_pb2 as pb
@@ -95,22 +95,13 @@ class GrpcFrontend:
         return out
 
     # ---- plumbing ------------------------------------------------------------------------------
-    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        """API keys travel as ``authorization: Bearer <key>`` metadata (as with REST)."""
-        header = dict(context.invocation_metadata() or ()).get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("this server needs an API key: send metadata 'authorization: Bearer <key>'")
-        if not any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in self.keys):
-            raise Unauthorized("API key not accepted")
-
     def _wrap(self, method):
         open_method = method.__name__ in ("ServerLive", "ServerReady")  # probes need no key
 
         async def call(request, context: grpc.aio.ServicerContext):
             try:
-                if self.keys and not open_method:
-                    self._authorize(context)
+                if self.keys and not open_method:  # keys travel as metadata, as REST's header
+                    authorize(dict(context.invocation_metadata() or ()).get("authorization", ""), self.keys)
                 return await method(request, context)
             except asyncio.CancelledError:  # the client cancelled or its deadline passed: nothing to answer
                 raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import io
 import logging
 import math
@@ -22,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from infaas.errors import Cancelled, InfaasError, InvalidInput, TooLarge, Unauthorized
+from infaas.errors import Cancelled, InfaasError, InvalidInput, TooLarge
+from infaas.frontend.auth import authorize
 from infaas.frontend.openapi import openapi_schema
 from infaas.protocol import codec
 from infaas.protocol.params import parse_bool, parse_number
@@ -56,7 +56,7 @@ def _guard(fn: Handler, keys: tuple[str, ...] = ()) -> Handler:
     async def wrapped(request: Request) -> Response:
         try:
             if keys:
-                _authorize(request.headers.get("authorization", ""), keys)
+                authorize(request.headers.get("authorization", ""), keys)
             return await fn(request)
         except InfaasError as exc:
             return _error(exc.message, exc.status, exc.retry_after_s)
@@ -65,14 +65,6 @@ def _guard(fn: Handler, keys: tuple[str, ...] = ()) -> Handler:
             return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
 
     return wrapped
-
-
-def _authorize(header: str, keys: tuple[str, ...]) -> None:
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("this endpoint needs an API key: send 'Authorization: Bearer <key>'")
-    if not any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in keys):
-        raise Unauthorized("API key not accepted")
 
 
 async def _body(request: Request, limit: int) -> bytes:
