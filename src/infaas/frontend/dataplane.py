@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from infaas import __version__
 from infaas.cluster.base import ClusterBackend, LoadSpec, WorkerHandle, WorkerResult
 from infaas.errors import (
     DeadlineExceeded,
@@ -23,7 +22,8 @@ from infaas.errors import (
     Unavailable,
 )
 from infaas.frontend.catalog import Catalog
-from infaas.frontend.metrics import Metrics, VariantStats
+from infaas.frontend.metrics import Metrics
+from infaas.frontend.views import MetadataViews
 from infaas.policy import (
     BatchTooLarge,
     Candidate,
@@ -39,13 +39,8 @@ from infaas.protocol.types import InferOutput, InferRequest, InferResponse, cost
 from infaas.protocol.validate import check_inputs
 from infaas.registry import Architecture, Registry, Signature, Variant
 from infaas.settings import Settings
-from infaas.tensors import v2_to_triton_config
 
 log = logging.getLogger("infaas.dataplane")
-
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository",
-              "infaas_modelless", "infaas_management"]  # fmt: skip
-
 
 @dataclasses.dataclass(slots=True)
 class Plan:
@@ -72,7 +67,7 @@ class Route:
     cost_per_1k: float | None = None
 
 
-class DataPlane:
+class DataPlane(MetadataViews):
     def __init__(self, registry: Registry, cluster: ClusterBackend, settings: Settings) -> None:
         self.registry = registry
         self.cluster = cluster
@@ -280,73 +275,6 @@ class DataPlane:
         self.decisions.append(entry)
         return entry
 
-    # ---- health and metadata ---------------------------------------------------------------
-    def server_metadata(self) -> dict:
-        return {"name": "infaas", "version": __version__, "extensions": EXTENSIONS}
-
-    def model_ready(self, name: str, version: str | None = None) -> bool:
-        _, _, variants, _ = self.catalog.resolve(name, version)
-        return any(w.hosts(v.name) for v in variants for w in self.cluster.workers)
-
-    def model_metadata(self, name: str, version: str | None = None) -> dict:
-        scope, sig, variants, _ = self.catalog.resolve(name, version)
-        platform = "infaas_task" if scope.startswith("task") else "onnxruntime_onnx"
-        return {
-            "name": name,
-            "versions": [v.name if scope.startswith("task") else v.short_name for v in variants],
-            "platform": platform,
-            "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in sig.inputs],
-            "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in sig.outputs],
-        }
-
-    def model_config(self, name: str, version: str | None = None) -> dict:
-        """Triton-style model configuration (what perf_analyzer and tritonclient read)."""
-        scope, sig, variants, _ = self.catalog.resolve(name, version)
-        loaded = [v for v in variants if any(w.hosts(v.name) for w in self.cluster.workers)]
-        max_batch = max((v.max_batch for v in (loaded or variants)), default=0)
-
-        def tensors(specs):
-            return [{"name": s.name, "data_type": v2_to_triton_config(s.datatype),
-                     "dims": list(s.shape[1:]) if max_batch else list(s.shape)} for s in specs]  # fmt: skip
-
-        return {
-            "name": name,
-            "platform": "onnxruntime_onnx",
-            "backend": "onnxruntime",
-            "max_batch_size": max_batch,
-            "input": tensors(sig.inputs),
-            "output": tensors(sig.outputs),
-            "dynamic_batching": {"max_queue_delay_microseconds": self.settings.max_queue_delay_us},
-            "instance_group": [{"name": w.name, "kind": "KIND_CPU", "count": 1} for w in self.cluster.workers],
-            "parameters": {"infaas_scope": {"string_value": scope}},
-        }
-
-    def model_stats(self, name: str | None = None, version: str | None = None) -> dict:
-        if name is None:
-            variants = list(self.catalog.variants.values())
-        else:
-            scope, _, variants, _ = self.catalog.resolve(name, version)
-            if scope.startswith("task"):  # one entry for the task as a whole, as for a Triton model
-                total = VariantStats.total(self.metrics.variants[v.name] for v in variants)
-                return {"model_stats": [{**total.json(name, "1"), "variants": [v.name for v in variants]}]}
-        number = self.catalog.number
-        return {"model_stats": [
-            {**self.metrics.variants[v.name].json(v.architecture, str(number[v.name])), "variant": v.name}
-            for v in variants
-        ]}  # fmt: skip
-
-    def repository_index(self) -> list[dict]:
-        rows = []
-        for task in self.catalog.tasks:
-            rows.append({"name": task, "version": "", "state": "READY" if self.model_ready(task) else
-                         "UNAVAILABLE", "reason": "task (model-less)"})  # fmt: skip
-        for v in self.catalog.variants.values():
-            loaded = any(w.hosts(v.name) for w in self.cluster.workers)
-            rows.append({"name": v.architecture, "version": v.short_name,
-                         "state": "READY" if loaded else "UNAVAILABLE",
-                         "reason": "" if loaded else f"not loaded ({v.status})"})  # fmt: skip
-        return rows
-
     # ---- inference ---------------------------------------------------------------------------
     async def infer(self, req: InferRequest, offline: bool = False) -> InferResponse:
         """Serve one request in four steps: resolve (what is asked, by when), route (which variant
@@ -520,20 +448,3 @@ class DataPlane:
         await asyncio.to_thread(self.registry.remove, arch)
         self.catalog.refresh()
         self.log_decision("remove", f"removed architecture {arch}", architecture=arch)
-
-    def workers_info(self) -> list[dict]:
-        seen = self.worker_report()
-        return [{"name": w.name, "cores": list(w.cores), "alive": w.alive, "state": w.state.value,
-                 "replicas": {v: s.value for v, s in w.replicas.items()}, "pid": getattr(w, "pid", None),
-                 "restarts": getattr(w, "restarts", 0), "loaded": sorted(w.loaded),
-                 "outstanding": w.outstanding(), "cpu": seen.get(w.name, {}).get("cpu"),
-                 "rss_mb": seen.get(w.name, {}).get("rss_mb")} for w in self.cluster.workers]  # fmt: skip
-
-    def _queue_depths(self):
-        for w in self.cluster.workers:
-            for v in w.loaded:
-                yield v, w.name, w.outstanding(v)
-
-    def _worker_states(self):
-        for w in self.cluster.workers:
-            yield w.name, w.alive, getattr(w, "restarts", 0)
