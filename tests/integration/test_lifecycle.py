@@ -207,7 +207,9 @@ def test_a_variant_that_fails_to_reload_is_retried_until_it_is_back(tmp_path, di
         path.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))  # the store gets corrupted
         worker.kill()
         assert wait_until(lambda: worker.restarts == 1 and worker.alive, timeout=30)
-        assert not worker.hosts(name) and worker.assigned(name) and [s.variant for s in worker.missing()] == [name]
+        # still in the target placement; missing, or being retried by the controller right now
+        assert not worker.hosts(name) and worker.assigned(name)
+        assert worker.replicas.get(name) in (None, ReplicaState.LOADING)
         assert any(n.startswith("digits-mlp.") for n in worker.loaded_names())  # the others are back
         assert wait_until(lambda: any(d["kind"] == "error" and d.get("variant") == name
                                       for d in list(plane.decisions)), timeout=10)  # fmt: skip
