@@ -310,11 +310,14 @@ def cmd_workers(args) -> None:
     def pct(x):
         return "-" if x is None else f"{x:.0%}"
 
-    rows = ((w["name"], ",".join(map(str, w["cores"])), "yes" if w["alive"] else "no", w["restarts"], pct(w["cpu"]),
-             "-" if w["rss_mb"] is None else f"{w['rss_mb']:.0f}", w["outstanding"],
-             "\n".join(w["loaded"]) or "-") for w in workers)  # fmt: skip
-    _show(args, workers, "workers", ("worker", "cores", "alive", "restarts", "cpu", "MB", "in flight",
-                                     "loaded variants"), rows)  # fmt: skip
+    def replicas(w: dict) -> str:  # READY ones by name; the others with their state (loading, draining ...)
+        return "\n".join(v if s == "ready" else f"{v} ({s})" for v, s in sorted(w["replicas"].items())) or "-"
+
+    rows = ((w["name"], ",".join(map(str, w["cores"])), w["state"], w["restarts"], pct(w["cpu"]),
+             "-" if w["rss_mb"] is None else f"{w['rss_mb']:.0f}", w["outstanding"], replicas(w))
+            for w in workers)  # fmt: skip
+    _show(args, workers, "workers", ("worker", "cores", "state", "restarts", "cpu", "MB", "in flight",
+                                     "replicas"), rows)  # fmt: skip
     if not scaling.get("enabled"):
         console.print("autoscaling is off")
         return
