@@ -60,10 +60,6 @@ class RequestParams:
     drop_late: bool = True  # drop a request in the queue once it cannot meet its deadline
     binary_data_output: bool = False
 
-    @property
-    def has_objective(self) -> bool:
-        return self.latency_ms is not None or self.min_accuracy is not None or self.max_cost is not None
-
 
 def parse_request_params(params: dict[str, Any]) -> RequestParams:
     """The request-level parameters, each checked; raises :class:`InvalidInput` naming the first bad one."""
