@@ -102,10 +102,18 @@ class Settings(BaseSettings):
 
     # variants and profiling
     profile_on_register: bool = Field(True, description="generate and profile variants after registration")
-    max_accuracy_drop: float = Field(0.02, ge=0, description="reject variants losing more top-1 than this")
-    confident_probability: float = Field(
-        0.5, description="estimated accuracy: agreement on inputs the parent answers with this top-1 probability"
-    )
+    max_accuracy_drop: float = Field(
+        0.02, ge=0, description="reject variants whose loss against their parent, in the task's metric, may exceed "
+        "this (one-sided 95 % upper bound)")  # fmt: skip
+    eval_rows: int = Field(2048, ge=1, description="evaluation inputs per variant (at most; what is registered)")
+    profile_axis_size: int = Field(128, ge=1, description="representative size of a dynamic axis (e.g. sequence "
+                                   "length) for inputs synthesized from the signature")  # fmt: skip
+    quant_search_s: float = Field(300.0, ge=0, description="time budget per quantized format for searching "
+                                  "recipes when the default one loses more than the bound (0: no search)")  # fmt: skip
+    dominance_margin: float = Field(0.2, ge=0, lt=1, description="a variant is dominated only by one better by "
+                                    "more than this fraction on some count (timings closer than this are noise)")  # fmt: skip
+    timing_floor_ms: float = Field(0.05, ge=0, description="timings of one call closer than this are noise "
+                                   "(microsecond models): never a reason to reject")  # fmt: skip
     # prices (USD per hour), for cost per 1000 inferences. Defaults: AWS EC2 on-demand, us-east-1:
     # c5.large $0.085/h for 2 vCPUs -> $0.0425 per vCPU-hour; g4dn.xlarge (1 T4) $0.526/h.
     price_cpu_core_hour: float = 0.0425

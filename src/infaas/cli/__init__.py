@@ -144,6 +144,8 @@ def cmd_register(args) -> None:
     item = {"name": args.name, "task": args.task, "model": args.model, "accuracy": args.accuracy,
             "validation": args.validation, "calibration": args.calibration,
             "description": args.description or ""}  # fmt: skip
+    if args.metric:
+        item["metric"] = args.metric
     if args.max_batch:
         item["max_batch"] = args.max_batch
     _show_registered(args, _register_items(args, [item]))
@@ -160,7 +162,7 @@ def cmd_zoo(args) -> None:
         models = build_family(args.family)
     items = [{"name": m.name, "task": m.task, "model": m.onnx, "accuracy": m.accuracy,
               "validation": m.validation, "calibration": m.calibration, "description": m.description,
-              "max_batch": m.max_batch} for m in models]  # fmt: skip
+              "max_batch": m.max_batch, **({"metric": m.metric} if m.metric else {})} for m in models]  # fmt: skip
     with console.status(f"registering {len(items)} models"):
         results = _register_items(args, items)
     _show_registered(args, results)
@@ -202,14 +204,31 @@ def _num(x: float | None, fmt: str = ".3g") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _quality_cell(v: dict, p: dict) -> str:
+    """Accuracy (in the task's metric) with its 95 % interval and provenance letter, e.g. 0.748 [0.741,0.751] e."""
+    if v["accuracy"] is None:
+        return "-"
+    text = f"{v['accuracy']:.3f}"
+    low, high = p.get("accuracy_low"), p.get("accuracy_high")
+    if low is not None and high is not None and high - low > 5e-4:
+        text += f" [{low:.3f},{high:.3f}]"
+    return f"{text} {v['accuracy_source'][0]}"
+
+
 def variants_table(variants: list[dict], title: str) -> Table:
-    """Profiles side by side, compact enough for 80 columns (accuracy provenance as one letter)."""
+    """Profiles side by side (accuracy provenance as one letter); the caption names the hardware
+    kind(s) and metric the profiles were measured with."""
     from rich import box
 
+    kinds = sorted({(v.get("profile") or {}).get("hardware") for v in variants} - {None})
+    metrics = sorted({(v.get("profile") or {}).get("metric") for v in variants} - {None})
+    caption = ("p50 in ms at batch 1 / at max batch; memory in MB; load in ms; quality"
+               f"{' (' + ', '.join(metrics) + ')' if metrics else ''} with its 95 % interval: m measured, "
+               "d declared, e estimated, r reference; µ$/1k: micro-dollars per 1000 inferences"
+               + (f"\nhardware kind: {', '.join(kinds)}" if kinds else ""))  # fmt: skip
     table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False,
-                  caption="p50 in ms at batch 1 / at max batch; memory in MB; load in ms; accuracy: "
-                          "m measured, d declared, e estimated; µ$/1k: micro-dollars per 1000 inferences")  # fmt: skip
-    for col in ("variant", "status", "p50@1/max", "rows/s", "MB", "load", "acc", "µ$/1k"):
+                  caption=caption)  # fmt: skip
+    for col in ("variant", "status", "p50@1/max", "rows/s", "MB", "load", "quality", "n", "µ$/1k"):
         table.add_column(col, justify="left" if col in ("variant", "status") else "right", no_wrap=True)
     for v in sorted(variants, key=lambda v: (v["format"], v["threads"], v["max_batch"])):
         p = v.get("profile") or {}
@@ -217,16 +236,28 @@ def variants_table(variants: list[dict], title: str) -> Table:
         top = str(max((int(b) for b in lat), default=0))
         label = f"{v['format'].removeprefix('onnx-')} t{v['threads']} b{v['max_batch']}"
         status = "loaded" if v.get("loaded_on") else v["status"]
-        acc = "-" if v["accuracy"] is None else f"{v['accuracy']:.3f} {v['accuracy_source'][0]}"
         table.add_row(label, status, f"{_num(lat.get('1'))}/{_num(lat.get(top))}" if lat else "-",
                       _num(p.get("throughput"), ".0f"), _num(p.get("peak_memory_mb"), ".0f"),
-                      _num(p.get("load_time_ms"), ".0f"), acc,
+                      _num(p.get("load_time_ms"), ".0f"), _quality_cell(v, p), str(p.get("samples") or "-"),
                       _num(p["cost_per_1k"] * 1e6 if p.get("cost_per_1k") else None, ".3g"))  # fmt: skip
     return table
 
 
 def _print_variants(variants: list[dict], title: str) -> None:
     console.print(variants_table(variants, title))
+    shown = set()
+    for v in sorted(variants, key=lambda v: (v["architecture"], v["format"])):
+        key = (v["architecture"], v["format"])
+        if key in shown or "recipe_text" not in v["params"]:
+            continue
+        shown.add(key)
+        tried = [t for t in v["params"].get("search", []) if "params" in t]
+        console.print(f"[dim]{v['architecture']} {v['format'].removeprefix('onnx-')} recipe:[/] "
+                      f"{v['params']['recipe_text']}" + (f" (searched {len(tried)} recipes)" if len(tried) > 1 else ""))
+        if len(tried) > 1:
+            for t in v["params"]["search"]:
+                console.print(f"   [dim]{t['recipe']}:[/] {t['verdict']}" +
+                              (f", {t['throughput']:.0f} rows/s" if t.get("throughput") else ""))  # fmt: skip
     for v in sorted(variants, key=lambda v: (v["format"], v["threads"], v["max_batch"])):
         if v["status"] in ("rejected", "failed"):
             label = f"{v['format'].removeprefix('onnx-')} t{v['threads']} b{v['max_batch']}"
@@ -388,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", help=".npz with 'inputs' (no labels) to calibrate INT8 variants on")
     p.add_argument("--description")
     p.add_argument("--max-batch", type=int)
+    p.add_argument("--metric", choices=("top1", "cosine", "rel-l2"),
+                   help="the task's quality metric, for a new task (default: top1 for classifier outputs, else cosine)")
     registration_flags(p)
     p.set_defaults(fn=cmd_register)
 

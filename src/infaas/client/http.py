@@ -181,7 +181,7 @@ class Client:
     def register(
         self, name: str, task: str, model: str | Path | bytes, *, accuracy: float | None = None,
         validation: str | Path | bytes | None = None, calibration: str | Path | bytes | None = None,
-        description: str = "", framework: str = "onnx", max_batch: int | None = None,
+        description: str = "", framework: str = "onnx", max_batch: int | None = None, metric: str | None = None,
     ) -> dict:
         def read(x):
             return x if isinstance(x, bytes) else Path(x).read_bytes()
@@ -196,6 +196,8 @@ class Client:
             data["accuracy"] = str(accuracy)
         if max_batch is not None:
             data["max_batch"] = str(max_batch)
+        if metric is not None:
+            data["metric"] = metric
         return self._json("POST", "/api/v1/architectures", data=data, files=files)
 
     def profile(self, architecture: str, quick: bool = False) -> dict:

@@ -18,6 +18,7 @@ import numpy as np
 
 from infaas.cluster.base import LoadSpec, ReplicaState, WorkerResult, WorkerState, error_from_reply
 from infaas.errors import InfaasError, Unavailable, WorkerCrashed
+from infaas.hardware import local_kind
 from infaas.worker.wire import read_message, write_message
 
 log = logging.getLogger("infaas.cluster")
@@ -406,6 +407,7 @@ class LocalCluster:
         self.start_timeout_s = start_timeout_s
         sets = core_sets(workers, cores_per_worker)
         self.cores_per_worker = len(sets[0])
+        self.kind = local_kind()  # every local worker runs on this machine's kind
         self._names = itertools.count(workers)
         self._workers = [self._make(f"w{i}", cores) for i, cores in enumerate(sets)]
 

@@ -3,22 +3,47 @@
 from __future__ import annotations
 
 from infaas.errors import NotFound
+from infaas.hardware import HardwareKind, local_kind
 from infaas.policy import Option, ScopeIndex
-from infaas.registry import Architecture, Registry, Signature, Task, Variant
+from infaas.registry import Architecture, Profile, Registry, Signature, Task, Variant
 
 
 class Catalog:
-    """An in-memory view of the registry, rebuilt after every registry write."""
+    """An in-memory view of the registry for one hardware kind, rebuilt after every registry write.
 
-    def __init__(self, registry: Registry) -> None:
+    A profile is used only on the kind it was measured on: each variant shows the verdict (status,
+    reason, accuracy) of its profile on ``kind``; a variant profiled only on other kinds is
+    ``pending`` here until it is profiled on this one (the registered baseline still serves)."""
+
+    def __init__(self, registry: Registry, kind: HardwareKind | None = None) -> None:
         self.registry = registry
+        self.kind = kind or local_kind()
         self.refresh()
 
     def refresh(self) -> None:
         self.tasks: dict[str, Task] = {t.name: t for t in self.registry.tasks()}
         self.architectures: dict[str, Architecture] = {a.name: a for a in self.registry.architectures()}
-        self.variants: dict[str, Variant] = {v.name: v for v in self.registry.variants()}
-        self.profiles = {p.variant: p for p in self.registry.profiles()}
+        profiles = {(p.variant, p.hardware): p for p in self.registry.profiles()}
+        self.profiles: dict[str, Profile] = {}
+        elsewhere: dict[str, set[str]] = {}
+        for variant, hardware in profiles:
+            elsewhere.setdefault(variant, set()).add(hardware)
+        self.variants: dict[str, Variant] = {}
+        for v in self.registry.variants():
+            mine = self.kind.for_provider(v.provider)
+            p = profiles.get((v.name, mine))
+            if p is not None:
+                self.profiles[v.name] = p
+                v = v.model_copy(update={"status": p.status, "reason": p.reason, "accuracy": p.accuracy,
+                                         "accuracy_source": p.accuracy_source})  # fmt: skip
+            elif v.name in elsewhere and v.parent is not None:  # the registered graph itself still serves
+                v = v.model_copy(update={"status": "pending", "reason": (
+                    f"profiled on {', '.join(sorted(elsewhere[v.name]))} only; not yet on this machine's kind {mine}")})
+            self.variants[v.name] = v
+        # architectures whose variants have profiles, none of them on this kind: to be profiled here
+        self.unprofiled_here = sorted({v.architecture for v in self.variants.values()
+                                       if v.name in elsewhere and v.name not in self.profiles} -
+                                      {v.architecture for v in self.variants.values() if v.name in self.profiles})  # fmt: skip
         self.by_arch: dict[str, list[Variant]] = {a: [] for a in self.architectures}
         for v in self.variants.values():
             self.by_arch.setdefault(v.architecture, []).append(v)

@@ -72,7 +72,7 @@ class DataPlane(MetadataViews):
         self.registry = registry
         self.cluster = cluster
         self.settings = settings
-        self.catalog = Catalog(registry)
+        self.catalog = Catalog(registry, getattr(cluster, "kind", None))
         self.metrics = Metrics(self._queue_depths, self._worker_states)
         self.decisions: deque[dict[str, Any]] = deque(maxlen=settings.decision_log_size)
         self.ready = False
@@ -94,6 +94,18 @@ class DataPlane(MetadataViews):
                 log.error("cannot load %s at start: %s", arch, exc.message)
                 self.log_decision("error", f"cannot load {arch} at start: {exc.message}", architecture=arch)
         self.ready = True
+        self.profile_new_kind()
+
+    def profile_new_kind(self) -> None:
+        """Architectures profiled only on other hardware kinds get profiled on this one, in the
+        background (their other-kind profiles are never used here)."""
+        if not self.settings.profile_on_register:
+            return
+        for arch in self.catalog.unprofiled_here:
+            self.log_decision("profile", f"{arch} has no profiles for this machine's hardware kind "
+                              f"{self.catalog.kind.id} ({self.catalog.kind.describe()}); profiling it here",
+                              architecture=arch)  # fmt: skip
+            self.start_profiling(arch)
 
     async def stop(self) -> None:
         self.ready = False

@@ -41,7 +41,8 @@ class GrpcFrontend:
         return pb.ModelReadyResponse(ready=self.dp.model_ready(req.name, req.version or None))
 
     async def ServerMetadata(self, req, ctx):
-        return pb.ServerMetadataResponse(**self.dp.server_metadata())
+        meta = self.dp.server_metadata()
+        return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
 
     async def ModelMetadata(self, req, ctx):
         meta = self.dp.model_metadata(req.name, req.version or None)

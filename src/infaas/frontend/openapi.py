@@ -71,6 +71,8 @@ def openapi_schema() -> dict:
                         "framework": {"type": "string"},
                         "description": {"type": "string"},
                         "max_batch": {"type": "integer"},
+                        "metric": {"type": "string", "enum": ["top1", "cosine", "rel-l2"],
+                                   "description": "the task's quality metric (a new task; default from outputs)"},
                     }}}}}),  # fmt: skip
         },
         "/api/v1/architectures/{name}": {
@@ -150,6 +152,6 @@ def openapi_schema() -> dict:
                 "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}}}},
             "Architecture": {"type": "object", "properties": {
                 "name": {"type": "string"}, "task": {"type": "string"}, "accuracy": {"type": "number", "nullable": True},
-                "accuracy_source": {"type": "string", "enum": ["measured", "declared", "estimated", "unknown"]}}},
+                "accuracy_source": {"type": "string", "enum": ["measured", "declared", "estimated", "reference", "unknown"]}}},
         }},
     }  # fmt: skip

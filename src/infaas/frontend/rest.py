@@ -257,7 +257,7 @@ def build_app(services: Services, lifespan=None, *, inference: bool = True, mana
                 raise InvalidInput(f"bad number: {exc}") from None
             arch, variant = await dp.register(
                 name=name, task=task, model=await model.read(), framework=field("framework") or "onnx",
-                accuracy=accuracy, description=field("description") or "", max_batch=max_batch,
+                accuracy=accuracy, description=field("description") or "", max_batch=max_batch, metric=field("metric"),
                 validation=None if validation is None or isinstance(validation, str) else await validation.read(),
                 calibration=None if calibration is None or isinstance(calibration, str) else await calibration.read(),
             )  # fmt: skip

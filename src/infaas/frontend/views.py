@@ -32,7 +32,8 @@ class MetadataViews:
 
     # ---- health and metadata ---------------------------------------------------------------
     def server_metadata(self) -> dict:
-        return {"name": "infaas", "version": __version__, "extensions": EXTENSIONS}
+        return {"name": "infaas", "version": __version__, "extensions": EXTENSIONS,
+                "hardware": self.catalog.kind.as_dict()}  # fmt: skip
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         _, _, variants, _ = self.catalog.resolve(name, version)
@@ -99,7 +100,8 @@ class MetadataViews:
 
     def workers_info(self) -> list[dict]:
         seen = self.worker_report()
-        return [{"name": w.name, "cores": list(w.cores), "alive": w.alive, "state": w.state.value,
+        kind = self.catalog.kind.id
+        return [{"name": w.name, "kind": kind, "cores": list(w.cores), "alive": w.alive, "state": w.state.value,
                  "replicas": {v: s.value for v, s in w.replicas.items()}, "pid": getattr(w, "pid", None),
                  "restarts": getattr(w, "restarts", 0), "loaded": sorted(w.loaded),
                  "outstanding": w.outstanding(), "cpu": seen.get(w.name, {}).get("cpu"),

@@ -93,8 +93,8 @@ def named_inputs(inputs: dict[str, np.ndarray], signature: Signature) -> dict[st
     return {s.name: np.ascontiguousarray(inputs[s.name], dtype=V2_TO_NUMPY[s.datatype]) for s in signature.inputs}
 
 
-def confidence(outputs: dict[str, np.ndarray], signature: Signature) -> np.ndarray | None:
-    """Top-1 probability per row from the first score output (softmax unless it already sums to 1)."""
+def class_probabilities(outputs: dict[str, np.ndarray], signature: Signature) -> np.ndarray | None:
+    """Class probabilities per row from the first score output (softmax unless it already sums to 1)."""
     for spec in signature.outputs:
         out = outputs[spec.name]
         if out.ndim == 2 and spec.datatype.startswith("FP") and out.shape[1] > 1:
@@ -102,8 +102,20 @@ def confidence(outputs: dict[str, np.ndarray], signature: Signature) -> np.ndarr
             if not (np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3)):
                 scores = np.exp(scores - scores.max(axis=1, keepdims=True))
                 scores /= scores.sum(axis=1, keepdims=True)
-            return scores.max(axis=1)
+            return scores
     return None
+
+
+def default_metric(signature: Signature) -> str:
+    """A task's metric when its first model does not say: ``top1`` for classifier outputs (an integer
+    label per row, or one row of class scores), ``cosine`` fidelity for anything else."""
+    for spec in signature.outputs:
+        if spec.datatype.startswith(("INT", "UINT")) and len(spec.shape) == 1:
+            return "top1"
+    first = signature.outputs[0]
+    if len(first.shape) == 2 and first.datatype.startswith("FP") and first.shape[1] != 1:
+        return "top1"
+    return "cosine"
 
 
 def predicted_labels(outputs: dict[str, np.ndarray], signature: Signature) -> np.ndarray:

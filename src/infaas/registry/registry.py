@@ -11,9 +11,17 @@ import numpy as np
 
 from infaas.errors import AlreadyExists, InfaasError, InvalidInput, NameConflict, NotFound
 from infaas.registry.modelstore import ModelStore
-from infaas.registry.onnxinfo import load_validation, named_inputs, read_signature
+from infaas.registry.onnxinfo import default_metric, load_validation, named_inputs, read_signature
 from infaas.registry.store import MetadataStore, SQLiteStore
-from infaas.registry.types import Architecture, Profile, Signature, Task, Variant, variant_name
+from infaas.registry.types import (
+    METRICS,
+    Architecture,
+    Profile,
+    Signature,
+    Task,
+    Variant,
+    variant_name,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 NameKind = Literal["task", "architecture", "variant"]
@@ -103,8 +111,12 @@ class Registry:
         description: str = "",
         max_batch: int = 16,
         threads: int | None = None,
+        metric: str | None = None,
     ) -> tuple[Architecture, Variant]:
-        """Register an ONNX model for a task; returns the architecture and its baseline variant."""
+        """Register an ONNX model for a task; returns the architecture and its baseline variant.
+
+        ``metric`` is the task's quality metric (``METRICS``); a new task without one takes
+        ``default_metric`` of the signature, an existing task keeps its own."""
         for what, value in (("architecture", name), ("task", task)):
             if not NAME_RE.match(value):
                 raise InvalidInput(
@@ -120,12 +132,20 @@ class Registry:
             raise InvalidInput("accuracy must be a fraction between 0 and 1")
         if max_batch < 1:
             raise InvalidInput("max_batch must be at least 1")
+        if metric is not None and metric not in METRICS:
+            raise InvalidInput(f"unknown metric {metric!r}: one of {', '.join(METRICS)}")
 
         model_bytes = model if isinstance(model, bytes) else Path(model).read_bytes()
         signature = read_signature(model_bytes)
         existing = self.task(task)
         if existing is not None and (why := existing.signature.compatible_with(signature)):
             raise InvalidInput(f"model does not fit task {task!r}: {why}")
+        if existing is not None and metric is not None and metric != existing.metric:
+            raise InvalidInput(f"task {task!r} measures {existing.metric}, not {metric}")
+        metric = existing.metric if existing is not None else (metric or default_metric(signature))
+        if validation is not None and metric != "top1":
+            raise InvalidInput(f"validation labels score top-1 accuracy; task {task!r} measures {metric} against the "
+                               "parent variant: register sample inputs as calibration data instead")  # fmt: skip
 
         model_hash = self.models.put_bytes(model_bytes, ".onnx")
         validation_hash = None
@@ -168,7 +188,8 @@ class Registry:
             if current is not None and (why := current.signature.compatible_with(signature)):
                 raise InvalidInput(f"model does not fit task {task!r}: {why}")
             if current is None:
-                self.store.put("task", task, None, Task(name=task, signature=signature).model_dump(mode="json"))
+                self.store.put("task", task, None,
+                               Task(name=task, signature=signature, metric=metric).model_dump(mode="json"))  # type: ignore[arg-type]
             self.store.put("architecture", name, task, arch.model_dump(mode="json"))
             self.store.put("variant", baseline.name, name, baseline.model_dump(mode="json"))
         return arch, baseline
@@ -179,7 +200,13 @@ class Registry:
                 raise NotFound(f"unknown architecture {variant.architecture!r}")
             self.store.put("variant", variant.name, variant.architecture, variant.model_dump(mode="json"))
 
-    def profile(self, variant: str, hardware: str = "cpu") -> Profile | None:
+    def profile(self, variant: str, hardware: str | None = None) -> Profile | None:
+        """A variant's profile on a hardware kind (default: this machine's kind for its provider)."""
+        if hardware is None:
+            from infaas.hardware import local_kind
+
+            v = self.variant(variant)
+            hardware = local_kind().for_provider(v.provider if v is not None else "cpu")
         body = self.store.get("profile", f"{variant}@{hardware}")
         return None if body is None else Profile.model_validate(body)
 

@@ -7,7 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-AccuracySource = Literal["measured", "declared", "estimated", "unknown"]
+AccuracySource = Literal["measured", "declared", "estimated", "reference", "unknown"]
+# A task's quality metric (higher is better; ``min_accuracy`` objectives are in its unit):
+# top1: top-1 accuracy (classifiers); cosine: mean cosine similarity of every output to the parent
+# variant's (embeddings, any float output); rel-l2: 1 - relative L2 error to the parent (regression)
+Metric = Literal["top1", "cosine", "rel-l2"]
+METRICS: tuple[str, ...] = ("top1", "cosine", "rel-l2")
 VariantStatus = Literal["pending", "ready", "rejected", "failed"]
 
 
@@ -48,7 +53,7 @@ class Task(_Record):
 
     name: str
     signature: Signature
-    metric: str = "top1"
+    metric: Metric = "top1"
     description: str = ""
     created_at: float = Field(default_factory=time.time)
 
@@ -97,10 +102,24 @@ class Variant(_Record):
 
 
 class Profile(_Record):
-    """What was measured for a variant on a hardware kind."""
+    """What was measured for a variant on a hardware kind (``infaas.hardware``), and the verdict there.
+
+    Quality is in the task's metric. ``accuracy_low``/``accuracy_high`` is its 95 % interval over
+    ``samples`` evaluation inputs; ``loss_high`` is the one-sided 95 % upper bound of what the variant
+    loses against its parent, which is what judging compares with the bound."""
 
     variant: str
     hardware: str
+    status: VariantStatus = "ready"
+    reason: str = ""
+    metric: Metric = "top1"
+    samples: int = 0
+    accuracy_low: float | None = None
+    accuracy_high: float | None = None
+    loss: float | None = None
+    loss_high: float | None = None
+    axis_latency_ms: dict[int, float] = Field(default_factory=dict)  # batch-1 p50 over a dynamic axis
+    axis: str = ""  # which input axis that is, e.g. "input_ids[1]"
     latency_p50_ms: dict[int, float] = Field(default_factory=dict)
     latency_p99_ms: dict[int, float] = Field(default_factory=dict)
     fit_slope_ms: float = 0.0

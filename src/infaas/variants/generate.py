@@ -2,10 +2,13 @@
 
 Formats (each an ONNX artifact in the model store):
 - ``onnx-fp32``: the registered graph; ORT applies all graph optimisations when it loads;
-- ``onnx-int8-static``: QDQ, per-channel, uint8 activations / int8 weights, calibrated on the
-  registration data, after ORT's quantization pre-processing (shape inference + optimisation);
-- ``onnx-int8-static-s8``: the same with int8 activations;
-- ``onnx-int8-dynamic``: dynamic quantization of weights;
+- ``onnx-int8-static``: QDQ, calibrated on the registration data, after ORT's quantization
+  pre-processing (shape inference + optimisation). Default recipe: MinMax, uint8 activations, int8
+  weights, per-channel. When it loses more than the bound on this machine, the profiler searches
+  further recipes (calibration method, reduce_range, activation and weight types, per-tensor,
+  then the most sensitive nodes kept in fp32: ``int8-mixed``) and keeps the fastest that meets it;
+- ``onnx-int8-dynamic``: dynamic quantization (int8 weights, activations quantized at run time;
+  MatMul-heavy graphs such as transformers), searched the same way;
 - ``onnx-fp16``: only when a CUDA provider is present (skipped here otherwise, with the reason).
 Execution configurations multiply each format: intra-op threads (1, 2, 4 … up to a worker's
 cores) and max batch (1, 4, 8, 16 … up to the architecture's max batch). Whether a variant is any
@@ -25,6 +28,7 @@ import numpy as np
 from infaas.registry import Architecture, Registry, Variant, variant_name
 
 QUANTIZABLE_OPS = {"Conv", "MatMul", "Gemm", "ConvTranspose", "Gather", "Attention", "LSTM", "GRU"}
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # the weight-bearing ops (recipe "ops": "compute")
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,17 @@ def batch_sizes(max_batch: int) -> list[int]:
     return [b for b in powers_of_two(max_batch) if b == 1 or b >= 4]
 
 
-def calibration_inputs(registry: Registry, arch: Architecture, rows: int = 128) -> dict[str, np.ndarray] | None:
-    """Inputs for calibration: the first half of the calibration data, else of the validation data."""
+CALIBRATION_ROWS = 128
+
+
+def calibration_split(n: int) -> int:
+    """How many leading rows of registered data calibrate (at most 128, at most half); the profiler
+    evaluates on the rows after them, which the quantizer never saw."""
+    return min(CALIBRATION_ROWS, max(1, n // 2))
+
+
+def calibration_inputs(registry: Registry, arch: Architecture) -> dict[str, np.ndarray] | None:
+    """Inputs for calibration: the leading rows of the calibration data, else of the validation data."""
     from infaas.registry.onnxinfo import load_validation, named_inputs
 
     key = arch.calibration_hash or arch.validation_hash
@@ -68,8 +81,7 @@ def calibration_inputs(registry: Registry, arch: Architecture, rows: int = 128) 
     inputs, _ = load_validation(registry.models.path(key).read_bytes(), need_labels=False)
     inputs = named_inputs(inputs, arch.signature)
     n = len(next(iter(inputs.values())))
-    half = max(1, n // 2)  # the first half calibrates; the profiler evaluates on the second
-    return {k: np.ascontiguousarray(v[: min(rows, half)]) for k, v in inputs.items()}
+    return {k: np.ascontiguousarray(v[: calibration_split(n)]) for k, v in inputs.items()}
 
 
 def _has_quantizable_ops(model_path: Path) -> bool:
@@ -94,99 +106,219 @@ class _QuietQuantizer(logging.Filter):
         return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
 
 
+# The default recipe of each quantized format; the search (``search_recipes``) varies one choice at a
+# time from it, then keeps the most sensitive nodes in fp32.
+DEFAULT_RECIPES: dict[str, dict] = {
+    "onnx-int8-static": {"calibrate": "MinMax", "activation": "QUInt8", "weight": "QInt8", "per_channel": True,
+                         "reduce_range": False, "ops": "all", "exclude": []},
+    "onnx-int8-dynamic": {"weight": "QUInt8", "per_channel": False, "reduce_range": False, "exclude": []},
+}  # fmt: skip
+SEARCH_STEPS: dict[str, list[dict]] = {
+    "onnx-int8-static": [
+        {"ops": "compute"}, {"reduce_range": True}, {"activation": "QInt8"}, {"calibrate": "Percentile"},
+        {"calibrate": "Entropy"}, {"activation": "QUInt8", "weight": "QUInt8"}, {"per_channel": False},
+    ],
+    "onnx-int8-dynamic": [{"weight": "QInt8"}, {"per_channel": True}, {"reduce_range": True}],
+}  # fmt: skip
+
+
+def describe_recipe(recipe: dict) -> str:
+    """A recipe in a few words, e.g. ``MinMax U8S8 per-channel, 3 nodes fp32``."""
+    act = "U8" if recipe.get("activation", "QUInt8") == "QUInt8" else "S8"
+    wt = "U8" if recipe.get("weight") == "QUInt8" else "S8"
+    words = [recipe["calibrate"], f"{act}{wt}"] if "calibrate" in recipe else [f"weights {wt}"]
+    words.append("per-channel" if recipe.get("per_channel") else "per-tensor")
+    if recipe.get("reduce_range"):
+        words.append("reduce-range")
+    if recipe.get("ops") == "compute":
+        words.append("compute ops only")
+    text = " ".join(words)
+    return f"{text}, {len(recipe['exclude'])} node(s) fp32" if recipe.get("exclude") else text
+
+
+class Quantizer:
+    """Quantizes one architecture by recipe: pre-processes the graph once (shape inference and
+    optimisation), holds the calibration inputs, and stores every artifact it makes. Use as a
+    context manager (its scratch directory goes at exit)."""
+
+    def __init__(self, registry: Registry, arch: Architecture, progress: Callable[[str], None] | None = None) -> None:
+        self.registry, self.arch = registry, arch
+        self.say = progress or (lambda _msg: None)
+        self.source = registry.models.path(arch.model_hash)
+        self.quantizable = _has_quantizable_ops(self.source)
+        self.calib = calibration_inputs(registry, arch)
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._pre: Path | None = None
+        self._quiet = _QuietQuantizer()
+
+    def __enter__(self) -> Quantizer:
+        self._tmp = tempfile.TemporaryDirectory(prefix="infaas-variants-")
+        logging.getLogger().addFilter(self._quiet)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger().removeFilter(self._quiet)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    @property
+    def dir(self) -> Path:
+        assert self._tmp is not None, "use Quantizer as a context manager"
+        return Path(self._tmp.name)
+
+    def pre(self) -> Path:
+        """The pre-processed float graph (named nodes), made once."""
+        if self._pre is None:
+            import onnx
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            self._pre = self.dir / "pre.onnx"
+            self.say("pre-processing for quantization (shape inference, optimisation)")
+            try:
+                quant_pre_process(str(self.source), str(self._pre))
+            except Exception as exc:  # some graphs defeat symbolic shape inference
+                self.say(f"pre-processing skipped: {exc}")
+                self._pre.write_bytes(self.source.read_bytes())
+            model = onnx.load(str(self._pre))
+            for i, node in enumerate(model.graph.node):  # exclusions name nodes: every node gets a name
+                if not node.name:
+                    node.name = f"{node.op_type}_{i}"
+            onnx.save(model, str(self._pre))
+        return self._pre
+
+    def why_not(self, fmt: str) -> str | None:
+        if not self.quantizable:
+            return f"no quantizable operators ({', '.join(sorted(QUANTIZABLE_OPS))}) in the graph"
+        if fmt == "onnx-int8-static" and self.calib is None:
+            return "no calibration or validation data was registered"
+        return None
+
+    def quantize(self, fmt: str, recipe: dict) -> Artifact:
+        """One artifact of ``fmt`` made with ``recipe``; raises ValueError with the reason when it cannot be."""
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
+
+        if (why := self.why_not(fmt)) is not None:
+            raise ValueError(why)
+        out = self.dir / f"q{len(list(self.dir.iterdir()))}.onnx"
+        common = {"per_channel": recipe["per_channel"], "reduce_range": recipe["reduce_range"],
+                  "weight_type": QuantType[recipe["weight"]], "nodes_to_exclude": list(recipe["exclude"]) or None}  # fmt: skip
+        extra_done: dict = {}
+        if fmt == "onnx-int8-dynamic":
+            self.say(f"{fmt}: quantizing weights ({describe_recipe(recipe)})")
+            try:
+                quantize_dynamic(str(self.pre()), str(out), **common)
+            except Exception as exc:
+                raise ValueError(f"quantization failed: {type(exc).__name__}: {exc}") from None
+            method = "int8-dynamic"
+        else:
+            calib = self.calib
+            assert calib is not None
+            rows = len(next(iter(calib.values())))
+
+            class Reader(CalibrationDataReader):
+                def __init__(self) -> None:
+                    self._it = iter([{k: v[i : i + 1] for k, v in calib.items()} for i in range(rows)])
+
+                def get_next(self):
+                    return next(self._it, None)
+
+            self.say(f"{fmt}: calibrating on {rows} inputs ({describe_recipe(recipe)})")
+            # ORT's per-channel weight-scale adjustment for int32 biases fails on some Gemm graphs; the
+            # second attempt skips that adjustment and says so in the params
+            errors = []
+            for extra in ({}, {"QDQDisableWeightAdjustForInt32Bias": True}):
+                try:
+                    quantize_static(str(self.pre()), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                                    activation_type=QuantType[recipe["activation"]],
+                                    calibrate_method=CalibrationMethod[recipe["calibrate"]], extra_options=extra,
+                                    op_types_to_quantize=list(COMPUTE_OPS) if recipe.get("ops") == "compute" else None,
+                                    **common)  # fmt: skip
+                    extra_done = extra
+                    break
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+            else:
+                raise ValueError(f"quantization failed: {'; '.join(errors)}")
+            extra_done = {**extra_done, "calibration_rows": rows,
+                          "calibrated_on": "calibration" if self.arch.calibration_hash else "validation"}  # fmt: skip
+            method = "int8-mixed" if recipe["exclude"] else "int8-static"
+        if not _quantized_something(out):
+            raise ValueError("the quantizer left the graph unchanged")
+        params = {"recipe": dict(recipe), "recipe_text": describe_recipe(recipe), **extra_done}
+        if fmt == "onnx-int8-static":
+            params["quant_format"] = "QDQ"
+        return Artifact(fmt, self.registry.models.put_file(out), method, params)
+
+    def sensitivity(self, fmt: str, artifact: Artifact, rows: int = 8) -> list[tuple[str, float]]:
+        """Per-node sensitivity: for every node of the float graph whose output the quantized graph
+        also computes, how much relative error that output carries beyond the largest error among
+        the node's inputs (the error the node itself adds), on ``rows`` calibration inputs with both
+        graphs unfused. Most sensitive first; only nodes that add error."""
+        import onnx
+        import onnxruntime as ort
+
+        from infaas.registry.onnxinfo import named_inputs
+
+        if self.calib is None:
+            return []
+        float_model = onnx.load(str(self.pre()))
+        quant_model = onnx.load(str(self.registry.models.path(artifact.key)))
+        quant_tensors = {o for n in quant_model.graph.node for o in n.output}
+        candidates = [n for n in float_model.graph.node if n.output and n.output[0] in quant_tensors]
+        produced = {o for n in float_model.graph.node for o in n.output}
+        watched = {t for n in candidates for t in (*n.input, n.output[0]) if t in produced}
+        x = named_inputs({k: v[:rows] for k, v in self.calib.items()}, self.arch.signature)
+
+        def run(model) -> dict[str, np.ndarray]:
+            have = {o.name for o in model.graph.output}
+            names = {o for n in model.graph.node for o in n.output}
+            for t in sorted(watched & names - have):
+                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            wanted = [o.name for o in session.get_outputs() if o.name in watched]
+            return dict(zip(wanted, session.run(wanted, x), strict=True))
+
+        f, q = run(float_model), run(quant_model)
+
+        def err(t: str) -> float:
+            if t not in f or t not in q or f[t].shape != q[t].shape or f[t].dtype.kind != "f":
+                return 0.0
+            a, b = f[t].astype(np.float64), q[t].astype(np.float64)
+            return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12))
+
+        scores = [(n.name, err(n.output[0]) - max((err(t) for t in n.input if t in watched), default=0.0))
+                  for n in candidates]  # fmt: skip
+        return sorted((s for s in scores if s[1] > 0), key=lambda s: -s[1])
+
+
 def generate_artifacts(
     registry: Registry, arch: Architecture, *, gpu: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[Artifact], list[Skipped]]:
-    """Build every format of ``arch`` and store it; returns the artifacts and what was skipped, with why."""
-    quiet = _QuietQuantizer()
-    logging.getLogger().addFilter(quiet)
-    try:
-        return _generate(registry, arch, gpu, progress)
-    finally:
-        logging.getLogger().removeFilter(quiet)
-
-
-def _generate(
-    registry: Registry, arch: Architecture, gpu: bool, progress: Callable[[str], None] | None
-) -> tuple[list[Artifact], list[Skipped]]:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,  # fmt: skip
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    say = progress or (lambda _msg: None)
+    """Build every format of ``arch`` with its default recipe and store it; returns the artifacts and
+    what was skipped, with why."""
     artifacts = [Artifact("onnx-fp32", arch.model_hash, "baseline", {"graph_optimization": "all"})]
     skipped: list[Skipped] = []
+    with Quantizer(registry, arch, progress) as q:
+        for fmt, recipe in DEFAULT_RECIPES.items():
+            if (why := q.why_not(fmt)) is not None:
+                skipped.append(Skipped(fmt, why))
+                continue
+            try:
+                artifacts.append(q.quantize(fmt, recipe))
+            except ValueError as exc:
+                skipped.append(Skipped(fmt, str(exc)))
+    say = progress or (lambda _msg: None)
     source = registry.models.path(arch.model_hash)
-    if not _has_quantizable_ops(source):
-        for fmt in ("onnx-int8-static", "onnx-int8-static-s8", "onnx-int8-dynamic"):
-            skipped.append(Skipped(fmt, f"no quantizable operators ({', '.join(sorted(QUANTIZABLE_OPS))}) in the graph"))
-    else:
-        with tempfile.TemporaryDirectory(prefix="infaas-variants-") as tmp:
-            tmpdir = Path(tmp)
-            pre = tmpdir / "pre.onnx"
-            say("pre-processing for quantization (shape inference, optimisation)")
-            try:
-                quant_pre_process(str(source), str(pre))
-            except Exception as exc:  # some graphs defeat symbolic shape inference
-                pre = source
-                say(f"pre-processing skipped: {exc}")
-            calib = calibration_inputs(registry, arch)
-            if calib is None:
-                for fmt in ("onnx-int8-static", "onnx-int8-static-s8"):
-                    skipped.append(Skipped(fmt, "no calibration or validation data was registered"))
-            else:
-                rows = len(next(iter(calib.values())))
-
-                class Reader(CalibrationDataReader):
-                    def __init__(self) -> None:
-                        self._it = iter([{k: v[i : i + 1] for k, v in calib.items()} for i in range(rows)])
-
-                    def get_next(self):
-                        return next(self._it, None)
-
-                for fmt, act in (("onnx-int8-static", QuantType.QUInt8), ("onnx-int8-static-s8", QuantType.QInt8)):
-                    say(f"{fmt}: calibrating on {rows} inputs")
-                    out = tmpdir / f"{fmt}.onnx"
-                    # ORT's per-channel weight-scale adjustment for int32 biases fails on some Gemm
-                    # graphs; the second attempt skips that adjustment and says so in the params
-                    attempts = ({}, {"QDQDisableWeightAdjustForInt32Bias": True})
-                    errors = []
-                    for extra in attempts:
-                        try:
-                            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                            activation_type=act, weight_type=QuantType.QInt8, extra_options=extra)  # fmt: skip
-                            break
-                        except Exception as exc:
-                            errors.append(f"{type(exc).__name__}: {exc}")
-                    else:
-                        skipped.append(Skipped(fmt, f"quantization failed: {'; '.join(errors)}"))
-                        continue
-                    if not _quantized_something(out):
-                        skipped.append(Skipped(fmt, "the quantizer left the graph unchanged"))
-                        continue
-                    artifacts.append(Artifact(fmt, registry.models.put_file(out), "int8-static", {
-                        "quant_format": "QDQ", "per_channel": True, "calibration_rows": rows,
-                        "activation_type": act.name, "weight_type": "QInt8",
-                        "calibrated_on": "calibration" if arch.calibration_hash else "validation",
-                        **extra,
-                    }))  # fmt: skip
-            say("onnx-int8-dynamic: quantizing weights")
-            out = tmpdir / "dyn.onnx"
-            try:
-                quantize_dynamic(str(pre), str(out), weight_type=QuantType.QUInt8)
-                if _quantized_something(out):
-                    artifacts.append(Artifact("onnx-int8-dynamic", registry.models.put_file(out), "int8-dynamic",
-                                              {"weight_type": "QUInt8"}))  # fmt: skip
-                else:
-                    skipped.append(Skipped("onnx-int8-dynamic", "the quantizer left the graph unchanged"))
-            except Exception as exc:
-                skipped.append(Skipped("onnx-int8-dynamic", f"quantization failed: {exc}"))
     if not gpu:
         skipped.append(Skipped("onnx-fp16", "no CUDA execution provider on this machine"))
     else:

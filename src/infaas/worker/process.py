@@ -288,10 +288,9 @@ class Worker:
 
     def _op_profile(self, msg: dict) -> dict:
         """Measure one (artifact, threads) configuration in this process: load time, memory, latency at
-        each batch size (every run, after warm-up), and top-1 answers on the evaluation inputs."""
+        each batch size (every run, after warm-up), batch-1 latency over a dynamic axis when asked,
+        and, when ``evaluate`` names the task's metric, the answers the quality estimate needs."""
         import onnxruntime  # noqa: F401  (imported before the baseline, so only the variant is counted)
-
-        from infaas.registry.onnxinfo import confidence, predicted_labels
 
         rss_before = _rss_mb()
         runtime = OnnxRuntime(msg["path"], threads=min(msg["threads"], self.threads),
@@ -300,31 +299,51 @@ class Worker:
         rss_loaded = _rss_mb()
         inputs: dict[str, np.ndarray] = msg["inputs"]
         n = len(next(iter(inputs.values())))
-        latency: dict[int, list[float]] = {}
-        for batch in msg["batches"]:
-            idx = np.arange(batch) % n
-            x = {k: np.ascontiguousarray(v[idx]) for k, v in inputs.items()}
+
+        def timed(x: dict[str, np.ndarray], rows: int) -> list[float]:
             for _ in range(msg.get("warmup", 2)):
-                infer_checked(runtime, x, batch)
+                infer_checked(runtime, x, rows)
             runs = []
             for _ in range(msg.get("repeats", 10)):
                 t0 = time.perf_counter()
-                infer_checked(runtime, x, batch)
+                infer_checked(runtime, x, rows)
                 runs.append((time.perf_counter() - t0) * 1000)
-            latency[batch] = runs
-        chunk = max(msg["batches"])
+            return runs
+
+        latency: dict[int, list[float]] = {}
+        for batch in msg["batches"]:
+            idx = np.arange(batch) % n
+            latency[batch] = timed({k: np.ascontiguousarray(v[idx]) for k, v in inputs.items()}, batch)
+        axis_latency: dict[int, float] = {}
+        if msg.get("axis"):  # {input name: dimension} of one dynamic axis, and the sizes to time
+            dims, sizes = msg["axis"]["dims"], msg["axis"]["sizes"]
+            for size in sizes:
+                x = {k: resize_axis(v[:1], dims[k], size) if k in dims else v[:1] for k, v in inputs.items()}
+                axis_latency[size] = float(np.median(timed(x, 1)))
+        result = {"load_time_s": runtime.load_time_s, "latency_ms": latency, "axis_latency_ms": axis_latency}
+        metric = msg.get("evaluate")
+        best = max(b / float(np.median(runs)) * 1000 for b, runs in latency.items())
+        if metric and best < msg.get("evaluate_min_throughput", 0.0):
+            result["not_evaluated"] = (f"not evaluated: {best:.0f} rows/s at its best batch, under the "
+                                       f"{msg['evaluate_min_throughput']:.0f} it would need to beat its parent "
+                                       "(half its parent's throughput)")  # fmt: skip
+        elif metric:
+            merged = self._answers(runtime, inputs, max(msg["batches"]))
+            result.update(answers(merged, msg["signature"], metric))
+        runtime.unload()
+        result["memory_mb"] = max(rss_loaded, _peak_rss_mb()) - rss_before  # weights + arena at its peak
+        return result
+
+    @staticmethod
+    def _answers(runtime: Runtime, inputs: dict[str, np.ndarray], chunk: int) -> dict[str, np.ndarray]:
+        n = len(next(iter(inputs.values())))
         outs: dict[str, list] = {}
         for start in range(0, n, chunk):
             part = infer_checked(runtime, {k: v[start : start + chunk] for k, v in inputs.items()},
                                  min(chunk, n - start))  # fmt: skip
             for k, v in part.items():
                 outs.setdefault(k, []).append(v)
-        merged = {k: np.concatenate(v) for k, v in outs.items()}
-        signature = msg["signature"]
-        runtime.unload()
-        return {"load_time_s": runtime.load_time_s, "latency_ms": latency,
-                "memory_mb": max(rss_loaded, _peak_rss_mb()) - rss_before,  # weights + arena at its peak
-                "predictions": predicted_labels(merged, signature), "confidence": confidence(merged, signature)}  # fmt: skip
+        return {k: np.concatenate(v) for k, v in outs.items()}
 
     def _op_predict(self, msg: dict) -> dict:
         """Top-1 answers of a model file on the given inputs, in chunks (accuracy at registration)."""
@@ -347,6 +366,33 @@ class Worker:
 
     def _op_ping(self, msg: dict) -> dict:
         return {"pid": os.getpid()}
+
+
+def resize_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """``x`` cut or tiled along ``axis`` to ``size`` (timing a dynamic axis, e.g. sequence length)."""
+    if x.shape[axis] >= size:
+        return np.ascontiguousarray(np.take(x, np.arange(size), axis=axis))
+    return np.ascontiguousarray(np.take(x, np.arange(size) % max(1, x.shape[axis]), axis=axis))
+
+
+def answers(outputs: dict[str, np.ndarray], signature, metric: str, top: int = 5) -> dict:
+    """What the quality estimate of ``metric`` needs from a model's outputs: for ``top1`` the top-1
+    class per row and, when it has scores, its top-``top`` classes with their probabilities; for a
+    fidelity metric every float output (as float32)."""
+    from infaas.registry.onnxinfo import class_probabilities, predicted_labels
+
+    if metric == "top1":
+        out: dict = {"predictions": predicted_labels(outputs, signature), "top_classes": None, "top_probs": None}
+        probs = class_probabilities(outputs, signature)
+        if probs is not None:
+            k = min(top, probs.shape[1])
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            out["top_classes"], out["top_probs"] = order, np.take_along_axis(probs, order, axis=1)
+        return out
+    floats = [np.asarray(outputs[s.name], np.float32) for s in signature.outputs if s.datatype.startswith(("FP", "BF"))]
+    if not floats:
+        raise ValueError(f"metric {metric!r} compares float outputs and the model has none")
+    return {"outputs": floats}
 
 
 class ArtifactCorrupt(Exception):

@@ -2,7 +2,7 @@
 
 from infaas.zoo.digits import ZooModel
 
-FAMILIES = ("digits", "digits-heavy", "efficientnet-lite")
+FAMILIES = ("digits", "digits-heavy", "efficientnet-lite", "text")
 
 
 def build_family(name: str) -> list[ZooModel]:
@@ -19,6 +19,10 @@ def build_family(name: str) -> list[ZooModel]:
         from infaas.zoo import efficientnet
 
         return efficientnet.build()
+    if name == "text":  # sentence encoders (INT64 inputs, dynamic sequence axis; cosine fidelity)
+        from infaas.zoo import text
+
+        return text.build()
     raise ValueError(f"unknown zoo family {name!r}; known: {', '.join(FAMILIES)}")
 
 

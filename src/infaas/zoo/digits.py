@@ -27,6 +27,7 @@ class ZooModel:
     accuracy: float | None = None
     description: str = ""
     max_batch: int = 16
+    metric: str | None = None  # the task's quality metric (None: from the outputs)
 
 
 def _estimators(seed: int):

@@ -137,10 +137,11 @@ def _photos():
     return out
 
 
-def sample_images(n: int = 4, seed: int = 0):
+def sample_images(n: int = 4, seed: int = 0, jitter: bool = False):
     """Random crops (scale 0.4-1 of the short side, resized bicubic) and flips of real photographs
-    that ship with scikit-learn and scikit-image, as the task's 256x256 RGB input. Used for
-    calibration, demos and estimated-accuracy checks; nothing is downloaded."""
+    that ship with scikit-learn and scikit-image, as the task's 256x256 RGB input; with ``jitter``,
+    brightness, contrast and saturation each scaled by 0.75-1.25. Used for calibration, demos and
+    estimated-accuracy checks; nothing is downloaded."""
     import numpy as np
     from PIL import Image
 
@@ -154,17 +155,25 @@ def sample_images(n: int = 4, seed: int = 0):
         y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
         crop = Image.fromarray(img[y : y + side, x : x + side]).resize((SIZE, SIZE), Image.BICUBIC)
         arr = np.asarray(crop)
-        out[i] = arr[:, ::-1] if rng.random() < 0.5 else arr
+        arr = arr[:, ::-1] if rng.random() < 0.5 else arr
+        if jitter:
+            brightness, contrast, saturation = rng.uniform(0.75, 1.25, 3)
+            x = arr.astype(np.float32) * brightness
+            x = (x - x.mean()) * contrast + x.mean()
+            grey = x.mean(axis=2, keepdims=True)
+            arr = np.clip((x - grey) * saturation + grey, 0, 255).round().astype(np.uint8)
+        out[i] = arr
     return out
 
 
-def calibration_npz(n: int = 256, seed: int = 1) -> bytes:
-    """Unlabelled inputs for the INT8 variants (an .npz with ``inputs``): the generator calibrates on
-    the first half, the profiler estimates accuracy from agreement on the second."""
+def calibration_npz(n: int = 1152, seed: int = 1) -> bytes:
+    """Unlabelled inputs for the INT8 variants (an .npz with ``inputs``; crops, flips, scales and
+    colour jitter): the generator calibrates on the first 128, the profiler estimates accuracy
+    against fp32 on the other 1,024."""
     import io
 
     import numpy as np
 
     buf = io.BytesIO()
-    np.savez(buf, inputs=sample_images(n, seed))
+    np.savez(buf, inputs=sample_images(n, seed, jitter=True))
     return buf.getvalue()

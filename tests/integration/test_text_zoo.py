@@ -1,0 +1,87 @@
+"""A non-classifier: a sentence encoder with three INT64 inputs and dynamic batch and sequence axes,
+registered without data (inputs synthesized from its signature), profiled with the cosine fidelity
+metric, and served model-less with an objective in that metric."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="needs the [zoo] extra")
+
+from infaas.client import Client  # noqa: E402
+from infaas.frontend.server import BackgroundServer  # noqa: E402
+from infaas.hardware import local_kind  # noqa: E402
+from infaas.profiler import profile_architecture  # noqa: E402
+from infaas.registry import Registry  # noqa: E402
+from infaas.settings import Settings  # noqa: E402
+from infaas.zoo import text  # noqa: E402
+
+pytestmark = [pytest.mark.zoo, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return text.build(["text-encoder-l2"], steps=60)[0]  # a short distillation: enough to serve and judge
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory, encoder):
+    data = tmp_path_factory.mktemp("text")
+    registry = Registry.open(data)
+    arch, _ = registry.register(encoder.name, encoder.task, encoder.onnx, max_batch=8)  # no data at all
+    report = asyncio.run(profile_architecture(registry, encoder.name, Settings(data_dir=data), quick=True))
+    registry.close()
+    return data, arch, report
+
+
+def test_the_signature_is_read_and_the_metric_follows_the_outputs(profiled):
+    data, arch, _ = profiled
+    assert [(s.name, s.datatype, s.shape) for s in arch.signature.inputs] == [
+        (n, "INT64", (-1, -1)) for n in ("input_ids", "attention_mask", "token_type_ids")]
+    registry = Registry.open(data)
+    assert registry.task("text-embedding").metric == "cosine"  # not a classifier: fidelity to the parent
+    registry.close()
+
+
+def test_variants_are_profiled_with_fidelity_intervals_and_the_sequence_axis(profiled):
+    _, _, report = profiled
+    assert report.metric == "cosine" and report.kind == local_kind().id
+    formats = {v.format for v in report.variants}
+    assert {"onnx-fp32", "onnx-int8-dynamic"} <= formats
+    assert "onnx-int8-static" in {s.format for s in report.skipped}  # nothing registered to calibrate on
+    for v in report.variants:
+        p = report.profiles[v.name]
+        assert p.metric == "cosine" and p.hardware == local_kind().id and p.samples >= 256
+        assert set(p.axis_latency_ms) == {16, 32, 64, 128, 256} and "input_ids[1]" in p.axis
+        assert p.axis_latency_ms[256] > p.axis_latency_ms[16]  # longer sequences cost more
+        if v.format == "onnx-fp32":
+            assert (v.accuracy, v.accuracy_source) == (1.0, "reference") and v.status in ("ready", "rejected")
+        else:  # INT8 dynamic: judged by its interval like any variant
+            assert v.accuracy_source == "measured" and p.accuracy_low <= v.accuracy <= p.accuracy_high <= 1.0
+            assert 0.9 < v.accuracy < 1.0 and p.loss_high >= p.loss > 0
+            assert v.status == "ready" or v.reason.startswith(("dominated by", "may lose"))
+            assert v.params["recipe_text"] and v.params["search"][0]["recipe"] == v.params["recipe_text"]
+
+
+def test_a_model_less_query_with_a_fidelity_objective(profiled, encoder):
+    data, _, report = profiled
+    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False)).start()
+    try:
+        batch = text.tokenize(["Return the number of items in a container.", "Open a socket to a remote host."])
+        with Client(server.url) as c:
+            r = c.infer("text-embedding", batch, min_accuracy=0.99, latency_ms=2000)
+            p = r.parameters
+            assert p["accuracy"] >= 0.99 and p["architecture"] == "text-encoder-l2"
+            assert r.outputs["last_hidden_state"].shape == (2, batch["input_ids"].shape[1], 128)
+            emb = r.outputs["sentence_embedding"]
+            np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+            with pytest.raises(Exception, match="min_accuracy 1.5 unreachable|min_accuracy"):
+                c.infer("text-embedding", batch, min_accuracy=1.5)
+            rows = {v["name"]: v for v in c.variants("text-encoder-l2")}
+            for v in report.variants:
+                prof = rows[v.name]["profile"]
+                assert prof["hardware"] == local_kind().id and prof["metric"] == "cosine"
+                assert prof["samples"] >= 256 and prof["accuracy_low"] is not None
+    finally:
+        server.stop()
