@@ -40,7 +40,7 @@ def test_a_load_ramp_scales_up_and_after_it_scales_down(heavy_dir, tmp_path):
         stages = [(0.2 * per_second, 2.0), (1.6 * per_second, 6.0)]
         results = asyncio.run(ramp(server.url, "/v2/models/digits-conv/infer", json_body(16),
                                    ["Content-Type: application/json"], stages))  # fmt: skip
-        assert sum(r["requests"] for r in results) > 0.5 * sum(rate * s for rate, s in stages)
+        assert sum(r["requests"] for r in results) > 0.5 * sum(rate * s for rate, s in stages), (results, name, profile)
 
         def kinds():
             return [d["kind"] for d in client.decisions(1000)]

@@ -89,10 +89,11 @@ def test_serve_zoo_add_models_infer(served, tmp_path, digits_samples):
     proc = run("infer", "digits-classification", "--input", str(tmp_path / "x.npy"), "--url", url,
                "--min-accuracy", "0.999", check=False)  # fmt: skip
     assert proc.returncode == 1 and "error 400" in proc.stderr and "unreachable" in proc.stderr
-    # the same query over KServe v2 gRPC gives the same answer
+    # the same query over KServe v2 gRPC gives the same answer (perhaps from another variant meeting it)
     over_grpc = json.loads(run("infer", "digits-classification", "--input", str(tmp_path / "x.npy"), "--url",
                                served[2].grpc_url, "--min-accuracy", "0.97", "--json").stdout)  # fmt: skip
-    assert over_grpc["outputs"] == res["outputs"] and over_grpc["parameters"]["architecture"] == "digits-mlp"
+    assert over_grpc["outputs"]["label"] == res["outputs"]["label"]
+    assert over_grpc["parameters"]["architecture"] == "digits-mlp" and over_grpc["parameters"]["accuracy"] >= 0.97
     proc = run("infer", "nope", "--input", str(tmp_path / "x.npy"), "--url", served[2].grpc_url, check=False)
     assert proc.returncode == 1 and "error 404" in proc.stderr and "unknown model 'nope'" in proc.stderr
     proc = run("models", "--url", served[2].grpc_url, check=False)

@@ -120,3 +120,11 @@ def test_gpu_plans_fp32_and_fp16_on_cuda_besides_the_cpu_family():
     assert cuda == {("onnx-fp32", 1), ("onnx-fp16", 1)}
     assert "a.fp16.cuda.t1.b8" in {v.name for v in with_gpu}
     assert all(v.parent == "a.fp32.cpu.t2.b8" for v in with_gpu if v.name != "a.fp32.cpu.t2.b8")
+
+
+def test_a_count_worse_by_less_than_the_margin_still_protects_a_trade_off():
+    # two threads: 1.7x the throughput but 15 % dearer per inference; one thread stays (cheaper)
+    t1, t2 = variant("t1", threads=1), variant("t2", threads=2)
+    profiles = {t1.name: profile(t1, 0.6, 2142, 6.0e-6), t2.name: profile(t2, 0.577, 3670, 6.9e-6)}
+    profiles = {k: p.model_copy(update={"best_batch": 8}) for k, p in profiles.items()}
+    assert {v.status for v in judge([t1, t2], profiles).values()} == {"ready"}

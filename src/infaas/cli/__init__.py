@@ -246,6 +246,12 @@ def variants_table(variants: list[dict], title: str) -> Table:
 def _print_variants(variants: list[dict], title: str) -> None:
     console.print(variants_table(variants, title))
     shown = set()
+    for v in sorted(variants, key=lambda v: (v["architecture"], v["parent"] is not None, -v["threads"])):
+        p = v.get("profile") or {}
+        if p.get("axis_latency_ms") and v["architecture"] not in shown:  # one line per architecture, its fp32
+            shown.add(v["architecture"])
+            points = ", ".join(f"{k}: {float(ms):.3g}" for k, ms in sorted(p["axis_latency_ms"].items(), key=lambda kv: int(kv[0])))
+            console.print(f"[dim]{v['name']} p50@1 in ms over {p['axis']}:[/] {points}")
     for v in sorted(variants, key=lambda v: (v["architecture"], v["format"])):
         key = (v["architecture"], v["format"])
         if key in shown or "recipe_text" not in v["params"]:

@@ -183,9 +183,11 @@ def _acc(p: Profile) -> str:
 
 
 def _better(o: float, v: float, margin: float, o_noise: float = 0.0, v_noise: float = 0.0) -> tuple[bool, bool]:
-    """(no worse, clearly better) for one lower-is-better count: differences under ``margin`` (a
-    fraction) or within each value's absolute noise are not differences."""
-    return o - o_noise <= (v + v_noise) / (1 - margin), o + o_noise < (1 - margin) * (v - v_noise)
+    """(no worse, clearly better) for one lower-is-better count. No worse: not worse beyond the two
+    values' absolute noise. Clearly better: better by more than ``margin`` (a fraction) and the noise.
+    (A count cannot be clearly better one way and no worse the other: no two variants dominate each
+    other.)"""
+    return o - o_noise <= v + v_noise, o + o_noise < (1 - margin) * (v - v_noise)
 
 
 def _timing_counts(q: Profile, p: Profile, margin: float, floor_ms: float) -> list[tuple[bool, bool]]:
