@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -77,6 +78,9 @@ class DataPlane(MetadataViews):
         self.decisions: deque[dict[str, Any]] = deque(maxlen=settings.decision_log_size)
         self.ready = False
         self._load_lock = asyncio.Lock()
+        self._busy = 0  # loads and registrations in progress (CPU-heavy for seconds: measurements wait)
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         self._profile_lock = asyncio.Lock()  # one profiling at a time: they would disturb each other
         self.profiling: dict[str, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -139,7 +143,8 @@ class DataPlane(MetadataViews):
 
         try:
             async with self._profile_lock:
-                report = await profile_architecture(self.registry, arch, self.settings, quick=quick, progress=progress)
+                report = await profile_architecture(self.registry, arch, self.settings, quick=quick, progress=progress,
+                                                    before_measure=self._quiet.wait)  # fmt: skip
             counts = {s: sum(v.status == s for v in report.variants) for s in ("ready", "rejected", "failed")}
             state["summary"] = {**counts, "skipped": {s.format: s.reason for s in report.skipped}}
             self.catalog.refresh()
@@ -207,6 +212,19 @@ class DataPlane(MetadataViews):
             worker = min(live, key=lambda w: len(w.loaded))
             await self.load(variant, worker)
 
+    @contextlib.asynccontextmanager
+    async def busy_section(self):
+        """A load (it calibrates at full speed) or a registration (hashing and reading its data): the
+        profiler does not start a measurement until none is in progress."""
+        self._busy += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._quiet.set()
+
     async def load(self, variant: Variant, worker: WorkerHandle) -> dict:
         spec = LoadSpec(
             variant=variant.name, path=str(self.registry.models.path(variant.artifact_hash)),
@@ -219,7 +237,8 @@ class DataPlane(MetadataViews):
         if (prof := self.catalog.profiles.get(variant.name)) is not None:
             spec = dataclasses.replace(spec, latency_slope_ms=prof.fit_slope_ms,
                                        latency_intercept_ms=prof.fit_intercept_ms)  # fmt: skip
-        result = await worker.load(spec)
+        async with self.busy_section():
+            result = await worker.load(spec)
         timings = result.get("batch_ms") or {}
         why = f"loaded {variant.name} on worker {worker.name} in {result.get('load_time_s', 0) * 1000:.0f} ms"
         if timings:
@@ -440,7 +459,8 @@ class DataPlane(MetadataViews):
     async def register(self, **kwargs: Any) -> tuple[Architecture, Variant]:
         if kwargs.get("threads") is None:  # the baseline fits a worker's cores
             kwargs["threads"] = self.cluster.cores_per_worker
-        arch, variant = await asyncio.to_thread(self.registry.register, **kwargs)
+        async with self.busy_section():
+            arch, variant = await asyncio.to_thread(self.registry.register, **kwargs)
         self.catalog.refresh()
         self.log_decision("register", f"registered {arch.name} for task {arch.task} "
                           f"(accuracy {arch.accuracy} {arch.accuracy_source})", architecture=arch.name)  # fmt: skip

@@ -230,6 +230,10 @@ def build_app(services: Services, lifespan=None, *, inference: bool = True, mana
             v.model_dump() for v in dp.catalog.by_arch.get(arch.name, [])]})  # fmt: skip
 
     async def register(request: Request) -> Response:
+        async with dp.busy_section():  # reading an upload costs CPU for seconds: no measurement meanwhile
+            return await _register(request)
+
+    async def _register(request: Request) -> Response:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise InvalidInput("registration takes multipart/form-data (fields name, task, model ...)")
         body = await _body(request, settings.max_management_bytes)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -257,7 +257,8 @@ def _trial(recipe: dict, m: Measurement, q: Q.Quality | None, bound: float, verd
 async def _search(fmt: str, default: Measurement, parent: Measurement, q0: Q.Quality | None, registry: Registry,
                   arch: Architecture, settings: Settings, measure: Callable, quality: Callable,
                   say: Callable[[str], None]) -> tuple[Measurement, Q.Quality | None, list[dict]]:  # fmt: skip
-    """Recipes beyond the default, within the time budget; the fastest that meets the bound wins."""
+    """Recipes beyond the default, within the time budget; the fastest that meets the bound and is
+    faster than fp32 wins. Mixed precision starts from the least lossy recipe faster than fp32."""
     bound = settings.max_accuracy_drop
     base = dict(default.artifact.params.get("recipe") or DEFAULT_RECIPES[fmt])
     log = [_trial(base, default, q0, bound)]
@@ -286,8 +287,11 @@ async def _search(fmt: str, default: Measurement, parent: Measurement, q0: Q.Qua
                 log.append(_trial(recipe, m, None, bound))
                 return None
             q = quality(m)
-            log.append(_trial(recipe, m, q, bound))
-            if q is None:
+            faster = m.throughput > parent.throughput
+            slow = "" if faster or q is None or not q.within(bound) else (
+                f"meets the bound but no faster than fp32 ({m.throughput:.0f} vs {parent.throughput:.0f} rows/s)")
+            log.append(_trial(recipe, m, q, bound, slow))
+            if q is None or not faster:  # a recipe slower than fp32 cannot win, nor seed mixed precision
                 return None
             if q.loss_high < lowest[0]:
                 lowest = (q.loss_high, recipe, m)
@@ -304,13 +308,13 @@ async def _search(fmt: str, default: Measurement, parent: Measurement, q0: Q.Qua
             _, recipe, m = lowest
             ranking = await asyncio.to_thread(quantizer.sensitivity, fmt, m.artifact)
             log.append({"recipe": "(sensitivity)", "verdict": "most sensitive nodes: " + ", ".join(
-                f"{name} (+{score:.3f})" for name, score in ranking[:8])})  # fmt: skip
+                f"{'+'.join(names)} (+{score:.3f})" for names, score in ranking[:8])})  # fmt: skip
             k = 1
             while k <= min(len(ranking), 64) and not passing:
                 if time.monotonic() > deadline:
                     log.append({"recipe": "(search)", "verdict": f"time budget of {settings.quant_search_s:.0f} s spent"})
                     break
-                if (hit := await attempt({**recipe, "exclude": [name for name, _ in ranking[:k]]})) is not None:
+                if (hit := await attempt({**recipe, "exclude": [name for names, _ in ranking[:k] for name in names]})) is not None:
                     passing.append(hit)
                 k *= 2
     if not passing:
@@ -323,9 +327,11 @@ async def _search(fmt: str, default: Measurement, parent: Measurement, q0: Q.Qua
 async def profile_architecture(
     registry: Registry, name: str, settings: Settings, *, quick: bool = False, progress: Progress | None = None,
     generate: Callable[..., tuple[list[Artifact], list[Skipped]]] = generate_artifacts,
+    before_measure: Callable[[], Awaitable[object]] | None = None,
 ) -> ProfileReport:
     """Generate (with ``generate``), measure and judge every variant of an architecture on this
-    machine's hardware kind; persists variants and profiles."""
+    machine's hardware kind; persists variants and profiles. ``before_measure`` is awaited before
+    each measurement (a server waits out its loads, which calibrate at full speed meanwhile)."""
     started = time.monotonic()
     say = progress or (lambda what, done, total: None)
     arch = registry.architecture(name)
@@ -351,6 +357,8 @@ async def profile_architecture(
     repeats, warmup = (4, 1) if quick else (12, 2)
 
     async def measure(m: Measurement) -> None:
+        if before_measure is not None:
+            await before_measure()
         await _measure(m, registry, arch, data, batches, repeats, warmup, metric, axis)
 
     # 1. each artifact answers once, at the most threads; the parent first

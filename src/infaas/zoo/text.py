@@ -136,7 +136,7 @@ def _targets(texts: list[str]) -> np.ndarray:
     return (lsa / np.maximum(np.linalg.norm(lsa, axis=1, keepdims=True), 1e-9)).astype(np.float32)
 
 
-def train(name: str, texts: list[str], targets: np.ndarray, steps: int = 300, seed: int = 0):
+def train(name: str, texts: list[str], targets: np.ndarray, steps: int = 200, seed: int = 0):
     """Distil one encoder to the LSA targets (cosine loss), deterministic for a seed."""
     import torch
 
@@ -181,7 +181,7 @@ def sample_npz(texts: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def build(names: list[str] | None = None, steps: int = 300) -> list[ZooModel]:
+def build(names: list[str] | None = None, steps: int = 200) -> list[ZooModel]:
     import torch
 
     texts = corpus()
