@@ -230,6 +230,7 @@ class Quantizer:
                     return next(self._it, None)
 
             self.say(f"{fmt}: calibrating on {rows} inputs ({describe_recipe(recipe)})")
+            overrides = self._entropy_ranges(Reader(), recipe) if recipe["calibrate"] == "Entropy" else {}
             # ORT's per-channel weight-scale adjustment for int32 biases fails on some Gemm graphs; the
             # second attempt skips that adjustment and says so in the params
             errors = []
@@ -237,7 +238,9 @@ class Quantizer:
                 try:
                     quantize_static(str(self.pre()), str(out), Reader(), quant_format=QuantFormat.QDQ,
                                     activation_type=QuantType[recipe["activation"]],
-                                    calibrate_method=CalibrationMethod[recipe["calibrate"]], extra_options=extra,
+                                    calibrate_method=CalibrationMethod[
+                                        "MinMax" if overrides else recipe["calibrate"]],
+                                    extra_options={**extra, **overrides},
                                     op_types_to_quantize=list(COMPUTE_OPS) if recipe.get("ops") == "compute" else None,
                                     **common)  # fmt: skip
                     extra_done = extra
@@ -256,13 +259,38 @@ class Quantizer:
             params["quant_format"] = "QDQ"
         return Artifact(fmt, self.registry.models.put_file(out), method, params)
 
-    def sensitivity(self, fmt: str, artifact: Artifact, rows: int = 8) -> list[tuple[str, float]]:
-        """Per-node sensitivity: for every node of the float graph whose output the quantized graph
-        also computes, how much relative error that output carries beyond the largest error among
-        the node's inputs (the error the node itself adds), on ``rows`` calibration inputs with both
-        graphs unfused. Most sensitive first; only nodes that add error."""
+    def _entropy_ranges(self, reader, recipe: dict) -> dict:
+        """Activation ranges by KL divergence (TensorRT's method: 2,048 histogram bins searched for
+        the 128-bin range that loses least), as tensor overrides. ``quantize_static`` cannot pass
+        bin counts to its Entropy calibrator, whose defaults (128 bins into 128) leave nothing to
+        search: it returns the MinMax ranges."""
+        from onnxruntime.quantization import CalibrationMethod
+        from onnxruntime.quantization.calibrate import create_calibrator
+
+        ops = list(COMPUTE_OPS) if recipe.get("ops") == "compute" else None
+        calibrator = create_calibrator(self.pre(), ops, augmented_model_path=str(self.dir / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.Entropy,
+                                       extra_options={"num_bins": 2048, "num_quantized_bins": 128})  # fmt: skip
+        calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+        overrides = {}
+        for name, data in ranges.items():
+            lo, hi = data.range_value if hasattr(data, "range_value") else data[:2]
+            overrides[name] = [{"rmin": np.float32(min(float(lo), 0.0)), "rmax": np.float32(max(float(hi), 0.0))}]
+        return {"TensorQuantOverrides": overrides}
+
+    def sensitivity(self, fmt: str, artifact: Artifact, rows: int = 8) -> list[tuple[tuple[str, ...], float]]:
+        """Per-group sensitivity. A group is what the quantized graph computes between quantized
+        tensors: a node whose output is quantized plus the nodes feeding it whose outputs are not
+        (a Conv and its ReLU6 run as one integer kernel). For each group, how much relative error
+        its quantized output carries beyond the largest error among its quantized inputs (the
+        error it adds), on ``rows`` calibration inputs. The quantized graph runs as served, its QDQ
+        groups fused into this CPU's integer kernels: the error read is that of the kernels that
+        will run (without VNNI, U8S8 kernels can saturate where a simulation in float would not).
+        Returns (node names, added error), most sensitive first; only groups that add error."""
         import onnx
         import onnxruntime as ort
+        from onnx import numpy_helper
 
         from infaas.registry.onnxinfo import named_inputs
 
@@ -270,33 +298,54 @@ class Quantizer:
             return []
         float_model = onnx.load(str(self.pre()))
         quant_model = onnx.load(str(self.registry.models.path(artifact.key)))
-        quant_tensors = {o for n in quant_model.graph.node for o in n.output}
-        candidates = [n for n in float_model.graph.node if n.output and n.output[0] in quant_tensors]
-        produced = {o for n in float_model.graph.node for o in n.output}
-        watched = {t for n in candidates for t in (*n.input, n.output[0]) if t in produced}
+        consts = {i.name: numpy_helper.to_array(i) for i in quant_model.graph.initializer}
+        # float tensor -> the QuantizeLinear that quantizes it (scale and zero point constant)
+        quantized = {n.input[0]: n for n in quant_model.graph.node
+                     if n.op_type == "QuantizeLinear" and all(t in consts for t in n.input[1:3])}  # fmt: skip
+        producer = {o: n for n in float_model.graph.node for o in n.output}
+        groups: list[tuple[list[str], str, set[str]]] = []  # (node names, output, quantized inputs)
+        for node in float_model.graph.node:
+            if not node.output or node.output[0] not in quantized:
+                continue
+            names, inputs, todo = [node.name], set(), list(node.input)
+            while todo:
+                t = todo.pop()
+                if t in quantized:
+                    inputs.add(t)
+                elif t in producer and len(names) < 8 and producer[t].name not in names:
+                    names.insert(0, producer[t].name)
+                    todo.extend(producer[t].input)
+            groups.append((names, node.output[0], inputs))
+        watched = {t for _, out, inputs in groups for t in (out, *inputs) if t in producer}
         x = named_inputs({k: v[:rows] for k, v in self.calib.items()}, self.arch.signature)
 
-        def run(model) -> dict[str, np.ndarray]:
+        def run(model, names: dict[str, str], level) -> dict[str, np.ndarray]:
+            """``names``: graph tensor -> the float tensor it stands for."""
             have = {o.name for o in model.graph.output}
-            names = {o for n in model.graph.node for o in n.output}
-            for t in sorted(watched & names - have):
+            for t in sorted(set(names) - have):
                 model.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
             options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.graph_optimization_level = level
             session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-            wanted = [o.name for o in session.get_outputs() if o.name in watched]
-            return dict(zip(wanted, session.run(wanted, x), strict=True))
+            wanted = [o.name for o in session.get_outputs() if o.name in names]
+            return {names[t]: v for t, v in zip(wanted, session.run(wanted, x), strict=True)}
 
-        f, q = run(float_model), run(quant_model)
+        f = run(float_model, {t: t for t in watched}, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        q_raw = run(quant_model, {quantized[t].output[0]: t for t in watched},
+                    ort.GraphOptimizationLevel.ORT_ENABLE_ALL)  # fmt: skip
+        q = {}
+        for t, v in q_raw.items():
+            node = quantized[t]
+            scale, zero = consts[node.input[1]].astype(np.float64), consts[node.input[2]].astype(np.float64)
+            q[t] = (v.astype(np.float64) - zero) * scale
 
         def err(t: str) -> float:
             if t not in f or t not in q or f[t].shape != q[t].shape or f[t].dtype.kind != "f":
                 return 0.0
-            a, b = f[t].astype(np.float64), q[t].astype(np.float64)
-            return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12))
+            a = f[t].astype(np.float64)
+            return float(np.linalg.norm(a - q[t]) / max(np.linalg.norm(a), 1e-12))
 
-        scores = [(n.name, err(n.output[0]) - max((err(t) for t in n.input if t in watched), default=0.0))
-                  for n in candidates]  # fmt: skip
+        scores = [(tuple(names), err(out) - max((err(t) for t in inputs), default=0.0)) for names, out, inputs in groups]
         return sorted((s for s in scores if s[1] > 0), key=lambda s: -s[1])
 
 
