@@ -8,6 +8,7 @@ from infaas.policy.autoscale import (
     WorkerRoom,
     autoscale,
     capacity_rps,
+    hourly_usd,
     state_of,
 )
 from infaas.registry import Profile, Variant
@@ -62,6 +63,58 @@ def test_spike_upgrades_when_replicating_costs_more_or_cannot_be_placed():
     full = [WorkerRoom("w1", 10)]  # not enough memory anywhere: replication is infeasible
     actions, _ = autoscale([load(FP32, P32, ["w0"], 10, 1000)], {"a": [(FP32, P32)]}, full, 10, Memory(), CFG)
     assert actions[0].kind == "add_worker"
+
+
+def priced(name, slope, intercept, usd_per_hour, load_ms, acc=0.9):
+    """A variant whose replica costs ``usd_per_hour`` (cost per 1k follows from its throughput)."""
+    v = variant(name, acc)
+    p = profile(v, slope, intercept, 1.0, load_ms=load_ms)
+    return v, p.model_copy(update={"cost_per_1k": usd_per_hour / 3.6 / p.throughput})
+
+
+def scale_up(v, p, family, replicas, rps, cfg=CFG):
+    rooms = [WorkerRoom(f"w{i}", 1000) for i in range(len(replicas), 6)]
+    actions, _ = autoscale([load(v, p, replicas, 10, rps)], {"a": family}, rooms, 10, Memory(), cfg)
+    return actions
+
+
+def test_hourly_price_of_a_replica():
+    v, p = priced("a.fp32", 1.0, 2.0, 0.5, 200)
+    assert abs(hourly_usd(p) - 0.5) < 1e-12
+
+
+def test_replicate_when_the_placement_it_leaves_is_cheaper_whatever_its_load_time():
+    """fp32 on 1 core ($0.10/h, 800 rows/s, loads in 2 s) against a 2-core variant ($0.40/h, 2,667
+    rows/s, loads in 0.1 s) at 2,000 rows/s: three fp32 replicas cost $0.30/h, the upgrade $0.40/h.
+    (Adding load seconds to dollars, the old rule upgraded: 2 x (0.1 + 2) > 1.5 x (0.4 + 0.1).)"""
+    slow, ps = priced("a.fp32", 1.0, 2.0, 0.10, 2000)
+    fast, pf = priced("a.fp32-t2", 0.25, 1.0, 0.40, 100)
+    actions = scale_up(slow, ps, [(slow, ps), (fast, pf)], ["w0"], 2000)
+    assert [a.kind for a in actions] == ["replicate"]
+    assert "3 replica(s) at $0.3/h" in actions[0].reason and "upgrade a.fp32-t2: $0.4/h" in actions[0].reason
+
+
+def test_upgrade_when_the_placement_it_leaves_is_cheaper():
+    """Two 2-core fp32 replicas ($0.20/h each) overloaded at 1,700 rows/s; a 1-core INT8 variant
+    ($0.10/h, 2,667 rows/s) carries it on the same two replicas for $0.20/h against $0.60/h for
+    three fp32 replicas. (Comparing one more replica, $0.20, with the whole upgrade x 1.5, $0.30,
+    the old rule replicated.)"""
+    fp32, p32 = priced("a.fp32", 1.0, 2.0, 0.20, 1)
+    int8, p8 = priced("a.int8", 0.25, 1.0, 0.10, 1)
+    actions = scale_up(fp32, p32, [(fp32, p32), (int8, p8)], ["w0", "w1"], 1700)
+    assert [(a.kind, a.target) for a in actions] == [("upgrade", "a.int8")]
+    assert "on 2 replica(s) at $0.2/h" in actions[0].reason
+
+
+def test_load_time_is_a_constraint_not_a_price():
+    fp32, p32 = priced("a.fp32", 1.0, 2.0, 0.20, 500)
+    int8, p8 = priced("a.int8", 0.25, 1.0, 0.10, 60_000)  # cheaper, but a minute to load
+    actions = scale_up(fp32, p32, [(fp32, p32), (int8, p8)], ["w0", "w1"], 1700)
+    assert [a.kind for a in actions] == ["replicate"]
+    # when nothing loads in time, the soonest relief wins and the reason says so
+    slow_load = ScalingConfig(scale_down_s=10, idle_unload_s=60, max_scale_load_s=0.1)
+    actions = scale_up(fp32, p32, [(fp32, p32), (int8, p8)], ["w0", "w1"], 1700, slow_load)
+    assert [a.kind for a in actions] == ["replicate"] and "this loads soonest" in actions[0].reason
 
 
 def test_sustained_low_load_scales_down_only_after_the_hysteresis_time():

@@ -42,17 +42,49 @@ def test_estimated_accuracy_counts_only_when_allowed():
 def test_latency_prediction_includes_the_queue_and_the_batch():
     p = P[BIG.name]
     assert predict_ms(p, 16, rows=4, in_flight=0) == pytest.approx(2 * 4 + 3)
-    assert predict_ms(p, 16, rows=1, in_flight=20) == pytest.approx(2 * (2 * 16 + 3) + 5)
+    # 20 rows ahead run as the worker runs them: a batch of 16 (35 ms), then one of 4 (11 ms)
+    assert predict_ms(p, 16, rows=1, in_flight=20) == pytest.approx((2 * 16 + 3) + (2 * 4 + 3) + 5)
     # BIG alone meets min_accuracy 0.9; with 20 rows queued it cannot make 30 ms: the objective is
     # fine, the load is not (Saturated: a 429 to retry, not a 400 to give up)
-    with pytest.raises(Saturated, match="saturated for latency_ms 30: big.fp32 .* predicts 75.0 ms") as exc:
+    with pytest.raises(Saturated, match="saturated for latency_ms 30: big.fp32 .* predicts 51.0 ms") as exc:
         select(Objective(latency_ms=30, min_accuracy=0.9), opts(in_flight=20), 1, "t")
-    assert exc.value.wait_ms == pytest.approx(45)
+    assert exc.value.wait_ms == pytest.approx(21)
     assert select(Objective(latency_ms=30, min_accuracy=0.9), opts(in_flight=0), 1, "t").variant is BIG
     # 4 ms cannot be met even when idle (BIG's batch of 1 takes 5): unreachable, not saturated
-    with pytest.raises(Unreachable, match="latency_ms 4 unreachable for t: fastest is 75.00 ms") as exc:
+    with pytest.raises(Unreachable, match="latency_ms 4 unreachable for t: fastest is 51.00 ms") as exc:
         select(Objective(latency_ms=4, min_accuracy=0.9), opts(in_flight=20), 1, "t")
     assert not isinstance(exc.value, Saturated)
+
+
+def test_prediction_follows_the_workers_batching():
+    """A worker that runs batches of 4 with two runtime instances drains 20 rows in 5 batches of
+    4 shared by two instances; predicting batches of max_batch (16) says otherwise."""
+    p = P[BIG.name]  # 2 ms a row + 3 ms a batch
+    assert predict_ms(p, 16, rows=1, in_flight=20, batch=4) == pytest.approx(5 * 11 + 5)
+    assert predict_ms(p, 16, rows=1, in_flight=20, batch=4, instances=2) == pytest.approx(5 * 11 / 2 + 5)
+    # selection reads the worker's batching from its live slot: at 40 ms, the 2-instance worker fits
+    slots = (("w-one", 20, 4, 1), ("w-two", 20, 4, 2))
+    c = select(Objective(latency_ms=40, min_accuracy=0.9), [Option(BIG, P[BIG.name], slots)], 1, "t")
+    assert c.worker == "w-two" and c.predicted_ms == pytest.approx(32.5)
+
+
+def test_measured_batch_table_drives_the_prediction_and_a_fit_never_reaches_zero():
+    v = var("t.fp32", 0.9)
+    # measured: 4 ms at 1, 6 at 4, 10 at 8 (a fit through them crosses zero below batch 1 only, but
+    # predicts 3.9 at batch 1 and so on; the table is what was measured)
+    table = Profile(variant=v.name, hardware="cpu", fit_slope_ms=0.85, fit_intercept_ms=3.2,
+                    latency_p50_ms={1: 4.0, 4: 6.0, 8: 10.0})  # fmt: skip
+    assert table.predict_ms(1) == pytest.approx(4.0)
+    assert table.predict_ms(2) == pytest.approx(4.0 + 2.0 / 3)
+    assert table.predict_ms(8) == pytest.approx(10.0)
+    assert table.predict_ms(16) == pytest.approx(10.0 + 1.0 * 8)  # the last segment's slope past it
+    # a fit with a negative intercept and no table: clamped, never zero or below
+    fit_only = Profile(variant=v.name, hardware="cpu", fit_slope_ms=1.0, fit_intercept_ms=-3.0)
+    assert fit_only.predict_ms(1) > 0 and fit_only.predict_ms(2) > 0
+    assert fit_only.predict_ms(8) == pytest.approx(5.0)
+    # noisy measurements where a larger batch read faster: never predicted faster than a smaller one
+    noisy = Profile(variant=v.name, hardware="cpu", latency_p50_ms={1: 4.0, 4: 3.5, 8: 9.0})
+    assert noisy.predict_ms(4) >= noisy.predict_ms(1)
 
 
 def test_loaded_preferred_over_cheaper_cold():

@@ -31,6 +31,7 @@ from infaas.policy import (
     NoCandidate,
     Objective,
     Saturated,
+    Slot,
     Unreachable,
     select_loaded,
     select_sorted,
@@ -82,6 +83,9 @@ class DataPlane(MetadataViews):
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._profile_lock = asyncio.Lock()  # one profiling at a time: they would disturb each other
+        # (worker, variant) -> (batch size the worker runs, runtime instances), from each load's answer:
+        # latency predictions model the worker's own batching
+        self.batching: dict[tuple[str, str], tuple[int, int]] = {}
         self.profiling: dict[str, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._cold: dict[str, asyncio.Task] = {}  # variant -> its load in progress
@@ -240,6 +244,8 @@ class DataPlane(MetadataViews):
         async with self.busy_section():
             result = await worker.load(spec)
         timings = result.get("batch_ms") or {}
+        if result.get("preferred_batch"):
+            self.batching[(worker.name, variant.name)] = (int(result["preferred_batch"]), int(result.get("instances", 1)))
         why = f"loaded {variant.name} on worker {worker.name} in {result.get('load_time_s', 0) * 1000:.0f} ms"
         if timings:
             pb = result["preferred_batch"]
@@ -385,8 +391,11 @@ class DataPlane(MetadataViews):
         else:
             ordered, loaded = self._scope_options(req.model, req.version, variants)
 
-            def live(name: str) -> tuple[tuple[str, int], ...]:
-                return tuple((w.name, w.rows_in_flight(name)) for w in workers if w.hosts(name))
+            shapes = self.batching
+
+            def live(name: str) -> tuple[Slot, ...]:
+                return tuple((w.name, w.rows_in_flight(name), *shapes.get((w.name, name), ())) for w in workers
+                             if w.hosts(name))  # fmt: skip
 
             try:
                 choice = select_sorted(objective, loaded, ordered, rows, scope, live)

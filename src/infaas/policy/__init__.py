@@ -20,6 +20,7 @@ from infaas.policy.select import (
     Option,
     Saturated,
     ScopeIndex,
+    Slot,
     Unreachable,
     predict_ms,
     select,
@@ -28,5 +29,5 @@ from infaas.policy.select import (
 )
 
 __all__ = ["Action", "Memory", "Sample", "ScalingConfig", "VariantLoad", "WorkerRoom", "autoscale", "state_of",
-           "BatchTooLarge", "Candidate", "Choice", "Decision", "NoCandidate", "Objective", "Option", "Saturated", "ScopeIndex", "Unreachable",
+           "BatchTooLarge", "Candidate", "Choice", "Decision", "NoCandidate", "Objective", "Option", "Saturated", "ScopeIndex", "Slot", "Unreachable",
            "predict_ms", "select", "select_loaded", "select_sorted"]  # fmt: skip

@@ -16,8 +16,9 @@ States, as in INFaaS:
 Actions: ``replicate`` (one more replica on a worker with memory to spare), ``upgrade`` (a faster
 variant of the same architecture), ``downgrade`` (a cheaper one that still carries the load; both
 only to variants at least as accurate, taking batches at least as large),
-``unload`` (a replica, or the variant when idle). Replicate vs upgrade is chosen by cost, as
-INFaaS does: upgrade when replicating costs over 1.5 times as much or cannot be placed. Scale-up
+``unload`` (a replica, or the variant when idle). Replicate vs upgrade is chosen by the hourly price
+of the placement each leaves (INFaaS added load seconds to the price and compared a replica's
+increment with an upgrade's total; here load time is a separate constraint). Scale-up
 is immediate; scale-down waits until load has stayed low for ``max(scale_down_s, k x load time)``,
 so an oscillating load never flaps.
 """
@@ -76,7 +77,8 @@ class ScalingConfig:
     scale_down_s: float = 10.0
     load_time_factor: float = 5.0  # ... or this many times the variant's load time, if longer
     idle_unload_s: float = 60.0
-    upgrade_ratio: float = 1.5  # upgrade when replicating costs this many times more
+    upgrade_ratio: float = 1.0  # upgrade when replicating leaves a placement this many times dearer
+    max_scale_load_s: float = 30.0  # a scale-up must load within this (else the soonest relief wins)
     cooldown_s: float = 3.0  # after scaling a variant up, let the window see the effect first
     fast_samples: int = 2  # overload is judged on the newest samples (react fast), low load on all
     keep_warm: bool = True  # an idle architecture keeps one replica of one variant loaded
@@ -126,9 +128,10 @@ def state_of(load: VariantLoad, cfg: ScalingConfig) -> tuple[str, str, float]:
     return "active", f"demand {demand:.0f} of capacity {cap:.0f} rows/s", demand
 
 
-def _hourly(v: Variant, p: Profile) -> float:
-    """Relative hourly price of one replica: cost per 1k x throughput (hardware price x share)."""
-    return p.cost_per_1k * p.throughput
+def hourly_usd(p: Profile) -> float:
+    """What one replica costs per hour: its price per inference times the inferences it can serve
+    in an hour (= its share of the hardware's hourly price)."""
+    return p.cost_per_1k / 1000 * p.throughput * 3600
 
 
 def autoscale(
@@ -226,28 +229,40 @@ def _cheapest_carrying(v: Variant, p: Profile, demand: float, family: list[tuple
 
 def _scale_up(load: VariantLoad, demand: float, per_replica: float, family: list[tuple[Variant, Profile]],
               free: dict[str, float], why: str, cfg: ScalingConfig) -> Action:  # fmt: skip
+    """Replicate or upgrade, like with like: the hourly price of the placement each leaves (this
+    variant on more replicas, or the candidate on the replicas it has now), the cheaper winning;
+    load time is a constraint (``max_scale_load_s``), never added to a price."""
     v, p = load.variant, load.profile
-    needed = max(1, math.ceil(demand / per_replica) - len(load.replicas))
+    n = len(load.replicas)
+    needed = max(1, math.ceil(demand / per_replica) - n)
     hosts = [w for w, mb in sorted(free.items(), key=lambda kv: -kv[1])
              if w not in load.replicas and mb >= p.peak_memory_mb]  # fmt: skip
-    replicate_cost = None
-    if len(hosts) >= 1:
-        replicate_cost = needed * (_hourly(v, p) + p.load_time_ms / 1000)
-    upgrade = None
+    options: list[tuple[float, float, str, str, str]] = []  # ($/h after, load s, kind, variant, target)
+    if hosts:
+        options.append(((n + needed) * hourly_usd(p), p.load_time_ms / 1000, "replicate", v.name, hosts[0]))
     for cand, cp in family:
         if cand.name == v.name or cand.status != "ready" or (cand.accuracy or 0) < (v.accuracy or 0):
             continue
         if cand.max_batch < v.max_batch:
             continue  # it must take every request the current one takes
-        if capacity_rps(cp, cand.max_batch) * (1 - cfg.headroom) * len(load.replicas) < demand:
+        if capacity_rps(cp, cand.max_batch) * (1 - cfg.headroom) * n < demand:
             continue
-        cost = len(load.replicas) * (_hourly(cand, cp) + cp.load_time_ms / 1000)
-        if upgrade is None or cost < upgrade[1]:
-            upgrade = (cand, cost)
-    if upgrade is not None and (replicate_cost is None or replicate_cost > cfg.upgrade_ratio * upgrade[1]):
-        return Action("upgrade", v.name, upgrade[0].name, (
-            f"{v.name} overloaded ({why}); {upgrade[0].name} carries it alone"
-            + ("" if replicate_cost is None else f" at {upgrade[1]:.3g} vs {replicate_cost:.3g} to replicate")))  # fmt: skip
-    if hosts:
-        return Action("replicate", v.name, hosts[0], f"{v.name} overloaded ({why}); +1 replica on {hosts[0]}")
-    return Action("add_worker", v.name, "cpu", f"{v.name} overloaded ({why}) and no worker has room")
+        options.append((n * hourly_usd(cp), cp.load_time_ms / 1000, "upgrade", cand.name, cand.name))
+    if not options:
+        return Action("add_worker", v.name, "cpu", f"{v.name} overloaded ({why}) and no worker has room")
+    in_time = [o for o in options if o[1] <= cfg.max_scale_load_s]
+    if in_time:
+        # the cheapest placement; an upgrade only when replicating costs upgrade_ratio times more
+        best = min(in_time, key=lambda o: (o[0] * (cfg.upgrade_ratio if o[2] == "upgrade" else 1.0), o[1]))
+    else:  # nothing loads in time: the soonest relief
+        best = min(options, key=lambda o: o[1])
+    cost, load_s, kind, name, target = best
+    others = "; ".join(f"{o[2]} {o[3] if o[2] == 'upgrade' else f'+{needed} replica(s)'}: ${o[0]:.3g}/h, "
+                       f"loads in {o[1]:.2g} s" for o in options if o is not best)  # fmt: skip
+    compare = f" (vs {others})" if others else ""
+    late = "" if in_time else f"; nothing loads within {cfg.max_scale_load_s:g} s, this loads soonest"
+    if kind == "upgrade":
+        return Action("upgrade", v.name, name, f"{v.name} overloaded ({why}); {name} carries it on {n} replica(s) "
+                                               f"at ${cost:.3g}/h{compare}{late}")  # fmt: skip
+    return Action("replicate", v.name, target, f"{v.name} overloaded ({why}); +1 replica on {target}, "
+                                               f"{n + needed} replica(s) at ${cost:.3g}/h{compare}{late}")  # fmt: skip

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 from infaas.registry.types import Profile, Variant
 
+# Where a loaded variant runs: (worker, rows in flight), or with the worker's batching as well:
+# (worker, rows in flight, batch size it runs, runtime instances)
+Slot = tuple[str, int] | tuple[str, int, int, int]
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -86,7 +90,7 @@ class Option:
 
     variant: Variant
     profile: Profile | None
-    workers: tuple[tuple[str, int], ...] = ()
+    workers: tuple[Slot, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +121,16 @@ class Saturated(Unreachable):
         self.wait_ms = wait_ms
 
 
-def predict_ms(profile: Profile, max_batch: int, rows: int, in_flight: int) -> float:
-    """Queue wait for the rows ahead (whole batches at the profile's rate) plus this batch."""
+def predict_ms(profile: Profile, max_batch: int, rows: int, in_flight: int, batch: int | None = None,
+               instances: int = 1) -> float:  # fmt: skip
+    """Queue wait plus this request's batch, as the worker runs them: the rows ahead in batches of
+    the worker's size (its preferred batch, calibrated at load; ``max_batch`` when unknown) — full
+    batches, then the rest — shared by its ``instances``, then this request's rows."""
+    size = max(1, min(batch or max_batch, max_batch))
     wait = 0.0
     if in_flight:
-        batches = -(-in_flight // max_batch)
-        wait = batches * profile.predict_ms(min(in_flight, max_batch))
+        full, rest = divmod(in_flight, size)
+        wait = (full * profile.predict_ms(size) + (profile.predict_ms(rest) if rest else 0.0)) / max(1, instances)
     return wait + profile.predict_ms(min(rows, max_batch))
 
 
@@ -171,7 +179,7 @@ def select(objective: Objective, options: list[Option], rows: int, scope: str) -
 
 def select_sorted(
     objective: Objective, loaded: list[Option], index: ScopeIndex, rows: int, scope: str,
-    live: Callable[[str], tuple[tuple[str, int], ...] | None],
+    live: Callable[[str], tuple[Slot, ...] | None],
 ) -> Choice:
     """Cheapest variant that meets the objective: loaded ones first (queue wait counted), then cold
     ones (load time counted against the latency objective). ``loaded`` and ``index`` (every
@@ -198,8 +206,8 @@ def select_sorted(
         if not workers:
             continue
         best = None
-        for worker, in_flight in workers:
-            pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight) if o.profile else None
+        for worker, in_flight, *shape in workers:
+            pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight, *shape) if o.profile else None
             if lat is not None and (pred is None or pred > lat):
                 continue
             if best is None or (pred or 0.0) < (best[1] or 0.0):
@@ -244,7 +252,7 @@ def select_sorted(
 
 
 def _raise_if_saturated(objective: Objective, loaded: list[Option], rows: int, scope: str,
-                        live: Callable[[str], tuple[tuple[str, int], ...] | None]) -> None:  # fmt: skip
+                        live: Callable[[str], tuple[Slot, ...] | None]) -> None:  # fmt: skip
     """Raise :class:`Saturated` if the latency objective is missed only because of queues."""
     lat = objective.latency_ms
     assert lat is not None
@@ -252,8 +260,8 @@ def _raise_if_saturated(objective: Objective, loaded: list[Option], rows: int, s
     for o in loaded:
         if o.profile is None or o.profile.predict_ms(min(rows, o.variant.max_batch)) > lat:
             continue  # too slow even when idle
-        for _, in_flight in live(o.variant.name) or ():
-            pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight)
+        for _, in_flight, *shape in live(o.variant.name) or ():
+            pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight, *shape)
             if best is None or pred < best[0]:
                 best = (pred, o)
     if best is not None:
@@ -302,7 +310,7 @@ def _objective_text(o: Objective) -> str:
 
 
 def _why_not(objective: Objective, options: list[Option], scope: str, rows: int,
-             live: Callable[[str], tuple[tuple[str, int], ...] | None]) -> str:  # fmt: skip
+             live: Callable[[str], tuple[Slot, ...] | None]) -> str:  # fmt: skip
     """Name the closest achievable option for the objective that cannot be met (a full scan: this
     is the error path)."""
     if objective.min_accuracy is not None:
@@ -329,8 +337,8 @@ def _why_not(objective: Objective, options: list[Option], scope: str, rows: int,
         if o.profile is None:
             continue
         workers = live(o.variant.name) or ()
-        for _, in_flight in workers:
-            timed.append((predict_ms(o.profile, o.variant.max_batch, rows, in_flight), o, "loaded"))
+        for _, in_flight, *shape in workers:
+            timed.append((predict_ms(o.profile, o.variant.max_batch, rows, in_flight, *shape), o, "loaded"))
         if not workers:
             timed.append((o.profile.load_time_ms + o.profile.predict_ms(min(rows, o.variant.max_batch)), o, "cold"))
     if objective.latency_ms is None:

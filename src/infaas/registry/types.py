@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 AccuracySource = Literal["measured", "declared", "estimated", "reference", "unknown"]
 # A task's quality metric (higher is better; ``min_accuracy`` objectives are in its unit):
@@ -134,8 +134,39 @@ class Profile(_Record):
     best_batch: int = 1
     measured_at: float = Field(default_factory=time.time)
 
+    _table: tuple[list[int], list[float]] | None = PrivateAttr(default=None)
+
     def predict_ms(self, batch: int) -> float:
-        return self.fit_slope_ms * batch + self.fit_intercept_ms
+        """Latency of one batch of ``batch`` rows. From the measured p50 per batch size: linear
+        between measured sizes, in proportion below the smallest, and past the largest along the
+        last measured segment (the fit's slope with one point); never below a smaller batch's, never
+        zero. Without measurements, the linear fit, clamped at half its slope per row (a fit can cross
+        zero at small batches, which would make capacity infinite)."""
+        if self._table is None:
+            sizes = sorted(self.latency_p50_ms)
+            ms, top = [], 0.0
+            for b in sizes:  # a larger batch is never predicted faster than a smaller one
+                top = max(top, self.latency_p50_ms[b])
+                ms.append(top)
+            self._table = (sizes, ms)
+        sizes, ms = self._table
+        batch = max(1, batch)
+        if not sizes or ms[-1] <= 0:
+            # floor: half the fit's marginal cost of the rows (a fit below that crossed zero nearby)
+            return max(self.fit_slope_ms * batch + self.fit_intercept_ms, 0.5 * self.fit_slope_ms * batch, 1e-3)
+        if batch <= sizes[0]:
+            return max(ms[0] * batch / sizes[0], 1e-3)
+        if batch >= sizes[-1]:
+            if len(sizes) > 1:
+                slope = (ms[-1] - ms[-2]) / (sizes[-1] - sizes[-2])
+            else:
+                slope = self.fit_slope_ms
+            if slope <= 0:
+                slope = ms[-1] / sizes[-1]  # flat or falling measurements: at least per row
+            return ms[-1] + slope * (batch - sizes[-1])
+        i = next(k for k, b in enumerate(sizes) if b >= batch)
+        b0, b1 = sizes[i - 1], sizes[i]
+        return ms[i - 1] + (ms[i] - ms[i - 1]) * (batch - b0) / (b1 - b0)
 
 
 def variant_name(architecture: str, fmt: str, provider: str, threads: int, max_batch: int) -> str:

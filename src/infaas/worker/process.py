@@ -240,13 +240,17 @@ class Worker:
         max_batch = msg.get("max_batch", 16)
         timings = calibrate(runtimes[0], max_batch) if msg.get("calibrate", True) else {}
         preferred = preferred_batch(timings, max_batch)
+        from infaas.registry.types import Profile, linear_fit
+
         slope, intercept = msg.get("latency_ms") or (0.0, 0.0)
         if not (slope or intercept) and timings:  # no profile yet: fit the calibration runs
-            from infaas.registry.types import linear_fit
-
             slope, intercept = linear_fit(sorted(timings), [timings[b] * 1000 for b in sorted(timings)])
+        # batch times as this worker runs them: its calibration at load (this process, these threads),
+        # else the profile's fit; never zero (Profile.predict_ms)
+        model = Profile(variant=name, hardware="", fit_slope_ms=slope, fit_intercept_ms=intercept,
+                        latency_p50_ms={b: t * 1000 for b, t in timings.items()})  # fmt: skip
         queue = BatchQueue(preferred, max_delay_s=msg.get("max_delay_s", 0.0),
-                           predict_s=lambda rows: max(0.0, slope * rows + intercept) / 1000, slo_wait=True,
+                           predict_s=lambda rows: model.predict_ms(rows) / 1000, slo_wait=True,
                            max_wait_s=msg.get("max_queue_s"), max_bytes=msg.get("max_queue_bytes"),
                            admission=msg.get("admission", True),
                            instances=instances)  # fmt: skip
