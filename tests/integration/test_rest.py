@@ -249,3 +249,23 @@ def test_in_process_app_without_a_socket(digits_data_dir, tmp_path, digits_sampl
     with TestClient(app) as tc:
         r = tc.post("/v2/models/digits-nb/infer", json=json_body(digits_samples[0][:2]))
         assert r.status_code == 200 and len(r.json()["outputs"][0]["data"]) == 2
+
+
+def test_repository_load_and_unload_place_a_variant(http, client, digits_samples):
+    """Triton's repository extension: load a named variant on N workers, unload it everywhere."""
+    def loaded_on(name):
+        return next(v["loaded_on"] for v in client.variants("digits-logreg") if v["name"] == name)
+
+    name = next(v["name"] for v in client.variants("digits-logreg") if v["loaded_on"] == ["w0"])
+    assert client.unload_model(name) == ["w0"] and loaded_on(name) == []
+    r = http.post(f"/v2/repository/models/{name}/load", json={"parameters": {"replicas": 1}})
+    assert r.status_code == 200, r.text
+    assert r.json()["workers"] == ["w0"] and loaded_on(name) == ["w0"]
+    assert client.load_model(name) == ["w0"]  # already there: nothing more to do
+    # more replicas than workers: a 400 that says how many there are
+    r = http.post(f"/v2/repository/models/{name}/load", json={"parameters": {"replicas": 2}})
+    assert r.status_code == 400 and "1 live worker" in r.json()["error"]
+    r = http.post(f"/v2/repository/models/{name}/load", json={"parameters": {"replicas": "two"}})
+    assert r.status_code == 400 and "replicas must be an integer" in r.json()["error"]
+    assert http.post("/v2/repository/models/no-such-model/load").status_code == 404
+    assert client.infer("digits-logreg", digits_samples[0][:2]).parameters["variant"] == name

@@ -126,6 +126,15 @@ class Client:
     def repository_index(self) -> list[dict]:
         return self._json("POST", "/v2/repository/index")
 
+    def load_model(self, model: str, replicas: int = 1) -> list[str]:
+        """Load a variant (or an architecture's default) on ``replicas`` workers; the workers hosting it."""
+        return self._json("POST", f"/v2/repository/models/{model}/load",
+                          json={"parameters": {"replicas": replicas}})["workers"]  # fmt: skip
+
+    def unload_model(self, model: str) -> list[str]:
+        """Unload a variant from every worker; the workers it left."""
+        return self._json("POST", f"/v2/repository/models/{model}/unload")["workers"]
+
     # ---- inference ---------------------------------------------------------------------------
     def infer(
         self,

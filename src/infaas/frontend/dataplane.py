@@ -184,6 +184,41 @@ class DataPlane(MetadataViews):
                 await self.load(new, worker)
             await worker.unload(old.name)
 
+    async def place(self, name: str, replicas: int = 1) -> list[str]:
+        """The repository extension's load: a variant (or an architecture's default variant) on
+        ``replicas`` live workers, adding to those that host it already (least-loaded first).
+        Returns the workers that host it. With the controller on, it may scale this later."""
+        variant = self.catalog.variants.get(name)
+        if variant is None and name in self.catalog.architectures:
+            variant = self.default_variant(name)
+        if variant is None:
+            raise NotFound(f"unknown variant or architecture '{name}'")
+        if variant.status != "ready":
+            raise InvalidInput(f"{variant.name} is {variant.status}: {variant.reason or 'not ready to serve'}")
+        if replicas < 1:
+            raise InvalidInput("replicas must be at least 1")
+        live = [w for w in self.cluster.workers if w.alive]
+        hosting = [w for w in live if w.hosts(variant.name)]
+        if replicas > len(live):
+            raise InvalidInput(f"{replicas} replica(s) of {variant.name} asked; {len(live)} live worker(s)")
+        spare = sorted((w for w in live if not w.hosts(variant.name)), key=lambda w: (len(w.loaded), w.outstanding()))
+        for worker in spare[: max(0, replicas - len(hosting))]:
+            await self.load(variant, worker)
+            hosting.append(worker)
+        return [w.name for w in hosting]
+
+    async def unplace(self, name: str) -> list[str]:
+        """The repository extension's unload: a variant off every worker (what was sent to it drains)."""
+        if name not in self.catalog.variants:
+            raise NotFound(f"unknown variant '{name}'")
+        hosts = [w for w in self.cluster.workers if w.hosts(name)]
+        for worker in hosts:
+            await worker.unload(name)
+        if hosts:
+            self.log_decision("unload", f"{name} unloaded from {', '.join(w.name for w in hosts)} on request",
+                              variant=name)  # fmt: skip
+        return [w.name for w in hosts]
+
     def default_variant(self, arch: str) -> Variant | None:
         """What to load for an architecture until the policy decides."""
         return self._first_choice(self.catalog.by_arch.get(arch, []))

@@ -50,6 +50,14 @@ def openapi_schema() -> dict:
         "/v2/models/stats": {"get": _op("Statistics of every variant", "statistics", schema=obj)},
         "/v2/repository/index": {"post": _op("Repository index: tasks and variants with state", "repository",
                                              schema={"type": "array", "items": obj})},  # fmt: skip
+        "/v2/repository/models/{model}/load": {"post": _op(
+            "Load a variant (or an architecture's default variant) on parameters.replicas workers (default 1)",
+            "repository", params=[_path_param("model", "a variant or an architecture")], schema=obj,
+            body={"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "parameters": {"type": "object", "properties": {"replicas": {"type": "integer", "minimum": 1}}}}}}}})},
+        "/v2/repository/models/{model}/unload": {"post": _op(
+            "Unload a variant from every worker (requests sent to it drain)", "repository",
+            params=[_path_param("model", "a variant")], schema=obj)},
         "/metrics": {"get": _op("Prometheus metrics", "metrics")},
         "/api/v1/openapi.json": {"get": _op("This schema", "management", schema=obj)},
         "/api/v1/tasks": {"get": _op("List tasks", "management", schema={"type": "array", "items": obj})},

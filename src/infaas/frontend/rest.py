@@ -210,6 +210,27 @@ def build_app(services: Services, lifespan=None, *, inference: bool = True, mana
                     return _json([r for r in dp.repository_index() if r["state"] == "READY"])
         return _json(dp.repository_index())
 
+    async def repository_load(request: Request) -> Response:
+        """Triton's repository extension: load a variant (or an architecture's default) on
+        ``parameters.replicas`` workers (default 1)."""
+        body = await _body(request, 1 << 16)
+        replicas = 1
+        if body:
+            try:
+                opts = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidInput(f"load body is not JSON: {exc}") from None
+            value = (opts.get("parameters") or {}).get("replicas", 1) if isinstance(opts, dict) else None
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InvalidInput("parameters.replicas must be an integer")
+            replicas = value
+        workers = await dp.place(request.path_params["model"], replicas)
+        return _json({"model": request.path_params["model"], "workers": workers})
+
+    async def repository_unload(request: Request) -> Response:
+        workers = await dp.unplace(request.path_params["model"])
+        return _json({"model": request.path_params["model"], "workers": workers})
+
     async def metrics(request: Request) -> Response:
         return Response(dp.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
@@ -375,6 +396,8 @@ def build_app(services: Services, lifespan=None, *, inference: bool = True, mana
             Route("/v2", g(server_metadata)),
             Route("/v2/models/stats", g(model_stats)),
             Route("/v2/repository/index", g(repository_index), methods=["POST"]),
+            Route("/v2/repository/models/{model}/load", m(repository_load), methods=["POST"]),
+            Route("/v2/repository/models/{model}/unload", m(repository_unload), methods=["POST"]),
         ]
     if management:
         routes += [
