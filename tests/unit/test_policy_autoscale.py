@@ -244,3 +244,41 @@ def test_the_controller_drops_samples_older_than_its_horizon():
     scaler.windows["v"] = deque([old, fresh], maxlen=5)
     scaler.decide(now=100.0)  # horizon: 2 x 5 samples x 1 s
     assert list(scaler.windows["v"]) == [fresh]
+
+
+def busy_load(v, p, replicas, t, rps, busy):
+    return VariantLoad(v, p, tuple(replicas), tuple(Sample(t - 5 + i, rps, rps, 8, 0, 5.0, busy) for i in range(5)))
+
+
+def test_a_saturated_worker_gets_a_second_even_when_no_variant_is_over_its_own_capacity():
+    """Two variants share w0's core, each at half its own capacity: neither is overloaded, together
+    they keep the core at 95 %. After scale_out_s of that, a worker is added (for the busier one),
+    then not again until worker_cooldown_s has passed."""
+    other = variant("b.fp32")
+    po = profile(other, 1.0, 2.0, 1e-4)
+    loads = [busy_load(FP32, P32, ["w0"], 0, 400, 0.55), busy_load(other, po, ["w0"], 0, 350, 0.4)]
+    hot = [WorkerRoom("w0", 1000, 2, cpu=0.95)]
+    mem = Memory()
+    actions, mem = autoscale(loads, {"a": [(FP32, P32)]}, hot, 0.0, mem, CFG)
+    assert actions == []  # hot, but not for long enough
+    actions, mem = autoscale(loads, {"a": [(FP32, P32)]}, hot, 2.5, mem, CFG)
+    assert [(a.kind, a.variant) for a in actions] == [("add_worker", "a.fp32")]
+    assert "every worker above 80% CPU for 2 s (w0 95%)" in actions[0].reason
+    actions, mem = autoscale(loads, {"a": [(FP32, P32)]}, hot, 6.0, mem, CFG)
+    assert actions == []  # the worker cooldown
+    # a worker that is not measured yet, or one that is cool, means no scale-out
+    assert autoscale(loads, {}, [*hot, WorkerRoom("w1", 1000, 0)], 30.0, Memory(hot_since=0.0), CFG)[0] == []
+
+
+def test_variants_on_a_hot_worker_spread_to_a_cool_one():
+    other = variant("b.fp32")
+    po = profile(other, 1.0, 2.0, 1e-4)
+    loads = [busy_load(FP32, P32, ["w0"], 10, 400, 0.55), busy_load(other, po, ["w0"], 10, 5, 0.02)]
+    rooms = [WorkerRoom("w0", 1000, 2, cpu=0.95), WorkerRoom("w1", 1000, 0, cpu=0.05)]
+    actions, _ = autoscale(loads, {}, rooms, 10, Memory(), CFG)
+    # the busy variant gets a replica on w1; the one that hardly computes stays where it is
+    assert [(a.kind, a.variant, a.target) for a in actions] == [("replicate", "a.fp32", "w1")]
+    assert "w0 at 95% CPU" in actions[0].reason and "w1 has CPU to spare (5%)" in actions[0].reason
+    # no cool worker: nothing to spread to
+    warm = [WorkerRoom("w0", 1000, 2, cpu=0.95), WorkerRoom("w1", 1000, 1, cpu=0.7)]
+    assert autoscale(loads, {}, warm, 10, Memory(), CFG)[0] == []

@@ -66,6 +66,10 @@ def test_prediction_follows_the_workers_batching():
     slots = (("w-one", 20, 4, 1), ("w-two", 20, 4, 2))
     c = select(Objective(latency_ms=40, min_accuracy=0.9), [Option(BIG, P[BIG.name], slots)], 1, "t")
     assert c.worker == "w-two" and c.predicted_ms == pytest.approx(32.5)
+    # what else delays it on a worker (other variants' rows on the same cores, the path's overhead)
+    slots = (("w-busy", 0, 4, 1, 30.0), ("w-idle", 4, 4, 1, 0.5))
+    c = select(Objective(latency_ms=40, min_accuracy=0.9), [Option(BIG, P[BIG.name], slots)], 1, "t")
+    assert c.worker == "w-idle" and c.predicted_ms == pytest.approx(11 + 5 + 0.5)
 
 
 def test_measured_batch_table_drives_the_prediction_and_a_fit_never_reaches_zero():

@@ -32,6 +32,10 @@ class LoadSpec:
     max_queue_bytes: int | None = None  # queue bound in tensor bytes
     admission: bool = True  # refuse at once what cannot finish by its deadline
     sha256: str = ""  # the artifact's content hash, verified by the worker before it loads it
+    # the profile's p50 per batch size (ms) on this hardware kind: with one instance the worker takes
+    # its batch size from it instead of timing every batch size at load (a cold start stays as fast
+    # as the profile's load time says)
+    batch_ms: tuple[tuple[int, float], ...] = ()
 
 
 class WorkerState(enum.Enum):

@@ -383,7 +383,7 @@ def _spec_msg(spec: LoadSpec) -> dict:
             "max_delay_s": spec.max_delay_s, "instances": spec.instances,
             "latency_ms": (spec.latency_slope_ms, spec.latency_intercept_ms),
             "max_queue_s": spec.max_queue_s, "max_queue_bytes": spec.max_queue_bytes,
-            "admission": spec.admission, "sha256": spec.sha256}  # fmt: skip
+            "admission": spec.admission, "sha256": spec.sha256, "batch_ms": dict(spec.batch_ms)}  # fmt: skip
 
 
 def core_sets(workers: int, cores_per_worker: int = 0) -> list[tuple[int, ...]]:

@@ -199,7 +199,8 @@ class Autoscaler:
             family[arch] = [(v, catalog.profiles[v.name]) for v in variants
                             if v.status == "ready" and v.name in catalog.profiles and v.threads <= cores]  # fmt: skip
         rooms = [WorkerRoom(w.name, self.memory_mb - self.workers.get(w.name, {}).get("rss_mb", 0.0),
-                            len(w.loaded_names())) for w in workers if w.alive]  # fmt: skip
+                            len(w.loaded_names()), self.workers.get(w.name, {}).get("cpu"))
+                 for w in workers if w.alive]  # fmt: skip
         actions, self.memory = autoscale(loads, family, rooms, now, self.memory, self.cfg)
         self.overloaded = {}
         for load in loads:

@@ -86,6 +86,8 @@ class DataPlane(MetadataViews):
         # (worker, variant) -> (batch size the worker runs, runtime instances), from each load's answer:
         # latency predictions model the worker's own batching
         self.batching: dict[tuple[str, str], tuple[int, int]] = {}
+        self.overhead_ms: dict[tuple[str, str], float] = {}  # (worker, variant): EWMA of total - queue - compute
+        self.slowdown: dict[tuple[str, str], float] = {}  # (worker, variant): EWMA of compute / profiled
         self.profiling: dict[str, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._cold: dict[str, asyncio.Task] = {}  # variant -> its load in progress
@@ -275,7 +277,8 @@ class DataPlane(MetadataViews):
         )  # fmt: skip
         if (prof := self.catalog.profiles.get(variant.name)) is not None:
             spec = dataclasses.replace(spec, latency_slope_ms=prof.fit_slope_ms,
-                                       latency_intercept_ms=prof.fit_intercept_ms)  # fmt: skip
+                                       latency_intercept_ms=prof.fit_intercept_ms,
+                                       batch_ms=tuple(sorted(prof.latency_p50_ms.items())))  # fmt: skip
         async with self.busy_section():
             result = await worker.load(spec)
         timings = result.get("batch_ms") or {}
@@ -286,10 +289,22 @@ class DataPlane(MetadataViews):
             pb = result["preferred_batch"]
             per_row = ", ".join(f"b{b} {t / b:.2f}" for b, t in sorted(timings.items()))
             why += (f" ({result['instances']} x {result['threads']} threads); batches of up to {pb}: "
-                    f"fastest per row measured at load (ms/row: {per_row})")
+                    f"fastest per row {'in its profile' if spec.batch_ms and spec.instances == 1 else 'measured at load'} "
+                    f"(ms/row: {per_row})")
         self.log_decision("load", why, variant=variant.name, worker=worker.name,
                           preferred_batch=result.get("preferred_batch"))  # fmt: skip
         return result
+
+    def _slot(self, worker: WorkerHandle, name: str) -> Slot:
+        """How a loaded variant's next request would run on ``worker``: rows in flight, the batch
+        size and instances it runs with there, and the serving path's own overhead for it there
+        (EWMA of total - queue - compute: it grows with the tensors' size), and how much slower than profiled its batches ran there
+        lately (EWMA of compute / profiled, bounded 0.5-10: cores shared with other variants).
+        Other variants' queues are not added: the worker runs them concurrently, time-shared, and
+        adding them as if in series over-predicted tenfold in bench/workload."""
+        batch, instances = self.batching.get((worker.name, name), (0, 1))
+        return (worker.name, worker.rows_in_flight(name), batch or None, instances,
+                self.overhead_ms.get((worker.name, name), 0.0), self.slowdown.get((worker.name, name), 1.0))  # fmt: skip
 
     def _background(self, coro) -> None:
         """Run a coroutine beside the request path; failures are logged, never raised into a query."""
@@ -426,11 +441,8 @@ class DataPlane(MetadataViews):
         else:
             ordered, loaded = self._scope_options(req.model, req.version, variants)
 
-            shapes = self.batching
-
             def live(name: str) -> tuple[Slot, ...]:
-                return tuple((w.name, w.rows_in_flight(name), *shapes.get((w.name, name), ())) for w in workers
-                             if w.hosts(name))  # fmt: skip
+                return tuple(self._slot(w, name) for w in workers if w.hosts(name))
 
             try:
                 choice = select_sorted(objective, loaded, ordered, rows, scope, live)
@@ -475,6 +487,13 @@ class DataPlane(MetadataViews):
         var, rows = route.variant, plan.rows
         self.metrics.success(req.model, var.name, rows, total_ns, result.queue_ns,
                              result.compute_ns, result.batch_size, result.batch_pos == 0)  # fmt: skip
+        path_ms = max(0.0, (total_ns - result.queue_ns - result.compute_ns) / 1e6)
+        key = (route.worker.name, var.name)
+        before = self.overhead_ms.get(key)
+        self.overhead_ms[key] = path_ms if before is None else before + 0.05 * (path_ms - before)
+        if (prof := self.catalog.profiles.get(var.name)) is not None and result.batch_size and result.compute_ns:
+            ratio = min(10.0, max(0.5, result.compute_ns / 1e6 / prof.predict_ms(result.batch_size)))
+            self.slowdown[key] = self.slowdown.get(key, 1.0) + 0.1 * (ratio - self.slowdown.get(key, 1.0))
         default_binary = plan.params.binary_data_output
         wanted = req.outputs
         outputs = []

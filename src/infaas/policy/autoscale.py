@@ -59,6 +59,7 @@ class WorkerRoom:
     name: str
     free_mb: float
     variants: int = 1
+    cpu: float | None = None  # share of its cores busy over the last interval (None: not measured yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,13 @@ class ScalingConfig:
     fast_samples: int = 2  # overload is judged on the newest samples (react fast), low load on all
     keep_warm: bool = True  # an idle architecture keeps one replica of one variant loaded
     min_workers: int = 1
+    # worker level (INFaaS: scale out when every worker is above 80 % utilisation): variants that
+    # share a worker each look within capacity while together they saturate its cores
+    worker_busy: float = 0.8
+    worker_cool: float = 0.5  # a worker under this has CPU to take a replica of a variant on a hot one
+    spread_busy: float = 0.1  # ... if that variant computes at least this share of its replicas' time
+    scale_out_s: float = 2.0  # every worker hot this long -> add one
+    worker_cooldown_s: float = 10.0  # after adding a worker, let the load spread before adding another
 
 
 @dataclass
@@ -93,6 +101,8 @@ class Memory:
     low_since: dict[str, float] = field(default_factory=dict)
     empty_since: dict[str, float] = field(default_factory=dict)
     scaled_at: dict[str, float] = field(default_factory=dict)
+    hot_since: float | None = None  # since when every worker has been above worker_busy
+    added_at: float | None = None  # when a worker was last added for CPU
 
 
 def capacity_rps(profile: Profile, max_batch: int) -> float:
@@ -163,6 +173,13 @@ def autoscale(
                 free[action.target] -= p.peak_memory_mb
             continue
         quiet_for = max(cfg.scale_down_s, cfg.load_time_factor * p.load_time_ms / 1000)
+        spread = _spread(load, state, why, rooms, free, cfg) if v.name not in scaled_at else None
+        if spread is not None:
+            actions.append(spread)
+            low_since.pop(v.name, None)
+            scaled_at[v.name] = now
+            free[spread.target] -= p.peak_memory_mb
+            continue
         if state == "inactive":
             since = low_since.setdefault(v.name, now)
             if len(load.replicas) > 1 and now - since >= quiet_for:
@@ -196,6 +213,21 @@ def autoscale(
             actions.append(Action("downgrade", v.name, cheaper.name, (
                 f"{v.name}: demand {demand:.0f} rows/s for {now - since:.0f} s is carried by the cheaper "
                 f"{cheaper.name}")))  # fmt: skip
+    hot_since, added_at = memory.hot_since, memory.added_at
+    measured = [r for r in rooms if r.cpu is not None]
+    if measured and len(measured) == len(rooms) and all(r.cpu >= cfg.worker_busy for r in measured):
+        hot_since = now if hot_since is None else hot_since
+        cooled = added_at is None or now - added_at >= cfg.worker_cooldown_s
+        if (now - hot_since >= cfg.scale_out_s and cooled and loads
+                and not any(a.kind == "add_worker" for a in actions)):  # fmt: skip
+            busiest = max(loads, key=lambda x: sum(s.busy for s in x.window) / len(x.window))
+            cpus = ", ".join(f"{r.name} {r.cpu:.0%}" for r in measured)
+            actions.append(Action("add_worker", busiest.variant.name, "cpu", (
+                f"every worker above {cfg.worker_busy:.0%} CPU for {now - hot_since:.0f} s ({cpus}); "
+                f"{busiest.variant.name} computes the most")))  # fmt: skip
+            added_at, hot_since = now, None
+    else:
+        hot_since = None
     empty_since = {}
     removable = len(rooms)
     for room in rooms:
@@ -207,7 +239,30 @@ def autoscale(
                                   f"worker {room.name} has hosted nothing for {now - since:.0f} s"))  # fmt: skip
             removable -= 1
             empty_since.pop(room.name)
-    return actions, Memory(low_since, empty_since, scaled_at)
+    return actions, Memory(low_since, empty_since, scaled_at, hot_since, added_at)
+
+
+def _spread(load: VariantLoad, state: str, why: str, rooms: list[WorkerRoom], free: dict[str, float],
+            cfg: ScalingConfig) -> Action | None:  # fmt: skip
+    """A variant whose every replica sits on a hot worker (or that runs slower than profiled), while
+    another worker has CPU to spare and the memory: one more replica there."""
+    if state not in ("active", "interfered"):
+        return None
+    recent = load.window[-cfg.fast_samples :]
+    if sum(s.busy for s in recent) / len(recent) < cfg.spread_busy:
+        return None  # it hardly computes: another replica would hold memory and move nothing
+    cpu = {r.name: r.cpu for r in rooms}
+    hot = [w for w in load.replicas if (cpu.get(w) or 0.0) >= cfg.worker_busy]
+    if state == "active" and len(hot) < len(load.replicas):
+        return None
+    cool = [r for r in rooms if r.name not in load.replicas and r.cpu is not None and r.cpu < cfg.worker_cool
+            and free.get(r.name, 0.0) >= load.profile.peak_memory_mb]  # fmt: skip
+    if not cool:
+        return None
+    to = min(cool, key=lambda r: r.cpu or 0.0)
+    cause = why if state == "interfered" else ", ".join(f"{w} at {cpu[w]:.0%} CPU" for w in hot)
+    return Action("replicate", load.variant.name, to.name, (
+        f"{load.variant.name} {state} ({cause}); worker {to.name} has CPU to spare ({to.cpu:.0%}): +1 replica there"))
 
 
 def _cheapest_carrying(v: Variant, p: Profile, demand: float, family: list[tuple[Variant, Profile]],

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from infaas.registry.types import Profile, Variant
 
-# Where a loaded variant runs: (worker, rows in flight), or with the worker's batching as well:
-# (worker, rows in flight, batch size it runs, runtime instances)
-Slot = tuple[str, int] | tuple[str, int, int, int]
+# Where a loaded variant runs: (worker, rows in flight), or with how that worker runs it: (worker,
+# rows in flight, batch size, runtime instances, overhead ms, measured / profiled batch time)
+Slot = tuple[str, int] | tuple[str, int, int, int] | tuple[str, int, int, int, float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,16 +122,18 @@ class Saturated(Unreachable):
 
 
 def predict_ms(profile: Profile, max_batch: int, rows: int, in_flight: int, batch: int | None = None,
-               instances: int = 1) -> float:  # fmt: skip
+               instances: int = 1, extra_ms: float = 0.0, scale: float = 1.0) -> float:  # fmt: skip
     """Queue wait plus this request's batch, as the worker runs them: the rows ahead in batches of
     the worker's size (its preferred batch, calibrated at load; ``max_batch`` when unknown) — full
-    batches, then the rest — shared by its ``instances``, then this request's rows."""
+    batches, then the rest — shared by its ``instances``, then this request's rows; plus
+    ``extra_ms``: what else delays it on that worker (the serving path's own overhead). ``scale``:
+    measured / profiled batch time on that worker lately (cores shared with other variants)."""
     size = max(1, min(batch or max_batch, max_batch))
     wait = 0.0
     if in_flight:
         full, rest = divmod(in_flight, size)
         wait = (full * profile.predict_ms(size) + (profile.predict_ms(rest) if rest else 0.0)) / max(1, instances)
-    return wait + profile.predict_ms(min(rows, max_batch))
+    return (wait + profile.predict_ms(min(rows, max_batch))) * scale + extra_ms
 
 
 def _acc(v: Variant) -> str:
