@@ -82,6 +82,47 @@ def _summary(lat: list[float], errors: int, duration: float) -> dict:
             "p99_ms": pct(99), "mean_ms": round(sum(lat) / len(lat) * 1000, 2) if lat else None}  # fmt: skip
 
 
+class _Pool:
+    """Keep-alive connections for open-loop load: an idle one, or a new one up to ``limit`` (past
+    that, callers wait for one to be given back)."""
+
+    def __init__(self, host: str, port: int, limit: int) -> None:
+        self.host, self.port, self.limit = host, port, limit
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.opened = 0
+        self.freed = asyncio.Condition()
+
+    async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async with self.freed:
+            while not self.idle and self.opened >= self.limit:
+                await self.freed.wait()
+            if self.idle:
+                return self.idle.pop()
+            self.opened += 1
+        try:
+            return await asyncio.open_connection(self.host, self.port)
+        except OSError:
+            await self.drop(None)
+            raise
+
+    async def give(self, conn) -> None:
+        async with self.freed:
+            self.idle.append(conn)
+            self.freed.notify()
+
+    async def drop(self, conn) -> None:
+        """A connection that failed or was given up on: closed, and its slot freed."""
+        if conn is not None:
+            conn[1].close()
+        async with self.freed:
+            self.opened -= 1
+            self.freed.notify()
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+
+
 async def ramp(url: str, path: str, body: bytes, headers: list[str], stages: list[tuple[float, float]],
                max_connections: int = 256, slo_ms: float | None = None,
                records: list[tuple[int, float, int, float]] | None = None,
@@ -98,43 +139,29 @@ async def ramp(url: str, path: str, body: bytes, headers: list[str], stages: lis
     began = time.perf_counter()
     u = urlparse(url)
     request = build_request(u.netloc, path, body, headers)
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    opened = 0
-    freed = asyncio.Condition()
+    pool = _Pool(u.hostname, u.port, max_connections)
     results: list[tuple[list[float], list[int]]] = [([], []) for _ in stages]
     tasks: set[asyncio.Task] = set()
 
     async def one(stage: int) -> None:
-        nonlocal opened
         t0 = time.perf_counter()
-        async with freed:
-            while not idle and opened >= max_connections:
-                await freed.wait()
-            conn = idle.pop() if idle else None
-            if conn is None:
-                opened += 1
+        conn = None
         try:
-            if conn is None:
-                conn = await asyncio.open_connection(u.hostname, u.port)
+            conn = await pool.take()
             status = await asyncio.wait_for(_exchange(*conn, request), timeout_s)
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             gave_up = isinstance(exc, TimeoutError)
-            if gave_up and conn is not None:
-                conn[1].close()
+            if conn is not None:
+                await pool.drop(conn)
             results[stage][1].append(0 if gave_up else getattr(exc, "errno", None) or -1)
             if records is not None:
                 records.append((stage, t0 - began, 0 if gave_up else -1, time.perf_counter() - t0))
-            async with freed:
-                opened -= 1
-                freed.notify()
             return
         took = time.perf_counter() - t0
         (results[stage][0] if status == 200 else results[stage][1]).append(took if status == 200 else status)
         if records is not None:
             records.append((stage, t0 - began, status, took))
-        async with freed:
-            idle.append(conn)
-            freed.notify()
+        await pool.give(conn)
 
     start = time.perf_counter()
     for i, (rate, seconds) in enumerate(stages):
@@ -151,14 +178,70 @@ async def ramp(url: str, path: str, body: bytes, headers: list[str], stages: lis
             await asyncio.sleep(delay)
     if tasks:
         await asyncio.gather(*tasks)
-    for _, writer in idle:
-        writer.close()
+    pool.close()
     out = []
     for (rate, seconds), (lat, errors) in zip(stages, results, strict=True):
         row = {"rate": rate, **_summary(lat, len(errors), seconds)}
         if slo_ms is not None:
             row["slo_violations"] = sum(t * 1000 > slo_ms for t in lat) + len(errors)
         out.append(row)
+    return out
+
+
+async def _exchange_full(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         request: bytes) -> tuple[int, dict]:  # fmt: skip
+    """Like :func:`_exchange`, returning the status and the answer's JSON (the header only, when
+    the answer uses the binary tensor extension; ``{}`` when it is not JSON)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length, json_len = 0, None
+    for line in head.split(b"\r\n"):
+        low = line.lower()
+        if low.startswith(b"content-length:"):
+            length = int(line[15:])
+        elif low.startswith(b"inference-header-content-length:"):
+            json_len = int(line.split(b":", 1)[1])
+    body = await reader.readexactly(length)
+    try:
+        doc = json.loads(body[:json_len] if json_len is not None else body)
+    except ValueError:
+        doc = {}
+    return int(head[9:12]), doc if isinstance(doc, dict) else {}
+
+
+async def replay(url: str, requests: list[tuple[float, str, bytes]], max_connections: int = 256,
+                 timeout_s: float = 30.0) -> list[tuple[str, float, int, float, dict]]:  # fmt: skip
+    """Open loop from a trace: each ``(t_s, key, request bytes)`` is sent at ``t_s`` seconds after
+    the start (built with :func:`build_request`), whatever happened to earlier ones. Returns, per
+    request, ``(key, t_s, status, latency s, answer JSON)``; status -1 is a connection error, 0 no
+    answer within ``timeout_s`` (the client gives up and closes its connection)."""
+    u = urlparse(url)
+    pool = _Pool(u.hostname, u.port, max_connections)
+    out: list[tuple[str, float, int, float, dict]] = []
+
+    async def one(t_s: float, key: str, request: bytes) -> None:
+        t0 = time.perf_counter()
+        conn = None
+        try:
+            conn = await pool.take()
+            status, doc = await asyncio.wait_for(_exchange_full(*conn, request), timeout_s)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            if conn is not None:
+                await pool.drop(conn)
+            out.append((key, t_s, 0 if isinstance(exc, TimeoutError) else -1, time.perf_counter() - t0,
+                        {"error": f"{type(exc).__name__}: {exc}"}))  # fmt: skip
+            return
+        out.append((key, t_s, status, time.perf_counter() - t0, doc))
+        await pool.give(conn)
+
+    tasks = []
+    start = time.perf_counter()
+    for t_s, key, request in requests:
+        if (delay := start + t_s - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(t_s, key, request)))
+    await asyncio.gather(*tasks)
+    pool.close()
     return out
 
 

@@ -1,0 +1,62 @@
+"""Workload patterns and traces (pure, seeded)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from infaas.workload import App, arrivals, generate, load_apps, read_trace, write_trace
+
+
+def app(kind, **p):
+    return App(f"a-{kind}", "t", {"latency_ms": 50}, {"kind": kind, **p})
+
+
+def test_rates_and_shapes_of_each_pattern():
+    rng = np.random.default_rng(0)
+    steady = arrivals(app("poisson", rate=50), 200, rng)
+    assert len(steady) == pytest.approx(50 * 200, rel=0.05)
+    gaps = np.diff(steady)
+    assert np.std(gaps) / np.mean(gaps) == pytest.approx(1.0, abs=0.05)  # Poisson: CV 1
+    bursty = arrivals(app("bursts", rate=50, cv=3.5), 400, rng)
+    gaps = np.diff(bursty)
+    assert len(bursty) == pytest.approx(50 * 400, rel=0.15)
+    assert np.std(gaps) / np.mean(gaps) == pytest.approx(3.5, rel=0.15)
+    ramp = arrivals(app("ramp", start=10, end=90), 100, rng)
+    first, last = (ramp < 20).sum(), (ramp >= 80).sum()
+    assert first == pytest.approx(20 * 18, rel=0.2) and last == pytest.approx(20 * 82, rel=0.1)
+    day = app("diurnal", mean=40, amplitude=0.8, period_s=100)
+    t = arrivals(day, 100, rng)
+    crest, trough = ((t >= 15) & (t < 35)).sum(), ((t >= 65) & (t < 85)).sum()
+    assert crest > 3 * trough
+    assert day.mean_rate(100) == pytest.approx(40) and app("ramp", start=10, end=90).mean_rate(5) == 50
+
+
+def test_same_seed_same_trace_and_round_trip(tmp_path):
+    apps = [app("poisson", rate=5), app("bursts", rate=3, cv=3)]
+    a, b, c = generate(apps, 30, seed=1), generate(apps, 30, seed=1), generate(apps, 30, seed=2)
+    assert a == b and a != c
+    assert [t for t, _ in a] == sorted(t for t, _ in a) and {n for _, n in a} == {"a-poisson", "a-bursts"}
+    path = tmp_path / "t.csv"
+    write_trace(path, a)
+    back = read_trace(path, apps)
+    assert [n for _, n in back] == [n for _, n in a]
+    assert np.allclose([t for t, _ in back], [t for t, _ in a], atol=1e-6)
+
+
+def test_bad_traces_and_apps_are_refused_with_the_line(tmp_path):
+    apps = [app("poisson", rate=5)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t_s,app\n0.5,a-poisson\n1.0,nobody\n")
+    with pytest.raises(ValueError, match=r"bad.csv:3: app 'nobody' is not in the apps file"):
+        read_trace(bad, apps)
+    bad.write_text("t_s,app\nsoon,a-poisson\n")
+    with pytest.raises(ValueError, match="is not a number"):
+        read_trace(bad)
+    bad.write_text("when,who\n1,a\n")
+    with pytest.raises(ValueError, match="needs the columns t_s,app"):
+        read_trace(bad)
+    spec = tmp_path / "apps.json"
+    spec.write_text(json.dumps({"apps": [{"name": "x", "task": "t", "pattern": {"kind": "sometimes"}}]}))
+    with pytest.raises(ValueError, match="pattern kind 'sometimes' is not one of"):
+        load_apps(spec)
