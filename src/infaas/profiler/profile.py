@@ -307,6 +307,8 @@ async def _search(fmt: str, default: Measurement, parent: Measurement, q0: Q.Qua
             # mixed precision: the most sensitive nodes of the least lossy recipe stay in fp32
             _, recipe, m = lowest
             ranking = await asyncio.to_thread(quantizer.sensitivity, fmt, m.artifact)
+            if not ranking and m is not default:  # that recipe quantizes nothing computed inside: the default's
+                recipe, ranking = base, await asyncio.to_thread(quantizer.sensitivity, fmt, default.artifact)
             log.append({"recipe": "(sensitivity)", "verdict": "most sensitive nodes: " + ", ".join(
                 f"{'+'.join(names)} (+{score:.3f})" for names, score in ranking[:8])})  # fmt: skip
             k = 1

@@ -317,6 +317,8 @@ class Quantizer:
                     todo.extend(producer[t].input)
             groups.append((names, node.output[0], inputs))
         watched = {t for _, out, inputs in groups for t in (out, *inputs) if t in producer}
+        if not watched:  # nothing quantized is computed inside the graph (e.g. only its inputs)
+            return []
         x = named_inputs({k: v[:rows] for k, v in self.calib.items()}, self.arch.signature)
 
         def run(model, names: dict[str, str], level) -> dict[str, np.ndarray]:
@@ -328,6 +330,8 @@ class Quantizer:
             options.graph_optimization_level = level
             session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
             wanted = [o.name for o in session.get_outputs() if o.name in names]
+            if not wanted:  # (ONNX Runtime answers every output when asked for none)
+                return {}
             return {names[t]: v for t, v in zip(wanted, session.run(wanted, x), strict=True)}
 
         f = run(float_model, {t: t for t in watched}, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
