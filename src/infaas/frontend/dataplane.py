@@ -319,6 +319,15 @@ class DataPlane(MetadataViews):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _runnable(self, variants: list[Variant]) -> list[Variant]:
+        """The variants a worker runs as profiled: no more threads than a worker has cores (a
+        2-thread variant on a 1-core worker runs on one thread, slower than its profile says, and
+        the bench/workload decision log showed such variants cold-started for bursts, then
+        downgraded, then cold-started again). All of them if none fits (served, not as profiled)."""
+        cores = self.cluster.cores_per_worker
+        fitting = [v for v in variants if v.threads <= cores]
+        return fitting if any(v.status == "ready" for v in fitting) else variants
+
     def _scope_options(self, name: str, version: str | None, variants: list[Variant]):
         """Cost-sorted options of a scope, and of its loaded variants; the latter cached until a
         worker's placement changes (loads, unloads, restarts), so a query does not rebuild them."""
@@ -439,7 +448,7 @@ class DataPlane(MetadataViews):
                 worker_name = (await self._cold_start(chosen, plan)).name
                 reason = f"{exc}: cold start of {chosen.name}"
         else:
-            ordered, loaded = self._scope_options(req.model, req.version, variants)
+            ordered, loaded = self._scope_options(req.model, req.version, self._runnable(variants))
 
             def live(name: str) -> tuple[Slot, ...]:
                 return tuple(self._slot(w, name) for w in workers if w.hosts(name))
