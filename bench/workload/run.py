@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -72,7 +73,7 @@ def prepare(cache: Path) -> Path:
     """A data directory with EfficientNet-Lite0/1/2 (imagenet-classification) and the digits zoo,
     every variant profiled (quick)."""
     from infaas.profiler import profile_architecture
-    from infaas.zoo import digits, efficientnet
+    from infaas.zoo import build_family
 
     data = cache / local_kind().id / "data"
     marker = data / f"prepared-{PREP_VERSION}"
@@ -83,11 +84,9 @@ def prepare(cache: Path) -> Path:
     registry = Registry.open(data)
     try:
         with console.status("exporting EfficientNet-Lite and training the digits zoo"):
-            for m in efficientnet.build():
-                registry.register(m.name, m.task, m.onnx, accuracy=m.accuracy, calibration=m.calibration,
-                                  max_batch=m.max_batch, description=m.description)  # fmt: skip
-            for m in digits.build():
-                registry.register(m.name, m.task, m.onnx, validation=m.validation, max_batch=16)
+            for m in build_family("efficientnet-lite") + build_family("digits"):
+                registry.register(m.name, m.task, m.onnx, accuracy=m.accuracy, validation=m.validation,
+                                  calibration=m.calibration, max_batch=m.max_batch, description=m.description)  # fmt: skip
         settings = Settings(data_dir=data)
         for arch in registry.architectures():
             t0 = time.monotonic()
@@ -239,7 +238,7 @@ def run_contender(kind: str, data: Path, apps: list[App], trace: list[tuple[floa
         decisions = sorted((d for d in seen.values() if d["time"] >= decisions_before), key=lambda d: d["time"])
     finally:
         http.close()
-        with _suppress():
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(30)
@@ -249,14 +248,6 @@ def run_contender(kind: str, data: Path, apps: list[App], trace: list[tuple[floa
         shutil.rmtree(work, ignore_errors=True)
     return summarize(kind, apps, records, samples, decisions, trace[-1][0] if trace else 0.0, wall, plan,
                      decisions_before)
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], ProcessLookupError)
 
 
 # ---- metrics -----------------------------------------------------------------------------------

@@ -69,6 +69,12 @@ class Route:
     cost_per_1k: float | None = None
 
 
+def _ewma(values: dict, key: Any, x: float, alpha: float, start: float | None = None) -> None:
+    """Move ``values[key]`` toward ``x`` by ``alpha`` (the first sample sets it, unless ``start``)."""
+    before = values.get(key, start)
+    values[key] = x if before is None else before + alpha * (x - before)
+
+
 class DataPlane(MetadataViews):
     def __init__(self, registry: Registry, cluster: ClusterBackend, settings: Settings) -> None:
         self.registry = registry
@@ -289,19 +295,18 @@ class DataPlane(MetadataViews):
             pb = result["preferred_batch"]
             per_row = ", ".join(f"b{b} {t / b:.2f}" for b, t in sorted(timings.items()))
             why += (f" ({result['instances']} x {result['threads']} threads); batches of up to {pb}: "
-                    f"fastest per row {'in its profile' if spec.batch_ms and spec.instances == 1 else 'measured at load'} "
-                    f"(ms/row: {per_row})")
+                    f"fastest per row {result.get('timed', 'measured at load')} (ms/row: {per_row})")
         self.log_decision("load", why, variant=variant.name, worker=worker.name,
                           preferred_batch=result.get("preferred_batch"))  # fmt: skip
         return result
 
     def _slot(self, worker: WorkerHandle, name: str) -> Slot:
-        """How a loaded variant's next request would run on ``worker``: rows in flight, the batch
-        size and instances it runs with there, and the serving path's own overhead for it there
-        (EWMA of total - queue - compute: it grows with the tensors' size), and how much slower than profiled its batches ran there
-        lately (EWMA of compute / profiled, bounded 0.5-10: cores shared with other variants).
-        Other variants' queues are not added: the worker runs them concurrently, time-shared, and
-        adding them as if in series over-predicted tenfold in bench/workload."""
+        """How a loaded variant's next request would run on ``worker``: rows in flight; the batch
+        size and instances it runs with there; the serving path's own overhead for it there (EWMA of
+        total - queue - compute: it grows with the tensors' size); and how much slower than profiled
+        its batches ran there lately (EWMA of compute / profiled, bounded 0.5-10: cores shared with
+        other variants). Other variants' queues are not added: the worker runs them concurrently,
+        time-shared, and adding them as if in series over-predicted tenfold in bench/workload."""
         batch, instances = self.batching.get((worker.name, name), (0, 1))
         return (worker.name, worker.rows_in_flight(name), batch or None, instances,
                 self.overhead_ms.get((worker.name, name), 0.0), self.slowdown.get((worker.name, name), 1.0))  # fmt: skip
@@ -496,13 +501,11 @@ class DataPlane(MetadataViews):
         var, rows = route.variant, plan.rows
         self.metrics.success(req.model, var.name, rows, total_ns, result.queue_ns,
                              result.compute_ns, result.batch_size, result.batch_pos == 0)  # fmt: skip
-        path_ms = max(0.0, (total_ns - result.queue_ns - result.compute_ns) / 1e6)
         key = (route.worker.name, var.name)
-        before = self.overhead_ms.get(key)
-        self.overhead_ms[key] = path_ms if before is None else before + 0.05 * (path_ms - before)
+        _ewma(self.overhead_ms, key, max(0.0, (total_ns - result.queue_ns - result.compute_ns) / 1e6), 0.05)
         if (prof := self.catalog.profiles.get(var.name)) is not None and result.batch_size and result.compute_ns:
-            ratio = min(10.0, max(0.5, result.compute_ns / 1e6 / prof.predict_ms(result.batch_size)))
-            self.slowdown[key] = self.slowdown.get(key, 1.0) + 0.1 * (ratio - self.slowdown.get(key, 1.0))
+            ratio = result.compute_ns / 1e6 / prof.predict_ms(result.batch_size)
+            _ewma(self.slowdown, key, min(10.0, max(0.5, ratio)), 0.1, start=1.0)
         default_binary = plan.params.binary_data_output
         wanted = req.outputs
         outputs = []

@@ -134,7 +134,8 @@ class Profile(_Record):
     best_batch: int = 1
     measured_at: float = Field(default_factory=time.time)
 
-    _table: tuple[list[int], list[float]] | None = PrivateAttr(default=None)
+    # (the table it was built from, sizes, monotone ms): rebuilt when a copy carries another table
+    _table: tuple[dict, list[int], list[float]] | None = PrivateAttr(default=None)
 
     def predict_ms(self, batch: int) -> float:
         """Latency of one batch of ``batch`` rows. From the measured p50 per batch size: linear
@@ -142,14 +143,14 @@ class Profile(_Record):
         last measured segment (the fit's slope with one point); never below a smaller batch's, never
         zero. Without measurements, the linear fit, clamped at half its slope per row (a fit can cross
         zero at small batches, which would make capacity infinite)."""
-        if self._table is None:
+        if self._table is None or self._table[0] is not self.latency_p50_ms:
             sizes = sorted(self.latency_p50_ms)
             ms, top = [], 0.0
             for b in sizes:  # a larger batch is never predicted faster than a smaller one
                 top = max(top, self.latency_p50_ms[b])
                 ms.append(top)
-            self._table = (sizes, ms)
-        sizes, ms = self._table
+            self._table = (self.latency_p50_ms, sizes, ms)
+        _, sizes, ms = self._table
         batch = max(1, batch)
         if not sizes or ms[-1] <= 0:
             # floor: half the fit's marginal cost of the rows (a fit below that crossed zero nearby)

@@ -241,10 +241,11 @@ class Worker:
         max_batch = msg.get("max_batch", 16)
         profiled = {int(b): ms / 1000 for b, ms in (msg.get("batch_ms") or {}).items() if int(b) <= max_batch}
         if profiled and instances == 1:  # measured on this kind with these threads: warm up, no sweep
-            timings = profiled
+            timings, timed = profiled, "in its profile"
             warm_up(runtimes[0])
         else:
             timings = calibrate(runtimes[0], max_batch) if msg.get("calibrate", True) else {}
+            timed = "measured at load"
         preferred = preferred_batch(timings, max_batch)
         from infaas.registry.types import Profile, linear_fit
 
@@ -262,7 +263,7 @@ class Worker:
                            instances=instances)  # fmt: skip
         self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel)
         return {"load_time_s": sum(r.load_time_s for r in runtimes) / instances, "instances": instances,
-                "threads": runtimes[0].threads, "preferred_batch": preferred,
+                "threads": runtimes[0].threads, "preferred_batch": preferred, "timed": timed,
                 "batch_ms": {b: round(t * 1000, 3) for b, t in timings.items()}}  # fmt: skip
 
     def _op_unload(self, msg: dict) -> dict:
