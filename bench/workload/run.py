@@ -6,6 +6,8 @@ Contenders, each a fresh ``infaas serve`` on the same cores (1-core workers, at 
   (the most accurate architecture meeting its floor, fp32, one thread), pre-loaded through the
   repository extension on replicas sized for the app's peak (1-s windows) or mean rate, autoscaling
   off, explicit-variant requests (TensorFlow Serving / Clipper style);
+- ``infaas-original``: the same model-less requests, served by the original INFaaS rules
+  (``--policy infaas-original``, ``infaas.policy.original``), starting from one worker;
 - ``infaas``: model-less requests (task + objective), autoscaling on, starting from one worker.
 
 Every request of the trace is sent open loop at its time. Per contender and app: violations
@@ -58,7 +60,7 @@ from infaas.settings import Settings  # noqa: E402
 from infaas.workload import App, generate, load_apps, read_trace, write_trace  # noqa: E402
 
 console = Console()
-CONTENDERS = ("static-peak", "static-mean", "infaas")
+CONTENDERS = ("static-peak", "static-mean", "infaas-original", "infaas")
 PREP_VERSION = "1"  # bump when the prepared data directory must be rebuilt
 
 
@@ -172,6 +174,8 @@ def run_contender(kind: str, data: Path, apps: list[App], trace: list[tuple[floa
            "--min-workers", "1" if not static else str(workers)]  # fmt: skip
     if static:
         cmd.append("--no-autoscale")
+    else:
+        cmd += ["--policy", "infaas-original" if kind == "infaas-original" else "infaas"]
     log = (work / "server.log").open("w")  # noqa: SIM115 (closed in the finally below)
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -347,10 +351,34 @@ def report(results: list[dict], apps: list[App], out: Path, plots: Path) -> None
             o = r["prediction_overall"]
             t.add_row("all requests", str(o["n"]), f"{o['p50']:.1%}", f"{o['p90']:.1%}", f"{o['bias']:+.1%}")
             console.print(t)
+    ratios = target_ratios(results)
+    if ratios:
+        t = Table(title="infaas against each contender (same run, same trace, same cores)")
+        for col in ("contender", "violations: theirs / ours", "cost: theirs / ours", "goodput: ours / theirs"):
+            t.add_column(col, justify="right")
+        for name, r in ratios.items():
+            t.add_row(name, f"{r['violations']:.2f}x", f"{r['cost']:.2f}x", f"{r['goodput']:.2f}x")
+        console.print(t)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"hardware": local_kind().as_dict(), "results": results}, indent=1))
+    out.write_text(json.dumps({"hardware": local_kind().as_dict(), "ratios": ratios, "results": results}, indent=1))
     console.print(f"wrote {out}")
     plot(results, apps, plots)
+
+
+def target_ratios(results: list[dict]) -> dict[str, dict[str, float]]:
+    """Each other contender against infaas: violations and cost as theirs / ours (above 1: infaas
+    does better), goodput as ours / theirs."""
+    ours = next((r for r in results if r["contender"] == "infaas"), None)
+    if ours is None:
+        return {}
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("inf") if a else 1.0
+
+    return {r["contender"]: {"violations": ratio(r["violation_rate"], ours["violation_rate"]),
+                             "cost": ratio(r["core_seconds"], ours["core_seconds"]),
+                             "goodput": ratio(ours["goodput_rps"], r["goodput_rps"])}
+            for r in results if r is not ours}  # fmt: skip
 
 
 def plot(results: list[dict], apps: list[App], prefix: Path) -> None:
@@ -399,7 +427,8 @@ def plot(results: list[dict], apps: list[App], prefix: Path) -> None:
     names = [r["contender"] for r in results]
     for ax, key, title in zip(axes, ("violation_rate", "goodput_rps", "usd"),
                               ("violations (share)", "goodput (req/s)", "cost (USD)"), strict=True):  # fmt: skip
-        ax.bar(names, [r[key] for r in results], color=["#999", "#bbb", "#2a7"][: len(names)])
+        colors = {"static-peak": "#999", "static-mean": "#bbb", "infaas-original": "#79c", "infaas": "#2a7"}
+        ax.bar(names, [r[key] for r in results], color=[colors.get(n, "#555") for n in names])
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()

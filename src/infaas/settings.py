@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -86,6 +86,9 @@ class Settings(BaseSettings):
 
     # autoscaling (the controller)
     autoscale: bool = Field(True, description="run the controller: replicate, upgrade, downgrade, unload, add/remove workers")
+    policy: Literal["infaas", "infaas-original"] = Field(
+        "infaas", description="selection and scaling rules: ours, or the original INFaaS's (a contender)"
+    )
     autoscale_interval_s: float = Field(1.0, gt=0, description="controller period")
     autoscale_window: int = Field(5, ge=1, description="samples per variant the controller keeps")
     min_workers: int = Field(0, ge=0, description="0: the number of workers started (--workers)")

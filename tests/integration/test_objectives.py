@@ -90,3 +90,28 @@ def test_tritonclient_sends_objectives_as_parameters(server, digits_samples):
     params = result.get_response()["parameters"]
     assert params["architecture"] in ("digits-mlp", "digits-logreg") and params["accuracy"] >= 0.96
     client.close()
+
+
+def test_the_original_infaas_policy_serves_behind_the_same_api(tmp_path, digits_profiled_dir, digits_samples):
+    """``policy=infaas-original`` (the contender in bench/workload): the same request, another rule:
+    the slowest running variant that meets the objective (least slack), said in the reason; the
+    controller reports which rules it runs."""
+    data = copy_data_dir(digits_profiled_dir, tmp_path / "d")
+    srv = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False,
+                                    policy="infaas-original")).start()  # fmt: skip
+    try:
+        first = ask(srv, digits_samples[0][:1], min_accuracy=0.9, latency_ms=1000)  # may cold-start
+        assert first.status_code == 200, first.text
+        assert "(infaas-original)" in first.json()["parameters"]["reason"]
+        r = ask(srv, digits_samples[0][:1], min_accuracy=0.9, latency_ms=1000)
+        p = r.json()["parameters"]
+        assert "least slack" in p["reason"] and p["accuracy"] >= 0.9
+        options = [(v, srv.dataplane.catalog.profiles[v.name]) for v in srv.dataplane.catalog.variants.values()
+                   if v.accuracy is not None and v.accuracy >= 0.9 and v.status == "ready"
+                   and any(w.hosts(v.name) for w in srv.dataplane.cluster.workers)]  # fmt: skip
+        slowest = max(options, key=lambda o: o[1].fit_slope_ms + o[1].fit_intercept_ms)
+        assert p["variant"] == slowest[0].name
+        with Client(srv.url) as c:
+            assert c.autoscale()["policy"] == "infaas-original"
+    finally:
+        srv.stop()

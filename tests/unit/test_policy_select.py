@@ -132,6 +132,23 @@ def test_cheaper_unloaded_variant_is_loaded_in_the_background_while_the_loaded_o
     assert select(Objective(min_accuracy=0.8, latency_ms=10), slow_mid, 1, "t").prefetch is None
 
 
+def test_no_prefetch_of_a_variant_dearer_than_a_loaded_one_that_is_only_saturated():
+    """TINY (cheapest) is loaded but its queue misses 10 ms, so the dearer BIG serves; MID lies
+    between them in price. Loading MID would add a variant the controller downgrades back into
+    TINY as soon as load falls (the cycle bench/workload's decision log showed every 10 s): no
+    prefetch. With TINY idle it serves itself; with TINY not loaded, the cheapest is loaded."""
+    tiny = var("tiny.fp32", 0.86)
+    p = {**P, tiny.name: prof(tiny, 1.0, 1.0, 1e-6)}
+
+    def options(tiny_slots):
+        return [Option(BIG, p[BIG.name], (("w0", 0),)), Option(MID, p[MID.name], ()), Option(tiny, p[tiny.name], tiny_slots)]
+
+    saturated = select(Objective(min_accuracy=0.8, latency_ms=10), options((("w1", 40),)), 1, "t")
+    assert saturated.variant is BIG and saturated.prefetch is None
+    assert select(Objective(min_accuracy=0.8, latency_ms=10), options((("w1", 0),)), 1, "t").variant is tiny
+    assert select(Objective(min_accuracy=0.8, latency_ms=10), options(()), 1, "t").prefetch is tiny
+
+
 def test_unprofiled_unloaded_variants_cold_start_without_a_latency_objective():
     """A registered variant not profiled yet (and unloaded) serves an accuracy objective by a cold
     start; with a latency objective it cannot be predicted, so the answer is a clear 'unreachable'

@@ -25,6 +25,8 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-workers", type=int, help="autoscaling: never fewer workers (default: --workers)")
     p.add_argument("--max-workers", type=int, help="autoscaling: never more (default: as many as cores allow)")
     p.add_argument("--scale-down-s", type=float, help="autoscaling: low load this long before capacity goes")
+    p.add_argument("--policy", choices=["infaas", "infaas-original"],
+                   help="selection and scaling rules (default infaas; infaas-original: the ATC'21 rules, a contender)")
     p.add_argument("--no-autoscale", action="store_true", help="no controller: a fixed placement")
     p.add_argument("--default-timeout-s", type=float,
                    help="deadline of requests with neither latency_ms nor timeout (default 10)")
@@ -50,7 +52,7 @@ def run_serve(args) -> None:
                              max_queue_delay_us=args.max_queue_delay_us,
                              instances_per_variant=args.instances, min_workers=args.min_workers,
                              max_workers=args.max_workers, scale_down_s=args.scale_down_s,
-                             autoscale=False if args.no_autoscale else None,
+                             autoscale=False if args.no_autoscale else None, policy=args.policy,
                              api_keys=args.api_key, management_api_keys=args.management_api_key,
                              management_host=args.management_host, management_port=args.management_port,
                              job_roots=args.job_root, default_timeout_s=args.default_timeout_s,

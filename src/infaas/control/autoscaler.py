@@ -27,6 +27,8 @@ from infaas.policy import (
     state_of,
 )
 from infaas.policy.autoscale import capacity_rps
+from infaas.policy.original import NAME as ORIGINAL
+from infaas.policy.original import OriginalConfig, OriginalMemory, autoscale_original
 
 if TYPE_CHECKING:
     from infaas.control.ports import Actuator
@@ -51,6 +53,9 @@ class Autoscaler:
         self.cfg = ScalingConfig(scale_down_s=settings.scale_down_s, idle_unload_s=settings.idle_unload_s,
                                  keep_warm=settings.keep_warm, min_workers=self.min_workers)  # fmt: skip
         self.memory = Memory()
+        self.original = settings.policy == ORIGINAL  # the contender's rules instead of ours
+        self.original_cfg = OriginalConfig(keep_warm=settings.keep_warm)
+        self.original_memory = OriginalMemory()
         self.windows: dict[str, deque[Sample]] = {}
         self._last: dict[tuple[str, str], tuple[float, dict]] = {}  # (worker, variant) -> counters
         self._cpu: dict[str, tuple[float, float]] = {}  # worker -> (time, cpu seconds)
@@ -201,8 +206,12 @@ class Autoscaler:
         rooms = [WorkerRoom(w.name, self.memory_mb - self.workers.get(w.name, {}).get("rss_mb", 0.0),
                             len(w.loaded_names()), self.workers.get(w.name, {}).get("cpu"))
                  for w in workers if w.alive]  # fmt: skip
-        actions, self.memory = autoscale(loads, family, rooms, now, self.memory, self.cfg)
-        self.overloaded = {}
+        if self.original:
+            actions, self.original_memory = autoscale_original(loads, family, rooms, now, self.original_memory,
+                                                               self.original_cfg)  # fmt: skip
+        else:
+            actions, self.memory = autoscale(loads, family, rooms, now, self.memory, self.cfg)
+        self.overloaded = dict(self.original_memory.flagged) if self.original else {}
         for load in loads:
             state, why, demand = state_of(load, self.cfg)
             last = load.window[-1]
@@ -212,7 +221,10 @@ class Autoscaler:
                 completed_rps=round(last.completed_rps, 1), queue_rows=last.queue_rows,
                 mean_batch=round(last.mean_batch, 2), p50_ms=round(last.p50_ms, 3), busy=round(last.busy, 3),
             )  # fmt: skip
-            if state == "overloaded":
+            if self.original:  # its own overload flags (with hysteresis) decide, and are shown
+                if load.variant.name in self.overloaded:
+                    self.states[load.variant.name].update(state="overloaded", reason=self.overloaded[load.variant.name])
+            elif state == "overloaded":
                 self.overloaded[load.variant.name] = why
         return actions
 
@@ -276,7 +288,7 @@ class Autoscaler:
     def report(self) -> dict[str, Any]:
         """What ``GET /api/v1/autoscale`` and ``infaas workers`` show."""
         return {
-            "enabled": True, "ticks": self.ticks, "errors": self.errors,
+            "enabled": True, "policy": self.settings.policy, "ticks": self.ticks, "errors": self.errors,
             "limits": {"min_workers": self.min_workers, "max_workers": self.max_workers,
                        "worker_memory_mb": round(self.memory_mb), "scale_down_s": self.cfg.scale_down_s,
                        "idle_unload_s": self.cfg.idle_unload_s, "keep_warm": self.cfg.keep_warm},

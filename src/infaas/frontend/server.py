@@ -59,6 +59,7 @@ def build_services(settings: Settings) -> Services:
     scaler = Autoscaler(dp, settings) if settings.autoscale else None
     if scaler is not None:
         dp.worker_report = lambda: scaler.workers
+        dp.flagged = lambda: scaler.overloaded
 
     def busy() -> str | None:
         if scaler is None or not scaler.overloaded:

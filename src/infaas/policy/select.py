@@ -126,14 +126,16 @@ def predict_ms(profile: Profile, max_batch: int, rows: int, in_flight: int, batc
     """Queue wait plus this request's batch, as the worker runs them: the rows ahead in batches of
     the worker's size (its preferred batch, calibrated at load; ``max_batch`` when unknown) — full
     batches, then the rest — shared by its ``instances``, then this request's rows; plus
-    ``extra_ms``: what else delays it on that worker (the serving path's own overhead). ``scale``:
+    ``extra_ms``: what else delays it on that worker (the serving path's own overhead, and what the
+    rest misses lately; negative when it over-predicts, taking at most half). ``scale``:
     measured / profiled batch time on that worker lately (cores shared with other variants)."""
     size = max(1, min(batch or max_batch, max_batch))
     wait = 0.0
     if in_flight:
         full, rest = divmod(in_flight, size)
         wait = (full * profile.predict_ms(size) + (profile.predict_ms(rest) if rest else 0.0)) / max(1, instances)
-    return (wait + profile.predict_ms(min(rows, max_batch))) * scale + extra_ms
+    core = (wait + profile.predict_ms(min(rows, max_batch))) * scale
+    return max(0.5 * core, core + extra_ms)  # a negative correction never takes more than half
 
 
 def _acc(v: Variant) -> str:
@@ -201,9 +203,11 @@ def select_sorted(
             return False
         return ceiling is None or (o.profile is not None and o.profile.cost_per_1k <= ceiling)
 
+    cheapest: Option | None = None  # the cheapest loaded variant that could serve (maybe saturated now)
     for o in loaded:
         if not admissible(o):  # static checks first: live state only for candidates
             continue
+        cheapest = cheapest or o
         workers = live(o.variant.name)
         if not workers:
             continue
@@ -216,11 +220,16 @@ def select_sorted(
                 best = (worker, pred)
         if best is not None:
             choice = _choice(objective, o, best[0], best[1], scope)
+            # a prefetch must beat every loaded candidate, not only this one: when a cheaper one is
+            # loaded but saturated, capacity is the controller's to add (a replica), and a variant
+            # between the two would be downgraded again as soon as load fell (the bench/workload
+            # decision log showed that cycle every 10 s)
+            bar = _cost(cheapest) * (1 - PREFETCH_SAVING)
             start = index.first_meeting(floor, objective.allow_estimated)
-            if start >= len(ordered) or _cost(ordered[start]) >= _cost(o) * (1 - PREFETCH_SAVING):
+            if start >= len(ordered) or _cost(ordered[start]) >= bar:
                 return choice  # nothing in the scope is cheaper enough to be worth loading
             hosted = {x.variant.name for x in loaded}
-            cheaper = _cheaper_cold(ordered[start:start + PREFETCH_SCAN], hosted, admissible, lat, rows, _cost(o))
+            cheaper = _cheaper_cold(ordered[start:start + PREFETCH_SCAN], hosted, admissible, lat, rows, _cost(cheapest))
             if cheaper is None:
                 return choice
             return dataclasses.replace(choice, prefetch=cheaper.variant, reason=(
