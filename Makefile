@@ -26,8 +26,8 @@ demo: install       ## install infaas and run the demo (embedded server, digits 
 test: install-dev   ## install test needs and run the whole suite (unit, integration, slow, zoo)
 	$(BIN)/python -m pytest -ra
 
-bench: install-dev  ## overhead benchmark: raw ONNX Runtime vs infaas over REST (EfficientNet-Lite0)
-	$(BIN)/python bench/overhead/run.py
+bench: install-dev  ## overhead benchmark: raw ONNX Runtime vs infaas REST/gRPC vs Ray Serve (Lite0, digits-mlp)
+	bench/overhead/run
 
 bench-overload: install-dev  ## overload: goodput, deadlines and recovery past capacity (one 1-core worker); SOAK=600 adds a soak
 	$(BIN)/python bench/overload/run.py --soak $(or $(SOAK),0)

@@ -1,31 +1,47 @@
-"""Overhead benchmark: raw in-process ONNX Runtime vs infaas over REST (binary tensors).
+"""Overhead benchmark: raw ONNX Runtime (the limit) vs infaas over REST and gRPC vs Ray Serve.
 
-One run, same machine, same cores, same model (EfficientNet-Lite0 fp32 with its preprocessing,
-input UINT8 [n, 256, 256, 3]):
-- raw: in-process ORT at batch 1, 2, 4, 8, 16, as one session of all threads (spinning off and
-  on) and as one single-threaded session per core; the best of all is the reference;
-- infaas: `infaas serve` (one worker on the same cores, max batch 16; one runtime instance of all
-  threads, and one single-threaded instance per core) in its own process, driven by the
-  closed-loop load generator (bench/loadgen.py) in another process, one image per request, at
-  1, 8 and 32 concurrent clients.
-Rounds alternate raw and infaas; medians over rounds are reported, with the ratio to raw.
-Writes bench/results/overhead.json (and a PNG plot when matplotlib is installed).
+One run, same machine, same cores, same ONNX model and threads, two models:
+- ``lite0``: EfficientNet-Lite0 fp32 with its preprocessing (input UINT8 [1, 256, 256, 3], 196 KB);
+- ``digits``: the digits zoo's MLP (input FP32 [1, 64]), where serving overhead dominates.
 
-    python bench/overhead/run.py [--rounds 3] [--duration 10] [--quick]
+Contenders:
+- **raw**: in-process ORT at batch 1, 2, 4, 8, 16, as one session of all threads (spinning off
+  and on) and as one single-threaded session per core; the best of all is the reference; batch-1
+  latency in infaas's layout (one session, all threads, no spinning) is the reference for the
+  latency a server adds;
+- **infaas REST** and **infaas gRPC**: one ``infaas serve`` (one worker on the cores, max batch
+  16, binary tensors over REST, ``raw_input_contents`` over gRPC);
+- **Ray Serve** (``ray[serve]`` 2.60.0, installed by this script into ``.cache/overhead/ray-venv``):
+  one replica, ``@serve.batch(max_batch_size=16)``, the same model and threads
+  (``bench/overhead/ray_app.py``), on 127.0.0.1 with ``RAY_AUTH_MODE=disabled``, stopped after.
+
+Each served contender is started fresh every round and driven by the closed-loop load generator
+(``infaas.loadgen``, its own process) at 1, 8 and 32 clients. Reported: throughput, p50, p99,
+ratio to raw, time from process start to the first 200, idle and peak memory (RSS summed over the
+server's process tree, sampled every 0.25 s). Also: infaas idle with the whole Lite zoo
+registered. Medians over rounds; writes ``bench/results/overhead.json`` and
+``docs/img/overhead.png``.
+
+    bench/overhead/run [--rounds 3] [--duration 10] [--quick] [--models lite0 digits] [--no-ray]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import orjson
 from rich.console import Console
@@ -36,33 +52,68 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from infaas.frontend.server import free_port  # noqa: E402
 from infaas.registry import Registry  # noqa: E402
-from infaas.zoo import efficientnet  # noqa: E402
+from infaas.tensors import NUMPY_TO_V2  # noqa: E402
 
 console = Console()
-MODEL = "efficientnet-lite0"
+RAY_VERSION = "2.60.0"
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+CONTENDERS = ("infaas-rest", "infaas-grpc", "ray-serve")
 
 
-def raw_throughput(model_path: Path, sessions: int, threads: int, batch: int, duration: float,
-                   spinning: bool) -> float:  # fmt: skip
-    """Images/s of ``sessions`` ORT sessions of ``threads`` threads each, run back to back in threads."""
-    import threading
+@dataclass
+class Case:
+    key: str
+    model: str  # the architecture registered in infaas
+    input: str
+    row: np.ndarray  # one request's tensor, [1, ...]
+    onnx: Path
+    data: Path
+    unit: str
 
+
+def prepare(work: Path, threads: int, keys: list[str]) -> list[Case]:
+    from infaas.zoo import digits, efficientnet
+
+    cases = []
+    for key in keys:
+        if key == "lite0":
+            zm = efficientnet.build(["efficientnet-lite0"])[0]
+            row, unit = efficientnet.sample_images(1), "img"
+        else:
+            zm = next(m for m in digits.build() if m.name == "digits-mlp")
+            row, unit = digits.sample_inputs(1, seed=3)[0].astype(np.float32), "req"
+        data = work / key
+        registry = Registry.open(data)
+        arch, _ = registry.register(zm.name, zm.task, zm.onnx, accuracy=zm.accuracy, max_batch=16, threads=threads)
+        onnx = registry.models.path(arch.model_hash)
+        registry.close()
+        cases.append(Case(key, zm.name, arch.signature.inputs[0].name, row, onnx, data, unit))
+    return cases
+
+
+# ---- raw ONNX Runtime ------------------------------------------------------------------------------
+def _session(path: Path, threads: int, spinning: bool):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    runs = [ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"]) for _ in range(sessions)]
-    x = efficientnet.sample_images(batch, seed=batch)
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def raw_throughput(case: Case, sessions: int, threads: int, batch: int, duration: float, spinning: bool) -> float:
+    """Rows/s of ``sessions`` ORT sessions of ``threads`` threads each, run back to back in threads."""
+    runs = [_session(case.onnx, threads, spinning) for _ in range(sessions)]
+    x = np.repeat(case.row, batch, axis=0)
     for sess in runs:
-        sess.run(None, {"image": x})
+        sess.run(None, {case.input: x})
     counts = [0] * sessions
     stop = time.perf_counter() + duration
 
     def loop(i: int) -> None:
         while time.perf_counter() < stop:
-            runs[i].run(None, {"image": x})
+            runs[i].run(None, {case.input: x})
             counts[i] += batch
 
     t0 = time.perf_counter()
@@ -74,147 +125,384 @@ def raw_throughput(model_path: Path, sessions: int, threads: int, batch: int, du
     return sum(counts) / (time.perf_counter() - t0)
 
 
-def start_server(data_dir: Path, port: int, threads: int, instances: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "INFAAS_INSTANCES_PER_VARIANT": str(instances)}
-    proc = subprocess.Popen([sys.executable, "-m", "infaas.cli", "serve", "--port", str(port),
-                             "--data-dir", str(data_dir), "--workers", "1", "--cores-per-worker", str(threads)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    import httpx
+def raw_latency_ms(case: Case, threads: int, duration: float) -> float:
+    """p50 of one row at a time in infaas's layout (one session of all threads, no spinning)."""
+    sess = _session(case.onnx, threads, False)
+    feed = {case.input: case.row}
+    sess.run(None, feed)
+    times = []
+    stop = time.perf_counter() + duration
+    while time.perf_counter() < stop:
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
 
-    for _ in range(600):
+
+# ---- served contenders -----------------------------------------------------------------------------
+def tree_rss_mb(pid: int) -> float:
+    """RSS summed over a process and its descendants (shared pages counted in each, as ps does)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total_kb, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        stack.extend(children.get(p, []))
+    return total_kb / 1024
+
+
+class Served:
+    """A served contender: started, timed to its first 200, memory-sampled, stopped."""
+
+    def __init__(self, cmd: list[str], env: dict, probe, stop_extra: list[str] | None = None) -> None:
+        self.cmd, self.env, self.probe, self.stop_extra = cmd, env, probe, stop_extra
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> Served:
+        t0 = time.perf_counter()
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # fmt: skip
+        deadline = t0 + 180
+        while not self.probe():
+            if self.proc.poll() is not None or time.perf_counter() > deadline:
+                self.log.seek(0)
+                tail = self.log.read().decode(errors="replace")[-3000:]
+                self.__exit__(None, None, None)
+                raise SystemExit(f"{self.cmd[:3]} did not answer 200:\n{tail}")
+            time.sleep(0.02)
+        self.ready_s = time.perf_counter() - t0
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+        time.sleep(2.0)  # settle: what it holds while idle
+        self.idle_mb = tree_rss_mb(self.proc.pid)
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.25):
+            self.peak_mb = max(self.peak_mb, tree_rss_mb(self.proc.pid))
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"server failed: {proc.stderr.read().decode()}")
-        time.sleep(0.1)
-    raise SystemExit("server did not become ready")
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if self.stop_extra:
+            subprocess.run(self.stop_extra, capture_output=True, env=self.env, timeout=60)
+        self.log.close()
 
 
-def binary_request(image: np.ndarray) -> tuple[bytes, str]:
-    header = orjson.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": list(image.shape),
-                                       "parameters": {"binary_data_size": image.nbytes}}],
-                           "parameters": {"binary_data_output": True}})  # fmt: skip
-    return header + image.tobytes(), str(len(header))
+def _post_ok(url: str, body: bytes, headers: dict) -> bool:
+    try:
+        return httpx.post(url, content=body, headers=headers, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
-def load(port: int, body_file: Path, header_len: str, concurrency: int, duration: float, warmup: float) -> dict:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "loadgen.py"), "--url", f"http://127.0.0.1:{port}",
-                          "--path", f"/v2/models/{MODEL}/infer", "--body", str(body_file),
-                          "--header", f"Inference-Header-Content-Length: {header_len}",
-                          "-c", str(concurrency), "-d", str(duration), "--warmup", str(warmup)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+def infaas_server(case: Case, threads: int, port: int, grpc_port: int, body: bytes, header_len: str) -> Served:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "infaas.cli", "serve", "--port", str(port), "--grpc-port", str(grpc_port),
+           "--data-dir", str(case.data), "--workers", "1", "--cores-per-worker", str(threads)]  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v2/models/{case.model}/infer"
+    return Served(cmd, env, lambda: _post_ok(url, body, {"Inference-Header-Content-Length": header_len}))
+
+
+def ray_server(py: Path, case: Case, threads: int, port: int) -> Served:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": ""}
+    cmd = [str(py), str(ROOT / "bench" / "overhead" / "ray_app.py"), str(case.onnx), case.input,
+           str(case.row.dtype), json.dumps(list(case.row.shape[1:])), str(threads), str(port)]  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    return Served(cmd, env, lambda: _post_ok(url, case.row[0].tobytes(), {}), [str(py.parent / "ray"), "stop", "--force"])
+
+
+def ray_python(cache: Path) -> Path:
+    """A virtual environment of its own with Ray Serve (and this run's onnxruntime and numpy)."""
+    import onnxruntime
+
+    venv = cache / "ray-venv"
+    py = venv / "bin" / "python"
+    marker = venv / f"ray-{RAY_VERSION}-ort-{onnxruntime.__version__}"
+    if marker.exists():
+        return py
+    with console.status(f"installing ray[serve]=={RAY_VERSION} into {venv} (once)"):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"ray[serve]=={RAY_VERSION}",
+                        f"onnxruntime=={onnxruntime.__version__}", f"numpy=={np.__version__}"], check=True)  # fmt: skip
+    marker.touch()
+    return py
+
+
+def load(url: str, path: str, body_file: Path, concurrency: int, duration: float, header: str | None = None,
+         grpc: bool = False) -> dict:  # fmt: skip
+    cmd = [sys.executable, "-m", "infaas.loadgen", "--url", url, "--path", path, "--body", str(body_file),
+           "-c", str(concurrency), "-d", str(duration), "--warmup", "2"]  # fmt: skip
+    if header:
+        cmd += ["--header", header]
+    if grpc:
+        cmd.append("--grpc")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout)
 
 
+def requests_for(case: Case, work: Path) -> dict[str, tuple[Path, str | None]]:
+    """The same row as each contender takes it: KServe v2 binary (REST), raw_input_contents
+    (gRPC), the raw bytes (Ray Serve)."""
+    from infaas.protocol.proto import kserve_v2_pb2 as pb
+
+    x = case.row
+    header = orjson.dumps({"inputs": [{"name": case.input, "datatype": NUMPY_TO_V2[x.dtype], "shape": list(x.shape),
+                                       "parameters": {"binary_data_size": x.nbytes}}],
+                           "parameters": {"binary_data_output": True}})  # fmt: skip
+    rest = work / f"{case.key}.rest"
+    rest.write_bytes(header + x.tobytes())
+    msg = pb.ModelInferRequest(model_name=case.model)
+    msg.inputs.add(name=case.input, datatype=NUMPY_TO_V2[x.dtype], shape=list(x.shape))
+    msg.raw_input_contents.append(x.tobytes())
+    grpc = work / f"{case.key}.pb"
+    grpc.write_bytes(msg.SerializeToString())
+    ray = work / f"{case.key}.ray"
+    ray.write_bytes(x[0].tobytes())
+    return {"rest": (rest, f"Inference-Header-Content-Length: {len(header)}"), "grpc": (grpc, None), "ray": (ray, None)}
+
+
+# ---- one model -----------------------------------------------------------------------------------
+def measure(case: Case, args, work: Path, ray_py: Path | None) -> dict:
+    reqs = requests_for(case, work)
+    raw_layouts = [(1, args.threads, False), (1, args.threads, True)]
+    if args.threads > 1:
+        raw_layouts.append((args.threads, 1, False))
+    raw_runs: dict[str, list[float]] = {}
+    latency_runs: list[float] = []
+    runs: dict[str, dict[int, list[dict]]] = {}
+    starts: dict[str, dict[str, list[float]]] = {}
+    contenders = [c for c in CONTENDERS if c != "ray-serve" or ray_py is not None]
+    for rnd in range(args.rounds):
+        console.print(f"[bold]{case.key}: round {rnd + 1}/{args.rounds}[/]")
+        for batch in (1, 2, 4, 8, 16):
+            for sessions, threads, spinning in raw_layouts:
+                key = f"{sessions}x{threads}t b{batch}{' spin' if spinning else ''}"
+                raw_runs.setdefault(key, []).append(raw_throughput(case, sessions, threads, batch,
+                                                                   args.duration / 2.5, spinning))  # fmt: skip
+        latency_runs.append(raw_latency_ms(case, args.threads, args.duration / 2.5))
+        console.print(f"  raw ORT best so far {max(statistics.median(v) for v in raw_runs.values()):.1f} "
+                      f"{case.unit}/s; batch 1 p50 {latency_runs[-1]:.3f} ms")  # fmt: skip
+        order = ["infaas", "ray"] if rnd % 2 == 0 else ["ray", "infaas"]
+        for server in order:
+            if server == "ray" and ray_py is None:
+                continue
+            port = free_port()
+            if server == "infaas":
+                grpc_port = free_port()
+                body, header = reqs["rest"][0].read_bytes(), reqs["rest"][1].split(": ")[1]
+                ctx = infaas_server(case, args.threads, port, grpc_port, body, header)
+                plan = [("infaas-rest", f"http://127.0.0.1:{port}", f"/v2/models/{case.model}/infer", *reqs["rest"], False),
+                        ("infaas-grpc", f"127.0.0.1:{grpc_port}", GRPC_INFER, reqs["grpc"][0], None, True)]  # fmt: skip
+            else:
+                ctx = ray_server(ray_py, case, args.threads, port)
+                plan = [("ray-serve", f"http://127.0.0.1:{port}", "/", reqs["ray"][0], None, False)]
+            with ctx as served:
+                for name, url, path, body_file, header, grpc in plan:
+                    for c in args.concurrency:
+                        r = load(url, path, body_file, c, args.duration, header, grpc)
+                        runs.setdefault(name, {}).setdefault(c, []).append(r)
+                        console.print(f"  {name:12s} {c:2d} clients: {r['throughput']:8.1f} {case.unit}/s  "
+                                      f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  errors {r['errors']}")  # fmt: skip
+            for name, *_ in plan:
+                s = starts.setdefault(name, {"ready_s": [], "idle_mb": [], "peak_mb": []})
+                s["ready_s"].append(served.ready_s)
+                s["idle_mb"].append(served.idle_mb)
+                s["peak_mb"].append(served.peak_mb)
+            console.print(f"  {server}: first 200 after {served.ready_s:.2f} s, idle {served.idle_mb:.0f} MiB, "
+                          f"peak {served.peak_mb:.0f} MiB")  # fmt: skip
+    raw = {k: statistics.median(v) for k, v in raw_runs.items()}
+    best_key = max(raw, key=raw.get)
+    out = {"model": case.model, "unit": case.unit, "raw": {k: round(v, 1) for k, v in raw.items()},
+           "raw_best": {"config": best_key, "per_s": round(raw[best_key], 1)},
+           "raw_b1_p50_ms": round(statistics.median(latency_runs), 4), "contenders": {}}  # fmt: skip
+    for name in contenders:
+        rows = []
+        for c, rs in sorted(runs.get(name, {}).items()):
+            tput = statistics.median(r["throughput"] for r in rs)
+            rows.append({"clients": c, "throughput": round(tput, 1), "ratio_to_raw": round(tput / raw[best_key], 3),
+                         "p50_ms": statistics.median(r["p50_ms"] or 0 for r in rs),
+                         "p99_ms": statistics.median(r["p99_ms"] or 0 for r in rs),
+                         "errors": sum(r["errors"] for r in rs)})  # fmt: skip
+        s = starts.get(name, {})
+        out["contenders"][name] = {"rows": rows, **{k: round(statistics.median(v), 2) for k, v in s.items()}}
+    return out
+
+
+def zoo_idle(work: Path, threads: int) -> dict:
+    """infaas idle with the whole EfficientNet-Lite zoo registered (each default variant loaded)."""
+    from infaas.zoo import efficientnet
+
+    data = work / "lite-zoo"
+    registry = Registry.open(data)
+    with console.status("exporting the EfficientNet-Lite zoo"):
+        for zm in efficientnet.build():
+            registry.register(zm.name, zm.task, zm.onnx, accuracy=zm.accuracy, max_batch=16, threads=threads)
+    names = [a.name for a in registry.architectures()]
+    registry.close()
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "infaas.cli", "serve", "--port", str(port), "--data-dir", str(data),
+           "--workers", "1", "--cores-per-worker", str(threads)]  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with Served(cmd, env, ready) as served:
+        pass
+    return {"architectures": names, "ready_s": round(served.ready_s, 2), "idle_mb": round(served.idle_mb, 1)}
+
+
+# ---- report ----------------------------------------------------------------------------------------
+def targets(result: dict) -> list[tuple[str, str, bool]]:
+    """The issue's targets, each with what was measured and whether it holds."""
+    out = []
+    for key, m in result["models"].items():
+        cs = m["contenders"]
+
+        def rows(name: str, cs=cs) -> dict[int, dict]:
+            return {r["clients"]: r for r in cs.get(name, {}).get("rows", [])}
+
+        rest, grpc, ray = rows("infaas-rest"), rows("infaas-grpc"), rows("ray-serve")
+        for c in (8, 32):
+            if c in rest:
+                out.append((f"{key}: REST >= 0.9x raw at {c} clients", f"{rest[c]['ratio_to_raw']:.2f}x",
+                            rest[c]["ratio_to_raw"] >= 0.9))  # fmt: skip
+        need = 2.0 if key == "lite0" else 3.0
+        for c, r in rest.items():
+            if c in ray and ray[c]["throughput"]:
+                x = r["throughput"] / ray[c]["throughput"]
+                out.append((f"{key}: REST >= {need:g}x Ray Serve at {c} clients", f"{x:.2f}x", x >= need))
+        if 8 in rest and 8 in ray and rest[8]["p99_ms"]:
+            x = ray[8]["p99_ms"] / rest[8]["p99_ms"]
+            out.append((f"{key}: p99 at 8 clients <= 1/3 of Ray Serve's", f"{rest[8]['p99_ms']:.1f} vs "
+                        f"{ray[8]['p99_ms']:.1f} ms ({x:.1f}x)", x >= 3))  # fmt: skip
+        if 1 in rest:
+            added = rest[1]["p50_ms"] - m["raw_b1_p50_ms"]
+            limit = 1.0 if key == "lite0" else 0.3
+            out.append((f"{key}: added p50 at 1 client <= {limit:g} ms", f"{added:.3f} ms", added <= limit))
+        for c in grpc:
+            if c in rest and rest[c]["throughput"]:
+                x = grpc[c]["throughput"] / rest[c]["throughput"]
+                out.append((f"{key}: gRPC >= 0.9x REST at {c} clients", f"{x:.2f}x", x >= 0.9))
+        if "ready_s" in cs.get("infaas-rest", {}):
+            out.append((f"{key}: first 200 in < 2 s", f"{cs['infaas-rest']['ready_s']:.2f} s",
+                        cs["infaas-rest"]["ready_s"] < 2))  # fmt: skip
+    if "zoo" in result:
+        z = result["zoo"]
+        out.append((f"idle < 400 MiB with the Lite zoo ({len(z['architectures'])} architectures)",
+                    f"{z['idle_mb']:.0f} MiB", z["idle_mb"] < 400))  # fmt: skip
+    return out
+
+
+def report(result: dict) -> None:
+    for m in result["models"].values():
+        t = Table(title=f"{m['model']} on {result['threads']} cores; raw best {m['raw_best']['config']} "
+                        f"{m['raw_best']['per_s']:.1f} {m['unit']}/s, batch-1 p50 {m['raw_b1_p50_ms']:.3f} ms "
+                        f"(medians of {result['rounds']} rounds)")  # fmt: skip
+        for col in ("contender", "clients", f"{m['unit']}/s", "x raw", "p50 ms", "p99 ms", "errors"):
+            t.add_column(col, justify="right")
+        for name, c in m["contenders"].items():
+            for r in c["rows"]:
+                t.add_row(name, str(r["clients"]), f"{r['throughput']:.1f}", f"{r['ratio_to_raw']:.2f}",
+                          f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.1f}", str(r["errors"]))  # fmt: skip
+        console.print(t)
+        s = Table(title=f"{m['model']}: start and memory (process tree RSS)")
+        for col in ("server", "first 200 s", "idle MiB", "peak MiB"):
+            s.add_column(col, justify="right")
+        for name in ("infaas-rest", "ray-serve"):
+            c = m["contenders"].get(name)
+            if c and "ready_s" in c:
+                s.add_row(name.replace("-rest", ""), f"{c['ready_s']:.2f}", f"{c['idle_mb']:.0f}", f"{c['peak_mb']:.0f}")
+        console.print(s)
+    t = Table(title="targets (issue 12)")
+    for col in ("target", "measured", "met"):
+        t.add_column(col)
+    for what, value, ok in result["targets"]:
+        t.add_row(what, value, "[green]yes[/]" if ok else "[red]no[/]")
+    console.print(t)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = result["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.8), squeeze=False)
+    for ax, (_key, m) in zip(axes[0], models.items(), strict=True):
+        for name, c in m["contenders"].items():
+            ax.plot([r["clients"] for r in c["rows"]], [r["throughput"] for r in c["rows"]], "o-", label=name)
+        ax.axhline(m["raw_best"]["per_s"], color="grey", ls="--", label=f"raw ORT ({m['raw_best']['config']})")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(f"{m['unit']} / s")
+        ax.set_title(m["model"], fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    console.print(f"wrote {path}")
+
+
 def main() -> None:
+    from infaas.hardware import local_kind
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--models", nargs="+", choices=["lite0", "digits"], default=["lite0", "digits"])
+    p.add_argument("--no-ray", action="store_true", help="skip Ray Serve (no install)")
     p.add_argument("--quick", action="store_true", help="1 round of 4 s (smoke run)")
+    p.add_argument("--cache", default=str(ROOT / ".cache" / "overhead"))
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overhead.json"))
+    p.add_argument("--plot", default=str(ROOT / "docs" / "img" / "overhead.png"))
     args = p.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 4.0
-
-    work = Path(tempfile.mkdtemp(prefix="infaas-bench-"))
-    with console.status("exporting EfficientNet-Lite0 (with preprocessing) to ONNX"):
-        zm = efficientnet.build([MODEL])[0]
-        for instances in (1, args.threads):
-            registry = Registry.open(work / f"data-{instances}")
-            registry.register(zm.name, zm.task, zm.onnx, accuracy=zm.accuracy, max_batch=16,
-                              threads=max(1, args.threads // instances))  # fmt: skip
-            model_path = registry.models.path(registry.architecture(MODEL).model_hash)
-            registry.close()
-    body, header_len = binary_request(efficientnet.sample_images(1))
-    (work / "req.bin").write_bytes(body)
-
-    # raw layouts: one session with all threads (spinning off / on, ORT's default), or one
-    # single-threaded session per core; infaas layouts: one instance, or one instance per core
-    raw_layouts = [(1, args.threads, False), (1, args.threads, True)]
-    if args.threads > 1:
-        raw_layouts.append((args.threads, 1, False))
-    layouts = [1, args.threads] if args.threads > 1 else [1]
-    raw_runs: dict[str, list[float]] = {}
-    served_runs: dict[str, list[dict]] = {}
-    port = free_port()
-    for rnd in range(args.rounds):
-        console.print(f"[bold]round {rnd + 1}/{args.rounds}[/]")
-        for batch in (1, 2, 4, 8, 16):
-            for sessions, threads, spinning in raw_layouts:
-                key = f"{sessions}x{threads}t b{batch}{' spin' if spinning else ''}"
-                tput = raw_throughput(model_path, sessions, threads, batch, args.duration / 2.5, spinning)
-                raw_runs.setdefault(key, []).append(tput)
-                console.print(f"  raw ORT {key:14s}: {tput:6.1f} img/s")
-        for instances in layouts:
-            server = start_server(work / f"data-{instances}", port, args.threads, instances)
-            try:
-                for c in args.concurrency:
-                    r = load(port, work / "req.bin", header_len, c, args.duration, warmup=2.0)
-                    served_runs.setdefault(f"{instances}x{args.threads // instances}t|{c}", []).append(r)
-                    console.print(f"  infaas {instances}x{args.threads // instances}t {c:2d} clients: "
-                                  f"{r['throughput']:6.1f} img/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  "
-                                  f"errors {r['errors']}")  # fmt: skip
-            finally:
-                server.terminate()
-                server.wait(timeout=30)
-
-    raw = {k: statistics.median(v) for k, v in raw_runs.items()}
-    best_key = max(raw, key=raw.get)
-    best = raw[best_key]
-    table = Table(title=f"EfficientNet-Lite0 fp32 on {args.threads} cores: infaas over REST (binary) vs the best "
-                        f"raw ONNX Runtime layout ({best_key}: {best:.1f} img/s); medians of {args.rounds} rounds")  # fmt: skip
-    for col in ("infaas layout", "clients", "img/s", "x raw best", "p50 ms", "p99 ms", "errors"):
-        table.add_column(col, justify="right")
-    rows = []
-    for key, runs in served_runs.items():
-        layout, c = key.split("|")
-        tput = statistics.median(r["throughput"] for r in runs)
-        row = {"layout": layout, "clients": int(c), "throughput": round(tput, 1), "ratio_to_raw": round(tput / best, 3),
-               "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-               "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-               "errors": sum(r["errors"] for r in runs)}  # fmt: skip
-        rows.append(row)
-        table.add_row(layout, c, f"{tput:.1f}", f"{tput / best:.2f}", f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}",
-                      str(row["errors"]))  # fmt: skip
-    console.print(table)
-    result = {"model": MODEL, "threads": args.threads, "rounds": args.rounds, "duration_s": args.duration,
-              "cpus": os.cpu_count(), "raw_img_per_s": {k: round(v, 1) for k, v in raw.items()},
-              "raw_best": {"config": best_key, "img_per_s": round(best, 1)}, "infaas": rows,
-              "raw_runs": raw_runs, "infaas_runs": {str(k): v for k, v in served_runs.items()}}  # fmt: skip
+    ray_py = None if args.no_ray else ray_python(Path(args.cache))
+    work = Path(tempfile.mkdtemp(prefix="infaas-overhead-"))
+    with console.status("exporting and registering the models"):
+        cases = prepare(work, args.threads, args.models)
+    result = {"hardware": local_kind().as_dict(), "threads": args.threads, "rounds": args.rounds,
+              "duration_s": args.duration, "ray_version": None if ray_py is None else RAY_VERSION, "models": {}}  # fmt: skip
+    for case in cases:
+        result["models"][case.key] = measure(case, args, work, ray_py)
+    result["zoo"] = zoo_idle(work, args.threads)
+    result["targets"] = targets(result)
+    report(result)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out.write_text(json.dumps(result, indent=1))
     console.print(f"wrote {out}")
-    _plot(result, out.with_suffix(".png"))
-
-
-def _plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for layout in sorted({r["layout"] for r in result["infaas"]}):
-        rows = [r for r in result["infaas"] if r["layout"] == layout]
-        ax.plot([r["clients"] for r in rows], [r["throughput"] for r in rows], "o-", label=f"infaas {layout}")
-    ax.axhline(result["raw_best"]["img_per_s"], color="grey", ls="--",
-               label=f"raw ORT ({result['raw_best']['config']})")  # fmt: skip
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("images / s")
-    ax.set_title("EfficientNet-Lite0: infaas vs raw ONNX Runtime")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    console.print(f"wrote {path}")
+    plot(result, Path(args.plot))
 
 
 if __name__ == "__main__":

@@ -283,8 +283,11 @@ def summarize(kind: str, apps: list[App], records: list, samples: list[dict], de
             row["accuracy_sum"] += acc or 0.0
             row["latencies"].append(latency * 1000)
             if p.get("predicted_ms") is not None and p.get("total_ms"):
-                errors_by_variant.setdefault(p["variant"], []).append((p["predicted_ms"] - p["total_ms"]) / p["total_ms"])
-        timeline.append((round(t_s, 3), key, status, round(latency * 1000, 2), p.get("variant")))
+                errors_by_variant.setdefault(p["variant"], []).append((p["predicted_ms"] - p["total_ms"], p["total_ms"]))
+        # per request: when, app, status, client latency ms, variant, and the server's own account
+        # (predicted, total, queue, compute ms, batch size) for error analysis
+        timeline.append((round(t_s, 3), key, status, round(latency * 1000, 2), p.get("variant"), p.get("predicted_ms"),
+                         p.get("total_ms"), p.get("queue_ms"), p.get("compute_ms"), p.get("batch_size")))  # fmt: skip
     apps_out = {}
     for name, r in per_app.items():
         lat = np.array(r.pop("latencies")) if r["latencies"] else np.array([np.nan])
@@ -297,11 +300,17 @@ def summarize(kind: str, apps: list[App], records: list, samples: list[dict], de
     actions = [d for d in decisions if d["kind"] in ("replicate", "upgrade", "downgrade", "unload", "add_worker",
                                                      "remove_worker")]  # fmt: skip
     loads = [d for d in decisions if d["kind"] == "load"]
-    prediction = {v: {"n": len(e), "p50": float(np.percentile(np.abs(e), 50)), "p90": float(np.percentile(np.abs(e), 90)),
-                      "bias": float(np.median(e))} for v, e in errors_by_variant.items()}  # fmt: skip
+    def error_stats(pairs: list[tuple[float, float]]) -> dict:
+        """Relative error |predicted - actual| / actual (p50, p90, signed median) and absolute (ms)."""
+        diff = np.array([d for d, _ in pairs])
+        rel = diff / np.array([a for _, a in pairs])
+        return {"n": len(pairs), "p50": float(np.percentile(np.abs(rel), 50)), "p90": float(np.percentile(np.abs(rel), 90)),
+                "bias": float(np.median(rel)), "abs_p50_ms": float(np.percentile(np.abs(diff), 50)),
+                "abs_p90_ms": float(np.percentile(np.abs(diff), 90))}  # fmt: skip
+
+    prediction = {v: error_stats(e) for v, e in errors_by_variant.items()}
     every = [x for e in errors_by_variant.values() for x in e]
-    overall = ({"n": len(every), "p50": float(np.percentile(np.abs(every), 50)),
-                "p90": float(np.percentile(np.abs(every), 90)), "bias": float(np.median(every))} if every else None)  # fmt: skip
+    overall = error_stats(every) if every else None
     total = sum(r["requests"] for r in apps_out.values())
     return {"contender": kind, "plan": plan, "duration_s": duration, "wall_s": wall, "requests": total,
             "violations": sum(r["violations"] for r in apps_out.values()),
@@ -343,13 +352,12 @@ def report(results: list[dict], apps: list[App], out: Path, plots: Path) -> None
     for r in results:
         if r["prediction_error"]:
             t = Table(title=f"{r['contender']}: |predicted - actual| / actual per variant")
-            for col in ("variant", "n", "p50", "p90", "median signed"):
+            for col in ("variant", "n", "p50", "p90", "median signed", "p50 ms", "p90 ms"):
                 t.add_column(col)
-            for v, e in sorted(r["prediction_error"].items(), key=lambda kv: -kv[1]["n"]):
-                if e["n"] >= 20:
-                    t.add_row(v, str(e["n"]), f"{e['p50']:.1%}", f"{e['p90']:.1%}", f"{e['bias']:+.1%}")
-            o = r["prediction_overall"]
-            t.add_row("all requests", str(o["n"]), f"{o['p50']:.1%}", f"{o['p90']:.1%}", f"{o['bias']:+.1%}")
+            rows = [(v, e) for v, e in sorted(r["prediction_error"].items(), key=lambda kv: -kv[1]["n"]) if e["n"] >= 20]
+            for v, e in [*rows, ("all requests", r["prediction_overall"])]:
+                t.add_row(v, str(e["n"]), f"{e['p50']:.1%}", f"{e['p90']:.1%}", f"{e['bias']:+.1%}",
+                          f"{e['abs_p50_ms']:.2f}", f"{e['abs_p90_ms']:.2f}")  # fmt: skip
             console.print(t)
     ratios = target_ratios(results)
     if ratios:
@@ -391,7 +399,7 @@ def plot(results: list[dict], apps: list[App], prefix: Path) -> None:
     fig, axes = plt.subplots(len(apps), 1, figsize=(10, 2.6 * len(apps)), sharex=True)
     for ax, app in zip(np.atleast_1d(axes), apps, strict=True):
         for r in results:
-            pts = [(t, ms) for t, a, status, ms, _ in r["timeline"] if a == app.name and status == 200]
+            pts = [(t, ms) for t, a, status, ms, *_ in r["timeline"] if a == app.name and status == 200]
             if pts:
                 t, ms = zip(*pts, strict=True)
                 ax.scatter(t, ms, s=3, label=r["contender"], alpha=0.6)

@@ -143,3 +143,11 @@ def test_scale_out_when_every_worker_is_busy_then_back_off():
     assert not actions  # within the 30 s back-off
     actions, _ = autoscale_original([loaded(SLOW, ["w0", "w1"], 100, t=41)], FAMILY, busy, 41, mem, CFG)
     assert [a.kind for a in actions] == ["add_worker"]
+
+
+def test_the_latency_line_goes_through_batches_1_4_8_as_the_original_profiler_measured():
+    v = var("a.lined")
+    p = Profile(variant=v.name, hardware="cpu", fit_slope_ms=9.0, fit_intercept_ms=9.0,
+                latency_p50_ms={1: 4.0, 4: 7.0, 8: 11.0, 16: 40.0})  # fmt: skip
+    assert fit_ms(p, 1) == pytest.approx(4.0) and fit_ms(p, 16) == pytest.approx(19.0)  # not the measured 40
+    assert fit_ms(P[SLOW.name], 2) == pytest.approx(10.0)  # without those three: the profile's own fit

@@ -98,8 +98,33 @@ class OriginalMemory:
 
 
 def fit_ms(p: Profile, batch: float) -> float:
-    """The original's latency model: the profile's linear fit (floored at 1 us so rates stay finite)."""
-    return max(p.fit_slope_ms * batch + p.fit_intercept_ms, 1e-3)
+    """The original's latency model: a least-squares line through the p50s measured at batches 1,
+    4 and 8 [code: profiler], or the profile's own fit when those were not all measured; floored
+    at 1 us so rates stay finite (the original does not floor it)."""
+    slope, intercept = _line(p)
+    return max(slope * batch + intercept, 1e-3)
+
+
+_LINES: dict[int, tuple[dict, tuple[float, float]]] = {}
+
+
+def _line(p: Profile) -> tuple[float, float]:
+    table = p.latency_p50_ms or {}
+    cached = _LINES.get(id(p))
+    if cached is not None and cached[0] is table:
+        return cached[1]
+    pts = [(b, table[b]) for b in (1, 4, 8) if b in table]
+    if len(pts) == 3:
+        mb = sum(b for b, _ in pts) / 3
+        mt = sum(t for _, t in pts) / 3
+        slope = sum((b - mb) * (t - mt) for b, t in pts) / sum((b - mb) ** 2 for b, _ in pts)
+        line = (slope, mt - slope * mb)
+    else:
+        line = (p.fit_slope_ms, p.fit_intercept_ms)
+    if len(_LINES) > 4096:
+        _LINES.clear()
+    _LINES[id(p)] = (table, line)
+    return line
 
 
 # ---- selection ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import hashlib
 import os
 import signal
@@ -262,6 +263,7 @@ class Worker:
                            admission=msg.get("admission", True),
                            instances=instances)  # fmt: skip
         self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel)
+        _trim()  # what the calibration's large batches freed goes back to the system
         return {"load_time_s": sum(r.load_time_s for r in runtimes) / instances, "instances": instances,
                 "threads": runtimes[0].threads, "preferred_batch": preferred, "timed": timed,
                 "batch_ms": {b: round(t * 1000, 3) for b, t in timings.items()}}  # fmt: skip
@@ -275,6 +277,7 @@ class Worker:
         executor.join(timeout=30)
         for runtime in executor.runtimes:
             runtime.unload()
+        _trim()
         return {"unloaded": True}
 
     def _op_stats(self, msg: dict) -> dict:
@@ -477,6 +480,12 @@ def _peak_rss_mb() -> float:
     except OSError:
         pass
     return 0.0
+
+
+def _trim() -> None:
+    """Give freed heap back to the system (glibc keeps it otherwise; a no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _rss_mb() -> float:
