@@ -72,6 +72,32 @@ def test_prediction_follows_the_workers_batching():
     assert c.worker == "w-idle" and c.predicted_ms == pytest.approx(11 + 5 + 0.5)
 
 
+def test_other_variants_on_the_same_cores_delay_a_request_as_processor_sharing():
+    """BIG's batch of one takes 5 ms. Another variant with 30 ms of work in flight on the same
+    core shares it: the request finishes ~5 ms later (min(own, other)), not 30 ms later; one with
+    2 ms left delays it by 2 ms. A residual correction never takes more than half."""
+    p = P[BIG.name]
+    assert predict_ms(p, 16, rows=1, in_flight=0, shared=(30.0,)) == pytest.approx(10.0)
+    assert predict_ms(p, 16, rows=1, in_flight=0, shared=(30.0, 2.0)) == pytest.approx(12.0)
+    assert predict_ms(p, 16, rows=1, in_flight=0, extra_ms=-100.0) == pytest.approx(2.5)
+    # selection reads it from the slot: the worker whose core is shared loses to the one that is not
+    slots = (("w-shared", 0, 4, 1, 0.0, 1.0, (30.0,)), ("w-alone", 0, 4, 1, 0.0, 1.0, ()))
+    c = select(Objective(latency_ms=40, min_accuracy=0.9), [Option(BIG, p, slots)], 1, "t")
+    assert c.worker == "w-alone" and c.predicted_ms == pytest.approx(5.0)
+
+
+def test_the_residual_correction_follows_the_median_not_the_mean():
+    from infaas.frontend.dataplane import _track_median
+
+    values: dict = {}
+    for x in [0.3] * 9 * 40 + [5.0] * 40:  # heavy tail: one in ten requests 5 ms
+        _track_median(values, "k", x)
+    for _ in range(400):
+        for x in [0.3] * 9 + [5.0]:
+            _track_median(values, "k", x)
+    assert values["k"] == pytest.approx(0.3, abs=0.02)  # a mean would sit near 0.77
+
+
 def test_measured_batch_table_drives_the_prediction_and_a_fit_never_reaches_zero():
     v = var("t.fp32", 0.9)
     # measured: 4 ms at 1, 6 at 4, 10 at 8 (a fit through them crosses zero below batch 1 only, but

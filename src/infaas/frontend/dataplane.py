@@ -33,6 +33,7 @@ from infaas.policy import (
     Saturated,
     Slot,
     Unreachable,
+    drain_ms,
     select_loaded,
     select_sorted,
 )
@@ -76,6 +77,17 @@ def _ewma(values: dict, key: Any, x: float, alpha: float, start: float | None = 
     """Move ``values[key]`` toward ``x`` by ``alpha`` (the first sample sets it, unless ``start``)."""
     before = values.get(key, start)
     values[key] = x if before is None else before + alpha * (x - before)
+
+
+def _track_median(values: dict, key: Any, x: float) -> None:
+    """Move ``values[key]`` toward the running median of ``x``: a step of 2 % of its size (plus
+    2 us) up or down (the first sample sets it)."""
+    before = values.get(key)
+    if before is None:
+        values[key] = x
+    elif x != before:
+        step = 0.02 * (abs(before) + 0.1)
+        values[key] = before + (step if x > before else -step)
 
 
 class DataPlane(MetadataViews):
@@ -315,7 +327,20 @@ class DataPlane(MetadataViews):
         time-shared, and adding them as if in series over-predicted tenfold in bench/workload."""
         batch, instances = self.batching.get((worker.name, name), (0, 1))
         return (worker.name, worker.rows_in_flight(name), batch or None, instances,
-                self.overhead_ms.get((worker.name, name), 0.0), self.slowdown.get((worker.name, name), 1.0))  # fmt: skip
+                self.overhead_ms.get((worker.name, name), 0.0), self.slowdown.get((worker.name, name), 1.0),
+                self._shared(worker, name))  # fmt: skip
+
+    def _shared(self, worker: WorkerHandle, name: str) -> tuple[float, ...]:
+        """The work (ms) each other variant on ``worker`` has in flight: it time-shares the cores."""
+        out = []
+        for other in worker.loaded_names():
+            if other == name or not (rows := worker.rows_in_flight(other)):
+                continue
+            prof, var = self.catalog.profiles.get(other), self.catalog.variants.get(other)
+            if prof is not None and var is not None:
+                batch, instances = self.batching.get((worker.name, other), (0, 1))
+                out.append(drain_ms(prof, var.max_batch, rows, batch or None, instances))
+        return tuple(out)
 
     def _background(self, coro) -> None:
         """Run a coroutine beside the request path; failures are logged, never raised into a query."""
@@ -515,13 +540,16 @@ class DataPlane(MetadataViews):
         key = (route.worker.name, var.name)
         extra = self.overhead_ms.get(key, 0.0)
         if route.predicted_ms is not None and route.learn:
-            # learn the residual itself: the serving path's overhead, and also the queue the model
-            # misses (batcher waits, cores time-shared with other variants). bench/workload: a
-            # correction of total - queue - compute alone left digits predicted 37 % low at the median
-            _ewma(self.overhead_ms, key, total_ns / 1e6 - (route.predicted_ms - extra), 0.1)
+            # learn the residual itself: the serving path's overhead, and also what the model misses
+            # (batcher waits, scheduling). Its median, not its mean: bench/workload's totals are
+            # heavy-tailed, and a mean (EWMA) of total - queue - compute left digits 37 % low at the
+            # median, an EWMA of the residual 15 % high
+            _track_median(self.overhead_ms, key, total_ns / 1e6 - (route.predicted_ms - extra))
         else:
             _ewma(self.overhead_ms, key, max(0.0, (total_ns - result.queue_ns - result.compute_ns) / 1e6), 0.05)
-        if (prof := self.catalog.profiles.get(var.name)) is not None and result.batch_size and result.compute_ns:
+        alone = not any(w != var.name and route.worker.rows_in_flight(w) for w in route.worker.loaded_names())
+        if (prof := self.catalog.profiles.get(var.name)) is not None and result.batch_size and result.compute_ns \
+                and alone:  # time-sharing with other variants is predicted apart (``shared``)
             ratio = result.compute_ns / 1e6 / prof.predict_ms(result.batch_size)
             _ewma(self.slowdown, key, min(10.0, max(0.5, ratio)), 0.1, start=1.0)
         default_binary = plan.params.binary_data_output

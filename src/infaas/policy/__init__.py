@@ -22,6 +22,7 @@ from infaas.policy.select import (
     ScopeIndex,
     Slot,
     Unreachable,
+    drain_ms,
     predict_ms,
     select,
     select_loaded,
@@ -30,4 +31,4 @@ from infaas.policy.select import (
 
 __all__ = ["Action", "Memory", "Sample", "ScalingConfig", "VariantLoad", "WorkerRoom", "autoscale", "state_of",
            "BatchTooLarge", "Candidate", "Choice", "Decision", "NoCandidate", "Objective", "Option", "Saturated", "ScopeIndex", "Slot", "Unreachable",
-           "predict_ms", "select", "select_loaded", "select_sorted"]  # fmt: skip
+           "drain_ms", "predict_ms", "select", "select_loaded", "select_sorted"]  # fmt: skip

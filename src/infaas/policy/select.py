@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from infaas.registry.types import Profile, Variant
 
 # Where a loaded variant runs: (worker, rows in flight), or with how that worker runs it: (worker,
-# rows in flight, batch size, runtime instances, overhead ms, measured / profiled batch time)
-Slot = tuple[str, int] | tuple[str, int, int, int] | tuple[str, int, int, int, float, float]
+# rows in flight, batch size, runtime instances, overhead ms, measured / profiled batch time[, the
+# ms of work other variants have in flight on that worker's cores])
+Slot = (tuple[str, int] | tuple[str, int, int, int] | tuple[str, int, int, int, float, float]
+        | tuple[str, int, int, int, float, float, tuple[float, ...]])  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,21 +123,30 @@ class Saturated(Unreachable):
         self.wait_ms = wait_ms
 
 
-def predict_ms(profile: Profile, max_batch: int, rows: int, in_flight: int, batch: int | None = None,
-               instances: int = 1, extra_ms: float = 0.0, scale: float = 1.0) -> float:  # fmt: skip
-    """Queue wait plus this request's batch, as the worker runs them: the rows ahead in batches of
-    the worker's size (its preferred batch, calibrated at load; ``max_batch`` when unknown) — full
-    batches, then the rest — shared by its ``instances``, then this request's rows; plus
-    ``extra_ms``: what else delays it on that worker (the serving path's own overhead, and what the
-    rest misses lately; negative when it over-predicts, taking at most half). ``scale``:
-    measured / profiled batch time on that worker lately (cores shared with other variants)."""
+def drain_ms(profile: Profile, max_batch: int, in_flight: int, batch: int | None = None, instances: int = 1) -> float:
+    """How long ``in_flight`` rows take as the worker runs them: in batches of its size (its
+    preferred batch, calibrated at load; ``max_batch`` when unknown) — full batches, then the
+    rest — shared by its ``instances``."""
+    if not in_flight:
+        return 0.0
     size = max(1, min(batch or max_batch, max_batch))
-    wait = 0.0
-    if in_flight:
-        full, rest = divmod(in_flight, size)
-        wait = (full * profile.predict_ms(size) + (profile.predict_ms(rest) if rest else 0.0)) / max(1, instances)
-    core = (wait + profile.predict_ms(min(rows, max_batch))) * scale
-    return max(0.5 * core, core + extra_ms)  # a negative correction never takes more than half
+    full, rest = divmod(in_flight, size)
+    return (full * profile.predict_ms(size) + (profile.predict_ms(rest) if rest else 0.0)) / max(1, instances)
+
+
+def predict_ms(profile: Profile, max_batch: int, rows: int, in_flight: int, batch: int | None = None,
+               instances: int = 1, extra_ms: float = 0.0, scale: float = 1.0,
+               shared: tuple[float, ...] = ()) -> float:  # fmt: skip
+    """Queue wait (:func:`drain_ms` of the rows ahead) plus this request's batch, times ``scale``:
+    measured / profiled batch time on that worker lately. ``shared``: the work (ms) other variants
+    have in flight on the same cores; the cores are time-shared (each variant runs in its own
+    thread), so each delays this request by at most as long as it runs itself (processor sharing:
+    ``min(own, other)``), not by all of its work (adding it in series over-predicted tenfold in
+    bench/workload). ``extra_ms``: what the rest misses lately on that worker (the serving path's
+    overhead, scheduling): the median residual, negative when it over-predicts (at most half)."""
+    own = (drain_ms(profile, max_batch, in_flight, batch, instances) + profile.predict_ms(min(rows, max_batch))) * scale
+    core = own + sum(min(own, other) for other in shared)
+    return max(0.5 * core, core + extra_ms)
 
 
 def _acc(v: Variant) -> str:
