@@ -110,7 +110,10 @@ def test_preferred_batch_is_the_smallest_near_the_best_per_row_time():
 def test_slo_aware_waits_for_company_within_the_slack_and_the_cap():
     predict = lambda rows: 0.002 + 0.001 * rows  # noqa: E731
     q = BatchQueue(max_batch=8, predict_s=predict, slo_wait=True)
-    q.put(item("a", arrival=0.0, deadline=0.100))
+    for i in range(5):  # requests overlap (each arrives while a batch runs): company is expected
+        q.put(item(f"w{i}"), running=True)
+        q.next(now=-0.005)
+    q.put(item("a", arrival=0.0, deadline=0.100), running=True)
     formed = q.next(now=0.0)
     # slack says leave by 0.097, but never wait longer than a full batch takes (0.010)
     assert formed.batch == [] and formed.wait_s == pytest.approx(0.010)
@@ -118,6 +121,20 @@ def test_slo_aware_waits_for_company_within_the_slack_and_the_cap():
     formed = q.next(now=0.005)  # b must leave by 0.012 - predict(2) = 0.008
     assert formed.batch == [] and formed.wait_s == pytest.approx(0.003)
     assert [p.key for p in q.next(now=0.008).batch] == ["a", "b"]
+
+
+def test_slo_aware_does_not_wait_for_company_that_cannot_come():
+    """One request at a time (a single client: each arrives to an idle queue): waiting up to a
+    full batch (10 ms) for a second request only adds latency. Once requests overlap, it waits."""
+    q = BatchQueue(max_batch=8, predict_s=lambda rows: 0.002 + 0.001 * rows, slo_wait=True)
+    for i in range(6):
+        q.put(item(f"r{i}", arrival=0.03 * i, deadline=0.03 * i + 1.0))
+        assert [p.key for p in q.next(now=0.03 * i).batch] == [f"r{i}"]
+    for _ in range(4):
+        q.put(item("busy"), running=True)  # no deadline: it leaves at once
+        q.next(now=0.0)
+    q.put(item("late", arrival=0.2, deadline=1.2), running=True)
+    assert q.next(now=0.2).batch == []  # now it waits for company
 
 
 def test_slo_aware_without_deadlines_stays_greedy():

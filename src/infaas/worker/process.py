@@ -72,7 +72,7 @@ class VariantExecutor:
             refusal = self.queue.admit(item.rows, item.nbytes, item.deadline, now, item.offline,
                                        self._busy_s(now))  # fmt: skip
             if refusal is None:
-                self.queue.put(item)
+                self.queue.put(item, running=bool(self._running_until))
                 self.cond.notify()
                 return
             self.refused += 1
@@ -262,8 +262,10 @@ class Worker:
                            max_wait_s=msg.get("max_queue_s"), max_bytes=msg.get("max_queue_bytes"),
                            admission=msg.get("admission", True),
                            instances=instances)  # fmt: skip
+        for runtime in runtimes:  # what the calibration's large batches held goes back to the system
+            runtime.release_memory()
+        _trim()
         self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel)
-        _trim()  # what the calibration's large batches freed goes back to the system
         return {"load_time_s": sum(r.load_time_s for r in runtimes) / instances, "instances": instances,
                 "threads": runtimes[0].threads, "preferred_batch": preferred, "timed": timed,
                 "batch_ms": {b: round(t * 1000, 3) for b, t in timings.items()}}  # fmt: skip
