@@ -106,6 +106,14 @@ def test_serve_zoo_add_models_infer(served, tmp_path, digits_samples):
     assert all(v["profile"]["latency_p50_ms"]["1"] > 0 for v in variants if v["status"] != "failed")
     table = run("variants", "digits-tree", "--url", url).stdout
     assert "p50@1/max" in table and "µ$/1k" in table and "0.4" in table  # digits-tree: measured ~0.48
+    # the repository extension from the command line: load a chosen variant, then unload it
+    int8 = next(v["name"] for v in variants if v["format"] == "onnx-int8-dynamic" and v["status"] == "ready")
+    assert "w0" in run("load", int8, "--url", url).stdout
+    assert int8 in json.loads(run("workers", "--url", url, "--json").stdout)["workers"][0]["replicas"]
+    assert "unloaded from w0" in run("unload", int8, "--url", url).stdout
+    assert "was not loaded" in run("unload", int8, "--url", url).stdout
+    proc = run("load", "nope", "--url", url, check=False)
+    assert proc.returncode == 1 and "error 404" in proc.stderr
 
 
 @pytest.mark.slow

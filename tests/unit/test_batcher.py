@@ -110,17 +110,30 @@ def test_preferred_batch_is_the_smallest_near_the_best_per_row_time():
 def test_slo_aware_waits_for_company_within_the_slack_and_the_cap():
     predict = lambda rows: 0.002 + 0.001 * rows  # noqa: E731
     q = BatchQueue(max_batch=8, predict_s=predict, slo_wait=True)
-    for i in range(5):  # requests overlap (each arrives while a batch runs): company is expected
-        q.put(item(f"w{i}"), running=True)
-        q.next(now=-0.005)
+    for i in range(5):  # requests overlap (each arrives while a batch runs), 1 ms apart
+        q.put(item(f"w{i}", arrival=-0.005 + 0.001 * i), running=True)
+        q.next(now=-0.005 + 0.001 * i)
     q.put(item("a", arrival=0.0, deadline=0.100), running=True)
     formed = q.next(now=0.0)
-    # slack says leave by 0.097, but never wait longer than a full batch takes (0.010)
-    assert formed.batch == [] and formed.wait_s == pytest.approx(0.010)
-    q.put(item("b", arrival=0.004, deadline=0.012))
-    formed = q.next(now=0.005)  # b must leave by 0.012 - predict(2) = 0.008
-    assert formed.batch == [] and formed.wait_s == pytest.approx(0.003)
-    assert [p.key for p in q.next(now=0.008).batch] == ["a", "b"]
+    # slack says leave by 0.097, a full batch takes 0.010, but arrivals 1 ms apart say company
+    # comes within 2 ms of the last one or not at all
+    assert formed.batch == [] and formed.wait_s == pytest.approx(0.002)
+    q.put(item("b", arrival=0.001, deadline=0.006), running=True)
+    formed = q.next(now=0.001)  # b must leave by 0.006 - predict(2) = 0.002
+    assert formed.batch == [] and formed.wait_s == pytest.approx(0.001)
+    assert [p.key for p in q.next(now=0.002).batch] == ["a", "b"]
+
+
+def test_slo_aware_stops_waiting_when_arrivals_stop():
+    """Eight closed-loop clients: eight requests arrive together, then none until they are
+    answered. Waiting for a full batch of 16 (18 ms here) would only delay all eight."""
+    q = BatchQueue(max_batch=16, predict_s=lambda rows: 0.002 + 0.001 * rows, slo_wait=True)
+    for i in range(8):
+        q.put(item(f"c{i}", arrival=0.0001 * i, deadline=10.0), running=i > 0)
+    q.overlap = 1.0  # as after many such rounds
+    formed = q.next(now=0.0008)
+    assert formed.batch == [] and formed.wait_s == pytest.approx(0.0007 + 2 * q.gap_s - 0.0008)
+    assert len(q.next(now=0.0007 + 2 * q.gap_s).batch) == 8
 
 
 def test_slo_aware_does_not_wait_for_company_that_cannot_come():

@@ -387,6 +387,18 @@ def cmd_remove(args) -> None:
     console.print(f"removed {args.architecture}")
 
 
+def cmd_load(args) -> None:
+    with _client(args) as client:
+        workers = client.load_model(args.model, args.replicas)
+    console.print(f"{args.model} is on {', '.join(workers)} (the controller may scale it from here)")
+
+
+def cmd_unload(args) -> None:
+    with _client(args) as client:
+        workers = client.unload_model(args.model)
+    console.print(f"{args.model} unloaded from {', '.join(workers)}" if workers else f"{args.model} was not loaded")
+
+
 def cmd_demo(args) -> None:
     from infaas.cli.demo import run_demo
 
@@ -482,6 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_cmd("remove", "remove an architecture and its variants", json_flag=False)
     p.add_argument("architecture")
     p.set_defaults(fn=cmd_remove)
+
+    p = client_cmd("load", "load a variant (or an architecture's default) on workers", json_flag=False)
+    p.add_argument("model", help="variant or architecture")
+    p.add_argument("--replicas", type=int, default=1, help="on this many workers in all (default 1)")
+    p.set_defaults(fn=cmd_load)
+
+    p = client_cmd("unload", "unload a variant from every worker", json_flag=False)
+    p.add_argument("model", help="variant")
+    p.set_defaults(fn=cmd_unload)
 
     p = sub.add_parser("demo", help="embedded server + digits zoo + a stream of queries + an autoscaling ramp")
     p.add_argument("--queries", type=int, default=300)
