@@ -387,7 +387,7 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
             return {r["clients"]: r for r in cs.get(name, {}).get("rows", [])}
 
         rest, grpc, ray = rows("infaas-rest"), rows("infaas-grpc"), rows("ray-serve")
-        for c in (8, 32):
+        for c in (8, 32) if key == "lite0" else ():  # raw digits runs ~10^6 rows/s in process: no served bar
             if c in rest:
                 out.append((f"{key}: REST >= 0.9x raw at {c} clients", f"{rest[c]['ratio_to_raw']:.2f}x",
                             rest[c]["ratio_to_raw"] >= 0.9))  # fmt: skip

@@ -115,3 +115,22 @@ def test_the_original_infaas_policy_serves_behind_the_same_api(tmp_path, digits_
             assert c.autoscale()["policy"] == "infaas-original"
     finally:
         srv.stop()
+
+
+def test_what_was_learned_about_a_replica_is_forgotten_when_it_leaves(server, digits_samples):
+    """Batching, path overhead and slowdown are kept per (worker, variant); an unloaded replica's
+    entries go once the placement changes (they would otherwise grow with every variant ever
+    loaded), while the replicas still placed keep theirs."""
+    dp = server.dataplane
+    worker = dp.cluster.workers[0]
+    r = ask(server, digits_samples[0][:2], min_accuracy=0.9)
+    assert r.status_code == 200, r.text
+    served = r.json()["parameters"]["variant"]
+    assert (worker.name, served) in dp.batching and (worker.name, served) in dp.overhead_ms
+    others = [k for k in dp.batching if k[1] != served]
+    asyncio.run_coroutine_threadsafe(worker.unload(served), server.loop).result(30)
+    # any objective query reads the new placement: one on another architecture cannot reload it
+    r = ask(server, digits_samples[0][:2], model="digits-tree", min_accuracy=0.1)
+    assert r.status_code == 200, r.text
+    assert (worker.name, served) not in dp.batching and (worker.name, served) not in dp.overhead_ms
+    assert all(k in dp.batching for k in others if worker.assigned(k[1]))

@@ -42,34 +42,36 @@ def test_estimated_accuracy_counts_only_when_allowed():
 def test_latency_prediction_includes_the_queue_and_the_batch():
     p = P[BIG.name]
     assert predict_ms(p, 16, rows=4, in_flight=0) == pytest.approx(2 * 4 + 3)
-    # 20 rows ahead run as the worker runs them: a batch of 16 (35 ms), then one of 4 (11 ms)
-    assert predict_ms(p, 16, rows=1, in_flight=20) == pytest.approx((2 * 16 + 3) + (2 * 4 + 3) + 5)
+    # 20 rows ahead run as the worker runs them: a batch of 16 (35 ms, running: half of it left),
+    # then one of 4 (11 ms), then this request's (5 ms)
+    assert predict_ms(p, 16, rows=1, in_flight=20) == pytest.approx((2 * 16 + 3) / 2 + (2 * 4 + 3) + 5)
     # BIG alone meets min_accuracy 0.9; with 20 rows queued it cannot make 30 ms: the objective is
     # fine, the load is not (Saturated: a 429 to retry, not a 400 to give up)
-    with pytest.raises(Saturated, match="saturated for latency_ms 30: big.fp32 .* predicts 51.0 ms") as exc:
+    with pytest.raises(Saturated, match="saturated for latency_ms 30: big.fp32 .* predicts 33.5 ms") as exc:
         select(Objective(latency_ms=30, min_accuracy=0.9), opts(in_flight=20), 1, "t")
-    assert exc.value.wait_ms == pytest.approx(21)
+    assert exc.value.wait_ms == pytest.approx(3.5)
     assert select(Objective(latency_ms=30, min_accuracy=0.9), opts(in_flight=0), 1, "t").variant is BIG
     # 4 ms cannot be met even when idle (BIG's batch of 1 takes 5): unreachable, not saturated
-    with pytest.raises(Unreachable, match="latency_ms 4 unreachable for t: fastest is 51.00 ms") as exc:
+    with pytest.raises(Unreachable, match="latency_ms 4 unreachable for t: fastest is 33.50 ms") as exc:
         select(Objective(latency_ms=4, min_accuracy=0.9), opts(in_flight=20), 1, "t")
     assert not isinstance(exc.value, Saturated)
 
 
 def test_prediction_follows_the_workers_batching():
     """A worker that runs batches of 4 with two runtime instances drains 20 rows in 5 batches of
-    4 shared by two instances; predicting batches of max_batch (16) says otherwise."""
+    4 (the first running, half done) shared by two instances; predicting batches of max_batch (16)
+    says otherwise."""
     p = P[BIG.name]  # 2 ms a row + 3 ms a batch
-    assert predict_ms(p, 16, rows=1, in_flight=20, batch=4) == pytest.approx(5 * 11 + 5)
-    assert predict_ms(p, 16, rows=1, in_flight=20, batch=4, instances=2) == pytest.approx(5 * 11 / 2 + 5)
+    assert predict_ms(p, 16, rows=1, in_flight=20, batch=4) == pytest.approx(4.5 * 11 + 5)
+    assert predict_ms(p, 16, rows=1, in_flight=20, batch=4, instances=2) == pytest.approx(4.5 * 11 / 2 + 5)
     # selection reads the worker's batching from its live slot: at 40 ms, the 2-instance worker fits
     slots = (("w-one", 20, 4, 1), ("w-two", 20, 4, 2))
     c = select(Objective(latency_ms=40, min_accuracy=0.9), [Option(BIG, P[BIG.name], slots)], 1, "t")
-    assert c.worker == "w-two" and c.predicted_ms == pytest.approx(32.5)
+    assert c.worker == "w-two" and c.predicted_ms == pytest.approx(29.75)
     # what else delays it on a worker (other variants' rows on the same cores, the path's overhead)
     slots = (("w-busy", 0, 4, 1, 30.0), ("w-idle", 4, 4, 1, 0.5))
     c = select(Objective(latency_ms=40, min_accuracy=0.9), [Option(BIG, P[BIG.name], slots)], 1, "t")
-    assert c.worker == "w-idle" and c.predicted_ms == pytest.approx(11 + 5 + 0.5)
+    assert c.worker == "w-idle" and c.predicted_ms == pytest.approx(11 / 2 + 5 + 0.5)
 
 
 def test_other_variants_on_the_same_cores_delay_a_request_as_processor_sharing():

@@ -115,6 +115,7 @@ class DataPlane(MetadataViews):
         self._tasks: set[asyncio.Task] = set()
         self._cold: dict[str, asyncio.Task] = {}  # variant -> its load in progress
         self._loaded_options: dict[tuple[str, str | None], tuple] = {}
+        self._pruned_at: tuple = ()  # the placement (workers' versions) last pruned for
         self.worker_report: Callable[[], dict[str, dict[str, Any]]] = dict  # set by the composition root
         self.flagged: Callable[[], Collection[str]] = frozenset  # variants the controller flags overloaded (ditto)
 
@@ -371,11 +372,22 @@ class DataPlane(MetadataViews):
         placement = tuple(w.placement_version for w in self.cluster.workers)
         key = (name, version)
         cached = self._loaded_options.get(key)
+        if placement != self._pruned_at:
+            self._pruned_at = placement
+            self._prune()
         if cached is None or cached[0] != placement or cached[1] is not index:
             names = set().union(*(w.loaded_names() for w in self.cluster.workers))
             cached = (placement, index, [o for o in index.ordered if o.variant.name in names])
             self._loaded_options[key] = cached
         return index, cached[2]
+
+    def _prune(self) -> None:
+        """Forget what was learned about replicas that left their worker's target placement
+        (unloaded, or the worker removed); a restarting worker keeps what it will reload."""
+        workers = {w.name: w for w in self.cluster.workers}
+        for learned in (self.batching, self.overhead_ms, self.slowdown):
+            for key in [k for k in learned if k[0] not in workers or not workers[k[0]].assigned(k[1])]:
+                del learned[key]
 
     async def load_cold(self, variant: Variant) -> WorkerHandle:
         """Load a variant that no worker has (one load per variant, however many requests wait for it)."""
