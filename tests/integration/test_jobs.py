@@ -29,9 +29,11 @@ def rows(n: int, seed: int = 1) -> np.ndarray:
     return np.resize(x, (n, 64)) + np.random.default_rng(seed).uniform(0, 1, (n, 64)).astype(np.float32)
 
 
-def direct(client: Client, variant: str, x: np.ndarray) -> dict[str, np.ndarray]:
+def direct(client: Client, variant: str, x: np.ndarray, chunk: int = 16) -> dict[str, np.ndarray]:
+    """The same rows through the same variant, in the job's batch size: an INT8-dynamic variant
+    quantizes each batch on its own range, so its answers depend on which rows share a batch."""
     arch = variant.split(".")[0]
-    parts = [client.infer(arch, x[i : i + 16], version=variant).outputs for i in range(0, len(x), 16)]
+    parts = [client.infer(arch, x[i : i + chunk], version=variant).outputs for i in range(0, len(x), chunk)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -58,7 +60,7 @@ def test_a_job_completes_and_its_outputs_equal_direct_inference(server):
         assert [s[0] for s in done["segments"]][0] == 0 and done["segments"][-1][1] == 1000
         result = client.job_result(job["id"])
         for start, end, variant in done["segments"]:
-            expected = direct(client, variant, x[start:end])
+            expected = direct(client, variant, x[start:end], done["batch_rows"])
             np.testing.assert_array_equal(result["label"][start:end], expected["label"])
             np.testing.assert_allclose(result["probabilities"][start:end], expected["probabilities"],
                                        rtol=1e-5, atol=1e-6)  # fmt: skip
