@@ -41,6 +41,17 @@ def test_trade_offs_survive():
     assert out["a.t1"].status == out["a.t2"].status == "ready"
 
 
+def test_a_variant_is_never_dominated_by_one_that_needs_more_cores():
+    """A 2-thread variant twice as fast at the same cost per inference would reject the 1-thread
+    one, leaving 1-core workers nothing that runs as profiled at that max batch (the overload
+    tests then loaded a max-batch-8 variant and refused batches of 16). The other way is fine."""
+    t1, t2 = variant("t1", threads=1), variant("t2", threads=2)
+    out = judge([t1, t2], {t1.name: profile(t1, 0.8, 1300, 9e-6), t2.name: profile(t2, 0.5, 2600, 9e-6)})
+    assert out["a.t1"].status == out["a.t2"].status == "ready"
+    out = judge([t1, t2], {t1.name: profile(t1, 0.5, 2600, 9e-6), t2.name: profile(t2, 0.8, 1300, 9e-6)})
+    assert out["a.t1"].status == "ready" and out["a.t2"].status == "rejected"
+
+
 def test_more_accurate_but_slower_survives_and_different_max_batch_is_not_compared():
     acc, fast = variant("acc", acc=0.95), variant("fast", acc=0.90)
     small = variant("small", max_batch=1, acc=0.9)  # worse than both, but alone at max batch 1

@@ -227,6 +227,8 @@ def _judge(variants: list[Variant], profiles: dict[str, Profile], settings: Sett
             q = profiles[o.name]
             if o is v or o.max_batch != v.max_batch or o.provider != v.provider:
                 continue
+            if o.threads > v.threads:  # it needs more cores than v: on workers with fewer, v still serves
+                continue
             if q.accuracy_source == "estimated" and p.accuracy_source in ("measured", "declared", "reference"):
                 continue  # an estimate is weaker evidence than what it would displace
             acc_o, acc_v = (q.accuracy if q.accuracy is not None else -1), (p.accuracy if p.accuracy is not None else -1)
