@@ -35,7 +35,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
+from infaas.frontend.server import free_port  # noqa: E402
 from infaas.hardware import local_kind  # noqa: E402
 from infaas.loadgen import build_request, replay  # noqa: E402
 from infaas.policy.autoscale import capacity_rps  # noqa: E402
@@ -62,12 +62,6 @@ from infaas.workload import App, generate, load_apps, read_trace, write_trace  #
 console = Console()
 CONTENDERS = ("static-peak", "static-mean", "infaas-original", "infaas")
 PREP_VERSION = "1"  # bump when the prepared data directory must be rebuilt
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- the models: registered and profiled once per hardware kind ------------------------------

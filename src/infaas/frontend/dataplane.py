@@ -107,8 +107,8 @@ class DataPlane(MetadataViews):
         # (worker, variant) -> (batch size the worker runs, runtime instances), from each load's answer:
         # latency predictions model the worker's own batching
         self.batching: dict[tuple[str, str], tuple[int, int]] = {}
-        # (worker, variant): EWMA of what the prediction misses (total - predicted without it), or of
-        # total - queue - compute for requests served without a prediction
+        # (worker, variant): running median of what the prediction misses (total - predicted without
+        # it), seeded by the serving path's own overhead (total - queue - compute) of a first answer
         self.overhead_ms: dict[tuple[str, str], float] = {}
         self.slowdown: dict[tuple[str, str], float] = {}  # (worker, variant): EWMA of compute / profiled
         self.profiling: dict[str, dict[str, Any]] = {}
@@ -321,11 +321,10 @@ class DataPlane(MetadataViews):
 
     def _slot(self, worker: WorkerHandle, name: str) -> Slot:
         """How a loaded variant's next request would run on ``worker``: rows in flight; the batch
-        size and instances it runs with there; the serving path's own overhead for it there (EWMA of
-        total - queue - compute: it grows with the tensors' size); and how much slower than profiled
-        its batches ran there lately (EWMA of compute / profiled, bounded 0.5-10: cores shared with
-        other variants). Other variants' queues are not added: the worker runs them concurrently,
-        time-shared, and adding them as if in series over-predicted tenfold in bench/workload."""
+        size and instances it runs with there; the correction learned for it there (``overhead_ms``);
+        how much slower than profiled its batches ran there alone lately (EWMA of compute /
+        profiled, bounded 0.5-10); and the work other variants have in flight on the same cores
+        (``_shared``: ``predict_ms`` counts it as processor sharing, not in series)."""
         batch, instances = self.batching.get((worker.name, name), (0, 1))
         return (worker.name, worker.rows_in_flight(name), batch or None, instances,
                 self.overhead_ms.get((worker.name, name), 0.0), self.slowdown.get((worker.name, name), 1.0),
@@ -557,8 +556,8 @@ class DataPlane(MetadataViews):
             # heavy-tailed, and a mean (EWMA) of total - queue - compute left digits 37 % low at the
             # median, an EWMA of the residual 15 % high
             _track_median(self.overhead_ms, key, total_ns / 1e6 - (route.predicted_ms - extra))
-        else:
-            _ewma(self.overhead_ms, key, max(0.0, (total_ns - result.queue_ns - result.compute_ns) / 1e6), 0.05)
+        elif key not in self.overhead_ms:  # one estimator per key: only a seed from other answers
+            self.overhead_ms[key] = max(0.0, (total_ns - result.queue_ns - result.compute_ns) / 1e6)
         alone = not any(w != var.name and route.worker.rows_in_flight(w) for w in route.worker.loaded_names())
         if (prof := self.catalog.profiles.get(var.name)) is not None and result.batch_size and result.compute_ns \
                 and alone:  # time-sharing with other variants is predicted apart (``shared``)

@@ -66,7 +66,7 @@ from infaas.policy.select import (
     _objective_text,
     _why_not,
 )
-from infaas.registry.types import Profile, Variant
+from infaas.registry.types import Profile, Variant, linear_fit
 
 NAME = "infaas-original"
 
@@ -105,26 +105,11 @@ def fit_ms(p: Profile, batch: float) -> float:
     return max(slope * batch + intercept, 1e-3)
 
 
-_LINES: dict[int, tuple[dict, tuple[float, float]]] = {}
-
-
 def _line(p: Profile) -> tuple[float, float]:
     table = p.latency_p50_ms or {}
-    cached = _LINES.get(id(p))
-    if cached is not None and cached[0] is table:
-        return cached[1]
-    pts = [(b, table[b]) for b in (1, 4, 8) if b in table]
-    if len(pts) == 3:
-        mb = sum(b for b, _ in pts) / 3
-        mt = sum(t for _, t in pts) / 3
-        slope = sum((b - mb) * (t - mt) for b, t in pts) / sum((b - mb) ** 2 for b, _ in pts)
-        line = (slope, mt - slope * mb)
-    else:
-        line = (p.fit_slope_ms, p.fit_intercept_ms)
-    if len(_LINES) > 4096:
-        _LINES.clear()
-    _LINES[id(p)] = (table, line)
-    return line
+    if not all(b in table for b in (1, 4, 8)):
+        return p.fit_slope_ms, p.fit_intercept_ms
+    return linear_fit([1, 4, 8], [table[1], table[4], table[8]])
 
 
 # ---- selection ---------------------------------------------------------------------------------
