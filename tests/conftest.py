@@ -78,3 +78,42 @@ def heavy_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("heavy")
     digits.prepare_heavy(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real redis-server on a free 127.0.0.1 port (no persistence), stopped after the session."""
+    import subprocess
+
+    from infaas.frontend.server import free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (.ci/run installs Debian's redis-server)")
+    import redis
+
+    port = free_port()
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "no", "--protected-mode", "yes"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    client = redis.Redis(host="127.0.0.1", port=port)
+    assert wait_until(lambda: _pings(client), 15), "redis-server did not start"
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+def _pings(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def fresh_redis(redis_url):
+    """The session's Redis, emptied before the test."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    return redis_url

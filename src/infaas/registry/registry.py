@@ -12,7 +12,7 @@ import numpy as np
 from infaas.errors import AlreadyExists, InfaasError, InvalidInput, NameConflict, NotFound
 from infaas.registry.modelstore import ModelStore
 from infaas.registry.onnxinfo import default_metric, load_validation, named_inputs, read_signature
-from infaas.registry.store import MetadataStore, SQLiteStore
+from infaas.registry.store import MetadataStore, open_store
 from infaas.registry.types import (
     METRICS,
     Architecture,
@@ -59,9 +59,13 @@ class Registry:
         self.models = models
 
     @classmethod
-    def open(cls, data_dir: str | Path) -> Registry:
+    def open(cls, data_dir: str | Path, store: str | None = None) -> Registry:
+        """The registry in ``data_dir`` (SQLite), or in a shared store (``redis://…``) with the data
+        directory as this machine's cache of model files (which then live in the store too)."""
         data_dir = Path(data_dir)
-        return cls(SQLiteStore(data_dir / "registry.sqlite3"), ModelStore(data_dir / "models"))
+        meta = open_store(store, data_dir)
+        blobs = meta if hasattr(meta, "put_blob") else None
+        return cls(meta, ModelStore(data_dir / "models", blobs=blobs))
 
     def close(self) -> None:
         self.store.close()
