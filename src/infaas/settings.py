@@ -34,7 +34,17 @@ class Settings(BaseSettings):
     port: int = 8000
     grpc_port: int | None = Field(None, description="KServe v2 gRPC port (Triton's is 8001); unset: no gRPC")
 
-    workers: int = Field(1, ge=1, description="worker processes to start")
+    workers: int = Field(1, ge=1, description="worker processes (or Ray actors) to start")
+    cluster: Literal["local", "ray"] = Field(
+        "local", description="where workers run: processes on this machine, or Ray actors on a Ray cluster"
+    )
+    ray_address: str | None = Field(None, description="Ray cluster to join (e.g. 10.0.0.1:6379 or auto); unset: "
+                                    "a local Ray started by this server")  # fmt: skip
+    ray_namespace: str = Field("infaas", description="Ray namespace of the worker actors (one per deployment)")
+    store: str = Field("sqlite", description="metadata store: sqlite (in the data directory) or "
+                       "redis://host:port/db, shared by several frontends")  # fmt: skip
+    lease_s: float = Field(5.0, gt=0, description="controller lease: another frontend takes over within this "
+                           "long after the leader dies")  # fmt: skip
     cores_per_worker: int = Field(0, ge=0, description="0: split this machine's cores evenly")
     default_max_batch: int = Field(16, ge=1)
     instances_per_variant: int = Field(

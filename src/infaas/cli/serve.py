@@ -39,6 +39,11 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--management-port", type=int, help="port of the management listener (0: any free)")
     p.add_argument("--job-root", action="append",
                    help="directory jobs may read under this directory (repeat; default: directory jobs off)")
+    p.add_argument("--cluster", choices=["local", "ray"],
+                   help="where workers run: local processes (default) or Ray actors (needs infaas[ray])")
+    p.add_argument("--ray-address", help="Ray cluster to join (host:port or auto; default: start a local Ray)")
+    p.add_argument("--store", help="metadata store: sqlite (default, in the data dir) or redis://host:port/db, "
+                   "shared by several frontends (needs infaas[redis])")
     p.add_argument("--config", help="JSON settings file (env INFAAS_CONFIG)")
 
 
@@ -56,12 +61,14 @@ def run_serve(args) -> None:
                              api_keys=args.api_key, management_api_keys=args.management_api_key,
                              management_host=args.management_host, management_port=args.management_port,
                              job_roots=args.job_root, default_timeout_s=args.default_timeout_s,
-                             max_connections=args.max_connections)  # fmt: skip
+                             max_connections=args.max_connections, cluster=args.cluster,
+                             ray_address=args.ray_address, store=args.store)  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     grpc_text = f" and grpc://{settings.host}:{settings.grpc_port}" if settings.grpc_port is not None else ""
     mgmt = (f"; management on http://{settings.management_host or settings.host}:{settings.management_port}"
             if settings.management_port is not None else "")  # fmt: skip
     keys = "API keys required" if settings.api_keys or settings.management_api_keys else "no API keys"
     err.print(f"[bold]infaas[/] serving on http://{settings.host}:{settings.port}{grpc_text}{mgmt} "
-              f"(data dir {settings.data_dir}, {settings.workers} worker(s), {keys})")  # fmt: skip
+              f"(data dir {settings.data_dir}, store {settings.store}, {settings.workers} "
+              f"{'Ray actor' if settings.cluster == 'ray' else 'worker'}(s), {keys})")  # fmt: skip
     serve(settings)

@@ -235,6 +235,10 @@ class Client:
     def decisions(self, limit: int = 100) -> list[dict]:
         return self._json("GET", "/api/v1/decisions", params={"limit": limit})
 
+    def frontends(self) -> dict:
+        """The frontends of this deployment and which one runs the controller (its lease and token)."""
+        return self._json("GET", "/api/v1/frontends")
+
     def autoscale(self) -> dict:
         """The autoscaler's limits, each worker's CPU and memory, and each variant's state."""
         return self._json("GET", "/api/v1/autoscale")

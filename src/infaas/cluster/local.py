@@ -325,15 +325,19 @@ class LocalWorker:
             if variant not in self.replicas:
                 return
             self._set_replica(variant, ReplicaState.DRAINING)
-            until = time.monotonic() + drain_s
-            while self._outstanding[variant] and time.monotonic() < until and self._writer is not None:
-                await asyncio.sleep(0.01)
-            self._set_replica(variant, ReplicaState.UNLOADING)
             try:
-                if self._writer is not None:
-                    await self._call({"op": "unload", "variant": variant})
+                await self._drain_and_unload(variant, drain_s)
             finally:
                 self._set_replica(variant, None)
+
+    async def _drain_and_unload(self, variant: str, drain_s: float) -> None:
+        """Wait (up to ``drain_s``) for this frontend's requests to the variant, then unload it."""
+        until = time.monotonic() + drain_s
+        while self._outstanding[variant] and time.monotonic() < until and self._writer is not None:
+            await asyncio.sleep(0.01)
+        self._set_replica(variant, ReplicaState.UNLOADING)
+        if self._writer is not None:
+            await self._call({"op": "unload", "variant": variant})
 
     async def stats(self) -> dict[str, Any]:
         return await self._call({"op": "stats"}, timeout=10)

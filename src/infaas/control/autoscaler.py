@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from infaas.errors import InfaasError
@@ -46,10 +47,15 @@ class Autoscaler:
         self.plane = plane
         self.settings = settings
         cluster = plane.cluster
-        self.min_workers = settings.min_workers or len(cluster.workers)
-        self.max_workers = max(self.min_workers,
-                               settings.max_workers or len(os.sched_getaffinity(0)) // cluster.cores_per_worker)  # fmt: skip
-        self.memory_mb = settings.worker_memory_mb or 0.8 * _ram_mb() / self.max_workers
+        # --min-workers, else the workers started (a Ray cluster starts its actors later, in start())
+        self.min_workers = settings.min_workers or len(cluster.workers) or getattr(cluster, "initial", 0)
+        here = max(1, len(os.sched_getaffinity(0)) // cluster.cores_per_worker)  # workers this machine holds
+        # a Ray cluster's own limit (its CPUs, its autoscaler) is checked by its can_add
+        limit = settings.max_workers or getattr(cluster, "worker_limit", 0) or here
+        self.max_workers = max(self.min_workers, limit)
+        self.memory_mb = settings.worker_memory_mb or 0.8 * _ram_mb() / min(self.max_workers, here)
+        # whether this frontend may act now (holds the controller lease); checked before every action
+        self.may_act: Callable[[], bool] = lambda: True
         self.cfg = ScalingConfig(scale_down_s=settings.scale_down_s, idle_unload_s=settings.idle_unload_s,
                                  keep_warm=settings.keep_warm, min_workers=self.min_workers)  # fmt: skip
         self.memory = Memory()
@@ -230,6 +236,10 @@ class Autoscaler:
 
     # ---- actions -------------------------------------------------------------------------------
     async def apply(self, action: Action) -> None:
+        if not self.may_act():  # the lease was lost (or is about to expire): another frontend leads now
+            log.warning("not applying %s %s: this frontend no longer holds the controller lease",
+                        action.kind, action.variant)
+            return
         plane, cluster = self.plane, self.plane.cluster
         workers = {w.name: w for w in cluster.workers}
         if action.kind == "add_worker":

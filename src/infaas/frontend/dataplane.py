@@ -130,6 +130,26 @@ class DataPlane(MetadataViews):
                 self.log_decision("error", f"cannot load {arch} at start: {exc.message}", architecture=arch)
         self.ready = True
         self.profile_new_kind()
+        self._background(self._follow_store())
+
+    async def _follow_store(self, period_s: float = 0.5) -> None:
+        """Refresh the catalog when anyone writes the store: another frontend (a shared Redis store) or
+        another process on the SQLite file (``infaas register --data-dir``)."""
+        seen = self.registry.store.generation()
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                now = await asyncio.to_thread(self.registry.store.generation)
+            except Exception as exc:  # the store is unreachable for a moment: serve from the catalog held
+                log.warning("store generation unreadable: %s", exc)
+                continue
+            if now != seen:
+                seen = now
+                known = set(self.catalog.architectures)
+                self.catalog.refresh()  # on the loop: requests never see a half-built catalog
+                self._loaded_options.clear()
+                for arch in set(self.catalog.architectures) - known:  # registered through another frontend
+                    self._background(self.ensure_loaded(arch))
 
     def profile_new_kind(self) -> None:
         """Architectures profiled only on other hardware kinds get profiled on this one, in the
@@ -481,7 +501,8 @@ class DataPlane(MetadataViews):
                 for name in w.loaded_names():
                     if name in members:
                         hosts.setdefault(name, []).append((w.name, w.outstanding(name)))
-            candidates = [Candidate(self.catalog.variants[n], tuple(h)) for n, h in hosts.items()]
+            candidates = [Candidate(self.catalog.variants[n], tuple(h)) for n, h in hosts.items()
+                      if n in self.catalog.variants]  # a variant removed meanwhile is not a candidate
             try:
                 decision = select_loaded(candidates, rows, scope)
                 chosen, worker_name, reason = decision.variant, decision.worker, decision.reason

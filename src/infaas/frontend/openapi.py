@@ -106,6 +106,8 @@ def openapi_schema() -> dict:
         "/api/v1/decisions": {"get": _op("Recent decisions with their reasons", "management",
                                          schema={"type": "array", "items": obj},
                                          params=[_query_param("limit", "how many, newest last")])},
+        "/api/v1/frontends": {"get": _op("The frontends serving this deployment, which one holds the controller "
+                                         "lease, and its fencing token", "management", schema=obj)},
         "/api/v1/autoscale": {"get": _op("The autoscaler: limits, workers' CPU and memory, each variant's state",
                                          "management", schema=obj)},
         "/api/v1/jobs": {

@@ -338,6 +338,9 @@ def build_app(services: Services, lifespan=None, *, inference: bool = True, mana
         scaler = services.autoscaler
         return _json(scaler.report() if scaler is not None else {"enabled": False})
 
+    async def frontends(request: Request) -> Response:
+        return _json(await asyncio.to_thread(services.leadership.report))
+
     async def submit_job(request: Request) -> Response:
         q = request.query_params
         body = await _body(request, settings.max_management_bytes)
@@ -415,6 +418,7 @@ def build_app(services: Services, lifespan=None, *, inference: bool = True, mana
             Route("/api/v1/workers", m(workers)),
             Route("/api/v1/decisions", m(decisions)),
             Route("/api/v1/autoscale", m(autoscale)),
+            Route("/api/v1/frontends", m(frontends)),
             Route("/api/v1/jobs", m(list_jobs)),
             Route("/api/v1/jobs", m(submit_job), methods=["POST"]),
             Route("/api/v1/jobs/{id}", m(get_job)),

@@ -18,6 +18,8 @@ import uvicorn
 
 from infaas.cluster import LocalCluster
 from infaas.control import Autoscaler, JobRunner
+from infaas.control.leader import Leadership, frontend_id
+from infaas.errors import InvalidInput
 from infaas.frontend.dataplane import DataPlane
 from infaas.frontend.rest import build_app
 from infaas.registry import Registry
@@ -35,31 +37,65 @@ class Services:
     dataplane: DataPlane
     jobs: JobRunner
     autoscaler: Autoscaler | None
+    leadership: Leadership
 
     async def start(self) -> None:
+        """Lease first (so a Ray cluster knows whether this frontend creates workers or attaches to
+        them), then the data plane, then the controller and the job runner if this frontend leads."""
+        await self.leadership.step()
         await self.dataplane.start()
+        self.leadership.on_gain, self.leadership.on_lose = self._lead, self._follow
+        if self.leadership.leader:
+            await self._lead()
+        await self.leadership.start()
+
+    async def _lead(self) -> None:
         if self.autoscaler is not None:
             self.autoscaler.start()
         self.jobs.start()
 
-    async def stop(self) -> None:
+    async def _follow(self) -> None:
         if self.autoscaler is not None:
             await self.autoscaler.stop()
         await self.jobs.stop()
-        await self.dataplane.stop()
+
+    async def stop(self) -> None:
+        if self.leadership.leader:
+            await self._follow()
+        await self.dataplane.stop()  # still holding the lease: the last frontend out stops the Ray workers
+        await self.leadership.stop()
         self.registry.close()
 
 
+def build_cluster(settings: Settings, registry: Registry, leadership: Leadership):
+    if settings.cluster == "ray":
+        try:
+            from infaas.cluster.ray import RayCluster
+        except ImportError:
+            raise InvalidInput("--cluster ray needs the ray extra: pip install 'infaas[ray]'") from None
+        return RayCluster(registry.store, workers=settings.workers, cores_per_worker=settings.cores_per_worker or 1,
+                          address=settings.ray_address, namespace=settings.ray_namespace,
+                          memory_mb=settings.worker_memory_mb, allow_spinning=settings.ort_allow_spinning,
+                          start_timeout_s=max(60.0, settings.worker_start_timeout_s),
+                          max_workers=settings.max_workers, manages=lambda: leadership.leader,
+                          fence=leadership.fence, frontend_id=leadership.holder)  # fmt: skip
+    return LocalCluster(settings.workers, settings.cores_per_worker,
+                        allow_spinning=settings.ort_allow_spinning,
+                        start_timeout_s=settings.worker_start_timeout_s)  # fmt: skip
+
+
 def build_services(settings: Settings) -> Services:
-    registry = Registry.open(settings.data_dir)
-    cluster = LocalCluster(settings.workers, settings.cores_per_worker,
-                           allow_spinning=settings.ort_allow_spinning,
-                           start_timeout_s=settings.worker_start_timeout_s)  # fmt: skip
+    registry = Registry.open(settings.data_dir, settings.store)
+    leadership = Leadership(registry.store, frontend_id(), ttl_s=settings.lease_s,
+                            url=f"http://{settings.host}:{settings.port}")  # fmt: skip
+    cluster = build_cluster(settings, registry, leadership)
     dp = DataPlane(registry, cluster, settings)
+    leadership.log_decision = dp.log_decision
     scaler = Autoscaler(dp, settings) if settings.autoscale else None
     if scaler is not None:
         dp.worker_report = lambda: scaler.workers
         dp.flagged = lambda: scaler.overloaded
+        scaler.may_act = leadership.holds
 
     def busy() -> str | None:
         if scaler is None or not scaler.overloaded:
@@ -70,7 +106,7 @@ def build_services(settings: Settings) -> Services:
     jobs = JobRunner(dp, registry.store, settings.data_dir, settings.job_batch_rows, busy=busy,
                      max_failures=settings.job_max_failures, job_roots=settings.job_roots,
                      max_input_bytes=settings.max_management_bytes)  # fmt: skip
-    return Services(settings, registry, dp, jobs, scaler)
+    return Services(settings, registry, dp, jobs, scaler, leadership)
 
 
 def build(settings: Settings):

@@ -101,7 +101,8 @@ class MetadataViews:
     def workers_info(self) -> list[dict]:
         seen = self.worker_report()
         kind = self.catalog.kind.id
-        return [{"name": w.name, "kind": kind, "cores": list(w.cores), "alive": w.alive, "state": w.state.value,
+        return [{"name": w.name, "kind": w.kind.id if getattr(w, "kind", None) else kind,
+                 "node": getattr(w, "node_ip", None) or "local", "cores": list(w.cores), "alive": w.alive, "state": w.state.value,
                  "replicas": {v: s.value for v, s in w.replicas.items()}, "pid": getattr(w, "pid", None),
                  "restarts": getattr(w, "restarts", 0), "loaded": sorted(w.loaded),
                  "outstanding": w.outstanding(), "cpu": seen.get(w.name, {}).get("cpu"),
