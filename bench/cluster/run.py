@@ -7,8 +7,9 @@ The Ray contenders run on ``ray.cluster_utils.Cluster`` (a head with no CPU + 1 
 The variant is loaded on every worker; queries name it (no selection), so only the backend differs.
 
 Reported per contender and client count: throughput, p50, p99 (median over rounds), ratios Ray / local,
-added p50 at one client; and the per-call cost of the hop itself (a ``ping`` through the worker handle,
-the same code path for both backends, median of 300). JSON in bench/results/cluster.json, a plot in
+added p50 at one client; and the cost of a control call (a ``ping`` through the worker handle: a frame on
+the local socketpair, a Ray actor call for the Ray backend, whose requests travel on their own TCP
+connection to the actor instead; median of 300). JSON in bench/results/cluster.json, a plot in
 docs/img/cluster.png.
 
     bench/cluster/run [--rounds 3] [--duration 6] [--clients 1 8] [--model digits-mlp]
@@ -69,7 +70,8 @@ def load(url: str, path: str, body: Path, header: str, clients: int, duration: f
 
 
 def hop_us(server: BackgroundServer, n: int = 300) -> float:
-    """Median round trip of a ``ping`` through the first worker's handle (frontend -> worker -> frontend)."""
+    """Median round trip of a control ``ping`` through the first worker's handle (frontend -> worker ->
+    frontend): a socketpair frame locally, a Ray actor call on the Ray backend."""
     worker = server.dataplane.cluster.workers[0]
     times = []
     for _ in range(n):
@@ -140,7 +142,7 @@ def main() -> None:
     summary: dict = {"model": args.model, "variant": variant, "rounds": args.rounds, "duration_s": args.duration,
                      "cpu": _cpu(), "contenders": {}}  # fmt: skip
     table = Table(title=f"{args.model}: local backend vs Ray backend (median of {args.rounds} rounds)")
-    for col in ("contender", "clients", "req/s", "p50 ms", "p99 ms", "hop µs"):
+    for col in ("contender", "clients", "req/s", "p50 ms", "p99 ms", "control call µs"):
         table.add_column(col, justify="right")
     for name in CONTENDERS:
         hop = statistics.median(r["hop_us"] for r in results[name])
@@ -152,7 +154,7 @@ def main() -> None:
                           f"{row['p99_ms']:.2f}", f"{hop:.0f}")  # fmt: skip
     console.print(table)
     ratios = Table(title="Ray / local (targets: throughput >= 0.8x, added p50 < 1 ms)")
-    for col in ("pair", "clients", "throughput ratio", "added p50 ms", "added p99 ms", "hop added µs"):
+    for col in ("pair", "clients", "throughput ratio", "added p50 ms", "added p99 ms", "control call added µs"):
         ratios.add_column(col, justify="right")
     summary["ratios"] = {}
     for ray_name, local_name in PAIRS:
