@@ -192,17 +192,22 @@ class LocalWorker:
         self._writer = None
         self.replicas, self._ready = {}, set()
 
+    async def _dispatch_replies(self, reader: asyncio.StreamReader) -> None:
+        """Hand each reply to the call waiting for it (rows in flight released first); returns only
+        by raising (EOF, a broken connection, a corrupt frame)."""
+        while True:
+            msg = await read_message(reader)
+            rid = msg["id"]
+            if rid in self._inflight:
+                self._release(rid)
+            fut = self._pending.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
     async def _read_loop(self, reader: asyncio.StreamReader, proc: subprocess.Popen) -> None:
         why = ""
         try:
-            while True:
-                msg = await read_message(reader)
-                rid = msg["id"]
-                if rid in self._inflight:
-                    self._release(rid)
-                fut = self._pending.pop(rid, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
+            await self._dispatch_replies(reader)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         except asyncio.CancelledError:

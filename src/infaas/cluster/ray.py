@@ -361,17 +361,8 @@ class RayWorker(LocalWorker):
 
     async def _read_replies(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Replies on the request connection; its loss is the worker's death (the leader replaces it)."""
-        from infaas.worker.wire import read_message
-
         try:
-            while True:
-                msg = await read_message(reader)
-                rid = msg["id"]
-                if rid in self._inflight:
-                    self._release(rid)
-                fut = self._pending.pop(rid, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
+            await self._dispatch_replies(reader)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
