@@ -155,8 +155,7 @@ class WorkerActor:
         await self._stopped.wait()
 
     async def placement(self) -> dict:
-        return {"version": self.version, "specs": self.specs, "states": self.states, "fence": self.fence,
-                "outstanding": dict(self.outstanding)}  # fmt: skip
+        return {"version": self.version, "specs": self.specs, "states": self.states}
 
     def _fenced(self, fence: int | None, op: str) -> dict | None:
         if fence is None:
@@ -280,7 +279,7 @@ class RayWorker(LocalWorker):
         actor = None
         if record.get("actor") and not self._replacing:
             try:
-                actor = ray.get_actor(record["actor"], namespace=c.namespace)
+                actor = await asyncio.to_thread(ray.get_actor, record["actor"], namespace=c.namespace)  # a GCS call
                 await asyncio.wait_for(actor.hello.remote(), 5.0)
                 self.actor_name = record["actor"]
             except Exception:
@@ -428,11 +427,10 @@ class RayWorker(LocalWorker):
         specs = {v: _spec_from_msg(m) for v, m in p["specs"].items()}
         states = {v: ReplicaState(s) for v, s in p["states"].items()}
         if self.cluster.manages():
-            adopt = {v for v, s in states.items() if s is ReplicaState.READY and v not in self.replicas
-                     and v not in self._specs and not self._lock(v).locked()}  # fmt: skip
-            for v in adopt:
-                self._specs[v] = specs.get(v) or _spec_from_msg(p["specs"].get(v, {"variant": v, "threads": 1,
-                                                                                     "max_batch": 1}))
+            adopt = {v for v, s in states.items() if s is ReplicaState.READY and v in specs
+                     and v not in self.replicas and v not in self._specs and not self._lock(v).locked()}  # fmt: skip
+            for v in adopt:  # the actor records a replica's spec before it loads it
+                self._specs[v] = specs[v]
                 self._set_replica(v, ReplicaState.READY)
             return
         self._specs = specs
@@ -478,9 +476,6 @@ class RayWorker(LocalWorker):
         """The actor drains every frontend's requests (it counts them all), then unloads."""
         if self.actor is not None:
             await self._call({"op": "unload", "variant": variant, "drain_s": drain_s}, timeout=drain_s + 60)
-
-    def empty(self) -> bool:
-        return not self._specs and not self.replicas and not self.outstanding()
 
 
 async def _awaited(ref: Any) -> Any:
@@ -529,7 +524,6 @@ class RayCluster:
         self._artifacts: dict[str, Any] = {}  # artifact key -> object ref (put once per frontend)
         self._sync_task: asyncio.Task | None = None
         self.deaths: list[dict] = []
-        self.on_death_hook: Callable[[RayWorker, str], None] | None = None
 
     @property
     def workers(self) -> list[RayWorker]:
@@ -582,8 +576,6 @@ class RayCluster:
 
     def on_death(self, worker: RayWorker, why: str) -> None:
         self.deaths.append({"time": time.time(), "worker": worker.name, "node": worker.node_ip, "why": why})
-        if self.on_death_hook is not None:
-            self.on_death_hook(worker, why)
 
     def _next_name(self) -> str:
         taken = {w.name for w in self._workers} | {r["name"] for r in self.store.list("worker")}
