@@ -227,3 +227,12 @@ def test_redis_blobs_round_trip(fresh_redis):
     s.put_blob("abc.onnx", b"other")  # content-addressed: the first write stays
     assert s.get_blob("abc.onnx") == b"\x00model" and s.get_blob("missing") is None
     s.close()
+
+
+def test_an_unreachable_redis_store_is_a_clear_error():
+    from infaas.errors import Unavailable
+    from infaas.frontend.server import free_port
+    from infaas.registry.store import open_store
+
+    with pytest.raises(Unavailable, match="cannot reach the Redis store"):
+        open_store(f"redis://127.0.0.1:{free_port()}/0", ".")

@@ -440,12 +440,17 @@ def open_store(url: str | None, data_dir: str | Path) -> MetadataStore:
         return SQLiteStore(Path(data_dir) / "registry.sqlite3")
     if url.startswith(("redis://", "rediss://", "unix://")):
         try:
-            import redis  # noqa: F401
+            import redis
         except ImportError:
             from infaas.errors import InvalidInput
 
             raise InvalidInput("a Redis store needs the redis extra: pip install 'infaas[redis]'") from None
-        return RedisStore(url)
+        try:
+            return RedisStore(url)
+        except redis.RedisError as exc:
+            from infaas.errors import Unavailable
+
+            raise Unavailable(f"cannot reach the Redis store at {url}: {exc}") from None
     from infaas.errors import InvalidInput
 
     raise InvalidInput(f"unknown store {url!r}: 'sqlite' or redis://host:port/db")
