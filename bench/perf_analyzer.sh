@@ -50,7 +50,7 @@ cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SER
 trap cleanup EXIT
 if [ -z "${INFAAS_HTTP:-}" ]; then
   DATA="$(mktemp -d)"
-  read -r HTTP_PORT GRPC_PORT < <("$PYTHON" -c "from infaas.frontend.server import free_port as f; print(f(), f())")
+  read -r HTTP_PORT GRPC_PORT < <("$PYTHON" -c "from infaas.app import free_port as f; print(f(), f())")
   echo "starting infaas (digits zoo) on 127.0.0.1:$HTTP_PORT (HTTP) and :$GRPC_PORT (gRPC)" >&2
   "$PYTHON" -m infaas.cli zoo add digits --data-dir "$DATA" --no-wait >/dev/null
   INFAAS_AUTOSCALE=false "$PYTHON" -m infaas.cli serve --data-dir "$DATA" --port "$HTTP_PORT" \

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infaas.frontend.server import BackgroundServer
+from infaas.app import BackgroundServer
 from infaas.registry import Registry
 from infaas.settings import Settings
 from infaas.zoo import digits
@@ -85,7 +85,7 @@ def redis_url():
     """A real redis-server on a free 127.0.0.1 port (no persistence), stopped after the session."""
     import subprocess
 
-    from infaas.frontend.server import free_port
+    from infaas.app import free_port
 
     binary = shutil.which("redis-server")
     if binary is None:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import orjson
 
+from infaas.app import BackgroundServer
 from infaas.client import Client
-from infaas.frontend.server import BackgroundServer
 from infaas.loadgen import ramp
 from infaas.policy.autoscale import capacity_rps
 from infaas.settings import Settings
@@ -43,11 +43,11 @@ def run(name: str, data: Path, workers: int, autoscale: bool, stages_x: list[tup
                         autoscale=autoscale, scale_down_s=5.0, profile_on_register=False)  # fmt: skip
     server = BackgroundServer(settings).start()
     try:
-        plane = server.dataplane
+        plane = server.services
         (variant,) = {n for w in plane.cluster.workers for n in w.loaded_names()}
         for worker in plane.cluster.workers:  # static provisioning: a replica on every worker
             if not worker.hosts(variant):
-                asyncio.run_coroutine_threadsafe(plane.load(plane.catalog.variants[variant], worker),
+                asyncio.run_coroutine_threadsafe(plane.placement.load(plane.catalog.variants[variant], worker),
                                                  server.loop).result(60)  # fmt: skip
         per_second = capacity_rps(plane.catalog.profiles[variant], 16) / 16
         stages = [(x * per_second, s) for x, s in stages_x]

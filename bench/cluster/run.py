@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from infaas.app import BackgroundServer  # noqa: E402
 from infaas.client import Client  # noqa: E402
-from infaas.frontend.server import BackgroundServer  # noqa: E402
 from infaas.registry import Registry  # noqa: E402
 from infaas.settings import Settings  # noqa: E402
 from infaas.tensors import NUMPY_TO_V2  # noqa: E402
@@ -72,7 +72,7 @@ def load(url: str, path: str, body: Path, header: str, clients: int, duration: f
 def hop_us(server: BackgroundServer, n: int = 300) -> float:
     """Median round trip of a control ``ping`` through the first worker's handle (frontend -> worker ->
     frontend): a socketpair frame locally, a Ray actor call on the Ray backend."""
-    worker = server.dataplane.cluster.workers[0]
+    worker = server.services.cluster.workers[0]
     times = []
     for _ in range(n):
         t = time.perf_counter()
@@ -106,7 +106,7 @@ def run_contender(name: str, data: Path, variant: str, body: Path, header: str, 
                 for clients in args.clients:
                     out["runs"][clients] = load(server.url, path, body, header, clients, args.duration)
             out["hop_us"] = hop_us(server)
-            out["nodes"] = sorted({getattr(w, "node_id", "local")[:8] for w in server.dataplane.cluster.workers})
+            out["nodes"] = sorted({getattr(w, "node_id", "local")[:8] for w in server.services.cluster.workers})
     finally:
         if cluster is not None:
             import ray

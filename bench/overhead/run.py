@@ -50,7 +50,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from infaas.frontend.server import free_port  # noqa: E402
+from infaas.app import free_port  # noqa: E402
 from infaas.registry import Registry  # noqa: E402
 from infaas.tensors import NUMPY_TO_V2  # noqa: E402
 

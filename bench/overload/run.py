@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from infaas.frontend.server import free_port
+from infaas.app import free_port
 from infaas.loadgen import ramp
 from infaas.loadgen import run as closed_loop
 from infaas.zoo import digits

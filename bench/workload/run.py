@@ -50,7 +50,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from infaas.frontend.server import free_port  # noqa: E402
+from infaas.app import free_port  # noqa: E402
 from infaas.hardware import local_kind  # noqa: E402
 from infaas.loadgen import build_request, replay  # noqa: E402
 from infaas.policy.autoscale import capacity_rps  # noqa: E402

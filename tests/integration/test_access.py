@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
+from infaas.app import BackgroundServer
 from infaas.client import Client, GrpcClient, InfaasClientError
-from infaas.frontend.server import BackgroundServer
 from infaas.settings import Settings
 from tests.conftest import copy_data_dir
 

@@ -7,8 +7,8 @@ import asyncio
 import orjson
 import pytest
 
+from infaas.app import BackgroundServer
 from infaas.client import Client
-from infaas.frontend.server import BackgroundServer
 from infaas.loadgen import ramp
 from infaas.policy.autoscale import capacity_rps
 from infaas.settings import Settings
@@ -33,7 +33,7 @@ def test_a_load_ramp_scales_up_and_after_it_scales_down(heavy_dir, tmp_path):
     server = BackgroundServer(settings).start()
     client = Client(server.url)
     try:
-        plane = server.dataplane
+        plane = server.services
         (name,) = {n for w in plane.cluster.workers for n in w.loaded_names()}
         variant, profile = plane.catalog.variants[name], plane.catalog.profiles[name]
         per_second = capacity_rps(profile, variant.max_batch) / 16  # requests of 16 rows

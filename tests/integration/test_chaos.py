@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
+from infaas.app import BackgroundServer, free_port
 from infaas.client import Client
-from infaas.frontend.server import BackgroundServer, free_port
 from infaas.settings import Settings
 from tests.conftest import copy_data_dir, wait_until
 
@@ -44,7 +44,7 @@ def test_sigkill_a_worker_under_load(tmp_path, digits_data_dir, digits_samples):
                 outcomes.append((t0, status, time.monotonic() - t0))
 
     threads = [threading.Thread(target=client) for _ in range(6)]
-    worker = server.dataplane.cluster.workers[0]
+    worker = server.services.cluster.workers[0]
     try:
         for t in threads:
             t.start()

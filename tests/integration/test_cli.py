@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from infaas.frontend.server import free_port
+from infaas.app import free_port
 
 INFAAS = [sys.executable, "-m", "infaas.cli"]
 

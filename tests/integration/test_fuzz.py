@@ -22,8 +22,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from infaas.app import BackgroundServer
 from infaas.frontend.openapi import openapi_schema
-from infaas.frontend.server import BackgroundServer
 from infaas.protocol.grpc_codec import SERVICE
 from infaas.protocol.proto import kserve_v2_pb2 as pb
 from infaas.settings import Settings

@@ -3,8 +3,8 @@ trusted here; its variants are profiled again, in the background, for this machi
 
 import pytest
 
+from infaas.app import BackgroundServer
 from infaas.client import Client
-from infaas.frontend.server import BackgroundServer
 from infaas.hardware import local_kind
 from infaas.registry import Registry
 from infaas.settings import Settings

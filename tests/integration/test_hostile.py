@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
-from infaas.frontend.server import BackgroundServer
+from infaas.app import BackgroundServer
 from infaas.protocol.grpc_codec import SERVICE
 from infaas.protocol.proto import kserve_v2_pb2 as pb
 from infaas.settings import Settings
@@ -219,7 +219,7 @@ def test_grpc_typed_contents_out_of_range_are_invalid_argument():
 def test_leftover_requests_at_unload_are_a_503_not_a_500(strict, digits_samples):
     from infaas.errors import Unavailable
 
-    plane = strict.dataplane
+    plane = strict.services
     worker = plane.cluster.workers[0]
     name = next(n for n in worker.loaded_names() if n.startswith("digits-mlp."))
     x = {"input": np.repeat(digits_samples[0][:1].astype(np.float32), 16, axis=0)}
@@ -234,7 +234,7 @@ def test_leftover_requests_at_unload_are_a_503_not_a_500(strict, digits_samples)
     failed = [o for o in outcomes if isinstance(o, BaseException)]
     assert failed, "every request finished before the unload: nothing left over to check"
     assert all(isinstance(o, Unavailable) and o.status == 503 for o in failed), {type(o) for o in failed}
-    asyncio.run_coroutine_threadsafe(plane.ensure_loaded("digits-mlp"), strict.loop).result(60)
+    asyncio.run_coroutine_threadsafe(plane.placement.ensure_loaded("digits-mlp"), strict.loop).result(60)
 
 
 def test_a_corrupted_model_file_is_refused_at_load(tmp_path, digits_data_dir, digits_samples):

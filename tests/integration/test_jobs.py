@@ -11,8 +11,8 @@ import threading
 import numpy as np
 import pytest
 
+from infaas.app import BackgroundServer
 from infaas.client import Client, InfaasClientError
-from infaas.frontend.server import BackgroundServer
 from infaas.loadgen import ramp
 from infaas.policy.autoscale import capacity_rps
 from infaas.registry import Registry
@@ -128,7 +128,7 @@ def test_a_job_pauses_while_online_load_is_high(heavy_dir, tmp_path):
                         max_workers=1, profile_on_register=False)  # fmt: skip
     server = BackgroundServer(settings).start()
     try:
-        plane = server.dataplane
+        plane = server.services
         (name,) = {n for w in plane.cluster.workers for n in w.loaded_names()}
         per_second = capacity_rps(plane.catalog.profiles[name], plane.catalog.variants[name].max_batch) / 16
         load = threading.Thread(target=lambda: asyncio.run(ramp(
@@ -223,7 +223,7 @@ def test_offline_work_is_not_online_demand(server):
         job = client.submit_job("digits-classification", {"input": rows(5_000)})
         assert wait_until(lambda: client.job(job["id"])["status"] == "done", timeout=120)
         name = next(iter(client.job(job["id"])["variants"]))
-    worker = next(w for w in server.dataplane.cluster.workers if w.hosts(name))
+    worker = next(w for w in server.services.cluster.workers if w.hosts(name))
     stats = asyncio.run_coroutine_threadsafe(worker.stats(), server.loop).result(10)["variants"][name]
     assert stats["offline_busy_s"] > 0 and stats["busy_s"] == 0, stats
     assert stats["offline_rows"] >= 5_000 and stats["arrived_rows"] == 0

@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
+from infaas.app import BackgroundServer
 from infaas.cluster import LocalCluster
 from infaas.cluster.base import ReplicaState, WorkerState
-from infaas.frontend.server import BackgroundServer
 from infaas.settings import Settings
 from tests.conftest import copy_data_dir, wait_until
 
@@ -41,7 +41,7 @@ def worker_has(server, worker, name) -> bool:
 def test_an_unload_draining_while_a_load_of_the_same_variant_arrives_leaves_them_agreeing(server, digits_samples):
     """Was: the load answered 'already loaded' while the unload drained, then the unload finished:
     the frontend routed to a variant the worker had dropped (503 until a later unload)."""
-    plane = server.dataplane
+    plane = server.services
     worker = plane.cluster.workers[0]
     name = next(n for n in worker.loaded_names() if n.startswith("digits-mlp."))
     spec = worker.loaded[name]
@@ -115,7 +115,7 @@ def _children(pid: int) -> list[int]:
 
 def test_crashes_in_quick_succession_leave_exactly_one_process_serving(server, digits_samples):
     """Was: a restart whose reload failed leaked its process, and two restarts could run at once."""
-    worker = server.dataplane.cluster.workers[0]
+    worker = server.services.cluster.workers[0]
     for _ in range(3):
         pid = worker.pid
         worker.kill()
@@ -130,7 +130,7 @@ def test_crashes_in_quick_succession_leave_exactly_one_process_serving(server, d
 
 def test_removing_an_architecture_while_its_worker_restarts_leaves_no_zombie(server):
     """Was: removal skipped restarting workers, which then reloaded the removed variants."""
-    worker = server.dataplane.cluster.workers[0]
+    worker = server.services.cluster.workers[0]
     name = next(n for n in worker.loaded_names() if n.startswith("digits-nb."))
     worker.kill()
     assert wait_until(lambda: worker.state is WorkerState.RESTARTING, timeout=10)
@@ -199,7 +199,7 @@ def test_a_variant_that_fails_to_reload_is_retried_until_it_is_back(tmp_path, di
     server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False,
                                        autoscale_interval_s=0.2)).start()  # fmt: skip
     try:
-        plane = server.dataplane
+        plane = server.services
         worker = plane.cluster.workers[0]
         name = next(n for n in worker.loaded_names() if n.startswith("digits-nb."))
         path = plane.registry.models.path(plane.catalog.variants[name].artifact_hash)

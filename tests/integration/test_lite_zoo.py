@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("torch", reason="needs the [zoo] extra")
 
+from infaas.app import BackgroundServer  # noqa: E402
 from infaas.client import Client  # noqa: E402
-from infaas.frontend.server import BackgroundServer  # noqa: E402
 from infaas.registry import Registry  # noqa: E402
 from infaas.settings import Settings  # noqa: E402
 from infaas.zoo import efficientnet  # noqa: E402

@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from infaas.frontend.server import BackgroundServer
+from infaas.app import BackgroundServer
 from infaas.loadgen import ramp
 from infaas.policy.autoscale import capacity_rps
 from infaas.settings import Settings
@@ -42,13 +42,13 @@ def heavy_server(heavy_dir, tmp_path_factory):
 
 def capacity(server) -> tuple[str, float]:
     """(the loaded variant, requests of 16 rows per second that one replica serves, from its profile)"""
-    plane = server.dataplane
+    plane = server.services
     (name,) = {n for w in plane.cluster.workers for n in w.loaded_names()}
     return name, capacity_rps(plane.catalog.profiles[name], plane.catalog.variants[name].max_batch) / 16
 
 
 def worker_stats(server, variant: str) -> dict:
-    worker = server.dataplane.cluster.workers[0]
+    worker = server.services.cluster.workers[0]
     return asyncio.run_coroutine_threadsafe(worker.stats(), server.loop).result(10)["variants"][variant]
 
 
@@ -115,7 +115,7 @@ def test_a_client_that_gives_up_cancels_its_queued_request_in_the_worker(heavy_s
 
     outcomes = asyncio.run(impatient())
     assert sum(isinstance(o, httpx.TimeoutException) for o in outcomes) > n // 2
-    worker = heavy_server.dataplane.cluster.workers[0]
+    worker = heavy_server.services.cluster.workers[0]
     deadline = time.monotonic() + 10
     while worker.rows_in_flight(variant) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -177,9 +177,9 @@ def test_overload_of_one_variant_does_not_delay_another(heavy_dir, digits_models
     server = BackgroundServer(Settings(data_dir=data, port=0, workers=2, cores_per_worker=1, autoscale=False,
                                        profile_on_register=False, default_timeout_s=DEADLINE_S)).start()  # fmt: skip
     try:
-        hosts = {n: w.name for w in server.dataplane.cluster.workers for n in w.loaded_names()}
+        hosts = {n: w.name for w in server.services.cluster.workers for n in w.loaded_names()}
         assert len(set(hosts.values())) == 2, hosts  # one architecture per worker
-        plane = server.dataplane
+        plane = server.services
         conv = next(n for n in hosts if n.startswith("digits-conv."))
         per_second = capacity_rps(plane.catalog.profiles[conv], 16) / 16
         x, _ = digits.sample_inputs(1)

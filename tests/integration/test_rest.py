@@ -240,7 +240,7 @@ def test_deadline_parameter_drops_requests_that_cannot_make_it(http, digits_samp
 def test_in_process_app_without_a_socket(digits_data_dir, tmp_path, digits_samples):
     from starlette.testclient import TestClient
 
-    from infaas.frontend.server import build
+    from infaas.app import build
     from infaas.settings import Settings
     from tests.conftest import copy_data_dir
 

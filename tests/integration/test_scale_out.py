@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
+from infaas.app import BackgroundServer, free_port
 from infaas.client import Client, InfaasClientError
-from infaas.frontend.server import BackgroundServer, free_port
 from infaas.settings import Settings
 from tests.conftest import copy_data_dir, wait_until
 
@@ -55,7 +55,7 @@ def test_workers_spread_over_nodes_and_serve_a_model_less_query(ray_cluster, tmp
     settings = Settings(data_dir=data, port=0, workers=2, cores_per_worker=1, cluster="ray",
                         ray_address=cluster.address, ray_namespace="spread", autoscale=False)  # fmt: skip
     with BackgroundServer(settings) as server:
-        dp = server.dataplane
+        dp = server.services
         assert len(dp.cluster.workers) == 2
         nodes = {w.node_id for w in dp.cluster.workers}
         assert len(nodes) == 2, "each 1-CPU actor needs a node of its own (the head has no CPU)"
@@ -81,7 +81,7 @@ def test_a_killed_actor_fails_its_requests_and_is_replaced(ray_cluster, tmp_path
     settings = Settings(data_dir=data, port=0, workers=1, cores_per_worker=1, cluster="ray",
                         ray_address=cluster.address, ray_namespace="kill", autoscale=True, min_workers=1)  # fmt: skip
     with BackgroundServer(settings) as server:
-        worker = server.dataplane.cluster.workers[0]
+        worker = server.services.cluster.workers[0]
         before = set(worker.loaded_names())
         old_pid = worker.pid
         x, _ = digits_samples
@@ -117,7 +117,7 @@ def test_a_node_removed_under_load_fails_clearly_and_service_returns(ray_cluster
                         max_workers=2)  # fmt: skip
     x, _ = digits_samples
     with BackgroundServer(settings) as server:
-        rc = server.dataplane.cluster
+        rc = server.services.cluster
         with Client(server.url) as c:
             victim = rc.workers[0] if c.infer("digits-classification", x[:1]).parameters["worker"] == "w0" \
                 else rc.workers[1]  # fmt: skip
@@ -141,7 +141,7 @@ def test_a_node_removed_under_load_fails_clearly_and_service_returns(ray_cluster
         assert all(r[2] in {"500", "503", "504", "429"} for r in failed), failed
         after = [r for r in results if r[0] > removed_at and r[2] == "ok"]
         assert after and after[0][1] - removed_at < 10.0, "no answer within 10 s of the node's loss"
-        assert any(d["kind"] == "error" or "died" in d.get("reason", "") for d in server.dataplane.decisions) \
+        assert any(d["kind"] == "error" or "died" in d.get("reason", "") for d in server.services.decisions) \
             or rc.deaths, "the death was not recorded"  # fmt: skip
         nodes.remove(node)
         nodes.append(cluster.add_node(num_cpus=1))  # the next test's spare

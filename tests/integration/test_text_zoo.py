@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("torch", reason="needs the [zoo] extra")
 
+from infaas.app import BackgroundServer  # noqa: E402
 from infaas.client import Client  # noqa: E402
-from infaas.frontend.server import BackgroundServer  # noqa: E402
 from infaas.hardware import local_kind  # noqa: E402
 from infaas.profiler import profile_architecture  # noqa: E402
 from infaas.registry import Registry  # noqa: E402

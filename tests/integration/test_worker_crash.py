@@ -5,8 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from infaas.app import BackgroundServer
 from infaas.client import Client, InfaasClientError
-from infaas.frontend.server import BackgroundServer
 from infaas.settings import Settings
 from tests.conftest import copy_data_dir, wait_until
 
@@ -24,7 +24,7 @@ def test_crash_mid_request_errors_then_restarts(server, digits_samples):
     import os
     import signal
 
-    worker = server.dataplane.cluster.workers[0]
+    worker = server.services.cluster.workers[0]
     old_pid = worker.pid
     x = digits_samples[0][:16]
     clients = [Client(server.url) for _ in range(4)]
@@ -51,12 +51,12 @@ def test_crash_mid_request_errors_then_restarts(server, digits_samples):
         r = c.infer("digits-mlp", digits_samples[0][:4])
         assert r.outputs["label"].shape == (4,)
         assert c.workers()[0]["restarts"] == 1
-    assert server.dataplane.metrics.exposition().decode().count('infaas_worker_restarts{worker="w0"} 1.0') == 1
+    assert server.services.metrics.exposition().decode().count('infaas_worker_restarts{worker="w0"} 1.0') == 1
 
 
 @pytest.mark.slow
 def test_killing_under_load_never_hangs_a_request(server, digits_samples):
-    worker = server.dataplane.cluster.workers[0]
+    worker = server.services.cluster.workers[0]
     outcomes = []
 
     def hammer(i):
@@ -83,7 +83,7 @@ def test_killing_under_load_never_hangs_a_request(server, digits_samples):
 
 @pytest.mark.slow
 def test_requests_while_the_worker_is_down_fail_fast(server, digits_samples):
-    worker = server.dataplane.cluster.workers[0]
+    worker = server.services.cluster.workers[0]
     worker.restart = False
     worker.kill()
     assert wait_until(lambda: not worker.alive)

@@ -235,11 +235,12 @@ def test_the_controller_drops_samples_older_than_its_horizon():
     from types import SimpleNamespace
 
     from infaas.control import Autoscaler
+    from infaas.policy.policies import InfaasPolicy
     from infaas.settings import Settings
 
     plane = SimpleNamespace(catalog=SimpleNamespace(variants={}, profiles={}, by_arch={}),
-                            cluster=SimpleNamespace(workers=[], cores_per_worker=1))  # fmt: skip
-    scaler = Autoscaler(plane, Settings(autoscale_window=5, autoscale_interval_s=1.0))
+                            cluster=SimpleNamespace(workers=[], cores_per_worker=1, initial=1, worker_limit=0))  # fmt: skip
+    scaler = Autoscaler(plane, Settings(autoscale_window=5, autoscale_interval_s=1.0), InfaasPolicy())
     old, fresh = Sample(0.0, 9000.0, 10.0, 1.0, 500, 80.0, 1.0), Sample(95.0, 10.0, 10.0, 1.0, 0, 1.0, 0.1)
     scaler.windows["v"] = deque([old, fresh], maxlen=5)
     scaler.decide(now=100.0)  # horizon: 2 x 5 samples x 1 s

@@ -89,7 +89,7 @@ def test_other_variants_on_the_same_cores_delay_a_request_as_processor_sharing()
 
 
 def test_the_residual_correction_follows_the_median_not_the_mean():
-    from infaas.frontend.dataplane import _track_median
+    from infaas.policy.latency import track_median as _track_median
 
     values: dict = {}
     for x in [0.3] * 9 * 40 + [5.0] * 40:  # heavy tail: one in ten requests 5 ms

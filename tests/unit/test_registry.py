@@ -107,7 +107,7 @@ def test_persists_across_restart_and_model_files_are_content_addressed(tmp_path,
     path = r2.models.path(arch.model_hash)
     assert path.read_bytes() == m.onnx
     onnx.checker.check_model(str(path))
-    from infaas.frontend import Catalog
+    from infaas.catalog import Catalog
 
     catalog = Catalog(r2)  # the server's in-memory view resolves v2 model names
     assert catalog.resolve(m.name, None)[0] == f"architecture {m.name}"

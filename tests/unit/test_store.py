@@ -230,8 +230,8 @@ def test_redis_blobs_round_trip(fresh_redis):
 
 
 def test_an_unreachable_redis_store_is_a_clear_error():
+    from infaas.app import free_port
     from infaas.errors import Unavailable
-    from infaas.frontend.server import free_port
     from infaas.registry.store import open_store
 
     with pytest.raises(Unavailable, match="cannot reach the Redis store"):

@@ -5,7 +5,7 @@ import socket
 
 import numpy as np
 
-from infaas.worker.wire import SocketChannel, read_message, write_message
+from infaas.protocol.worker_wire import SocketChannel, read_message, write_message
 
 
 def test_round_trip_both_directions():

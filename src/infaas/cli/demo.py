@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from infaas.app import BackgroundServer
 from infaas.client import Client, InfaasClientError
-from infaas.frontend.server import BackgroundServer
 from infaas.settings import Settings
 from infaas.zoo import digits
 
@@ -68,7 +68,7 @@ def _scaling() -> None:
                 from infaas.cli import _wait_for_profiles
 
                 _wait_for_profiles(client, [model.name], quick=True)
-                plane = server.dataplane
+                plane = server.services
                 name = next(n for w in plane.cluster.workers for n in w.loaded_names())
                 per_second = capacity_rps(plane.catalog.profiles[name], plane.catalog.variants[name].max_batch) / 16
                 x, _ = digits.sample_inputs(16)

@@ -1,4 +1,4 @@
-"""``infaas serve``: its flags and the command (the server itself is ``infaas.frontend.server``)."""
+"""``infaas serve``: its flags and the command (the server itself is ``infaas.app``)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
 
 def run_serve(args) -> None:
     """``infaas serve``: settings from file < environment < these flags; runs until interrupted."""
-    from infaas.frontend.server import serve
+    from infaas.app import serve
 
     settings = load_settings(args.config, data_dir=args.data_dir, host=args.host, port=args.port,
                              grpc_port=args.grpc_port,

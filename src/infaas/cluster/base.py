@@ -1,18 +1,19 @@
 """The cluster backend contract: where workers run and how the frontend talks to them.
 
-A worker handle looks the same whether the worker is a local process or (later)
-a Ray actor; the data plane and the controller only use these names.
+A worker handle looks the same whether the worker is a local process or a Ray actor; the router,
+the placement, the controller and the views use only the names declared here (no probing).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from infaas import errors
+if TYPE_CHECKING:
+    from infaas.hardware import HardwareKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,10 @@ class WorkerResult:
 class WorkerHandle(Protocol):
     name: str
     cores: tuple[int, ...]
+    kind: HardwareKind | None  # the hardware it runs on; None: not known yet (the backend's kind)
+    node: str  # where it runs: "local", or a Ray node's address
+    pid: int | None  # its current process, once started
+    restarts: int  # how many times its process was replaced
     placement_version: int  # changes whenever what the worker has loaded (or its liveness) changes
     state: WorkerState
     replicas: dict[str, ReplicaState]  # the current process's replicas, in any state
@@ -97,6 +102,11 @@ class WorkerHandle(Protocol):
 
 class ClusterBackend(Protocol):
     cores_per_worker: int
+    kind: HardwareKind  # the catalog's hardware kind (each worker may report its own)
+    initial: int  # workers it starts with
+
+    @property
+    def worker_limit(self) -> int: ...  # its own ceiling on workers; 0: this machine's cores decide
 
     @property
     def workers(self) -> list[WorkerHandle]: ...
@@ -105,22 +115,3 @@ class ClusterBackend(Protocol):
     async def remove_worker(self, name: str, only_if_empty: bool = False) -> bool: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-
-
-_KINDS: dict[str, type[errors.InfaasError]] = {
-    "DeadlineExceeded": errors.DeadlineExceeded,
-    "Overloaded": errors.Overloaded,
-    "ArtifactCorrupt": errors.Unavailable,
-    "Cancelled": errors.Cancelled,
-    "Unavailable": errors.Unavailable,
-    "WorkerCrashed": errors.WorkerCrashed,
-    "InvalidArgument": errors.InvalidInput,  # ONNX Runtime's bad-input error
-    "InvalidInput": errors.InvalidInput,
-    "RuntimeContractError": errors.RuntimeContractError,
-}
-
-
-def error_from_reply(reply: dict, worker: str) -> errors.InfaasError:
-    """Turn a worker's error reply into the matching infaas error."""
-    kind = _KINDS.get(reply.get("kind", ""), errors.InfaasError)
-    return kind(f"{reply.get('error', 'worker error')} (worker {worker})", reply.get("retry_after_s"))

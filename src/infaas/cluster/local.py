@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from infaas.cluster.base import LoadSpec, ReplicaState, WorkerResult, WorkerState, error_from_reply
+from infaas.cluster.base import LoadSpec, ReplicaState, WorkerResult, WorkerState
 from infaas.errors import InfaasError, Unavailable, WorkerCrashed
-from infaas.hardware import local_kind
-from infaas.worker.wire import read_message, write_message
+from infaas.hardware import HardwareKind, local_kind
+from infaas.protocol.worker_wire import error_from_reply, read_message, write_message
 
 log = logging.getLogger("infaas.cluster")
 
@@ -39,10 +39,12 @@ class LocalWorker:
 
     def __init__(
         self, name: str, cores: tuple[int, ...], *, allow_spinning: bool = False,
-        start_timeout_s: float = 30.0, restart: bool = True,
+        start_timeout_s: float = 30.0, restart: bool = True, kind: HardwareKind | None = None,
     ) -> None:
         self.name = name
         self.cores = cores
+        self.kind = kind
+        self.node = "local"
         self.allow_spinning = allow_spinning
         self.start_timeout_s = start_timeout_s
         self.restart = restart
@@ -417,15 +419,22 @@ class LocalCluster:
         sets = core_sets(workers, cores_per_worker)
         self.cores_per_worker = len(sets[0])
         self.kind = local_kind()  # every local worker runs on this machine's kind
+        self.initial = workers
         self._names = itertools.count(workers)
         self._workers = [self._make(f"w{i}", cores) for i, cores in enumerate(sets)]
 
     def _make(self, name: str, cores: tuple[int, ...]) -> LocalWorker:
-        return LocalWorker(name, cores, allow_spinning=self.allow_spinning, start_timeout_s=self.start_timeout_s)
+        return LocalWorker(name, cores, allow_spinning=self.allow_spinning, start_timeout_s=self.start_timeout_s,
+                           kind=self.kind)  # fmt: skip
 
     @property
     def workers(self) -> list[LocalWorker]:
         return self._workers
+
+    @property
+    def worker_limit(self) -> int:
+        """No ceiling of its own: the controller counts how many workers this machine's cores hold."""
+        return 0
 
     def free_cores(self) -> list[int]:
         used = {c for w in self._workers for c in w.cores}

@@ -34,10 +34,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from infaas.cluster.base import LoadSpec, ReplicaState, WorkerState, error_from_reply
+from infaas.cluster.base import LoadSpec, ReplicaState, WorkerState
 from infaas.cluster.local import LocalWorker
 from infaas.errors import InfaasError, Unavailable, WorkerCrashed
 from infaas.hardware import HardwareKind, local_kind
+from infaas.protocol.worker_wire import error_from_reply
 
 log = logging.getLogger("infaas.cluster.ray")
 
@@ -109,7 +110,7 @@ class WorkerActor:
         """One frontend's request stream: ``infer`` and ``cancel`` frames (the local worker's wire format);
         its ids are its own, mapped to this actor's. The deadline arrives in the sender's clock and is
         taken relative to the frame's ``arrival`` stamp (clocks differ between machines)."""
-        from infaas.worker.wire import read_message, write_message
+        from infaas.protocol.worker_wire import read_message, write_message
 
         mine: dict[int, tuple[int, str]] = {}  # the frontend's id -> (this actor's id, variant)
 
@@ -260,6 +261,7 @@ class RayWorker(LocalWorker):
         self.actor: Any = None
         self.node_id = ""
         self.node_ip = ""
+        self.node = "unplaced"
         self.kind: HardwareKind | None = None
         self._watch_task: asyncio.Task | None = None
         self._actor_version = -1
@@ -314,6 +316,7 @@ class RayWorker(LocalWorker):
         self._reader_task = asyncio.create_task(self._read_replies(reader, writer))
         self.actor = actor
         self.pid, self.node_id, self.node_ip = hello["pid"], hello["node_id"], hello["node_ip"]
+        self.node = self.node_ip
         k = hello["kind"]
         self.kind = HardwareKind(k["machine"], k["cpu"], tuple(k["flags"]), k["gpu"])
         self.cores = tuple(range(hello["threads"]))

@@ -1,4 +1,5 @@
-"""The control loop beside the data plane: autoscaling (variants and workers) and offline jobs."""
+"""The control side: placement, profiling, registration, autoscaling (variants and workers), offline
+jobs and the controller lease."""
 
 from infaas.control.autoscaler import Autoscaler
 from infaas.control.jobs import JobRunner

@@ -17,19 +17,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from infaas.errors import InfaasError
-from infaas.policy import (
-    Action,
-    Memory,
-    Sample,
-    ScalingConfig,
-    VariantLoad,
-    WorkerRoom,
-    autoscale,
-    state_of,
-)
+from infaas.policy import Action, Sample, VariantLoad, WorkerRoom, state_of
 from infaas.policy.autoscale import capacity_rps
-from infaas.policy.original import NAME as ORIGINAL
-from infaas.policy.original import OriginalConfig, OriginalMemory, autoscale_original
+from infaas.policy.policies import Policy, with_min_workers
 
 if TYPE_CHECKING:
     from infaas.control.ports import Actuator
@@ -43,25 +33,23 @@ def _ram_mb() -> float:
 
 
 class Autoscaler:
-    def __init__(self, plane: Actuator, settings: Settings) -> None:
+    def __init__(self, plane: Actuator, settings: Settings, policy: Policy, *,
+                 may_act: Callable[[], bool] = lambda: True) -> None:  # fmt: skip
         self.plane = plane
         self.settings = settings
         cluster = plane.cluster
         # --min-workers, else the workers started (a Ray cluster starts its actors later, in start())
-        self.min_workers = settings.min_workers or len(cluster.workers) or getattr(cluster, "initial", 0)
+        self.min_workers = settings.min_workers or len(cluster.workers) or cluster.initial
         here = max(1, len(os.sched_getaffinity(0)) // cluster.cores_per_worker)  # workers this machine holds
         # a Ray cluster's own limit (its CPUs, its autoscaler) is checked by its can_add
-        limit = settings.max_workers or getattr(cluster, "worker_limit", 0) or here
+        limit = settings.max_workers or cluster.worker_limit or here
         self.max_workers = max(self.min_workers, limit)
         self.memory_mb = settings.worker_memory_mb or 0.8 * _ram_mb() / min(self.max_workers, here)
         # whether this frontend may act now (holds the controller lease); checked before every action
-        self.may_act: Callable[[], bool] = lambda: True
-        self.cfg = ScalingConfig(scale_down_s=settings.scale_down_s, idle_unload_s=settings.idle_unload_s,
-                                 keep_warm=settings.keep_warm, min_workers=self.min_workers)  # fmt: skip
-        self.memory = Memory()
-        self.original = settings.policy == ORIGINAL  # the contender's rules instead of ours
-        self.original_cfg = OriginalConfig(keep_warm=settings.keep_warm)
-        self.original_memory = OriginalMemory()
+        self.may_act = may_act
+        self.policy = with_min_workers(policy, self.min_workers)
+        self.cfg = self.policy.scaling
+        self.memory = self.policy.memory()  # the policy's hysteresis, passed back each tick
         self.windows: dict[str, deque[Sample]] = {}
         self._last: dict[tuple[str, str], tuple[float, dict]] = {}  # (worker, variant) -> counters
         self._cpu: dict[str, tuple[float, float]] = {}  # worker -> (time, cpu seconds)
@@ -212,14 +200,11 @@ class Autoscaler:
         rooms = [WorkerRoom(w.name, self.memory_mb - self.workers.get(w.name, {}).get("rss_mb", 0.0),
                             len(w.loaded_names()), self.workers.get(w.name, {}).get("cpu"))
                  for w in workers if w.alive]  # fmt: skip
-        if self.original:
-            actions, self.original_memory = autoscale_original(loads, family, rooms, now, self.original_memory,
-                                                               self.original_cfg)  # fmt: skip
-        else:
-            actions, self.memory = autoscale(loads, family, rooms, now, self.memory, self.cfg)
-        self.overloaded = dict(self.original_memory.flagged) if self.original else {}
+        actions, self.memory = self.policy.autoscale(loads, family, rooms, now, self.memory)
+        judged: dict[str, tuple[str, str]] = {}
         for load in loads:
             state, why, demand = state_of(load, self.cfg)
+            judged[load.variant.name] = (state, why)
             last = load.window[-1]
             self.states.setdefault(load.variant.name, {}).update(
                 state=state, reason=why, demand_rps=round(demand, 1), replicas=list(load.replicas),
@@ -227,11 +212,11 @@ class Autoscaler:
                 completed_rps=round(last.completed_rps, 1), queue_rows=last.queue_rows,
                 mean_batch=round(last.mean_batch, 2), p50_ms=round(last.p50_ms, 3), busy=round(last.busy, 3),
             )  # fmt: skip
-            if self.original:  # its own overload flags (with hysteresis) decide, and are shown
-                if load.variant.name in self.overloaded:
-                    self.states[load.variant.name].update(state="overloaded", reason=self.overloaded[load.variant.name])
-            elif state == "overloaded":
-                self.overloaded[load.variant.name] = why
+        # the policy's own judgement (the original's flags have hysteresis) decides, and is shown
+        self.overloaded = self.policy.overloaded(self.memory, judged)
+        for name, why in self.overloaded.items():
+            if name in judged:
+                self.states[name].update(state="overloaded", reason=why)
         return actions
 
     # ---- actions -------------------------------------------------------------------------------
@@ -262,7 +247,7 @@ class Autoscaler:
                 return
             if not await cluster.remove_worker(action.target, only_if_empty=True):
                 return  # something was placed on it since the decision: keep it
-            self.memory.empty_since.pop(action.target, None)
+            self.policy.worker_removed(self.memory, action.target)
             self._cpu.pop(action.target, None)
             plane.log_decision("remove_worker", action.reason, worker=action.target)
             return
@@ -298,7 +283,7 @@ class Autoscaler:
     def report(self) -> dict[str, Any]:
         """What ``GET /api/v1/autoscale`` and ``infaas workers`` show."""
         return {
-            "enabled": True, "policy": self.settings.policy, "ticks": self.ticks, "errors": self.errors,
+            "enabled": True, "policy": self.policy.name, "ticks": self.ticks, "errors": self.errors,
             "limits": {"min_workers": self.min_workers, "max_workers": self.max_workers,
                        "worker_memory_mb": round(self.memory_mb), "scale_down_s": self.cfg.scale_down_s,
                        "idle_unload_s": self.cfg.idle_unload_s, "keep_warm": self.cfg.keep_warm},

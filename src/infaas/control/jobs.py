@@ -1,7 +1,7 @@
 """Offline (batch) jobs: inputs in a file, run in batches at low priority on spare capacity.
 
 A job's inputs are saved under ``<data dir>/jobs/<id>/inputs.npz`` and its record in the metadata
-store. The runner takes one batch at a time, through the same data plane as online queries
+store. The runner takes one batch at a time, through the same router as online queries
 (selection with the job's ``min_accuracy``: the cheapest variant that qualifies), marked offline:
 workers queue online requests ahead of it and the autoscaler does not count it as demand. While an
 online variant is overloaded, jobs pause. Batches never exceed the smallest max batch in the job's
@@ -35,7 +35,7 @@ from infaas.registry import Signature
 from infaas.tensors import NUMPY_TO_V2
 
 if TYPE_CHECKING:
-    from infaas.control.ports import InferencePort
+    from infaas.control.ports import DecisionLog, InferencePort
     from infaas.registry.store import MetadataStore
 
 log = logging.getLogger("infaas.jobs")
@@ -120,11 +120,12 @@ def load_images(directory: str | Path, sig: Signature, limit_bytes: int | None =
 
 
 class JobRunner:
-    def __init__(self, plane: InferencePort, store: MetadataStore, data_dir: Path, batch_rows: int, *,
+    def __init__(self, plane: InferencePort, decisions: DecisionLog, store: MetadataStore, data_dir: Path, batch_rows: int, *,
                  busy: Callable[[], str | None] = lambda: None, max_failures: int = 5,
                  job_roots: list[Path] | None = None, max_input_bytes: int | None = None,
                  retry_s: float = 1.0) -> None:  # fmt: skip
         self.plane = plane
+        self.decisions = decisions
         self.store = store
         self.root = Path(data_dir) / "jobs"
         self.batch_rows = batch_rows
@@ -195,7 +196,7 @@ class JobRunner:
         folder.mkdir(parents=True, exist_ok=True)
         _save_npz(folder / "inputs.npz", inputs)
         self._put(job)
-        self.plane.log_decision("job", f"job {job.id} submitted: {rows} rows of {scope}"
+        self.decisions.log_decision("job", f"job {job.id} submitted: {rows} rows of {scope}"
                                 + (f" at accuracy >= {min_accuracy:g}" if min_accuracy is not None else ""),
                                 job=job.id)  # fmt: skip
         self._wake.set()
@@ -206,7 +207,7 @@ class JobRunner:
         if job.status in ACTIVE:
             job.status, job.reason, job.finished = "cancelled", "cancelled by the user", time.time()
             self._put(job)
-            self.plane.log_decision("job", f"job {job.id} cancelled at {job.done_rows}/{job.rows} rows", job=job.id)
+            self.decisions.log_decision("job", f"job {job.id} cancelled at {job.done_rows}/{job.rows} rows", job=job.id)
         return job
 
     # ---- running ---------------------------------------------------------------------------
@@ -215,7 +216,7 @@ class JobRunner:
             if job.status in ("running", "paused"):
                 job.status, job.reason = "queued", f"resumed after a restart at {job.done_rows}/{job.rows} rows"
                 self._put(job)
-                self.plane.log_decision("job", f"job {job.id} {job.reason}", job=job.id)
+                self.decisions.log_decision("job", f"job {job.id} {job.reason}", job=job.id)
         self._task = asyncio.create_task(self._run(), name="infaas-jobs")
 
     async def stop(self) -> None:
@@ -239,7 +240,7 @@ class JobRunner:
                 raise
             except Exception as exc:  # a bug or an unreadable record: counted against the job, never forever
                 log.exception("job runner")
-                self.plane.log_decision("error", f"job runner: {type(exc).__name__}: {exc}")
+                self.decisions.log_decision("error", f"job runner: {type(exc).__name__}: {exc}")
                 if job is not None:
                     job.failures += 1
                     if job.failures >= self.max_failures:
@@ -260,13 +261,13 @@ class JobRunner:
                 self._paused_at[job.id] = time.monotonic()
                 if not self._save(job):
                     return False
-                self.plane.log_decision("job", f"job {job.id} paused: {busy}", job=job.id)
+                self.decisions.log_decision("job", f"job {job.id} paused: {busy}", job=job.id)
             await asyncio.sleep(0.25)
             return True
         if job.status != "running":
             if job.id in self._paused_at:
                 job.paused_s += time.monotonic() - self._paused_at.pop(job.id)
-                self.plane.log_decision("job", f"job {job.id} resumed: online load is back within capacity",
+                self.decisions.log_decision("job", f"job {job.id} resumed: online load is back within capacity",
                                         job=job.id)  # fmt: skip
             job.status, job.reason = "running", ""
             if not self._save(job):
@@ -343,7 +344,7 @@ class JobRunner:
         self._inputs = None
         took = job.finished - job.created
         used = ", ".join(f"{v} ({n} rows)" for v, n in job.variants.items())
-        self.plane.log_decision("job", f"job {job.id} {status} after {took:.1f} s: {job.done_rows}/{job.rows} rows"
+        self.decisions.log_decision("job", f"job {job.id} {status} after {took:.1f} s: {job.done_rows}/{job.rows} rows"
                                 + (f" on {used}" if used else "") + (f"; {reason}" if reason else "")
                                 + (f"; paused {job.pauses} time(s), {job.paused_s:.1f} s" if job.pauses else ""),
                                 job=job.id)  # fmt: skip

@@ -1,7 +1,7 @@
-"""The narrow interfaces the control loops are handed by the composition root (``infaas.frontend.server``).
+"""The narrow interfaces the control loops are handed by the composition root (``infaas.app``).
 
-The controller and the job runner never import the data plane: they get an object with these
-methods, so the dependency runs one way (server -> control, server -> frontend).
+The controller and the job runner never import the router: they get an object with these
+methods, so the dependency runs one way (app -> control, app -> serving).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from infaas.catalog import Catalog
     from infaas.cluster.base import ClusterBackend, WorkerHandle
     from infaas.protocol.types import InferRequest, InferResponse
     from infaas.registry import Variant
@@ -19,18 +20,20 @@ class DecisionLog(Protocol):
 
 
 class Actuator(DecisionLog, Protocol):
-    """What the autoscaler acts through: the cluster, the catalog, and loads / swaps of variants."""
+    """What the autoscaler acts through (:class:`infaas.control.placement.Placement`): the
+    cluster, the catalog, and loads / swaps of variants."""
 
     cluster: ClusterBackend
-    catalog: Any  # infaas.frontend.catalog.Catalog: tasks, variants, profiles, by_arch
+    catalog: Catalog
 
     async def load(self, variant: Variant, worker: WorkerHandle) -> dict: ...
     async def swap(self, old: Variant, new: Variant, kind: str, reason: str) -> None: ...
 
 
-class InferencePort(DecisionLog, Protocol):
-    """What the job runner needs: resolve a model name, and serve a request (offline)."""
+class InferencePort(Protocol):
+    """What the job runner needs (:class:`infaas.serving.router.Router`): resolve a model name,
+    and serve a request (offline)."""
 
-    catalog: Any
+    catalog: Catalog
 
     async def infer(self, req: InferRequest, offline: bool = False) -> InferResponse: ...

@@ -1,6 +1,6 @@
 """KServe v2 over gRPC (``grpc.aio``): service ``inference.GRPCInferenceService``.
 
-Only wire conversion lives here; every call goes to the same :class:`DataPlane` as REST. Errors
+Only wire conversion lives here; every call goes to the same router and views as REST. Errors
 map to gRPC status codes (``InfaasError.grpc_code``) with the same messages as REST's error bodies.
 """
 
@@ -10,14 +10,17 @@ import asyncio
 import logging
 import math
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 
 from infaas.errors import Cancelled, InfaasError
 from infaas.frontend.auth import authorize
-from infaas.frontend.dataplane import DataPlane
 from infaas.protocol.grpc_codec import SERVICE, decode_infer, encode_infer
 from infaas.protocol.proto import kserve_v2_pb2 as pb
+
+if TYPE_CHECKING:
+    from infaas.app.services import Services
 
 log = logging.getLogger("infaas.grpc")
 
@@ -25,27 +28,29 @@ log = logging.getLogger("infaas.grpc")
 _ENVELOPE = 1 << 16
 
 class GrpcFrontend:
-    def __init__(self, dp: DataPlane) -> None:
-        self.dp = dp
+    def __init__(self, services: Services) -> None:
+        self.router = services.router
+        self.views = services.views
+        self.settings = services.settings
         self.server: grpc.aio.Server | None = None
-        self.keys = tuple(dp.settings.api_keys)
+        self.keys = tuple(self.settings.api_keys)
 
     # ---- handlers (each: request message -> response message) --------------------------------
     async def ServerLive(self, req, ctx):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, req, ctx):
-        return pb.ServerReadyResponse(ready=self.dp.ready)
+        return pb.ServerReadyResponse(ready=self.router.ready)
 
     async def ModelReady(self, req, ctx):
-        return pb.ModelReadyResponse(ready=self.dp.model_ready(req.name, req.version or None))
+        return pb.ModelReadyResponse(ready=self.views.model_ready(req.name, req.version or None))
 
     async def ServerMetadata(self, req, ctx):
-        meta = self.dp.server_metadata()
+        meta = self.views.server_metadata()
         return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
 
     async def ModelMetadata(self, req, ctx):
-        meta = self.dp.model_metadata(req.name, req.version or None)
+        meta = self.views.model_metadata(req.name, req.version or None)
         out = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"])
         for key in ("inputs", "outputs"):
             for t in meta[key]:
@@ -53,14 +58,14 @@ class GrpcFrontend:
         return out
 
     async def ModelInfer(self, req, ctx):
-        request = decode_infer(req, self.dp.settings.max_request_elements)
+        request = decode_infer(req, self.settings.max_request_elements)
         remaining = ctx.time_remaining()  # the client's gRPC deadline becomes the request's
         if remaining is not None:
             request.deadline = time.monotonic() + remaining
-        return encode_infer(await self.dp.infer(request))
+        return encode_infer(await self.router.infer(request))
 
     async def ModelConfig(self, req, ctx):
-        cfg = self.dp.model_config(req.name, req.version or None)
+        cfg = self.views.model_config(req.name, req.version or None)
         config = pb.ModelConfig(name=cfg["name"], platform=cfg["platform"], backend=cfg["backend"],
                                 max_batch_size=cfg["max_batch_size"])  # fmt: skip
         for t in cfg["input"]:
@@ -75,7 +80,7 @@ class GrpcFrontend:
         return pb.ModelConfigResponse(config=config)
 
     async def ModelStatistics(self, req, ctx):
-        stats = self.dp.model_stats(req.name or None, req.version or None)
+        stats = self.views.model_stats(req.name or None, req.version or None)
         out = pb.ModelStatisticsResponse()
         for s in stats["model_stats"]:
             m = out.model_stats.add(name=s["name"], version=s["version"], last_inference=s["last_inference"],
@@ -90,7 +95,7 @@ class GrpcFrontend:
 
     async def RepositoryIndex(self, req, ctx):
         out = pb.RepositoryIndexResponse()
-        for row in self.dp.repository_index():
+        for row in self.views.repository_index():
             if not req.ready or row["state"] == "READY":
                 out.models.add(**row)
         return out
@@ -130,7 +135,7 @@ class GrpcFrontend:
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
     async def start(self, host: str, port: int) -> int:
-        settings = self.dp.settings
+        settings = self.settings
         options = [("grpc.max_receive_message_length", settings.max_request_bytes + _ENVELOPE),
                    ("grpc.max_send_message_length", -1)]  # fmt: skip
         self.server = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.max_connections)

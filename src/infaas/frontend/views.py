@@ -1,34 +1,34 @@
-"""Read-only views of the data plane's state for the protocol doors: health, KServe v2 metadata,
-Triton-style configuration and statistics, the repository index, the workers (a mixin of
-:class:`infaas.frontend.dataplane.DataPlane`, apart so that module stays about inference)."""
+"""Read-only views for the protocol doors: health, KServe v2 metadata, Triton-style configuration
+and statistics, the repository index, the workers. REST and gRPC answer from the same views."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from infaas import __version__
-from infaas.frontend.metrics import VariantStats
+from infaas.serving.metrics import VariantStats
 from infaas.tensors import v2_to_triton_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from infaas.catalog import Catalog
     from infaas.cluster.base import ClusterBackend
-    from infaas.frontend.catalog import Catalog
-    from infaas.frontend.metrics import Metrics
+    from infaas.serving.metrics import Metrics
     from infaas.settings import Settings
 
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository",
               "infaas_modelless", "infaas_management"]  # fmt: skip
 
 
-class MetadataViews:
-    catalog: Catalog
-    cluster: ClusterBackend
-    settings: Settings
-    metrics: Metrics
-    ready: bool
-    worker_report: Callable[[], dict[str, dict[str, Any]]]
+class Views:
+    def __init__(self, catalog: Catalog, cluster: ClusterBackend, settings: Settings, metrics: Metrics,
+                 worker_report: Callable[[], dict[str, dict[str, Any]]] = dict) -> None:  # fmt: skip
+        self.catalog = catalog
+        self.cluster = cluster
+        self.settings = settings
+        self.metrics = metrics
+        self.worker_report = worker_report  # the controller's latest per-worker readings (cpu, memory)
 
     # ---- health and metadata ---------------------------------------------------------------
     def server_metadata(self) -> dict:
@@ -101,18 +101,9 @@ class MetadataViews:
     def workers_info(self) -> list[dict]:
         seen = self.worker_report()
         kind = self.catalog.kind.id
-        return [{"name": w.name, "kind": w.kind.id if getattr(w, "kind", None) else kind,
-                 "node": getattr(w, "node_ip", None) or "local", "cores": list(w.cores), "alive": w.alive, "state": w.state.value,
-                 "replicas": {v: s.value for v, s in w.replicas.items()}, "pid": getattr(w, "pid", None),
-                 "restarts": getattr(w, "restarts", 0), "loaded": sorted(w.loaded),
+        return [{"name": w.name, "kind": w.kind.id if w.kind is not None else kind,
+                 "node": w.node, "cores": list(w.cores), "alive": w.alive, "state": w.state.value,
+                 "replicas": {v: s.value for v, s in w.replicas.items()}, "pid": w.pid,
+                 "restarts": w.restarts, "loaded": sorted(w.loaded),
                  "outstanding": w.outstanding(), "cpu": seen.get(w.name, {}).get("cpu"),
                  "rss_mb": seen.get(w.name, {}).get("rss_mb")} for w in self.cluster.workers]  # fmt: skip
-
-    def _queue_depths(self):
-        for w in self.cluster.workers:
-            for v in w.loaded:
-                yield v, w.name, w.outstanding(v)
-
-    def _worker_states(self):
-        for w in self.cluster.workers:
-            yield w.name, w.alive, getattr(w, "restarts", 0)

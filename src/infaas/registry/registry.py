@@ -37,7 +37,7 @@ def measure_accuracy(
 ) -> float:
     """Top-1 accuracy of a model file on labelled data (the task metric ``top1``), measured in a fresh
     worker process: a model that crashes or runs out of memory fails its registration, not the server."""
-    from infaas.worker.isolated import call_isolated
+    from infaas.protocol.isolated import call_isolated
 
     inputs = named_inputs(inputs, signature)
     try:

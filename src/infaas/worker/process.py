@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from infaas.errors import Cancelled, DeadlineExceeded, Overloaded, Unavailable
+from infaas.protocol.worker_wire import SocketChannel
 from infaas.worker.batcher import BatchQueue, Pending
 from infaas.worker.runtime import OnnxRuntime, Runtime, infer_checked
-from infaas.worker.wire import SocketChannel
 
 
 class VariantExecutor:

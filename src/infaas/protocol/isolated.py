@@ -8,9 +8,8 @@ import subprocess
 import sys
 from typing import Any
 
-from infaas.cluster.base import error_from_reply
 from infaas.errors import InvalidInput
-from infaas.worker.wire import SocketChannel
+from infaas.protocol.worker_wire import SocketChannel, error_from_reply
 
 
 def call_isolated(message: dict, timeout_s: float = 600.0, cores: tuple[int, ...] = ()) -> Any:

@@ -1,4 +1,4 @@
-"""Prometheus metrics and Triton-style per-variant statistics, kept by the data plane."""
+"""Prometheus metrics and Triton-style per-variant statistics, kept by the router."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frames between the frontend and a worker process.
+"""Frames between the frontend and a worker process, and the worker's error replies as infaas errors.
 
 A message is a small pickled dict whose numpy arrays travel out of band
 (pickle protocol 5): the array bytes are written straight from the array's
@@ -15,6 +15,8 @@ import pickle
 import socket
 import struct
 import threading
+
+from infaas import errors
 
 _HEAD = struct.Struct("<II")
 MAX_BUFFERS = 4096
@@ -78,3 +80,22 @@ class SocketChannel:
         with self._send_lock:
             for frame in frames:
                 self.sock.sendall(frame)
+
+
+_KINDS: dict[str, type[errors.InfaasError]] = {
+    "DeadlineExceeded": errors.DeadlineExceeded,
+    "Overloaded": errors.Overloaded,
+    "ArtifactCorrupt": errors.Unavailable,
+    "Cancelled": errors.Cancelled,
+    "Unavailable": errors.Unavailable,
+    "WorkerCrashed": errors.WorkerCrashed,
+    "InvalidArgument": errors.InvalidInput,  # ONNX Runtime's bad-input error
+    "InvalidInput": errors.InvalidInput,
+    "RuntimeContractError": errors.RuntimeContractError,
+}
+
+
+def error_from_reply(reply: dict, worker: str) -> errors.InfaasError:
+    """Turn a worker's error reply into the matching infaas error."""
+    kind = _KINDS.get(reply.get("kind", ""), errors.InfaasError)
+    return kind(f"{reply.get('error', 'worker error')} (worker {worker})", reply.get("retry_after_s"))

@@ -1,8 +1,5 @@
-"""The composition root: registry + cluster + data plane + controller + job runner + protocol doors.
-
-Each part gets the narrow interface it needs from here (the controller an actuator, the job runner
-an inference port and a "busy" callable); no part builds its peers.
-"""
+"""Serving the composition root's parts: the ASGI apps with their lifespan (services, gRPC), uvicorn
+servers in the foreground (``infaas serve``) or in a background thread (embedded use)."""
 
 from __future__ import annotations
 
@@ -12,101 +9,14 @@ import logging
 import socket
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import uvicorn
 
-from infaas.cluster import LocalCluster
-from infaas.control import Autoscaler, JobRunner
-from infaas.control.leader import Leadership, frontend_id
-from infaas.errors import InvalidInput
-from infaas.frontend.dataplane import DataPlane
+from infaas.app.services import build_services
 from infaas.frontend.rest import build_app
-from infaas.registry import Registry
 from infaas.settings import Settings
 
 log = logging.getLogger("infaas.server")
-
-
-@dataclass
-class Services:
-    """Everything one server runs, built once and started / stopped in order."""
-
-    settings: Settings
-    registry: Registry
-    dataplane: DataPlane
-    jobs: JobRunner
-    autoscaler: Autoscaler | None
-    leadership: Leadership
-
-    async def start(self) -> None:
-        """Lease first (so a Ray cluster knows whether this frontend creates workers or attaches to
-        them), then the data plane, then the controller and the job runner if this frontend leads."""
-        await self.leadership.step()
-        await self.dataplane.start()
-        self.leadership.on_gain, self.leadership.on_lose = self._lead, self._follow
-        if self.leadership.leader:
-            await self._lead()
-        await self.leadership.start()
-
-    async def _lead(self) -> None:
-        if self.autoscaler is not None:
-            self.autoscaler.start()
-        self.jobs.start()
-
-    async def _follow(self) -> None:
-        if self.autoscaler is not None:
-            await self.autoscaler.stop()
-        await self.jobs.stop()
-
-    async def stop(self) -> None:
-        if self.leadership.leader:
-            await self._follow()
-        await self.dataplane.stop()  # still holding the lease: the last frontend out stops the Ray workers
-        await self.leadership.stop()
-        self.registry.close()
-
-
-def build_cluster(settings: Settings, registry: Registry, leadership: Leadership):
-    if settings.cluster == "ray":
-        try:
-            from infaas.cluster.ray import RayCluster
-        except ImportError:
-            raise InvalidInput("--cluster ray needs the ray extra: pip install 'infaas[ray]'") from None
-        return RayCluster(registry.store, workers=settings.workers, cores_per_worker=settings.cores_per_worker or 1,
-                          address=settings.ray_address, namespace=settings.ray_namespace,
-                          memory_mb=settings.worker_memory_mb, allow_spinning=settings.ort_allow_spinning,
-                          start_timeout_s=max(60.0, settings.worker_start_timeout_s),
-                          max_workers=settings.max_workers, manages=lambda: leadership.leader,
-                          fence=leadership.fence, frontend_id=leadership.holder)  # fmt: skip
-    return LocalCluster(settings.workers, settings.cores_per_worker,
-                        allow_spinning=settings.ort_allow_spinning,
-                        start_timeout_s=settings.worker_start_timeout_s)  # fmt: skip
-
-
-def build_services(settings: Settings) -> Services:
-    registry = Registry.open(settings.data_dir, settings.store)
-    leadership = Leadership(registry.store, frontend_id(), ttl_s=settings.lease_s,
-                            url=f"http://{settings.host}:{settings.port}")  # fmt: skip
-    cluster = build_cluster(settings, registry, leadership)
-    dp = DataPlane(registry, cluster, settings)
-    leadership.log_decision = dp.log_decision
-    scaler = Autoscaler(dp, settings) if settings.autoscale else None
-    if scaler is not None:
-        dp.worker_report = lambda: scaler.workers
-        dp.flagged = lambda: scaler.overloaded
-        scaler.may_act = leadership.holds
-
-    def busy() -> str | None:
-        if scaler is None or not scaler.overloaded:
-            return None
-        name, why = next(iter(scaler.overloaded.items()))
-        return f"online variant {name} is overloaded ({why})"
-
-    jobs = JobRunner(dp, registry.store, settings.data_dir, settings.job_batch_rows, busy=busy,
-                     max_failures=settings.job_max_failures, job_roots=settings.job_roots,
-                     max_input_bytes=settings.max_management_bytes)  # fmt: skip
-    return Services(settings, registry, dp, jobs, scaler, leadership)
 
 
 def build(settings: Settings):
@@ -121,10 +31,10 @@ def build(settings: Settings):
         if settings.grpc_port is not None:
             from infaas.frontend.grpc_server import GrpcFrontend
 
-            grpc_frontend = GrpcFrontend(services.dataplane)
+            grpc_frontend = GrpcFrontend(services)
             await grpc_frontend.start(settings.host, settings.grpc_port)
-        log.info("infaas ready: %d workers, %d architectures", len(services.dataplane.cluster.workers),
-                 len(services.dataplane.catalog.architectures))  # fmt: skip
+        log.info("infaas ready: %d workers, %d architectures", len(services.cluster.workers),
+                 len(services.catalog.architectures))  # fmt: skip
         try:
             yield
         finally:
@@ -198,7 +108,6 @@ class BackgroundServer:
             settings = settings.with_overrides(management_port=free_port(settings.management_host or settings.host))
         self.settings = settings
         self.app, self.management_app, self.services = build(settings)
-        self.dataplane = self.services.dataplane
         self.servers = _servers(self.app, self.management_app, settings)
         self.server = self.servers[0]
         self.thread = threading.Thread(target=self._run, name="infaas-server", daemon=True)

@@ -1,0 +1,164 @@
+"""The composition root: builds every part once and hands each its collaborators through its
+constructor (no part builds its peers; nothing is wired by assigning attributes afterwards).
+
+    store -> registry -> catalog, cluster backend
+    decision log, latency model, metrics
+    placement (loads, cold starts, swaps) <- profiling, registration
+    router (the request path)            <- REST, gRPC doors; the job runner
+    autoscaler, job runner               <- run by the frontend that holds the controller lease
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from infaas.catalog import Catalog
+from infaas.cluster import LocalCluster
+from infaas.cluster.base import ClusterBackend
+from infaas.control import Autoscaler, JobRunner
+from infaas.control.leader import Leadership, frontend_id
+from infaas.control.placement import Placement
+from infaas.control.profiling import Profiling
+from infaas.control.registration import Registration
+from infaas.decisions import Background, DecisionLog
+from infaas.errors import InvalidInput
+from infaas.frontend.views import Views
+from infaas.policy import ScalingConfig
+from infaas.policy.latency import LatencyModel
+from infaas.policy.policies import policy_named
+from infaas.registry import Registry
+from infaas.serving.metrics import Metrics
+from infaas.serving.router import Router
+from infaas.settings import Settings
+
+log = logging.getLogger("infaas.app")
+
+
+@dataclass
+class Services:
+    """Everything one server runs, built once and started / stopped in order."""
+
+    settings: Settings
+    registry: Registry
+    catalog: Catalog
+    cluster: ClusterBackend
+    decisions: DecisionLog
+    background: Background
+    latency: LatencyModel
+    metrics: Metrics
+    placement: Placement
+    profiling: Profiling
+    registration: Registration
+    router: Router
+    views: Views
+    jobs: JobRunner
+    autoscaler: Autoscaler | None
+    leadership: Leadership
+    _started: bool = field(default=False, repr=False)
+
+    async def start(self) -> None:
+        """Lease first (so a Ray cluster knows whether this frontend creates workers or attaches to
+        them), then the workers and their variants, then the controller and the job runner if this
+        frontend leads."""
+        await self.leadership.step()
+        await self.cluster.start()
+        await self.registration.load_all()
+        self.router.ready = True
+        self.profiling.profile_new_kind()
+        self.background.spawn(self.registration.follow_store())
+        self._started = True
+        if self.leadership.leader:
+            await self.lead()
+        await self.leadership.start()
+
+    async def lead(self) -> None:
+        """This frontend holds the controller lease: run the controller and the job runner."""
+        if not self._started:  # the first lease step comes before the workers: start() leads after them
+            return
+        if self.autoscaler is not None:
+            self.autoscaler.start()
+        self.jobs.start()
+
+    async def follow(self) -> None:
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
+        await self.jobs.stop()
+
+    async def stop(self) -> None:
+        if self.leadership.leader:
+            await self.follow()
+        self.router.ready = False
+        await self.background.cancel()
+        await self.cluster.stop()  # still holding the lease: the last frontend out stops the Ray workers
+        await self.leadership.stop()
+        self.registry.close()
+
+
+def build_cluster(settings: Settings, registry: Registry, leadership: Leadership) -> ClusterBackend:
+    if settings.cluster == "ray":
+        try:
+            from infaas.cluster.ray import RayCluster
+        except ImportError:
+            raise InvalidInput("--cluster ray needs the ray extra: pip install 'infaas[ray]'") from None
+        return RayCluster(registry.store, workers=settings.workers, cores_per_worker=settings.cores_per_worker or 1,
+                          address=settings.ray_address, namespace=settings.ray_namespace,
+                          memory_mb=settings.worker_memory_mb, allow_spinning=settings.ort_allow_spinning,
+                          start_timeout_s=max(60.0, settings.worker_start_timeout_s),
+                          max_workers=settings.max_workers, manages=lambda: leadership.leader,
+                          fence=leadership.fence, frontend_id=leadership.holder)  # fmt: skip
+    return LocalCluster(settings.workers, settings.cores_per_worker,
+                        allow_spinning=settings.ort_allow_spinning,
+                        start_timeout_s=settings.worker_start_timeout_s)  # fmt: skip
+
+
+def build_services(settings: Settings) -> Services:
+    registry = Registry.open(settings.data_dir, settings.store)
+    decisions = DecisionLog(settings.decision_log_size)
+    background = Background(decisions)
+    services: Services | None = None  # bound below; the lease's callbacks run only after start()
+
+    async def lead() -> None:
+        assert services is not None
+        await services.lead()
+
+    async def follow() -> None:
+        assert services is not None
+        await services.follow()
+
+    leadership = Leadership(registry.store, frontend_id(), ttl_s=settings.lease_s,
+                            url=f"http://{settings.host}:{settings.port}", on_gain=lead, on_lose=follow,
+                            log_decision=decisions.log_decision)  # fmt: skip
+    cluster = build_cluster(settings, registry, leadership)
+    catalog = Catalog(registry, cluster.kind)
+    latency = LatencyModel()
+    metrics = Metrics(
+        lambda: ((v, w.name, w.outstanding(v)) for w in cluster.workers for v in w.loaded),
+        lambda: ((w.name, w.alive, w.restarts) for w in cluster.workers),
+    )
+    placement = Placement(registry, catalog, cluster, settings, latency, decisions, background)
+    profiling = Profiling(registry, catalog, cluster, settings, placement, decisions, background)
+    policy = policy_named(settings.policy, ScalingConfig(scale_down_s=settings.scale_down_s,
+                                                         idle_unload_s=settings.idle_unload_s,
+                                                         keep_warm=settings.keep_warm))  # fmt: skip
+    scaler = Autoscaler(placement, settings, policy, may_act=leadership.holds) if settings.autoscale else None
+    router = Router(catalog, cluster, settings, metrics, latency, placement, decisions, policy,
+                    flagged=(lambda: scaler.overloaded) if scaler is not None else frozenset)  # fmt: skip
+    registration = Registration(registry, catalog, settings, placement, profiling, decisions, background,
+                                serving=lambda: router.ready)  # fmt: skip
+    views = Views(catalog, cluster, settings, metrics,
+                  worker_report=(lambda: scaler.workers) if scaler is not None else dict)  # fmt: skip
+
+    def busy() -> str | None:
+        if scaler is None or not scaler.overloaded:
+            return None
+        name, why = next(iter(scaler.overloaded.items()))
+        return f"online variant {name} is overloaded ({why})"
+
+    jobs = JobRunner(router, decisions, registry.store, settings.data_dir, settings.job_batch_rows, busy=busy,
+                     max_failures=settings.job_max_failures, job_roots=settings.job_roots,
+                     max_input_bytes=settings.max_management_bytes)  # fmt: skip
+    services = Services(settings, registry, catalog, cluster, decisions, background, latency, metrics, placement,
+                        profiling, registration, router, views, jobs, scaler, leadership)  # fmt: skip
+    return services
+
