@@ -92,7 +92,7 @@ def main() -> None:
     from infaas.registry import Registry
     from infaas.settings import Settings
     from infaas.variants.generate import DEFAULT_RECIPES, SEARCH_STEPS, Quantizer, describe_recipe
-    from infaas.worker.process import answers
+    from infaas.worker.measure import answers
     from infaas.zoo import efficientnet
 
     console = Console()

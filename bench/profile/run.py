@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from rich.table import Table  # noqa: E402
 
-from infaas.cli import variants_table  # noqa: E402
+from infaas.cli.tables import variants_table  # noqa: E402
 from infaas.hardware import local_kind  # noqa: E402
 from infaas.profiler import profile_architecture  # noqa: E402
 from infaas.registry import Registry  # noqa: E402

@@ -171,7 +171,7 @@ def test_an_unreadable_reply_replaces_the_worker_instead_of_hanging_its_requests
     import struct
     import subprocess
 
-    from infaas.cluster.local import LocalWorker
+    from infaas.cluster.local_worker import LocalWorker
     from infaas.errors import WorkerCrashed
 
     async def scenario():

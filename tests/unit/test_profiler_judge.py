@@ -3,7 +3,7 @@
 import pytest
 
 from infaas.profiler import linear_fit
-from infaas.profiler.profile import _judge
+from infaas.profiler.verdict import judge as _judge
 from infaas.registry import Profile, Variant
 from infaas.settings import Settings
 from infaas.variants import batch_sizes

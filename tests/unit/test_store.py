@@ -3,7 +3,7 @@
 import pytest
 
 from infaas.registry import MemoryStore, SQLiteStore
-from infaas.registry.store import RedisStore
+from infaas.registry.redis_store import RedisStore
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.cluster)])

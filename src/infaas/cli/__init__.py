@@ -7,35 +7,19 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
 from infaas.cli.serve import add_serve_flags
+from infaas.cli.tables import accuracy_cell, console, print_json, print_variants, show, status_cell
 from infaas.client import Client, InfaasClientError
 from infaas.errors import InfaasError
 from infaas.settings import load_settings
 
-console = Console()
 err = Console(stderr=True)
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=_jsonable) + "\n")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, bytes):
-        return obj.decode(errors="replace")
-    raise TypeError(type(obj).__name__)
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
@@ -134,8 +118,8 @@ def _register_items(args, items: list[dict]) -> list[dict]:
 
 
 def _show_registered(args, results: list[dict]) -> None:
-    rows = ((r["architecture"]["name"], r["architecture"]["task"], _accuracy(r["architecture"])) for r in results)
-    _show(args, results, "registered", ("architecture", "task", "accuracy"), rows)
+    rows = ((r["architecture"]["name"], r["architecture"]["task"], accuracy_cell(r["architecture"])) for r in results)
+    show(args, results, "registered", ("architecture", "task", "accuracy"), rows)
     if not args.json:
         console.print("variants, profiles and reasons: [bold]infaas variants ARCH[/]")
 
@@ -168,115 +152,24 @@ def cmd_zoo(args) -> None:
     _show_registered(args, results)
 
 
-def _show(args, data: Any, title: str, columns: tuple[str, ...], rows: Iterable[tuple]) -> None:
-    """``--json``: the data as JSON; otherwise a rich table of the given rows."""
-    if args.json:
-        _print_json(data)
-        return
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*(str(cell) for cell in row))
-    console.print(table)
-
-
-def _accuracy(v: dict) -> str:
-    return "-" if v["accuracy"] is None else f"{v['accuracy']:.3f} ({v['accuracy_source']})"
-
-
-def _status(v: dict) -> str:
-    return f"loaded on {', '.join(v['loaded_on'])}" if v["loaded_on"] else v["status"]
-
-
 def cmd_models(args) -> None:
     with _client(args) as client:
         archs = client.architectures()
         variants = client.variants()
-    rows = ((a["task"], a["name"], v["name"], _accuracy(v), v["max_batch"], _status(v))
+    rows = ((a["task"], a["name"], v["name"], accuracy_cell(v), v["max_batch"], status_cell(v))
             for a in sorted(archs, key=lambda a: (a["task"], a["name"]))
             for v in variants if v["architecture"] == a["name"])  # fmt: skip
-    _show(args, {"architectures": archs, "variants": variants}, "models",
+    show(args, {"architectures": archs, "variants": variants}, "models",
           ("task", "architecture", "variant", "accuracy", "max batch", "status"), rows)  # fmt: skip
-
-
-def _num(x: float | None, fmt: str = ".3g") -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def _quality_cell(v: dict, p: dict) -> str:
-    """Accuracy (in the task's metric) with its 95 % interval and provenance letter, e.g. 0.748 [0.741,0.751] e."""
-    if v["accuracy"] is None:
-        return "-"
-    text = f"{v['accuracy']:.3f}"
-    low, high = p.get("accuracy_low"), p.get("accuracy_high")
-    if low is not None and high is not None and high - low > 5e-4:
-        text += f" [{low:.3f},{high:.3f}]"
-    return f"{text} {v['accuracy_source'][0]}"
-
-
-def variants_table(variants: list[dict], title: str) -> Table:
-    """Profiles side by side (accuracy provenance as one letter); the caption names the hardware
-    kind(s) and metric the profiles were measured with."""
-    from rich import box
-
-    kinds = sorted({(v.get("profile") or {}).get("hardware") for v in variants} - {None})
-    metrics = sorted({(v.get("profile") or {}).get("metric") for v in variants} - {None})
-    caption = ("p50 in ms at batch 1 / at max batch; memory in MB; load in ms; quality"
-               f"{' (' + ', '.join(metrics) + ')' if metrics else ''} with its 95 % interval: m measured, "
-               "d declared, e estimated, r reference; µ$/1k: micro-dollars per 1000 inferences"
-               + (f"\nhardware kind: {', '.join(kinds)}" if kinds else ""))  # fmt: skip
-    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False,
-                  caption=caption)  # fmt: skip
-    for col in ("variant", "status", "p50@1/max", "rows/s", "MB", "load", "quality", "n", "µ$/1k"):
-        table.add_column(col, justify="left" if col in ("variant", "status") else "right", no_wrap=True)
-    for v in sorted(variants, key=lambda v: (v["format"], v["threads"], v["max_batch"])):
-        p = v.get("profile") or {}
-        lat = p.get("latency_p50_ms") or {}
-        top = str(max((int(b) for b in lat), default=0))
-        label = f"{v['format'].removeprefix('onnx-')} t{v['threads']} b{v['max_batch']}"
-        status = "loaded" if v.get("loaded_on") else v["status"]
-        table.add_row(label, status, f"{_num(lat.get('1'))}/{_num(lat.get(top))}" if lat else "-",
-                      _num(p.get("throughput"), ".0f"), _num(p.get("peak_memory_mb"), ".0f"),
-                      _num(p.get("load_time_ms"), ".0f"), _quality_cell(v, p), str(p.get("samples") or "-"),
-                      _num(p["cost_per_1k"] * 1e6 if p.get("cost_per_1k") else None, ".3g"))  # fmt: skip
-    return table
-
-
-def _print_variants(variants: list[dict], title: str) -> None:
-    console.print(variants_table(variants, title))
-    shown = set()
-    for v in sorted(variants, key=lambda v: (v["architecture"], v["parent"] is not None, -v["threads"])):
-        p = v.get("profile") or {}
-        if p.get("axis_latency_ms") and v["architecture"] not in shown:  # one line per architecture, its fp32
-            shown.add(v["architecture"])
-            points = ", ".join(f"{k}: {float(ms):.3g}" for k, ms in sorted(p["axis_latency_ms"].items(), key=lambda kv: int(kv[0])))
-            console.print(f"[dim]{v['name']} p50@1 in ms over {p['axis']}:[/] {points}")
-    for v in sorted(variants, key=lambda v: (v["architecture"], v["format"])):
-        key = (v["architecture"], v["format"])
-        if key in shown or "recipe_text" not in v["params"]:
-            continue
-        shown.add(key)
-        tried = [t for t in v["params"].get("search", []) if "params" in t]
-        console.print(f"[dim]{v['architecture']} {v['format'].removeprefix('onnx-')} recipe:[/] "
-                      f"{v['params']['recipe_text']}" + (f" (searched {len(tried)} recipes)" if len(tried) > 1 else ""))
-        if len(tried) > 1:
-            for t in v["params"]["search"]:
-                console.print(f"   [dim]{t['recipe']}:[/] {t['verdict']}" +
-                              (f", {t['throughput']:.0f} rows/s" if t.get("throughput") else ""))  # fmt: skip
-    for v in sorted(variants, key=lambda v: (v["format"], v["threads"], v["max_batch"])):
-        if v["status"] in ("rejected", "failed"):
-            label = f"{v['format'].removeprefix('onnx-')} t{v['threads']} b{v['max_batch']}"
-            console.print(f"[dim]{label} {v['status']}:[/] {v['reason']}")
 
 
 def cmd_variants(args) -> None:
     with _client(args) as client:
         variants = client.variants(args.architecture)
     if args.json:
-        _print_json(variants)
+        print_json(variants)
         return
-    _print_variants(variants, f"variants of {args.architecture}" if args.architecture else "variants")
+    print_variants(variants, f"variants of {args.architecture}" if args.architecture else "variants")
 
 
 def cmd_profile(args) -> None:
@@ -296,9 +189,9 @@ def cmd_profile(args) -> None:
             _wait_for_profiles(client, [args.architecture], args.quick)
             variants = client.variants(args.architecture)
     if args.json:
-        _print_json(variants)
+        print_json(variants)
     else:
-        _print_variants(variants, f"variants of {args.architecture}")
+        print_variants(variants, f"variants of {args.architecture}")
 
 
 def _load_input(path: str) -> np.ndarray | dict[str, np.ndarray]:
@@ -322,7 +215,7 @@ def cmd_infer(args) -> None:
         np.savez(args.output, **result.outputs)
     rows = ((name, f"{arr.dtype} {list(arr.shape)}", np.array2string(arr, threshold=12, edgeitems=3, precision=4))
             for name, arr in result.outputs.items())  # fmt: skip
-    _show(args, {"model_name": result.model_name, "model_version": result.model_version,
+    show(args, {"model_name": result.model_name, "model_version": result.model_version,
                  "parameters": result.parameters, "outputs": result.outputs},
           f"{result.model_name} → {result.parameters.get('variant', result.model_version)}",
           ("output", "datatype/shape", "values"), rows)  # fmt: skip
@@ -341,7 +234,7 @@ def cmd_workers(args) -> None:
         workers = client.workers()
         scaling = client.autoscale()
     if args.json:
-        _print_json({"workers": workers, "autoscale": scaling})
+        print_json({"workers": workers, "autoscale": scaling})
         return
 
     def pct(x):
@@ -353,7 +246,7 @@ def cmd_workers(args) -> None:
     rows = ((w["name"], ",".join(map(str, w["cores"])), w["state"], w["restarts"], pct(w["cpu"]),
              "-" if w["rss_mb"] is None else f"{w['rss_mb']:.0f}", w["outstanding"], replicas(w))
             for w in workers)  # fmt: skip
-    _show(args, workers, "workers", ("worker", "cores", "state", "restarts", "cpu", "MB", "in flight",
+    show(args, workers, "workers", ("worker", "cores", "state", "restarts", "cpu", "MB", "in flight",
                                      "replicas"), rows)  # fmt: skip
     if not scaling.get("enabled"):
         console.print("autoscaling is off")
@@ -364,7 +257,7 @@ def cmd_workers(args) -> None:
     states = scaling["variants"]
     rows = ((n, s.get("state", "-"), f"{s.get('demand_rps', 0):.0f}/{s.get('capacity_rps', 0):.0f}",
              ",".join(s.get("replicas", [])), s.get("reason", "")) for n, s in sorted(states.items()))  # fmt: skip
-    _show(args, states, "variant states", ("variant", "state", "rows/s demand/capacity", "on", "why"), rows)
+    show(args, states, "variant states", ("variant", "state", "rows/s demand/capacity", "on", "why"), rows)
 
 
 def cmd_job(args) -> None:
@@ -378,7 +271,7 @@ def cmd_decisions(args) -> None:
     with _client(args) as client:
         decisions = client.decisions(args.limit)
     rows = ((time.strftime("%H:%M:%S", time.localtime(d["time"])), d["kind"], d["reason"]) for d in decisions)
-    _show(args, decisions, "recent decisions", ("time", "kind", "reason"), rows)
+    show(args, decisions, "recent decisions", ("time", "kind", "reason"), rows)
 
 
 def cmd_remove(args) -> None:

@@ -112,6 +112,34 @@ def _scaling() -> None:
                 server.stop()
 
 
+def _report(results: dict[tuple[str, str], list], queries: int, elapsed: float) -> None:
+    """What ran for each level: the variants, rows right, p50/p99, mean batch, and why."""
+    table = Table(title=f"what ran ({queries} queries in {elapsed:.1f} s, {queries / elapsed:.0f} queries/s)")
+    table.add_column("asked for (level)", min_width=21)
+    table.add_column("variant that ran", min_width=16)
+    for col in ("rows right", "p50/p99 ms", "batch"):
+        table.add_column(col, no_wrap=True, justify="right")
+    for (level, model), rs in sorted(results.items()):
+        ok = [r for r in rs if r[2] is not None]
+        lat = sorted(r[4] * 1000 for r in ok) or [float("nan")]
+        variants = sorted({(r[2]["architecture"], r[2]["variant"]) for r in ok})
+        ran = "\n".join(f"{arch}\n[dim].{name.removeprefix(arch + '.')}[/]" for arch, name in variants)
+        rows = sum(r[5] for r in ok)
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        table.add_row(f"{model}\n[dim]{level}, {len(ok)}/{len(rs)} ok[/]", ran, f"{sum(r[6] for r in ok)}/{rows}",
+                      f"{statistics.median(lat):.1f}/{p99:.1f}",
+                      f"{statistics.mean(r[2]['batch_size'] for r in ok):.1f}" if ok else "-")  # fmt: skip
+    console.print(table)
+    for (_level, model), rs in sorted(results.items()):
+        ok = [r for r in rs if r[2] is not None]
+        if ok:
+            console.print(f"[bold]{model}[/] → why: {ok[0][2]['reason']}")
+        for r in rs:
+            if r[3]:
+                console.print(f"[red]{model}: {r[3]}[/]")
+                break
+
+
 def _run(url: str, queries: int, concurrency: int) -> None:
     with Client(url) as client:
         with console.status("training the digits zoo (scikit-learn, a few seconds)"):
@@ -175,27 +203,4 @@ def _run(url: str, queries: int, concurrency: int) -> None:
     for c in clients:
         c.close()
 
-    table = Table(title=f"what ran ({queries} queries in {elapsed:.1f} s, {queries / elapsed:.0f} queries/s)")
-    table.add_column("asked for (level)", min_width=21)
-    table.add_column("variant that ran", min_width=16)
-    for col in ("rows right", "p50/p99 ms", "batch"):
-        table.add_column(col, no_wrap=True, justify="right")
-    for (level, model), rs in sorted(results.items()):
-        ok = [r for r in rs if r[2] is not None]
-        lat = sorted(r[4] * 1000 for r in ok) or [float("nan")]
-        variants = sorted({(r[2]["architecture"], r[2]["variant"]) for r in ok})
-        ran = "\n".join(f"{arch}\n[dim].{name.removeprefix(arch + '.')}[/]" for arch, name in variants)
-        rows = sum(r[5] for r in ok)
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        table.add_row(f"{model}\n[dim]{level}, {len(ok)}/{len(rs)} ok[/]", ran, f"{sum(r[6] for r in ok)}/{rows}",
-                      f"{statistics.median(lat):.1f}/{p99:.1f}",
-                      f"{statistics.mean(r[2]['batch_size'] for r in ok):.1f}" if ok else "-")  # fmt: skip
-    console.print(table)
-    for (_level, model), rs in sorted(results.items()):
-        ok = [r for r in rs if r[2] is not None]
-        if ok:
-            console.print(f"[bold]{model}[/] → why: {ok[0][2]['reason']}")
-        for r in rs:
-            if r[3]:
-                console.print(f"[red]{model}: {r[3]}[/]")
-                break
+    _report(results, queries, elapsed)

@@ -7,7 +7,8 @@ import time
 import numpy as np
 from rich.progress import Progress
 
-from infaas.cli import _print_json, _show, console, err
+from infaas.cli import err
+from infaas.cli.tables import console, print_json, show
 from infaas.client import Client
 
 
@@ -22,7 +23,7 @@ def run_job_command(args, client: Client) -> None:
             raise ValueError("job submit MODEL needs --input FILE.npz or --dir DIRECTORY (of images)")
         job = client.submit_job(args.target, args.input, directory=args.dir, min_accuracy=args.min_accuracy)
         if args.json:
-            _print_json(job)
+            print_json(job)
         else:
             console.print(f"job [bold]{job['id']}[/] submitted: {job['rows']} rows of {job['model']}")
             console.print(f"follow it with: infaas job status {job['id']} --watch")
@@ -30,13 +31,13 @@ def run_job_command(args, client: Client) -> None:
     if args.action == "status" and not args.target:
         jobs = client.jobs()
         rows = ((j["id"], j["model"], j["status"], f"{j['done_rows']}/{j['rows']}", j["reason"]) for j in jobs)
-        _show(args, jobs, "jobs", ("job", "model", "status", "rows", "reason"), rows)
+        show(args, jobs, "jobs", ("job", "model", "status", "rows", "reason"), rows)
         return
     if not args.target:
         raise ValueError(f"job {args.action} needs a job id")
     if args.action == "cancel":
         job = client.cancel_job(args.target)
-        _print_json(job) if args.json else console.print(_job_line(job))
+        print_json(job) if args.json else console.print(_job_line(job))
     elif args.action == "result":
         outputs = client.job_result(args.target)
         out = args.output or f"{args.target}.npz"
@@ -46,7 +47,7 @@ def run_job_command(args, client: Client) -> None:
         _watch_job(client, args.target)
     else:
         job = client.job(args.target)
-        _print_json(job) if args.json else console.print(_job_line(job))
+        print_json(job) if args.json else console.print(_job_line(job))
 
 
 def _watch_job(client: Client, job_id: str) -> None:

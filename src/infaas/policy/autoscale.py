@@ -213,21 +213,37 @@ def autoscale(
             actions.append(Action("downgrade", v.name, cheaper.name, (
                 f"{v.name}: demand {demand:.0f} rows/s for {now - since:.0f} s is carried by the cheaper "
                 f"{cheaper.name}")))  # fmt: skip
+    hot_since, added_at = _scale_out(loads, rooms, now, memory, cfg, actions)
+    empty_since = _scale_in(rooms, now, memory, cfg, actions)
+    return actions, Memory(low_since, empty_since, scaled_at, hot_since, added_at)
+
+
+def _scale_out(loads: list[VariantLoad], rooms: list[WorkerRoom], now: float, memory: Memory, cfg: ScalingConfig,
+               actions: list[Action]) -> tuple[float | None, float | None]:  # fmt: skip
+    """Worker level (INFaaS: every worker above 80 % CPU): a worker is added once every worker has
+    been hot for ``scale_out_s`` (then not again for ``worker_cooldown_s``), for the variant that
+    computes the most. Appends to ``actions``; returns (hot since, last added)."""
     hot_since, added_at = memory.hot_since, memory.added_at
     measured = [r for r in rooms if r.cpu is not None]
-    if measured and len(measured) == len(rooms) and all(r.cpu >= cfg.worker_busy for r in measured):
-        hot_since = now if hot_since is None else hot_since
-        cooled = added_at is None or now - added_at >= cfg.worker_cooldown_s
-        if (now - hot_since >= cfg.scale_out_s and cooled and loads
-                and not any(a.kind == "add_worker" for a in actions)):  # fmt: skip
-            busiest = max(loads, key=lambda x: sum(s.busy for s in x.window) / len(x.window))
-            cpus = ", ".join(f"{r.name} {r.cpu:.0%}" for r in measured)
-            actions.append(Action("add_worker", busiest.variant.name, "cpu", (
-                f"every worker above {cfg.worker_busy:.0%} CPU for {now - hot_since:.0f} s ({cpus}); "
-                f"{busiest.variant.name} computes the most")))  # fmt: skip
-            added_at, hot_since = now, None
-    else:
-        hot_since = None
+    if not (measured and len(measured) == len(rooms) and all(r.cpu >= cfg.worker_busy for r in measured)):
+        return None, added_at
+    hot_since = now if hot_since is None else hot_since
+    cooled = added_at is None or now - added_at >= cfg.worker_cooldown_s
+    if (now - hot_since >= cfg.scale_out_s and cooled and loads
+            and not any(a.kind == "add_worker" for a in actions)):  # fmt: skip
+        busiest = max(loads, key=lambda x: sum(s.busy for s in x.window) / len(x.window))
+        cpus = ", ".join(f"{r.name} {r.cpu:.0%}" for r in measured)
+        actions.append(Action("add_worker", busiest.variant.name, "cpu", (
+            f"every worker above {cfg.worker_busy:.0%} CPU for {now - hot_since:.0f} s ({cpus}); "
+            f"{busiest.variant.name} computes the most")))  # fmt: skip
+        added_at, hot_since = now, None
+    return hot_since, added_at
+
+
+def _scale_in(rooms: list[WorkerRoom], now: float, memory: Memory, cfg: ScalingConfig,
+              actions: list[Action]) -> dict[str, float]:  # fmt: skip
+    """A worker that has hosted nothing for ``scale_down_s`` is removed, down to ``min_workers``.
+    Appends to ``actions``; returns since when each worker has been empty."""
     empty_since = {}
     removable = len(rooms)
     for room in rooms:
@@ -239,7 +255,7 @@ def autoscale(
                                   f"worker {room.name} has hosted nothing for {now - since:.0f} s"))  # fmt: skip
             removable -= 1
             empty_since.pop(room.name)
-    return actions, Memory(low_since, empty_since, scaled_at, hot_since, added_at)
+    return empty_since
 
 
 def _spread(load: VariantLoad, state: str, why: str, rooms: list[WorkerRoom], free: dict[str, float],

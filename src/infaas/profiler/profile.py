@@ -28,10 +28,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from infaas.cluster.local import LocalWorker
+from infaas.cluster.local_worker import LocalWorker
 from infaas.hardware import local_kind
 from infaas.profiler import quality as Q
 from infaas.profiler.inputs import axis_sizes, dynamic_axes, synthesize
+from infaas.profiler.verdict import judge
 from infaas.registry import Architecture, Profile, Registry, Variant
 from infaas.registry.onnxinfo import load_validation, named_inputs
 from infaas.registry.types import linear_fit
@@ -178,74 +179,6 @@ def _variant_profile(v: Variant, m: Measurement, q: Q.Quality | None, arch: Arch
                                          "reason": ""})  # fmt: skip
 
 
-def _acc(p: Profile) -> str:
-    return "not evaluated" if p.accuracy is None else f"{p.accuracy:.3f}"
-
-
-def _better(o: float, v: float, margin: float, o_noise: float = 0.0, v_noise: float = 0.0) -> tuple[bool, bool]:
-    """(no worse, clearly better) for one lower-is-better count. No worse: not worse beyond the two
-    values' absolute noise. Clearly better: better by more than ``margin`` (a fraction) and the noise.
-    (A count cannot be clearly better one way and no worse the other: no two variants dominate each
-    other.)"""
-    return o - o_noise <= v + v_noise, o + o_noise < (1 - margin) * (v - v_noise)
-
-
-def _timing_counts(q: Profile, p: Profile, margin: float, floor_ms: float) -> list[tuple[bool, bool]]:
-    """``q`` against ``p`` on p50@1, time per row at the best batch and cost, each with the noise floor
-    of one timed call (``floor_ms``; per row, spread over the best batch)."""
-    q_row, p_row = 1000 / q.throughput, 1000 / p.throughput
-    q_noise, p_noise = floor_ms / q.best_batch, floor_ms / p.best_batch
-    return [_better(q.latency_p50_ms[1], p.latency_p50_ms[1], margin, floor_ms, floor_ms),
-            _better(q_row, p_row, margin, q_noise, p_noise),
-            _better(q.cost_per_1k, p.cost_per_1k, margin, q.cost_per_1k * q_noise / q_row,
-                    p.cost_per_1k * p_noise / p_row)]  # fmt: skip
-
-
-def _judge(variants: list[Variant], profiles: dict[str, Profile], settings: Settings) -> list[Variant]:
-    """Reject variants whose loss may exceed the bound, and variants another beats clearly on every count."""
-    bound, margin = settings.max_accuracy_drop, settings.dominance_margin
-    out = []
-    for v in variants:
-        p = profiles.get(v.name)
-        if p is None or v.status != "ready":
-            out.append(v)
-            continue
-        if p.loss_high is not None and p.loss_high > bound + 1e-12:
-            out.append(v.model_copy(update={"status": "rejected", "reason": (
-                f"may lose up to {p.loss_high:.4f} {p.metric} against its parent (one-sided 95 % bound; estimate "
-                f"{p.loss:.4f} on {p.samples} inputs), over the bound of {bound}")}))  # fmt: skip
-            continue
-        out.append(v)
-    ready = [v for v in out if v.status == "ready"]
-    judged = []
-    for v in out:
-        p = profiles.get(v.name)
-        if v.status != "ready" or p is None:
-            judged.append(v)
-            continue
-        for o in ready:
-            q = profiles[o.name]
-            if o is v or o.max_batch != v.max_batch or o.provider != v.provider:
-                continue
-            if o.threads > v.threads:  # it needs more cores than v: on workers with fewer, v still serves
-                continue
-            if q.accuracy_source == "estimated" and p.accuracy_source in ("measured", "declared", "reference"):
-                continue  # an estimate is weaker evidence than what it would displace
-            acc_o, acc_v = (q.accuracy if q.accuracy is not None else -1), (p.accuracy if p.accuracy is not None else -1)
-            if p.accuracy is None and q.accuracy is None:
-                continue  # nothing known about either's quality: timings alone do not decide
-            counts = [*_timing_counts(q, p, margin, settings.timing_floor_ms), (acc_o >= acc_v, acc_o > acc_v)]
-            if all(no_worse for no_worse, _ in counts) and any(better for _, better in counts):
-                v = v.model_copy(update={"status": "rejected", "reason": (
-                    f"dominated by {o.name}: p50@1 {q.latency_p50_ms[1]:.3g} vs {p.latency_p50_ms[1]:.3g} ms, "
-                    f"{q.throughput:.0f} vs {p.throughput:.0f} rows/s, accuracy {_acc(q)} vs {_acc(p)}, "
-                    f"cost/1k ${q.cost_per_1k:.6f} vs ${p.cost_per_1k:.6f} (margin {margin:.0%}, "
-                    f"noise floor {settings.timing_floor_ms} ms a call)")})  # fmt: skip
-                break
-        judged.append(v)
-    return judged
-
-
 def _trial(recipe: dict, m: Measurement, q: Q.Quality | None, bound: float, verdict: str = "") -> dict:
     if not verdict:
         verdict = ("meets the bound" if q is not None and q.within(bound) else
@@ -328,6 +261,78 @@ async def _search(fmt: str, default: Measurement, parent: Measurement, q0: Q.Qua
     return m, q, log
 
 
+def _worth_evaluating(parent: Measurement, timing_floor_ms: float) -> float:
+    """The throughput under which a quantized form is not worth evaluating: half its parent's, with
+    the timing noise floor counted against both, so only real gaps skip an evaluation."""
+    runs = parent.result["latency_ms"]
+    best = max(runs, key=lambda b: b / float(np.median(runs[b])))
+    return 1000 / (2 * (1000 / parent.throughput + timing_floor_ms / best) + timing_floor_ms)
+
+
+async def _time_configs(todo: list[tuple[str, str, int]], artifacts: list[Artifact],
+                        by_config: dict[tuple[str, str, int], Measurement], qualities: dict[str, Q.Quality | None],
+                        parent: Measurement | None, measure: Callable[[Measurement], Awaitable[None]],
+                        quality: Callable[[Measurement], Q.Quality | None],
+                        say: Callable[[str, int], None]) -> None:  # fmt: skip
+    """Measure each (format, provider, threads) configuration not measured yet: timing only on the
+    CPU (answers do not change with threads); another provider's answers are evaluated too."""
+    by_format = {a.format: a for a in artifacts}
+    for j, (fmt, provider, threads) in enumerate(todo):
+        say(f"measuring {fmt} on {provider} with {threads} thread(s)", j)
+        m = Measurement(by_format[fmt], provider, threads, evaluate=provider != "cpu" and parent is not None)
+        await measure(m)
+        by_config[(fmt, provider, threads)] = m
+        if m.evaluate and m.result is not None and parent is not None and parent.result is not None:
+            qualities[f"{fmt}@{provider}"] = quality(m)
+
+
+def _judge_and_store(registry: Registry, report: ProfileReport, planned: list[Variant],
+                     by_config: dict[tuple[str, str, int], Measurement], qualities: dict[str, Q.Quality | None],
+                     evaluated: dict[str, Measurement], arch: Architecture, settings: Settings, max_threads: int,
+                     metric: str, axis_text: str) -> None:  # fmt: skip
+    """Each planned variant's profile from its measurement and quality, the verdicts side by side
+    (:func:`~infaas.profiler.verdict.judge`), and every variant and profile stored in one transaction (all or none)."""
+    kind = local_kind()
+    updated = []
+    for v in planned:
+        m = by_config[(v.format, v.provider, v.threads)]
+        if m.result is None:
+            updated.append(v.model_copy(update={"status": "failed", "reason": m.error}))
+            continue
+        q = qualities.get(f"{v.format}@{v.provider}") or qualities.get(v.format)
+        profile, v = _variant_profile(v, m, q, arch, settings, kind.for_provider(v.provider), metric, axis_text)
+        report.profiles[v.name] = profile
+        skipped_eval = (evaluated.get(v.format) and (evaluated[v.format].result or {}).get("not_evaluated"))
+        if q is None and skipped_eval:  # slower than its parent where it was evaluated: not worth keeping
+            v = v.model_copy(update={"status": "rejected", "reason": f"{skipped_eval} at {max_threads} thread(s)"})
+        updated.append(v)
+    report.variants = judge(updated, report.profiles, settings)
+    for v in report.variants:
+        if v.name in report.profiles:
+            report.profiles[v.name] = report.profiles[v.name].model_copy(update={"status": v.status, "reason": v.reason})
+    with registry.store.transaction():  # every variant and profile of the report, or none
+        for v in report.variants:
+            registry.put_variant(v)
+            if v.name in report.profiles:
+                registry.put_profile(report.profiles[v.name])
+
+
+def _architecture_and_metric(registry: Registry, name: str) -> tuple[Architecture, str]:
+    arch = registry.architecture(name)
+    if arch is None:
+        from infaas.errors import NotFound
+
+        raise NotFound(f"unknown architecture {name!r}")
+    task = registry.task(arch.task)
+    return arch, task.metric if task is not None else "top1"
+
+
+def _max_threads(settings: Settings) -> int:
+    """The most threads a variant gets: a worker's cores (``cores_per_worker``, else an even share)."""
+    cores = len(os.sched_getaffinity(0))
+    return min(settings.cores_per_worker or max(1, cores // settings.workers), cores)
+
+
 async def profile_architecture(
     registry: Registry, name: str, settings: Settings, *, quick: bool = False, progress: Progress | None = None,
     generate: Callable[..., tuple[list[Artifact], list[Skipped]]] = generate_artifacts,
@@ -338,20 +343,13 @@ async def profile_architecture(
     each measurement (a server waits out its loads, which calibrate at full speed meanwhile)."""
     started = time.monotonic()
     say = progress or (lambda what, done, total: None)
-    arch = registry.architecture(name)
-    if arch is None:
-        from infaas.errors import NotFound
-
-        raise NotFound(f"unknown architecture {name!r}")
-    task = registry.task(arch.task)
-    metric = task.metric if task is not None else "top1"
+    arch, metric = _architecture_and_metric(registry, name)
     kind = local_kind()
     say("generating variants", 0, 1)
     gpu = cuda_available()
     artifacts, skipped = await asyncio.to_thread(generate, registry, arch, gpu=gpu,
                                                  progress=lambda msg: say(msg, 0, 1))  # fmt: skip
-    cores = len(os.sched_getaffinity(0))
-    max_threads = min(settings.cores_per_worker or max(1, cores // settings.workers), cores)
+    max_threads = _max_threads(settings)
     data = evaluation_data(registry, arch, min(settings.eval_rows, 1024 if quick else settings.eval_rows),
                            settings.profile_axis_size)  # fmt: skip
     dims = dynamic_axes(arch.signature)
@@ -376,11 +374,8 @@ async def profile_architecture(
         say(f"measuring {art.format} with {max_threads} thread(s), answering {data.origin} inputs", i, steps)
         evaluated[art.format] = m = Measurement(art, "cpu", max_threads, evaluate=True, min_throughput=floor)
         await measure(m)
-        if art.format == "onnx-fp32" and m.result is not None:  # quantized forms at under half their
-            # parent's speed are not worth evaluating; the timing noise floor keeps this for real gaps
-            runs = m.result["latency_ms"]
-            best = max(runs, key=lambda b: b / float(np.median(runs[b])))
-            floor = 1000 / (2 * (1000 / m.throughput + settings.timing_floor_ms / best) + settings.timing_floor_ms)
+        if art.format == "onnx-fp32" and m.result is not None:
+            floor = _worth_evaluating(m, settings.timing_floor_ms)
     parent = evaluated.get("onnx-fp32")
     if parent is not None and parent.result is not None:
         for fmt, m in list(evaluated.items()):
@@ -397,46 +392,20 @@ async def profile_architecture(
     planned = plan_variants(arch, final, max_threads, arch.max_batch, gpu=gpu)
     planned = [v.model_copy(update={"params": {**v.params, "search": report.searches[v.format]}})
                if v.format in report.searches else v for v in planned]  # fmt: skip
-    existing = {v.name: v for v in registry.variants(name)}
-    for v in planned:
-        if v.name not in existing:
-            registry.put_variant(v)
+    existing = {v.name for v in registry.variants(name)}
+    for v in (v for v in planned if v.name not in existing):
+        registry.put_variant(v)
 
     # 3. the other configurations: timing only (answers do not change with threads)
     by_config = {(m.artifact.format, m.provider, m.threads): m for m in evaluated.values()}
     todo = sorted({(v.format, v.provider, v.threads) for v in planned} - set(by_config), key=lambda c: (c[1], c[0], c[2]))
-    by_format = {a.format: a for a in final}
-    for j, (fmt, provider, threads) in enumerate(todo):
-        say(f"measuring {fmt} on {provider} with {threads} thread(s)", len(cpu_arts) + j, len(cpu_arts) + len(todo))
-        m = Measurement(by_format[fmt], provider, threads, evaluate=provider != "cpu" and parent is not None)
-        await measure(m)
-        by_config[(fmt, provider, threads)] = m
-        if m.evaluate and m.result is not None and parent is not None and parent.result is not None:
-            qualities[f"{fmt}@{provider}"] = _quality(metric, m, parent, data, arch)
+    await _time_configs(todo, final, by_config, qualities, parent, measure,
+                        lambda m: _quality(metric, m, parent, data, arch),
+                        lambda what, j: say(what, len(cpu_arts) + j, len(cpu_arts) + len(todo)))  # fmt: skip
     say("judging", len(cpu_arts) + len(todo), len(cpu_arts) + len(todo))
 
-    updated = []
-    for v in planned:
-        m = by_config[(v.format, v.provider, v.threads)]
-        if m.result is None:
-            updated.append(v.model_copy(update={"status": "failed", "reason": m.error}))
-            continue
-        q = qualities.get(f"{v.format}@{v.provider}") or qualities.get(v.format)
-        profile, v = _variant_profile(v, m, q, arch, settings, kind.for_provider(v.provider), metric, axis_text)
-        report.profiles[v.name] = profile
-        skipped_eval = (evaluated.get(v.format) and (evaluated[v.format].result or {}).get("not_evaluated"))
-        if q is None and skipped_eval:  # slower than its parent where it was evaluated: not worth keeping
-            v = v.model_copy(update={"status": "rejected", "reason": f"{skipped_eval} at {max_threads} thread(s)"})
-        updated.append(v)
-    report.variants = _judge(updated, report.profiles, settings)
-    for v in report.variants:
-        if v.name in report.profiles:
-            report.profiles[v.name] = report.profiles[v.name].model_copy(update={"status": v.status, "reason": v.reason})
-    with registry.store.transaction():  # every variant and profile of the report, or none
-        for v in report.variants:
-            registry.put_variant(v)
-            if v.name in report.profiles:
-                registry.put_profile(report.profiles[v.name])
+    _judge_and_store(registry, report, planned, by_config, qualities, evaluated, arch, settings,
+                     max_threads, metric, axis_text)  # fmt: skip
     report.seconds = time.monotonic() - started
     total = len(cpu_arts) + len(todo)
     say("done", total, total)

@@ -121,35 +121,10 @@ class Registry:
 
         ``metric`` is the task's quality metric (``METRICS``); a new task without one takes
         ``default_metric`` of the signature, an existing task keeps its own."""
-        for what, value in (("architecture", name), ("task", task)):
-            if not NAME_RE.match(value):
-                raise InvalidInput(
-                    f"bad {what} name {value!r}: letters, digits, '-' and '_', at most 64, no dots"
-                )
-        if name == task:
-            raise InvalidInput("an architecture cannot share its task's name")
-        if (taken := self.name_taken(name)) is not None:
-            raise AlreadyExists(f"name {name!r} is already taken by a {taken}")
-        if (taken := self.name_taken(task)) not in (None, "task"):
-            raise AlreadyExists(f"task name {task!r} is already taken by a {taken}")
-        if accuracy is not None and not 0.0 <= accuracy <= 1.0:
-            raise InvalidInput("accuracy must be a fraction between 0 and 1")
-        if max_batch < 1:
-            raise InvalidInput("max_batch must be at least 1")
-        if metric is not None and metric not in METRICS:
-            raise InvalidInput(f"unknown metric {metric!r}: one of {', '.join(METRICS)}")
-
+        self._check_request(name, task, accuracy, max_batch, metric)
         model_bytes = model if isinstance(model, bytes) else Path(model).read_bytes()
         signature = read_signature(model_bytes)
-        existing = self.task(task)
-        if existing is not None and (why := existing.signature.compatible_with(signature)):
-            raise InvalidInput(f"model does not fit task {task!r}: {why}")
-        if existing is not None and metric is not None and metric != existing.metric:
-            raise InvalidInput(f"task {task!r} measures {existing.metric}, not {metric}")
-        metric = existing.metric if existing is not None else (metric or default_metric(signature))
-        if validation is not None and metric != "top1":
-            raise InvalidInput(f"validation labels score top-1 accuracy; task {task!r} measures {metric} against the "
-                               "parent variant: register sample inputs as calibration data instead")  # fmt: skip
+        metric = self._task_metric(task, signature, metric, validation is not None)
 
         model_hash = self.models.put_bytes(model_bytes, ".onnx")
         validation_hash = None
@@ -197,6 +172,41 @@ class Registry:
             self.store.put("architecture", name, task, arch.model_dump(mode="json"))
             self.store.put("variant", baseline.name, name, baseline.model_dump(mode="json"))
         return arch, baseline
+
+    def _check_request(self, name: str, task: str, accuracy: float | None, max_batch: int,
+                       metric: str | None) -> None:  # fmt: skip
+        """Names, ranges and the metric of a registration, before anything is read or stored."""
+        for what, value in (("architecture", name), ("task", task)):
+            if not NAME_RE.match(value):
+                raise InvalidInput(
+                    f"bad {what} name {value!r}: letters, digits, '-' and '_', at most 64, no dots"
+                )
+        if name == task:
+            raise InvalidInput("an architecture cannot share its task's name")
+        if (taken := self.name_taken(name)) is not None:
+            raise AlreadyExists(f"name {name!r} is already taken by a {taken}")
+        if (taken := self.name_taken(task)) not in (None, "task"):
+            raise AlreadyExists(f"task name {task!r} is already taken by a {taken}")
+        if accuracy is not None and not 0.0 <= accuracy <= 1.0:
+            raise InvalidInput("accuracy must be a fraction between 0 and 1")
+        if max_batch < 1:
+            raise InvalidInput("max_batch must be at least 1")
+        if metric is not None and metric not in METRICS:
+            raise InvalidInput(f"unknown metric {metric!r}: one of {', '.join(METRICS)}")
+
+    def _task_metric(self, task: str, signature: Signature, metric: str | None, labelled: bool) -> str:
+        """The task's metric: an existing task's own (the model must fit its signature), else the
+        one asked for or the signature's default; labelled validation data scores ``top1`` only."""
+        existing = self.task(task)
+        if existing is not None and (why := existing.signature.compatible_with(signature)):
+            raise InvalidInput(f"model does not fit task {task!r}: {why}")
+        if existing is not None and metric is not None and metric != existing.metric:
+            raise InvalidInput(f"task {task!r} measures {existing.metric}, not {metric}")
+        metric = existing.metric if existing is not None else (metric or default_metric(signature))
+        if labelled and metric != "top1":
+            raise InvalidInput(f"validation labels score top-1 accuracy; task {task!r} measures {metric} against the "
+                               "parent variant: register sample inputs as calibration data instead")  # fmt: skip
+        return metric
 
     def put_variant(self, variant: Variant) -> None:
         with self.store.transaction():  # not after its architecture was removed: no orphans
