@@ -47,7 +47,8 @@ def child(manifest: Path, out: Path) -> None:
     spec = json.loads(manifest.read_text())
     if "sensitivity" in spec:
         from infaas.registry import Registry
-        from infaas.variants.generate import Artifact, Quantizer
+        from infaas.variants.artifact import Artifact
+        from infaas.variants.quantize import Quantizer
 
         registry = Registry.open(Path(spec["data_dir"]))
         with Quantizer(registry, registry.architecture(spec["arch"])) as qz:
@@ -88,10 +89,10 @@ def main() -> None:
 
     from infaas.hardware import local_kind
     from infaas.profiler import quality as Q
-    from infaas.profiler.profile import evaluation_data
+    from infaas.profiler.measure import evaluation_data
     from infaas.registry import Registry
     from infaas.settings import Settings
-    from infaas.variants.generate import DEFAULT_RECIPES, SEARCH_STEPS, Quantizer, describe_recipe
+    from infaas.variants.quantize import DEFAULT_RECIPES, SEARCH_STEPS, Quantizer, describe_recipe
     from infaas.worker.measure import answers
     from infaas.zoo import efficientnet
 

@@ -8,7 +8,7 @@ from infaas.hardware import local_kind
 from infaas.profiler import profile_architecture
 from infaas.registry import Registry, Variant
 from infaas.settings import Settings
-from infaas.variants.generate import DEFAULT_RECIPES, SEARCH_STEPS
+from infaas.variants.quantize import DEFAULT_RECIPES, SEARCH_STEPS
 from tests.conftest import copy_data_dir
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from infaas.registry import Registry
-from infaas.variants.generate import DEFAULT_RECIPES, Quantizer
+from infaas.variants.quantize import DEFAULT_RECIPES, Quantizer
 from infaas.zoo import digits
 
 FMT = "onnx-int8-static"
@@ -89,9 +89,10 @@ def test_the_search_keeps_a_recipe_only_when_it_meets_the_bound_and_beats_fp32(r
     import asyncio
 
     from infaas.profiler import quality as Q
-    from infaas.profiler.profile import Measurement, _search
+    from infaas.profiler.measure import Measurement
+    from infaas.profiler.search import search_recipes as _search
     from infaas.settings import Settings
-    from infaas.variants.generate import Artifact
+    from infaas.variants.artifact import Artifact
 
     arch = registry.architecture("digits-conv")
 

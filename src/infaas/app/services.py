@@ -112,6 +112,27 @@ def build_cluster(settings: Settings, registry: Registry, leadership: Leadership
                         start_timeout_s=settings.worker_start_timeout_s)  # fmt: skip
 
 
+def _scaling(settings: Settings) -> ScalingConfig:
+    return ScalingConfig(scale_down_s=settings.scale_down_s, idle_unload_s=settings.idle_unload_s,
+                         keep_warm=settings.keep_warm)  # fmt: skip
+
+
+def _metrics(cluster: ClusterBackend) -> Metrics:
+    """Prometheus metrics; queue depths and worker liveness read from the backend at scrape time."""
+    return Metrics(
+        lambda: ((v, w.name, w.outstanding(v)) for w in cluster.workers for v in w.loaded),
+        lambda: ((w.name, w.alive, w.restarts) for w in cluster.workers),
+    )
+
+
+def _online_busy(scaler: Autoscaler | None) -> str | None:
+    """Why offline jobs pause now: an online variant the controller judges overloaded (or None)."""
+    if scaler is None or not scaler.overloaded:
+        return None
+    name, why = next(iter(scaler.overloaded.items()))
+    return f"online variant {name} is overloaded ({why})"
+
+
 def build_services(settings: Settings) -> Services:
     registry = Registry.open(settings.data_dir, settings.store)
     decisions = DecisionLog(settings.decision_log_size)
@@ -132,15 +153,10 @@ def build_services(settings: Settings) -> Services:
     cluster = build_cluster(settings, registry, leadership)
     catalog = Catalog(registry, cluster.kind)
     latency = LatencyModel()
-    metrics = Metrics(
-        lambda: ((v, w.name, w.outstanding(v)) for w in cluster.workers for v in w.loaded),
-        lambda: ((w.name, w.alive, w.restarts) for w in cluster.workers),
-    )
+    metrics = _metrics(cluster)
     placement = Placement(registry, catalog, cluster, settings, latency, decisions, background)
     profiling = Profiling(registry, catalog, cluster, settings, placement, decisions, background)
-    policy = policy_named(settings.policy, ScalingConfig(scale_down_s=settings.scale_down_s,
-                                                         idle_unload_s=settings.idle_unload_s,
-                                                         keep_warm=settings.keep_warm))  # fmt: skip
+    policy = policy_named(settings.policy, _scaling(settings))
     scaler = Autoscaler(placement, settings, policy, may_act=leadership.holds) if settings.autoscale else None
     router = Router(catalog, cluster, settings, metrics, latency, placement, decisions, policy,
                     flagged=(lambda: scaler.overloaded) if scaler is not None else frozenset)  # fmt: skip
@@ -149,13 +165,8 @@ def build_services(settings: Settings) -> Services:
     views = Views(catalog, cluster, settings, metrics,
                   worker_report=(lambda: scaler.workers) if scaler is not None else dict)  # fmt: skip
 
-    def busy() -> str | None:
-        if scaler is None or not scaler.overloaded:
-            return None
-        name, why = next(iter(scaler.overloaded.items()))
-        return f"online variant {name} is overloaded ({why})"
-
-    jobs = JobRunner(router, decisions, registry.store, settings.data_dir, settings.job_batch_rows, busy=busy,
+    jobs = JobRunner(router, decisions, registry.store, settings.data_dir, settings.job_batch_rows,
+                     busy=lambda: _online_busy(scaler),
                      max_failures=settings.job_max_failures, job_roots=settings.job_roots,
                      max_input_bytes=settings.max_management_bytes)  # fmt: skip
     services = Services(settings, registry, catalog, cluster, decisions, background, latency, metrics, placement,

@@ -4,41 +4,18 @@ remove, demo."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.progress import Progress
 
+from infaas.cli.common import client_for, err, parse_param
+from infaas.cli.models import cmd_models, cmd_profile, cmd_register, cmd_variants, cmd_zoo
 from infaas.cli.serve import add_serve_flags
-from infaas.cli.tables import accuracy_cell, console, print_json, print_variants, show, status_cell
-from infaas.client import Client, InfaasClientError
+from infaas.cli.tables import console, print_json, show
+from infaas.client import InfaasClientError
 from infaas.errors import InfaasError
 from infaas.settings import load_settings
-
-err = Console(stderr=True)
-
-
-def _parse_param(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--param needs key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
-def _client(args) -> Client:
-    settings = load_settings()
-    url = args.url or settings.url
-    if url.startswith("grpc://"):
-        raise ValueError(f"'infaas {args.command}' uses the REST management API: give an http:// URL "
-                         "(grpc:// serves infer)")  # fmt: skip
-    return Client(url, api_key=getattr(args, "api_key", None) or settings.api_key)
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -46,152 +23,6 @@ def cmd_serve(args) -> None:
     from infaas.cli.serve import run_serve
 
     run_serve(args)
-
-
-def _profile_local(data_dir: str, names: list[str], quick: bool) -> None:
-    """Generate and profile variants in this process (no server), with progress bars."""
-    import asyncio
-
-    from infaas.profiler import profile_architecture
-    from infaas.registry import Registry
-
-    settings = load_settings(data_dir=data_dir)
-    registry = Registry.open(data_dir)
-    try:
-        with Progress(console=err) as progress:
-            for name in names:
-                bar = progress.add_task(f"{name}: generating", total=None)
-
-                def update(what: str, done: int, total: int, bar=bar, name=name) -> None:
-                    progress.update(bar, description=f"{name}: {what}", completed=done, total=total or None)
-
-                report = asyncio.run(profile_architecture(registry, name, settings, quick=quick, progress=update))
-                progress.update(bar, description=f"{name}: profiled in {report.seconds:.0f} s")
-    finally:
-        registry.close()
-
-
-def _wait_for_profiles(client: Client, names: list[str], quick: bool) -> None:
-    """Start (or join) server-side profiling and follow it with progress bars."""
-    states = {name: client.profile(name, quick=quick) for name in names}
-    with Progress(console=err) as progress:
-        bars = {name: progress.add_task(f"{name}: {states[name]['stage']}", total=None) for name in names}
-        while True:
-            for name in names:
-                st = states[name] = client.profiling(name)
-                progress.update(bars[name], description=f"{name}: {st['stage']}", completed=st["done"],
-                                total=st["total"] or None)  # fmt: skip
-            if all(st["finished"] is not None for st in states.values()):
-                break
-            time.sleep(0.3)
-    for name, st in states.items():
-        if st["error"]:
-            err.print(f"[red]profiling {name} failed[/] {st['error']}")
-
-
-def _register_items(args, items: list[dict]) -> list[dict]:
-    """Register through the server (default) or straight into a data directory (--data-dir); then
-    generate and profile the variants unless --no-wait."""
-    quick = getattr(args, "quick", False)
-    if args.data_dir:
-        from infaas.registry import Registry
-
-        registry = Registry.open(args.data_dir)
-        try:
-            out = []
-            for item in items:
-                arch, variant = registry.register(**item)
-                out.append({"architecture": arch.model_dump(mode="json"), "variants": [variant.model_dump(mode="json")]})
-        finally:
-            registry.close()
-        if not args.no_wait:
-            _profile_local(args.data_dir, [r["architecture"]["name"] for r in out], quick)
-        return out
-    with _client(args) as client:
-        out = []
-        for item in items:
-            item = dict(item)
-            out.append(client.register(item.pop("name"), item.pop("task"), item.pop("model"), **item))
-        if not args.no_wait:
-            _wait_for_profiles(client, [r["architecture"]["name"] for r in out], quick)
-        return out
-
-
-def _show_registered(args, results: list[dict]) -> None:
-    rows = ((r["architecture"]["name"], r["architecture"]["task"], accuracy_cell(r["architecture"])) for r in results)
-    show(args, results, "registered", ("architecture", "task", "accuracy"), rows)
-    if not args.json:
-        console.print("variants, profiles and reasons: [bold]infaas variants ARCH[/]")
-
-
-def cmd_register(args) -> None:
-    item = {"name": args.name, "task": args.task, "model": args.model, "accuracy": args.accuracy,
-            "validation": args.validation, "calibration": args.calibration,
-            "description": args.description or ""}  # fmt: skip
-    if args.metric:
-        item["metric"] = args.metric
-    if args.max_batch:
-        item["max_batch"] = args.max_batch
-    _show_registered(args, _register_items(args, [item]))
-
-
-def cmd_zoo(args) -> None:
-    from infaas.zoo import FAMILIES, build_family
-
-    if args.action == "list":
-        for name in FAMILIES:
-            console.print(name)
-        return
-    with console.status(f"building zoo family {args.family} (locally, nothing is downloaded)"):
-        models = build_family(args.family)
-    items = [{"name": m.name, "task": m.task, "model": m.onnx, "accuracy": m.accuracy,
-              "validation": m.validation, "calibration": m.calibration, "description": m.description,
-              "max_batch": m.max_batch, **({"metric": m.metric} if m.metric else {})} for m in models]  # fmt: skip
-    with console.status(f"registering {len(items)} models"):
-        results = _register_items(args, items)
-    _show_registered(args, results)
-
-
-def cmd_models(args) -> None:
-    with _client(args) as client:
-        archs = client.architectures()
-        variants = client.variants()
-    rows = ((a["task"], a["name"], v["name"], accuracy_cell(v), v["max_batch"], status_cell(v))
-            for a in sorted(archs, key=lambda a: (a["task"], a["name"]))
-            for v in variants if v["architecture"] == a["name"])  # fmt: skip
-    show(args, {"architectures": archs, "variants": variants}, "models",
-          ("task", "architecture", "variant", "accuracy", "max batch", "status"), rows)  # fmt: skip
-
-
-def cmd_variants(args) -> None:
-    with _client(args) as client:
-        variants = client.variants(args.architecture)
-    if args.json:
-        print_json(variants)
-        return
-    print_variants(variants, f"variants of {args.architecture}" if args.architecture else "variants")
-
-
-def cmd_profile(args) -> None:
-    if args.data_dir:
-        _profile_local(args.data_dir, [args.architecture], args.quick)
-        from infaas.registry import Registry
-
-        registry = Registry.open(args.data_dir)
-        try:
-            variants = [{**v.model_dump(mode="json"), "loaded_on": [],
-                         "profile": (p.model_dump(mode="json") if (p := registry.profile(v.name)) else None)}
-                        for v in registry.variants(args.architecture)]  # fmt: skip
-        finally:
-            registry.close()
-    else:
-        with _client(args) as client:
-            _wait_for_profiles(client, [args.architecture], args.quick)
-            variants = client.variants(args.architecture)
-    if args.json:
-        print_json(variants)
-    else:
-        print_variants(variants, f"variants of {args.architecture}")
 
 
 def _load_input(path: str) -> np.ndarray | dict[str, np.ndarray]:
@@ -230,7 +61,7 @@ def cmd_infer(args) -> None:
 
 
 def cmd_workers(args) -> None:
-    with _client(args) as client:
+    with client_for(args) as client:
         workers = client.workers()
         scaling = client.autoscale()
     if args.json:
@@ -263,31 +94,31 @@ def cmd_workers(args) -> None:
 def cmd_job(args) -> None:
     from infaas.cli.jobs import run_job_command
 
-    with _client(args) as client:
+    with client_for(args) as client:
         run_job_command(args, client)
 
 
 def cmd_decisions(args) -> None:
-    with _client(args) as client:
+    with client_for(args) as client:
         decisions = client.decisions(args.limit)
     rows = ((time.strftime("%H:%M:%S", time.localtime(d["time"])), d["kind"], d["reason"]) for d in decisions)
     show(args, decisions, "recent decisions", ("time", "kind", "reason"), rows)
 
 
 def cmd_remove(args) -> None:
-    with _client(args) as client:
+    with client_for(args) as client:
         client.remove(args.architecture)
     console.print(f"removed {args.architecture}")
 
 
 def cmd_load(args) -> None:
-    with _client(args) as client:
+    with client_for(args) as client:
         workers = client.load_model(args.model, args.replicas)
     console.print(f"{args.model} is on {', '.join(workers)} (the controller may scale it from here)")
 
 
 def cmd_unload(args) -> None:
-    with _client(args) as client:
+    with client_for(args) as client:
         workers = client.unload_model(args.model)
     console.print(f"{args.model} unloaded from {', '.join(workers)}" if workers else f"{args.model} was not loaded")
 
@@ -352,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="task (model-less), architecture, or variant")
     p.add_argument("--input", required=True, help=".npy (the model's only input) or .npz (by input name)")
     p.add_argument("--version", help="variant of the architecture")
-    p.add_argument("--param", action="append", type=_parse_param, metavar="KEY=VALUE",
+    p.add_argument("--param", action="append", type=parse_param, metavar="KEY=VALUE",
                    help="request parameter (repeatable), e.g. timeout=100000")  # fmt: skip
     p.add_argument("--latency-ms", type=float, dest="latency_ms", help="objective: latency in ms")
     p.add_argument("--min-accuracy", type=float, dest="min_accuracy", help="objective: minimum top-1 accuracy")

@@ -43,6 +43,31 @@ def run_demo(queries: int = 300, concurrency: int = 8, workers: int = 1, scaling
         _scaling()
 
 
+def _watch_workers(cluster, name: str, short: str, done, t0: float) -> None:
+    """A live status line (workers, replicas of ``name``) until the load is over and the extra
+    worker is gone again (at most 60 s)."""
+    with console.status("") as status:
+        while not done.is_set() or (len(cluster.workers) > 1 and time.time() - t0 < 60):
+            workers = cluster.workers
+            status.update(f"t={time.time() - t0:4.1f} s  workers {len(workers)}  replicas of {short}: "
+                          f"{sum(w.hosts(name) for w in workers)}  "
+                          f"{'(load running)' if not done.is_set() else '(load over)'}")  # fmt: skip
+            time.sleep(0.2)
+
+
+def _controller_table(decisions: list[dict], t0: float) -> None:
+    """The controller's scaling decisions since ``t0``, each with its reason."""
+    table = Table(title="what the controller did (infaas decisions)")
+    table.add_column("t (s)", justify="right")
+    table.add_column("action")
+    table.add_column("why")
+    kinds = ("add_worker", "replicate", "upgrade", "downgrade", "unload", "remove_worker", "blocked")
+    for d in decisions:
+        if d["time"] >= t0 and d["kind"] in kinds:
+            table.add_row(f"{d['time'] - t0:.1f}", d["kind"], d["reason"])
+    console.print(table)
+
+
 def _scaling() -> None:
     """Part 2: a load ramp on a deliberately heavy model; the controller adds a worker and a
     replica, then takes them away once the load is gone."""
@@ -65,7 +90,7 @@ def _scaling() -> None:
                     model = digits.heavy()
                 client.register(model.name, model.task, model.onnx, validation=model.validation,
                                 calibration=model.calibration, description=model.description)  # fmt: skip
-                from infaas.cli import _wait_for_profiles
+                from infaas.cli.models import wait_for_profiles as _wait_for_profiles
 
                 _wait_for_profiles(client, [model.name], quick=True)
                 plane = server.services
@@ -87,26 +112,11 @@ def _scaling() -> None:
                     done.set()
 
                 threading.Thread(target=load, daemon=True).start()
-                with console.status("") as status:
-                    while not done.is_set() or (len(plane.cluster.workers) > 1 and time.time() - t0 < 60):
-                        workers = plane.cluster.workers
-                        status.update(f"t={time.time() - t0:4.1f} s  workers {len(workers)}  replicas of "
-                                      f"{name.removeprefix(model.name + '.')}: "
-                                      f"{sum(w.hosts(name) for w in workers)}  "
-                                      f"{'(load running)' if not done.is_set() else '(load over)'}")  # fmt: skip
-                        time.sleep(0.2)
+                _watch_workers(plane.cluster, name, name.removeprefix(model.name + "."), done, t0)
                 for s in summary:
                     console.print(f"  {s['rate']:6.0f} req/s for {s['duration_s']:g} s: p50 {s['p50_ms']} ms, "
                                   f"p99 {s['p99_ms']} ms, errors {s['errors']}")  # fmt: skip
-                table = Table(title="what the controller did (infaas decisions)")
-                table.add_column("t (s)", justify="right")
-                table.add_column("action")
-                table.add_column("why")
-                for d in client.decisions(1000):
-                    if d["time"] >= t0 and d["kind"] in ("add_worker", "replicate", "upgrade", "downgrade",
-                                                          "unload", "remove_worker", "blocked"):  # fmt: skip
-                        table.add_row(f"{d['time'] - t0:.1f}", d["kind"], d["reason"])
-                console.print(table)
+                _controller_table(client.decisions(1000), t0)
         finally:
             with console.status("stopping"):
                 server.stop()
@@ -149,7 +159,7 @@ def _run(url: str, queries: int, concurrency: int) -> None:
             for m in models:
                 client.register(m.name, m.task, m.onnx, validation=m.validation, description=m.description)
                 progress.advance(task)
-        from infaas.cli import _wait_for_profiles
+        from infaas.cli.models import wait_for_profiles as _wait_for_profiles
 
         console.print("generating and profiling the variants of each architecture (quick):")
         _wait_for_profiles(client, [m.name for m in models], quick=True)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 from rich.progress import Progress
 
-from infaas.cli import err
+from infaas.cli.common import err
 from infaas.cli.tables import console, print_json, show
 from infaas.client import Client
 

@@ -10,12 +10,9 @@ from infaas.policy.autoscale import (
     autoscale,
     state_of,
 )
+from infaas.policy.loaded import BatchTooLarge, Candidate, Decision, NoCandidate, select_loaded
 from infaas.policy.select import (
-    BatchTooLarge,
-    Candidate,
     Choice,
-    Decision,
-    NoCandidate,
     Objective,
     Option,
     Saturated,
@@ -25,7 +22,6 @@ from infaas.policy.select import (
     drain_ms,
     predict_ms,
     select,
-    select_loaded,
     select_sorted,
 )
 

@@ -180,42 +180,52 @@ def autoscale(
             scaled_at[v.name] = now
             free[spread.target] -= p.peak_memory_mb
             continue
-        if state == "inactive":
-            since = low_since.setdefault(v.name, now)
-            if len(load.replicas) > 1 and now - since >= quiet_for:
-                actions.append(Action("unload", v.name, load.replicas[-1], (
-                    f"{v.name}: no requests for {now - since:.0f} s; {len(load.replicas) - 1} replica(s) left")))
-                low_since.pop(v.name, None)
-            elif now - since >= max(cfg.idle_unload_s, quiet_for):
-                last_one = cfg.keep_warm and per_arch[v.architecture] == 1
-                for worker in load.replicas[1:] if last_one else load.replicas:
-                    actions.append(Action("unload", v.name, worker, f"{v.name} idle for {now - since:.0f} s"))
-                if not last_one:
-                    per_arch[v.architecture] -= 1
-                low_since.pop(v.name, None)
-            continue
-        low = demand <= per_replica * max(0, len(load.replicas) - 1) * cfg.low_fraction or (
-            len(load.replicas) == 1 and demand <= per_replica * cfg.low_fraction)
-        if not low:
-            low_since.pop(v.name, None)
-            continue
-        since = low_since.setdefault(v.name, now)
-        if now - since < quiet_for:
-            continue  # not low for long enough: no flapping
-        low_since.pop(v.name, None)
-        if len(load.replicas) > 1:
-            actions.append(Action("unload", v.name, load.replicas[-1], (
-                f"{v.name}: demand {demand:.0f} rows/s has fitted in {len(load.replicas) - 1} replica(s) "
-                f"for {now - since:.0f} s")))  # fmt: skip
-            continue
-        cheaper = _cheapest_carrying(v, p, demand, family.get(v.architecture, []), cfg)
-        if cheaper is not None:
-            actions.append(Action("downgrade", v.name, cheaper.name, (
-                f"{v.name}: demand {demand:.0f} rows/s for {now - since:.0f} s is carried by the cheaper "
-                f"{cheaper.name}")))  # fmt: skip
+        _scale_down(load, state, demand, per_replica, quiet_for, family, per_arch, low_since, now, cfg, actions)
     hot_since, added_at = _scale_out(loads, rooms, now, memory, cfg, actions)
     empty_since = _scale_in(rooms, now, memory, cfg, actions)
     return actions, Memory(low_since, empty_since, scaled_at, hot_since, added_at)
+
+
+def _scale_down(load: VariantLoad, state: str, demand: float, per_replica: float, quiet_for: float,
+                family: dict[str, list[tuple[Variant, Profile]]], per_arch: dict[str, int],
+                low_since: dict[str, float], now: float, cfg: ScalingConfig, actions: list[Action]) -> None:  # fmt: skip
+    """An idle variant sheds replicas, then (unless it keeps its architecture warm) its last one;
+    one whose demand has fitted in fewer replicas for ``quiet_for`` sheds one, or, down to one,
+    moves to a cheaper variant that carries it. Appends to ``actions``; keeps ``low_since``."""
+    v, p = load.variant, load.profile
+    if state == "inactive":
+        since = low_since.setdefault(v.name, now)
+        if len(load.replicas) > 1 and now - since >= quiet_for:
+            actions.append(Action("unload", v.name, load.replicas[-1], (
+                f"{v.name}: no requests for {now - since:.0f} s; {len(load.replicas) - 1} replica(s) left")))
+            low_since.pop(v.name, None)
+        elif now - since >= max(cfg.idle_unload_s, quiet_for):
+            last_one = cfg.keep_warm and per_arch[v.architecture] == 1
+            for worker in load.replicas[1:] if last_one else load.replicas:
+                actions.append(Action("unload", v.name, worker, f"{v.name} idle for {now - since:.0f} s"))
+            if not last_one:
+                per_arch[v.architecture] -= 1
+            low_since.pop(v.name, None)
+        return
+    low = demand <= per_replica * max(0, len(load.replicas) - 1) * cfg.low_fraction or (
+        len(load.replicas) == 1 and demand <= per_replica * cfg.low_fraction)
+    if not low:
+        low_since.pop(v.name, None)
+        return
+    since = low_since.setdefault(v.name, now)
+    if now - since < quiet_for:
+        return  # not low for long enough: no flapping
+    low_since.pop(v.name, None)
+    if len(load.replicas) > 1:
+        actions.append(Action("unload", v.name, load.replicas[-1], (
+            f"{v.name}: demand {demand:.0f} rows/s has fitted in {len(load.replicas) - 1} replica(s) "
+            f"for {now - since:.0f} s")))  # fmt: skip
+        return
+    cheaper = _cheapest_carrying(v, p, demand, family.get(v.architecture, []), cfg)
+    if cheaper is not None:
+        actions.append(Action("downgrade", v.name, cheaper.name, (
+            f"{v.name}: demand {demand:.0f} rows/s for {now - since:.0f} s is carried by the cheaper "
+            f"{cheaper.name}")))  # fmt: skip
 
 
 def _scale_out(loads: list[VariantLoad], rooms: list[WorkerRoom], now: float, memory: Memory, cfg: ScalingConfig,

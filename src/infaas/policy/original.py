@@ -205,27 +205,46 @@ def autoscale_original(
                 else:
                     scaled_at[a.target] = now
             continue
-        demand = last.arrival_rps
-        if demand == 0:
-            idle[v.name] = idle.get(v.name, 0) + 1
-        else:
-            idle.pop(v.name, None)
-        cap = 1000 / L * batch * (1 - cfg.headroom)
-        if n > 1 and demand <= cap * (n - 1):
-            low[v.name] = low.get(v.name, 0) + 1
-        else:
-            low.pop(v.name, None)
-        if low.get(v.name, 0) >= cfg.low_checks:
-            actions.append(Action("unload", v.name, load.replicas[-1], (
-                f"{v.name} (infaas-original): demand {demand:.0f} rows/s fitted in {n - 1} replica(s) for "
-                f"{cfg.low_checks} consecutive checks")))  # fmt: skip
-            low.pop(v.name)
-        elif idle.get(v.name, 0) >= cfg.low_checks and n == 1:
-            if not (cfg.keep_warm and per_arch[v.architecture] == 1):
-                actions.append(Action("unload", v.name, load.replicas[0], (
-                    f"{v.name} (infaas-original): no requests for {cfg.low_checks} consecutive checks")))
-                per_arch[v.architecture] -= 1
-            idle.pop(v.name)
+        _scale_down(load, L, batch, low, idle, per_arch, cfg, actions)
+    checked, added = _worker_check(loads, rooms, flagged, stuck, now, memory, cfg, actions)
+    return actions, OriginalMemory(flagged, low, idle, scaled_at, checked, added)
+
+
+def _scale_down(load: VariantLoad, L: float, batch: float, low: dict[str, int], idle: dict[str, int],
+                per_arch: dict[str, int], cfg: OriginalConfig, actions: list[Action]) -> None:  # fmt: skip
+    """[code] A replica goes after ``low_checks`` consecutive checks whose demand fitted in one
+    fewer; an idle variant's last replica after as many idle checks (unless it keeps its
+    architecture warm). Appends to ``actions``; counts in ``low`` and ``idle``."""
+    v, n = load.variant, len(load.replicas)
+    demand = load.window[-1].arrival_rps
+    if demand == 0:
+        idle[v.name] = idle.get(v.name, 0) + 1
+    else:
+        idle.pop(v.name, None)
+    cap = 1000 / L * batch * (1 - cfg.headroom)
+    if n > 1 and demand <= cap * (n - 1):
+        low[v.name] = low.get(v.name, 0) + 1
+    else:
+        low.pop(v.name, None)
+    if low.get(v.name, 0) >= cfg.low_checks:
+        actions.append(Action("unload", v.name, load.replicas[-1], (
+            f"{v.name} (infaas-original): demand {demand:.0f} rows/s fitted in {n - 1} replica(s) for "
+            f"{cfg.low_checks} consecutive checks")))  # fmt: skip
+        low.pop(v.name)
+    elif idle.get(v.name, 0) >= cfg.low_checks and n == 1:
+        if not (cfg.keep_warm and per_arch[v.architecture] == 1):
+            actions.append(Action("unload", v.name, load.replicas[0], (
+                f"{v.name} (infaas-original): no requests for {cfg.low_checks} consecutive checks")))
+            per_arch[v.architecture] -= 1
+        idle.pop(v.name)
+
+
+def _worker_check(loads: list[VariantLoad], rooms: list[WorkerRoom], flagged: dict[str, str], stuck: bool,
+                  now: float, memory: OriginalMemory, cfg: OriginalConfig,
+                  actions: list[Action]) -> tuple[float | None, float | None]:  # fmt: skip
+    """[code] Every ``worker_check_s``: a worker is added when every worker is busy, or a flagged
+    variant has nowhere to replicate, then not again for ``worker_backoff_s``. Appends to
+    ``actions``; returns (last checked, last added)."""
     checked, added = memory.worker_checked_at, memory.added_at
     if checked is None or now - checked >= cfg.worker_check_s:
         checked = now
@@ -237,7 +256,7 @@ def autoscale_original(
                    else f"{target} is overloaded and no worker has room for a replica")  # fmt: skip
             actions.append(Action("add_worker", target, "cpu", f"infaas-original: {why}"))
             added = now
-    return actions, OriginalMemory(flagged, low, idle, scaled_at, checked, added)
+    return checked, added
 
 
 def _scale_up(load: VariantLoad, L: float, batch: float, family: list[tuple[Variant, Profile]],

@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from infaas.registry.types import Profile, Variant
 
@@ -19,56 +20,6 @@ from infaas.registry.types import Profile, Variant
 # ms of work other variants have in flight on that worker's cores])
 Slot = (tuple[str, int] | tuple[str, int, int, int] | tuple[str, int, int, int, float, float]
         | tuple[str, int, int, int, float, float, tuple[float, ...]])  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A loaded variant and, for each worker hosting it, that worker's outstanding requests."""
-
-    variant: Variant
-    workers: tuple[tuple[str, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    variant: Variant
-    worker: str
-    reason: str
-
-
-class NoCandidate(Exception):
-    """Nothing loaded can take the request; the message says why."""
-
-
-class BatchTooLarge(NoCandidate):
-    """Variants are loaded, but none takes a batch this large."""
-
-
-def _accuracy_text(v: Variant) -> str:
-    return "unknown accuracy" if v.accuracy is None else f"accuracy {v.accuracy:.3f} ({v.accuracy_source})"
-
-
-def select_loaded(candidates: list[Candidate], rows: int, scope: str) -> Decision:
-    """Most accurate loaded variant whose max batch takes ``rows``; then its least-loaded worker."""
-    fits = [c for c in candidates if c.workers and c.variant.max_batch >= rows]
-    if not fits:
-        if any(c.workers for c in candidates):
-            biggest = max(c.variant.max_batch for c in candidates if c.workers)
-            raise BatchTooLarge(f"batch of {rows} exceeds the largest max batch loaded for {scope} ({biggest})")
-        raise NoCandidate(f"no variant of {scope} is loaded")
-    best = max(fits, key=lambda c: (
-        -1.0 if c.variant.accuracy is None else c.variant.accuracy,
-        -sum(n for _, n in c.workers),
-    ))  # fmt: skip
-    worker, queued = min(best.workers, key=lambda w: w[1])
-    why = (
-        f"{scope}: {best.variant.name} is the most accurate loaded variant that takes a batch of "
-        f"{rows} ({_accuracy_text(best.variant)}); worker {worker} has the fewest requests in flight ({queued})"
-    )
-    if len(fits) == 1:
-        why = (f"{scope}: {best.variant.name} is the only loaded variant that takes a batch of {rows}; "
-               f"worker {worker} has the fewest requests in flight ({queued})")  # fmt: skip
-    return Decision(best.variant, worker, why)
 
 
 # ---- objective-driven selection (model-less queries) ------------------------------------------
@@ -223,32 +174,10 @@ def select_sorted(
             continue
         cheapest = cheapest or o
         workers = live(o.variant.name)
-        if not workers:
-            continue
-        best = None
-        for worker, in_flight, *shape in workers:
-            pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight, *shape) if o.profile else None
-            if lat is not None and (pred is None or pred > lat):
-                continue
-            if best is None or (pred or 0.0) < (best[1] or 0.0):
-                best = (worker, pred)
+        best = _fastest_slot(o, workers, rows, lat) if workers else None
         if best is not None:
             choice = _choice(objective, o, best[0], best[1], scope)
-            # a prefetch must beat every loaded candidate, not only this one: when a cheaper one is
-            # loaded but saturated, capacity is the controller's to add (a replica), and a variant
-            # between the two would be downgraded again as soon as load fell (the bench/workload
-            # decision log showed that cycle every 10 s)
-            bar = _cost(cheapest) * (1 - PREFETCH_SAVING)
-            start = index.first_meeting(floor, objective.allow_estimated)
-            if start >= len(ordered) or _cost(ordered[start]) >= bar:
-                return choice  # nothing in the scope is cheaper enough to be worth loading
-            hosted = {x.variant.name for x in loaded}
-            cheaper = _cheaper_cold(ordered[start:start + PREFETCH_SCAN], hosted, admissible, lat, rows, _cost(cheapest))
-            if cheaper is None:
-                return choice
-            return dataclasses.replace(choice, prefetch=cheaper.variant, reason=(
-                f"{choice.reason}; loading the cheaper {cheaper.variant.name} (${_cost(cheaper):.3g} per 1k) "
-                "in the background for the next queries"))  # fmt: skip
+            return _with_prefetch(choice, objective, index, loaded, cheapest, admissible, rows)
     hosted = {o.variant.name for o in loaded}
     for o in itertools.islice(ordered, index.first_meeting(floor, objective.allow_estimated), None):
         if ceiling is not None and _cost(o) > ceiling:
@@ -262,6 +191,48 @@ def select_sorted(
         pred = o.profile.load_time_ms + o.profile.predict_ms(min(rows, o.variant.max_batch))
         if lat is None or pred <= lat:
             return _choice(objective, o, None, pred, scope)
+    _raise_unmet(objective, index, [o for o in loaded if admissible(o)], rows, scope, live)
+
+
+def _fastest_slot(o: Option, workers: tuple[Slot, ...], rows: int, lat: float | None) -> tuple[str, float | None] | None:
+    """The worker where ``o`` would answer soonest within ``lat`` (its predicted ms), or None."""
+    best = None
+    for worker, in_flight, *shape in workers:
+        pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight, *shape) if o.profile else None
+        if lat is not None and (pred is None or pred > lat):
+            continue
+        if best is None or (pred or 0.0) < (best[1] or 0.0):
+            best = (worker, pred)
+    return best
+
+
+def _with_prefetch(choice: Choice, objective: Objective, index: ScopeIndex, loaded: list[Option], cheapest: Option,
+                   admissible: Callable[[Option], bool], rows: int) -> Choice:  # fmt: skip
+    """``choice``, plus a cheaper unloaded variant to load in the background when one exists. A
+    prefetch must beat every loaded candidate, not only the chosen one: when a cheaper one is
+    loaded but saturated, capacity is the controller's to add (a replica), and a variant between
+    the two would be downgraded again as soon as load fell (the bench/workload decision log showed
+    that cycle every 10 s)."""
+    ordered = index.ordered
+    bar = _cost(cheapest) * (1 - PREFETCH_SAVING)
+    start = index.first_meeting(objective.min_accuracy, objective.allow_estimated)
+    if start >= len(ordered) or _cost(ordered[start]) >= bar:
+        return choice  # nothing in the scope is cheaper enough to be worth loading
+    hosted = {x.variant.name for x in loaded}
+    cheaper = _cheaper_cold(ordered[start:start + PREFETCH_SCAN], hosted, admissible, objective.latency_ms, rows,
+                            _cost(cheapest))  # fmt: skip
+    if cheaper is None:
+        return choice
+    return dataclasses.replace(choice, prefetch=cheaper.variant, reason=(
+        f"{choice.reason}; loading the cheaper {cheaper.variant.name} (${_cost(cheaper):.3g} per 1k) "
+        "in the background for the next queries"))  # fmt: skip
+
+
+def _raise_unmet(objective: Objective, index: ScopeIndex, admissible_loaded: list[Option], rows: int, scope: str,
+                 live: Callable[[str], tuple[Slot, ...] | None]) -> NoReturn:  # fmt: skip
+    """Nothing meets the objective: say why (accuracy out of reach, no variant takes the batch,
+    every fitting one saturated now, or the best achievable)."""
+    ordered, floor = index.ordered, objective.min_accuracy
     if floor is not None and index.first_meeting(floor, objective.allow_estimated) >= len(ordered):
         best_acc = index.most_accurate(objective.allow_estimated)
         if best_acc is None:
@@ -271,8 +242,8 @@ def select_sorted(
     fitting = [o for o in ordered if o.variant.max_batch >= rows and o.variant.status == "ready"]
     if not fitting:
         raise Unreachable(f"{scope}: no ready variant takes a batch of {rows}")
-    if lat is not None:
-        _raise_if_saturated(objective, [o for o in loaded if admissible(o)], rows, scope, live)
+    if objective.latency_ms is not None:
+        _raise_if_saturated(objective, admissible_loaded, rows, scope, live)
     raise Unreachable(_why_not(objective, fitting, scope, rows, live))
 
 

@@ -127,22 +127,12 @@ class Registry:
         metric = self._task_metric(task, signature, metric, validation is not None)
 
         model_hash = self.models.put_bytes(model_bytes, ".onnx")
-        validation_hash = None
         source = "declared" if accuracy is not None else "unknown"
+        validation_hash = None
         if validation is not None:
-            val_bytes = validation if isinstance(validation, bytes) else Path(validation).read_bytes()
-            inputs, labels = load_validation(val_bytes)
-            accuracy = measure_accuracy(
-                self.models.path(model_hash), signature, inputs, labels, threads=threads or 1
-            )
+            accuracy, validation_hash = self._measured(model_hash, signature, validation, threads or 1)
             source = "measured"
-            validation_hash = self.models.put_bytes(val_bytes, ".npz")
-        calibration_hash = None
-        if calibration is not None:
-            cal_bytes = calibration if isinstance(calibration, bytes) else Path(calibration).read_bytes()
-            cal_inputs, _ = load_validation(cal_bytes, need_labels=False)
-            named_inputs(cal_inputs, signature)  # fail now, not at quantization time
-            calibration_hash = self.models.put_bytes(cal_bytes, ".npz")
+        calibration_hash = None if calibration is None else self._calibration(calibration, signature)
 
         arch = Architecture(
             name=name, task=task, framework=framework, accuracy=accuracy, accuracy_source=source,
@@ -172,6 +162,21 @@ class Registry:
             self.store.put("architecture", name, task, arch.model_dump(mode="json"))
             self.store.put("variant", baseline.name, name, baseline.model_dump(mode="json"))
         return arch, baseline
+
+    def _measured(self, model_hash: str, signature: Signature, validation: bytes | str | Path,
+                  threads: int) -> tuple[float, str]:  # fmt: skip
+        """Top-1 accuracy on the labelled validation data (in an isolated process), and the data stored."""
+        val_bytes = validation if isinstance(validation, bytes) else Path(validation).read_bytes()
+        inputs, labels = load_validation(val_bytes)
+        accuracy = measure_accuracy(self.models.path(model_hash), signature, inputs, labels, threads=threads)
+        return accuracy, self.models.put_bytes(val_bytes, ".npz")
+
+    def _calibration(self, calibration: bytes | str | Path, signature: Signature) -> str:
+        """Calibration inputs checked against the signature now (not at quantization time), stored."""
+        cal_bytes = calibration if isinstance(calibration, bytes) else Path(calibration).read_bytes()
+        cal_inputs, _ = load_validation(cal_bytes, need_labels=False)
+        named_inputs(cal_inputs, signature)
+        return self.models.put_bytes(cal_bytes, ".npz")
 
     def _check_request(self, name: str, task: str, accuracy: float | None, max_batch: int,
                        metric: str | None) -> None:  # fmt: skip

@@ -78,19 +78,11 @@ def build(seed: int = 0) -> list[ZooModel]:
     return models
 
 
-def heavy(channels: int = 256, layers: int = 5, seed: int = 0) -> ZooModel:
-    """``digits-conv``: a deliberately heavy model for the same task, to load a small machine.
+def _random_features(channels: int, layers: int, seed: int) -> tuple[list, list]:
+    """ONNX nodes and initializers: the 8x8 image through ``layers`` random 3x3 convolutions of
+    ``channels`` channels (ReLU), 2x2 average pooling, flattened to ``features``."""
+    from onnx import helper, numpy_helper
 
-    ``layers`` random 3x3 convolutions of ``channels`` channels over the 8x8 image (fixed random
-    features, ReLU), 2x2 average pooling, and a ridge-regression read-out fitted in closed form:
-    about 2 x 9 x 64 x channels^2 x layers FLOPs per row (~380 M at the defaults), with small
-    weights, so it loads and quantizes fast. Accuracy is measured on the held-out split; the
-    training inputs calibrate its INT8 variants.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    x_train, x_val, y_train, y_val = split(seed)
     rng = np.random.default_rng(seed)
     convs, width = [], 1
     for _ in range(layers):
@@ -107,6 +99,23 @@ def heavy(channels: int = 256, layers: int = 5, seed: int = 0) -> ZooModel:
                   helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"])]  # fmt: skip
     nodes += [helper.make_node("AveragePool", [f"h{layers}"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
               helper.make_node("Reshape", ["pooled", "flat"], ["features"])]  # fmt: skip
+    return nodes, inits
+
+
+def heavy(channels: int = 256, layers: int = 5, seed: int = 0) -> ZooModel:
+    """``digits-conv``: a deliberately heavy model for the same task, to load a small machine.
+
+    ``layers`` random 3x3 convolutions of ``channels`` channels over the 8x8 image (fixed random
+    features, ReLU), 2x2 average pooling, and a ridge-regression read-out fitted in closed form:
+    about 2 x 9 x 64 x channels^2 x layers FLOPs per row (~380 M at the defaults), with small
+    weights, so it loads and quantizes fast. Accuracy is measured on the held-out split; the
+    training inputs calibrate its INT8 variants.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x_train, x_val, y_train, y_val = split(seed)
+    nodes, inits = _random_features(channels, layers, seed)
 
     def graph(outputs, extra_nodes, extra_inits, name):
         return helper.make_model(helper.make_graph(

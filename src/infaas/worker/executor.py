@@ -1,0 +1,159 @@
+"""One loaded variant inside a worker process: its batching queue, its runtime instances and the
+executor threads that form batches and run them."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from infaas.errors import Cancelled, DeadlineExceeded, Overloaded
+from infaas.protocol.worker_wire import SocketChannel
+from infaas.worker.batcher import BatchQueue, Pending
+from infaas.worker.runtime import Runtime, infer_checked
+
+
+class VariantExecutor:
+    """A loaded variant: its batching queue and one executor thread per runtime instance.
+
+    Instances share the queue (as Triton's instance groups do): whichever is idle forms the next
+    batch, so two single-threaded instances never wait on each other the way the two halves of
+    one two-threaded run do.
+    """
+
+    def __init__(self, name: str, runtimes: list[Runtime], queue: BatchQueue, channel: SocketChannel) -> None:
+        self.name = name
+        self.runtimes = runtimes
+        self.queue = queue
+        self.channel = channel
+        self.cond = threading.Condition()
+        self.running = True
+        self.served = 0
+        self.batches = 0
+        self.busy_s = 0.0  # computing online rows (a mixed batch's time is split by rows)
+        self.offline_busy_s = 0.0
+        self.arrived_rows = 0  # online
+        self.offline_rows = 0
+        self.completed_rows = 0
+        self.refused = 0  # shed at admission
+        self.expired = 0  # dropped in the queue at their deadline
+        self.cancelled = 0
+        self._running_until: dict[int, float] = {}  # instance -> when its batch should end
+        self.latencies_ms: list[float] = []  # online, end to end in this worker, since the last stats
+        self.threads = [threading.Thread(target=self._loop, args=(i, rt), name=f"exec-{name}-{i}", daemon=True)
+                        for i, rt in enumerate(runtimes)]  # fmt: skip
+        for t in self.threads:
+            t.start()
+
+    def submit(self, item: Pending) -> None:
+        """Queue a request, or refuse it at once when it cannot make its deadline (shedding)."""
+        with self.cond:
+            if item.offline:
+                self.offline_rows += item.rows
+            else:
+                self.arrived_rows += item.rows
+            now = time.monotonic()
+            refusal = self.queue.admit(item.rows, item.nbytes, item.deadline, now, item.offline,
+                                       self._busy_s(now))  # fmt: skip
+            if refusal is None:
+                self.queue.put(item, running=bool(self._running_until))
+                self.cond.notify()
+                return
+            self.refused += 1
+        if refusal.overloaded:
+            self._fail(item, Overloaded(f"{self.name} is overloaded: {refusal.reason}", refusal.retry_after_s))
+        else:
+            self._fail(item, DeadlineExceeded(f"request refused by {self.name}: it cannot meet its deadline "
+                                              f"({refusal.reason})"))  # fmt: skip
+
+    def cancel(self, key: int) -> None:
+        """The caller gave up: drop the request if it is still queued (a running batch finishes)."""
+        with self.cond:
+            item = self.queue.cancel(key)
+            if item is not None:
+                self.cancelled += 1
+        if item is not None:
+            self._fail(item, Cancelled(f"request cancelled by its caller while queued on {self.name}"))
+
+    def _busy_s(self, now: float) -> float:
+        """Until an instance is free: 0 if one is idle, else the earliest predicted end of a batch."""
+        if len(self._running_until) < len(self.runtimes):
+            return 0.0
+        return max(0.0, min(self._running_until.values()) - now)
+
+    def stop(self) -> list[Pending]:
+        with self.cond:
+            self.running = False
+            self.cond.notify_all()
+            return self.queue.drain()
+
+    def join(self, timeout: float) -> None:
+        for t in self.threads:
+            t.join(timeout)
+
+    def _loop(self, index: int, runtime: Runtime) -> None:
+        while True:
+            with self.cond:
+                while True:
+                    if not self.running:
+                        return
+                    now = time.monotonic()
+                    formed = self.queue.next(now)
+                    self.expired += len(formed.expired)
+                    for item in formed.expired:
+                        self._fail(item, DeadlineExceeded(
+                            f"request dropped by {self.name}: it could not meet its deadline"))  # fmt: skip
+                    if formed.batch:
+                        self._running_until[index] = now + self.queue.predict_s(formed.rows)
+                        if len(self.queue):
+                            self.cond.notify()  # another idle instance can take the rest
+                        break
+                    self.cond.wait(formed.wait_s)
+            try:
+                self._run(runtime, formed.batch)
+            finally:
+                with self.cond:
+                    self._running_until.pop(index, None)
+
+    def _run(self, runtime: Runtime, batch: list[Pending]) -> None:
+        start = time.monotonic()
+        rows = sum(p.rows for p in batch)
+        try:
+            if len(batch) == 1:
+                inputs = batch[0].payload
+            else:
+                inputs = {
+                    name: np.concatenate([p.payload[name] for p in batch], axis=0)
+                    for name in batch[0].payload
+                }
+            outputs = infer_checked(runtime, inputs, rows)
+        except Exception as exc:  # a failed batch fails its requests, not the worker
+            for item in batch:
+                self._fail(item, exc)
+            return
+        end = time.monotonic()
+        compute_ns = int((end - start) * 1e9)
+        offline = sum(p.rows for p in batch if p.offline)
+        with self.cond:
+            self.queue.observe(rows, end - start)
+            self.batches += 1
+            self.served += len(batch)
+            self.busy_s += (end - start) * (rows - offline) / rows
+            self.offline_busy_s += (end - start) * offline / rows
+            self.completed_rows += rows
+            if len(self.latencies_ms) < 4096:
+                self.latencies_ms.extend((end - p.arrival) * 1000 for p in batch if not p.offline)
+        offset = 0
+        for pos, item in enumerate(batch):
+            part = {k: v[offset : offset + item.rows] for k, v in outputs.items()}
+            offset += item.rows
+            self.channel.send({
+                "id": item.key, "ok": True, "outputs": part,
+                "queue_ns": int((start - item.arrival) * 1e9), "compute_ns": compute_ns,
+                "batch_size": rows, "batch_pos": pos,
+            })  # fmt: skip
+
+    def _fail(self, item: Pending, exc: BaseException) -> None:
+        self.channel.send({"id": item.key, "ok": False, "error": str(exc) or repr(exc),
+                           "kind": type(exc).__name__, "retry_after_s": getattr(exc, "retry_after_s", None)})  # fmt: skip
