@@ -32,8 +32,9 @@ bench: install-dev  ## overhead benchmark: raw ONNX Runtime vs infaas REST/gRPC 
 bench-overload: install-dev  ## overload: goodput, deadlines and recovery past capacity (one 1-core worker); SOAK=600 adds a soak
 	$(BIN)/python bench/overload/run.py --soak $(or $(SOAK),0)
 
-lint: install-dev  ## ruff and the import-linter layer contracts (pyproject.toml)
+lint: install-dev  ## ruff (lint and format check) and the import-linter layer contracts (pyproject.toml)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
 
 clean:

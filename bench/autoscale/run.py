@@ -33,22 +33,32 @@ from infaas.zoo import digits
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(name: str, data: Path, workers: int, autoscale: bool, stages_x: list[tuple[float, float]],
-        slo_ms: float) -> dict:  # fmt: skip
+def run(
+    name: str, data: Path, workers: int, autoscale: bool, stages_x: list[tuple[float, float]], slo_ms: float
+) -> dict:
     import shutil
 
     copy = Path(tempfile.mkdtemp()) / "d"
     shutil.copytree(data, copy)
-    settings = Settings(data_dir=copy, port=0, workers=workers, cores_per_worker=1, max_workers=2,
-                        autoscale=autoscale, scale_down_s=5.0, profile_on_register=False)  # fmt: skip
+    settings = Settings(
+        data_dir=copy,
+        port=0,
+        workers=workers,
+        cores_per_worker=1,
+        max_workers=2,
+        autoscale=autoscale,
+        scale_down_s=5.0,
+        profile_on_register=False,
+    )
     server = BackgroundServer(settings).start()
     try:
         plane = server.services
         (variant,) = {n for w in plane.cluster.workers for n in w.loaded_names()}
         for worker in plane.cluster.workers:  # static provisioning: a replica on every worker
             if not worker.hosts(variant):
-                asyncio.run_coroutine_threadsafe(plane.placement.load(plane.catalog.variants[variant], worker),
-                                                 server.loop).result(60)  # fmt: skip
+                asyncio.run_coroutine_threadsafe(
+                    plane.placement.load(plane.catalog.variants[variant], worker), server.loop
+                ).result(60)
         per_second = capacity_rps(plane.catalog.profiles[variant], 16) / 16
         stages = [(x * per_second, s) for x, s in stages_x]
         held = [0.0]
@@ -61,20 +71,38 @@ def run(name: str, data: Path, workers: int, autoscale: bool, stages_x: list[tup
         thread = threading.Thread(target=meter, daemon=True)
         thread.start()
         x, _ = digits.sample_inputs(16)
-        body = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [16, 64],
-                                         "data": x.ravel().tolist()}]})  # fmt: skip
+        body = orjson.dumps(
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [16, 64], "data": x.ravel().tolist()}]}
+        )
         t0 = time.time()
-        results = asyncio.run(ramp(server.url, "/v2/models/digits-conv/infer", body,
-                                   ["Content-Type: application/json"], stages, slo_ms=slo_ms))  # fmt: skip
+        results = asyncio.run(
+            ramp(
+                server.url,
+                "/v2/models/digits-conv/infer",
+                body,
+                ["Content-Type: application/json"],
+                stages,
+                slo_ms=slo_ms,
+            )
+        )
         stop.set()
         thread.join()
         with Client(server.url) as c:
-            actions = [{"t": round(d["time"] - t0, 1), "kind": d["kind"], "reason": d["reason"]}
-                       for d in c.decisions(1000) if d["time"] >= t0 and d["kind"] not in ("select", "load")]  # fmt: skip
-        return {"config": name, "variant": variant, "capacity_rps": round(per_second * 16), "stages": results,
-                "worker_seconds": round(held[0], 1), "actions": actions,
-                "violations": sum(r["slo_violations"] for r in results),
-                "requests": sum(r["requests"] + r["errors"] for r in results)}  # fmt: skip
+            actions = [
+                {"t": round(d["time"] - t0, 1), "kind": d["kind"], "reason": d["reason"]}
+                for d in c.decisions(1000)
+                if d["time"] >= t0 and d["kind"] not in ("select", "load")
+            ]
+        return {
+            "config": name,
+            "variant": variant,
+            "capacity_rps": round(per_second * 16),
+            "stages": results,
+            "worker_seconds": round(held[0], 1),
+            "actions": actions,
+            "violations": sum(r["slo_violations"] for r in results),
+            "requests": sum(r["requests"] + r["errors"] for r in results),
+        }
     finally:
         server.stop()
 
@@ -89,24 +117,32 @@ def main() -> None:
         data = Path(tmp) / "heavy"
         print("registering and profiling digits-conv (quick) ...", flush=True)
         digits.prepare_heavy(data)
-        out = [run("static, 1 worker", data, 1, False, stages, args.slo_ms),
-               run("static, 2 workers (peak)", data, 2, False, stages, args.slo_ms),
-               run("autoscaled, 1..2 workers", data, 1, True, stages, args.slo_ms)]
+        out = [
+            run("static, 1 worker", data, 1, False, stages, args.slo_ms),
+            run("static, 2 workers (peak)", data, 2, False, stages, args.slo_ms),
+            run("autoscaled, 1..2 workers", data, 1, True, stages, args.slo_ms),
+        ]
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results" / "autoscale.json").write_text(json.dumps(out, indent=2))
     print(f"\nSLO {args.slo_ms:g} ms; stages (x one replica's capacity, s): {stages}")
     for r in out:
-        print(f"\n{r['config']}: {r['variant']} ({r['capacity_rps']} rows/s per replica), "
-              f"{r['violations']}/{r['requests']} over the SLO, {r['worker_seconds']} worker-seconds")
+        print(
+            f"\n{r['config']}: {r['variant']} ({r['capacity_rps']} rows/s per replica), "
+            f"{r['violations']}/{r['requests']} over the SLO, {r['worker_seconds']} worker-seconds"
+        )
         for s in r["stages"]:
-            print(f"  {s['rate']:7.1f} req/s x {s['duration_s']:>4} s: {s['throughput']:7.1f} req/s served, "
-                  f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, over SLO {s['slo_violations']}, errors {s['errors']}")
+            print(
+                f"  {s['rate']:7.1f} req/s x {s['duration_s']:>4} s: {s['throughput']:7.1f} req/s served, "
+                f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, over SLO {s['slo_violations']}, errors {s['errors']}"
+            )
         for a in r["actions"]:
             print(f"  t={a['t']:>5} s  {a['kind']:<13} {a['reason'][:110]}")
     one, peak, auto = out
-    print(f"\nover the SLO: static-1 {one['violations']}, static-peak {peak['violations']}, autoscaled "
-          f"{auto['violations']}; worker-seconds: {one['worker_seconds']}, {peak['worker_seconds']}, "
-          f"{auto['worker_seconds']} (autoscaled/peak {auto['worker_seconds'] / peak['worker_seconds']:.2f}x)")
+    print(
+        f"\nover the SLO: static-1 {one['violations']}, static-peak {peak['violations']}, autoscaled "
+        f"{auto['violations']}; worker-seconds: {one['worker_seconds']}, {peak['worker_seconds']}, "
+        f"{auto['worker_seconds']} (autoscaled/peak {auto['worker_seconds'] / peak['worker_seconds']:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -56,16 +56,45 @@ def prepare(work: Path, model: str) -> tuple[Path, str, bytes, str]:
     _, variant = registry.register(m.name, m.task, m.onnx, accuracy=0.9, max_batch=16, threads=1)
     registry.close()
     x = digits.sample_inputs(n=1)[0][:1].astype("float32")
-    header = orjson.dumps({"inputs": [{"name": "input", "datatype": NUMPY_TO_V2[x.dtype], "shape": list(x.shape),
-                                       "parameters": {"binary_data_size": x.nbytes}}],
-                           "parameters": {"binary_data_output": True}})  # fmt: skip
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": NUMPY_TO_V2[x.dtype],
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
     return data, variant.name, header + x.tobytes(), f"Inference-Header-Content-Length: {len(header)}"
 
 
 def load(url: str, path: str, body: Path, header: str, clients: int, duration: float) -> dict:
-    cmd = [sys.executable, "-m", "infaas.loadgen", "--url", url, "--path", path, "--body", str(body), "--header",
-           header, "-c", str(clients), "-d", str(duration), "--warmup", "1"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    cmd = [
+        sys.executable,
+        "-m",
+        "infaas.loadgen",
+        "--url",
+        url,
+        "--path",
+        path,
+        "--body",
+        str(body),
+        "--header",
+        header,
+        "-c",
+        str(clients),
+        "-d",
+        str(duration),
+        "--warmup",
+        "1",
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    )
     return json.loads(out.stdout)
 
 
@@ -94,8 +123,15 @@ def run_contender(name: str, data: Path, variant: str, body: Path, header: str, 
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         overrides = {"cluster": "ray", "ray_address": cluster.address, "ray_namespace": f"bench-{name}-{rnd}"}
-    settings = Settings(data_dir=data, port=0, workers=workers, cores_per_worker=1, autoscale=False,
-                        profile_on_register=False, **overrides)  # fmt: skip
+    settings = Settings(
+        data_dir=data,
+        port=0,
+        workers=workers,
+        cores_per_worker=1,
+        autoscale=False,
+        profile_on_register=False,
+        **overrides,
+    )
     out: dict = {"runs": {}}
     try:
         with BackgroundServer(settings) as server:
@@ -139,8 +175,14 @@ def main() -> None:
     def med(name: str, clients: int, key: str) -> float:
         return statistics.median(r["runs"][clients][key] for r in results[name])
 
-    summary: dict = {"model": args.model, "variant": variant, "rounds": args.rounds, "duration_s": args.duration,
-                     "cpu": _cpu(), "contenders": {}}  # fmt: skip
+    summary: dict = {
+        "model": args.model,
+        "variant": variant,
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "cpu": _cpu(),
+        "contenders": {},
+    }
     table = Table(title=f"{args.model}: local backend vs Ray backend (median of {args.rounds} rounds)")
     for col in ("contender", "clients", "req/s", "p50 ms", "p99 ms", "control call µs"):
         table.add_column(col, justify="right")
@@ -150,8 +192,14 @@ def main() -> None:
         for clients in args.clients:
             row = {k: med(name, clients, k) for k in ("throughput", "p50_ms", "p99_ms")}
             summary["contenders"][name]["clients"][clients] = row
-            table.add_row(name, str(clients), f"{row['throughput']:.0f}", f"{row['p50_ms']:.2f}",
-                          f"{row['p99_ms']:.2f}", f"{hop:.0f}")  # fmt: skip
+            table.add_row(
+                name,
+                str(clients),
+                f"{row['throughput']:.0f}",
+                f"{row['p50_ms']:.2f}",
+                f"{row['p99_ms']:.2f}",
+                f"{hop:.0f}",
+            )
     console.print(table)
     ratios = Table(title="Ray / local (targets: throughput >= 0.8x, added p50 < 1 ms)")
     for col in ("pair", "clients", "throughput ratio", "added p50 ms", "added p99 ms", "control call added µs"):
@@ -161,12 +209,21 @@ def main() -> None:
         r, loc = summary["contenders"][ray_name], summary["contenders"][local_name]
         for clients in args.clients:
             rr, ll = r["clients"][clients], loc["clients"][clients]
-            entry = {"throughput": rr["throughput"] / ll["throughput"], "added_p50_ms": rr["p50_ms"] - ll["p50_ms"],
-                     "added_p99_ms": rr["p99_ms"] - ll["p99_ms"], "added_hop_us": r["hop_us"] - loc["hop_us"]}  # fmt: skip
+            entry = {
+                "throughput": rr["throughput"] / ll["throughput"],
+                "added_p50_ms": rr["p50_ms"] - ll["p50_ms"],
+                "added_p99_ms": rr["p99_ms"] - ll["p99_ms"],
+                "added_hop_us": r["hop_us"] - loc["hop_us"],
+            }
             summary["ratios"][f"{ray_name}/{local_name}@{clients}"] = entry
-            ratios.add_row(f"{ray_name} / {local_name}", str(clients), f"{entry['throughput']:.2f}x",
-                           f"{entry['added_p50_ms']:+.2f}", f"{entry['added_p99_ms']:+.2f}",
-                           f"{entry['added_hop_us']:+.0f}")  # fmt: skip
+            ratios.add_row(
+                f"{ray_name} / {local_name}",
+                str(clients),
+                f"{entry['throughput']:.2f}x",
+                f"{entry['added_p50_ms']:+.2f}",
+                f"{entry['added_p99_ms']:+.2f}",
+                f"{entry['added_hop_us']:+.0f}",
+            )
     console.print(ratios)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"summary": summary, "rounds": results}, indent=1))
@@ -191,7 +248,9 @@ def _plot(summary: dict, clients: list[int], path: Path) -> None:
     width = 0.8 / len(clients)
     for i, c in enumerate(clients):
         xs = [j + i * width for j in range(len(names))]
-        axes[0].bar(xs, [summary["contenders"][n]["clients"][c]["throughput"] for n in names], width, label=f"{c} clients")
+        axes[0].bar(
+            xs, [summary["contenders"][n]["clients"][c]["throughput"] for n in names], width, label=f"{c} clients"
+        )
         axes[1].bar(xs, [summary["contenders"][n]["clients"][c]["p50_ms"] for n in names], width, label=f"{c} clients")
     for ax, title in zip(axes, ("throughput (req/s)", "p50 latency (ms)"), strict=True):
         ax.set_xticks([j + width * (len(clients) - 1) / 2 for j in range(len(names))], names, fontsize=8)

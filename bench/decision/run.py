@@ -34,12 +34,25 @@ def catalog(archs: int, per_arch: int, rng: random.Random) -> ScopeIndex:
     for a in range(archs):
         base_acc = rng.uniform(0.5, 0.99)
         for i in range(per_arch):
-            v = Variant(name=f"arch{a}.v{i}", architecture=f"arch{a}", artifact_hash="h", status="ready",
-                        accuracy=max(0.0, base_acc - rng.uniform(0, 0.03)), accuracy_source="measured",
-                        max_batch=rng.choice([1, 4, 8, 16]), threads=rng.choice([1, 2]))  # fmt: skip
+            v = Variant(
+                name=f"arch{a}.v{i}",
+                architecture=f"arch{a}",
+                artifact_hash="h",
+                status="ready",
+                accuracy=max(0.0, base_acc - rng.uniform(0, 0.03)),
+                accuracy_source="measured",
+                max_batch=rng.choice([1, 4, 8, 16]),
+                threads=rng.choice([1, 2]),
+            )
             slope = rng.uniform(0.05, 5.0)
-            p = Profile(variant=v.name, hardware="cpu", fit_slope_ms=slope, fit_intercept_ms=rng.uniform(0.1, 3),
-                        cost_per_1k=slope * 1e-5 * v.threads, load_time_ms=rng.uniform(20, 800))  # fmt: skip
+            p = Profile(
+                variant=v.name,
+                hardware="cpu",
+                fit_slope_ms=slope,
+                fit_intercept_ms=rng.uniform(0.1, 3),
+                cost_per_1k=slope * 1e-5 * v.threads,
+                load_time_ms=rng.uniform(20, 800),
+            )
             options.append(Option(v, p))
     return ScopeIndex(options)
 
@@ -59,14 +72,21 @@ def main() -> None:
     on_worker = {w: {n for n, pw in placement.items() if pw == w} for w in workers}
     in_flight = {n: rng.randrange(0, 40) for n in sorted(loaded_names)}
     loaded = [o for o in ordered if o.variant.name in placement]  # cached by the data plane
-    objectives = [Objective(latency_ms=rng.choice([None, 2, 5, 20, 100, 1000]), min_accuracy=rng.choice([None, 0.6, 0.8, 0.9, 0.95, 0.985]),
-                            max_cost=rng.choice([None, None, 5e-5])) for _ in range(256)]  # fmt: skip
+    objectives = [
+        Objective(
+            latency_ms=rng.choice([None, 2, 5, 20, 100, 1000]),
+            min_accuracy=rng.choice([None, 0.6, 0.8, 0.9, 0.95, 0.985]),
+            max_cost=rng.choice([None, None, 5e-5]),
+        )
+        for _ in range(256)
+    ]
 
     times: dict[str, list[float]] = {"loaded": [], "cold": [], "unreachable": []}
     for q in range(args.queries):
         objective = objectives[q % len(objectives)]
         rows = rng.choice([1, 1, 2, 4])
         t0 = time.perf_counter_ns()
+
         # what the data plane does per request: the cached lists, live state read lazily
         def live(name: str) -> tuple[tuple[str, int], ...]:
             return tuple((w, in_flight[name]) for w in workers if name in on_worker[w])
@@ -82,12 +102,21 @@ def main() -> None:
         ts = sorted(ts)
         if not ts:
             return {"count": 0}
-        return {"count": len(ts), "p50_us": round(statistics.median(ts), 1),
-                "p99_us": round(ts[min(len(ts) - 1, int(len(ts) * 0.99))], 1), "max_us": round(ts[-1], 1)}  # fmt: skip
+        return {
+            "count": len(ts),
+            "p50_us": round(statistics.median(ts), 1),
+            "p99_us": round(ts[min(len(ts) - 1, int(len(ts) * 0.99))], 1),
+            "max_us": round(ts[-1], 1),
+        }
 
     served = times["loaded"] + times["cold"]
-    result = {"archs": args.archs, "variants_per_arch": args.variants, "queries": args.queries,
-              "selected": summary(served), **{k: summary(v) for k, v in times.items()}}  # fmt: skip
+    result = {
+        "archs": args.archs,
+        "variants_per_arch": args.variants,
+        "queries": args.queries,
+        "selected": summary(served),
+        **{k: summary(v) for k, v in times.items()},
+    }
     print(json.dumps(result, indent=2))
     out = ROOT / "bench" / "results" / "decision.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,14 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-MODEL, INPUT, DTYPE, SHAPE, THREADS, PORT = (sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]),
-                                             int(sys.argv[5]), int(sys.argv[6]))  # fmt: skip
+MODEL, INPUT, DTYPE, SHAPE, THREADS, PORT = (
+    sys.argv[1],
+    sys.argv[2],
+    sys.argv[3],
+    json.loads(sys.argv[4]),
+    int(sys.argv[5]),
+    int(sys.argv[6]),
+)
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": THREADS})

@@ -173,8 +173,9 @@ class Served:
     def __enter__(self) -> Served:
         t0 = time.perf_counter()
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            self.cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = t0 + 180
         while not self.probe():
             if self.proc.poll() is not None or time.perf_counter() > deadline:
@@ -217,18 +218,42 @@ def _post_ok(url: str, body: bytes, headers: dict) -> bool:
 
 def infaas_server(case: Case, threads: int, port: int, grpc_port: int, body: bytes, header_len: str) -> Served:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    cmd = [sys.executable, "-m", "infaas.cli", "serve", "--port", str(port), "--grpc-port", str(grpc_port),
-           "--data-dir", str(case.data), "--workers", "1", "--cores-per-worker", str(threads)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "infaas.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--grpc-port",
+        str(grpc_port),
+        "--data-dir",
+        str(case.data),
+        "--workers",
+        "1",
+        "--cores-per-worker",
+        str(threads),
+    ]
     url = f"http://127.0.0.1:{port}/v2/models/{case.model}/infer"
     return Served(cmd, env, lambda: _post_ok(url, body, {"Inference-Header-Content-Length": header_len}))
 
 
 def ray_server(py: Path, case: Case, threads: int, port: int) -> Served:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": ""}
-    cmd = [str(py), str(ROOT / "bench" / "overhead" / "ray_app.py"), str(case.onnx), case.input,
-           str(case.row.dtype), json.dumps(list(case.row.shape[1:])), str(threads), str(port)]  # fmt: skip
+    cmd = [
+        str(py),
+        str(ROOT / "bench" / "overhead" / "ray_app.py"),
+        str(case.onnx),
+        case.input,
+        str(case.row.dtype),
+        json.dumps(list(case.row.shape[1:])),
+        str(threads),
+        str(port),
+    ]
     url = f"http://127.0.0.1:{port}/"
-    return Served(cmd, env, lambda: _post_ok(url, case.row[0].tobytes(), {}), [str(py.parent / "ray"), "stop", "--force"])
+    return Served(
+        cmd, env, lambda: _post_ok(url, case.row[0].tobytes(), {}), [str(py.parent / "ray"), "stop", "--force"]
+    )
 
 
 def ray_python(cache: Path) -> Path:
@@ -242,16 +267,49 @@ def ray_python(cache: Path) -> Path:
         return py
     with console.status(f"installing ray[serve]=={RAY_VERSION} into {venv} (once)"):
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", f"ray[serve]=={RAY_VERSION}",
-                        f"onnxruntime=={onnxruntime.__version__}", f"numpy=={np.__version__}"], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                str(py),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                f"ray[serve]=={RAY_VERSION}",
+                f"onnxruntime=={onnxruntime.__version__}",
+                f"numpy=={np.__version__}",
+            ],
+            check=True,
+        )
     marker.touch()
     return py
 
 
-def load(url: str, path: str, body_file: Path, concurrency: int, duration: float, header: str | None = None,
-         grpc: bool = False) -> dict:  # fmt: skip
-    cmd = [sys.executable, "-m", "infaas.loadgen", "--url", url, "--path", path, "--body", str(body_file),
-           "-c", str(concurrency), "-d", str(duration), "--warmup", "2"]  # fmt: skip
+def load(
+    url: str,
+    path: str,
+    body_file: Path,
+    concurrency: int,
+    duration: float,
+    header: str | None = None,
+    grpc: bool = False,
+) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "infaas.loadgen",
+        "--url",
+        url,
+        "--path",
+        path,
+        "--body",
+        str(body_file),
+        "-c",
+        str(concurrency),
+        "-d",
+        str(duration),
+        "--warmup",
+        "2",
+    ]
     if header:
         cmd += ["--header", header]
     if grpc:
@@ -267,9 +325,19 @@ def requests_for(case: Case, work: Path) -> dict[str, tuple[Path, str | None]]:
     from infaas.protocol.proto import kserve_v2_pb2 as pb
 
     x = case.row
-    header = orjson.dumps({"inputs": [{"name": case.input, "datatype": NUMPY_TO_V2[x.dtype], "shape": list(x.shape),
-                                       "parameters": {"binary_data_size": x.nbytes}}],
-                           "parameters": {"binary_data_output": True}})  # fmt: skip
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": case.input,
+                    "datatype": NUMPY_TO_V2[x.dtype],
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
     rest = work / f"{case.key}.rest"
     rest.write_bytes(header + x.tobytes())
     msg = pb.ModelInferRequest(model_name=case.model)
@@ -298,11 +366,14 @@ def measure(case: Case, args, work: Path, ray_py: Path | None) -> dict:
         for batch in (1, 2, 4, 8, 16):
             for sessions, threads, spinning in raw_layouts:
                 key = f"{sessions}x{threads}t b{batch}{' spin' if spinning else ''}"
-                raw_runs.setdefault(key, []).append(raw_throughput(case, sessions, threads, batch,
-                                                                   args.duration / 2.5, spinning))  # fmt: skip
+                raw_runs.setdefault(key, []).append(
+                    raw_throughput(case, sessions, threads, batch, args.duration / 2.5, spinning)
+                )
         latency_runs.append(raw_latency_ms(case, args.threads, args.duration / 2.5))
-        console.print(f"  raw ORT best so far {max(statistics.median(v) for v in raw_runs.values()):.1f} "
-                      f"{case.unit}/s; batch 1 p50 {latency_runs[-1]:.3f} ms")  # fmt: skip
+        console.print(
+            f"  raw ORT best so far {max(statistics.median(v) for v in raw_runs.values()):.1f} "
+            f"{case.unit}/s; batch 1 p50 {latency_runs[-1]:.3f} ms"
+        )
         order = ["infaas", "ray"] if rnd % 2 == 0 else ["ray", "infaas"]
         for server in order:
             if server == "ray" and ray_py is None:
@@ -312,8 +383,10 @@ def measure(case: Case, args, work: Path, ray_py: Path | None) -> dict:
                 grpc_port = free_port()
                 body, header = reqs["rest"][0].read_bytes(), reqs["rest"][1].split(": ")[1]
                 ctx = infaas_server(case, args.threads, port, grpc_port, body, header)
-                plan = [("infaas-rest", f"http://127.0.0.1:{port}", f"/v2/models/{case.model}/infer", *reqs["rest"], False),
-                        ("infaas-grpc", f"127.0.0.1:{grpc_port}", GRPC_INFER, reqs["grpc"][0], None, True)]  # fmt: skip
+                plan = [
+                    ("infaas-rest", f"http://127.0.0.1:{port}", f"/v2/models/{case.model}/infer", *reqs["rest"], False),
+                    ("infaas-grpc", f"127.0.0.1:{grpc_port}", GRPC_INFER, reqs["grpc"][0], None, True),
+                ]
             else:
                 ctx = ray_server(ray_py, case, args.threads, port)
                 plan = [("ray-serve", f"http://127.0.0.1:{port}", "/", reqs["ray"][0], None, False)]
@@ -322,28 +395,43 @@ def measure(case: Case, args, work: Path, ray_py: Path | None) -> dict:
                     for c in args.concurrency:
                         r = load(url, path, body_file, c, args.duration, header, grpc)
                         runs.setdefault(name, {}).setdefault(c, []).append(r)
-                        console.print(f"  {name:12s} {c:2d} clients: {r['throughput']:8.1f} {case.unit}/s  "
-                                      f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  errors {r['errors']}")  # fmt: skip
+                        console.print(
+                            f"  {name:12s} {c:2d} clients: {r['throughput']:8.1f} {case.unit}/s  "
+                            f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  errors {r['errors']}"
+                        )
             for name, *_ in plan:
                 s = starts.setdefault(name, {"ready_s": [], "idle_mb": [], "peak_mb": []})
                 s["ready_s"].append(served.ready_s)
                 s["idle_mb"].append(served.idle_mb)
                 s["peak_mb"].append(served.peak_mb)
-            console.print(f"  {server}: first 200 after {served.ready_s:.2f} s, idle {served.idle_mb:.0f} MiB, "
-                          f"peak {served.peak_mb:.0f} MiB")  # fmt: skip
+            console.print(
+                f"  {server}: first 200 after {served.ready_s:.2f} s, idle {served.idle_mb:.0f} MiB, "
+                f"peak {served.peak_mb:.0f} MiB"
+            )
     raw = {k: statistics.median(v) for k, v in raw_runs.items()}
     best_key = max(raw, key=raw.get)
-    out = {"model": case.model, "unit": case.unit, "raw": {k: round(v, 1) for k, v in raw.items()},
-           "raw_best": {"config": best_key, "per_s": round(raw[best_key], 1)},
-           "raw_b1_p50_ms": round(statistics.median(latency_runs), 4), "contenders": {}}  # fmt: skip
+    out = {
+        "model": case.model,
+        "unit": case.unit,
+        "raw": {k: round(v, 1) for k, v in raw.items()},
+        "raw_best": {"config": best_key, "per_s": round(raw[best_key], 1)},
+        "raw_b1_p50_ms": round(statistics.median(latency_runs), 4),
+        "contenders": {},
+    }
     for name in contenders:
         rows = []
         for c, rs in sorted(runs.get(name, {}).items()):
             tput = statistics.median(r["throughput"] for r in rs)
-            rows.append({"clients": c, "throughput": round(tput, 1), "ratio_to_raw": round(tput / raw[best_key], 3),
-                         "p50_ms": statistics.median(r["p50_ms"] or 0 for r in rs),
-                         "p99_ms": statistics.median(r["p99_ms"] or 0 for r in rs),
-                         "errors": sum(r["errors"] for r in rs)})  # fmt: skip
+            rows.append(
+                {
+                    "clients": c,
+                    "throughput": round(tput, 1),
+                    "ratio_to_raw": round(tput / raw[best_key], 3),
+                    "p50_ms": statistics.median(r["p50_ms"] or 0 for r in rs),
+                    "p99_ms": statistics.median(r["p99_ms"] or 0 for r in rs),
+                    "errors": sum(r["errors"] for r in rs),
+                }
+            )
         s = starts.get(name, {})
         out["contenders"][name] = {"rows": rows, **{k: round(statistics.median(v), 2) for k, v in s.items()}}
     return out
@@ -362,8 +450,20 @@ def zoo_idle(work: Path, threads: int) -> dict:
     registry.close()
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    cmd = [sys.executable, "-m", "infaas.cli", "serve", "--port", str(port), "--data-dir", str(data),
-           "--workers", "1", "--cores-per-worker", str(threads)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "infaas.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data),
+        "--workers",
+        "1",
+        "--cores-per-worker",
+        str(threads),
+    ]
 
     def ready() -> bool:
         try:
@@ -389,8 +489,13 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
         rest, grpc, ray = rows("infaas-rest"), rows("infaas-grpc"), rows("ray-serve")
         for c in (8, 32) if key == "lite0" else ():  # raw digits runs ~10^6 rows/s in process: no served bar
             if c in rest:
-                out.append((f"{key}: REST >= 0.9x raw at {c} clients", f"{rest[c]['ratio_to_raw']:.2f}x",
-                            rest[c]["ratio_to_raw"] >= 0.9))  # fmt: skip
+                out.append(
+                    (
+                        f"{key}: REST >= 0.9x raw at {c} clients",
+                        f"{rest[c]['ratio_to_raw']:.2f}x",
+                        rest[c]["ratio_to_raw"] >= 0.9,
+                    )
+                )
         need = 2.0 if key == "lite0" else 3.0
         for c, r in rest.items():
             if c in ray and ray[c]["throughput"]:
@@ -398,8 +503,13 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
                 out.append((f"{key}: REST >= {need:g}x Ray Serve at {c} clients", f"{x:.2f}x", x >= need))
         if 8 in rest and 8 in ray and rest[8]["p99_ms"]:
             x = ray[8]["p99_ms"] / rest[8]["p99_ms"]
-            out.append((f"{key}: p99 at 8 clients <= 1/3 of Ray Serve's", f"{rest[8]['p99_ms']:.1f} vs "
-                        f"{ray[8]['p99_ms']:.1f} ms ({x:.1f}x)", x >= 3))  # fmt: skip
+            out.append(
+                (
+                    f"{key}: p99 at 8 clients <= 1/3 of Ray Serve's",
+                    f"{rest[8]['p99_ms']:.1f} vs {ray[8]['p99_ms']:.1f} ms ({x:.1f}x)",
+                    x >= 3,
+                )
+            )
         if 1 in rest:
             added = rest[1]["p50_ms"] - m["raw_b1_p50_ms"]
             limit = 1.0 if key == "lite0" else 0.3
@@ -409,26 +519,45 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
                 x = grpc[c]["throughput"] / rest[c]["throughput"]
                 out.append((f"{key}: gRPC >= 0.9x REST at {c} clients", f"{x:.2f}x", x >= 0.9))
         if "ready_s" in cs.get("infaas-rest", {}):
-            out.append((f"{key}: first 200 in < 2 s", f"{cs['infaas-rest']['ready_s']:.2f} s",
-                        cs["infaas-rest"]["ready_s"] < 2))  # fmt: skip
+            out.append(
+                (
+                    f"{key}: first 200 in < 2 s",
+                    f"{cs['infaas-rest']['ready_s']:.2f} s",
+                    cs["infaas-rest"]["ready_s"] < 2,
+                )
+            )
     if "zoo" in result:
         z = result["zoo"]
-        out.append((f"idle < 400 MiB with the Lite zoo ({len(z['architectures'])} architectures)",
-                    f"{z['idle_mb']:.0f} MiB", z["idle_mb"] < 400))  # fmt: skip
+        out.append(
+            (
+                f"idle < 400 MiB with the Lite zoo ({len(z['architectures'])} architectures)",
+                f"{z['idle_mb']:.0f} MiB",
+                z["idle_mb"] < 400,
+            )
+        )
     return out
 
 
 def report(result: dict) -> None:
     for m in result["models"].values():
-        t = Table(title=f"{m['model']} on {result['threads']} cores; raw best {m['raw_best']['config']} "
-                        f"{m['raw_best']['per_s']:.1f} {m['unit']}/s, batch-1 p50 {m['raw_b1_p50_ms']:.3f} ms "
-                        f"(medians of {result['rounds']} rounds)")  # fmt: skip
+        t = Table(
+            title=f"{m['model']} on {result['threads']} cores; raw best {m['raw_best']['config']} "
+            f"{m['raw_best']['per_s']:.1f} {m['unit']}/s, batch-1 p50 {m['raw_b1_p50_ms']:.3f} ms "
+            f"(medians of {result['rounds']} rounds)"
+        )
         for col in ("contender", "clients", f"{m['unit']}/s", "x raw", "p50 ms", "p99 ms", "errors"):
             t.add_column(col, justify="right")
         for name, c in m["contenders"].items():
             for r in c["rows"]:
-                t.add_row(name, str(r["clients"]), f"{r['throughput']:.1f}", f"{r['ratio_to_raw']:.2f}",
-                          f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.1f}", str(r["errors"]))  # fmt: skip
+                t.add_row(
+                    name,
+                    str(r["clients"]),
+                    f"{r['throughput']:.1f}",
+                    f"{r['ratio_to_raw']:.2f}",
+                    f"{r['p50_ms']:.2f}",
+                    f"{r['p99_ms']:.1f}",
+                    str(r["errors"]),
+                )
         console.print(t)
         s = Table(title=f"{m['model']}: start and memory (process tree RSS)")
         for col in ("server", "first 200 s", "idle MiB", "peak MiB"):
@@ -436,7 +565,9 @@ def report(result: dict) -> None:
         for name in ("infaas-rest", "ray-serve"):
             c = m["contenders"].get(name)
             if c and "ready_s" in c:
-                s.add_row(name.replace("-rest", ""), f"{c['ready_s']:.2f}", f"{c['idle_mb']:.0f}", f"{c['peak_mb']:.0f}")
+                s.add_row(
+                    name.replace("-rest", ""), f"{c['ready_s']:.2f}", f"{c['idle_mb']:.0f}", f"{c['peak_mb']:.0f}"
+                )
         console.print(s)
     t = Table(title="targets (issue 12)")
     for col in ("target", "measured", "met"):
@@ -494,8 +625,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="infaas-overhead-"))
     with console.status("exporting and registering the models"):
         cases = prepare(work, args.threads, args.models)
-    result = {"hardware": local_kind().as_dict(), "threads": args.threads, "rounds": args.rounds,
-              "duration_s": args.duration, "ray_version": None if ray_py is None else RAY_VERSION, "models": {}}  # fmt: skip
+    result = {
+        "hardware": local_kind().as_dict(),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "ray_version": None if ray_py is None else RAY_VERSION,
+        "models": {},
+    }
     for case in cases:
         result["models"][case.key] = measure(case, args, work, ray_py)
     result["zoo"] = zoo_idle(work, args.threads)

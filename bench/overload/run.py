@@ -64,9 +64,27 @@ class Server:
         self.port = free_port()
         env = {**os.environ, "INFAAS_ADMISSION_CONTROL": "true" if admission else "false"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "infaas.cli", "serve", "--data-dir", str(self.dir / "d"), "--port", str(self.port),
-             "--workers", "1", "--cores-per-worker", "1", "--no-autoscale", "--default-timeout-s", str(deadline_s)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "infaas.cli",
+                "serve",
+                "--data-dir",
+                str(self.dir / "d"),
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--cores-per-worker",
+                "1",
+                "--no-autoscale",
+                "--default-timeout-s",
+                str(deadline_s),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         for _ in range(600):
             try:
@@ -101,14 +119,23 @@ def measure_capacity(data: Path, seconds: float = 6.0) -> float:
         server.stop()
 
 
-def run_config(name: str, data: Path, capacity: float, deadline_s: float, admission: bool,
-               params: dict) -> dict:  # fmt: skip
+def run_config(name: str, data: Path, capacity: float, deadline_s: float, admission: bool, params: dict) -> dict:
     server = Server(data, deadline_s, admission)
     try:
         stages = [(x * capacity, s) for x, s in STAGES]
         records: list[tuple[int, float, int, float]] = []
-        asyncio.run(ramp(server.url, PATH, body(**params), ["Content-Type: application/json"], stages,
-                         max_connections=1024, records=records, timeout_s=deadline_s + 0.5))  # fmt: skip
+        asyncio.run(
+            ramp(
+                server.url,
+                PATH,
+                body(**params),
+                ["Content-Type: application/json"],
+                stages,
+                max_connections=1024,
+                records=records,
+                timeout_s=deadline_s + 0.5,
+            )
+        )
     finally:
         server.stop()
     return summarize(name, records, stages, capacity, deadline_s)
@@ -128,16 +155,27 @@ def summarize(name: str, records: list, stages: list, capacity: float, deadline_
         if i == len(stages) - 1 and mine:
             bad = [r[1] for r in mine if r[2] != 200 or r[3] > deadline_s]
             first_ok = round(max(bad) - t, 2) if bad else 0.0
-        rows.append({
-            "x": x, "offered_rps": round(rate, 1), "seconds": seconds, "sent": len(mine),
-            "goodput_rps": round(len(good) / seconds, 1), "goodput_x_capacity": round(len(good) / seconds / capacity, 3),
-            "p50_ms": round(statistics.median(served) * 1000, 1) if served else None,
-            "p99_ms": round(sorted(served)[int(0.99 * (len(served) - 1))] * 1000, 1) if served else None,
-            "codes": codes, "all_ok_after_s": first_ok,
-        })  # fmt: skip
+        rows.append(
+            {
+                "x": x,
+                "offered_rps": round(rate, 1),
+                "seconds": seconds,
+                "sent": len(mine),
+                "goodput_rps": round(len(good) / seconds, 1),
+                "goodput_x_capacity": round(len(good) / seconds / capacity, 3),
+                "p50_ms": round(statistics.median(served) * 1000, 1) if served else None,
+                "p99_ms": round(sorted(served)[int(0.99 * (len(served) - 1))] * 1000, 1) if served else None,
+                "codes": codes,
+                "all_ok_after_s": first_ok,
+            }
+        )
         t += seconds
-    return {"config": name, "deadline_s": deadline_s, "stages": rows,
-            "timeline": [(round(r[1], 3), r[2], round(r[3], 4)) for r in records]}  # fmt: skip
+    return {
+        "config": name,
+        "deadline_s": deadline_s,
+        "stages": rows,
+        "timeline": [(round(r[1], 3), r[2], round(r[3], 4)) for r in records],
+    }
 
 
 def soak(data: Path, capacity: float, seconds: float, deadline_s: float) -> dict:
@@ -155,9 +193,17 @@ def soak(data: Path, capacity: float, seconds: float, deadline_s: float) -> dict
             return out
 
         async def main() -> list[dict]:
-            load = asyncio.ensure_future(ramp(server.url, PATH, body(), ["Content-Type: application/json"],
-                                              [(1.5 * capacity, seconds)], max_connections=1024,
-                                              timeout_s=deadline_s + 0.5))  # fmt: skip
+            load = asyncio.ensure_future(
+                ramp(
+                    server.url,
+                    PATH,
+                    body(),
+                    ["Content-Type: application/json"],
+                    [(1.5 * capacity, seconds)],
+                    max_connections=1024,
+                    timeout_s=deadline_s + 0.5,
+                )
+            )
             while not load.done():
                 samples.append(await asyncio.to_thread(sample))
                 await asyncio.sleep(5.0)
@@ -170,10 +216,17 @@ def soak(data: Path, capacity: float, seconds: float, deadline_s: float) -> dict
     minute = [s for s in samples if 10 <= s["t"] - t0 <= 70] or samples[:1]  # after the connections opened
     last = [s for s in samples if samples[-1]["t"] - s["t"] <= 60] or samples[-1:]
     keys = [k for k in samples[0] if k != "t"]
-    growth = {k: round(statistics.mean(s[k] for s in last) / max(1e-9, statistics.mean(s[k] for s in minute)), 3)
-              for k in keys}  # fmt: skip
-    return {"seconds": seconds, "offered_rps": round(1.5 * capacity, 1), "result": result,
-            "last_minute_over_first": growth, "samples": samples}
+    growth = {
+        k: round(statistics.mean(s[k] for s in last) / max(1e-9, statistics.mean(s[k] for s in minute)), 3)
+        for k in keys
+    }
+    return {
+        "seconds": seconds,
+        "offered_rps": round(1.5 * capacity, 1),
+        "result": result,
+        "last_minute_over_first": growth,
+        "samples": samples,
+    }
 
 
 def plot(results: list[dict], capacity: float, path: Path) -> None:
@@ -230,29 +283,42 @@ def main() -> None:
         print(f"capacity (closed loop, 16 clients, requests of 16 rows): {capacity:.1f} req/s", flush=True)
         results = [
             run_config("admission (no objective)", data, capacity, args.deadline_s, True, {}),
-            run_config(f"admission, latency_ms {args.latency_ms:g}", data, capacity, args.latency_ms / 1000, True,
-                       {"latency_ms": args.latency_ms}),
+            run_config(
+                f"admission, latency_ms {args.latency_ms:g}",
+                data,
+                capacity,
+                args.latency_ms / 1000,
+                True,
+                {"latency_ms": args.latency_ms},
+            ),
             run_config("fifo: admission off (no objective)", data, capacity, args.deadline_s, False, {}),
         ]
         soaked = soak(data, capacity, args.soak, args.deadline_s) if args.soak else None
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "overload.json").write_text(json.dumps({"capacity_rps": capacity, "runs": results, "soak": soaked},
-                                                      indent=1))  # fmt: skip
+    (out_dir / "overload.json").write_text(
+        json.dumps({"capacity_rps": capacity, "runs": results, "soak": soaked}, indent=1)
+    )
     plot(results, capacity, ROOT / "docs" / "img" / "overload.png")
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
     print(f"\nCPU: {model}; capacity {capacity:.1f} req/s of 16 rows")
-    print(f"{'config':<36} {'stage':>5} {'offered':>8} {'goodput':>8} {'x cap':>6} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'ok after':>8}  codes")  # fmt: skip
+    print(
+        f"{'config':<36} {'stage':>5} {'offered':>8} {'goodput':>8} {'x cap':>6} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'ok after':>8}  codes"
+    )
     for r in results:
         for s in r["stages"]:
-            print(f"{r['config']:<36} {s['x']:>4}x {s['offered_rps']:>8} {s['goodput_rps']:>8} "
-                  f"{s['goodput_x_capacity']:>6} {s['p50_ms']!s:>8} {s['p99_ms']!s:>8} {s['all_ok_after_s']!s:>8}  "
-                  f"{s['codes']}")  # fmt: skip
+            print(
+                f"{r['config']:<36} {s['x']:>4}x {s['offered_rps']:>8} {s['goodput_rps']:>8} "
+                f"{s['goodput_x_capacity']:>6} {s['p50_ms']!s:>8} {s['p99_ms']!s:>8} {s['all_ok_after_s']!s:>8}  "
+                f"{s['codes']}"
+            )
     if soaked:
-        print(f"\nsoak {soaked['seconds']:g} s at {soaked['offered_rps']} req/s: last minute / first minute: "
-              f"{soaked['last_minute_over_first']}")
+        print(
+            f"\nsoak {soaked['seconds']:g} s at {soaked['offered_rps']} req/s: last minute / first minute: "
+            f"{soaked['last_minute_over_first']}"
+        )
         print(f"soak result: {soaked['result']}")
 
 

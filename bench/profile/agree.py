@@ -54,15 +54,19 @@ def verdicts_of(data_dir: Path) -> dict[str, tuple[str, str]]:
 
 def via_cli(family: str, work: Path) -> dict[str, tuple[str, str]]:
     data = work / "cli"
-    subprocess.run([*INFAAS, "zoo", "add", family, "--data-dir", str(data), "--quick"], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [*INFAAS, "zoo", "add", family, "--data-dir", str(data), "--quick"], check=True, stdout=subprocess.DEVNULL
+    )
     return verdicts_of(data)
 
 
 def via_server(family: str, work: Path) -> dict[str, tuple[str, str]]:
     data, port = work / "server", free_port()
-    server = subprocess.Popen([*INFAAS, "serve", "--data-dir", str(data), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [*INFAAS, "serve", "--data-dir", str(data), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -79,8 +83,11 @@ def via_server(family: str, work: Path) -> dict[str, tuple[str, str]]:
 
 def via_bench(family: str, work: Path) -> dict[str, tuple[str, str]]:
     out = work / "bench.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "profile" / "run.py"), "--quick", "--out", str(out)],
-                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "profile" / "run.py"), "--quick", "--out", str(out)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     data = json.loads(out.read_text())
     return {v["name"]: (v["status"], v["reason"]) for a in data["architectures"].values() for v in a["variants"]}
 
@@ -117,9 +124,17 @@ def main() -> None:
     for d in disagree:
         console.print(d)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"family": args.family, "variants": len(names), "disagreements": disagree,
-                                          "verdicts": {k: {n: s for n, (s, _) in v.items()} for k, v in runs.items()}},
-                                         indent=2))  # fmt: skip
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "family": args.family,
+                "variants": len(names),
+                "disagreements": disagree,
+                "verdicts": {k: {n: s for n, (s, _) in v.items()} for k, v in runs.items()},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -105,8 +105,15 @@ def main() -> None:
     registry = Registry.open(work)
     with console.status(f"exporting {args.arch}"):
         (m,) = efficientnet.build([args.arch])
-        registry.register(m.name, m.task, m.onnx, accuracy=m.accuracy, calibration=m.calibration,
-                          max_batch=m.max_batch, description=m.description)  # fmt: skip
+        registry.register(
+            m.name,
+            m.task,
+            m.onnx,
+            accuracy=m.accuracy,
+            calibration=m.calibration,
+            max_batch=m.max_batch,
+            description=m.description,
+        )
     arch = registry.architecture(args.arch)
     data = evaluation_data(registry, arch, args.rows)
     rows = len(next(iter(data.inputs.values())))
@@ -121,8 +128,9 @@ def main() -> None:
         manifest.write_text(json.dumps(spec))
         t0 = time.monotonic()
         with open(work / "child.log", "a") as log:
-            done = subprocess.run([*places[where], sys.executable, __file__, "--child", str(manifest), str(out)],
-                                  stdout=log, stderr=log)  # fmt: skip
+            done = subprocess.run(
+                [*places[where], sys.executable, __file__, "--child", str(manifest), str(out)], stdout=log, stderr=log
+            )
         if done.returncode:
             sys.exit(f"the {where} run failed: see {work / 'child.log'}")
         timings[where] = timings.get(where, 0.0) + time.monotonic() - t0
@@ -148,29 +156,44 @@ def main() -> None:
         with console.status(f"per-node sensitivity of the default recipe ({where})"):
             spec = {"data_dir": str(work), "arch": args.arch, "sensitivity": default.key}
             rankings[where] = json.loads(on(where, spec, work / "ranking.json").read_text())
-        console.print(f"{where}: most sensitive " + ", ".join(f"{'+'.join(g)} (+{e:.3f})" for g, e in rankings[where][:4]))
+        console.print(
+            f"{where}: most sensitive " + ", ".join(f"{'+'.join(g)} (+{e:.3f})" for g, e in rankings[where][:4])
+        )
         mixed = {}
         with Quantizer(registry, arch) as qz:
             for k in args.exclude:
                 recipe = {**recipes[0], "exclude": [n for g, _ in rankings[where][:k] for n in g]}
-                mixed[describe_recipe(recipe) + f" ({where} ranking)"] = str(registry.models.path(qz.quantize(fmt, recipe).key))
+                mixed[describe_recipe(recipe) + f" ({where} ranking)"] = str(
+                    registry.models.path(qz.quantize(fmt, recipe).key)
+                )
         for place in places:
             outputs[place] |= answer(place, mixed)
         models |= mixed
 
-    probe = "from numpy._core._multiarray_umath import __cpu_features__ as f; print(' '.join(k for k, v in f.items() if v))"
+    probe = (
+        "from numpy._core._multiarray_umath import __cpu_features__ as f; print(' '.join(k for k, v in f.items() if v))"
+    )
     seen = subprocess.run([qemu, "-cpu", args.cpu, sys.executable, "-c", probe], capture_output=True, text=True)
     flags = [f for f in seen.stdout.split() if f.startswith("AVX") or "VNNI" in f]  # what CPUID reports there
     console.print(f"emulated {args.cpu}: CPUID reports {' '.join(flags)}")
-    table = Table(title=f"{args.arch}: INT8 static recipes, expected top-1 loss against fp32 on the same CPU "
-                        f"(n={rows}, bound {settings.max_accuracy_drop})")  # fmt: skip
+    table = Table(
+        title=f"{args.arch}: INT8 static recipes, expected top-1 loss against fp32 on the same CPU "
+        f"(n={rows}, bound {settings.max_accuracy_drop})"
+    )
     table.add_column("recipe")
     for where in outputs:
         table.add_column(f"{where}: agreement")
         table.add_column(f"{where}: loss [95 % bound]")
-    result = {"arch": args.arch, "rows": rows, "bound": settings.max_accuracy_drop,
-              "native": local_kind().as_dict(), "emulated": args.cpu,
-              "emulated_flags": flags, "seconds": timings, "recipes": []}  # fmt: skip
+    result = {
+        "arch": args.arch,
+        "rows": rows,
+        "bound": settings.max_accuracy_drop,
+        "native": local_kind().as_dict(),
+        "emulated": args.cpu,
+        "emulated_flags": flags,
+        "seconds": timings,
+        "recipes": [],
+    }
     for key in models:
         if key == "fp32":
             continue

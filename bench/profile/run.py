@@ -53,8 +53,15 @@ def main() -> None:
     with console.status("exporting to ONNX"):
         models = efficientnet.build(names)
         for m in models:
-            registry.register(m.name, m.task, m.onnx, accuracy=m.accuracy, calibration=m.calibration,
-                              max_batch=m.max_batch, description=m.description)  # fmt: skip
+            registry.register(
+                m.name,
+                m.task,
+                m.onnx,
+                accuracy=m.accuracy,
+                calibration=m.calibration,
+                max_batch=m.max_batch,
+                description=m.description,
+            )
     export_s = time.monotonic() - t0
     results = {}
     with Progress(console=console) as progress:
@@ -69,17 +76,35 @@ def main() -> None:
     total_s = time.monotonic() - t0
 
     kind = local_kind()
-    out = {"quick": args.quick, "export_s": round(export_s, 1), "total_s": round(total_s, 1),
-           "hardware": kind.as_dict(), "architectures": {}}  # fmt: skip
+    out = {
+        "quick": args.quick,
+        "export_s": round(export_s, 1),
+        "total_s": round(total_s, 1),
+        "hardware": kind.as_dict(),
+        "architectures": {},
+    }
     console.print(f"hardware kind: [bold]{kind.id}[/] — {kind.describe()}")
     summary = Table(title="INT8 against fp32, 2 threads, max batch 16 (rows/s at the best batch)")
-    for col in ("architecture", "recipe", "fp32 rows/s", "int8 rows/s", "speed-up", "accuracy [95 %]",
-                "loss bound", "status"):  # fmt: skip
+    for col in (
+        "architecture",
+        "recipe",
+        "fp32 rows/s",
+        "int8 rows/s",
+        "speed-up",
+        "accuracy [95 %]",
+        "loss bound",
+        "status",
+    ):
         summary.add_column(col)
     for name, report in results.items():
-        rows = [{**v.model_dump(mode="json"), "loaded_on": [],
-                 "profile": report.profiles[v.name].model_dump(mode="json") if v.name in report.profiles else None}
-                for v in report.variants]  # fmt: skip
+        rows = [
+            {
+                **v.model_dump(mode="json"),
+                "loaded_on": [],
+                "profile": report.profiles[v.name].model_dump(mode="json") if v.name in report.profiles else None,
+            }
+            for v in report.variants
+        ]
         console.print(variants_table(rows, f"{name}: generated and profiled in {report.seconds:.0f} s"))
         for s in report.skipped:
             console.print(f"[dim]{s.format} skipped: {s.reason}[/]")
@@ -89,7 +114,10 @@ def main() -> None:
         for fmt, log in report.searches.items():
             console.print(f"[dim]{name} {fmt}: recipes tried[/]")
             for t in log:
-                console.print(f"   {t['recipe']}: {t['verdict']}" + (f", {t['throughput']:.0f} rows/s" if t.get("throughput") else ""))
+                console.print(
+                    f"   {t['recipe']}: {t['verdict']}"
+                    + (f", {t['throughput']:.0f} rows/s" if t.get("throughput") else "")
+                )
         top = max(v.max_batch for v in report.variants)
         threads = max(v.threads for v in report.variants)
         pick = {v.format: v for v in report.variants if v.max_batch == top and v.threads == threads}
@@ -97,15 +125,27 @@ def main() -> None:
         if fp32 is not None and int8 is not None and int8.name in report.profiles:
             p32, p8 = report.profiles[fp32.name], report.profiles[int8.name]
             acc = "-" if p8.accuracy is None else f"{p8.accuracy:.3f} [{p8.accuracy_low:.3f}, {p8.accuracy_high:.3f}]"
-            summary.add_row(name, int8.params.get("recipe_text", "-"), f"{p32.throughput:.0f}", f"{p8.throughput:.0f}",
-                            f"{p8.throughput / p32.throughput:.2f}x", acc,
-                            "-" if p8.loss_high is None else f"{p8.loss_high:.4f} (n={p8.samples})", int8.status)  # fmt: skip
-        out["architectures"][name] = {"seconds": round(report.seconds, 1), "variants": rows,
-                                      "searches": report.searches,
-                                      "skipped": {s.format: s.reason for s in report.skipped}}  # fmt: skip
+            summary.add_row(
+                name,
+                int8.params.get("recipe_text", "-"),
+                f"{p32.throughput:.0f}",
+                f"{p8.throughput:.0f}",
+                f"{p8.throughput / p32.throughput:.2f}x",
+                acc,
+                "-" if p8.loss_high is None else f"{p8.loss_high:.4f} (n={p8.samples})",
+                int8.status,
+            )
+        out["architectures"][name] = {
+            "seconds": round(report.seconds, 1),
+            "variants": rows,
+            "searches": report.searches,
+            "skipped": {s.format: s.reason for s in report.skipped},
+        }
     console.print(summary)
-    console.print(f"[bold]export {export_s:.0f} s + generation and profiling → total {total_s:.0f} s "
-                  f"({'quick' if args.quick else 'full'})[/]")  # fmt: skip
+    console.print(
+        f"[bold]export {export_s:.0f} s + generation and profiling → total {total_s:.0f} s "
+        f"({'quick' if args.quick else 'full'})[/]"
+    )
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))

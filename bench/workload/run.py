@@ -81,8 +81,16 @@ def prepare(cache: Path) -> Path:
     try:
         with console.status("exporting EfficientNet-Lite and training the digits zoo"):
             for m in build_family("efficientnet-lite") + build_family("digits"):
-                registry.register(m.name, m.task, m.onnx, accuracy=m.accuracy, validation=m.validation,
-                                  calibration=m.calibration, max_batch=m.max_batch, description=m.description)  # fmt: skip
+                registry.register(
+                    m.name,
+                    m.task,
+                    m.onnx,
+                    accuracy=m.accuracy,
+                    validation=m.validation,
+                    calibration=m.calibration,
+                    max_batch=m.max_batch,
+                    description=m.description,
+                )
         settings = Settings(data_dir=data)
         for arch in registry.architectures():
             t0 = time.monotonic()
@@ -109,27 +117,46 @@ def sample_inputs(task: str, n: int = 8) -> np.ndarray:
 def binary_request(host: str, path: str, name: str, x: np.ndarray, params: dict) -> bytes:
     from infaas.tensors import NUMPY_TO_V2
 
-    header = json.dumps({"inputs": [{"name": name, "datatype": NUMPY_TO_V2[x.dtype], "shape": list(x.shape),
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "parameters": {**params, "binary_data_output": True}}).encode()  # fmt: skip
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": NUMPY_TO_V2[x.dtype],
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {**params, "binary_data_output": True},
+        }
+    ).encode()
     return build_request(host, path, header + x.tobytes(), [f"Inference-Header-Content-Length: {len(header)}"])
 
 
 def pinned(registry: Registry, app: App, cores: int) -> str:
     """The variant a user picks by hand: the most accurate architecture meeting the floor, fp32."""
-    archs = [a for a in registry.architectures() if a.task == app.task and a.accuracy is not None
-             and (app.min_accuracy is None or a.accuracy >= app.min_accuracy)]  # fmt: skip
+    archs = [
+        a
+        for a in registry.architectures()
+        if a.task == app.task
+        and a.accuracy is not None
+        and (app.min_accuracy is None or a.accuracy >= app.min_accuracy)
+    ]
     if not archs:
         raise SystemExit(f"app {app.name}: no architecture of {app.task} meets min_accuracy {app.min_accuracy}")
     arch = max(archs, key=lambda a: a.accuracy)
-    fp32 = [v for v in registry.variants(arch.name) if v.format == "onnx-fp32" and v.threads <= cores
-            and v.status == "ready"]  # fmt: skip
+    fp32 = [
+        v
+        for v in registry.variants(arch.name)
+        if v.format == "onnx-fp32" and v.threads <= cores and v.status == "ready"
+    ]
     best = max(fp32, key=lambda v: (v.threads, v.max_batch))
     return variant_name(arch.name, "onnx-fp32", "cpu", best.threads, best.max_batch)
 
 
-def static_plan(registry: Registry, apps: list[App], rates: dict[str, float], max_workers: int,
-                kind: str) -> tuple[int, dict[str, tuple[str, int]]]:  # fmt: skip
+def static_plan(
+    registry: Registry, apps: list[App], rates: dict[str, float], max_workers: int, kind: str
+) -> tuple[int, dict[str, tuple[str, int]]]:
     """Workers and (variant, replicas) per app, sized for ``rates`` (peak or mean)."""
     cores_needed, plan = 0.0, {}
     for app in apps:
@@ -141,14 +168,24 @@ def static_plan(registry: Registry, apps: list[App], rates: dict[str, float], ma
         plan[app.name] = (name, max(1, math.ceil(need)))
     workers = min(max_workers, max(1, math.ceil(cores_needed)))
     plan = {a: (n, min(r, workers)) for a, (n, r) in plan.items()}
-    console.print(f"[dim]{kind}: {cores_needed:.2f} cores of work at these rates -> {workers} worker(s); "
-                  + ", ".join(f"{a}: {n} x{r}" for a, (n, r) in plan.items()) + "[/]")  # fmt: skip
+    console.print(
+        f"[dim]{kind}: {cores_needed:.2f} cores of work at these rates -> {workers} worker(s); "
+        + ", ".join(f"{a}: {n} x{r}" for a, (n, r) in plan.items())
+        + "[/]"
+    )
     return workers, plan
 
 
 # ---- one contender -----------------------------------------------------------------------------
-def run_contender(kind: str, data: Path, apps: list[App], trace: list[tuple[float, str]], cores: int,
-                  rates: dict[str, dict[str, float]], timeout_s: float) -> dict:  # fmt: skip
+def run_contender(
+    kind: str,
+    data: Path,
+    apps: list[App],
+    trace: list[tuple[float, str]],
+    cores: int,
+    rates: dict[str, dict[str, float]],
+    timeout_s: float,
+) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"infaas-workload-{kind}-"))
     copy = work / "data"
     shutil.copytree(data, copy)
@@ -163,9 +200,24 @@ def run_contender(kind: str, data: Path, apps: list[App], trace: list[tuple[floa
     arch_of = {v.name: v.architecture for v in registry.variants()}
     registry.close()
     port = free_port()
-    cmd = [sys.executable, "-m", "infaas.cli", "serve", "--data-dir", str(copy), "--port", str(port),
-           "--workers", str(workers), "--cores-per-worker", "1", "--max-workers", str(cores),
-           "--min-workers", "1" if not static else str(workers)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "infaas.cli",
+        "serve",
+        "--data-dir",
+        str(copy),
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--cores-per-worker",
+        "1",
+        "--max-workers",
+        str(cores),
+        "--min-workers",
+        "1" if not static else str(workers),
+    ]
     if static:
         cmd.append("--no-autoscale")
     else:
@@ -221,9 +273,14 @@ def run_contender(kind: str, data: Path, apps: list[App], trace: list[tuple[floa
                                 seen.setdefault((d["time"], d["kind"], d.get("variant"), d.get("worker")), d)
                     except (httpx.HTTPError, ValueError):
                         continue
-                    samples.append({"t": time.monotonic() - t0, "cores": sum(len(w["cores"]) for w in ws if w["alive"]),
-                                    "workers": sum(w["alive"] for w in ws),
-                                    "loaded": sorted({v for w in ws for v in w["loaded"]})})  # fmt: skip
+                    samples.append(
+                        {
+                            "t": time.monotonic() - t0,
+                            "cores": sum(len(w["cores"]) for w in ws if w["alive"]),
+                            "workers": sum(w["alive"] for w in ws),
+                            "loaded": sorted({v for w in ws for v in w["loaded"]}),
+                        }
+                    )
 
         decisions_before = time.time()
         t0 = time.monotonic()
@@ -244,13 +301,23 @@ def run_contender(kind: str, data: Path, apps: list[App], trace: list[tuple[floa
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
-    return summarize(kind, apps, records, samples, decisions, trace[-1][0] if trace else 0.0, wall, plan,
-                     decisions_before)
+    return summarize(
+        kind, apps, records, samples, decisions, trace[-1][0] if trace else 0.0, wall, plan, decisions_before
+    )
 
 
 # ---- metrics -----------------------------------------------------------------------------------
-def summarize(kind: str, apps: list[App], records: list, samples: list[dict], decisions: list[dict],
-              duration: float, wall: float, plan: dict, started: float) -> dict:  # fmt: skip
+def summarize(
+    kind: str,
+    apps: list[App],
+    records: list,
+    samples: list[dict],
+    decisions: list[dict],
+    duration: float,
+    wall: float,
+    plan: dict,
+    started: float,
+) -> dict:
     price = Settings().price_cpu_core_hour
     by_app = {a.name: a for a in apps}
     per_app: dict[str, dict] = {}
@@ -264,8 +331,20 @@ def summarize(kind: str, apps: list[App], records: list, samples: list[dict], de
         late = app.latency_ms is not None and latency * 1000 > app.latency_ms
         short = app.min_accuracy is not None and (acc is None or acc < app.min_accuracy)
         violation = (not ok) or late or short
-        row = per_app.setdefault(key, {"requests": 0, "violations": 0, "late": 0, "under_floor": 0, "failed": 0,
-                                       "within": 0, "accuracy_sum": 0.0, "served": 0, "latencies": []})  # fmt: skip
+        row = per_app.setdefault(
+            key,
+            {
+                "requests": 0,
+                "violations": 0,
+                "late": 0,
+                "under_floor": 0,
+                "failed": 0,
+                "within": 0,
+                "accuracy_sum": 0.0,
+                "served": 0,
+                "latencies": [],
+            },
+        )
         row["requests"] += 1
         row["violations"] += violation
         row["failed"] += not ok
@@ -277,55 +356,100 @@ def summarize(kind: str, apps: list[App], records: list, samples: list[dict], de
             row["accuracy_sum"] += acc or 0.0
             row["latencies"].append(latency * 1000)
             if p.get("predicted_ms") is not None and p.get("total_ms"):
-                errors_by_variant.setdefault(p["variant"], []).append((p["predicted_ms"] - p["total_ms"], p["total_ms"]))
+                errors_by_variant.setdefault(p["variant"], []).append(
+                    (p["predicted_ms"] - p["total_ms"], p["total_ms"])
+                )
         # per request: when, app, status, client latency ms, variant, and the server's own account
         # (predicted, total, queue, compute ms, batch size) for error analysis
-        timeline.append((round(t_s, 3), key, status, round(latency * 1000, 2), p.get("variant"), p.get("predicted_ms"),
-                         p.get("total_ms"), p.get("queue_ms"), p.get("compute_ms"), p.get("batch_size")))  # fmt: skip
+        timeline.append(
+            (
+                round(t_s, 3),
+                key,
+                status,
+                round(latency * 1000, 2),
+                p.get("variant"),
+                p.get("predicted_ms"),
+                p.get("total_ms"),
+                p.get("queue_ms"),
+                p.get("compute_ms"),
+                p.get("batch_size"),
+            )
+        )
     apps_out = {}
     for name, r in per_app.items():
         lat = np.array(r.pop("latencies")) if r["latencies"] else np.array([np.nan])
-        apps_out[name] = {**{k: v for k, v in r.items() if k != "accuracy_sum"},
-                          "violation_rate": r["violations"] / r["requests"],
-                          "goodput_rps": r["within"] / max(duration, 1e-9),
-                          "mean_accuracy": r["accuracy_sum"] / r["served"] if r["served"] else None,
-                          "p50_ms": float(np.nanpercentile(lat, 50)), "p99_ms": float(np.nanpercentile(lat, 99))}  # fmt: skip
+        apps_out[name] = {
+            **{k: v for k, v in r.items() if k != "accuracy_sum"},
+            "violation_rate": r["violations"] / r["requests"],
+            "goodput_rps": r["within"] / max(duration, 1e-9),
+            "mean_accuracy": r["accuracy_sum"] / r["served"] if r["served"] else None,
+            "p50_ms": float(np.nanpercentile(lat, 50)),
+            "p99_ms": float(np.nanpercentile(lat, 99)),
+        }
     core_s = sum(0.5 * s["cores"] for s in samples)
-    actions = [d for d in decisions if d["kind"] in ("replicate", "upgrade", "downgrade", "unload", "add_worker",
-                                                     "remove_worker")]  # fmt: skip
+    actions = [
+        d
+        for d in decisions
+        if d["kind"] in ("replicate", "upgrade", "downgrade", "unload", "add_worker", "remove_worker")
+    ]
     loads = [d for d in decisions if d["kind"] == "load"]
+
     def error_stats(pairs: list[tuple[float, float]]) -> dict:
         """Relative error |predicted - actual| / actual (p50, p90, signed median) and absolute (ms)."""
         diff = np.array([d for d, _ in pairs])
         rel = diff / np.array([a for _, a in pairs])
-        return {"n": len(pairs), "p50": float(np.percentile(np.abs(rel), 50)), "p90": float(np.percentile(np.abs(rel), 90)),
-                "bias": float(np.median(rel)), "abs_p50_ms": float(np.percentile(np.abs(diff), 50)),
-                "abs_p90_ms": float(np.percentile(np.abs(diff), 90))}  # fmt: skip
+        return {
+            "n": len(pairs),
+            "p50": float(np.percentile(np.abs(rel), 50)),
+            "p90": float(np.percentile(np.abs(rel), 90)),
+            "bias": float(np.median(rel)),
+            "abs_p50_ms": float(np.percentile(np.abs(diff), 50)),
+            "abs_p90_ms": float(np.percentile(np.abs(diff), 90)),
+        }
 
     prediction = {v: error_stats(e) for v, e in errors_by_variant.items()}
     every = [x for e in errors_by_variant.values() for x in e]
     overall = error_stats(every) if every else None
     total = sum(r["requests"] for r in apps_out.values())
-    return {"contender": kind, "plan": plan, "duration_s": duration, "wall_s": wall, "requests": total,
-            "violations": sum(r["violations"] for r in apps_out.values()),
-            "violation_rate": sum(r["violations"] for r in apps_out.values()) / max(total, 1),
-            "goodput_rps": sum(r["goodput_rps"] for r in apps_out.values()),
-            "core_seconds": core_s, "usd": core_s / 3600 * price, "loads": len(loads), "scaling_actions": len(actions),
-            "actions": [{"t": round(d["time"] - started, 1), "kind": d["kind"], "reason": d["reason"]}
-                        for d in actions],
-            "apps": apps_out, "prediction_error": prediction, "prediction_overall": overall, "samples": samples, "timeline": timeline}  # fmt: skip
+    return {
+        "contender": kind,
+        "plan": plan,
+        "duration_s": duration,
+        "wall_s": wall,
+        "requests": total,
+        "violations": sum(r["violations"] for r in apps_out.values()),
+        "violation_rate": sum(r["violations"] for r in apps_out.values()) / max(total, 1),
+        "goodput_rps": sum(r["goodput_rps"] for r in apps_out.values()),
+        "core_seconds": core_s,
+        "usd": core_s / 3600 * price,
+        "loads": len(loads),
+        "scaling_actions": len(actions),
+        "actions": [{"t": round(d["time"] - started, 1), "kind": d["kind"], "reason": d["reason"]} for d in actions],
+        "apps": apps_out,
+        "prediction_error": prediction,
+        "prediction_overall": overall,
+        "samples": samples,
+        "timeline": timeline,
+    }
 
 
 # ---- report ------------------------------------------------------------------------------------
 def report(results: list[dict], apps: list[App], out: Path, plots: Path) -> None:
     table = Table(title="INFaaS experiment: contenders on the same cores and trace")
-    for col in ("contender", "requests", "violations", "viol. %", "goodput req/s", "core-s", "USD", "loads",
-                "scaling"):  # fmt: skip
+    for col in ("contender", "requests", "violations", "viol. %", "goodput req/s", "core-s", "USD", "loads", "scaling"):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(r["contender"], str(r["requests"]), str(r["violations"]), f"{100 * r['violation_rate']:.1f}",
-                      f"{r['goodput_rps']:.1f}", f"{r['core_seconds']:.0f}", f"{r['usd']:.5f}", str(r["loads"]),
-                      str(r["scaling_actions"]))  # fmt: skip
+        table.add_row(
+            r["contender"],
+            str(r["requests"]),
+            str(r["violations"]),
+            f"{100 * r['violation_rate']:.1f}",
+            f"{r['goodput_rps']:.1f}",
+            f"{r['core_seconds']:.0f}",
+            f"{r['usd']:.5f}",
+            str(r["loads"]),
+            str(r["scaling_actions"]),
+        )
     console.print(table)
     per_app = Table(title="per app: violations % (late / under floor / failed), mean accuracy, p99 ms")
     per_app.add_column("app")
@@ -339,8 +463,10 @@ def report(results: list[dict], apps: list[App], out: Path, plots: Path) -> None
                 cells.append("-")
                 continue
             acc = "-" if a["mean_accuracy"] is None else f"{a['mean_accuracy']:.3f}"
-            cells.append(f"{100 * a['violation_rate']:.1f}% ({a['late']}/{a['under_floor']}/{a['failed']}) "
-                         f"acc {acc} p99 {a['p99_ms']:.0f}")  # fmt: skip
+            cells.append(
+                f"{100 * a['violation_rate']:.1f}% ({a['late']}/{a['under_floor']}/{a['failed']}) "
+                f"acc {acc} p99 {a['p99_ms']:.0f}"
+            )
         per_app.add_row(f"{app.name} ({app.objective})", *cells)
     console.print(per_app)
     for r in results:
@@ -348,10 +474,19 @@ def report(results: list[dict], apps: list[App], out: Path, plots: Path) -> None
             t = Table(title=f"{r['contender']}: |predicted - actual| / actual per variant")
             for col in ("variant", "n", "p50", "p90", "median signed", "p50 ms", "p90 ms"):
                 t.add_column(col)
-            rows = [(v, e) for v, e in sorted(r["prediction_error"].items(), key=lambda kv: -kv[1]["n"]) if e["n"] >= 20]
+            rows = [
+                (v, e) for v, e in sorted(r["prediction_error"].items(), key=lambda kv: -kv[1]["n"]) if e["n"] >= 20
+            ]
             for v, e in [*rows, ("all requests", r["prediction_overall"])]:
-                t.add_row(v, str(e["n"]), f"{e['p50']:.1%}", f"{e['p90']:.1%}", f"{e['bias']:+.1%}",
-                          f"{e['abs_p50_ms']:.2f}", f"{e['abs_p90_ms']:.2f}")  # fmt: skip
+                t.add_row(
+                    v,
+                    str(e["n"]),
+                    f"{e['p50']:.1%}",
+                    f"{e['p90']:.1%}",
+                    f"{e['bias']:+.1%}",
+                    f"{e['abs_p50_ms']:.2f}",
+                    f"{e['abs_p90_ms']:.2f}",
+                )
             console.print(t)
     ratios = target_ratios(results)
     if ratios:
@@ -377,10 +512,15 @@ def target_ratios(results: list[dict]) -> dict[str, dict[str, float]]:
     def ratio(a: float, b: float) -> float:
         return a / b if b else float("inf") if a else 1.0
 
-    return {r["contender"]: {"violations": ratio(r["violation_rate"], ours["violation_rate"]),
-                             "cost": ratio(r["core_seconds"], ours["core_seconds"]),
-                             "goodput": ratio(ours["goodput_rps"], r["goodput_rps"])}
-            for r in results if r is not ours}  # fmt: skip
+    return {
+        r["contender"]: {
+            "violations": ratio(r["violation_rate"], ours["violation_rate"]),
+            "cost": ratio(r["core_seconds"], ours["core_seconds"]),
+            "goodput": ratio(ours["goodput_rps"], r["goodput_rps"]),
+        }
+        for r in results
+        if r is not ours
+    }
 
 
 def plot(results: list[dict], apps: list[App], prefix: Path) -> None:
@@ -415,8 +555,12 @@ def plot(results: list[dict], apps: list[App], prefix: Path) -> None:
     ax2 = ax.twinx()
     for r in results:
         if r["samples"]:
-            ax2.step([s["t"] for s in r["samples"]], [s["workers"] for s in r["samples"]], where="post",
-                     label=f"{r['contender']} workers")  # fmt: skip
+            ax2.step(
+                [s["t"] for s in r["samples"]],
+                [s["workers"] for s in r["samples"]],
+                where="post",
+                label=f"{r['contender']} workers",
+            )
     ax.set_xlabel("s")
     ax.set_ylabel("requests/s")
     ax2.set_ylabel("workers")
@@ -427,8 +571,12 @@ def plot(results: list[dict], apps: list[App], prefix: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3))
     names = [r["contender"] for r in results]
-    for ax, key, title in zip(axes, ("violation_rate", "goodput_rps", "usd"),
-                              ("violations (share)", "goodput (req/s)", "cost (USD)"), strict=True):  # fmt: skip
+    for ax, key, title in zip(
+        axes,
+        ("violation_rate", "goodput_rps", "usd"),
+        ("violations (share)", "goodput (req/s)", "cost (USD)"),
+        strict=True,
+    ):
         colors = {"static-peak": "#999", "static-mean": "#bbb", "infaas-original": "#79c", "infaas": "#2a7"}
         ax.bar(names, [r[key] for r in results], color=[colors.get(n, "#555") for n in names])
         ax.set_title(title, fontsize=9)
@@ -462,8 +610,7 @@ def main() -> None:
         write_trace(path, trace)
         console.print(f"[dim]trace: {len(trace)} requests over {duration:g} s -> {path}[/]")
     span = trace[-1][0] if trace else 0.0
-    rates = {"mean": {a.name: sum(1 for _, n in trace if n == a.name) / max(span, 1e-9) for a in apps},
-             "peak": {}}  # fmt: skip
+    rates = {"mean": {a.name: sum(1 for _, n in trace if n == a.name) / max(span, 1e-9) for a in apps}, "peak": {}}
     for a in apps:
         times = np.array([t for t, n in trace if n == a.name])
         rates["peak"][a.name] = float(np.bincount(times.astype(int)).max()) if len(times) else 0.0

@@ -34,16 +34,29 @@ class Catalog:
             p = profiles.get((v.name, mine))
             if p is not None:
                 self.profiles[v.name] = p
-                v = v.model_copy(update={"status": p.status, "reason": p.reason, "accuracy": p.accuracy,
-                                         "accuracy_source": p.accuracy_source})  # fmt: skip
+                v = v.model_copy(
+                    update={
+                        "status": p.status,
+                        "reason": p.reason,
+                        "accuracy": p.accuracy,
+                        "accuracy_source": p.accuracy_source,
+                    }
+                )
             elif v.name in elsewhere and v.parent is not None:  # the registered graph itself still serves
-                v = v.model_copy(update={"status": "pending", "reason": (
-                    f"profiled on {', '.join(sorted(elsewhere[v.name]))} only; not yet on this machine's kind {mine}")})
+                v = v.model_copy(
+                    update={
+                        "status": "pending",
+                        "reason": (
+                            f"profiled on {', '.join(sorted(elsewhere[v.name]))} only; not yet on this machine's kind {mine}"
+                        ),
+                    }
+                )
             self.variants[v.name] = v
         # architectures whose variants have profiles, none of them on this kind: to be profiled here
-        self.unprofiled_here = sorted({v.architecture for v in self.variants.values()
-                                       if v.name in elsewhere and v.name not in self.profiles} -
-                                      {v.architecture for v in self.variants.values() if v.name in self.profiles})  # fmt: skip
+        self.unprofiled_here = sorted(
+            {v.architecture for v in self.variants.values() if v.name in elsewhere and v.name not in self.profiles}
+            - {v.architecture for v in self.variants.values() if v.name in self.profiles}
+        )
         self.by_arch: dict[str, list[Variant]] = {a: [] for a in self.architectures}
         for v in self.variants.values():
             self.by_arch.setdefault(v.architecture, []).append(v)
@@ -92,8 +105,7 @@ class Catalog:
             arch = self.architectures[name]
             return f"architecture {name}", arch.signature, self.by_arch.get(name, []), ""
         if name in self.tasks:
-            variants = [v for a in self.architectures.values() if a.task == name
-                        for v in self.by_arch.get(a.name, [])]  # fmt: skip
+            variants = [v for a in self.architectures.values() if a.task == name for v in self.by_arch.get(a.name, [])]
             return f"task {name}", self.tasks[name].signature, variants, ""
         if name in self.variants:
             var = self.variants[name]

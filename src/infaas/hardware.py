@@ -17,8 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # ISA extensions that change ONNX Runtime's kernel choice (x86 and Arm); the rest do not matter
-FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_int8", "asimd", "asimddp", "i8mm",
-         "sve", "bf16")  # fmt: skip
+FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx_vnni",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+    "bf16",
+)
 
 
 @dataclass(frozen=True)
@@ -79,8 +90,9 @@ def _gpu() -> str:
             return ""
         import subprocess
 
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10)  # fmt: skip
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
         return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else "cuda-gpu"
     except Exception:
         return ""

@@ -21,8 +21,13 @@ from urllib.parse import urlparse
 
 
 def build_request(host: str, path: str, body: bytes, headers: list[str]) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}",
-             "Connection: keep-alive", *headers]  # fmt: skip
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}",
+        f"Content-Length: {len(body)}",
+        "Connection: keep-alive",
+        *headers,
+    ]
     if not any(h.lower().startswith("content-type") for h in headers):
         lines.append("Content-Type: application/octet-stream")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -58,16 +63,18 @@ async def _client(host, port, request, start_at, stop_at, lat, errors):
         writer.close()
 
 
-async def run(url: str, path: str, body: bytes, headers: list[str], concurrency: int, duration: float,
-              warmup: float) -> dict:  # fmt: skip
+async def run(
+    url: str, path: str, body: bytes, headers: list[str], concurrency: int, duration: float, warmup: float
+) -> dict:
     u = urlparse(url)
     request = build_request(u.netloc, path, body, headers)
     now = time.perf_counter()
     start_at, stop_at = now + warmup, now + warmup + duration
     lat: list[float] = []
     errors: list[int] = []
-    await asyncio.gather(*(_client(u.hostname, u.port, request, start_at, stop_at, lat, errors)
-                           for _ in range(concurrency)))  # fmt: skip
+    await asyncio.gather(
+        *(_client(u.hostname, u.port, request, start_at, stop_at, lat, errors) for _ in range(concurrency))
+    )
     return {"concurrency": concurrency, **_summary(lat, len(errors), duration)}
 
 
@@ -77,9 +84,16 @@ def _summary(lat: list[float], errors: int, duration: float) -> dict:
     def pct(p):
         return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000, 2) if lat else None
 
-    return {"duration_s": duration, "requests": len(lat), "errors": errors,
-            "throughput": round(len(lat) / duration, 2), "p50_ms": pct(50), "p90_ms": pct(90),
-            "p99_ms": pct(99), "mean_ms": round(sum(lat) / len(lat) * 1000, 2) if lat else None}  # fmt: skip
+    return {
+        "duration_s": duration,
+        "requests": len(lat),
+        "errors": errors,
+        "throughput": round(len(lat) / duration, 2),
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
+        "mean_ms": round(sum(lat) / len(lat) * 1000, 2) if lat else None,
+    }
 
 
 class _Pool:
@@ -123,10 +137,17 @@ class _Pool:
             writer.close()
 
 
-async def ramp(url: str, path: str, body: bytes, headers: list[str], stages: list[tuple[float, float]],
-               max_connections: int = 256, slo_ms: float | None = None,
-               records: list[tuple[int, float, int, float]] | None = None,
-               timeout_s: float | None = None) -> list[dict]:  # fmt: skip
+async def ramp(
+    url: str,
+    path: str,
+    body: bytes,
+    headers: list[str],
+    stages: list[tuple[float, float]],
+    max_connections: int = 256,
+    slo_ms: float | None = None,
+    records: list[tuple[int, float, int, float]] | None = None,
+    timeout_s: float | None = None,
+) -> list[dict]:
     """Open-loop load: for each (requests per second, seconds) stage, send at that rate, evenly spaced.
 
     Each request takes an idle keep-alive connection (or opens one, up to ``max_connections``;
@@ -188,8 +209,9 @@ async def ramp(url: str, path: str, body: bytes, headers: list[str], stages: lis
     return out
 
 
-async def _exchange_full(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         request: bytes) -> tuple[int, dict]:  # fmt: skip
+async def _exchange_full(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, dict]:
     """Like :func:`_exchange`, returning the status and the answer's JSON (the header only, when
     the answer uses the binary tensor extension; ``{}`` when it is not JSON)."""
     writer.write(request)
@@ -209,8 +231,9 @@ async def _exchange_full(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     return int(head[9:12]), doc if isinstance(doc, dict) else {}
 
 
-async def replay(url: str, requests: list[tuple[float, str, bytes]], max_connections: int = 256,
-                 timeout_s: float = 30.0) -> list[tuple[str, float, int, float, dict]]:  # fmt: skip
+async def replay(
+    url: str, requests: list[tuple[float, str, bytes]], max_connections: int = 256, timeout_s: float = 30.0
+) -> list[tuple[str, float, int, float, dict]]:
     """Open loop from a trace: each ``(t_s, key, request bytes)`` is sent at ``t_s`` seconds after
     the start (built with :func:`build_request`), whatever happened to earlier ones. Returns, per
     request, ``(key, t_s, status, latency s, answer JSON)``; status -1 is a connection error, 0 no
@@ -228,8 +251,15 @@ async def replay(url: str, requests: list[tuple[float, str, bytes]], max_connect
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             if conn is not None:
                 await pool.drop(conn)
-            out.append((key, t_s, 0 if isinstance(exc, TimeoutError) else -1, time.perf_counter() - t0,
-                        {"error": f"{type(exc).__name__}: {exc}"}))  # fmt: skip
+            out.append(
+                (
+                    key,
+                    t_s,
+                    0 if isinstance(exc, TimeoutError) else -1,
+                    time.perf_counter() - t0,
+                    {"error": f"{type(exc).__name__}: {exc}"},
+                )
+            )
             return
         out.append((key, t_s, status, time.perf_counter() - t0, doc))
         await pool.give(conn)
@@ -245,8 +275,7 @@ async def replay(url: str, requests: list[tuple[float, str, bytes]], max_connect
     return out
 
 
-async def run_grpc(target: str, method: str, message: bytes, concurrency: int, duration: float,
-                   warmup: float) -> dict:  # fmt: skip
+async def run_grpc(target: str, method: str, message: bytes, concurrency: int, duration: float, warmup: float) -> dict:
     """Closed loop over gRPC: ``concurrency`` callers on one HTTP/2 channel, each sending the next
     unary call (``message``: the serialized request, sent as is, no protobuf work in the client)
     when the last one answered. An error status counts as an error."""
@@ -301,8 +330,7 @@ def main() -> None:
     if args.grpc:
         result = asyncio.run(run_grpc(args.url, args.path, body, args.concurrency, args.duration, args.warmup))
     else:
-        result = asyncio.run(run(args.url, args.path, body, args.header, args.concurrency, args.duration,
-                                 args.warmup))  # fmt: skip
+        result = asyncio.run(run(args.url, args.path, body, args.header, args.concurrency, args.duration, args.warmup))
     print(json.dumps(result))
 
 

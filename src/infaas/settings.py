@@ -38,13 +38,18 @@ class Settings(BaseSettings):
     cluster: Literal["local", "ray"] = Field(
         "local", description="where workers run: processes on this machine, or Ray actors on a Ray cluster"
     )
-    ray_address: str | None = Field(None, description="Ray cluster to join (e.g. 10.0.0.1:6379 or auto); unset: "
-                                    "a local Ray started by this server")  # fmt: skip
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (e.g. 10.0.0.1:6379 or auto); unset: a local Ray started by this server"
+    )
     ray_namespace: str = Field("infaas", description="Ray namespace of the worker actors (one per deployment)")
-    store: str = Field("sqlite", description="metadata store: sqlite (in the data directory) or "
-                       "redis://host:port/db, shared by several frontends")  # fmt: skip
-    lease_s: float = Field(5.0, gt=0, description="controller lease: another frontend takes over within this "
-                           "long after the leader dies")  # fmt: skip
+    store: str = Field(
+        "sqlite",
+        description="metadata store: sqlite (in the data directory) or "
+        "redis://host:port/db, shared by several frontends",
+    )
+    lease_s: float = Field(
+        5.0, gt=0, description="controller lease: another frontend takes over within this long after the leader dies"
+    )
     cores_per_worker: int = Field(0, ge=0, description="0: split this machine's cores evenly")
     default_max_batch: int = Field(16, ge=1)
     instances_per_variant: int = Field(
@@ -64,7 +69,8 @@ class Settings(BaseSettings):
     )
     max_queue_bytes: int = Field(512 * 2**20, ge=1, description="tensor bytes one variant's queue may hold")
     admission_control: bool = Field(
-        True, description="refuse at once (429) what cannot finish by its deadline; off: queue it, drop it at the deadline"
+        True,
+        description="refuse at once (429) what cannot finish by its deadline; off: queue it, drop it at the deadline",
     )
     max_request_elements: int = Field(
         64 * 1024 * 1024, ge=1, description="largest tensor (elements) a request may declare"
@@ -89,13 +95,13 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(None, description="the key the CLI and client send (env INFAAS_API_KEY)")
     worker_start_timeout_s: float = 30.0
-    ort_allow_spinning: bool = Field(
-        False, description="ORT intra-op spin-waiting; off leaves CPU to the frontend"
-    )
+    ort_allow_spinning: bool = Field(False, description="ORT intra-op spin-waiting; off leaves CPU to the frontend")
     decision_log_size: int = 1000
 
     # autoscaling (the controller)
-    autoscale: bool = Field(True, description="run the controller: replicate, upgrade, downgrade, unload, add/remove workers")
+    autoscale: bool = Field(
+        True, description="run the controller: replicate, upgrade, downgrade, unload, add/remove workers"
+    )
     policy: Literal["infaas", "infaas-original"] = Field(
         "infaas", description="selection and scaling rules: ours, or the original INFaaS's (a contender)"
     )
@@ -110,23 +116,44 @@ class Settings(BaseSettings):
     keep_warm: bool = Field(True, description="an idle architecture keeps one variant loaded")
     worker_memory_mb: float = Field(0.0, ge=0, description="memory budget per worker; 0: RAM / max workers")
     # offline jobs
-    job_batch_rows: int = Field(16, ge=1, description="rows per batch of an offline job (at most a variant's max batch)")
+    job_batch_rows: int = Field(
+        16, ge=1, description="rows per batch of an offline job (at most a variant's max batch)"
+    )
     job_max_failures: int = Field(5, ge=1, description="a job failing this many batches in a row is marked failed")
 
     # variants and profiling
     profile_on_register: bool = Field(True, description="generate and profile variants after registration")
     max_accuracy_drop: float = Field(
-        0.02, ge=0, description="reject variants whose loss against their parent, in the task's metric, may exceed "
-        "this (one-sided 95 % upper bound)")  # fmt: skip
+        0.02,
+        ge=0,
+        description="reject variants whose loss against their parent, in the task's metric, may exceed "
+        "this (one-sided 95 % upper bound)",
+    )
     eval_rows: int = Field(2048, ge=1, description="evaluation inputs per variant (at most; what is registered)")
-    profile_axis_size: int = Field(128, ge=1, description="representative size of a dynamic axis (e.g. sequence "
-                                   "length) for inputs synthesized from the signature")  # fmt: skip
-    quant_search_s: float = Field(300.0, ge=0, description="time budget per quantized format for searching "
-                                  "recipes when the default one loses more than the bound (0: no search)")  # fmt: skip
-    dominance_margin: float = Field(0.2, ge=0, lt=1, description="a variant is dominated only by one better by "
-                                    "more than this fraction on some count (timings closer than this are noise)")  # fmt: skip
-    timing_floor_ms: float = Field(0.05, ge=0, description="timings of one call closer than this are noise "
-                                   "(microsecond models): never a reason to reject")  # fmt: skip
+    profile_axis_size: int = Field(
+        128,
+        ge=1,
+        description="representative size of a dynamic axis (e.g. sequence "
+        "length) for inputs synthesized from the signature",
+    )
+    quant_search_s: float = Field(
+        300.0,
+        ge=0,
+        description="time budget per quantized format for searching "
+        "recipes when the default one loses more than the bound (0: no search)",
+    )
+    dominance_margin: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="a variant is dominated only by one better by "
+        "more than this fraction on some count (timings closer than this are noise)",
+    )
+    timing_floor_ms: float = Field(
+        0.05,
+        ge=0,
+        description="timings of one call closer than this are noise (microsecond models): never a reason to reject",
+    )
     # prices (USD per hour), for cost per 1000 inferences. Defaults: AWS EC2 on-demand, us-east-1:
     # c5.large $0.085/h for 2 vCPUs -> $0.0425 per vCPU-hour; g4dn.xlarge (1 T4) $0.526/h.
     price_cpu_core_hour: float = 0.0425
@@ -152,9 +179,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     if path:
         file_values = json.loads(Path(path).read_text())
     env_settings = Settings()
-    env_set = {
-        name for name in Settings.model_fields if f"INFAAS_{name.upper()}" in os.environ
-    }
+    env_set = {name for name in Settings.model_fields if f"INFAAS_{name.upper()}" in os.environ}
     merged = {k: v for k, v in file_values.items() if k not in env_set}
     base = env_settings.model_copy(update=Settings(**merged).model_dump(include=set(merged)))
     return base.with_overrides(**overrides)

@@ -28,18 +28,37 @@ NUMPY_TO_V2[np.dtype("S")] = "BYTES"
 
 # ONNX TensorProto element types (onnx.TensorProto.*) -> v2
 ONNX_TO_V2: dict[int, str] = {
-    1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64",
-    8: "BYTES", 9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64",
-}  # fmt: skip
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    4: "UINT16",
+    5: "INT16",
+    6: "INT32",
+    7: "INT64",
+    8: "BYTES",
+    9: "BOOL",
+    10: "FP16",
+    11: "FP64",
+    12: "UINT32",
+    13: "UINT64",
+}
 
 # ONNX Runtime's type strings, as reported by InferenceSession.get_inputs()
 ORT_TO_V2: dict[str, str] = {
-    "tensor(float)": "FP32", "tensor(uint8)": "UINT8", "tensor(int8)": "INT8",
-    "tensor(uint16)": "UINT16", "tensor(int16)": "INT16", "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64", "tensor(string)": "BYTES", "tensor(bool)": "BOOL",
-    "tensor(float16)": "FP16", "tensor(double)": "FP64", "tensor(uint32)": "UINT32",
+    "tensor(float)": "FP32",
+    "tensor(uint8)": "UINT8",
+    "tensor(int8)": "INT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(string)": "BYTES",
+    "tensor(bool)": "BOOL",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(uint32)": "UINT32",
     "tensor(uint64)": "UINT64",
-}  # fmt: skip
+}
 
 
 def v2_to_triton_config(datatype: str) -> str:

@@ -73,7 +73,9 @@ def load_apps(path: str | Path) -> list[App]:
     apps = [App(a["name"], a["task"], dict(a.get("objective") or {}), dict(a["pattern"])) for a in data["apps"]]
     for a in apps:
         if a.pattern.get("kind") not in PATTERNS:
-            raise ValueError(f"app {a.name}: pattern kind {a.pattern.get('kind')!r} is not one of {', '.join(PATTERNS)}")
+            raise ValueError(
+                f"app {a.name}: pattern kind {a.pattern.get('kind')!r} is not one of {', '.join(PATTERNS)}"
+            )
     if len({a.name for a in apps}) != len(apps):
         raise ValueError("app names must be unique")
     return apps
@@ -100,8 +102,9 @@ def arrivals(app: App, duration_s: float, rng: np.random.Generator) -> np.ndarra
         return _thinned(lambda t: start + (end - start) * t / duration_s, max(start, end), duration_s, rng)
     if kind == "diurnal":
         mean, amp, period = p["mean"], p.get("amplitude", 0.5), p["period_s"]
-        return _thinned(lambda t: mean * (1 + amp * np.sin(2 * np.pi * t / period)), mean * (1 + abs(amp)),
-                        duration_s, rng)  # fmt: skip
+        return _thinned(
+            lambda t: mean * (1 + amp * np.sin(2 * np.pi * t / period)), mean * (1 + abs(amp)), duration_s, rng
+        )
     if kind == "bursts":
         rate, cv = p["rate"], p.get("cv", 3.5)
         shape = 1 / cv**2  # Gamma with mean 1/rate and coefficient of variation cv

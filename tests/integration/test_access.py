@@ -24,9 +24,19 @@ def infer_body(x: np.ndarray) -> dict:
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory, digits_data_dir):
     data = copy_data_dir(digits_data_dir, tmp_path_factory.mktemp("locked") / "d")
-    server = BackgroundServer(Settings(data_dir=data, port=0, grpc_port=0, workers=1, autoscale=False,
-                                       profile_on_register=False, api_keys=["infer-1", "infer-2"],
-                                       management_api_keys=["admin"], management_port=0)).start()  # fmt: skip
+    server = BackgroundServer(
+        Settings(
+            data_dir=data,
+            port=0,
+            grpc_port=0,
+            workers=1,
+            autoscale=False,
+            profile_on_register=False,
+            api_keys=["infer-1", "infer-2"],
+            management_api_keys=["admin"],
+            management_port=0,
+        )
+    ).start()
     yield server
     server.stop()
 
@@ -82,8 +92,11 @@ def test_grpc_takes_the_key_as_metadata(locked, digits_samples):
         from infaas.protocol.grpc_codec import SERVICE
         from infaas.protocol.proto import kserve_v2_pb2 as pb
 
-        meta = ch.unary_unary(f"/{SERVICE}/ModelMetadata", request_serializer=pb.ModelMetadataRequest.SerializeToString,
-                              response_deserializer=pb.ModelMetadataResponse.FromString)  # fmt: skip
+        meta = ch.unary_unary(
+            f"/{SERVICE}/ModelMetadata",
+            request_serializer=pb.ModelMetadataRequest.SerializeToString,
+            response_deserializer=pb.ModelMetadataResponse.FromString,
+        )
         with pytest.raises(grpc.RpcError) as err:
             meta(pb.ModelMetadataRequest(name="digits-mlp"), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -97,9 +110,13 @@ def test_a_model_with_external_data_is_refused(tmp_path, digits_server):
     for key, value in (("location", "../../../../etc/passwd"), ("offset", "0"), ("length", "2560")):
         entry = w.external_data.add()
         entry.key, entry.value = key, value
-    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["scores"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 10])], [w])  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["scores"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 10])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with Client(digits_server.url) as c, pytest.raises(InfaasClientError) as exc:
         c.register("sneaky", "sneaky-task", model.SerializeToString(), accuracy=0.5)

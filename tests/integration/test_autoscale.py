@@ -23,13 +23,22 @@ SCALE_DOWN = {"unload", "downgrade", "remove_worker"}
 
 def json_body(rows: int) -> bytes:
     x, _ = digits.sample_inputs(rows)
-    return orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
-                                     "data": x.ravel().tolist()}]})  # fmt: skip
+    return orjson.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    )
 
 
 def test_a_load_ramp_scales_up_and_after_it_scales_down(heavy_dir, tmp_path):
-    settings = Settings(data_dir=copy_data_dir(heavy_dir, tmp_path / "d"), port=0, workers=1, cores_per_worker=1,
-                        max_workers=2, scale_down_s=3.0, idle_unload_s=600, profile_on_register=False)  # fmt: skip
+    settings = Settings(
+        data_dir=copy_data_dir(heavy_dir, tmp_path / "d"),
+        port=0,
+        workers=1,
+        cores_per_worker=1,
+        max_workers=2,
+        scale_down_s=3.0,
+        idle_unload_s=600,
+        profile_on_register=False,
+    )
     server = BackgroundServer(settings).start()
     client = Client(server.url)
     try:
@@ -38,8 +47,9 @@ def test_a_load_ramp_scales_up_and_after_it_scales_down(heavy_dir, tmp_path):
         variant, profile = plane.catalog.variants[name], plane.catalog.profiles[name]
         per_second = capacity_rps(profile, variant.max_batch) / 16  # requests of 16 rows
         stages = [(0.2 * per_second, 2.0), (1.6 * per_second, 6.0)]
-        results = asyncio.run(ramp(server.url, "/v2/models/digits-conv/infer", json_body(16),
-                                   ["Content-Type: application/json"], stages))  # fmt: skip
+        results = asyncio.run(
+            ramp(server.url, "/v2/models/digits-conv/infer", json_body(16), ["Content-Type: application/json"], stages)
+        )
         assert sum(r["requests"] for r in results) > 0.5 * sum(rate * s for rate, s in stages), (results, name, profile)
 
         def kinds():
@@ -49,8 +59,9 @@ def test_a_load_ramp_scales_up_and_after_it_scales_down(heavy_dir, tmp_path):
         assert results[0]["errors"] == 0 and results[1]["errors"] == 0, results
         # the load is over: the capacity goes again after the hysteresis time (3 s), replica then worker
         # (when the scale-up added one)
-        assert wait_until(lambda: SCALE_DOWN & set(kinds()[max(i for i, k in enumerate(kinds()) if k in SCALE_UP):]),
-                          timeout=60), kinds()  # fmt: skip
+        assert wait_until(
+            lambda: SCALE_DOWN & set(kinds()[max(i for i, k in enumerate(kinds()) if k in SCALE_UP) :]), timeout=60
+        ), kinds()
         if "add_worker" in kinds():
             assert wait_until(lambda: "remove_worker" in kinds(), timeout=30), kinds()
             assert len(plane.cluster.workers) == 1

@@ -24,12 +24,15 @@ pytestmark = pytest.mark.slow
 
 def test_sigkill_a_worker_under_load(tmp_path, digits_data_dir, digits_samples):
     data = copy_data_dir(digits_data_dir, tmp_path / "d")
-    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, autoscale=False,
-                                       profile_on_register=False)).start()  # fmt: skip
+    server = BackgroundServer(
+        Settings(data_dir=data, port=0, workers=1, autoscale=False, profile_on_register=False)
+    ).start()
     deadline_s = 2.0
     x = digits_samples[0][:4]
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [4, 64], "data": x.ravel().tolist()}],
-            "parameters": {"timeout": int(deadline_s * 1e6)}}  # fmt: skip
+    body = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [4, 64], "data": x.ravel().tolist()}],
+        "parameters": {"timeout": int(deadline_s * 1e6)},
+    }
     outcomes: list[tuple[float, int, float]] = []  # (sent, status, seconds)
     stop = threading.Event()
 
@@ -69,8 +72,11 @@ def test_sigkill_a_worker_under_load(tmp_path, digits_data_dir, digits_samples):
 
 
 def _serve(data, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "infaas.cli", "serve", "--data-dir", str(data), "--port",
-                             str(port), "--no-autoscale"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infaas.cli", "serve", "--data-dir", str(data), "--port", str(port), "--no-autoscale"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert wait_until(lambda: _ready(port), timeout=60), "the server did not start"
     return proc
 

@@ -17,8 +17,13 @@ INFAAS = [sys.executable, "-m", "infaas.cli"]
 
 
 def run(*args, check=True, timeout=180, env=None):
-    proc = subprocess.run([*INFAAS, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})})  # fmt: skip
+    proc = subprocess.run(
+        [*INFAAS, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"infaas {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -28,8 +33,12 @@ def run(*args, check=True, timeout=180, env=None):
 def served(tmp_path_factory):
     data = tmp_path_factory.mktemp("cli-data")
     port, grpc_port = free_port(), free_port()
-    proc = subprocess.Popen([*INFAAS, "serve", "--port", str(port), "--grpc-port", str(grpc_port),
-                             "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*INFAAS, "serve", "--port", str(port), "--grpc-port", str(grpc_port), "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     proc.grpc_url = f"grpc://127.0.0.1:{grpc_port}"
     url = f"http://127.0.0.1:{port}"
     import httpx
@@ -56,8 +65,12 @@ def test_serve_zoo_add_models_infer(served, tmp_path, digits_samples):
     url, _, _ = served
     out = run("zoo", "add", "digits", "--url", url, "--json")
     registered = json.loads(out.stdout)
-    assert {r["architecture"]["name"] for r in registered} == {"digits-logreg", "digits-mlp", "digits-tree",
-                                                               "digits-nb"}  # fmt: skip
+    assert {r["architecture"]["name"] for r in registered} == {
+        "digits-logreg",
+        "digits-mlp",
+        "digits-tree",
+        "digits-nb",
+    }
     assert all(r["architecture"]["accuracy_source"] == "measured" for r in registered)
 
     models = json.loads(run("models", "--url", url, "--json").stdout)
@@ -72,26 +85,71 @@ def test_serve_zoo_add_models_infer(served, tmp_path, digits_samples):
 
     x, y = digits_samples
     np.save(tmp_path / "x.npy", x[:5].astype(np.float64))  # the client casts to the model's FP32
-    res = json.loads(run("infer", "digits-classification", "--input", str(tmp_path / "x.npy"), "--url", url,
-                         "--json", "--param", "timeout=5000000").stdout)  # fmt: skip
+    res = json.loads(
+        run(
+            "infer",
+            "digits-classification",
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--url",
+            url,
+            "--json",
+            "--param",
+            "timeout=5000000",
+        ).stdout
+    )
     assert res["outputs"]["label"] == y[:5].tolist() or np.mean(np.array(res["outputs"]["label"]) == y[:5]) >= 0.8
     assert res["parameters"]["architecture"] == "digits-mlp"
-    pretty = run("infer", "digits-tree", "--input", str(tmp_path / "x.npy"), "--url", url,
-                 "--output", str(tmp_path / "out.npz")).stdout  # fmt: skip
+    pretty = run(
+        "infer", "digits-tree", "--input", str(tmp_path / "x.npy"), "--url", url, "--output", str(tmp_path / "out.npz")
+    ).stdout
     assert "why" in pretty and "digits-tree" in pretty
     with np.load(tmp_path / "out.npz") as saved:
         assert saved["label"].shape == (5,)
 
     # objectives from the command line: the policy picks, and says what it predicted and why
-    res = json.loads(run("infer", "digits-classification", "--input", str(tmp_path / "x.npy"), "--url", url,
-                         "--min-accuracy", "0.97", "--latency-ms", "2000", "--json").stdout)  # fmt: skip
+    res = json.loads(
+        run(
+            "infer",
+            "digits-classification",
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--url",
+            url,
+            "--min-accuracy",
+            "0.97",
+            "--latency-ms",
+            "2000",
+            "--json",
+        ).stdout
+    )
     assert res["parameters"]["architecture"] == "digits-mlp" and res["parameters"]["predicted_ms"] > 0
-    proc = run("infer", "digits-classification", "--input", str(tmp_path / "x.npy"), "--url", url,
-               "--min-accuracy", "0.999", check=False)  # fmt: skip
+    proc = run(
+        "infer",
+        "digits-classification",
+        "--input",
+        str(tmp_path / "x.npy"),
+        "--url",
+        url,
+        "--min-accuracy",
+        "0.999",
+        check=False,
+    )
     assert proc.returncode == 1 and "error 400" in proc.stderr and "unreachable" in proc.stderr
     # the same query over KServe v2 gRPC gives the same answer (perhaps from another variant meeting it)
-    over_grpc = json.loads(run("infer", "digits-classification", "--input", str(tmp_path / "x.npy"), "--url",
-                               served[2].grpc_url, "--min-accuracy", "0.97", "--json").stdout)  # fmt: skip
+    over_grpc = json.loads(
+        run(
+            "infer",
+            "digits-classification",
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--url",
+            served[2].grpc_url,
+            "--min-accuracy",
+            "0.97",
+            "--json",
+        ).stdout
+    )
     assert over_grpc["outputs"]["label"] == res["outputs"]["label"]
     assert over_grpc["parameters"]["architecture"] == "digits-mlp" and over_grpc["parameters"]["accuracy"] >= 0.97
     proc = run("infer", "nope", "--input", str(tmp_path / "x.npy"), "--url", served[2].grpc_url, check=False)
@@ -122,11 +180,24 @@ def test_curl_json_infer(served, digits_samples):
     url, _, _ = served
     run("zoo", "add", "digits", "--url", url, "--no-wait", check=False)  # idempotent for this test's needs
     x = digits_samples[0][:2]
-    body = json.dumps({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
-                                   "data": x.ravel().tolist()}]})  # fmt: skip
-    out = subprocess.run(["curl", "-sf", "-X", "POST", "-H", "Content-Type: application/json", "-d", body,
-                          f"{url}/v2/models/digits-classification/infer"],
-                         capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    body = json.dumps({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": x.ravel().tolist()}]})
+    out = subprocess.run(
+        [
+            "curl",
+            "-sf",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            f"{url}/v2/models/digits-classification/infer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     resp = json.loads(out.stdout)
     assert {o["name"] for o in resp["outputs"]} == {"label", "probabilities"}
 
@@ -148,12 +219,33 @@ def test_register_offline_into_a_data_dir_then_serve(tmp_path, digits_models):
     m = next(m for m in digits_models if m.name == "digits-nb")
     (tmp_path / "m.onnx").write_bytes(m.onnx)
     (tmp_path / "v.npz").write_bytes(m.validation)
-    out = run("register", "nb", "--task", "digits", "--model", str(tmp_path / "m.onnx"), "--no-wait",
-              "--validation", str(tmp_path / "v.npz"), "--data-dir", str(tmp_path / "d"), "--json").stdout  # fmt: skip
+    out = run(
+        "register",
+        "nb",
+        "--task",
+        "digits",
+        "--model",
+        str(tmp_path / "m.onnx"),
+        "--no-wait",
+        "--validation",
+        str(tmp_path / "v.npz"),
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--json",
+    ).stdout
     arch = json.loads(out)[0]["architecture"]
     assert arch["accuracy_source"] == "measured" and arch["accuracy"] > 0.8
-    proc = run("register", "nb", "--task", "digits", "--model", str(tmp_path / "m.onnx"),
-               "--data-dir", str(tmp_path / "d"), check=False)  # fmt: skip
+    proc = run(
+        "register",
+        "nb",
+        "--task",
+        "digits",
+        "--model",
+        str(tmp_path / "m.onnx"),
+        "--data-dir",
+        str(tmp_path / "d"),
+        check=False,
+    )
     assert proc.returncode == 1 and "already taken" in proc.stderr
     # profiling offline, in the CLI's process, into the same data directory
     variants = json.loads(run("profile", "nb", "--quick", "--data-dir", str(tmp_path / "d"), "--json").stdout)

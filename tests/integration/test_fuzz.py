@@ -38,10 +38,20 @@ ALLOWED = {200, 201, 202, 204, 400, 401, 404, 409, 413, 429, 503}
 @pytest.fixture(scope="module")
 def target(tmp_path_factory, digits_data_dir):
     data = copy_data_dir(digits_data_dir, tmp_path_factory.mktemp("fuzz") / "d")
-    server = BackgroundServer(Settings(data_dir=data, port=0, grpc_port=0, workers=1, autoscale=False,
-                                       profile_on_register=False, default_timeout_s=ANSWER_S,
-                                       max_request_bytes=4 << 20, max_management_bytes=4 << 20,
-                                       max_request_elements=1 << 20)).start()  # fmt: skip
+    server = BackgroundServer(
+        Settings(
+            data_dir=data,
+            port=0,
+            grpc_port=0,
+            workers=1,
+            autoscale=False,
+            profile_on_register=False,
+            default_timeout_s=ANSWER_S,
+            max_request_bytes=4 << 20,
+            max_management_bytes=4 << 20,
+            max_request_elements=1 << 20,
+        )
+    ).start()
     yield server
     server.stop()
 
@@ -54,8 +64,10 @@ def http(target):
 
 def probe(http) -> None:
     x = np.arange(64, dtype=np.float32).reshape(1, 64) % 16
-    r = http.post("/v2/models/digits-mlp/infer", json={
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x.ravel().tolist()}]})
+    r = http.post(
+        "/v2/models/digits-mlp/infer",
+        json={"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x.ravel().tolist()}]},
+    )
     assert r.status_code == 200, r.text
 
 
@@ -96,15 +108,40 @@ def test_management_api_fuzzed_against_its_schema(case, target, http):
 
 # ---- hypothesis: KServe v2 inference ------------------------------------------------------------
 DATATYPES = ["FP32", "FP64", "FP16", "INT8", "INT32", "INT64", "UINT8", "BOOL", "BYTES", "FP99", "", 7]
-NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**70), 2**70),
-                    st.sampled_from(["nan", "inf", "-inf", "1e309", "0", "-1", "50", "true", "", "x" * 50]),
-                    st.booleans(), st.none(), st.lists(st.integers(), max_size=2))  # fmt: skip
-PARAMS = st.dictionaries(st.sampled_from(["latency_ms", "min_accuracy", "max_cost", "timeout", "drop_late",
-                                          "binary_data_output", "allow_estimated", "other"]), NUMBERS, max_size=4)
-SHAPES = st.one_of(st.lists(st.integers(-2, 70), min_size=0, max_size=3),
-                   st.just([1, 64]), st.just([3, 64]), st.just([100_000, 100_000]), st.just("1,64"))
-MODELS = st.sampled_from(["digits-mlp", "digits-classification", "digits-nb", "nope", "digits-mlp/versions/1",
-                          "digits-mlp/versions/zzz"])
+NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from(["nan", "inf", "-inf", "1e309", "0", "-1", "50", "true", "", "x" * 50]),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+)
+PARAMS = st.dictionaries(
+    st.sampled_from(
+        [
+            "latency_ms",
+            "min_accuracy",
+            "max_cost",
+            "timeout",
+            "drop_late",
+            "binary_data_output",
+            "allow_estimated",
+            "other",
+        ]
+    ),
+    NUMBERS,
+    max_size=4,
+)
+SHAPES = st.one_of(
+    st.lists(st.integers(-2, 70), min_size=0, max_size=3),
+    st.just([1, 64]),
+    st.just([3, 64]),
+    st.just([100_000, 100_000]),
+    st.just("1,64"),
+)
+MODELS = st.sampled_from(
+    ["digits-mlp", "digits-classification", "digits-nb", "nope", "digits-mlp/versions/1", "digits-mlp/versions/zzz"]
+)
 
 
 def json_safe(value):
@@ -122,11 +159,20 @@ def requests(draw):
     datatype = draw(st.sampled_from(DATATYPES))
     count = math.prod(shape) if isinstance(shape, list) and all(d >= 0 for d in shape) else 4
     count = min(count, 300)
-    data = draw(st.one_of(st.just([i % 16 for i in range(count)]), st.lists(NUMBERS.map(json_safe), max_size=5),
-                          st.just([["a"]] * 2), st.just("abc")))  # fmt: skip
+    data = draw(
+        st.one_of(
+            st.just([i % 16 for i in range(count)]),
+            st.lists(NUMBERS.map(json_safe), max_size=5),
+            st.just([["a"]] * 2),
+            st.just("abc"),
+        )
+    )
     params = {k: json_safe(v) for k, v in draw(PARAMS).items()}
-    return draw(MODELS), {"name": draw(st.sampled_from(["input", "x", ""])), "datatype": datatype,
-                          "shape": shape, "data": data}, params
+    return (
+        draw(MODELS),
+        {"name": draw(st.sampled_from(["input", "x", ""])), "datatype": datatype, "shape": shape, "data": data},
+        params,
+    )
 
 
 @given(req=requests(), mode=st.sampled_from(["json", "binary", "gzip", "truncated", "oversized"]))
@@ -137,8 +183,9 @@ def test_rest_inference_fuzzed(req, mode, target, http):
     doc = {"inputs": [tensor], "parameters": params}
     if mode in ("binary", "truncated"):
         raw = np.asarray(tensor["data"] if isinstance(tensor["data"], list) else [0], dtype=object)
-        blob = np.array([v if isinstance(v, int | float) and abs(v) < 1e30 else 0 for v in raw.ravel()[:300]],
-                        np.float32).tobytes()  # fmt: skip
+        blob = np.array(
+            [v if isinstance(v, int | float) and abs(v) < 1e30 else 0 for v in raw.ravel()[:300]], np.float32
+        ).tobytes()
         tensor = {k: v for k, v in tensor.items() if k != "data"}
         tensor["parameters"] = {"binary_data_size": len(blob)}
         header = orjson.dumps({"inputs": [tensor], "parameters": params})
@@ -157,9 +204,11 @@ def test_rest_inference_fuzzed(req, mode, target, http):
     probe(http)
 
 
-GRPC_PARAMS = st.dictionaries(st.sampled_from(["latency_ms", "min_accuracy", "timeout", "drop_late", "x"]),
-                              st.one_of(st.floats(allow_nan=True), st.integers(-(2**63), 2**63 - 1),
-                                        st.booleans(), st.text(max_size=8)), max_size=3)  # fmt: skip
+GRPC_PARAMS = st.dictionaries(
+    st.sampled_from(["latency_ms", "min_accuracy", "timeout", "drop_late", "x"]),
+    st.one_of(st.floats(allow_nan=True), st.integers(-(2**63), 2**63 - 1), st.booleans(), st.text(max_size=8)),
+    max_size=3,
+)
 
 
 @given(req=requests(), params=GRPC_PARAMS, raw=st.booleans())
@@ -188,15 +237,22 @@ def test_grpc_inference_fuzzed(req, params, raw, target, http):
         t.contents.fp32_contents.extend([float(i % 16) for i in range(max(0, count))])
         t.contents.int_contents.extend([300, -300][: count % 3])
     with grpc.insecure_channel(target.grpc_url) as ch:
-        infer = ch.unary_unary(f"/{SERVICE}/ModelInfer", request_serializer=pb.ModelInferRequest.SerializeToString,
-                               response_deserializer=pb.ModelInferResponse.FromString)  # fmt: skip
+        infer = ch.unary_unary(
+            f"/{SERVICE}/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
         t0 = time.monotonic()
         try:
             infer(msg, timeout=ANSWER_S + 10)
         except grpc.RpcError as exc:
-            assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                                  grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
-                                  grpc.StatusCode.DEADLINE_EXCEEDED), (exc.code(), exc.details())  # fmt: skip
+            assert exc.code() in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ), (exc.code(), exc.details())
             assert exc.details()
         assert time.monotonic() - t0 < ANSWER_S + 2.0
     probe(http)
@@ -204,13 +260,23 @@ def test_grpc_inference_fuzzed(req, params, raw, target, http):
 
 def test_memory_stays_bounded_after_the_fuzzing(target, http):
     """Runs after the fuzzers (same module): a second burst of hostile requests adds no memory."""
+
     def burst() -> None:
         for i in range(200):
-            body = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [i % 5, 64],
-                                             "data": list(range(64 * (i % 5)))}], "parameters": {"latency_ms": "nan"}})
+            body = orjson.dumps(
+                {
+                    "inputs": [
+                        {"name": "input", "datatype": "FP32", "shape": [i % 5, 64], "data": list(range(64 * (i % 5)))}
+                    ],
+                    "parameters": {"latency_ms": "nan"},
+                }
+            )
             http.post("/v2/models/digits-mlp/infer", content=body, headers={"content-type": "application/json"})
-            http.post("/v2/models/digits-mlp/infer", content=zlib.compress(b"\0" * (8 << 20)),
-                      headers={"content-type": "application/json", "content-encoding": "deflate"})
+            http.post(
+                "/v2/models/digits-mlp/infer",
+                content=zlib.compress(b"\0" * (8 << 20)),
+                headers={"content-type": "application/json", "content-encoding": "deflate"},
+            )
 
     burst()
     before = rss_mb()

@@ -40,10 +40,14 @@ def test_profiles_of_another_kind_are_not_used_and_this_kind_is_profiled(moved):
             assert pending and all(f"profiled on {OTHER} only" in v["reason"] for v in pending)
             assert all(v["profile"] is None for v in variants)  # the EPYC's numbers are not shown as ours
             decisions = c.decisions()
-            assert any(d["kind"] == "profile" and "no profiles for this machine's hardware kind" in d["reason"]
-                       for d in decisions)  # fmt: skip
-            assert wait_until(lambda: all(v["profile"] is not None for v in c.variants("digits-logreg")
-                                          if v["status"] != "failed"), timeout=180)  # fmt: skip
+            assert any(
+                d["kind"] == "profile" and "no profiles for this machine's hardware kind" in d["reason"]
+                for d in decisions
+            )
+            assert wait_until(
+                lambda: all(v["profile"] is not None for v in c.variants("digits-logreg") if v["status"] != "failed"),
+                timeout=180,
+            )
             for v in c.variants("digits-logreg"):
                 if v["profile"] is not None:
                     assert v["profile"]["hardware"] == local_kind().id and v["status"] in ("ready", "rejected")

@@ -36,9 +36,19 @@ def body(x: np.ndarray, **params) -> dict:
 def strict(tmp_path_factory, digits_data_dir):
     """A server with small limits: 1 MiB bodies (inference and management), 8 connections."""
     data = copy_data_dir(digits_data_dir, tmp_path_factory.mktemp("strict") / "d")
-    server = BackgroundServer(Settings(data_dir=data, port=0, grpc_port=0, workers=1, autoscale=False,
-                                       profile_on_register=False, max_request_bytes=LIMIT,
-                                       max_management_bytes=LIMIT, max_connections=8)).start()  # fmt: skip
+    server = BackgroundServer(
+        Settings(
+            data_dir=data,
+            port=0,
+            grpc_port=0,
+            workers=1,
+            autoscale=False,
+            profile_on_register=False,
+            max_request_bytes=LIMIT,
+            max_management_bytes=LIMIT,
+            max_connections=8,
+        )
+    ).start()
     yield server
     server.stop()
 
@@ -56,14 +66,22 @@ def probe(http, samples) -> None:
 
 
 # ---- parameters ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(("params", "named"), [
-    ({"latency_ms": "nan"}, "latency_ms"), ({"latency_ms": "inf"}, "latency_ms"),
-    ({"latency_ms": "1e309"}, "latency_ms"), ({"latency_ms": -5}, "latency_ms"),
-    ({"min_accuracy": "nan"}, "min_accuracy"), ({"min_accuracy": 2}, "min_accuracy"),
-    ({"max_cost": "Infinity"}, "max_cost"), ({"timeout": True}, "timeout"),
-    ({"drop_late": "maybe"}, "drop_late"), ({"binary_data_output": 1}, "binary_data_output"),
-    ({"allow_estimated": "no"}, "allow_estimated"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"latency_ms": "nan"}, "latency_ms"),
+        ({"latency_ms": "inf"}, "latency_ms"),
+        ({"latency_ms": "1e309"}, "latency_ms"),
+        ({"latency_ms": -5}, "latency_ms"),
+        ({"min_accuracy": "nan"}, "min_accuracy"),
+        ({"min_accuracy": 2}, "min_accuracy"),
+        ({"max_cost": "Infinity"}, "max_cost"),
+        ({"timeout": True}, "timeout"),
+        ({"drop_late": "maybe"}, "drop_late"),
+        ({"binary_data_output": 1}, "binary_data_output"),
+        ({"allow_estimated": "no"}, "allow_estimated"),
+    ],
+)
 def test_bad_parameters_are_a_400_that_names_them(http, digits_samples, params, named):
     r = http.post("/v2/models/digits-classification/infer", json=body(digits_samples[0][:1], **params))
     assert r.status_code == 400 and f"parameter '{named}'" in r.json()["error"], r.text
@@ -82,8 +100,10 @@ def test_a_nan_latency_does_not_poison_the_queue_for_valid_queries(http, digits_
 
 
 def test_json_numbers_past_double_range_are_refused(http):
-    raw = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1], "data": [1]}], ' \
-          b'"parameters": {"latency_ms": 1e309}}'  # fmt: skip
+    raw = (
+        b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1], "data": [1]}], '
+        b'"parameters": {"latency_ms": 1e309}}'
+    )
     r = http.post("/v2/models/digits-mlp/infer", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
 
@@ -112,20 +132,29 @@ def _bomb(size: int, wbits: int) -> bytes:
 def test_a_compression_bomb_stops_at_the_limit(http, digits_samples, encoding, wbits):
     bomb = _bomb(64 << 20, wbits)  # 64 MiB inflated from ~64 KB, against a 1 MiB limit
     assert len(bomb) < LIMIT
-    r = http.post("/v2/models/digits-mlp/infer", content=bomb,
-                  headers={"content-type": "application/json", "content-encoding": encoding})  # fmt: skip
+    r = http.post(
+        "/v2/models/digits-mlp/infer",
+        content=bomb,
+        headers={"content-type": "application/json", "content-encoding": encoding},
+    )
     assert r.status_code == 413 and "inflates past the limit" in r.json()["error"]
     truncated = zlib.compress(orjson.dumps(body(digits_samples[0][:1])))[:-6]
-    r = http.post("/v2/models/digits-mlp/infer", content=truncated,
-                  headers={"content-type": "application/json", "content-encoding": "deflate"})  # fmt: skip
+    r = http.post(
+        "/v2/models/digits-mlp/infer",
+        content=truncated,
+        headers={"content-type": "application/json", "content-encoding": "deflate"},
+    )
     assert r.status_code == 400 and "not valid deflate" in r.json()["error"]
     probe(http, digits_samples)
 
 
 def test_management_uploads_are_bounded(http, digits_models, digits_samples):
     big = b"\0" * (LIMIT + 10)
-    r = http.post("/api/v1/architectures", data={"name": "huge", "task": "digits-classification"},
-                  files={"model": ("m.onnx", big)})  # fmt: skip
+    r = http.post(
+        "/api/v1/architectures",
+        data={"name": "huge", "task": "digits-classification"},
+        files={"model": ("m.onnx", big)},
+    )
     assert r.status_code == 413, r.text
     # a job .npz whose members claim to inflate past the limit
     buf = io.BytesIO()
@@ -134,8 +163,9 @@ def test_management_uploads_are_bounded(http, digits_models, digits_samples):
         np.save(arr, np.zeros((LIMIT // 4 + 1024, 1), np.float32))
         zf.writestr("input.npy", arr.getvalue())
     assert len(buf.getvalue()) < LIMIT
-    r = http.post("/api/v1/jobs?model=digits-mlp", content=buf.getvalue(),
-                  headers={"content-type": "application/octet-stream"})  # fmt: skip
+    r = http.post(
+        "/api/v1/jobs?model=digits-mlp", content=buf.getvalue(), headers={"content-type": "application/octet-stream"}
+    )
     assert r.status_code == 413 and "inflate" in r.json()["error"]
     r = http.post("/api/v1/architectures/digits-mlp/profile", content=b"[" * (1 << 17))
     assert r.status_code == 413
@@ -144,8 +174,11 @@ def test_management_uploads_are_bounded(http, digits_models, digits_samples):
 
 def test_grpc_messages_past_the_limit_are_refused(strict, digits_samples):
     with grpc.insecure_channel(strict.grpc_url, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
-        infer = ch.unary_unary(f"/{SERVICE}/ModelInfer", request_serializer=pb.ModelInferRequest.SerializeToString,
-                               response_deserializer=pb.ModelInferResponse.FromString)  # fmt: skip
+        infer = ch.unary_unary(
+            f"/{SERVICE}/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
         req = pb.ModelInferRequest(model_name="digits-mlp")
         req.inputs.add(name="input", datatype="FP32", shape=[4096, 64])
         req.raw_input_contents.append(np.zeros((4096, 64), np.float32).tobytes())  # 1 MiB + framing
@@ -188,8 +221,11 @@ def test_connections_past_the_cap_get_a_clear_503(strict, http, digits_samples):
 
 def test_unknown_model_names_never_become_metric_labels(strict, http):
     with grpc.insecure_channel(strict.grpc_url) as ch:
-        infer = ch.unary_unary(f"/{SERVICE}/ModelInfer", request_serializer=pb.ModelInferRequest.SerializeToString,
-                               response_deserializer=pb.ModelInferResponse.FromString)  # fmt: skip
+        infer = ch.unary_unary(
+            f"/{SERVICE}/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
         for i in range(5):
             req = pb.ModelInferRequest(model_name=f"no-such-model-{i}")
             req.inputs.add(name="input", datatype="FP32", shape=[1, 64])
@@ -249,8 +285,9 @@ def test_a_corrupted_model_file_is_refused_at_load(tmp_path, digits_data_dir, di
     blob = bytearray(path.read_bytes())
     blob[-1] ^= 0xFF  # one flipped bit in the weights
     path.write_bytes(bytes(blob))
-    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, autoscale=False,
-                                       profile_on_register=False)).start()  # fmt: skip
+    server = BackgroundServer(
+        Settings(data_dir=data, port=0, workers=1, autoscale=False, profile_on_register=False)
+    ).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             r = c.post("/v2/models/digits-nb/infer", json=body(digits_samples[0][:1]))

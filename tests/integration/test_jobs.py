@@ -39,8 +39,11 @@ def direct(client: Client, variant: str, x: np.ndarray, chunk: int = 16) -> dict
 
 @pytest.fixture()
 def server(digits_profiled_dir, tmp_path):
-    srv = BackgroundServer(Settings(data_dir=copy_data_dir(digits_profiled_dir, tmp_path / "d"), port=0,
-                                    workers=1, profile_on_register=False)).start()  # fmt: skip
+    srv = BackgroundServer(
+        Settings(
+            data_dir=copy_data_dir(digits_profiled_dir, tmp_path / "d"), port=0, workers=1, profile_on_register=False
+        )
+    ).start()
     yield srv
     srv.stop()
 
@@ -62,8 +65,9 @@ def test_a_job_completes_and_its_outputs_equal_direct_inference(server):
         for start, end, variant in done["segments"]:
             expected = direct(client, variant, x[start:end], done["batch_rows"])
             np.testing.assert_array_equal(result["label"][start:end], expected["label"])
-            np.testing.assert_allclose(result["probabilities"][start:end], expected["probabilities"],
-                                       rtol=1e-5, atol=1e-6)  # fmt: skip
+            np.testing.assert_allclose(
+                result["probabilities"][start:end], expected["probabilities"], rtol=1e-5, atol=1e-6
+            )
         assert any(d["kind"] == "job" and "done" in d["reason"] for d in client.decisions(1000))
 
 
@@ -90,8 +94,9 @@ def test_bad_jobs_get_clear_errors(server):
 
 
 def test_a_job_survives_a_restart_and_resumes_from_its_last_batch(digits_profiled_dir, tmp_path):
-    settings = Settings(data_dir=copy_data_dir(digits_profiled_dir, tmp_path / "d"), port=0, workers=1,
-                        profile_on_register=False)  # fmt: skip
+    settings = Settings(
+        data_dir=copy_data_dir(digits_profiled_dir, tmp_path / "d"), port=0, workers=1, profile_on_register=False
+    )
     x = rows(30_000)
     server = BackgroundServer(settings).start()
     with Client(server.url) as client:
@@ -124,16 +129,30 @@ def test_a_job_survives_a_restart_and_resumes_from_its_last_batch(digits_profile
 
 
 def test_a_job_pauses_while_online_load_is_high(heavy_dir, tmp_path):
-    settings = Settings(data_dir=copy_data_dir(heavy_dir, tmp_path / "d"), port=0, workers=1, cores_per_worker=1,
-                        max_workers=1, profile_on_register=False)  # fmt: skip
+    settings = Settings(
+        data_dir=copy_data_dir(heavy_dir, tmp_path / "d"),
+        port=0,
+        workers=1,
+        cores_per_worker=1,
+        max_workers=1,
+        profile_on_register=False,
+    )
     server = BackgroundServer(settings).start()
     try:
         plane = server.services
         (name,) = {n for w in plane.cluster.workers for n in w.loaded_names()}
         per_second = capacity_rps(plane.catalog.profiles[name], plane.catalog.variants[name].max_batch) / 16
-        load = threading.Thread(target=lambda: asyncio.run(ramp(
-            server.url, "/v2/models/digits-conv/infer", json_body(16), ["Content-Type: application/json"],
-            [(1.5 * per_second, 6.0)])))  # fmt: skip
+        load = threading.Thread(
+            target=lambda: asyncio.run(
+                ramp(
+                    server.url,
+                    "/v2/models/digits-conv/infer",
+                    json_body(16),
+                    ["Content-Type: application/json"],
+                    [(1.5 * per_second, 6.0)],
+                )
+            )
+        )
         with Client(server.url) as client:
             load.start()
             assert wait_until(lambda: name in server.services.autoscaler.overloaded, timeout=10)
@@ -154,8 +173,12 @@ def test_cli_job_submit_watch_and_result(server, tmp_path):
     np.savez(tmp_path / "in.npz", input=rows(300))
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "infaas.cli", *args, "--url", server.url],
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "infaas.cli", *args, "--url", server.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     out = cli("job", "submit", "digits-classification", "--input", str(tmp_path / "in.npz"), "--json")
     assert out.returncode == 0, out.stderr
@@ -185,8 +208,9 @@ def test_jobs_that_keep_failing_are_marked_failed_and_the_queue_moves_on(digits_
             np.savez(data / "jobs" / job_id / "inputs.npz", input=rows(32))
         registry.store.put("job", job.id, job.model, job.model_dump(mode="json"))
     registry.close()
-    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False,
-                                       autoscale=False)).start()  # fmt: skip
+    server = BackgroundServer(
+        Settings(data_dir=data, port=0, workers=1, profile_on_register=False, autoscale=False)
+    ).start()
     try:
         with Client(server.url) as client:
             good = client.submit_job("digits-classification", {"input": rows(64)})
@@ -204,8 +228,11 @@ def test_jobs_batch_within_every_variants_max_batch(digits_models, tmp_path):
     registry = Registry.open(tmp_path / "d")
     registry.register("narrow", "narrow-task", model.onnx, accuracy=0.9, max_batch=4, threads=1)
     registry.close()
-    server = BackgroundServer(Settings(data_dir=tmp_path / "d", port=0, workers=1, profile_on_register=False,
-                                       autoscale=False, job_batch_rows=16)).start()  # fmt: skip
+    server = BackgroundServer(
+        Settings(
+            data_dir=tmp_path / "d", port=0, workers=1, profile_on_register=False, autoscale=False, job_batch_rows=16
+        )
+    ).start()
     try:
         with Client(server.url) as client:
             job = client.submit_job("narrow", {"input": rows(50)})

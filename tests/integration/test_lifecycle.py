@@ -23,8 +23,9 @@ from tests.conftest import copy_data_dir, wait_until
 @pytest.fixture
 def server(tmp_path, digits_data_dir):
     data = copy_data_dir(digits_data_dir, tmp_path / "d")
-    srv = BackgroundServer(Settings(data_dir=data, port=0, workers=1, autoscale=False,
-                                    profile_on_register=False)).start()  # fmt: skip
+    srv = BackgroundServer(
+        Settings(data_dir=data, port=0, workers=1, autoscale=False, profile_on_register=False)
+    ).start()
     yield srv
     srv.stop()
 
@@ -56,9 +57,15 @@ def test_an_unload_draining_while_a_load_of_the_same_variant_arrives_leaves_them
     run(server, race())
     assert worker.hosts(name) and worker.replicas[name] is ReplicaState.READY
     assert worker_has(server, worker, name)  # the process agrees with the frontend
-    r = httpx.post(server.url + "/v2/models/digits-mlp/infer", timeout=30, json={"inputs": [
-        {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": digits_samples[0][0].tolist()}]})
+    r = httpx.post(
+        server.url + "/v2/models/digits-mlp/infer",
+        timeout=30,
+        json={
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": digits_samples[0][0].tolist()}]
+        },
+    )
     assert r.status_code == 200, r.text
+
     # and the other order: a load then an unload ends unloaded, on both sides
     async def other_order():
         await asyncio.gather(worker.load(spec), worker.unload(name))
@@ -123,8 +130,13 @@ def test_crashes_in_quick_succession_leave_exactly_one_process_serving(server, d
     assert wait_until(lambda: worker.alive, timeout=30)
     assert worker.state is WorkerState.READY and worker.restarts >= 1
     assert wait_until(lambda: _children(os.getpid()) == [worker.pid], timeout=10), (_children(os.getpid()), worker.pid)
-    r = httpx.post(server.url + "/v2/models/digits-mlp/infer", timeout=30, json={"inputs": [
-        {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": digits_samples[0][0].tolist()}]})
+    r = httpx.post(
+        server.url + "/v2/models/digits-mlp/infer",
+        timeout=30,
+        json={
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": digits_samples[0][0].tolist()}]
+        },
+    )
     assert r.status_code == 200
 
 
@@ -150,9 +162,12 @@ def test_concurrent_registrations_of_one_name_exactly_one_wins(server, digits_mo
 
     def register(i: int) -> None:
         barrier.wait()
-        r = httpx.post(server.url + "/api/v1/architectures", timeout=60,
-                       data={"name": "twin", "task": "digits-classification", "accuracy": str(0.5 + i / 100)},
-                       files={"model": ("m.onnx", model.onnx)})  # fmt: skip
+        r = httpx.post(
+            server.url + "/api/v1/architectures",
+            timeout=60,
+            data={"name": "twin", "task": "digits-classification", "accuracy": str(0.5 + i / 100)},
+            files={"model": ("m.onnx", model.onnx)},
+        )
         statuses.append(r.status_code)
 
     threads = [threading.Thread(target=register, args=(i,)) for i in range(4)]
@@ -196,8 +211,9 @@ def test_a_variant_that_fails_to_reload_is_retried_until_it_is_back(tmp_path, di
     the missing one stays in its target placement, and the controller retries it (with backoff,
     each attempt in the decision log) until it loads."""
     data = copy_data_dir(digits_data_dir, tmp_path / "d")
-    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False,
-                                       autoscale_interval_s=0.2)).start()  # fmt: skip
+    server = BackgroundServer(
+        Settings(data_dir=data, port=0, workers=1, profile_on_register=False, autoscale_interval_s=0.2)
+    ).start()
     try:
         plane = server.services
         worker = plane.cluster.workers[0]
@@ -211,13 +227,21 @@ def test_a_variant_that_fails_to_reload_is_retried_until_it_is_back(tmp_path, di
         assert not worker.hosts(name) and worker.assigned(name)
         assert worker.replicas.get(name) in (None, ReplicaState.LOADING)
         assert any(n.startswith("digits-mlp.") for n in worker.loaded_names())  # the others are back
-        assert wait_until(lambda: any(d["kind"] == "error" and d.get("variant") == name
-                                      for d in list(plane.decisions)), timeout=10)  # fmt: skip
+        assert wait_until(
+            lambda: any(d["kind"] == "error" and d.get("variant") == name for d in list(plane.decisions)), timeout=10
+        )
         path.write_bytes(good)  # repaired
         assert wait_until(lambda: worker.hosts(name), timeout=15)
         assert any(d["kind"] == "reconcile" and d.get("variant") == name for d in list(plane.decisions))
-        r = httpx.post(server.url + "/v2/models/digits-nb/infer", timeout=30, json={"inputs": [
-            {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": digits_samples[0][0].tolist()}]})
+        r = httpx.post(
+            server.url + "/v2/models/digits-nb/infer",
+            timeout=30,
+            json={
+                "inputs": [
+                    {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": digits_samples[0][0].tolist()}
+                ]
+            },
+        )
         assert r.status_code == 200
     finally:
         server.stop()

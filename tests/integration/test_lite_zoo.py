@@ -24,8 +24,7 @@ def lite_server(tmp_path_factory, lite_models):
     data = tmp_path_factory.mktemp("lite")
     registry = Registry.open(data)
     for m in lite_models:
-        registry.register(m.name, m.task, m.onnx, accuracy=m.accuracy, max_batch=m.max_batch,
-                          description=m.description)  # fmt: skip
+        registry.register(m.name, m.task, m.onnx, accuracy=m.accuracy, max_batch=m.max_batch, description=m.description)
     registry.close()
     server = BackgroundServer(Settings(data_dir=data, port=0, workers=1)).start()
     yield server
@@ -67,7 +66,11 @@ def test_folded_resize_is_pytorch_bicubic():
         offset, side = efficientnet.crop_box(resolution)
         module = efficientnet._wrapped(name)
         x = images.permute(0, 3, 1, 2).float()[:, :, offset : offset + side, offset : offset + side]
-        ref = F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False) if side != resolution else x
+        ref = (
+            F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False)
+            if side != resolution
+            else x
+        )
         got = torch.matmul(torch.matmul(module.resize, x), module.resize.t()) if side != resolution else x
         assert torch.allclose(got, ref, atol=1e-3), name
 
@@ -111,8 +114,13 @@ def test_an_int8_variant_beats_fp32_within_the_bound_or_the_search_says_why(lite
     fp32 = by[("onnx-fp32", 2, 16)]
     assert (fp32.accuracy, fp32.accuracy_source) == (efficientnet.ARCHITECTURES[name][1], "declared")
     assert fp32.status == "ready" and prof[fp32.name].hardware == report.kind
-    winners = [v for v in report.variants if v.format == "onnx-int8-static" and v.status == "ready"
-               and prof[v.name].throughput > prof[by[("onnx-fp32", v.threads, v.max_batch)].name].throughput]  # fmt: skip
+    winners = [
+        v
+        for v in report.variants
+        if v.format == "onnx-int8-static"
+        and v.status == "ready"
+        and prof[v.name].throughput > prof[by[("onnx-fp32", v.threads, v.max_batch)].name].throughput
+    ]
     if winners:
         for v in winners:
             p = prof[v.name]
@@ -163,8 +171,9 @@ def test_one_core_workers_are_never_given_a_two_thread_variant(lite_reports):
     is the only one loaded (by hand), an objective query does not pick it but serves a 1-thread one."""
     data, reports = lite_reports
     t2 = next(v for v in reports["efficientnet-lite0"].variants if v.status == "ready" and v.threads == 2)
-    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, cores_per_worker=1, autoscale=False,
-                                       profile_on_register=False)).start()  # fmt: skip
+    server = BackgroundServer(
+        Settings(data_dir=data, port=0, workers=1, cores_per_worker=1, autoscale=False, profile_on_register=False)
+    ).start()
     try:
         images = efficientnet.sample_images(1, seed=5)
         with Client(server.url) as c:

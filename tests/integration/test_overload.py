@@ -32,9 +32,16 @@ def json_body(rows: int, **params) -> bytes:
 
 @pytest.fixture(scope="module")
 def heavy_server(heavy_dir, tmp_path_factory):
-    settings = Settings(data_dir=copy_data_dir(heavy_dir, tmp_path_factory.mktemp("ovl") / "d"), port=0,
-                        grpc_port=0, workers=1, cores_per_worker=1, autoscale=False,
-                        profile_on_register=False, default_timeout_s=DEADLINE_S)  # fmt: skip
+    settings = Settings(
+        data_dir=copy_data_dir(heavy_dir, tmp_path_factory.mktemp("ovl") / "d"),
+        port=0,
+        grpc_port=0,
+        workers=1,
+        cores_per_worker=1,
+        autoscale=False,
+        profile_on_register=False,
+        default_timeout_s=DEADLINE_S,
+    )
     server = BackgroundServer(settings).start()
     yield server
     server.stop()
@@ -59,8 +66,16 @@ def test_overload_is_shed_early_served_within_deadlines_and_recovers_at_once(hea
     variant, per_second = capacity(heavy_server)
     stages = [(3.0 * per_second, 4.0), (0.3 * per_second, 3.0)]
     records: list[tuple[int, float, int, float]] = []
-    asyncio.run(ramp(heavy_server.url, "/v2/models/digits-conv/infer", json_body(16),
-                     ["Content-Type: application/json"], stages, records=records))  # fmt: skip
+    asyncio.run(
+        ramp(
+            heavy_server.url,
+            "/v2/models/digits-conv/infer",
+            json_body(16),
+            ["Content-Type: application/json"],
+            stages,
+            records=records,
+        )
+    )
     over = [r for r in records if r[0] == 0]
     served = [r for r in over if r[2] == 200]
     shed = [r for r in over if r[2] == 429]
@@ -85,10 +100,15 @@ def test_a_shed_request_says_when_to_retry(heavy_server):
     body = json_body(16)
 
     async def burst():
-        async with httpx.AsyncClient(base_url=heavy_server.url, timeout=30,
-                                     limits=httpx.Limits(max_connections=n)) as c:  # fmt: skip
-            return await asyncio.gather(*(c.post("/v2/models/digits-conv/infer", content=body,
-                                                 headers={"content-type": "application/json"}) for _ in range(n)))
+        async with httpx.AsyncClient(
+            base_url=heavy_server.url, timeout=30, limits=httpx.Limits(max_connections=n)
+        ) as c:
+            return await asyncio.gather(
+                *(
+                    c.post("/v2/models/digits-conv/infer", content=body, headers={"content-type": "application/json"})
+                    for _ in range(n)
+                )
+            )
 
     responses = asyncio.run(burst())
     statuses = [r.status_code for r in responses]
@@ -107,11 +127,16 @@ def test_a_client_that_gives_up_cancels_its_queued_request_in_the_worker(heavy_s
     body = json_body(16, timeout=5_000_000)  # a deadline the queue can make: nothing is shed
 
     async def impatient():
-        async with httpx.AsyncClient(base_url=heavy_server.url, timeout=0.15,
-                                     limits=httpx.Limits(max_connections=n)) as c:  # fmt: skip
-            return await asyncio.gather(*(c.post("/v2/models/digits-conv/infer", content=body,
-                                                 headers={"content-type": "application/json"})
-                                          for _ in range(n)), return_exceptions=True)  # fmt: skip
+        async with httpx.AsyncClient(
+            base_url=heavy_server.url, timeout=0.15, limits=httpx.Limits(max_connections=n)
+        ) as c:
+            return await asyncio.gather(
+                *(
+                    c.post("/v2/models/digits-conv/infer", content=body, headers={"content-type": "application/json"})
+                    for _ in range(n)
+                ),
+                return_exceptions=True,
+            )
 
     outcomes = asyncio.run(impatient())
     assert sum(isinstance(o, httpx.TimeoutException) for o in outcomes) > n // 2
@@ -129,8 +154,12 @@ def test_a_client_that_gives_up_cancels_its_queued_request_in_the_worker(heavy_s
     assert cancelled + never_sent > n // 3, (cancelled, never_sent, n)
     assert computed <= (n - cancelled - never_sent) * 16
     # and the server still serves
-    r = httpx.post(heavy_server.url + "/v2/models/digits-conv/infer", content=json_body(16),
-                   headers={"content-type": "application/json"}, timeout=10)  # fmt: skip
+    r = httpx.post(
+        heavy_server.url + "/v2/models/digits-conv/infer",
+        content=json_body(16),
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
     assert r.status_code == 200
 
 
@@ -148,7 +177,9 @@ def test_a_grpc_deadline_becomes_the_request_deadline_and_cancels_it(heavy_serve
     inp.set_data_from_numpy(x)
     results = []
     for _ in range(n):  # all in flight at once
-        client.async_infer("digits-conv", [inp], callback=lambda result, error: results.append(error), client_timeout=0.15)
+        client.async_infer(
+            "digits-conv", [inp], callback=lambda result, error: results.append(error), client_timeout=0.15
+        )
     deadline = time.monotonic() + 15
     while len(results) < n and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -174,8 +205,17 @@ def test_overload_of_one_variant_does_not_delay_another(heavy_dir, digits_models
     mlp = next(m for m in digits_models if m.name == "digits-mlp")
     registry.register(mlp.name, mlp.task, mlp.onnx, accuracy=0.97, max_batch=16, threads=1)
     registry.close()
-    server = BackgroundServer(Settings(data_dir=data, port=0, workers=2, cores_per_worker=1, autoscale=False,
-                                       profile_on_register=False, default_timeout_s=DEADLINE_S)).start()  # fmt: skip
+    server = BackgroundServer(
+        Settings(
+            data_dir=data,
+            port=0,
+            workers=2,
+            cores_per_worker=1,
+            autoscale=False,
+            profile_on_register=False,
+            default_timeout_s=DEADLINE_S,
+        )
+    ).start()
     try:
         hosts = {n: w.name for w in server.services.cluster.workers for n in w.loaded_names()}
         assert len(set(hosts.values())) == 2, hosts  # one architecture per worker
@@ -183,17 +223,34 @@ def test_overload_of_one_variant_does_not_delay_another(heavy_dir, digits_models
         conv = next(n for n in hosts if n.startswith("digits-conv."))
         per_second = capacity_rps(plane.catalog.profiles[conv], 16) / 16
         x, _ = digits.sample_inputs(1)
-        light = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
-                                          "data": x.ravel().tolist()}], "parameters": {"timeout": 300_000}})
+        light = orjson.dumps(
+            {
+                "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x.ravel().tolist()}],
+                "parameters": {"timeout": 300_000},
+            }
+        )
 
         async def both():
             heavy_records: list = []
             light_records: list = []
             await asyncio.gather(
-                ramp(server.url, "/v2/models/digits-conv/infer", json_body(16), ["Content-Type: application/json"],
-                     [(3.0 * per_second, 4.0)], records=heavy_records),
-                ramp(server.url, "/v2/models/digits-mlp/infer", light, ["Content-Type: application/json"],
-                     [(40.0, 4.0)], records=light_records))  # fmt: skip
+                ramp(
+                    server.url,
+                    "/v2/models/digits-conv/infer",
+                    json_body(16),
+                    ["Content-Type: application/json"],
+                    [(3.0 * per_second, 4.0)],
+                    records=heavy_records,
+                ),
+                ramp(
+                    server.url,
+                    "/v2/models/digits-mlp/infer",
+                    light,
+                    ["Content-Type: application/json"],
+                    [(40.0, 4.0)],
+                    records=light_records,
+                ),
+            )
             return heavy_records, light_records
 
         heavy, light_out = asyncio.run(both())

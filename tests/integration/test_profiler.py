@@ -22,8 +22,9 @@ def registry(tmp_path, digits_data_dir):
 
 
 def run(registry, name, **kw):
-    return asyncio.run(profile_architecture(registry, name, Settings(data_dir=registry.models.root.parent), quick=True,
-                                            **kw))  # fmt: skip
+    return asyncio.run(
+        profile_architecture(registry, name, Settings(data_dir=registry.models.root.parent), quick=True, **kw)
+    )
 
 
 def test_family_of_the_mlp_is_generated_measured_and_judged(registry):
@@ -36,7 +37,9 @@ def test_family_of_the_mlp_is_generated_measured_and_judged(registry):
     assert [s.format for s in report.skipped] == ["onnx-fp16"]  # no GPU here, said so
     for v in report.variants:
         if v.accuracy_source == "unknown":  # slower than fp32 where evaluated: rejected unevaluated, saying so
-            assert v.status == "rejected" and v.reason.startswith("not evaluated: ") and "to beat its parent" in v.reason
+            assert (
+                v.status == "rejected" and v.reason.startswith("not evaluated: ") and "to beat its parent" in v.reason
+            )
             assert report.profiles[v.name].accuracy is None and report.profiles[v.name].samples == 0
             continue
         assert v.status in ("ready", "rejected") and v.accuracy_source in ("measured", "reference")
@@ -121,7 +124,10 @@ def test_two_fresh_profiles_keep_and_reject_the_same_variants(tmp_path, digits_d
     a, b = ({v.name: v for v in rep.variants} for rep in reports)
     assert a.keys() == b.keys()
     for name in a:
-        assert (a[name].status, a[name].accuracy) == (b[name].status, b[name].accuracy), (a[name].reason, b[name].reason)
+        assert (a[name].status, a[name].accuracy) == (b[name].status, b[name].accuracy), (
+            a[name].reason,
+            b[name].reason,
+        )
         pa, pb = reports[0].profiles.get(name), reports[1].profiles.get(name)
         if pa is not None:
             assert (pa.loss, pa.loss_high, pa.samples) == (pb.loss, pb.loss_high, pb.samples)
@@ -130,16 +136,24 @@ def test_two_fresh_profiles_keep_and_reject_the_same_variants(tmp_path, digits_d
 def test_a_lossy_default_recipe_starts_a_search_that_is_recorded(registry):
     """With a bound no recipe can meet, every recipe is tried within the budget, the sensitivity pass
     runs, and the variants say what was tried and why each failed."""
-    report = asyncio.run(profile_architecture(registry, "digits-mlp", Settings(
-        data_dir=registry.models.root.parent, max_accuracy_drop=0.0, quant_search_s=120, dominance_margin=0.99),
-        quick=True))  # fmt: skip
+    report = asyncio.run(
+        profile_architecture(
+            registry,
+            "digits-mlp",
+            Settings(
+                data_dir=registry.models.root.parent, max_accuracy_drop=0.0, quant_search_s=120, dominance_margin=0.99
+            ),
+            quick=True,
+        )
+    )
     log = report.searches["onnx-int8-static"]
     tried = [t for t in log if "params" in t]
     if log[-1]["verdict"].startswith("not searched"):  # slower than fp32 on this CPU: the log says so
         assert "slower than fp32" in log[-1]["verdict"]
         return
     assert [t["params"] for t in tried[: len(SEARCH_STEPS["onnx-int8-static"]) + 1]][1:] == [
-        {**DEFAULT_RECIPES["onnx-int8-static"], **step} for step in SEARCH_STEPS["onnx-int8-static"]]
+        {**DEFAULT_RECIPES["onnx-int8-static"], **step} for step in SEARCH_STEPS["onnx-int8-static"]
+    ]
     assert any(t["recipe"] == "(sensitivity)" for t in log)
     assert any(t["params"]["exclude"] for t in tried)  # mixed precision tried
     for v in report.variants:

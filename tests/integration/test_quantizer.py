@@ -36,8 +36,11 @@ def weights_quantized(registry, key, node_name):
 def scales(registry, key):
     model = onnx.load(str(registry.models.path(key)))
     consts = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    return {n.input[0]: float(consts[n.input[1]]) for n in model.graph.node
-            if n.op_type == "QuantizeLinear" and n.input[1] in consts and consts[n.input[1]].size == 1}  # fmt: skip
+    return {
+        n.input[0]: float(consts[n.input[1]])
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[1] in consts and consts[n.input[1]].size == 1
+    }
 
 
 def test_each_calibration_method_sets_its_own_activation_ranges(registry):
@@ -45,7 +48,9 @@ def test_each_calibration_method_sets_its_own_activation_ranges(registry):
     Entropy defaults search 128 bins into 128), so the three methods make three different graphs."""
     arch = registry.architecture("digits-conv")
     with Quantizer(registry, arch) as qz:
-        made = {m: qz.quantize(FMT, {**DEFAULT_RECIPES[FMT], "calibrate": m}) for m in ("MinMax", "Entropy", "Percentile")}
+        made = {
+            m: qz.quantize(FMT, {**DEFAULT_RECIPES[FMT], "calibrate": m}) for m in ("MinMax", "Entropy", "Percentile")
+        }
     assert len({a.key for a in made.values()}) == 3
     minmax, entropy = scales(registry, made["MinMax"].key), scales(registry, made["Entropy"].key)
     shared = minmax.keys() & entropy.keys()
@@ -119,8 +124,9 @@ def test_the_search_keeps_a_recipe_only_when_it_meets_the_bound_and_beats_fp32(r
     async def go():
         await measure(default)
         await measure(parent)
-        return await _search(FMT, default, parent, quality(default), registry, arch, settings, measure, quality,
-                             lambda _msg: None)  # fmt: skip
+        return await _search(
+            FMT, default, parent, quality(default), registry, arch, settings, measure, quality, lambda _msg: None
+        )
 
     best, q, log = asyncio.run(go())
     verdicts = {t["recipe"]: t["verdict"] for t in log}

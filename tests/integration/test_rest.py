@@ -23,8 +23,10 @@ def client(digits_server):
 
 
 def json_body(x: np.ndarray, **extra) -> dict:
-    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
-                        "data": x.ravel().tolist()}], **extra}  # fmt: skip
+    return {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}],
+        **extra,
+    }
 
 
 def test_health_and_server_metadata(http):
@@ -38,9 +40,11 @@ def test_json_infer_at_all_three_levels(http, digits_samples, client):
     x, y = digits_samples
     x, y = x[:8], y[:8]
     version = client.variants("digits-mlp")[0]["name"]
-    for path in ("/v2/models/digits-classification/infer",   # model-less: task
-                 "/v2/models/digits-mlp/infer",                # architecture
-                 f"/v2/models/digits-mlp/versions/{version}/infer"):  # explicit variant
+    for path in (
+        "/v2/models/digits-classification/infer",  # model-less: task
+        "/v2/models/digits-mlp/infer",  # architecture
+        f"/v2/models/digits-mlp/versions/{version}/infer",
+    ):  # explicit variant
         r = http.post(path, json=json_body(x, id="q1"))
         assert r.status_code == 200, r.text
         body = r.json()
@@ -83,8 +87,11 @@ def test_requested_outputs_only_and_per_output_binary(http, digits_samples):
 
 def test_gzip_request_body(http, digits_samples):
     x, _ = digits_samples
-    r = http.post("/v2/models/digits-nb/infer", content=gzip.compress(orjson.dumps(json_body(x[:2]))),
-                  headers={"content-encoding": "gzip", "content-type": "application/json"})  # fmt: skip
+    r = http.post(
+        "/v2/models/digits-nb/infer",
+        content=gzip.compress(orjson.dumps(json_body(x[:2]))),
+        headers={"content-encoding": "gzip", "content-type": "application/json"},
+    )
     assert r.status_code == 200, r.text
 
 
@@ -93,8 +100,7 @@ def test_concurrent_requests_are_batched_and_answered_in_order(client, digits_se
 
     x, _ = digits_samples
     clients = [Client(digits_server.url) for _ in range(8)]
-    expected = np.concatenate([client.infer("digits-mlp", x[i : i + 16]).outputs["label"]
-                               for i in range(0, 64, 16)])  # fmt: skip
+    expected = np.concatenate([client.infer("digits-mlp", x[i : i + 16]).outputs["label"] for i in range(0, 64, 16)])
 
     def one(i):
         rows = x[i % 60 : i % 60 + 1 + i % 4]
@@ -143,8 +149,13 @@ def test_statistics_count_what_ran(http, client, digits_samples):
 
 def test_repository_index_and_metrics(http, client, digits_samples):
     index = http.post("/v2/repository/index").json()
-    assert {r["name"] for r in index} == {"digits-classification", "digits-mlp", "digits-logreg",
-                                          "digits-tree", "digits-nb"}  # fmt: skip
+    assert {r["name"] for r in index} == {
+        "digits-classification",
+        "digits-mlp",
+        "digits-logreg",
+        "digits-tree",
+        "digits-nb",
+    }
     assert all(r["state"] == "READY" for r in index)
     client.infer("digits-nb", digits_samples[0][:3])
     text = http.get("/metrics").text
@@ -155,8 +166,9 @@ def test_repository_index_and_metrics(http, client, digits_samples):
 
 def test_management_api_register_list_remove(client, digits_models, http, digits_samples):
     m = next(m for m in digits_models if m.name == "digits-nb")
-    created = client.register("digits-nb2", "digits-classification", m.onnx, validation=m.validation,
-                              description="copy")  # fmt: skip
+    created = client.register(
+        "digits-nb2", "digits-classification", m.onnx, validation=m.validation, description="copy"
+    )
     assert created["architecture"]["accuracy_source"] == "measured"
     assert any(a["name"] == "digits-nb2" for a in client.architectures(task="digits-classification"))
     variant = client.variants("digits-nb2")[0]
@@ -186,41 +198,101 @@ def test_openapi_schema_is_valid_and_covers_every_route(http, digits_server):
 
 BAD = [
     # (path, body, headers, status, message fragment)
-    ("/v2/models/nope/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
-                                           "data": [0] * 64}]}, {}, 404, "unknown model"),
-    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 63],
-                                                 "data": [0] * 63}]}, {}, 400, "shape [1, 63], expected [-1, 64]"),
-    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 64],
-                                                 "data": [0] * 64}]}, {}, 400, "datatype FP64, expected FP32"),
-    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "wrong", "datatype": "FP32", "shape": [1, 64],
-                                                 "data": [0] * 64}]}, {}, 400, "missing input"),
-    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP32",
-                                                 "shape": [1 << 20, 1 << 20], "data": [0]}]}, {}, 400, "limit"),
-    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [17, 64],
-                                                 "data": [0] * 17 * 64}]}, {}, 400, "exceeds the largest max batch"),
-    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [0, 64],
-                                                 "data": []}]}, {}, 400, "at least 1"),
-    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
-                                                 "data": [0] * 64}], "outputs": [{"name": "zz"}]}, {}, 400,
-     "unknown output"),
-    ("/v2/models/digits-mlp/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
-                                                 "data": [0] * 64}], "parameters": {"timeout": -3}}, {}, 400,
-     "timeout"),
+    (
+        "/v2/models/nope/infer",
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0] * 64}]},
+        {},
+        404,
+        "unknown model",
+    ),
+    (
+        "/v2/models/digits-mlp/infer",
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 63], "data": [0] * 63}]},
+        {},
+        400,
+        "shape [1, 63], expected [-1, 64]",
+    ),
+    (
+        "/v2/models/digits-mlp/infer",
+        {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 64], "data": [0] * 64}]},
+        {},
+        400,
+        "datatype FP64, expected FP32",
+    ),
+    (
+        "/v2/models/digits-mlp/infer",
+        {"inputs": [{"name": "wrong", "datatype": "FP32", "shape": [1, 64], "data": [0] * 64}]},
+        {},
+        400,
+        "missing input",
+    ),
+    (
+        "/v2/models/digits-mlp/infer",
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1 << 20, 1 << 20], "data": [0]}]},
+        {},
+        400,
+        "limit",
+    ),
+    (
+        "/v2/models/digits-mlp/infer",
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [17, 64], "data": [0] * 17 * 64}]},
+        {},
+        400,
+        "exceeds the largest max batch",
+    ),
+    (
+        "/v2/models/digits-mlp/infer",
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [0, 64], "data": []}]},
+        {},
+        400,
+        "at least 1",
+    ),
+    (
+        "/v2/models/digits-mlp/infer",
+        {
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0] * 64}],
+            "outputs": [{"name": "zz"}],
+        },
+        {},
+        400,
+        "unknown output",
+    ),
+    (
+        "/v2/models/digits-mlp/infer",
+        {
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0] * 64}],
+            "parameters": {"timeout": -3},
+        },
+        {},
+        400,
+        "timeout",
+    ),
     ("/v2/models/digits-mlp/infer", b"this is not json", {}, 400, "not valid JSON"),
     ("/v2/models/digits-mlp/versions/nope/infer", {"inputs": []}, {}, 404, "no variant 'nope'"),
-    ("/v2/models/digits-mlp/infer", b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], '
-     b'"parameters": {"binary_data_size": 256}}]}' + b"\x00" * 100, {"inference-header-content-length": "110"},
-     400, "truncated"),
-    ("/v2/models/digits-mlp/infer", b'{"inputs": []}', {"inference-header-content-length": "5000"}, 400,
-     "does not fit a body"),
+    (
+        "/v2/models/digits-mlp/infer",
+        b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], '
+        b'"parameters": {"binary_data_size": 256}}]}' + b"\x00" * 100,
+        {"inference-header-content-length": "110"},
+        400,
+        "truncated",
+    ),
+    (
+        "/v2/models/digits-mlp/infer",
+        b'{"inputs": []}',
+        {"inference-header-content-length": "5000"},
+        400,
+        "does not fit a body",
+    ),
     ("/v2/models/digits-mlp/infer", b"{}", {"content-encoding": "br"}, 400, "content-encoding"),
     ("/v2/models/digits-mlp/nothing", b"{}", {}, 404, "Not Found"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("path", "body", "headers", "status", "message"), BAD)
-def test_bad_input_gets_a_v2_error_and_the_server_keeps_serving(http, digits_samples, path, body, headers,
-                                                                 status, message):  # fmt: skip
+def test_bad_input_gets_a_v2_error_and_the_server_keeps_serving(
+    http, digits_samples, path, body, headers, status, message
+):
     content = body if isinstance(body, bytes) else orjson.dumps(body)
     r = http.post(path, content=content, headers=headers)
     assert r.status_code == status, r.text
@@ -232,8 +304,9 @@ def test_bad_input_gets_a_v2_error_and_the_server_keeps_serving(http, digits_sam
 def test_deadline_parameter_drops_requests_that_cannot_make_it(http, digits_samples):
     r = http.post("/v2/models/digits-mlp/infer", json=json_body(digits_samples[0][:1], parameters={"timeout": 1}))
     assert r.status_code == 503 and "deadline" in r.json()["error"]
-    r = http.post("/v2/models/digits-mlp/infer",
-                  json=json_body(digits_samples[0][:1], parameters={"timeout": 5_000_000}))  # fmt: skip
+    r = http.post(
+        "/v2/models/digits-mlp/infer", json=json_body(digits_samples[0][:1], parameters={"timeout": 5_000_000})
+    )
     assert r.status_code == 200
 
 
@@ -253,6 +326,7 @@ def test_in_process_app_without_a_socket(digits_data_dir, tmp_path, digits_sampl
 
 def test_repository_load_and_unload_place_a_variant(http, client, digits_samples):
     """Triton's repository extension: load a named variant on N workers, unload it everywhere."""
+
     def loaded_on(name):
         return next(v["loaded_on"] for v in client.variants("digits-logreg") if v["name"] == name)
 

@@ -25,17 +25,26 @@ ray = pytest.importorskip("ray")
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
 # Ray notices a dead node from missed health checks: every 0.5 s, three misses (default: 3 s x 5)
-FAST_DEATH = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
-              "health_check_initial_delay_ms": 0, "health_check_timeout_ms": 500}  # fmt: skip
+FAST_DEATH = {
+    "health_check_period_ms": 500,
+    "health_check_failure_threshold": 3,
+    "health_check_initial_delay_ms": 0,
+    "health_check_timeout_ms": 500,
+}
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "_system_config": FAST_DEATH,
-    })  # fmt: skip
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": False,
+            "_system_config": FAST_DEATH,
+        },
+    )
     nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="infaas-test", log_to_driver=False)
@@ -48,12 +57,21 @@ def _node_of(worker) -> str:
     return worker.node_id
 
 
-def test_workers_spread_over_nodes_and_serve_a_model_less_query(ray_cluster, tmp_path, digits_profiled_dir,
-                                                                 digits_samples):  # fmt: skip
+def test_workers_spread_over_nodes_and_serve_a_model_less_query(
+    ray_cluster, tmp_path, digits_profiled_dir, digits_samples
+):
     cluster, _ = ray_cluster
     data = copy_data_dir(digits_profiled_dir, tmp_path / "data")
-    settings = Settings(data_dir=data, port=0, workers=2, cores_per_worker=1, cluster="ray",
-                        ray_address=cluster.address, ray_namespace="spread", autoscale=False)  # fmt: skip
+    settings = Settings(
+        data_dir=data,
+        port=0,
+        workers=2,
+        cores_per_worker=1,
+        cluster="ray",
+        ray_address=cluster.address,
+        ray_namespace="spread",
+        autoscale=False,
+    )
     with BackgroundServer(settings) as server:
         dp = server.services
         assert len(dp.cluster.workers) == 2
@@ -66,20 +84,31 @@ def test_workers_spread_over_nodes_and_serve_a_model_less_query(ray_cluster, tmp
             assert out.outputs["label"].shape == (4,)
             assert out.parameters["worker"] in {"w0", "w1"} and "reason" in out.parameters
             info = c.workers()
-            assert {w["node"] for w in info} == {cluster.head_node.node_ip_address} and all(w["state"] == "ready" for w in info)
+            assert {w["node"] for w in info} == {cluster.head_node.node_ip_address} and all(
+                w["state"] == "ready" for w in info
+            )
         # the actors are named, detached, in the deployment's namespace; stopping the only frontend ends them
         names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "spread"}
         assert names == {"infaas-w0", "infaas-w1"}
-    assert wait_until(lambda: not [a for a in ray.util.list_named_actors(all_namespaces=True)
-                                   if a["namespace"] == "spread"], 20)  # fmt: skip
+    assert wait_until(
+        lambda: not [a for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "spread"], 20
+    )
 
 
-def test_a_killed_actor_fails_its_requests_and_is_replaced(ray_cluster, tmp_path, digits_profiled_dir,
-                                                           digits_samples):  # fmt: skip
+def test_a_killed_actor_fails_its_requests_and_is_replaced(ray_cluster, tmp_path, digits_profiled_dir, digits_samples):
     cluster, _ = ray_cluster
     data = copy_data_dir(digits_profiled_dir, tmp_path / "data")
-    settings = Settings(data_dir=data, port=0, workers=1, cores_per_worker=1, cluster="ray",
-                        ray_address=cluster.address, ray_namespace="kill", autoscale=True, min_workers=1)  # fmt: skip
+    settings = Settings(
+        data_dir=data,
+        port=0,
+        workers=1,
+        cores_per_worker=1,
+        cluster="ray",
+        ray_address=cluster.address,
+        ray_namespace="kill",
+        autoscale=True,
+        min_workers=1,
+    )
     with BackgroundServer(settings) as server:
         worker = server.services.cluster.workers[0]
         before = set(worker.loaded_names())
@@ -88,8 +117,9 @@ def test_a_killed_actor_fails_its_requests_and_is_replaced(ray_cluster, tmp_path
         with Client(server.url) as c:
             c.infer("digits-classification", x[:1])
             worker.kill()
-            assert wait_until(lambda: worker.pid != old_pid and worker.alive and before <= set(worker.loaded_names()),
-                              30), f"not replaced: {worker.state}, {worker.last_exit}"  # fmt: skip
+            assert wait_until(
+                lambda: worker.pid != old_pid and worker.alive and before <= set(worker.loaded_names()), 30
+            ), f"not replaced: {worker.state}, {worker.last_exit}"
             assert c.infer("digits-classification", x[:1]).parameters["worker"] == "w0"
             assert worker.restarts == 1
 
@@ -105,22 +135,33 @@ def _load(url: str, stop: threading.Event, results: list, x: np.ndarray) -> None
                 results.append((t, time.monotonic(), f"{exc.status}"))
 
 
-def test_a_node_removed_under_load_fails_clearly_and_service_returns(ray_cluster, tmp_path, digits_profiled_dir,
-                                                                     digits_samples):  # fmt: skip
+def test_a_node_removed_under_load_fails_clearly_and_service_returns(
+    ray_cluster, tmp_path, digits_profiled_dir, digits_samples
+):
     """Two workers on two nodes, a spare node; the node of the worker serving the queries is removed
     under load: every request gets an answer or a clear error within its deadline, answers come back
     within 10 s, and the controller places the lost worker again on the spare node."""
     cluster, nodes = ray_cluster
     data = copy_data_dir(digits_profiled_dir, tmp_path / "data")
-    settings = Settings(data_dir=data, port=0, workers=2, cores_per_worker=1, cluster="ray",
-                        ray_address=cluster.address, ray_namespace="nodeloss", autoscale=True, min_workers=2,
-                        max_workers=2)  # fmt: skip
+    settings = Settings(
+        data_dir=data,
+        port=0,
+        workers=2,
+        cores_per_worker=1,
+        cluster="ray",
+        ray_address=cluster.address,
+        ray_namespace="nodeloss",
+        autoscale=True,
+        min_workers=2,
+        max_workers=2,
+    )
     x, _ = digits_samples
     with BackgroundServer(settings) as server:
         rc = server.services.cluster
         with Client(server.url) as c:
-            victim = rc.workers[0] if c.infer("digits-classification", x[:1]).parameters["worker"] == "w0" \
-                else rc.workers[1]  # fmt: skip
+            victim = (
+                rc.workers[0] if c.infer("digits-classification", x[:1]).parameters["worker"] == "w0" else rc.workers[1]
+            )
         node = next(n for n in nodes if n.node_id == victim.node_id)
         stop, results = threading.Event(), []
         threads = [threading.Thread(target=_load, args=(server.url, stop, results, x)) for _ in range(3)]
@@ -141,8 +182,9 @@ def test_a_node_removed_under_load_fails_clearly_and_service_returns(ray_cluster
         assert all(r[2] in {"500", "503", "504", "429"} for r in failed), failed
         after = [r for r in results if r[0] > removed_at and r[2] == "ok"]
         assert after and after[0][1] - removed_at < 10.0, "no answer within 10 s of the node's loss"
-        assert any(d["kind"] == "error" or "died" in d.get("reason", "") for d in server.services.decisions) \
-            or rc.deaths, "the death was not recorded"  # fmt: skip
+        assert (
+            any(d["kind"] == "error" or "died" in d.get("reason", "") for d in server.services.decisions) or rc.deaths
+        ), "the death was not recorded"
         nodes.remove(node)
         nodes.append(cluster.add_node(num_cpus=1))  # the next test's spare
 
@@ -150,10 +192,31 @@ def test_a_node_removed_under_load_fails_clearly_and_service_returns(ray_cluster
 # ---- two frontends, one Redis, one Ray cluster --------------------------------------------------------
 def _frontend(port: int, data, redis_url: str, address: str, namespace: str, log) -> subprocess.Popen:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "INFAAS_LEASE_S": "2", "INFAAS_PROFILE_ON_REGISTER": "0"}
-    return subprocess.Popen([sys.executable, "-m", "infaas.cli", "serve", "--port", str(port), "--data-dir", str(data),
-                             "--cluster", "ray", "--ray-address", address, "--store", redis_url, "--workers", "1",
-                             "--cores-per-worker", "1"],
-                            env={**env, "INFAAS_RAY_NAMESPACE": namespace}, stdout=log, stderr=log)  # fmt: skip
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infaas.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--cluster",
+            "ray",
+            "--ray-address",
+            address,
+            "--store",
+            redis_url,
+            "--workers",
+            "1",
+            "--cores-per-worker",
+            "1",
+        ],
+        env={**env, "INFAAS_RAY_NAMESPACE": namespace},
+        stdout=log,
+        stderr=log,
+    )
 
 
 def _up(url: str) -> bool:
@@ -164,8 +227,9 @@ def _up(url: str) -> bool:
         return False
 
 
-def test_two_frontends_share_models_workers_and_one_controller(ray_cluster, tmp_path, fresh_redis, digits_models,
-                                                               digits_samples):  # fmt: skip
+def test_two_frontends_share_models_workers_and_one_controller(
+    ray_cluster, tmp_path, fresh_redis, digits_models, digits_samples
+):
     cluster, _ = ray_cluster
     ports = [free_port(), free_port()]
     logs = [open(tmp_path / f"frontend{i}.log", "wb") for i in range(2)]  # noqa: SIM115 (closed below)
@@ -215,8 +279,9 @@ def test_two_frontends_share_models_workers_and_one_controller(ray_cluster, tmp_
         for f in logs:
             f.close()
     # the last frontend out stops the workers
-    assert wait_until(lambda: not [a for a in ray.util.list_named_actors(all_namespaces=True)
-                                   if a["namespace"] == "two"], 20)  # fmt: skip
+    assert wait_until(
+        lambda: not [a for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "two"], 20
+    )
 
 
 def _answers(client: Client, x: np.ndarray) -> bool:

@@ -38,7 +38,8 @@ def profiled(tmp_path_factory, encoder):
 def test_the_signature_is_read_and_the_metric_follows_the_outputs(profiled):
     data, arch, _ = profiled
     assert [(s.name, s.datatype, s.shape) for s in arch.signature.inputs] == [
-        (n, "INT64", (-1, -1)) for n in ("input_ids", "attention_mask", "token_type_ids")]
+        (n, "INT64", (-1, -1)) for n in ("input_ids", "attention_mask", "token_type_ids")
+    ]
     registry = Registry.open(data)
     assert registry.task("text-embedding").metric == "cosine"  # not a classifier: fidelity to the parent
     registry.close()

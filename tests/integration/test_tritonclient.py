@@ -96,8 +96,9 @@ def test_outputs_equal_across_protocols(digits_server, digits_samples):
 
 def test_explicit_variant_version_and_parameters(triton, digits_samples):
     version = triton.json("get_model_metadata", "digits-tree")["versions"][0]
-    result = triton.client.infer("digits-tree", [triton.input(digits_samples[0][:2])], model_version=version,
-                                 parameters={"drop_late": True})  # fmt: skip
+    result = triton.client.infer(
+        "digits-tree", [triton.input(digits_samples[0][:2])], model_version=version, parameters={"drop_late": True}
+    )
     response = result.get_response(as_json=True) if triton.grpc else result.get_response()
     assert response["model_version"] == version
 
@@ -109,13 +110,19 @@ def objective(value: float, triton: Triton):
 
 
 def test_model_less_query_with_objectives(triton, digits_samples):
-    result = triton.client.infer("digits-classification", [triton.input(digits_samples[0][:4])],
-                                 parameters={"min_accuracy": objective(0.97, triton)})  # fmt: skip
+    result = triton.client.infer(
+        "digits-classification",
+        [triton.input(digits_samples[0][:4])],
+        parameters={"min_accuracy": objective(0.97, triton)},
+    )
     params = triton.params(result)
     assert params["variant"].startswith("digits-mlp") and "0.97" in params["reason"]
     with pytest.raises(InferenceServerException, match="min_accuracy 0.999 unreachable") as exc:
-        triton.client.infer("digits-classification", [triton.input(digits_samples[0][:1])],
-                            parameters={"min_accuracy": objective(0.999, triton)})  # fmt: skip
+        triton.client.infer(
+            "digits-classification",
+            [triton.input(digits_samples[0][:1])],
+            parameters={"min_accuracy": objective(0.999, triton)},
+        )
     if triton.grpc:
         assert exc.value.status() == "StatusCode.INVALID_ARGUMENT"
 

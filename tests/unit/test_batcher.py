@@ -6,8 +6,7 @@ from infaas.worker.batcher import BatchQueue, Pending
 
 
 def item(key, rows=1, arrival=0.0, deadline=None, shape=(), drop_late=True):
-    return Pending(key=key, rows=rows, arrival=arrival, shape_key=shape, deadline=deadline,
-                   drop_late=drop_late)  # fmt: skip
+    return Pending(key=key, rows=rows, arrival=arrival, shape_key=shape, deadline=deadline, drop_late=drop_late)
 
 
 def test_greedy_merges_everything_queued_up_to_max_batch_in_fifo_order():

@@ -30,10 +30,14 @@ def binary_body(header: dict, *blobs: bytes) -> tuple[bytes, str]:
 
 
 def test_json_request():
-    body = orjson.dumps({"id": "7", "parameters": {"timeout": 5},
-                         "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2],
-                                     "data": [[1, 2], [3, 4]]}],
-                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]})  # fmt: skip
+    body = orjson.dumps(
+        {
+            "id": "7",
+            "parameters": {"timeout": 5},
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3, 4]]}],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    )
     req = decode(body)
     assert req.id == "7" and req.parameters == {"timeout": 5}
     np.testing.assert_array_equal(req.inputs[0].decode(), np.array([[1, 2], [3, 4]], np.float32))
@@ -43,8 +47,10 @@ def test_json_request():
 
 def test_binary_request_is_zero_copy_view_of_the_body():
     x = np.arange(6, dtype=np.int64).reshape(2, 3)
-    body, hl = binary_body({"inputs": [{"name": "x", "datatype": "INT64", "shape": [2, 3],
-                                        "parameters": {"binary_data_size": x.nbytes}}]}, x.tobytes())  # fmt: skip
+    body, hl = binary_body(
+        {"inputs": [{"name": "x", "datatype": "INT64", "shape": [2, 3], "parameters": {"binary_data_size": x.nbytes}}]},
+        x.tobytes(),
+    )
     req = decode(body, hl)
     np.testing.assert_array_equal(req.inputs[0].decode(), x)
 
@@ -52,8 +58,10 @@ def test_binary_request_is_zero_copy_view_of_the_body():
 def test_bytes_tensor_binary_and_json():
     items = [b"ab", b"", b"\x00xyz"]
     blob = b"".join(struct.pack("<I", len(i)) + i for i in items)
-    body, hl = binary_body({"inputs": [{"name": "s", "datatype": "BYTES", "shape": [3],
-                                        "parameters": {"binary_data_size": len(blob)}}]}, blob)  # fmt: skip
+    body, hl = binary_body(
+        {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [3], "parameters": {"binary_data_size": len(blob)}}]},
+        blob,
+    )
     assert list(decode(body, hl).inputs[0].decode()) == items
     js = orjson.dumps({"inputs": [{"name": "s", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]}]})
     assert list(decode(js).inputs[0].decode()) == [b"a", b"b"]
@@ -68,24 +76,48 @@ def test_bytes_tensor_binary_and_json():
         ({"inputs": [{"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}]}, b"", None, "unknown datatype"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}, b"", None, "negative"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": "1", "data": [1]}]}, b"", None, "list of integers"),
-        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [100000, 100000], "data": [1]}]}, b"", None,
-         "over the limit"),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [100000, 100000], "data": [1]}]},
+            b"",
+            None,
+            "over the limit",
+        ),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}]}, b"", None, "needs 3 elements"),
         ({"inputs": [{"name": "x", "datatype": "INT8", "shape": [1], "data": ["a"]}]}, b"", None, "does not fit"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}, b"", None, "neither 'data'"),
-        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4],
-                      "parameters": {"binary_data_size": 16}}]}, b"\x00" * 8, "auto", "truncated"),
-        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4],
-                      "parameters": {"binary_data_size": 12}}]}, b"\x00" * 12, "auto", "needs 16"),
-        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1],
-                      "parameters": {"binary_data_size": 4}}]}, b"\x00" * 9, "auto", "not claimed"),
-        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}, b"", "99999",
-         "does not fit a body"),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "parameters": {"binary_data_size": 16}}]},
+            b"\x00" * 8,
+            "auto",
+            "truncated",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "parameters": {"binary_data_size": 12}}]},
+            b"\x00" * 12,
+            "auto",
+            "needs 16",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}]},
+            b"\x00" * 9,
+            "auto",
+            "not claimed",
+        ),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]},
+            b"",
+            "99999",
+            "does not fit a body",
+        ),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}, b"", "abc", "not an integer"),
-        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "parameters": 3}, b"", None,
-         "JSON object"),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "parameters": 3},
+            b"",
+            None,
+            "JSON object",
+        ),
     ],
-)  # fmt: skip
+)
 def test_malformed_requests_are_rejected_with_a_clear_message(header, blob, header_len, message):
     if header is None:
         body = blob
@@ -104,13 +136,18 @@ numeric = st.sampled_from([np.float32, np.float64, np.int8, np.int32, np.int64, 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), dtype=numeric, binary=st.booleans())
 def test_response_round_trips_through_the_client_decoder(data, dtype, binary):
-    arr = data.draw(hnp.arrays(dtype, hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
-                               elements={"allow_nan": binary, "allow_infinity": binary}
-                               if np.dtype(dtype).kind == "f" else None))  # fmt: skip
+    arr = data.draw(
+        hnp.arrays(
+            dtype,
+            hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
+            elements={"allow_nan": binary, "allow_infinity": binary} if np.dtype(dtype).kind == "f" else None,
+        )
+    )
     from infaas.tensors import numpy_to_v2
 
-    resp = InferResponse("m", "v", [InferOutput("y", numpy_to_v2(arr.dtype), arr.shape, arr, binary)],
-                         "id1", {"variant": "v"})  # fmt: skip
+    resp = InferResponse(
+        "m", "v", [InferOutput("y", numpy_to_v2(arr.dtype), arr.shape, arr, binary)], "id1", {"variant": "v"}
+    )
     body, headers = encode_response(resp)
     out = decode_response(body, headers.get("inference-header-content-length"))
     assert out.parameters == {"variant": "v"} and out.id == "id1"

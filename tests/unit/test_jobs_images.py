@@ -10,8 +10,10 @@ from infaas.registry import Signature, TensorSpec
 
 
 def sig(shape, datatype="UINT8"):
-    return Signature(inputs=(TensorSpec(name="images", datatype=datatype, shape=shape),),
-                     outputs=(TensorSpec(name="logits", datatype="FP32", shape=(-1, 10)),))  # fmt: skip
+    return Signature(
+        inputs=(TensorSpec(name="images", datatype=datatype, shape=shape),),
+        outputs=(TensorSpec(name="logits", datatype="FP32", shape=(-1, 10)),),
+    )
 
 
 def test_images_are_read_in_name_order_and_resized(tmp_path):

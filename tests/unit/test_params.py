@@ -6,8 +6,28 @@ from infaas.errors import InvalidInput
 from infaas.protocol.params import parse_request_params
 
 
-@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", 1e309, float("nan"), float("inf"),
-                                   "1e309", True, False, [50], {"a": 1}, "", "fast", -1, 0])  # fmt: skip
+@pytest.mark.parametrize(
+    "value",
+    [
+        "nan",
+        "NaN",
+        "inf",
+        "-inf",
+        "Infinity",
+        1e309,
+        float("nan"),
+        float("inf"),
+        "1e309",
+        True,
+        False,
+        [50],
+        {"a": 1},
+        "",
+        "fast",
+        -1,
+        0,
+    ],
+)
 def test_latency_ms_must_be_a_finite_positive_number(value):
     with pytest.raises(InvalidInput, match="parameter 'latency_ms'"):
         parse_request_params({"latency_ms": value})

@@ -15,14 +15,30 @@ from infaas.registry import Profile, Variant
 
 
 def variant(name, acc=0.9, max_batch=8):
-    return Variant(name=name, architecture="a", artifact_hash="h", accuracy=acc, accuracy_source="measured",
-                   max_batch=max_batch, status="ready")  # fmt: skip
+    return Variant(
+        name=name,
+        architecture="a",
+        artifact_hash="h",
+        accuracy=acc,
+        accuracy_source="measured",
+        max_batch=max_batch,
+        status="ready",
+    )
 
 
 def profile(v, slope, intercept, cost, mem=100.0, load_ms=200.0, best=8):
     tput = best / (slope * best + intercept) * 1000
-    return Profile(variant=v.name, hardware="cpu", fit_slope_ms=slope, fit_intercept_ms=intercept,
-                   cost_per_1k=cost, throughput=tput, peak_memory_mb=mem, load_time_ms=load_ms, best_batch=best)  # fmt: skip
+    return Profile(
+        variant=v.name,
+        hardware="cpu",
+        fit_slope_ms=slope,
+        fit_intercept_ms=intercept,
+        cost_per_1k=cost,
+        throughput=tput,
+        peak_memory_mb=mem,
+        load_time_ms=load_ms,
+        best_batch=best,
+    )
 
 
 FP32 = variant("a.fp32")  # capacity at batch 8: 8 / (1*8+2) ms = 800 rows/s
@@ -138,8 +154,9 @@ def test_oscillating_load_never_flaps():
     two = ["w0", "w1"]
     for t in range(0, 120):
         rps = 100 if (t // 5) % 2 == 0 else 1200  # low 5 s, high 5 s, ...
-        actions, mem = autoscale([load(FP32, P32, two, t, rps)], {"a": [(FP32, P32)]},
-                                 [WorkerRoom("w2", 1000)], t, mem, CFG)  # fmt: skip
+        actions, mem = autoscale(
+            [load(FP32, P32, two, t, rps)], {"a": [(FP32, P32)]}, [WorkerRoom("w2", 1000)], t, mem, CFG
+        )
         kinds += [a.kind for a in actions]
     assert "unload" not in kinds and "downgrade" not in kinds  # low never lasts the 10 s hysteresis
 
@@ -238,8 +255,10 @@ def test_the_controller_drops_samples_older_than_its_horizon():
     from infaas.policy.policies import InfaasPolicy
     from infaas.settings import Settings
 
-    plane = SimpleNamespace(catalog=SimpleNamespace(variants={}, profiles={}, by_arch={}),
-                            cluster=SimpleNamespace(workers=[], cores_per_worker=1, initial=1, worker_limit=0))  # fmt: skip
+    plane = SimpleNamespace(
+        catalog=SimpleNamespace(variants={}, profiles={}, by_arch={}),
+        cluster=SimpleNamespace(workers=[], cores_per_worker=1, initial=1, worker_limit=0),
+    )
     scaler = Autoscaler(plane, Settings(autoscale_window=5, autoscale_interval_s=1.0), InfaasPolicy())
     old, fresh = Sample(0.0, 9000.0, 10.0, 1.0, 500, 80.0, 1.0), Sample(95.0, 10.0, 10.0, 1.0, 0, 1.0, 0.1)
     scaler.windows["v"] = deque([old, fresh], maxlen=5)

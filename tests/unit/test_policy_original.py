@@ -22,13 +22,28 @@ from infaas.registry import Profile, Variant
 
 
 def var(name, acc=0.9, max_batch=8, arch="a"):
-    return Variant(name=name, architecture=arch, artifact_hash="h", accuracy=acc, accuracy_source="measured",
-                   max_batch=max_batch, status="ready")  # fmt: skip
+    return Variant(
+        name=name,
+        architecture=arch,
+        artifact_hash="h",
+        accuracy=acc,
+        accuracy_source="measured",
+        max_batch=max_batch,
+        status="ready",
+    )
 
 
 def prof(v, slope, intercept, cost=1e-4, load_ms=200.0, mem=100.0):
-    return Profile(variant=v.name, hardware="cpu", fit_slope_ms=slope, fit_intercept_ms=intercept, cost_per_1k=cost,
-                   load_time_ms=load_ms, peak_memory_mb=mem, latency_p50_ms={1: slope + intercept})  # fmt: skip
+    return Profile(
+        variant=v.name,
+        hardware="cpu",
+        fit_slope_ms=slope,
+        fit_intercept_ms=intercept,
+        cost_per_1k=cost,
+        load_time_ms=load_ms,
+        peak_memory_mb=mem,
+        latency_p50_ms={1: slope + intercept},
+    )
 
 
 SLOW, FAST, SMALL = var("a.slow", 0.90), var("a.fast", 0.92), var("a.small", 0.91, max_batch=1)
@@ -36,8 +51,10 @@ P = {SLOW.name: prof(SLOW, 2.0, 6.0), FAST.name: prof(FAST, 0.5, 1.0), SMALL.nam
 
 
 def choose(objective, loaded, flagged=(), slots=None, rows=1):
-    options = [Option(v, P[v.name], (slots or {}).get(v.name, (("w0", 0),)) if v.name in loaded else ())
-               for v in (SLOW, FAST, SMALL)]  # fmt: skip
+    options = [
+        Option(v, P[v.name], (slots or {}).get(v.name, (("w0", 0),)) if v.name in loaded else ())
+        for v in (SLOW, FAST, SMALL)
+    ]
     index = ScopeIndex(options)
     live = {o.variant.name: o.workers for o in options if o.workers}
     return select_original(objective, [o for o in index.ordered if o.workers], index, rows, "t", live.get, flagged)
@@ -45,8 +62,9 @@ def choose(objective, loaded, flagged=(), slots=None, rows=1):
 
 def test_least_slack_among_running_then_the_least_busy_worker():
     # SLOW (8 ms) and FAST (1.5 ms) both meet 10 ms: the original takes the slowest that meets it
-    c = choose(Objective(latency_ms=10), {"a.slow", "a.fast"},
-               slots={"a.slow": (("w0", 5), ("w1", 2)), "a.fast": (("w0", 0),)})  # fmt: skip
+    c = choose(
+        Objective(latency_ms=10), {"a.slow", "a.fast"}, slots={"a.slow": (("w0", 5), ("w1", 2)), "a.fast": (("w0", 0),)}
+    )
     assert c.variant is SLOW and c.worker == "w1" and c.predicted_ms == pytest.approx(8.0)
     assert "least slack" in c.reason
     # at 5 ms only FAST meets it; the queue is not part of the original's prediction
@@ -110,13 +128,17 @@ def test_replicate_or_upgrade_by_load_time_cost_with_the_margin():
     rooms = [WorkerRoom("w1", 1000), WorkerRoom("w2", 1000)]
     for fast_load, kind in ((300.0, "replicate"), (250.0, "upgrade")):
         family = {"a": [(SLOW, P[SLOW.name]), (FAST, prof(FAST, 0.5, 1.0, load_ms=fast_load))]}
-        actions, _ = autoscale_original([loaded(SLOW, ["w0"], 300, queue=200)], family, rooms, 10, OriginalMemory(), CFG)
+        actions, _ = autoscale_original(
+            [loaded(SLOW, ["w0"], 300, queue=200)], family, rooms, 10, OriginalMemory(), CFG
+        )
         assert {a.kind for a in actions} == {kind}
         if kind == "replicate":
             assert sorted(a.target for a in actions) == ["w1", "w2"]
         else:
             assert actions[0].target == "a.fast"
-    actions, _ = autoscale_original([loaded(SLOW, ["w0"], 300, queue=200)], FAMILY, rooms[:1], 10, OriginalMemory(), CFG)
+    actions, _ = autoscale_original(
+        [loaded(SLOW, ["w0"], 300, queue=200)], FAMILY, rooms[:1], 10, OriginalMemory(), CFG
+    )
     assert [(a.kind, a.target) for a in actions] == [("upgrade", "a.fast")] and "no room" in actions[0].reason
 
 
@@ -147,7 +169,12 @@ def test_scale_out_when_every_worker_is_busy_then_back_off():
 
 def test_the_latency_line_goes_through_batches_1_4_8_as_the_original_profiler_measured():
     v = var("a.lined")
-    p = Profile(variant=v.name, hardware="cpu", fit_slope_ms=9.0, fit_intercept_ms=9.0,
-                latency_p50_ms={1: 4.0, 4: 7.0, 8: 11.0, 16: 40.0})  # fmt: skip
+    p = Profile(
+        variant=v.name,
+        hardware="cpu",
+        fit_slope_ms=9.0,
+        fit_intercept_ms=9.0,
+        latency_p50_ms={1: 4.0, 4: 7.0, 8: 11.0, 16: 40.0},
+    )
     assert fit_ms(p, 1) == pytest.approx(4.0) and fit_ms(p, 16) == pytest.approx(19.0)  # not the measured 40
     assert fit_ms(P[SLOW.name], 2) == pytest.approx(10.0)  # without those three: the profile's own fit

@@ -7,13 +7,27 @@ from infaas.registry import Profile, Variant
 
 
 def var(name, acc, source="measured", max_batch=16):
-    return Variant(name=name, architecture=name.split(".")[0], artifact_hash="h", accuracy=acc,
-                   accuracy_source=source, max_batch=max_batch, status="ready")  # fmt: skip
+    return Variant(
+        name=name,
+        architecture=name.split(".")[0],
+        artifact_hash="h",
+        accuracy=acc,
+        accuracy_source=source,
+        max_batch=max_batch,
+        status="ready",
+    )
 
 
 def prof(v, slope, intercept, cost, load_ms=50.0):
-    return Profile(variant=v.name, hardware="cpu", fit_slope_ms=slope, fit_intercept_ms=intercept,
-                   cost_per_1k=cost, load_time_ms=load_ms, latency_p50_ms={1: slope + intercept})  # fmt: skip
+    return Profile(
+        variant=v.name,
+        hardware="cpu",
+        fit_slope_ms=slope,
+        fit_intercept_ms=intercept,
+        cost_per_1k=cost,
+        load_time_ms=load_ms,
+        latency_p50_ms={1: slope + intercept},
+    )
 
 
 BIG = var("big.fp32", 0.97)  # accurate, slow, dear
@@ -104,8 +118,13 @@ def test_measured_batch_table_drives_the_prediction_and_a_fit_never_reaches_zero
     v = var("t.fp32", 0.9)
     # measured: 4 ms at 1, 6 at 4, 10 at 8 (a fit through them crosses zero below batch 1 only, but
     # predicts 3.9 at batch 1 and so on; the table is what was measured)
-    table = Profile(variant=v.name, hardware="cpu", fit_slope_ms=0.85, fit_intercept_ms=3.2,
-                    latency_p50_ms={1: 4.0, 4: 6.0, 8: 10.0})  # fmt: skip
+    table = Profile(
+        variant=v.name,
+        hardware="cpu",
+        fit_slope_ms=0.85,
+        fit_intercept_ms=3.2,
+        latency_p50_ms={1: 4.0, 4: 6.0, 8: 10.0},
+    )
     assert table.predict_ms(1) == pytest.approx(4.0)
     assert table.predict_ms(2) == pytest.approx(4.0 + 2.0 / 3)
     assert table.predict_ms(8) == pytest.approx(10.0)
@@ -169,7 +188,11 @@ def test_no_prefetch_of_a_variant_dearer_than_a_loaded_one_that_is_only_saturate
     p = {**P, tiny.name: prof(tiny, 1.0, 1.0, 1e-6)}
 
     def options(tiny_slots):
-        return [Option(BIG, p[BIG.name], (("w0", 0),)), Option(MID, p[MID.name], ()), Option(tiny, p[tiny.name], tiny_slots)]
+        return [
+            Option(BIG, p[BIG.name], (("w0", 0),)),
+            Option(MID, p[MID.name], ()),
+            Option(tiny, p[tiny.name], tiny_slots),
+        ]
 
     saturated = select(Objective(min_accuracy=0.8, latency_ms=10), options((("w1", 40),)), 1, "t")
     assert saturated.variant is BIG and saturated.prefetch is None

@@ -11,14 +11,31 @@ from infaas.variants.generate import powers_of_two
 
 
 def variant(name, threads=1, max_batch=16, acc=0.9):
-    return Variant(name=f"a.{name}", architecture="a", artifact_hash="h", threads=threads, max_batch=max_batch,
-                   accuracy=acc, accuracy_source="measured", status="ready")  # fmt: skip
+    return Variant(
+        name=f"a.{name}",
+        architecture="a",
+        artifact_hash="h",
+        threads=threads,
+        max_batch=max_batch,
+        accuracy=acc,
+        accuracy_source="measured",
+        status="ready",
+    )
 
 
 def profile(v, p50_1, throughput, cost, acc=None, loss_high=0.0):
-    return Profile(variant=v.name, hardware="cpu", latency_p50_ms={1: p50_1}, throughput=throughput,
-                   cost_per_1k=cost, accuracy=v.accuracy if acc is None else acc, accuracy_source="measured",
-                   loss=loss_high / 2, loss_high=loss_high, samples=1000)  # fmt: skip
+    return Profile(
+        variant=v.name,
+        hardware="cpu",
+        latency_p50_ms={1: p50_1},
+        throughput=throughput,
+        cost_per_1k=cost,
+        accuracy=v.accuracy if acc is None else acc,
+        accuracy_source="measured",
+        loss=loss_high / 2,
+        loss_high=loss_high,
+        samples=1000,
+    )
 
 
 def judge(variants, profiles, drop=0.02, margin=0.2, floor=0.05):
@@ -55,18 +72,28 @@ def test_a_variant_is_never_dominated_by_one_that_needs_more_cores():
 def test_more_accurate_but_slower_survives_and_different_max_batch_is_not_compared():
     acc, fast = variant("acc", acc=0.95), variant("fast", acc=0.90)
     small = variant("small", max_batch=1, acc=0.9)  # worse than both, but alone at max batch 1
-    out = judge([acc, fast, small], {
-        acc.name: profile(acc, 5.0, 200, 2e-6), fast.name: profile(fast, 2.0, 500, 1e-6),
-        small.name: profile(small, 9.0, 100, 9e-6),
-    }, drop=0.1)  # fmt: skip
+    out = judge(
+        [acc, fast, small],
+        {
+            acc.name: profile(acc, 5.0, 200, 2e-6),
+            fast.name: profile(fast, 2.0, 500, 1e-6),
+            small.name: profile(small, 9.0, 100, 9e-6),
+        },
+        drop=0.1,
+    )
     assert {n: v.status for n, v in out.items()} == {"a.acc": "ready", "a.fast": "ready", "a.small": "ready"}
 
 
 def test_the_upper_bound_of_the_loss_is_judged_not_the_estimate():
     base, q, close = variant("fp32", acc=0.90), variant("int8", acc=0.89), variant("int8b", acc=0.89)
-    out = judge([base, q, close], {base.name: profile(base, 4.0, 250, 1e-6),
-                                   q.name: profile(q, 1.0, 900, 3e-7, loss_high=0.021),  # estimate 0.0105
-                                   close.name: profile(close, 1.0, 900, 3e-7, loss_high=0.019)})  # fmt: skip
+    out = judge(
+        [base, q, close],
+        {
+            base.name: profile(base, 4.0, 250, 1e-6),
+            q.name: profile(q, 1.0, 900, 3e-7, loss_high=0.021),  # estimate 0.0105
+            close.name: profile(close, 1.0, 900, 3e-7, loss_high=0.019),
+        },
+    )
     assert out["a.int8"].status == "rejected"
     assert "may lose up to 0.0210 top1" in out["a.int8"].reason and "bound of 0.02" in out["a.int8"].reason
     assert out["a.int8b"].status == "ready"
@@ -85,8 +112,11 @@ def test_microsecond_timings_within_the_noise_floor_are_ties():
     # 15 vs 21 µs a call: 40 % apart, but inside the 50 µs noise of one timed call, and so is the cost
     # that follows from them: every verdict is a tie, the same on every run
     t1, t2, int8 = variant("t1", threads=1), variant("t2", threads=2), variant("int8", threads=1)
-    profiles = {t1.name: profile(t1, 0.015, 1 / 0.015 * 1000, 1.0e-9), t2.name: profile(t2, 0.021, 1 / 0.021 * 1000, 2.8e-9),
-                int8.name: profile(int8, 0.021, 1 / 0.021 * 1000, 1.4e-9)}  # fmt: skip
+    profiles = {
+        t1.name: profile(t1, 0.015, 1 / 0.015 * 1000, 1.0e-9),
+        t2.name: profile(t2, 0.021, 1 / 0.021 * 1000, 2.8e-9),
+        int8.name: profile(int8, 0.021, 1 / 0.021 * 1000, 1.4e-9),
+    }
     out = judge([t1, t2, int8], profiles)
     assert {v.status for v in out.values()} == {"ready"}
     assert judge([t1, int8], profiles, floor=0.0)["a.int8"].status == "rejected"  # without the floor: noise decides
@@ -118,11 +148,16 @@ def test_gpu_plans_fp32_and_fp16_on_cuda_besides_the_cpu_family():
     from infaas.registry import Architecture, Signature, TensorSpec
     from infaas.variants import Artifact, plan_variants
 
-    sig = Signature(inputs=(TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),),
-                    outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, 2)),))  # fmt: skip
+    sig = Signature(
+        inputs=(TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),),
+        outputs=(TensorSpec(name="y", datatype="FP32", shape=(-1, 2)),),
+    )
     arch = Architecture(name="a", task="t", signature=sig, model_hash="h", max_batch=8)
-    arts = [Artifact("onnx-fp32", "k1", "baseline"), Artifact("onnx-int8-static", "k2", "int8-static"),
-            Artifact("onnx-fp16", "k3", "fp16")]  # fmt: skip
+    arts = [
+        Artifact("onnx-fp32", "k1", "baseline"),
+        Artifact("onnx-int8-static", "k2", "int8-static"),
+        Artifact("onnx-fp16", "k3", "fp16"),
+    ]
     cpu_only = plan_variants(arch, arts, max_threads=2, max_batch=8)
     assert {(v.format, v.provider) for v in cpu_only} == {("onnx-fp32", "cpu"), ("onnx-int8-static", "cpu")}
     assert len(cpu_only) == 2 * 2 * 3  # formats x threads {1,2} x max batch {1,4,8}

@@ -44,8 +44,7 @@ def test_measured_accuracy_matches_an_independent_computation(registry, digits_m
 
 
 def test_accuracy_spread_of_the_digits_zoo(registry, digits_models):
-    accs = [registry.register(m.name, m.task, m.onnx, validation=m.validation)[0].accuracy
-            for m in digits_models]  # fmt: skip
+    accs = [registry.register(m.name, m.task, m.onnx, validation=m.validation)[0].accuracy for m in digits_models]
     assert min(accs) < 0.6 and max(accs) > 0.95
 
 
@@ -78,8 +77,9 @@ def test_task_signature_is_enforced(registry, digits_models):
 
     registry.register("a", "digits-classification", digits_models[0].onnx)
     est = LogisticRegression(max_iter=50).fit(np.random.rand(20, 10), np.arange(20) % 2)
-    other = to_onnx(est, initial_types=[("input", FloatTensorType([None, 10]))],
-                    options={id(est): {"zipmap": False}}).SerializeToString()  # fmt: skip
+    other = to_onnx(
+        est, initial_types=[("input", FloatTensorType([None, 10]))], options={id(est): {"zipmap": False}}
+    ).SerializeToString()
     with pytest.raises(InvalidInput, match="does not fit task"):
         registry.register("b", "digits-classification", other)
 

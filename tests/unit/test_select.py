@@ -7,8 +7,14 @@ from infaas.registry import Variant
 
 
 def var(name, acc, max_batch=16):
-    return Variant(name=name, architecture=name.split(".")[0], artifact_hash="h", accuracy=acc,
-                   accuracy_source="measured", max_batch=max_batch)  # fmt: skip
+    return Variant(
+        name=name,
+        architecture=name.split(".")[0],
+        artifact_hash="h",
+        accuracy=acc,
+        accuracy_source="measured",
+        max_batch=max_batch,
+    )
 
 
 def test_most_accurate_loaded_wins_and_least_loaded_worker_is_used():

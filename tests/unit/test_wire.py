@@ -20,7 +20,8 @@ def test_round_trip_both_directions():
         await writer.drain()
         got = await receiving
         sending = asyncio.ensure_future(
-            asyncio.to_thread(SocketChannel(b).send, {"id": 3, "ok": True, "outputs": got["inputs"]}))
+            asyncio.to_thread(SocketChannel(b).send, {"id": 3, "ok": True, "outputs": got["inputs"]})
+        )
         reply = await read_message(reader)
         await sending
         writer.close()

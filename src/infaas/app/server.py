@@ -33,8 +33,11 @@ def build(settings: Settings):
 
             grpc_frontend = GrpcFrontend(services)
             await grpc_frontend.start(settings.host, settings.grpc_port)
-        log.info("infaas ready: %d workers, %d architectures", len(services.cluster.workers),
-                 len(services.catalog.architectures))  # fmt: skip
+        log.info(
+            "infaas ready: %d workers, %d architectures",
+            len(services.cluster.workers),
+            len(services.catalog.architectures),
+        )
         try:
             yield
         finally:
@@ -48,17 +51,30 @@ def build(settings: Settings):
 
 
 def uvicorn_config(app, settings: Settings, host: str | None = None, port: int | None = None) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host or settings.host, port=settings.port if port is None else port,
-                          loop="uvloop", http="httptools", log_level="warning", access_log=False,
-                          lifespan="on" if port is None else "off", timeout_keep_alive=30,
-                          limit_concurrency=settings.max_connections)  # fmt: skip
+    return uvicorn.Config(
+        app,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="on" if port is None else "off",
+        timeout_keep_alive=30,
+        limit_concurrency=settings.max_connections,
+    )
 
 
 def _servers(app, management, settings: Settings) -> list[uvicorn.Server]:
     servers = [uvicorn.Server(uvicorn_config(app, settings))]
     if management is not None:
-        servers.append(uvicorn.Server(uvicorn_config(
-            management, settings, settings.management_host or settings.host, settings.management_port)))
+        servers.append(
+            uvicorn.Server(
+                uvicorn_config(
+                    management, settings, settings.management_host or settings.host, settings.management_port
+                )
+            )
+        )
     return servers
 
 

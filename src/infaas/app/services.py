@@ -101,20 +101,32 @@ def build_cluster(settings: Settings, registry: Registry, leadership: Leadership
             from infaas.cluster.ray import RayCluster
         except ImportError:
             raise InvalidInput("--cluster ray needs the ray extra: pip install 'infaas[ray]'") from None
-        return RayCluster(registry.store, workers=settings.workers, cores_per_worker=settings.cores_per_worker or 1,
-                          address=settings.ray_address, namespace=settings.ray_namespace,
-                          memory_mb=settings.worker_memory_mb, allow_spinning=settings.ort_allow_spinning,
-                          start_timeout_s=max(60.0, settings.worker_start_timeout_s),
-                          max_workers=settings.max_workers, manages=lambda: leadership.leader,
-                          fence=leadership.fence, frontend_id=leadership.holder)  # fmt: skip
-    return LocalCluster(settings.workers, settings.cores_per_worker,
-                        allow_spinning=settings.ort_allow_spinning,
-                        start_timeout_s=settings.worker_start_timeout_s)  # fmt: skip
+        return RayCluster(
+            registry.store,
+            workers=settings.workers,
+            cores_per_worker=settings.cores_per_worker or 1,
+            address=settings.ray_address,
+            namespace=settings.ray_namespace,
+            memory_mb=settings.worker_memory_mb,
+            allow_spinning=settings.ort_allow_spinning,
+            start_timeout_s=max(60.0, settings.worker_start_timeout_s),
+            max_workers=settings.max_workers,
+            manages=lambda: leadership.leader,
+            fence=leadership.fence,
+            frontend_id=leadership.holder,
+        )
+    return LocalCluster(
+        settings.workers,
+        settings.cores_per_worker,
+        allow_spinning=settings.ort_allow_spinning,
+        start_timeout_s=settings.worker_start_timeout_s,
+    )
 
 
 def _scaling(settings: Settings) -> ScalingConfig:
-    return ScalingConfig(scale_down_s=settings.scale_down_s, idle_unload_s=settings.idle_unload_s,
-                         keep_warm=settings.keep_warm)  # fmt: skip
+    return ScalingConfig(
+        scale_down_s=settings.scale_down_s, idle_unload_s=settings.idle_unload_s, keep_warm=settings.keep_warm
+    )
 
 
 def _metrics(cluster: ClusterBackend) -> Metrics:
@@ -147,9 +159,15 @@ def build_services(settings: Settings) -> Services:
         assert services is not None
         await services.follow()
 
-    leadership = Leadership(registry.store, frontend_id(), ttl_s=settings.lease_s,
-                            url=f"http://{settings.host}:{settings.port}", on_gain=lead, on_lose=follow,
-                            log_decision=decisions.log_decision)  # fmt: skip
+    leadership = Leadership(
+        registry.store,
+        frontend_id(),
+        ttl_s=settings.lease_s,
+        url=f"http://{settings.host}:{settings.port}",
+        on_gain=lead,
+        on_lose=follow,
+        log_decision=decisions.log_decision,
+    )
     cluster = build_cluster(settings, registry, leadership)
     catalog = Catalog(registry, cluster.kind)
     latency = LatencyModel()
@@ -158,18 +176,51 @@ def build_services(settings: Settings) -> Services:
     profiling = Profiling(registry, catalog, cluster, settings, placement, decisions, background)
     policy = policy_named(settings.policy, _scaling(settings))
     scaler = Autoscaler(placement, settings, policy, may_act=leadership.holds) if settings.autoscale else None
-    router = Router(catalog, cluster, settings, metrics, latency, placement, decisions, policy,
-                    flagged=(lambda: scaler.overloaded) if scaler is not None else frozenset)  # fmt: skip
-    registration = Registration(registry, catalog, settings, placement, profiling, decisions, background,
-                                serving=lambda: router.ready)  # fmt: skip
-    views = Views(catalog, cluster, settings, metrics,
-                  worker_report=(lambda: scaler.workers) if scaler is not None else dict)  # fmt: skip
+    router = Router(
+        catalog,
+        cluster,
+        settings,
+        metrics,
+        latency,
+        placement,
+        decisions,
+        policy,
+        flagged=(lambda: scaler.overloaded) if scaler is not None else frozenset,
+    )
+    registration = Registration(
+        registry, catalog, settings, placement, profiling, decisions, background, serving=lambda: router.ready
+    )
+    views = Views(
+        catalog, cluster, settings, metrics, worker_report=(lambda: scaler.workers) if scaler is not None else dict
+    )
 
-    jobs = JobRunner(router, decisions, registry.store, settings.data_dir, settings.job_batch_rows,
-                     busy=lambda: _online_busy(scaler),
-                     max_failures=settings.job_max_failures, job_roots=settings.job_roots,
-                     max_input_bytes=settings.max_management_bytes)  # fmt: skip
-    services = Services(settings, registry, catalog, cluster, decisions, background, latency, metrics, placement,
-                        profiling, registration, router, views, jobs, scaler, leadership)  # fmt: skip
+    jobs = JobRunner(
+        router,
+        decisions,
+        registry.store,
+        settings.data_dir,
+        settings.job_batch_rows,
+        busy=lambda: _online_busy(scaler),
+        max_failures=settings.job_max_failures,
+        job_roots=settings.job_roots,
+        max_input_bytes=settings.max_management_bytes,
+    )
+    services = Services(
+        settings,
+        registry,
+        catalog,
+        cluster,
+        decisions,
+        background,
+        latency,
+        metrics,
+        placement,
+        profiling,
+        registration,
+        router,
+        views,
+        jobs,
+        scaler,
+        leadership,
+    )
     return services
-

@@ -38,23 +38,41 @@ def cmd_infer(args) -> None:
 
     settings = load_settings()
     with connect(args.url or settings.url, api_key=args.api_key or settings.api_key) as client:
-        result = client.infer(args.model, _load_input(args.input), version=args.version,
-                              parameters=dict(args.param or []), binary=not args.json_tensors,
-                              latency_ms=args.latency_ms, min_accuracy=args.min_accuracy,
-                              max_cost=args.max_cost)  # fmt: skip
+        result = client.infer(
+            args.model,
+            _load_input(args.input),
+            version=args.version,
+            parameters=dict(args.param or []),
+            binary=not args.json_tensors,
+            latency_ms=args.latency_ms,
+            min_accuracy=args.min_accuracy,
+            max_cost=args.max_cost,
+        )
     if args.output:
         np.savez(args.output, **result.outputs)
-    rows = ((name, f"{arr.dtype} {list(arr.shape)}", np.array2string(arr, threshold=12, edgeitems=3, precision=4))
-            for name, arr in result.outputs.items())  # fmt: skip
-    show(args, {"model_name": result.model_name, "model_version": result.model_version,
-                 "parameters": result.parameters, "outputs": result.outputs},
-          f"{result.model_name} → {result.parameters.get('variant', result.model_version)}",
-          ("output", "datatype/shape", "values"), rows)  # fmt: skip
+    rows = (
+        (name, f"{arr.dtype} {list(arr.shape)}", np.array2string(arr, threshold=12, edgeitems=3, precision=4))
+        for name, arr in result.outputs.items()
+    )
+    show(
+        args,
+        {
+            "model_name": result.model_name,
+            "model_version": result.model_version,
+            "parameters": result.parameters,
+            "outputs": result.outputs,
+        },
+        f"{result.model_name} → {result.parameters.get('variant', result.model_version)}",
+        ("output", "datatype/shape", "values"),
+        rows,
+    )
     p = result.parameters
     if p and not args.json:
-        console.print(f"[bold]worker[/] {p.get('worker')}  [bold]queue[/] {p.get('queue_ms')} ms  "
-                      f"[bold]compute[/] {p.get('compute_ms')} ms  [bold]batch[/] {p.get('batch_size')}  "
-                      f"[bold]total[/] {p.get('total_ms')} ms")  # fmt: skip
+        console.print(
+            f"[bold]worker[/] {p.get('worker')}  [bold]queue[/] {p.get('queue_ms')} ms  "
+            f"[bold]compute[/] {p.get('compute_ms')} ms  [bold]batch[/] {p.get('batch_size')}  "
+            f"[bold]total[/] {p.get('total_ms')} ms"
+        )
         if p.get("predicted_ms") is not None:
             console.print(f"[bold]predicted[/] {p['predicted_ms']} ms  [bold]cost[/] ${p.get('cost_usd', 0):.3g}")
         console.print(f"[bold]why[/] {p.get('reason')}")
@@ -74,20 +92,39 @@ def cmd_workers(args) -> None:
     def replicas(w: dict) -> str:  # READY ones by name; the others with their state (loading, draining ...)
         return "\n".join(v if s == "ready" else f"{v} ({s})" for v, s in sorted(w["replicas"].items())) or "-"
 
-    rows = ((w["name"], ",".join(map(str, w["cores"])), w["state"], w["restarts"], pct(w["cpu"]),
-             "-" if w["rss_mb"] is None else f"{w['rss_mb']:.0f}", w["outstanding"], replicas(w))
-            for w in workers)  # fmt: skip
-    show(args, workers, "workers", ("worker", "cores", "state", "restarts", "cpu", "MB", "in flight",
-                                     "replicas"), rows)  # fmt: skip
+    rows = (
+        (
+            w["name"],
+            ",".join(map(str, w["cores"])),
+            w["state"],
+            w["restarts"],
+            pct(w["cpu"]),
+            "-" if w["rss_mb"] is None else f"{w['rss_mb']:.0f}",
+            w["outstanding"],
+            replicas(w),
+        )
+        for w in workers
+    )
+    show(args, workers, "workers", ("worker", "cores", "state", "restarts", "cpu", "MB", "in flight", "replicas"), rows)
     if not scaling.get("enabled"):
         console.print("autoscaling is off")
         return
     lim = scaling["limits"]
-    console.print(f"autoscaling: workers {lim['min_workers']}..{lim['max_workers']}, scale down after "
-                  f"{lim['scale_down_s']:g} s of low load, unload after {lim['idle_unload_s']:g} s idle")  # fmt: skip
+    console.print(
+        f"autoscaling: workers {lim['min_workers']}..{lim['max_workers']}, scale down after "
+        f"{lim['scale_down_s']:g} s of low load, unload after {lim['idle_unload_s']:g} s idle"
+    )
     states = scaling["variants"]
-    rows = ((n, s.get("state", "-"), f"{s.get('demand_rps', 0):.0f}/{s.get('capacity_rps', 0):.0f}",
-             ",".join(s.get("replicas", [])), s.get("reason", "")) for n, s in sorted(states.items()))  # fmt: skip
+    rows = (
+        (
+            n,
+            s.get("state", "-"),
+            f"{s.get('demand_rps', 0):.0f}/{s.get('capacity_rps', 0):.0f}",
+            ",".join(s.get("replicas", [])),
+            s.get("reason", ""),
+        )
+        for n, s in sorted(states.items())
+    )
     show(args, states, "variant states", ("variant", "state", "rows/s demand/capacity", "on", "why"), rows)
 
 
@@ -141,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_cmd(name: str, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
-        p.add_argument("--url", help="server URL (env INFAAS_URL, default http://127.0.0.1:8000; "
-                       "infer also takes grpc://host:port)")
+        p.add_argument(
+            "--url",
+            help="server URL (env INFAAS_URL, default http://127.0.0.1:8000; infer also takes grpc://host:port)",
+        )
         p.add_argument("--api-key", help="API key to send (env INFAAS_API_KEY)")
         if json_flag:
             p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -161,8 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", help=".npz with 'inputs' (no labels) to calibrate INT8 variants on")
     p.add_argument("--description")
     p.add_argument("--max-batch", type=int)
-    p.add_argument("--metric", choices=("top1", "cosine", "rel-l2"),
-                   help="the task's quality metric, for a new task (default: top1 for classifier outputs, else cosine)")
+    p.add_argument(
+        "--metric",
+        choices=("top1", "cosine", "rel-l2"),
+        help="the task's quality metric, for a new task (default: top1 for classifier outputs, else cosine)",
+    )
     registration_flags(p)
     p.set_defaults(fn=cmd_register)
 
@@ -183,8 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="task (model-less), architecture, or variant")
     p.add_argument("--input", required=True, help=".npy (the model's only input) or .npz (by input name)")
     p.add_argument("--version", help="variant of the architecture")
-    p.add_argument("--param", action="append", type=parse_param, metavar="KEY=VALUE",
-                   help="request parameter (repeatable), e.g. timeout=100000")  # fmt: skip
+    p.add_argument(
+        "--param",
+        action="append",
+        type=parse_param,
+        metavar="KEY=VALUE",
+        help="request parameter (repeatable), e.g. timeout=100000",
+    )
     p.add_argument("--latency-ms", type=float, dest="latency_ms", help="objective: latency in ms")
     p.add_argument("--min-accuracy", type=float, dest="min_accuracy", help="objective: minimum top-1 accuracy")
     p.add_argument("--max-cost", type=float, dest="max_cost", help="objective: USD per 1000 inferences")

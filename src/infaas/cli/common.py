@@ -29,6 +29,7 @@ def client_for(args) -> Client:
     settings = load_settings()
     url = args.url or settings.url
     if url.startswith("grpc://"):
-        raise ValueError(f"'infaas {args.command}' uses the REST management API: give an http:// URL "
-                         "(grpc:// serves infer)")  # fmt: skip
+        raise ValueError(
+            f"'infaas {args.command}' uses the REST management API: give an http:// URL (grpc:// serves infer)"
+        )
     return Client(url, api_key=getattr(args, "api_key", None) or settings.api_key)

@@ -49,9 +49,11 @@ def _watch_workers(cluster, name: str, short: str, done, t0: float) -> None:
     with console.status("") as status:
         while not done.is_set() or (len(cluster.workers) > 1 and time.time() - t0 < 60):
             workers = cluster.workers
-            status.update(f"t={time.time() - t0:4.1f} s  workers {len(workers)}  replicas of {short}: "
-                          f"{sum(w.hosts(name) for w in workers)}  "
-                          f"{'(load running)' if not done.is_set() else '(load over)'}")  # fmt: skip
+            status.update(
+                f"t={time.time() - t0:4.1f} s  workers {len(workers)}  replicas of {short}: "
+                f"{sum(w.hosts(name) for w in workers)}  "
+                f"{'(load running)' if not done.is_set() else '(load over)'}"
+            )
             time.sleep(0.2)
 
 
@@ -81,15 +83,20 @@ def _scaling() -> None:
 
     console.rule("autoscaling")
     with tempfile.TemporaryDirectory(prefix="infaas-demo-") as data_dir:
-        settings = Settings(data_dir=data_dir, port=0, workers=1, cores_per_worker=1, max_workers=2,
-                            scale_down_s=3.0)  # fmt: skip
+        settings = Settings(data_dir=data_dir, port=0, workers=1, cores_per_worker=1, max_workers=2, scale_down_s=3.0)
         server = BackgroundServer(settings).start()
         try:
             with Client(server.url) as client:
                 with console.status("building digits-conv (a deliberately slow model for the digits task)"):
                     model = digits.heavy()
-                client.register(model.name, model.task, model.onnx, validation=model.validation,
-                                calibration=model.calibration, description=model.description)  # fmt: skip
+                client.register(
+                    model.name,
+                    model.task,
+                    model.onnx,
+                    validation=model.validation,
+                    calibration=model.calibration,
+                    description=model.description,
+                )
                 from infaas.cli.models import wait_for_profiles as _wait_for_profiles
 
                 _wait_for_profiles(client, [model.name], quick=True)
@@ -97,25 +104,39 @@ def _scaling() -> None:
                 name = next(n for w in plane.cluster.workers for n in w.loaded_names())
                 per_second = capacity_rps(plane.catalog.profiles[name], plane.catalog.variants[name].max_batch) / 16
                 x, _ = digits.sample_inputs(16)
-                body = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [16, 64],
-                                                 "data": x.ravel().tolist()}]})  # fmt: skip
+                body = orjson.dumps(
+                    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [16, 64], "data": x.ravel().tolist()}]}
+                )
                 stages = [(0.3 * per_second, 3.0), (1.3 * per_second, 10.0), (0.2 * per_second, 4.0)]
-                console.print(f"one 1-core worker serves {name} at ~{per_second * 16:.0f} rows/s; sending "
-                              f"16-row requests at 0.3x, then 1.3x that, then 0.2x (open loop)")  # fmt: skip
+                console.print(
+                    f"one 1-core worker serves {name} at ~{per_second * 16:.0f} rows/s; sending "
+                    f"16-row requests at 0.3x, then 1.3x that, then 0.2x (open loop)"
+                )
                 t0 = time.time()
                 done = threading.Event()
                 summary: list = []
 
                 def load() -> None:
-                    summary.extend(asyncio.run(ramp(server.url, f"/v2/models/{model.name}/infer", body,
-                                                    ["Content-Type: application/json"], stages)))  # fmt: skip
+                    summary.extend(
+                        asyncio.run(
+                            ramp(
+                                server.url,
+                                f"/v2/models/{model.name}/infer",
+                                body,
+                                ["Content-Type: application/json"],
+                                stages,
+                            )
+                        )
+                    )
                     done.set()
 
                 threading.Thread(target=load, daemon=True).start()
                 _watch_workers(plane.cluster, name, name.removeprefix(model.name + "."), done, t0)
                 for s in summary:
-                    console.print(f"  {s['rate']:6.0f} req/s for {s['duration_s']:g} s: p50 {s['p50_ms']} ms, "
-                                  f"p99 {s['p99_ms']} ms, errors {s['errors']}")  # fmt: skip
+                    console.print(
+                        f"  {s['rate']:6.0f} req/s for {s['duration_s']:g} s: p50 {s['p50_ms']} ms, "
+                        f"p99 {s['p99_ms']} ms, errors {s['errors']}"
+                    )
                 _controller_table(client.decisions(1000), t0)
         finally:
             with console.status("stopping"):
@@ -136,9 +157,13 @@ def _report(results: dict[tuple[str, str], list], queries: int, elapsed: float) 
         ran = "\n".join(f"{arch}\n[dim].{name.removeprefix(arch + '.')}[/]" for arch, name in variants)
         rows = sum(r[5] for r in ok)
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        table.add_row(f"{model}\n[dim]{level}, {len(ok)}/{len(rs)} ok[/]", ran, f"{sum(r[6] for r in ok)}/{rows}",
-                      f"{statistics.median(lat):.1f}/{p99:.1f}",
-                      f"{statistics.mean(r[2]['batch_size'] for r in ok):.1f}" if ok else "-")  # fmt: skip
+        table.add_row(
+            f"{model}\n[dim]{level}, {len(ok)}/{len(rs)} ok[/]",
+            ran,
+            f"{sum(r[6] for r in ok)}/{rows}",
+            f"{statistics.median(lat):.1f}/{p99:.1f}",
+            f"{statistics.mean(r[2]['batch_size'] for r in ok):.1f}" if ok else "-",
+        )
     console.print(table)
     for (_level, model), rs in sorted(results.items()):
         ok = [r for r in rs if r[2] is not None]
@@ -172,13 +197,15 @@ def _run(url: str, queries: int, concurrency: int) -> None:
         for arch in client.architectures():
             mine = [v for v in variants if v["architecture"] == arch["name"]]
             loaded[arch["name"]] = next((v["name"] for v in mine if v["loaded_on"]), "-")
-            table.add_row(arch["name"], f"{arch['accuracy']:.3f} ({arch['accuracy_source']})",
-                          str(sum(v["status"] == "ready" for v in mine)),
-                          str(sum(v["status"] == "rejected" for v in mine)),
-                          loaded[arch["name"]].removeprefix(arch["name"] + "."))  # fmt: skip
+            table.add_row(
+                arch["name"],
+                f"{arch['accuracy']:.3f} ({arch['accuracy_source']})",
+                str(sum(v["status"] == "ready" for v in mine)),
+                str(sum(v["status"] == "rejected" for v in mine)),
+                loaded[arch["name"]].removeprefix(arch["name"] + "."),
+            )
         console.print(table)
-        console.print("(every variant, with latency, throughput, memory, cost and why rejected: "
-                      "infaas variants ARCH)")
+        console.print("(every variant, with latency, throughput, memory, cost and why rejected: infaas variants ARCH)")
 
     x_val, y_val = digits.sample_inputs(n=400)
     rng = np.random.default_rng(0)

@@ -13,8 +13,9 @@ from infaas.client import Client
 
 
 def _job_line(job: dict) -> str:
-    return (f"{job['id']} {job['status']} {job['done_rows']}/{job['rows']} rows"
-            + (f" ({job['reason']})" if job["reason"] else ""))  # fmt: skip
+    return f"{job['id']} {job['status']} {job['done_rows']}/{job['rows']} rows" + (
+        f" ({job['reason']})" if job["reason"] else ""
+    )
 
 
 def run_job_command(args, client: Client) -> None:

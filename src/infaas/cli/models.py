@@ -44,8 +44,9 @@ def wait_for_profiles(client: Client, names: list[str], quick: bool) -> None:
         while True:
             for name in names:
                 st = states[name] = client.profiling(name)
-                progress.update(bars[name], description=f"{name}: {st['stage']}", completed=st["done"],
-                                total=st["total"] or None)  # fmt: skip
+                progress.update(
+                    bars[name], description=f"{name}: {st['stage']}", completed=st["done"], total=st["total"] or None
+                )
             if all(st["finished"] is not None for st in states.values()):
                 break
             time.sleep(0.3)
@@ -66,7 +67,9 @@ def _register_items(args, items: list[dict]) -> list[dict]:
             out = []
             for item in items:
                 arch, variant = registry.register(**item)
-                out.append({"architecture": arch.model_dump(mode="json"), "variants": [variant.model_dump(mode="json")]})
+                out.append(
+                    {"architecture": arch.model_dump(mode="json"), "variants": [variant.model_dump(mode="json")]}
+                )
         finally:
             registry.close()
         if not args.no_wait:
@@ -90,9 +93,15 @@ def _show_registered(args, results: list[dict]) -> None:
 
 
 def cmd_register(args) -> None:
-    item = {"name": args.name, "task": args.task, "model": args.model, "accuracy": args.accuracy,
-            "validation": args.validation, "calibration": args.calibration,
-            "description": args.description or ""}  # fmt: skip
+    item = {
+        "name": args.name,
+        "task": args.task,
+        "model": args.model,
+        "accuracy": args.accuracy,
+        "validation": args.validation,
+        "calibration": args.calibration,
+        "description": args.description or "",
+    }
     if args.metric:
         item["metric"] = args.metric
     if args.max_batch:
@@ -109,9 +118,20 @@ def cmd_zoo(args) -> None:
         return
     with console.status(f"building zoo family {args.family} (locally, nothing is downloaded)"):
         models = build_family(args.family)
-    items = [{"name": m.name, "task": m.task, "model": m.onnx, "accuracy": m.accuracy,
-              "validation": m.validation, "calibration": m.calibration, "description": m.description,
-              "max_batch": m.max_batch, **({"metric": m.metric} if m.metric else {})} for m in models]  # fmt: skip
+    items = [
+        {
+            "name": m.name,
+            "task": m.task,
+            "model": m.onnx,
+            "accuracy": m.accuracy,
+            "validation": m.validation,
+            "calibration": m.calibration,
+            "description": m.description,
+            "max_batch": m.max_batch,
+            **({"metric": m.metric} if m.metric else {}),
+        }
+        for m in models
+    ]
     with console.status(f"registering {len(items)} models"):
         results = _register_items(args, items)
     _show_registered(args, results)
@@ -121,11 +141,19 @@ def cmd_models(args) -> None:
     with client_for(args) as client:
         archs = client.architectures()
         variants = client.variants()
-    rows = ((a["task"], a["name"], v["name"], accuracy_cell(v), v["max_batch"], status_cell(v))
-            for a in sorted(archs, key=lambda a: (a["task"], a["name"]))
-            for v in variants if v["architecture"] == a["name"])  # fmt: skip
-    show(args, {"architectures": archs, "variants": variants}, "models",
-          ("task", "architecture", "variant", "accuracy", "max batch", "status"), rows)  # fmt: skip
+    rows = (
+        (a["task"], a["name"], v["name"], accuracy_cell(v), v["max_batch"], status_cell(v))
+        for a in sorted(archs, key=lambda a: (a["task"], a["name"]))
+        for v in variants
+        if v["architecture"] == a["name"]
+    )
+    show(
+        args,
+        {"architectures": archs, "variants": variants},
+        "models",
+        ("task", "architecture", "variant", "accuracy", "max batch", "status"),
+        rows,
+    )
 
 
 def cmd_variants(args) -> None:
@@ -144,9 +172,14 @@ def cmd_profile(args) -> None:
 
         registry = Registry.open(args.data_dir)
         try:
-            variants = [{**v.model_dump(mode="json"), "loaded_on": [],
-                         "profile": (p.model_dump(mode="json") if (p := registry.profile(v.name)) else None)}
-                        for v in registry.variants(args.architecture)]  # fmt: skip
+            variants = [
+                {
+                    **v.model_dump(mode="json"),
+                    "loaded_on": [],
+                    "profile": (p.model_dump(mode="json") if (p := registry.profile(v.name)) else None),
+                }
+                for v in registry.variants(args.architecture)
+            ]
         finally:
             registry.close()
     else:

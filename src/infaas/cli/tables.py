@@ -57,12 +57,15 @@ def variants_table(variants: list[dict], title: str) -> Table:
 
     kinds = sorted({(v.get("profile") or {}).get("hardware") for v in variants} - {None})
     metrics = sorted({(v.get("profile") or {}).get("metric") for v in variants} - {None})
-    caption = ("p50 in ms at batch 1 / at max batch; memory in MB; load in ms; quality"
-               f"{' (' + ', '.join(metrics) + ')' if metrics else ''} with its 95 % interval: m measured, "
-               "d declared, e estimated, r reference; µ$/1k: micro-dollars per 1000 inferences"
-               + (f"\nhardware kind: {', '.join(kinds)}" if kinds else ""))  # fmt: skip
-    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False,
-                  caption=caption)  # fmt: skip
+    caption = (
+        "p50 in ms at batch 1 / at max batch; memory in MB; load in ms; quality"
+        f"{' (' + ', '.join(metrics) + ')' if metrics else ''} with its 95 % interval: m measured, "
+        "d declared, e estimated, r reference; µ$/1k: micro-dollars per 1000 inferences"
+        + (f"\nhardware kind: {', '.join(kinds)}" if kinds else "")
+    )
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False, caption=caption
+    )
     for col in ("variant", "status", "p50@1/max", "rows/s", "MB", "load", "quality", "n", "µ$/1k"):
         table.add_column(col, justify="left" if col in ("variant", "status") else "right", no_wrap=True)
     for v in sorted(variants, key=lambda v: (v["format"], v["threads"], v["max_batch"])):
@@ -71,10 +74,17 @@ def variants_table(variants: list[dict], title: str) -> Table:
         top = str(max((int(b) for b in lat), default=0))
         label = f"{v['format'].removeprefix('onnx-')} t{v['threads']} b{v['max_batch']}"
         status = "loaded" if v.get("loaded_on") else v["status"]
-        table.add_row(label, status, f"{num(lat.get('1'))}/{num(lat.get(top))}" if lat else "-",
-                      num(p.get("throughput"), ".0f"), num(p.get("peak_memory_mb"), ".0f"),
-                      num(p.get("load_time_ms"), ".0f"), quality_cell(v, p), str(p.get("samples") or "-"),
-                      num(p["cost_per_1k"] * 1e6 if p.get("cost_per_1k") else None, ".3g"))  # fmt: skip
+        table.add_row(
+            label,
+            status,
+            f"{num(lat.get('1'))}/{num(lat.get(top))}" if lat else "-",
+            num(p.get("throughput"), ".0f"),
+            num(p.get("peak_memory_mb"), ".0f"),
+            num(p.get("load_time_ms"), ".0f"),
+            quality_cell(v, p),
+            str(p.get("samples") or "-"),
+            num(p["cost_per_1k"] * 1e6 if p.get("cost_per_1k") else None, ".3g"),
+        )
     return table
 
 
@@ -85,7 +95,9 @@ def print_variants(variants: list[dict], title: str) -> None:
         p = v.get("profile") or {}
         if p.get("axis_latency_ms") and v["architecture"] not in shown:  # one line per architecture, its fp32
             shown.add(v["architecture"])
-            points = ", ".join(f"{k}: {float(ms):.3g}" for k, ms in sorted(p["axis_latency_ms"].items(), key=lambda kv: int(kv[0])))
+            points = ", ".join(
+                f"{k}: {float(ms):.3g}" for k, ms in sorted(p["axis_latency_ms"].items(), key=lambda kv: int(kv[0]))
+            )
             console.print(f"[dim]{v['name']} p50@1 in ms over {p['axis']}:[/] {points}")
     for v in sorted(variants, key=lambda v: (v["architecture"], v["format"])):
         key = (v["architecture"], v["format"])
@@ -93,12 +105,16 @@ def print_variants(variants: list[dict], title: str) -> None:
             continue
         shown.add(key)
         tried = [t for t in v["params"].get("search", []) if "params" in t]
-        console.print(f"[dim]{v['architecture']} {v['format'].removeprefix('onnx-')} recipe:[/] "
-                      f"{v['params']['recipe_text']}" + (f" (searched {len(tried)} recipes)" if len(tried) > 1 else ""))
+        console.print(
+            f"[dim]{v['architecture']} {v['format'].removeprefix('onnx-')} recipe:[/] "
+            f"{v['params']['recipe_text']}" + (f" (searched {len(tried)} recipes)" if len(tried) > 1 else "")
+        )
         if len(tried) > 1:
             for t in v["params"]["search"]:
-                console.print(f"   [dim]{t['recipe']}:[/] {t['verdict']}" +
-                              (f", {t['throughput']:.0f} rows/s" if t.get("throughput") else ""))  # fmt: skip
+                console.print(
+                    f"   [dim]{t['recipe']}:[/] {t['verdict']}"
+                    + (f", {t['throughput']:.0f} rows/s" if t.get("throughput") else "")
+                )
     for v in sorted(variants, key=lambda v: (v["format"], v["threads"], v["max_batch"])):
         if v["status"] in ("rejected", "failed"):
             label = f"{v['format'].removeprefix('onnx-')} t{v['threads']} b{v['max_batch']}"
@@ -117,5 +133,3 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, bytes):
         return obj.decode(errors="replace")
     raise TypeError(type(obj).__name__)
-
-

@@ -20,10 +20,16 @@ from infaas.tensors import numpy_to_v2
 MAX_MESSAGE = 256 * 2**20  # the client's own limit; the server's comes from its settings
 
 # gRPC status -> the HTTP status REST would have answered with (InfaasClientError carries HTTP codes)
-_HTTP = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
-         grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.UNAVAILABLE: 503,
-         grpc.StatusCode.DEADLINE_EXCEEDED: 503, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-         grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.CANCELLED: 499}  # fmt: skip
+_HTTP = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 503,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.CANCELLED: 499,
+}
 
 
 class GrpcClient:
@@ -32,8 +38,10 @@ class GrpcClient:
         self.target = url.removeprefix("grpc://")
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
-        self._channel = grpc.insecure_channel(self.target, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)])  # fmt: skip
+        self._channel = grpc.insecure_channel(
+            self.target,
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)],
+        )
         self._signatures: dict[str, dict] = {}
         self._stubs: dict[str, Any] = {}  # method -> its callable on the channel (made once)
 
@@ -50,8 +58,10 @@ class GrpcClient:
         rpc = self._stubs.get(method)
         if rpc is None:
             rpc = self._stubs[method] = self._channel.unary_unary(
-                f"/{SERVICE}/{method}", request_serializer=type(request).SerializeToString,
-                response_deserializer=response_type.FromString)  # fmt: skip
+                f"/{SERVICE}/{method}",
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
         try:
             return rpc(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
@@ -59,8 +69,11 @@ class GrpcClient:
             if code == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
                 raise InfaasClientError(0, f"cannot reach infaas at {self.url}: {exc.details()}") from None
             trailer = dict(exc.trailing_metadata() or ()).get("retry-after-ms")
-            raise InfaasClientError(_HTTP.get(code, 500), exc.details() or str(code),
-                                    int(trailer) / 1000 if trailer and trailer.isdigit() else None) from None  # fmt: skip
+            raise InfaasClientError(
+                _HTTP.get(code, 500),
+                exc.details() or str(code),
+                int(trailer) / 1000 if trailer and trailer.isdigit() else None,
+            ) from None
 
     # ---- health and metadata ---------------------------------------------------------------------
     def live(self) -> bool:
@@ -81,20 +94,34 @@ class GrpcClient:
         return {"name": r.name, "version": r.version, "extensions": list(r.extensions)}
 
     def model_metadata(self, model: str, version: str | None = None) -> dict:
-        r = self._call("ModelMetadata", pb.ModelMetadataRequest(name=model, version=version or ""),
-                       pb.ModelMetadataResponse)  # fmt: skip
+        r = self._call(
+            "ModelMetadata", pb.ModelMetadataRequest(name=model, version=version or ""), pb.ModelMetadataResponse
+        )
 
         def tensors(ts):
             return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in ts]
 
-        return {"name": r.name, "versions": list(r.versions), "platform": r.platform,
-                "inputs": tensors(r.inputs), "outputs": tensors(r.outputs)}  # fmt: skip
+        return {
+            "name": r.name,
+            "versions": list(r.versions),
+            "platform": r.platform,
+            "inputs": tensors(r.inputs),
+            "outputs": tensors(r.outputs),
+        }
 
     # ---- inference ---------------------------------------------------------------------------------
     def infer(
-        self, model: str, inputs: dict[str, np.ndarray] | np.ndarray, *, version: str | None = None,
-        parameters: dict[str, Any] | None = None, outputs: list[str] | None = None, binary: bool = True,
-        request_id: str | None = None, latency_ms: float | None = None, min_accuracy: float | None = None,
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray] | np.ndarray,
+        *,
+        version: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        outputs: list[str] | None = None,
+        binary: bool = True,
+        request_id: str | None = None,
+        latency_ms: float | None = None,
+        min_accuracy: float | None = None,
         max_cost: float | None = None,
     ) -> InferResult:
         """As :meth:`infaas.client.Client.infer`; tensors always travel as raw bytes (``binary`` is ignored)."""
@@ -116,8 +143,9 @@ class GrpcClient:
         for i, out in enumerate(resp.outputs):
             arr = tensor_from_bytes(resp.raw_output_contents[i], out.datatype, tuple(out.shape), out.name)
             arrays[out.name] = arr.copy()  # writable, independent of the message buffer
-        return InferResult(resp.model_name, resp.model_version, arrays, params_from_pb(resp.parameters),
-                           resp.id or None)  # fmt: skip
+        return InferResult(
+            resp.model_name, resp.model_version, arrays, params_from_pb(resp.parameters), resp.id or None
+        )
 
 
 def connect(url: str, timeout: float = 120.0, api_key: str | None = None):

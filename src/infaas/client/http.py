@@ -48,8 +48,9 @@ def only_input(model: str, meta: dict, arr: np.ndarray) -> dict[str, np.ndarray]
     return {spec["name"]: arr}
 
 
-def with_objectives(parameters: dict[str, Any] | None, latency_ms: float | None, min_accuracy: float | None,
-                    max_cost: float | None) -> dict[str, Any]:  # fmt: skip
+def with_objectives(
+    parameters: dict[str, Any] | None, latency_ms: float | None, min_accuracy: float | None, max_cost: float | None
+) -> dict[str, Any]:
     """Request parameters with the objectives added (they travel as parameters on every protocol)."""
     params = dict(parameters or {})
     for key, value in (("latency_ms", latency_ms), ("min_accuracy", min_accuracy), ("max_cost", max_cost)):
@@ -88,8 +89,7 @@ class Client:
             except ValueError:
                 message = resp.text or resp.reason_phrase
             retry = resp.headers.get("retry-after")
-            raise InfaasClientError(resp.status_code, message,
-                                    float(retry) if retry and retry.isdigit() else None)  # fmt: skip
+            raise InfaasClientError(resp.status_code, message, float(retry) if retry and retry.isdigit() else None)
         return resp
 
     def _json(self, method: str, path: str, **kwargs) -> Any:
@@ -128,8 +128,9 @@ class Client:
 
     def load_model(self, model: str, replicas: int = 1) -> list[str]:
         """Load a variant (or an architecture's default) on ``replicas`` workers; the workers hosting it."""
-        return self._json("POST", f"/v2/repository/models/{model}/load",
-                          json={"parameters": {"replicas": replicas}})["workers"]  # fmt: skip
+        return self._json("POST", f"/v2/repository/models/{model}/load", json={"parameters": {"replicas": replicas}})[
+            "workers"
+        ]
 
     def unload_model(self, model: str) -> list[str]:
         """Unload a variant from every worker; the workers it left."""
@@ -182,15 +183,25 @@ class Client:
         headers = {"content-type": "application/octet-stream" if binary else "application/json"}
         if binary:
             headers["inference-header-content-length"] = str(len(js))
-        resp = self._request("POST", _model_path(model, version) + "/infer",
-                             content=b"".join([js, *blobs]), headers=headers)  # fmt: skip
+        resp = self._request(
+            "POST", _model_path(model, version) + "/infer", content=b"".join([js, *blobs]), headers=headers
+        )
         return decode_response(resp.content, resp.headers.get("inference-header-content-length"))
 
     # ---- management --------------------------------------------------------------------------
     def register(
-        self, name: str, task: str, model: str | Path | bytes, *, accuracy: float | None = None,
-        validation: str | Path | bytes | None = None, calibration: str | Path | bytes | None = None,
-        description: str = "", framework: str = "onnx", max_batch: int | None = None, metric: str | None = None,
+        self,
+        name: str,
+        task: str,
+        model: str | Path | bytes,
+        *,
+        accuracy: float | None = None,
+        validation: str | Path | bytes | None = None,
+        calibration: str | Path | bytes | None = None,
+        description: str = "",
+        framework: str = "onnx",
+        max_batch: int | None = None,
+        metric: str | None = None,
     ) -> dict:
         def read(x):
             return x if isinstance(x, bytes) else Path(x).read_bytes()
@@ -244,8 +255,14 @@ class Client:
         return self._json("GET", "/api/v1/autoscale")
 
     # ---- offline jobs --------------------------------------------------------------------------
-    def submit_job(self, model: str, inputs: dict[str, np.ndarray] | str | Path | None = None, *,
-                   directory: str | None = None, min_accuracy: float | None = None) -> dict:  # fmt: skip
+    def submit_job(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray] | str | Path | None = None,
+        *,
+        directory: str | None = None,
+        min_accuracy: float | None = None,
+    ) -> dict:
         """Submit a batch job: ``inputs`` (arrays by input name, or an .npz file) or a ``directory`` of
         images on the server. Returns the job record (``id``, ``status``, ``progress`` ...)."""
         params: dict[str, Any] = {"model": model}
@@ -259,8 +276,9 @@ class Client:
             buf = io.BytesIO()
             np.savez(buf, **(inputs or {}))
             body = buf.getvalue()
-        return self._json("POST", "/api/v1/jobs", params=params, content=body,
-                          headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        return self._json(
+            "POST", "/api/v1/jobs", params=params, content=body, headers={"Content-Type": "application/octet-stream"}
+        )
 
     def job(self, job_id: str) -> dict:
         return self._json("GET", f"/api/v1/jobs/{job_id}")
@@ -294,13 +312,21 @@ def decode_response(body: bytes, header_length: str | None) -> InferResult:
             chunk = body[pos : pos + size]
             pos += size
             count = int(np.prod(shape))
-            arr = (decode_bytes_tensor(memoryview(chunk), count, out['name']) if dtype == "BYTES"
-                   else np.frombuffer(chunk, dtype=V2_TO_NUMPY[dtype])).reshape(shape)  # fmt: skip
+            arr = (
+                decode_bytes_tensor(memoryview(chunk), count, out["name"])
+                if dtype == "BYTES"
+                else np.frombuffer(chunk, dtype=V2_TO_NUMPY[dtype])
+            ).reshape(shape)
         else:
             data = out["data"]
             if dtype.startswith("FP") and None in data:  # JSON has no Inf/NaN: null stands for them
                 data = [np.nan if v is None else v for v in data]
             arr = np.asarray(data, dtype=V2_TO_NUMPY[dtype]).reshape(shape)
         outputs[out["name"]] = arr
-    return InferResult(header.get("model_name", ""), header.get("model_version", ""), outputs,
-                       header.get("parameters") or {}, header.get("id"))  # fmt: skip
+    return InferResult(
+        header.get("model_name", ""),
+        header.get("model_version", ""),
+        outputs,
+        header.get("parameters") or {},
+        header.get("id"),
+    )

@@ -4,5 +4,4 @@ from infaas.cluster.base import ClusterBackend, LoadSpec, WorkerHandle, WorkerRe
 from infaas.cluster.local import LocalCluster, core_sets
 from infaas.cluster.local_worker import LocalWorker
 
-__all__ = ["ClusterBackend", "LoadSpec", "LocalCluster", "LocalWorker", "WorkerHandle",
-           "WorkerResult", "core_sets"]  # fmt: skip
+__all__ = ["ClusterBackend", "LoadSpec", "LocalCluster", "LocalWorker", "WorkerHandle", "WorkerResult", "core_sets"]

@@ -94,8 +94,13 @@ class WorkerHandle(Protocol):
     async def load(self, spec: LoadSpec, keep_target: bool = False) -> dict[str, Any]: ...
     async def unload(self, variant: str) -> None: ...
     async def infer(
-        self, variant: str, inputs: dict[str, np.ndarray], rows: int,
-        deadline: float | None = None, drop_late: bool = True, offline: bool = False,
+        self,
+        variant: str,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        deadline: float | None = None,
+        drop_late: bool = True,
+        offline: bool = False,
     ) -> WorkerResult: ...
     async def stats(self) -> dict[str, Any]: ...
 

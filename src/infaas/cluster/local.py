@@ -15,9 +15,7 @@ def core_sets(workers: int, cores_per_worker: int = 0) -> list[tuple[int, ...]]:
     """Disjoint core sets when the machine has enough cores; wrap around (shared) otherwise."""
     available = sorted(os.sched_getaffinity(0))
     per = cores_per_worker or max(1, len(available) // workers)
-    return [
-        tuple(available[(i * per + j) % len(available)] for j in range(per)) for i in range(workers)
-    ]
+    return [tuple(available[(i * per + j) % len(available)] for j in range(per)) for i in range(workers)]
 
 
 class LocalCluster:
@@ -26,8 +24,14 @@ class LocalCluster:
     Workers started later get cores no other worker holds; when none are free, none is added.
     """
 
-    def __init__(self, workers: int = 1, cores_per_worker: int = 0, *,
-                 allow_spinning: bool = False, start_timeout_s: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        workers: int = 1,
+        cores_per_worker: int = 0,
+        *,
+        allow_spinning: bool = False,
+        start_timeout_s: float = 30.0,
+    ) -> None:
         self.allow_spinning = allow_spinning
         self.start_timeout_s = start_timeout_s
         sets = core_sets(workers, cores_per_worker)
@@ -38,8 +42,9 @@ class LocalCluster:
         self._workers = [self._make(f"w{i}", cores) for i, cores in enumerate(sets)]
 
     def _make(self, name: str, cores: tuple[int, ...]) -> LocalWorker:
-        return LocalWorker(name, cores, allow_spinning=self.allow_spinning, start_timeout_s=self.start_timeout_s,
-                           kind=self.kind)  # fmt: skip
+        return LocalWorker(
+            name, cores, allow_spinning=self.allow_spinning, start_timeout_s=self.start_timeout_s, kind=self.kind
+        )
 
     @property
     def workers(self) -> list[LocalWorker]:

@@ -37,8 +37,14 @@ class LocalWorker:
     """
 
     def __init__(
-        self, name: str, cores: tuple[int, ...], *, allow_spinning: bool = False,
-        start_timeout_s: float = 30.0, restart: bool = True, kind: HardwareKind | None = None,
+        self,
+        name: str,
+        cores: tuple[int, ...],
+        *,
+        allow_spinning: bool = False,
+        start_timeout_s: float = 30.0,
+        restart: bool = True,
+        kind: HardwareKind | None = None,
     ) -> None:
         self.name = name
         self.cores = cores
@@ -140,8 +146,15 @@ class LocalWorker:
         for sock in (parent, child):  # whole tensors fit in the buffers: fewer partial writes and wake-ups
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
-        cmd = [sys.executable, "-m", "infaas.worker", "--fd", str(child.fileno()),
-               "--cores", ",".join(map(str, self.cores))]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "infaas.worker",
+            "--fd",
+            str(child.fileno()),
+            "--cores",
+            ",".join(map(str, self.cores)),
+        ]
         if self.allow_spinning:
             cmd.append("--allow-spinning")
         proc = self._proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
@@ -225,9 +238,12 @@ class LocalWorker:
         self.last_exit = why or (f"exit code {code}" if code >= 0 else f"signal {-code}")
         log.error("worker %s (pid %s) died: %s", self.name, proc.pid, self.last_exit)
         self._set_state(WorkerState.RESTARTING if self.restart else WorkerState.STOPPED, self.last_exit)
-        self._fail_pending(WorkerCrashed(
-            f"worker {self.name} (pid {proc.pid}) died ({self.last_exit}) while serving this "
-            "request; it is being restarted"))  # fmt: skip
+        self._fail_pending(
+            WorkerCrashed(
+                f"worker {self.name} (pid {proc.pid}) died ({self.last_exit}) while serving this "
+                "request; it is being restarted"
+            )
+        )
         if self.restart and (self._restart_task is None or self._restart_task.done()):
             self._restart_task = asyncio.create_task(self._restart())
 
@@ -253,8 +269,11 @@ class LocalWorker:
                     except InfaasError as exc:  # this variant stays missing; the controller retries it
                         failed.append(spec.variant)
                         log.error("worker %s: reload of %s failed: %s", self.name, spec.variant, exc.message)
-                self._set_state(WorkerState.READY, f"restarted with {len(self._specs) - len(failed)} variant(s)"
-                                + (f", {len(failed)} failed to reload ({', '.join(failed)})" if failed else ""))  # fmt: skip
+                self._set_state(
+                    WorkerState.READY,
+                    f"restarted with {len(self._specs) - len(failed)} variant(s)"
+                    + (f", {len(failed)} failed to reload ({', '.join(failed)})" if failed else ""),
+                )
                 return
             except asyncio.CancelledError:
                 raise
@@ -349,17 +368,29 @@ class LocalWorker:
         return await self._call({"op": "stats"}, timeout=10)
 
     async def infer(
-        self, variant: str, inputs: dict[str, np.ndarray], rows: int,
-        deadline: float | None = None, drop_late: bool = True, offline: bool = False,
+        self,
+        variant: str,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        deadline: float | None = None,
+        drop_late: bool = True,
+        offline: bool = False,
     ) -> WorkerResult:
         """Send a request and wait for its reply. Rows count as in flight until the worker answers,
         even when the caller gives up: a cancelled caller sends ``cancel`` (the worker drops the
         request if it is still queued), and the frontend's view stays the worker's."""
-        rid, fut = self._send({
-            "op": "infer", "variant": variant, "inputs": inputs, "rows": rows,
-            "arrival": time.monotonic(), "deadline": deadline, "drop_late": drop_late,
-            "offline": offline,
-        })  # fmt: skip
+        rid, fut = self._send(
+            {
+                "op": "infer",
+                "variant": variant,
+                "inputs": inputs,
+                "rows": rows,
+                "arrival": time.monotonic(),
+                "deadline": deadline,
+                "drop_late": drop_late,
+                "offline": offline,
+            }
+        )
         self._inflight[rid] = (variant, rows)  # released when the worker answers (or dies), not before
         self._outstanding[variant] += 1
         self._rows[variant] += rows
@@ -374,8 +405,9 @@ class LocalWorker:
             raise
         if not reply["ok"]:
             raise error_from_reply(reply, self.name)
-        return WorkerResult(reply["outputs"], reply["queue_ns"], reply["compute_ns"],
-                            reply["batch_size"], reply["batch_pos"])  # fmt: skip
+        return WorkerResult(
+            reply["outputs"], reply["queue_ns"], reply["compute_ns"], reply["batch_size"], reply["batch_pos"]
+        )
 
     async def profile(self, request: dict, timeout: float = 600) -> dict[str, Any]:
         """Run the worker's ``profile`` op (see ``infaas.profiler``)."""
@@ -388,9 +420,18 @@ class LocalWorker:
 
 
 def _spec_msg(spec: LoadSpec) -> dict:
-    return {"variant": spec.variant, "path": spec.path, "threads": spec.threads,
-            "max_batch": spec.max_batch, "provider": spec.provider,
-            "max_delay_s": spec.max_delay_s, "instances": spec.instances,
-            "latency_ms": (spec.latency_slope_ms, spec.latency_intercept_ms),
-            "max_queue_s": spec.max_queue_s, "max_queue_bytes": spec.max_queue_bytes,
-            "admission": spec.admission, "sha256": spec.sha256, "batch_ms": dict(spec.batch_ms)}  # fmt: skip
+    return {
+        "variant": spec.variant,
+        "path": spec.path,
+        "threads": spec.threads,
+        "max_batch": spec.max_batch,
+        "provider": spec.provider,
+        "max_delay_s": spec.max_delay_s,
+        "instances": spec.instances,
+        "latency_ms": (spec.latency_slope_ms, spec.latency_intercept_ms),
+        "max_queue_s": spec.max_queue_s,
+        "max_queue_bytes": spec.max_queue_bytes,
+        "admission": spec.admission,
+        "sha256": spec.sha256,
+        "batch_ms": dict(spec.batch_ms),
+    }

@@ -48,11 +48,24 @@ class RayCluster:
     list lives in the metadata store (kind ``worker``), so every frontend sees the same workers.
     """
 
-    def __init__(self, store: Any, *, workers: int = 1, cores_per_worker: int = 1, address: str | None = None,
-                 namespace: str = "infaas", memory_mb: float = 0.0, allow_spinning: bool = False,
-                 start_timeout_s: float = 60.0, max_workers: int = 0, cache_dir: str | None = None,
-                 manages: Callable[[], bool] = lambda: True, fence: Callable[[], int | None] = lambda: None,
-                 frontend_id: str = "", sync_s: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Any,
+        *,
+        workers: int = 1,
+        cores_per_worker: int = 1,
+        address: str | None = None,
+        namespace: str = "infaas",
+        memory_mb: float = 0.0,
+        allow_spinning: bool = False,
+        start_timeout_s: float = 60.0,
+        max_workers: int = 0,
+        cache_dir: str | None = None,
+        manages: Callable[[], bool] = lambda: True,
+        fence: Callable[[], int | None] = lambda: None,
+        frontend_id: str = "",
+        sync_s: float = 0.5,
+    ) -> None:
         self.store = store
         self.initial = workers
         self.cores_per_worker = max(1, cores_per_worker)
@@ -118,10 +131,20 @@ class RayCluster:
         return ref
 
     def record(self, worker: RayWorker) -> None:
-        self.store.put("worker", worker.name, None, {"name": worker.name, "actor": worker.actor_name,
-                       "node": worker.node_ip, "node_id": worker.node_id, "cores": self.cores_per_worker,
-                       "incarnation": worker.incarnation,
-                       "kind": worker.kind.as_dict() if worker.kind else None})  # fmt: skip
+        self.store.put(
+            "worker",
+            worker.name,
+            None,
+            {
+                "name": worker.name,
+                "actor": worker.actor_name,
+                "node": worker.node_ip,
+                "node_id": worker.node_id,
+                "cores": self.cores_per_worker,
+                "incarnation": worker.incarnation,
+                "kind": worker.kind.as_dict() if worker.kind else None,
+            },
+        )
 
     def on_death(self, worker: RayWorker, why: str) -> None:
         self.deaths.append({"time": time.time(), "worker": worker.name, "node": worker.node_ip, "why": why})
@@ -153,8 +176,12 @@ class RayCluster:
         import ray
 
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"namespace": self.namespace, "ignore_reinit_error": True,
-                                      "log_to_driver": False, "include_dashboard": False}  # fmt: skip
+            kwargs: dict[str, Any] = {
+                "namespace": self.namespace,
+                "ignore_reinit_error": True,
+                "log_to_driver": False,
+                "include_dashboard": False,
+            }
             if self.address:
                 kwargs["address"] = self.address
             await asyncio.to_thread(ray.init, **kwargs)
@@ -210,8 +237,11 @@ class RayCluster:
         if self._sync_task is not None:
             self._sync_task.cancel()
             await asyncio.gather(self._sync_task, return_exceptions=True)
-        others = [f for f in self.store.list("frontend") if f.get("expires", 0) > time.time()
-                  and f.get("id") != self.frontend_id]  # fmt: skip
+        others = [
+            f
+            for f in self.store.list("frontend")
+            if f.get("expires", 0) > time.time() and f.get("id") != self.frontend_id
+        ]
         kill = self.manages() and not others
         await asyncio.gather(*(w.stop(kill=kill) for w in self._workers), return_exceptions=True)
         if kill:

@@ -78,8 +78,14 @@ class WorkerActor:
         if self.server is None:  # the request path: frames over TCP, straight to this actor
             self.server = await asyncio.start_server(self._connection, host=ip, port=0)
         port = self.server.sockets[0].getsockname()[1]
-        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "node_ip": ip, "port": port,
-                "kind": local_kind().as_dict(), "threads": self.threads}  # fmt: skip
+        return {
+            "pid": os.getpid(),
+            "node_id": ctx.get_node_id(),
+            "node_ip": ip,
+            "port": port,
+            "kind": local_kind().as_dict(),
+            "threads": self.threads,
+        }
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One frontend's request stream: ``infer`` and ``cancel`` frames (the local worker's wire format);
@@ -98,8 +104,14 @@ class WorkerActor:
             now = time.monotonic()
             deadline = msg.get("deadline")
             try:
-                self.worker._infer({**msg, "id": rid, "arrival": now,
-                                    "deadline": None if deadline is None else now + deadline - msg["arrival"]})  # fmt: skip
+                self.worker._infer(
+                    {
+                        **msg,
+                        "id": rid,
+                        "arrival": now,
+                        "deadline": None if deadline is None else now + deadline - msg["arrival"],
+                    }
+                )
                 reply = await fut
             finally:
                 self.outstanding[variant] -= 1
@@ -137,8 +149,12 @@ class WorkerActor:
         if fence is None:
             return None
         if fence < self.fence:
-            return {"ok": False, "kind": "Unavailable", "error": f"{op} refused: controller token {fence} is "
-                    f"stale (this worker has seen {self.fence}; another frontend leads now)"}  # fmt: skip
+            return {
+                "ok": False,
+                "kind": "Unavailable",
+                "error": f"{op} refused: controller token {fence} is "
+                f"stale (this worker has seen {self.fence}; another frontend leads now)",
+            }
         self.fence = fence
         return None
 

@@ -69,8 +69,14 @@ class RayWorker(LocalWorker):
         if actor is None:
             self.incarnation = int(record.get("incarnation", -1)) + 1
             self.actor_name = f"{c.prefix}-{self.name}" + (f"-{self.incarnation}" if self.incarnation else "")
-            opts: dict[str, Any] = {"name": self.actor_name, "namespace": c.namespace, "lifetime": "detached",
-                                    "num_cpus": c.cores_per_worker, "max_concurrency": 4096, "max_restarts": 0}  # fmt: skip
+            opts: dict[str, Any] = {
+                "name": self.actor_name,
+                "namespace": c.namespace,
+                "lifetime": "detached",
+                "num_cpus": c.cores_per_worker,
+                "max_concurrency": 4096,
+                "max_restarts": 0,
+            }
             if c.memory_mb:
                 opts["memory"] = int(c.memory_mb * 2**20)
             log.info("worker %s: starting Ray actor %s (%d CPU)", self.name, self.actor_name, c.cores_per_worker)
@@ -82,14 +88,17 @@ class RayWorker(LocalWorker):
             if c.manages():
                 with contextlib.suppress(Exception):
                     ray.kill(actor, no_restart=True)
-            raise Unavailable(f"worker {self.name} (Ray actor {self.actor_name}) did not start within "
-                              f"{self.start_timeout_s:g} s: {exc!r} (does any node have {c.cores_per_worker} "
-                              "free CPU?)") from exc  # fmt: skip
+            raise Unavailable(
+                f"worker {self.name} (Ray actor {self.actor_name}) did not start within "
+                f"{self.start_timeout_s:g} s: {exc!r} (does any node have {c.cores_per_worker} "
+                "free CPU?)"
+            ) from exc
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(hello["node_ip"], hello["port"]), 10)
         except Exception as exc:
-            raise Unavailable(f"worker {self.name}: cannot connect to its actor at {hello['node_ip']}:"
-                              f"{hello['port']}: {exc!r}") from exc
+            raise Unavailable(
+                f"worker {self.name}: cannot connect to its actor at {hello['node_ip']}:{hello['port']}: {exc!r}"
+            ) from exc
         self._writer = writer
         self._reader_task = asyncio.create_task(self._read_replies(reader, writer))
         self.actor = actor
@@ -132,8 +141,12 @@ class RayWorker(LocalWorker):
             self._writer = None
         self.replicas, self._ready = {}, set()
         self._set_state(WorkerState.RESTARTING, why)
-        self._fail_pending(WorkerCrashed(f"worker {self.name} (Ray actor on {self.node_ip}) died ({why}) while "
-                                         "serving this request; it is being replaced"))  # fmt: skip
+        self._fail_pending(
+            WorkerCrashed(
+                f"worker {self.name} (Ray actor on {self.node_ip}) died ({why}) while "
+                "serving this request; it is being replaced"
+            )
+        )
         self.cluster.on_death(self, why)
         self._replacing = self.cluster.manages()
         if self.cluster.manages() and (self._restart_task is None or self._restart_task.done()):
@@ -208,8 +221,15 @@ class RayWorker(LocalWorker):
         specs = {v: _spec_from_msg(m) for v, m in p["specs"].items()}
         states = {v: ReplicaState(s) for v, s in p["states"].items()}
         if self.cluster.manages():
-            adopt = {v for v, s in states.items() if s is ReplicaState.READY and v in specs
-                     and v not in self.replicas and v not in self._specs and not self._lock(v).locked()}  # fmt: skip
+            adopt = {
+                v
+                for v, s in states.items()
+                if s is ReplicaState.READY
+                and v in specs
+                and v not in self.replicas
+                and v not in self._specs
+                and not self._lock(v).locked()
+            }
             for v in adopt:  # the actor records a replica's spec before it loads it
                 self._specs[v] = specs[v]
                 self._set_replica(v, ReplicaState.READY)
@@ -265,9 +285,19 @@ async def _awaited(ref: Any) -> Any:
 
 def _spec_from_msg(m: dict) -> LoadSpec:
     slope, intercept = m.get("latency_ms") or (0.0, 0.0)
-    return LoadSpec(variant=m["variant"], path=m.get("path", ""), threads=m["threads"], max_batch=m["max_batch"],
-                    provider=m.get("provider", "cpu"), max_delay_s=m.get("max_delay_s", 0.0),
-                    instances=m.get("instances", 1), latency_slope_ms=slope, latency_intercept_ms=intercept,
-                    max_queue_s=m.get("max_queue_s"), max_queue_bytes=m.get("max_queue_bytes"),
-                    admission=m.get("admission", True), sha256=m.get("sha256", ""),
-                    batch_ms=tuple(sorted((int(b), float(ms)) for b, ms in (m.get("batch_ms") or {}).items())))  # fmt: skip
+    return LoadSpec(
+        variant=m["variant"],
+        path=m.get("path", ""),
+        threads=m["threads"],
+        max_batch=m["max_batch"],
+        provider=m.get("provider", "cpu"),
+        max_delay_s=m.get("max_delay_s", 0.0),
+        instances=m.get("instances", 1),
+        latency_slope_ms=slope,
+        latency_intercept_ms=intercept,
+        max_queue_s=m.get("max_queue_s"),
+        max_queue_bytes=m.get("max_queue_bytes"),
+        admission=m.get("admission", True),
+        sha256=m.get("sha256", ""),
+        batch_ms=tuple(sorted((int(b), float(ms)) for b, ms in (m.get("batch_ms") or {}).items())),
+    )

@@ -33,8 +33,9 @@ def _ram_mb() -> float:
 
 
 class Autoscaler:
-    def __init__(self, plane: Actuator, settings: Settings, policy: Policy, *,
-                 may_act: Callable[[], bool] = lambda: True) -> None:  # fmt: skip
+    def __init__(
+        self, plane: Actuator, settings: Settings, policy: Policy, *, may_act: Callable[[], bool] = lambda: True
+    ) -> None:
         self.plane = plane
         self.settings = settings
         cluster = plane.cluster
@@ -110,14 +111,22 @@ class Autoscaler:
                     tries += 1
                     wait = min(60.0, 2.0 ** (tries - 1))
                     self._retry[key] = (now + wait, tries)
-                    self.plane.log_decision("error", f"{spec.variant} should be on {worker.name} but its load failed "
-                                            f"(attempt {tries}; next in {wait:g} s): {exc.message}",
-                                            variant=spec.variant, worker=worker.name)  # fmt: skip
+                    self.plane.log_decision(
+                        "error",
+                        f"{spec.variant} should be on {worker.name} but its load failed "
+                        f"(attempt {tries}; next in {wait:g} s): {exc.message}",
+                        variant=spec.variant,
+                        worker=worker.name,
+                    )
                 else:
                     self._retry.pop(key, None)
-                    self.plane.log_decision("reconcile", f"{spec.variant} was missing on {worker.name} (in its target "
-                                            f"placement, not loaded): loaded again after {tries} failed attempt(s)",
-                                            variant=spec.variant, worker=worker.name)  # fmt: skip
+                    self.plane.log_decision(
+                        "reconcile",
+                        f"{spec.variant} was missing on {worker.name} (in its target "
+                        f"placement, not loaded): loaded again after {tries} failed attempt(s)",
+                        variant=spec.variant,
+                        worker=worker.name,
+                    )
         live = {(w.name, s.variant) for w in self.plane.cluster.workers for s in w.missing()}
         for key in set(self._retry) - live:
             del self._retry[key]
@@ -138,8 +147,13 @@ class Autoscaler:
             cpu = None
             if prev is not None and now > prev[0] and rep["cpu_s"] >= prev[1]:
                 cpu = (rep["cpu_s"] - prev[1]) / (now - prev[0]) / max(1, rep["cores"])
-            self.workers[w.name] = {"cpu": cpu, "rss_mb": rep["rss_mb"], "budget_mb": self.memory_mb,
-                                    "pid": rep["pid"], "variants": len(rep["variants"])}  # fmt: skip
+            self.workers[w.name] = {
+                "cpu": cpu,
+                "rss_mb": rep["rss_mb"],
+                "budget_mb": self.memory_mb,
+                "pid": rep["pid"],
+                "variants": len(rep["variants"]),
+            }
             for name, c in rep["variants"].items():
                 key = (w.name, name)
                 seen.add(key)
@@ -150,23 +164,35 @@ class Autoscaler:
                 dt, o = now - old[0], old[1]
                 batches = c["batches"] - o["batches"]
                 rows = c["completed_rows"] - o["completed_rows"]
-                parts.setdefault(name, []).append({
-                    "arrival": (c["arrived_rows"] - o["arrived_rows"]) / dt, "completed": rows / dt,
-                    "offline": (c["offline_rows"] - o["offline_rows"]) / dt,
-                    "batch": rows / batches if batches else 0.0, "queue": c["queued_rows"],
-                    "p50": c["p50_ms"] or 0.0, "p99": c["p99_ms"] or 0.0,
-                    "busy": (c["busy_s"] - o["busy_s"]) / dt / max(1, c["instances"]),
-                })  # fmt: skip
+                parts.setdefault(name, []).append(
+                    {
+                        "arrival": (c["arrived_rows"] - o["arrived_rows"]) / dt,
+                        "completed": rows / dt,
+                        "offline": (c["offline_rows"] - o["offline_rows"]) / dt,
+                        "batch": rows / batches if batches else 0.0,
+                        "queue": c["queued_rows"],
+                        "p50": c["p50_ms"] or 0.0,
+                        "p99": c["p99_ms"] or 0.0,
+                        "busy": (c["busy_s"] - o["busy_s"]) / dt / max(1, c["instances"]),
+                    }
+                )
         for key in set(self._last) - seen:
             del self._last[key]
         t = time.monotonic()
         for name, ps in parts.items():
             window = self.windows.setdefault(name, deque(maxlen=self.settings.autoscale_window))
             batch = max((p["batch"] for p in ps), default=0.0) or (window[-1].mean_batch if window else 1.0)
-            window.append(Sample(
-                t, sum(p["arrival"] for p in ps), sum(p["completed"] for p in ps), batch,
-                int(sum(p["queue"] for p in ps)), max(p["p50"] for p in ps), sum(p["busy"] for p in ps) / len(ps),
-            ))  # fmt: skip
+            window.append(
+                Sample(
+                    t,
+                    sum(p["arrival"] for p in ps),
+                    sum(p["completed"] for p in ps),
+                    batch,
+                    int(sum(p["queue"] for p in ps)),
+                    max(p["p50"] for p in ps),
+                    sum(p["busy"] for p in ps) / len(ps),
+                )
+            )
             self.states.setdefault(name, {})["offline_rps"] = sum(p["offline"] for p in ps)
             self.states[name]["p99_ms"] = max(p["p99"] for p in ps)
         loaded = {n for w in self.plane.cluster.workers for n in w.loaded_names()}
@@ -195,11 +221,21 @@ class Autoscaler:
         cores = self.plane.cluster.cores_per_worker
         family: dict[str, list] = {}
         for arch, variants in catalog.by_arch.items():
-            family[arch] = [(v, catalog.profiles[v.name]) for v in variants
-                            if v.status == "ready" and v.name in catalog.profiles and v.threads <= cores]  # fmt: skip
-        rooms = [WorkerRoom(w.name, self.memory_mb - self.workers.get(w.name, {}).get("rss_mb", 0.0),
-                            len(w.loaded_names()), self.workers.get(w.name, {}).get("cpu"))
-                 for w in workers if w.alive]  # fmt: skip
+            family[arch] = [
+                (v, catalog.profiles[v.name])
+                for v in variants
+                if v.status == "ready" and v.name in catalog.profiles and v.threads <= cores
+            ]
+        rooms = [
+            WorkerRoom(
+                w.name,
+                self.memory_mb - self.workers.get(w.name, {}).get("rss_mb", 0.0),
+                len(w.loaded_names()),
+                self.workers.get(w.name, {}).get("cpu"),
+            )
+            for w in workers
+            if w.alive
+        ]
         actions, self.memory = self.policy.autoscale(loads, family, rooms, now, self.memory)
         judged: dict[str, tuple[str, str]] = {}
         for load in loads:
@@ -207,11 +243,17 @@ class Autoscaler:
             judged[load.variant.name] = (state, why)
             last = load.window[-1]
             self.states.setdefault(load.variant.name, {}).update(
-                state=state, reason=why, demand_rps=round(demand, 1), replicas=list(load.replicas),
+                state=state,
+                reason=why,
+                demand_rps=round(demand, 1),
+                replicas=list(load.replicas),
                 capacity_rps=round(capacity_rps(load.profile, load.variant.max_batch) * len(load.replicas), 1),
-                completed_rps=round(last.completed_rps, 1), queue_rows=last.queue_rows,
-                mean_batch=round(last.mean_batch, 2), p50_ms=round(last.p50_ms, 3), busy=round(last.busy, 3),
-            )  # fmt: skip
+                completed_rps=round(last.completed_rps, 1),
+                queue_rows=last.queue_rows,
+                mean_batch=round(last.mean_batch, 2),
+                p50_ms=round(last.p50_ms, 3),
+                busy=round(last.busy, 3),
+            )
         # the policy's own judgement (the original's flags have hysteresis) decides, and is shown
         self.overloaded = self.policy.overloaded(self.memory, judged)
         for name, why in self.overloaded.items():
@@ -222,24 +264,36 @@ class Autoscaler:
     # ---- actions -------------------------------------------------------------------------------
     async def apply(self, action: Action) -> None:
         if not self.may_act():  # the lease was lost (or is about to expire): another frontend leads now
-            log.warning("not applying %s %s: this frontend no longer holds the controller lease",
-                        action.kind, action.variant)
+            log.warning(
+                "not applying %s %s: this frontend no longer holds the controller lease", action.kind, action.variant
+            )
             return
         plane, cluster = self.plane, self.plane.cluster
         workers = {w.name: w for w in cluster.workers}
         if action.kind == "add_worker":
-            why_not = (f"already at --max-workers {self.max_workers}" if len(workers) >= self.max_workers
-                       else cluster.can_add())  # fmt: skip
+            why_not = (
+                f"already at --max-workers {self.max_workers}"
+                if len(workers) >= self.max_workers
+                else cluster.can_add()
+            )
             if why_not is not None:
                 self._report_blocked(action, why_not)
                 return
             worker = await cluster.add_worker()
-            plane.log_decision("add_worker", f"{action.reason}: started worker {worker.name} on cores "
-                               f"{list(worker.cores)}", worker=worker.name, variant=action.variant)  # fmt: skip
+            plane.log_decision(
+                "add_worker",
+                f"{action.reason}: started worker {worker.name} on cores {list(worker.cores)}",
+                worker=worker.name,
+                variant=action.variant,
+            )
             variant = plane.catalog.variants.get(action.variant)
             if variant is not None:  # the worker was added for this variant: host it at once
-                plane.log_decision("replicate", f"{variant.name}: +1 replica on the new worker {worker.name}",
-                                   variant=variant.name, worker=worker.name)  # fmt: skip
+                plane.log_decision(
+                    "replicate",
+                    f"{variant.name}: +1 replica on the new worker {worker.name}",
+                    variant=variant.name,
+                    worker=worker.name,
+                )
                 await plane.load(variant, worker)
             return
         if action.kind == "remove_worker":
@@ -277,15 +331,25 @@ class Autoscaler:
         now = time.monotonic()
         if now - self._blocked.get(key, -1e9) >= 30:
             self._blocked[key] = now
-            self.plane.log_decision("blocked", f"{action.reason}, but no worker can be added: {why_not}",
-                                    variant=action.variant)  # fmt: skip
+            self.plane.log_decision(
+                "blocked", f"{action.reason}, but no worker can be added: {why_not}", variant=action.variant
+            )
 
     def report(self) -> dict[str, Any]:
         """What ``GET /api/v1/autoscale`` and ``infaas workers`` show."""
         return {
-            "enabled": True, "policy": self.policy.name, "ticks": self.ticks, "errors": self.errors,
-            "limits": {"min_workers": self.min_workers, "max_workers": self.max_workers,
-                       "worker_memory_mb": round(self.memory_mb), "scale_down_s": self.cfg.scale_down_s,
-                       "idle_unload_s": self.cfg.idle_unload_s, "keep_warm": self.cfg.keep_warm},
-            "workers": self.workers, "variants": self.states,
-        }  # fmt: skip
+            "enabled": True,
+            "policy": self.policy.name,
+            "ticks": self.ticks,
+            "errors": self.errors,
+            "limits": {
+                "min_workers": self.min_workers,
+                "max_workers": self.max_workers,
+                "worker_memory_mb": round(self.memory_mb),
+                "scale_down_s": self.cfg.scale_down_s,
+                "idle_unload_s": self.cfg.idle_unload_s,
+                "keep_warm": self.cfg.keep_warm,
+            },
+            "workers": self.workers,
+            "variants": self.states,
+        }

@@ -91,7 +91,9 @@ def allowed_directory(directory: str, roots: list[Path]) -> Path:
     raise refused
 
 
-def load_images(directory: str | Path, sig: Signature, limit_bytes: int | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+def load_images(
+    directory: str | Path, sig: Signature, limit_bytes: int | None = None
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """Images of a directory (sorted by name), resized to the task's single NHWC UINT8 input."""
     from PIL import Image
 
@@ -109,8 +111,9 @@ def load_images(directory: str | Path, sig: Signature, limit_bytes: int | None =
         raise InvalidInput(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {directory}")
     mode = "RGB" if channels == 3 else "L"
     if limit_bytes is not None and len(files) * height * width * channels > limit_bytes:
-        raise InvalidInput(f"{len(files)} images of {height}x{width}x{channels} exceed the job input limit "
-                           f"of {limit_bytes} bytes")  # fmt: skip
+        raise InvalidInput(
+            f"{len(files)} images of {height}x{width}x{channels} exceed the job input limit of {limit_bytes} bytes"
+        )
     rows = []
     for path in files:
         with Image.open(path) as img:
@@ -120,10 +123,20 @@ def load_images(directory: str | Path, sig: Signature, limit_bytes: int | None =
 
 
 class JobRunner:
-    def __init__(self, plane: InferencePort, decisions: DecisionLog, store: MetadataStore, data_dir: Path, batch_rows: int, *,
-                 busy: Callable[[], str | None] = lambda: None, max_failures: int = 5,
-                 job_roots: list[Path] | None = None, max_input_bytes: int | None = None,
-                 retry_s: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        plane: InferencePort,
+        decisions: DecisionLog,
+        store: MetadataStore,
+        data_dir: Path,
+        batch_rows: int,
+        *,
+        busy: Callable[[], str | None] = lambda: None,
+        max_failures: int = 5,
+        job_roots: list[Path] | None = None,
+        max_input_bytes: int | None = None,
+        retry_s: float = 1.0,
+    ) -> None:
         self.plane = plane
         self.decisions = decisions
         self.store = store
@@ -170,8 +183,13 @@ class JobRunner:
         return self.root / job_id / "outputs.npz"
 
     # ---- submission ------------------------------------------------------------------------
-    def submit(self, model: str, inputs: dict[str, np.ndarray] | None = None, directory: str | None = None,
-               min_accuracy: float | None = None) -> Job:  # fmt: skip
+    def submit(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray] | None = None,
+        directory: str | None = None,
+        min_accuracy: float | None = None,
+    ) -> Job:
         scope, sig, variants, _ = self.plane.catalog.resolve(model, None)
         if (inputs is None) == (directory is None):
             raise InvalidInput("a job takes either an .npz of inputs or a directory of images")
@@ -185,20 +203,24 @@ class JobRunner:
             best = max((v.accuracy or 0.0 for v in variants if v.status == "ready"), default=0.0)
             if best < min_accuracy:
                 raise InvalidInput(f"min_accuracy {min_accuracy:g} unreachable for {scope}: best is {best:g}")
-        req = InferRequest(model, None, [
-            InferInput(k, NUMPY_TO_V2.get(v.dtype, "?"), tuple(v.shape), v) for k, v in inputs.items()
-        ])  # fmt: skip
+        req = InferRequest(
+            model, None, [InferInput(k, NUMPY_TO_V2.get(v.dtype, "?"), tuple(v.shape), v) for k, v in inputs.items()]
+        )
         rows = check_inputs(req, sig)
         batch = min([self.batch_rows, *(v.max_batch for v in variants if v.status == "ready")])
-        job = Job(id=uuid.uuid4().hex[:12], model=model, min_accuracy=min_accuracy, rows=rows,
-                  batch_rows=batch, files=files)  # fmt: skip
+        job = Job(
+            id=uuid.uuid4().hex[:12], model=model, min_accuracy=min_accuracy, rows=rows, batch_rows=batch, files=files
+        )
         folder = self.root / job.id
         folder.mkdir(parents=True, exist_ok=True)
         _save_npz(folder / "inputs.npz", inputs)
         self._put(job)
-        self.decisions.log_decision("job", f"job {job.id} submitted: {rows} rows of {scope}"
-                                + (f" at accuracy >= {min_accuracy:g}" if min_accuracy is not None else ""),
-                                job=job.id)  # fmt: skip
+        self.decisions.log_decision(
+            "job",
+            f"job {job.id} submitted: {rows} rows of {scope}"
+            + (f" at accuracy >= {min_accuracy:g}" if min_accuracy is not None else ""),
+            job=job.id,
+        )
         self._wake.set()
         return job
 
@@ -267,8 +289,9 @@ class JobRunner:
         if job.status != "running":
             if job.id in self._paused_at:
                 job.paused_s += time.monotonic() - self._paused_at.pop(job.id)
-                self.decisions.log_decision("job", f"job {job.id} resumed: online load is back within capacity",
-                                        job=job.id)  # fmt: skip
+                self.decisions.log_decision(
+                    "job", f"job {job.id} resumed: online load is back within capacity", job=job.id
+                )
             job.status, job.reason = "running", ""
             if not self._save(job):
                 return False
@@ -282,10 +305,15 @@ class JobRunner:
         inputs = self._inputs[1]
         start, end = job.done_rows, min(job.rows, job.done_rows + job.batch_rows)
         params: dict[str, Any] = {} if job.min_accuracy is None else {"min_accuracy": job.min_accuracy}
-        req = InferRequest(job.model, None, [
-            InferInput(k, NUMPY_TO_V2[np.dtype(v.dtype)], (end - start, *v.shape[1:]), v[start:end])
-            for k, v in inputs.items()
-        ], parameters=params)  # fmt: skip
+        req = InferRequest(
+            job.model,
+            None,
+            [
+                InferInput(k, NUMPY_TO_V2[np.dtype(v.dtype)], (end - start, *v.shape[1:]), v[start:end])
+                for k, v in inputs.items()
+            ],
+            parameters=params,
+        )
         try:
             resp = await self.plane.infer(req, offline=True)
         except InfaasError as exc:  # unavailable, crashed worker, model removed ...: retry, up to a point
@@ -344,10 +372,14 @@ class JobRunner:
         self._inputs = None
         took = job.finished - job.created
         used = ", ".join(f"{v} ({n} rows)" for v, n in job.variants.items())
-        self.decisions.log_decision("job", f"job {job.id} {status} after {took:.1f} s: {job.done_rows}/{job.rows} rows"
-                                + (f" on {used}" if used else "") + (f"; {reason}" if reason else "")
-                                + (f"; paused {job.pauses} time(s), {job.paused_s:.1f} s" if job.pauses else ""),
-                                job=job.id)  # fmt: skip
+        self.decisions.log_decision(
+            "job",
+            f"job {job.id} {status} after {took:.1f} s: {job.done_rows}/{job.rows} rows"
+            + (f" on {used}" if used else "")
+            + (f"; {reason}" if reason else "")
+            + (f"; paused {job.pauses} time(s), {job.paused_s:.1f} s" if job.pauses else ""),
+            job=job.id,
+        )
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

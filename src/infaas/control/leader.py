@@ -32,10 +32,17 @@ def frontend_id() -> str:
 
 
 class Leadership:
-    def __init__(self, store: Any, holder: str, *, ttl_s: float = 5.0, url: str = "",
-                 on_gain: Callable[[], Awaitable[None]] | None = None,
-                 on_lose: Callable[[], Awaitable[None]] | None = None,
-                 log_decision: Callable[..., Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Any,
+        holder: str,
+        *,
+        ttl_s: float = 5.0,
+        url: str = "",
+        on_gain: Callable[[], Awaitable[None]] | None = None,
+        on_lose: Callable[[], Awaitable[None]] | None = None,
+        log_decision: Callable[..., Any] | None = None,
+    ) -> None:
         self.store = store
         self.holder = holder
         self.ttl_s = ttl_s
@@ -96,29 +103,48 @@ class Leadership:
                 previous = self.token
                 self.token, self.since = lease.token, time.time()
                 self.changes += 1
-                self.log_decision("leader", f"this frontend ({self.holder}) holds the controller lease "
-                                  f"(fencing token {lease.token}{'' if previous is None else f', was {previous}'}); "
-                                  "it runs the controller and the job runner")  # fmt: skip
+                self.log_decision(
+                    "leader",
+                    f"this frontend ({self.holder}) holds the controller lease "
+                    f"(fencing token {lease.token}{'' if previous is None else f', was {previous}'}); "
+                    "it runs the controller and the job runner",
+                )
                 if self.on_gain is not None:
                     await self.on_gain()
         elif self.leader:
             await self._lose("another frontend holds the controller lease")
-        await asyncio.to_thread(self.store.put, "frontend", self.holder, None, {
-            "id": self.holder, "url": self.url, "leader": self.leader, "token": self.token,
-            "expires": time.time() + self.ttl_s, "pid": os.getpid(), "host": socket.gethostname(),
-        })  # fmt: skip
+        await asyncio.to_thread(
+            self.store.put,
+            "frontend",
+            self.holder,
+            None,
+            {
+                "id": self.holder,
+                "url": self.url,
+                "leader": self.leader,
+                "token": self.token,
+                "expires": time.time() + self.ttl_s,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+            },
+        )
 
     async def _lose(self, why: str) -> None:
         token, self.token = self.token, None
         self.changes += 1
-        self.log_decision("leader", f"this frontend ({self.holder}) no longer runs the controller: {why} "
-                          f"(its token was {token})")  # fmt: skip
+        self.log_decision(
+            "leader", f"this frontend ({self.holder}) no longer runs the controller: {why} (its token was {token})"
+        )
         if self.on_lose is not None:
             await self.on_lose()
 
     def report(self) -> dict:
         holder = self.store.lease(LEASE)
         now = time.time()
-        return {"frontend": self.holder, "leader": self.leader, "token": self.token,
-                "lease": None if holder is None else {"holder": holder.holder, "token": holder.token},
-                "frontends": [f for f in self.store.list("frontend") if f.get("expires", 0) > now]}  # fmt: skip
+        return {
+            "frontend": self.holder,
+            "leader": self.leader,
+            "token": self.token,
+            "lease": None if holder is None else {"holder": holder.holder, "token": holder.token},
+            "frontends": [f for f in self.store.list("frontend") if f.get("expires", 0) > now],
+        }

@@ -22,8 +22,16 @@ from infaas.settings import Settings
 
 
 class Placement:
-    def __init__(self, registry: Registry, catalog: Catalog, cluster: ClusterBackend, settings: Settings,
-                 latency: LatencyModel, decisions: DecisionLog, background: Background) -> None:  # fmt: skip
+    def __init__(
+        self,
+        registry: Registry,
+        catalog: Catalog,
+        cluster: ClusterBackend,
+        settings: Settings,
+        latency: LatencyModel,
+        decisions: DecisionLog,
+        background: Background,
+    ) -> None:
         self.registry = registry
         self.catalog = catalog
         self.cluster = cluster
@@ -75,30 +83,43 @@ class Placement:
     # ---- loads -----------------------------------------------------------------------------
     async def load(self, variant: Variant, worker: WorkerHandle) -> dict:
         spec = LoadSpec(
-            variant=variant.name, path=str(self.registry.models.path(variant.artifact_hash)),
-            threads=variant.threads, max_batch=variant.max_batch, provider=variant.provider,
+            variant=variant.name,
+            path=str(self.registry.models.path(variant.artifact_hash)),
+            threads=variant.threads,
+            max_batch=variant.max_batch,
+            provider=variant.provider,
             max_delay_s=self.settings.max_queue_delay_us / 1e6,
             instances=self.settings.instances_per_variant,
-            max_queue_s=self.settings.request_timeout_s, max_queue_bytes=self.settings.max_queue_bytes,
-            admission=self.settings.admission_control, sha256=variant.artifact_hash.split(".", 1)[0],
-        )  # fmt: skip
+            max_queue_s=self.settings.request_timeout_s,
+            max_queue_bytes=self.settings.max_queue_bytes,
+            admission=self.settings.admission_control,
+            sha256=variant.artifact_hash.split(".", 1)[0],
+        )
         if (prof := self.catalog.profiles.get(variant.name)) is not None:
-            spec = dataclasses.replace(spec, latency_slope_ms=prof.fit_slope_ms,
-                                       latency_intercept_ms=prof.fit_intercept_ms,
-                                       batch_ms=tuple(sorted(prof.latency_p50_ms.items())))  # fmt: skip
+            spec = dataclasses.replace(
+                spec,
+                latency_slope_ms=prof.fit_slope_ms,
+                latency_intercept_ms=prof.fit_intercept_ms,
+                batch_ms=tuple(sorted(prof.latency_p50_ms.items())),
+            )
         async with self.busy_section():
             result = await worker.load(spec)
         timings = result.get("batch_ms") or {}
         if result.get("preferred_batch"):
-            self.latency.loaded(worker.name, variant.name, int(result["preferred_batch"]), int(result.get("instances", 1)))
+            self.latency.loaded(
+                worker.name, variant.name, int(result["preferred_batch"]), int(result.get("instances", 1))
+            )
         why = f"loaded {variant.name} on worker {worker.name} in {result.get('load_time_s', 0) * 1000:.0f} ms"
         if timings:
             pb = result["preferred_batch"]
             per_row = ", ".join(f"b{b} {t / b:.2f}" for b, t in sorted(timings.items()))
-            why += (f" ({result['instances']} x {result['threads']} threads); batches of up to {pb}: "
-                    f"fastest per row {result.get('timed', 'measured at load')} (ms/row: {per_row})")
-        self.log_decision("load", why, variant=variant.name, worker=worker.name,
-                          preferred_batch=result.get("preferred_batch"))  # fmt: skip
+            why += (
+                f" ({result['instances']} x {result['threads']} threads); batches of up to {pb}: "
+                f"fastest per row {result.get('timed', 'measured at load')} (ms/row: {per_row})"
+            )
+        self.log_decision(
+            "load", why, variant=variant.name, worker=worker.name, preferred_batch=result.get("preferred_batch")
+        )
         return result
 
     async def ensure_loaded(self, arch: str) -> None:
@@ -142,8 +163,10 @@ class Placement:
             async with asyncio.timeout(deadline - time.monotonic()):
                 return await self.load_cold(variant)
         except TimeoutError:
-            raise DeadlineExceeded(f"the request's deadline ({deadline_source}) passed while {variant.name} "
-                                   "was loading for it; the load goes on for the next requests") from None  # fmt: skip
+            raise DeadlineExceeded(
+                f"the request's deadline ({deadline_source}) passed while {variant.name} "
+                "was loading for it; the load goes on for the next requests"
+            ) from None
 
     def prefetch(self, variant: Variant) -> None:
         """Load ``variant`` in the background for the next requests (once)."""
@@ -191,8 +214,9 @@ class Placement:
         for worker in hosts:
             await worker.unload(name)
         if hosts:
-            self.log_decision("unload", f"{name} unloaded from {', '.join(w.name for w in hosts)} on request",
-                              variant=name)  # fmt: skip
+            self.log_decision(
+                "unload", f"{name} unloaded from {', '.join(w.name for w in hosts)} on request", variant=name
+            )
         return [w.name for w in hosts]
 
     async def unplace_architecture(self, arch: str) -> None:

@@ -21,8 +21,16 @@ log = logging.getLogger("infaas.profiling")
 
 
 class Profiling:
-    def __init__(self, registry: Registry, catalog: Catalog, cluster: ClusterBackend, settings: Settings,
-                 placement: Placement, decisions: DecisionLog, background: Background) -> None:  # fmt: skip
+    def __init__(
+        self,
+        registry: Registry,
+        catalog: Catalog,
+        cluster: ClusterBackend,
+        settings: Settings,
+        placement: Placement,
+        decisions: DecisionLog,
+        background: Background,
+    ) -> None:
         self.registry = registry
         self.catalog = catalog
         self.cluster = cluster
@@ -39,9 +47,12 @@ class Profiling:
         if not self.settings.profile_on_register:
             return
         for arch in self.catalog.unprofiled_here:
-            self.decisions.log_decision("profile", f"{arch} has no profiles for this machine's hardware kind "
-                                        f"{self.catalog.kind.id} ({self.catalog.kind.describe()}); profiling it here",
-                                        architecture=arch)  # fmt: skip
+            self.decisions.log_decision(
+                "profile",
+                f"{arch} has no profiles for this machine's hardware kind "
+                f"{self.catalog.kind.id} ({self.catalog.kind.describe()}); profiling it here",
+                architecture=arch,
+            )
             self.start(arch)
 
     def start(self, arch: str, quick: bool = False) -> dict[str, Any]:
@@ -51,8 +62,18 @@ class Profiling:
         state = self.states.get(arch)
         if state is not None and state["finished"] is None:
             return state
-        state = {"architecture": arch, "quick": quick, "stage": "queued", "done": 0, "total": 0,
-                 "started": time.time(), "finished": None, "seconds": None, "error": None, "summary": None}  # fmt: skip
+        state = {
+            "architecture": arch,
+            "quick": quick,
+            "stage": "queued",
+            "done": 0,
+            "total": 0,
+            "started": time.time(),
+            "finished": None,
+            "seconds": None,
+            "error": None,
+            "summary": None,
+        }
         self.states[arch] = state
         self.background.spawn(self._profile(arch, quick, state), guarded=False)
         return state
@@ -65,14 +86,24 @@ class Profiling:
 
         try:
             async with self._lock:
-                report = await profile_architecture(self.registry, arch, self.settings, quick=quick, progress=progress,
-                                                    before_measure=self.placement.quiet.wait)  # fmt: skip
+                report = await profile_architecture(
+                    self.registry,
+                    arch,
+                    self.settings,
+                    quick=quick,
+                    progress=progress,
+                    before_measure=self.placement.quiet.wait,
+                )
             counts = {s: sum(v.status == s for v in report.variants) for s in ("ready", "rejected", "failed")}
             state["summary"] = {**counts, "skipped": {s.format: s.reason for s in report.skipped}}
             self.catalog.refresh()
-            self.decisions.log_decision("profile", f"profiled {arch} in {report.seconds:.1f} s: {counts['ready']} "
-                                        f"variants ready, {counts['rejected']} rejected, {counts['failed']} failed "
-                                        f"(reasons: infaas variants {arch})", architecture=arch)  # fmt: skip
+            self.decisions.log_decision(
+                "profile",
+                f"profiled {arch} in {report.seconds:.1f} s: {counts['ready']} "
+                f"variants ready, {counts['rejected']} rejected, {counts['failed']} failed "
+                f"(reasons: infaas variants {arch})",
+                architecture=arch,
+            )
             await self._replace_rejected(arch)
         except asyncio.CancelledError:
             state["error"] = "cancelled (server stopping)"
@@ -90,5 +121,9 @@ class Profiling:
         best = self.placement.default_variant(arch)
         for v in self.catalog.by_arch.get(arch, []):
             if v.status != "ready" and best is not None and any(w.hosts(v.name) for w in self.cluster.workers):
-                await self.placement.swap(v, best, "replace", f"{v.name} was rejected by profiling ({v.reason}); "
-                                          f"{best.name} serves in its place")  # fmt: skip
+                await self.placement.swap(
+                    v,
+                    best,
+                    "replace",
+                    f"{v.name} was rejected by profiling ({v.reason}); {best.name} serves in its place",
+                )

@@ -20,9 +20,17 @@ log = logging.getLogger("infaas.registration")
 
 
 class Registration:
-    def __init__(self, registry: Registry, catalog: Catalog, settings: Settings, placement: Placement,
-                 profiling: Profiling, decisions: DecisionLog, background: Background,
-                 serving: Callable[[], bool]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        registry: Registry,
+        catalog: Catalog,
+        settings: Settings,
+        placement: Placement,
+        profiling: Profiling,
+        decisions: DecisionLog,
+        background: Background,
+        serving: Callable[[], bool],
+    ) -> None:
         self.registry = registry
         self.catalog = catalog
         self.settings = settings
@@ -38,8 +46,11 @@ class Registration:
         async with self.placement.busy_section():
             arch, variant = await asyncio.to_thread(self.registry.register, **kwargs)
         self.catalog.refresh()
-        self.decisions.log_decision("register", f"registered {arch.name} for task {arch.task} "
-                                    f"(accuracy {arch.accuracy} {arch.accuracy_source})", architecture=arch.name)  # fmt: skip
+        self.decisions.log_decision(
+            "register",
+            f"registered {arch.name} for task {arch.task} (accuracy {arch.accuracy} {arch.accuracy_source})",
+            architecture=arch.name,
+        )
         if self.serving():
             await self.placement.ensure_loaded(arch.name)
         if self.settings.profile_on_register:

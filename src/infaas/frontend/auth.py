@@ -11,8 +11,9 @@ def authorize(header: str, keys: tuple[str, ...]) -> None:
     """Raise :class:`Unauthorized` unless ``header`` carries one of ``keys``."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("this endpoint needs an API key: send 'authorization: Bearer <key>' "
-                           "(an HTTP header, or gRPC metadata)")  # fmt: skip
+        raise Unauthorized(
+            "this endpoint needs an API key: send 'authorization: Bearer <key>' (an HTTP header, or gRPC metadata)"
+        )
     given = token.strip().encode()
     if not any(hmac.compare_digest(given, k.encode()) for k in keys):
         raise Unauthorized("API key not accepted")

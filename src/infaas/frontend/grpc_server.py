@@ -27,6 +27,7 @@ log = logging.getLogger("infaas.grpc")
 # headroom over max_request_bytes for the message's own framing (names, shapes, parameters)
 _ENVELOPE = 1 << 16
 
+
 class GrpcFrontend:
     def __init__(self, services: Services) -> None:
         self.router = services.router
@@ -66,14 +67,17 @@ class GrpcFrontend:
 
     async def ModelConfig(self, req, ctx):
         cfg = self.views.model_config(req.name, req.version or None)
-        config = pb.ModelConfig(name=cfg["name"], platform=cfg["platform"], backend=cfg["backend"],
-                                max_batch_size=cfg["max_batch_size"])  # fmt: skip
+        config = pb.ModelConfig(
+            name=cfg["name"], platform=cfg["platform"], backend=cfg["backend"], max_batch_size=cfg["max_batch_size"]
+        )
         for t in cfg["input"]:
             config.input.add(name=t["name"], data_type=pb.DataType.Value(t["data_type"]), dims=t["dims"])
         for t in cfg["output"]:
             config.output.add(name=t["name"], data_type=pb.DataType.Value(t["data_type"]), dims=t["dims"])
         for g in cfg["instance_group"]:
-            config.instance_group.add(name=g["name"], count=g["count"], kind=pb.ModelInstanceGroup.Kind.Value(g["kind"]))
+            config.instance_group.add(
+                name=g["name"], count=g["count"], kind=pb.ModelInstanceGroup.Kind.Value(g["kind"])
+            )
         config.dynamic_batching.max_queue_delay_microseconds = cfg["dynamic_batching"]["max_queue_delay_microseconds"]
         for key, value in cfg["parameters"].items():
             config.parameters[key].string_value = value["string_value"]
@@ -83,8 +87,13 @@ class GrpcFrontend:
         stats = self.views.model_stats(req.name or None, req.version or None)
         out = pb.ModelStatisticsResponse()
         for s in stats["model_stats"]:
-            m = out.model_stats.add(name=s["name"], version=s["version"], last_inference=s["last_inference"],
-                                    inference_count=s["inference_count"], execution_count=s["execution_count"])  # fmt: skip
+            m = out.model_stats.add(
+                name=s["name"],
+                version=s["version"],
+                last_inference=s["last_inference"],
+                inference_count=s["inference_count"],
+                execution_count=s["execution_count"],
+            )
             for key, d in s["inference_stats"].items():
                 getattr(m.inference_stats, key).CopyFrom(pb.StatisticDuration(count=d["count"], ns=d["ns"]))
             for b in s.get("batch_stats", []):
@@ -125,19 +134,31 @@ class GrpcFrontend:
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {}
-        for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
-                     "ModelConfig", "ModelStatistics", "RepositoryIndex"):  # fmt: skip
+        for name in (
+            "ServerLive",
+            "ServerReady",
+            "ModelReady",
+            "ServerMetadata",
+            "ModelMetadata",
+            "ModelInfer",
+            "ModelConfig",
+            "ModelStatistics",
+            "RepositoryIndex",
+        ):
             request_type = getattr(pb, f"{name}Request")
             methods[name] = grpc.unary_unary_rpc_method_handler(
-                self._wrap(getattr(self, name)), request_deserializer=request_type.FromString,
+                self._wrap(getattr(self, name)),
+                request_deserializer=request_type.FromString,
                 response_serializer=lambda msg: msg.SerializeToString(),
-            )  # fmt: skip
+            )
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
     async def start(self, host: str, port: int) -> int:
         settings = self.settings
-        options = [("grpc.max_receive_message_length", settings.max_request_bytes + _ENVELOPE),
-                   ("grpc.max_send_message_length", -1)]  # fmt: skip
+        options = [
+            ("grpc.max_receive_message_length", settings.max_request_bytes + _ENVELOPE),
+            ("grpc.max_send_message_length", -1),
+        ]
         self.server = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.max_connections)
         self.server.add_generic_rpc_handlers((self.handler(),))
         bound = self.server.add_insecure_port(f"{host}:{port}")

@@ -88,11 +88,17 @@ async def register(request: Request) -> Response:
             except ValueError as exc:
                 raise InvalidInput(f"bad number: {exc}") from None
             arch, variant = await services.registration.register(
-                name=name, task=task, model=await model.read(), framework=_field(form, "framework") or "onnx",
-                accuracy=accuracy, description=_field(form, "description") or "", max_batch=max_batch,
-                metric=_field(form, "metric"), validation=await _file(form, "validation"),
+                name=name,
+                task=task,
+                model=await model.read(),
+                framework=_field(form, "framework") or "onnx",
+                accuracy=accuracy,
+                description=_field(form, "description") or "",
+                max_batch=max_batch,
+                metric=_field(form, "metric"),
+                validation=await _file(form, "validation"),
                 calibration=await _file(form, "calibration"),
-            )  # fmt: skip
+            )
         finally:
             await form.close()
     return json_response({"architecture": arch.model_dump(), "variants": [variant.model_dump()]}, 201)
@@ -129,8 +135,11 @@ async def get_profile(request: Request) -> Response:
 def _variant_row(request: Request, v) -> dict:
     services = services_of(request)
     prof = services.catalog.profiles.get(v.name)
-    return {**v.model_dump(mode="json"), "loaded_on": [w.name for w in services.cluster.workers if w.hosts(v.name)],
-            "profile": None if prof is None else prof.model_dump(mode="json")}  # fmt: skip
+    return {
+        **v.model_dump(mode="json"),
+        "loaded_on": [w.name for w in services.cluster.workers if w.hosts(v.name)],
+        "profile": None if prof is None else prof.model_dump(mode="json"),
+    }
 
 
 async def list_variants(request: Request) -> Response:

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from infaas.app.services import Services
 
 
-
 def _model_args(request: Request) -> tuple[str, str | None]:
     p = request.path_params
     return p["model"], p.get("version")
@@ -80,8 +79,7 @@ async def infer(request: Request) -> Response:
     body = await read_body(request, settings.max_request_bytes)
     header = request.headers.get(codec.HEADER_LENGTH)
     if len(body) > 1 << 20:  # a large JSON header is parsed off the event loop
-        req = await asyncio.to_thread(codec.decode_request, body, header, model, version,
-                                      settings.max_request_elements)  # fmt: skip
+        req = await asyncio.to_thread(codec.decode_request, body, header, model, version, settings.max_request_elements)
     else:
         req = codec.decode_request(body, header, model, version, settings.max_request_elements)
     # a client that disconnects cancels its request (in the worker too, if still queued)

@@ -17,13 +17,25 @@ if TYPE_CHECKING:
     from infaas.serving.metrics import Metrics
     from infaas.settings import Settings
 
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository",
-              "infaas_modelless", "infaas_management"]  # fmt: skip
+EXTENSIONS = [
+    "binary_tensor_data",
+    "statistics",
+    "model_configuration",
+    "model_repository",
+    "infaas_modelless",
+    "infaas_management",
+]
 
 
 class Views:
-    def __init__(self, catalog: Catalog, cluster: ClusterBackend, settings: Settings, metrics: Metrics,
-                 worker_report: Callable[[], dict[str, dict[str, Any]]] = dict) -> None:  # fmt: skip
+    def __init__(
+        self,
+        catalog: Catalog,
+        cluster: ClusterBackend,
+        settings: Settings,
+        metrics: Metrics,
+        worker_report: Callable[[], dict[str, dict[str, Any]]] = dict,
+    ) -> None:
         self.catalog = catalog
         self.cluster = cluster
         self.settings = settings
@@ -32,8 +44,12 @@ class Views:
 
     # ---- health and metadata ---------------------------------------------------------------
     def server_metadata(self) -> dict:
-        return {"name": "infaas", "version": __version__, "extensions": EXTENSIONS,
-                "hardware": self.catalog.kind.as_dict()}  # fmt: skip
+        return {
+            "name": "infaas",
+            "version": __version__,
+            "extensions": EXTENSIONS,
+            "hardware": self.catalog.kind.as_dict(),
+        }
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         _, _, variants, _ = self.catalog.resolve(name, version)
@@ -57,8 +73,14 @@ class Views:
         max_batch = max((v.max_batch for v in (loaded or variants)), default=0)
 
         def tensors(specs):
-            return [{"name": s.name, "data_type": v2_to_triton_config(s.datatype),
-                     "dims": list(s.shape[1:]) if max_batch else list(s.shape)} for s in specs]  # fmt: skip
+            return [
+                {
+                    "name": s.name,
+                    "data_type": v2_to_triton_config(s.datatype),
+                    "dims": list(s.shape[1:]) if max_batch else list(s.shape),
+                }
+                for s in specs
+            ]
 
         return {
             "name": name,
@@ -81,29 +103,54 @@ class Views:
                 total = VariantStats.total(self.metrics.variants[v.name] for v in variants)
                 return {"model_stats": [{**total.json(name, "1"), "variants": [v.name for v in variants]}]}
         number = self.catalog.number
-        return {"model_stats": [
-            {**self.metrics.variants[v.name].json(v.architecture, str(number[v.name])), "variant": v.name}
-            for v in variants
-        ]}  # fmt: skip
+        return {
+            "model_stats": [
+                {**self.metrics.variants[v.name].json(v.architecture, str(number[v.name])), "variant": v.name}
+                for v in variants
+            ]
+        }
 
     def repository_index(self) -> list[dict]:
         rows = []
         for task in self.catalog.tasks:
-            rows.append({"name": task, "version": "", "state": "READY" if self.model_ready(task) else
-                         "UNAVAILABLE", "reason": "task (model-less)"})  # fmt: skip
+            rows.append(
+                {
+                    "name": task,
+                    "version": "",
+                    "state": "READY" if self.model_ready(task) else "UNAVAILABLE",
+                    "reason": "task (model-less)",
+                }
+            )
         for v in self.catalog.variants.values():
             loaded = any(w.hosts(v.name) for w in self.cluster.workers)
-            rows.append({"name": v.architecture, "version": v.short_name,
-                         "state": "READY" if loaded else "UNAVAILABLE",
-                         "reason": "" if loaded else f"not loaded ({v.status})"})  # fmt: skip
+            rows.append(
+                {
+                    "name": v.architecture,
+                    "version": v.short_name,
+                    "state": "READY" if loaded else "UNAVAILABLE",
+                    "reason": "" if loaded else f"not loaded ({v.status})",
+                }
+            )
         return rows
 
     def workers_info(self) -> list[dict]:
         seen = self.worker_report()
         kind = self.catalog.kind.id
-        return [{"name": w.name, "kind": w.kind.id if w.kind is not None else kind,
-                 "node": w.node, "cores": list(w.cores), "alive": w.alive, "state": w.state.value,
-                 "replicas": {v: s.value for v, s in w.replicas.items()}, "pid": w.pid,
-                 "restarts": w.restarts, "loaded": sorted(w.loaded),
-                 "outstanding": w.outstanding(), "cpu": seen.get(w.name, {}).get("cpu"),
-                 "rss_mb": seen.get(w.name, {}).get("rss_mb")} for w in self.cluster.workers]  # fmt: skip
+        return [
+            {
+                "name": w.name,
+                "kind": w.kind.id if w.kind is not None else kind,
+                "node": w.node,
+                "cores": list(w.cores),
+                "alive": w.alive,
+                "state": w.state.value,
+                "replicas": {v: s.value for v, s in w.replicas.items()},
+                "pid": w.pid,
+                "restarts": w.restarts,
+                "loaded": sorted(w.loaded),
+                "outstanding": w.outstanding(),
+                "cpu": seen.get(w.name, {}).get("cpu"),
+                "rss_mb": seen.get(w.name, {}).get("rss_mb"),
+            }
+            for w in self.cluster.workers
+        ]

@@ -33,8 +33,7 @@ def services_of(request: Request) -> Services:
 
 
 def json_response(obj, status: int = 200) -> Response:
-    return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), status,
-                    media_type="application/json")  # fmt: skip
+    return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type="application/json")
 
 
 def error_response(message: str, status: int, retry_after_s: float | None = None) -> Response:
@@ -62,8 +61,6 @@ def guard(fn: Handler, keys: tuple[str, ...] = ()) -> Handler:
     return wrapped
 
 
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, read within ``limit`` bytes, decompressed (gzip / deflate) within ``limit`` too,
     as the chunks arrive: a compression bomb stops at the limit, never past it."""
@@ -88,8 +85,10 @@ async def read_body(request: Request, limit: int) -> bytes:
                     raise TooLarge(f"{encoding} body inflates past the limit of {limit} bytes")
             size += len(chunk)
             if size > limit:
-                raise TooLarge(f"request body exceeds the limit of {limit} bytes"
-                               + (" once decompressed" if inflate is not None else ""))  # fmt: skip
+                raise TooLarge(
+                    f"request body exceeds the limit of {limit} bytes"
+                    + (" once decompressed" if inflate is not None else "")
+                )
             chunks.append(chunk)
         if inflate is not None:
             tail = inflate.flush()

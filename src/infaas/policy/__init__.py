@@ -25,6 +25,29 @@ from infaas.policy.select import (
     select_sorted,
 )
 
-__all__ = ["Action", "Memory", "Sample", "ScalingConfig", "VariantLoad", "WorkerRoom", "autoscale", "state_of",
-           "BatchTooLarge", "Candidate", "Choice", "Decision", "NoCandidate", "Objective", "Option", "Saturated", "ScopeIndex", "Slot", "Unreachable",
-           "drain_ms", "predict_ms", "select", "select_loaded", "select_sorted"]  # fmt: skip
+__all__ = [
+    "Action",
+    "Memory",
+    "Sample",
+    "ScalingConfig",
+    "VariantLoad",
+    "WorkerRoom",
+    "autoscale",
+    "state_of",
+    "BatchTooLarge",
+    "Candidate",
+    "Choice",
+    "Decision",
+    "NoCandidate",
+    "Objective",
+    "Option",
+    "Saturated",
+    "ScopeIndex",
+    "Slot",
+    "Unreachable",
+    "drain_ms",
+    "predict_ms",
+    "select",
+    "select_loaded",
+    "select_sorted",
+]

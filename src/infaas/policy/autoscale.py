@@ -134,7 +134,11 @@ def state_of(load: VariantLoad, cfg: ScalingConfig) -> tuple[str, str, float]:
         return "overloaded", why, demand
     expected = load.profile.predict_ms(max(1, round(last.mean_batch)))
     if last.p50_ms > cfg.interference_factor * expected:
-        return "interfered", f"p50 {last.p50_ms:.1f} ms vs {expected:.1f} ms profiled at batch {last.mean_batch:.1f}", demand
+        return (
+            "interfered",
+            f"p50 {last.p50_ms:.1f} ms vs {expected:.1f} ms profiled at batch {last.mean_batch:.1f}",
+            demand,
+        )
     return "active", f"demand {demand:.0f} of capacity {cap:.0f} rows/s", demand
 
 
@@ -145,8 +149,12 @@ def hourly_usd(p: Profile) -> float:
 
 
 def autoscale(
-    loads: list[VariantLoad], family: dict[str, list[tuple[Variant, Profile]]], rooms: list[WorkerRoom],
-    now: float, memory: Memory, cfg: ScalingConfig = ScalingConfig(),
+    loads: list[VariantLoad],
+    family: dict[str, list[tuple[Variant, Profile]]],
+    rooms: list[WorkerRoom],
+    now: float,
+    memory: Memory,
+    cfg: ScalingConfig = ScalingConfig(),
 ) -> tuple[list[Action], Memory]:
     """Actions for this snapshot, and the updated hysteresis memory."""
     actions: list[Action] = []
@@ -186,9 +194,19 @@ def autoscale(
     return actions, Memory(low_since, empty_since, scaled_at, hot_since, added_at)
 
 
-def _scale_down(load: VariantLoad, state: str, demand: float, per_replica: float, quiet_for: float,
-                family: dict[str, list[tuple[Variant, Profile]]], per_arch: dict[str, int],
-                low_since: dict[str, float], now: float, cfg: ScalingConfig, actions: list[Action]) -> None:  # fmt: skip
+def _scale_down(
+    load: VariantLoad,
+    state: str,
+    demand: float,
+    per_replica: float,
+    quiet_for: float,
+    family: dict[str, list[tuple[Variant, Profile]]],
+    per_arch: dict[str, int],
+    low_since: dict[str, float],
+    now: float,
+    cfg: ScalingConfig,
+    actions: list[Action],
+) -> None:
     """An idle variant sheds replicas, then (unless it keeps its architecture warm) its last one;
     one whose demand has fitted in fewer replicas for ``quiet_for`` sheds one, or, down to one,
     moves to a cheaper variant that carries it. Appends to ``actions``; keeps ``low_since``."""
@@ -196,8 +214,14 @@ def _scale_down(load: VariantLoad, state: str, demand: float, per_replica: float
     if state == "inactive":
         since = low_since.setdefault(v.name, now)
         if len(load.replicas) > 1 and now - since >= quiet_for:
-            actions.append(Action("unload", v.name, load.replicas[-1], (
-                f"{v.name}: no requests for {now - since:.0f} s; {len(load.replicas) - 1} replica(s) left")))
+            actions.append(
+                Action(
+                    "unload",
+                    v.name,
+                    load.replicas[-1],
+                    (f"{v.name}: no requests for {now - since:.0f} s; {len(load.replicas) - 1} replica(s) left"),
+                )
+            )
             low_since.pop(v.name, None)
         elif now - since >= max(cfg.idle_unload_s, quiet_for):
             last_one = cfg.keep_warm and per_arch[v.architecture] == 1
@@ -208,7 +232,8 @@ def _scale_down(load: VariantLoad, state: str, demand: float, per_replica: float
             low_since.pop(v.name, None)
         return
     low = demand <= per_replica * max(0, len(load.replicas) - 1) * cfg.low_fraction or (
-        len(load.replicas) == 1 and demand <= per_replica * cfg.low_fraction)
+        len(load.replicas) == 1 and demand <= per_replica * cfg.low_fraction
+    )
     if not low:
         low_since.pop(v.name, None)
         return
@@ -217,19 +242,41 @@ def _scale_down(load: VariantLoad, state: str, demand: float, per_replica: float
         return  # not low for long enough: no flapping
     low_since.pop(v.name, None)
     if len(load.replicas) > 1:
-        actions.append(Action("unload", v.name, load.replicas[-1], (
-            f"{v.name}: demand {demand:.0f} rows/s has fitted in {len(load.replicas) - 1} replica(s) "
-            f"for {now - since:.0f} s")))  # fmt: skip
+        actions.append(
+            Action(
+                "unload",
+                v.name,
+                load.replicas[-1],
+                (
+                    f"{v.name}: demand {demand:.0f} rows/s has fitted in {len(load.replicas) - 1} replica(s) "
+                    f"for {now - since:.0f} s"
+                ),
+            )
+        )
         return
     cheaper = _cheapest_carrying(v, p, demand, family.get(v.architecture, []), cfg)
     if cheaper is not None:
-        actions.append(Action("downgrade", v.name, cheaper.name, (
-            f"{v.name}: demand {demand:.0f} rows/s for {now - since:.0f} s is carried by the cheaper "
-            f"{cheaper.name}")))  # fmt: skip
+        actions.append(
+            Action(
+                "downgrade",
+                v.name,
+                cheaper.name,
+                (
+                    f"{v.name}: demand {demand:.0f} rows/s for {now - since:.0f} s is carried by the cheaper "
+                    f"{cheaper.name}"
+                ),
+            )
+        )
 
 
-def _scale_out(loads: list[VariantLoad], rooms: list[WorkerRoom], now: float, memory: Memory, cfg: ScalingConfig,
-               actions: list[Action]) -> tuple[float | None, float | None]:  # fmt: skip
+def _scale_out(
+    loads: list[VariantLoad],
+    rooms: list[WorkerRoom],
+    now: float,
+    memory: Memory,
+    cfg: ScalingConfig,
+    actions: list[Action],
+) -> tuple[float | None, float | None]:
     """Worker level (INFaaS: every worker above 80 % CPU): a worker is added once every worker has
     been hot for ``scale_out_s`` (then not again for ``worker_cooldown_s``), for the variant that
     computes the most. Appends to ``actions``; returns (hot since, last added)."""
@@ -239,19 +286,27 @@ def _scale_out(loads: list[VariantLoad], rooms: list[WorkerRoom], now: float, me
         return None, added_at
     hot_since = now if hot_since is None else hot_since
     cooled = added_at is None or now - added_at >= cfg.worker_cooldown_s
-    if (now - hot_since >= cfg.scale_out_s and cooled and loads
-            and not any(a.kind == "add_worker" for a in actions)):  # fmt: skip
+    if now - hot_since >= cfg.scale_out_s and cooled and loads and not any(a.kind == "add_worker" for a in actions):
         busiest = max(loads, key=lambda x: sum(s.busy for s in x.window) / len(x.window))
         cpus = ", ".join(f"{r.name} {r.cpu:.0%}" for r in measured)
-        actions.append(Action("add_worker", busiest.variant.name, "cpu", (
-            f"every worker above {cfg.worker_busy:.0%} CPU for {now - hot_since:.0f} s ({cpus}); "
-            f"{busiest.variant.name} computes the most")))  # fmt: skip
+        actions.append(
+            Action(
+                "add_worker",
+                busiest.variant.name,
+                "cpu",
+                (
+                    f"every worker above {cfg.worker_busy:.0%} CPU for {now - hot_since:.0f} s ({cpus}); "
+                    f"{busiest.variant.name} computes the most"
+                ),
+            )
+        )
         added_at, hot_since = now, None
     return hot_since, added_at
 
 
-def _scale_in(rooms: list[WorkerRoom], now: float, memory: Memory, cfg: ScalingConfig,
-              actions: list[Action]) -> dict[str, float]:  # fmt: skip
+def _scale_in(
+    rooms: list[WorkerRoom], now: float, memory: Memory, cfg: ScalingConfig, actions: list[Action]
+) -> dict[str, float]:
     """A worker that has hosted nothing for ``scale_down_s`` is removed, down to ``min_workers``.
     Appends to ``actions``; returns since when each worker has been empty."""
     empty_since = {}
@@ -261,15 +316,17 @@ def _scale_in(rooms: list[WorkerRoom], now: float, memory: Memory, cfg: ScalingC
             continue
         since = empty_since[room.name] = memory.empty_since.get(room.name, now)
         if now - since >= cfg.scale_down_s and removable > cfg.min_workers:
-            actions.append(Action("remove_worker", "", room.name,
-                                  f"worker {room.name} has hosted nothing for {now - since:.0f} s"))  # fmt: skip
+            actions.append(
+                Action("remove_worker", "", room.name, f"worker {room.name} has hosted nothing for {now - since:.0f} s")
+            )
             removable -= 1
             empty_since.pop(room.name)
     return empty_since
 
 
-def _spread(load: VariantLoad, state: str, why: str, rooms: list[WorkerRoom], free: dict[str, float],
-            cfg: ScalingConfig) -> Action | None:  # fmt: skip
+def _spread(
+    load: VariantLoad, state: str, why: str, rooms: list[WorkerRoom], free: dict[str, float], cfg: ScalingConfig
+) -> Action | None:
     """A variant whose every replica sits on a hot worker (or that runs slower than profiled), while
     another worker has CPU to spare and the memory: one more replica there."""
     if state not in ("active", "interfered"):
@@ -281,18 +338,29 @@ def _spread(load: VariantLoad, state: str, why: str, rooms: list[WorkerRoom], fr
     hot = [w for w in load.replicas if (cpu.get(w) or 0.0) >= cfg.worker_busy]
     if state == "active" and len(hot) < len(load.replicas):
         return None
-    cool = [r for r in rooms if r.name not in load.replicas and r.cpu is not None and r.cpu < cfg.worker_cool
-            and free.get(r.name, 0.0) >= load.profile.peak_memory_mb]  # fmt: skip
+    cool = [
+        r
+        for r in rooms
+        if r.name not in load.replicas
+        and r.cpu is not None
+        and r.cpu < cfg.worker_cool
+        and free.get(r.name, 0.0) >= load.profile.peak_memory_mb
+    ]
     if not cool:
         return None
     to = min(cool, key=lambda r: r.cpu or 0.0)
     cause = why if state == "interfered" else ", ".join(f"{w} at {cpu[w]:.0%} CPU" for w in hot)
-    return Action("replicate", load.variant.name, to.name, (
-        f"{load.variant.name} {state} ({cause}); worker {to.name} has CPU to spare ({to.cpu:.0%}): +1 replica there"))
+    return Action(
+        "replicate",
+        load.variant.name,
+        to.name,
+        (f"{load.variant.name} {state} ({cause}); worker {to.name} has CPU to spare ({to.cpu:.0%}): +1 replica there"),
+    )
 
 
-def _cheapest_carrying(v: Variant, p: Profile, demand: float, family: list[tuple[Variant, Profile]],
-                       cfg: ScalingConfig) -> Variant | None:  # fmt: skip
+def _cheapest_carrying(
+    v: Variant, p: Profile, demand: float, family: list[tuple[Variant, Profile]], cfg: ScalingConfig
+) -> Variant | None:
     best = None
     for cand, cp in family:
         if cand.name == v.name or cand.status != "ready" or cp.cost_per_1k >= p.cost_per_1k:
@@ -308,16 +376,24 @@ def _cheapest_carrying(v: Variant, p: Profile, demand: float, family: list[tuple
     return None if best is None else best[0]
 
 
-def _scale_up(load: VariantLoad, demand: float, per_replica: float, family: list[tuple[Variant, Profile]],
-              free: dict[str, float], why: str, cfg: ScalingConfig) -> Action:  # fmt: skip
+def _scale_up(
+    load: VariantLoad,
+    demand: float,
+    per_replica: float,
+    family: list[tuple[Variant, Profile]],
+    free: dict[str, float],
+    why: str,
+    cfg: ScalingConfig,
+) -> Action:
     """Replicate or upgrade, like with like: the hourly price of the placement each leaves (this
     variant on more replicas, or the candidate on the replicas it has now), the cheaper winning;
     load time is a constraint (``max_scale_load_s``), never added to a price."""
     v, p = load.variant, load.profile
     n = len(load.replicas)
     needed = max(1, math.ceil(demand / per_replica) - n)
-    hosts = [w for w, mb in sorted(free.items(), key=lambda kv: -kv[1])
-             if w not in load.replicas and mb >= p.peak_memory_mb]  # fmt: skip
+    hosts = [
+        w for w, mb in sorted(free.items(), key=lambda kv: -kv[1]) if w not in load.replicas and mb >= p.peak_memory_mb
+    ]
     options: list[tuple[float, float, str, str, str]] = []  # ($/h after, load s, kind, variant, target)
     if hosts:
         options.append(((n + needed) * hourly_usd(p), p.load_time_ms / 1000, "replicate", v.name, hosts[0]))
@@ -338,12 +414,23 @@ def _scale_up(load: VariantLoad, demand: float, per_replica: float, family: list
     else:  # nothing loads in time: the soonest relief
         best = min(options, key=lambda o: o[1])
     cost, load_s, kind, name, target = best
-    others = "; ".join(f"{o[2]} {o[3] if o[2] == 'upgrade' else f'+{needed} replica(s)'}: ${o[0]:.3g}/h, "
-                       f"loads in {o[1]:.2g} s" for o in options if o is not best)  # fmt: skip
+    others = "; ".join(
+        f"{o[2]} {o[3] if o[2] == 'upgrade' else f'+{needed} replica(s)'}: ${o[0]:.3g}/h, loads in {o[1]:.2g} s"
+        for o in options
+        if o is not best
+    )
     compare = f" (vs {others})" if others else ""
     late = "" if in_time else f"; nothing loads within {cfg.max_scale_load_s:g} s, this loads soonest"
     if kind == "upgrade":
-        return Action("upgrade", v.name, name, f"{v.name} overloaded ({why}); {name} carries it on {n} replica(s) "
-                                               f"at ${cost:.3g}/h{compare}{late}")  # fmt: skip
-    return Action("replicate", v.name, target, f"{v.name} overloaded ({why}); +1 replica on {target}, "
-                                               f"{n + needed} replica(s) at ${cost:.3g}/h{compare}{late}")  # fmt: skip
+        return Action(
+            "upgrade",
+            v.name,
+            name,
+            f"{v.name} overloaded ({why}); {name} carries it on {n} replica(s) at ${cost:.3g}/h{compare}{late}",
+        )
+    return Action(
+        "replicate",
+        v.name,
+        target,
+        f"{v.name} overloaded ({why}); +1 replica on {target}, {n + needed} replica(s) at ${cost:.3g}/h{compare}{late}",
+    )

@@ -60,12 +60,24 @@ class LatencyModel:
         slowdown, and the work other variants have in flight on the same cores (``predict_ms``
         counts it as processor sharing, not in series)."""
         batch, instances = self.batching.get((worker, variant), (0, 1))
-        return (worker, in_flight.get(variant, 0), batch or None, instances,
-                self.overhead_ms.get((worker, variant), 0.0), self.slowdown.get((worker, variant), 1.0),
-                self._shared(worker, variant, in_flight, profiles, variants))  # fmt: skip
+        return (
+            worker,
+            in_flight.get(variant, 0),
+            batch or None,
+            instances,
+            self.overhead_ms.get((worker, variant), 0.0),
+            self.slowdown.get((worker, variant), 1.0),
+            self._shared(worker, variant, in_flight, profiles, variants),
+        )
 
-    def _shared(self, worker: str, variant: str, in_flight: Mapping[str, int],
-                profiles: Mapping[str, Profile], variants: Mapping[str, Variant]) -> tuple[float, ...]:  # fmt: skip
+    def _shared(
+        self,
+        worker: str,
+        variant: str,
+        in_flight: Mapping[str, int],
+        profiles: Mapping[str, Profile],
+        variants: Mapping[str, Variant],
+    ) -> tuple[float, ...]:
         """The work (ms) each other variant on ``worker`` has in flight: it time-shares the cores."""
         out = []
         for other, rows in in_flight.items():

@@ -43,16 +43,21 @@ def select_loaded(candidates: list[Candidate], rows: int, scope: str) -> Decisio
             biggest = max(c.variant.max_batch for c in candidates if c.workers)
             raise BatchTooLarge(f"batch of {rows} exceeds the largest max batch loaded for {scope} ({biggest})")
         raise NoCandidate(f"no variant of {scope} is loaded")
-    best = max(fits, key=lambda c: (
-        -1.0 if c.variant.accuracy is None else c.variant.accuracy,
-        -sum(n for _, n in c.workers),
-    ))  # fmt: skip
+    best = max(
+        fits,
+        key=lambda c: (
+            -1.0 if c.variant.accuracy is None else c.variant.accuracy,
+            -sum(n for _, n in c.workers),
+        ),
+    )
     worker, queued = min(best.workers, key=lambda w: w[1])
     why = (
         f"{scope}: {best.variant.name} is the most accurate loaded variant that takes a batch of "
         f"{rows} ({_accuracy_text(best.variant)}); worker {worker} has the fewest requests in flight ({queued})"
     )
     if len(fits) == 1:
-        why = (f"{scope}: {best.variant.name} is the only loaded variant that takes a batch of {rows}; "
-               f"worker {worker} has the fewest requests in flight ({queued})")  # fmt: skip
+        why = (
+            f"{scope}: {best.variant.name} is the only loaded variant that takes a batch of {rows}; "
+            f"worker {worker} has the fewest requests in flight ({queued})"
+        )
     return Decision(best.variant, worker, why)

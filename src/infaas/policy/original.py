@@ -114,17 +114,25 @@ def _line(p: Profile) -> tuple[float, float]:
 
 # ---- selection ---------------------------------------------------------------------------------
 def select_original(
-    objective: Objective, loaded: list[Option], index: ScopeIndex, rows: int, scope: str,
-    live: Callable[[str], tuple[Slot, ...] | None], flagged: Collection[str] = (),
-) -> Choice:  # fmt: skip
+    objective: Objective,
+    loaded: list[Option],
+    index: ScopeIndex,
+    rows: int,
+    scope: str,
+    live: Callable[[str], tuple[Slot, ...] | None],
+    flagged: Collection[str] = (),
+) -> Choice:
     lat, floor = objective.latency_ms, objective.min_accuracy
 
     def admissible(o: Option) -> bool:
         v = o.variant
         if v.max_batch < rows or v.status != "ready" or o.profile is None:
             return False
-        if floor is not None and (v.accuracy is None or v.accuracy < floor
-                                  or (v.accuracy_source == "estimated" and not objective.allow_estimated)):  # fmt: skip
+        if floor is not None and (
+            v.accuracy is None
+            or v.accuracy < floor
+            or (v.accuracy_source == "estimated" and not objective.allow_estimated)
+        ):
             return False
         return lat is None or fit_ms(o.profile, rows) <= lat
 
@@ -139,10 +147,17 @@ def select_original(
         o = min(cold, key=lambda x: (x.variant.max_batch, -fit_ms(x.profile, rows)))
         pred = fit_ms(o.profile, rows)
         why = "every running one is overloaded" if running else "none runs"
-        return Choice(o.variant, None, pred, o.profile.cost_per_1k, (
-            f"{scope} (infaas-original): {o.variant.name} meets {_objective_text(objective)} and {why}: the "
-            f"smallest max batch ({o.variant.max_batch}), predicted {pred:.2f} ms by the linear fit; "
-            f"cold start in the request path ({o.profile.load_time_ms:.0f} ms to load, not counted)"))  # fmt: skip
+        return Choice(
+            o.variant,
+            None,
+            pred,
+            o.profile.cost_per_1k,
+            (
+                f"{scope} (infaas-original): {o.variant.name} meets {_objective_text(objective)} and {why}: the "
+                f"smallest max batch ({o.variant.max_batch}), predicted {pred:.2f} ms by the linear fit; "
+                f"cold start in the request path ({o.profile.load_time_ms:.0f} ms to load, not counted)"
+            ),
+        )
     if running:
         o, slots = max(running, key=lambda x: fit_ms(x[0].profile, rows))
         return _pick(o, slots, rows, scope, "overloaded, but the only kind that meets the objective")
@@ -155,16 +170,27 @@ def select_original(
 def _pick(o: Option, slots: tuple[Slot, ...], rows: int, scope: str, what: str) -> Choice:
     worker, in_flight = min(((s[0], s[1]) for s in slots), key=lambda s: s[1])
     pred = fit_ms(o.profile, rows)
-    return Choice(o.variant, worker, pred, o.profile.cost_per_1k, (
-        f"{scope} (infaas-original): {o.variant.name} is {what} (linear fit {pred:.2f} ms); worker {worker} "
-        f"has the fewest rows in flight ({in_flight})"))  # fmt: skip
+    return Choice(
+        o.variant,
+        worker,
+        pred,
+        o.profile.cost_per_1k,
+        (
+            f"{scope} (infaas-original): {o.variant.name} is {what} (linear fit {pred:.2f} ms); worker {worker} "
+            f"has the fewest rows in flight ({in_flight})"
+        ),
+    )
 
 
 # ---- autoscaling -------------------------------------------------------------------------------
 def autoscale_original(
-    loads: list[VariantLoad], family: dict[str, list[tuple[Variant, Profile]]], rooms: list[WorkerRoom],
-    now: float, memory: OriginalMemory, cfg: OriginalConfig = OriginalConfig(),
-) -> tuple[list[Action], OriginalMemory]:  # fmt: skip
+    loads: list[VariantLoad],
+    family: dict[str, list[tuple[Variant, Profile]]],
+    rooms: list[WorkerRoom],
+    now: float,
+    memory: OriginalMemory,
+    cfg: OriginalConfig = OriginalConfig(),
+) -> tuple[list[Action], OriginalMemory]:
     actions: list[Action] = []
     flagged: dict[str, str] = {}
     low, idle = dict(memory.low_checks), dict(memory.idle_checks)
@@ -181,13 +207,16 @@ def autoscale_original(
         L = fit_ms(p, batch)
         rate = 1000 / L
         backlog_bound = cfg.overload_backlog * n * rate
-        hot = (last.p50_ms > cfg.overload_latency * L and last.arrival_rps > cfg.overload_rate * rate) \
-            or last.queue_rows > backlog_bound
+        hot = (
+            last.p50_ms > cfg.overload_latency * L and last.arrival_rps > cfg.overload_rate * rate
+        ) or last.queue_rows > backlog_bound
         was = memory.flagged.get(v.name)
         cleared = last.queue_rows <= backlog_bound and last.p50_ms < cfg.clear_latency * L
         if hot or (was is not None and not cleared):
-            why = (f"p50 {last.p50_ms:.1f} ms vs L {L:.1f} ms at batch {batch:.1f}, {last.arrival_rps:.0f} rows/s, "
-                   f"{last.queue_rows} rows outstanding (bound {backlog_bound:.0f})")  # fmt: skip
+            why = (
+                f"p50 {last.p50_ms:.1f} ms vs L {L:.1f} ms at batch {batch:.1f}, {last.arrival_rps:.0f} rows/s, "
+                f"{last.queue_rows} rows outstanding (bound {backlog_bound:.0f})"
+            )
             flagged[v.name] = why
             low.pop(v.name, None)
             idle.pop(v.name, None)
@@ -210,8 +239,16 @@ def autoscale_original(
     return actions, OriginalMemory(flagged, low, idle, scaled_at, checked, added)
 
 
-def _scale_down(load: VariantLoad, L: float, batch: float, low: dict[str, int], idle: dict[str, int],
-                per_arch: dict[str, int], cfg: OriginalConfig, actions: list[Action]) -> None:  # fmt: skip
+def _scale_down(
+    load: VariantLoad,
+    L: float,
+    batch: float,
+    low: dict[str, int],
+    idle: dict[str, int],
+    per_arch: dict[str, int],
+    cfg: OriginalConfig,
+    actions: list[Action],
+) -> None:
     """[code] A replica goes after ``low_checks`` consecutive checks whose demand fitted in one
     fewer; an idle variant's last replica after as many idle checks (unless it keeps its
     architecture warm). Appends to ``actions``; counts in ``low`` and ``idle``."""
@@ -227,21 +264,42 @@ def _scale_down(load: VariantLoad, L: float, batch: float, low: dict[str, int], 
     else:
         low.pop(v.name, None)
     if low.get(v.name, 0) >= cfg.low_checks:
-        actions.append(Action("unload", v.name, load.replicas[-1], (
-            f"{v.name} (infaas-original): demand {demand:.0f} rows/s fitted in {n - 1} replica(s) for "
-            f"{cfg.low_checks} consecutive checks")))  # fmt: skip
+        actions.append(
+            Action(
+                "unload",
+                v.name,
+                load.replicas[-1],
+                (
+                    f"{v.name} (infaas-original): demand {demand:.0f} rows/s fitted in {n - 1} replica(s) for "
+                    f"{cfg.low_checks} consecutive checks"
+                ),
+            )
+        )
         low.pop(v.name)
     elif idle.get(v.name, 0) >= cfg.low_checks and n == 1:
         if not (cfg.keep_warm and per_arch[v.architecture] == 1):
-            actions.append(Action("unload", v.name, load.replicas[0], (
-                f"{v.name} (infaas-original): no requests for {cfg.low_checks} consecutive checks")))
+            actions.append(
+                Action(
+                    "unload",
+                    v.name,
+                    load.replicas[0],
+                    (f"{v.name} (infaas-original): no requests for {cfg.low_checks} consecutive checks"),
+                )
+            )
             per_arch[v.architecture] -= 1
         idle.pop(v.name)
 
 
-def _worker_check(loads: list[VariantLoad], rooms: list[WorkerRoom], flagged: dict[str, str], stuck: bool,
-                  now: float, memory: OriginalMemory, cfg: OriginalConfig,
-                  actions: list[Action]) -> tuple[float | None, float | None]:  # fmt: skip
+def _worker_check(
+    loads: list[VariantLoad],
+    rooms: list[WorkerRoom],
+    flagged: dict[str, str],
+    stuck: bool,
+    now: float,
+    memory: OriginalMemory,
+    cfg: OriginalConfig,
+    actions: list[Action],
+) -> tuple[float | None, float | None]:
     """[code] Every ``worker_check_s``: a worker is added when every worker is busy, or a flagged
     variant has nowhere to replicate, then not again for ``worker_backoff_s``. Appends to
     ``actions``; returns (last checked, last added)."""
@@ -252,35 +310,68 @@ def _worker_check(loads: list[VariantLoad], rooms: list[WorkerRoom], flagged: di
         busy = bool(measured) and len(measured) == len(rooms) and all(r.cpu >= cfg.worker_busy for r in measured)
         if (busy or stuck) and (added is None or now - added >= cfg.worker_backoff_s) and loads:
             target = next((n for n in flagged), max(loads, key=lambda x: x.window[-1].busy).variant.name)
-            why = (f"every worker above {cfg.worker_busy:.0%} CPU" if busy
-                   else f"{target} is overloaded and no worker has room for a replica")  # fmt: skip
+            why = (
+                f"every worker above {cfg.worker_busy:.0%} CPU"
+                if busy
+                else f"{target} is overloaded and no worker has room for a replica"
+            )
             actions.append(Action("add_worker", target, "cpu", f"infaas-original: {why}"))
             added = now
     return checked, added
 
 
-def _scale_up(load: VariantLoad, L: float, batch: float, family: list[tuple[Variant, Profile]],
-              free: dict[str, float], why: str, cfg: OriginalConfig) -> list[Action]:  # fmt: skip
+def _scale_up(
+    load: VariantLoad,
+    L: float,
+    batch: float,
+    family: list[tuple[Variant, Profile]],
+    free: dict[str, float],
+    why: str,
+    cfg: OriginalConfig,
+) -> list[Action]:
     v, p, n = load.variant, load.profile, len(load.replicas)
     demand = max(s.arrival_rps for s in load.window[-2:])
     cap = 1000 / L * batch * (1 - cfg.headroom)
     needed = max(1, math.ceil(demand / cap) - n)
-    hosts = [w for w, mb in sorted(free.items(), key=lambda kv: -kv[1])
-             if w not in load.replicas and mb >= p.peak_memory_mb]  # fmt: skip
+    hosts = [
+        w for w, mb in sorted(free.items(), key=lambda kv: -kv[1]) if w not in load.replicas and mb >= p.peak_memory_mb
+    ]
     replicate_ok = len(hosts) >= needed
     cost_a = needed * p.load_time_ms
-    faster = [(c, cp) for c, cp in family if c.name != v.name and c.status == "ready"
-              and (c.accuracy or 0) >= (v.accuracy or 0) and c.max_batch >= v.max_batch
-              and fit_ms(cp, batch) < L]  # fmt: skip
+    faster = [
+        (c, cp)
+        for c, cp in family
+        if c.name != v.name
+        and c.status == "ready"
+        and (c.accuracy or 0) >= (v.accuracy or 0)
+        and c.max_batch >= v.max_batch
+        and fit_ms(cp, batch) < L
+    ]
     up = min(faster, key=lambda x: fit_ms(x[1], batch)) if faster else None
     if up is not None and (not replicate_ok or cost_a > cfg.upgrade_margin * up[1].load_time_ms):
-        return [Action("upgrade", v.name, up[0].name, (
-            f"{v.name} overloaded (infaas-original: {why}); upgrade to the fastest, {up[0].name} "
-            f"(loads in {up[1].load_time_ms:.0f} ms vs {needed} replica(s) x {p.load_time_ms:.0f} ms"
-            f"{'' if replicate_ok else ', and no room to replicate'})"))]  # fmt: skip
+        return [
+            Action(
+                "upgrade",
+                v.name,
+                up[0].name,
+                (
+                    f"{v.name} overloaded (infaas-original: {why}); upgrade to the fastest, {up[0].name} "
+                    f"(loads in {up[1].load_time_ms:.0f} ms vs {needed} replica(s) x {p.load_time_ms:.0f} ms"
+                    f"{'' if replicate_ok else ', and no room to replicate'})"
+                ),
+            )
+        ]
     if not hosts:
         return [Action("add_worker", v.name, "cpu", f"{v.name} overloaded ({why}) and no worker has room")]
-    return [Action("replicate", v.name, w, (
-        f"{v.name} overloaded (infaas-original: {why}); {needed} more replica(s) needed "
-        f"(loads {cost_a:.0f} ms in all{'' if up is None else f' vs {up[1].load_time_ms:.0f} ms for {up[0].name}'})"))
-        for w in hosts[:needed]]  # fmt: skip
+    return [
+        Action(
+            "replicate",
+            v.name,
+            w,
+            (
+                f"{v.name} overloaded (infaas-original: {why}); {needed} more replica(s) needed "
+                f"(loads {cost_a:.0f} ms in all{'' if up is None else f' vs {up[1].load_time_ms:.0f} ms for {up[0].name}'})"
+            ),
+        )
+        for w in hosts[:needed]
+    ]

@@ -41,13 +41,22 @@ class Policy(Protocol):
     scaling: ScalingConfig  # the thresholds every state report uses (state_of), whichever policy acts
     learns_latency: bool  # whether the router learns a residual from this policy's predictions
 
-    def select(self, objective: Objective, loaded: list[Option], index: ScopeIndex, rows: int, scope: str,
-               live: Callable[[str], tuple[Slot, ...] | None], flagged: Collection[str]) -> Choice: ...  # fmt: skip
+    def select(
+        self,
+        objective: Objective,
+        loaded: list[Option],
+        index: ScopeIndex,
+        rows: int,
+        scope: str,
+        live: Callable[[str], tuple[Slot, ...] | None],
+        flagged: Collection[str],
+    ) -> Choice: ...
 
     def memory(self) -> Any: ...
 
-    def autoscale(self, loads: list[VariantLoad], family: Family, rooms: list[WorkerRoom], now: float,
-                  memory: Any) -> tuple[list[Action], Any]: ...  # fmt: skip
+    def autoscale(
+        self, loads: list[VariantLoad], family: Family, rooms: list[WorkerRoom], now: float, memory: Any
+    ) -> tuple[list[Action], Any]: ...
 
     def overloaded(self, memory: Any, judged: dict[str, tuple[str, str]]) -> dict[str, str]:
         """The variants that count as overloaded now (offline jobs yield to them; the original

@@ -18,8 +18,12 @@ from infaas.registry.types import Profile, Variant
 # Where a loaded variant runs: (worker, rows in flight), or with how that worker runs it: (worker,
 # rows in flight, batch size, runtime instances, overhead ms, measured / profiled batch time[, the
 # ms of work other variants have in flight on that worker's cores])
-Slot = (tuple[str, int] | tuple[str, int, int, int] | tuple[str, int, int, int, float, float]
-        | tuple[str, int, int, int, float, float, tuple[float, ...]])  # fmt: skip
+Slot = (
+    tuple[str, int]
+    | tuple[str, int, int, int]
+    | tuple[str, int, int, int, float, float]
+    | tuple[str, int, int, int, float, float, tuple[float, ...]]
+)
 
 
 # ---- objective-driven selection (model-less queries) ------------------------------------------
@@ -88,9 +92,17 @@ def drain_ms(profile: Profile, max_batch: int, in_flight: int, batch: int | None
     return (total - 0.5 * profile.predict_ms(min(in_flight, size))) / max(1, instances)
 
 
-def predict_ms(profile: Profile, max_batch: int, rows: int, in_flight: int, batch: int | None = None,
-               instances: int = 1, extra_ms: float = 0.0, scale: float = 1.0,
-               shared: tuple[float, ...] = ()) -> float:  # fmt: skip
+def predict_ms(
+    profile: Profile,
+    max_batch: int,
+    rows: int,
+    in_flight: int,
+    batch: int | None = None,
+    instances: int = 1,
+    extra_ms: float = 0.0,
+    scale: float = 1.0,
+    shared: tuple[float, ...] = (),
+) -> float:
     """Queue wait (:func:`drain_ms` of the rows ahead) plus this request's batch, times ``scale``:
     measured / profiled batch time on that worker lately. ``shared``: the work (ms) other variants
     have in flight on the same cores; the cores are time-shared (each variant runs in its own
@@ -147,7 +159,11 @@ def select(objective: Objective, options: list[Option], rows: int, scope: str) -
 
 
 def select_sorted(
-    objective: Objective, loaded: list[Option], index: ScopeIndex, rows: int, scope: str,
+    objective: Objective,
+    loaded: list[Option],
+    index: ScopeIndex,
+    rows: int,
+    scope: str,
     live: Callable[[str], tuple[Slot, ...] | None],
 ) -> Choice:
     """Cheapest variant that meets the objective: loaded ones first (queue wait counted), then cold
@@ -163,8 +179,11 @@ def select_sorted(
         v = o.variant
         if v.max_batch < rows or v.status != "ready":
             return False
-        if floor is not None and (v.accuracy is None or v.accuracy < floor
-                                  or (v.accuracy_source == "estimated" and not objective.allow_estimated)):  # fmt: skip
+        if floor is not None and (
+            v.accuracy is None
+            or v.accuracy < floor
+            or (v.accuracy_source == "estimated" and not objective.allow_estimated)
+        ):
             return False
         return ceiling is None or (o.profile is not None and o.profile.cost_per_1k <= ceiling)
 
@@ -194,7 +213,9 @@ def select_sorted(
     _raise_unmet(objective, index, [o for o in loaded if admissible(o)], rows, scope, live)
 
 
-def _fastest_slot(o: Option, workers: tuple[Slot, ...], rows: int, lat: float | None) -> tuple[str, float | None] | None:
+def _fastest_slot(
+    o: Option, workers: tuple[Slot, ...], rows: int, lat: float | None
+) -> tuple[str, float | None] | None:
     """The worker where ``o`` would answer soonest within ``lat`` (its predicted ms), or None."""
     best = None
     for worker, in_flight, *shape in workers:
@@ -206,8 +227,15 @@ def _fastest_slot(o: Option, workers: tuple[Slot, ...], rows: int, lat: float | 
     return best
 
 
-def _with_prefetch(choice: Choice, objective: Objective, index: ScopeIndex, loaded: list[Option], cheapest: Option,
-                   admissible: Callable[[Option], bool], rows: int) -> Choice:  # fmt: skip
+def _with_prefetch(
+    choice: Choice,
+    objective: Objective,
+    index: ScopeIndex,
+    loaded: list[Option],
+    cheapest: Option,
+    admissible: Callable[[Option], bool],
+    rows: int,
+) -> Choice:
     """``choice``, plus a cheaper unloaded variant to load in the background when one exists. A
     prefetch must beat every loaded candidate, not only the chosen one: when a cheaper one is
     loaded but saturated, capacity is the controller's to add (a replica), and a variant between
@@ -219,17 +247,29 @@ def _with_prefetch(choice: Choice, objective: Objective, index: ScopeIndex, load
     if start >= len(ordered) or _cost(ordered[start]) >= bar:
         return choice  # nothing in the scope is cheaper enough to be worth loading
     hosted = {x.variant.name for x in loaded}
-    cheaper = _cheaper_cold(ordered[start:start + PREFETCH_SCAN], hosted, admissible, objective.latency_ms, rows,
-                            _cost(cheapest))  # fmt: skip
+    cheaper = _cheaper_cold(
+        ordered[start : start + PREFETCH_SCAN], hosted, admissible, objective.latency_ms, rows, _cost(cheapest)
+    )
     if cheaper is None:
         return choice
-    return dataclasses.replace(choice, prefetch=cheaper.variant, reason=(
-        f"{choice.reason}; loading the cheaper {cheaper.variant.name} (${_cost(cheaper):.3g} per 1k) "
-        "in the background for the next queries"))  # fmt: skip
+    return dataclasses.replace(
+        choice,
+        prefetch=cheaper.variant,
+        reason=(
+            f"{choice.reason}; loading the cheaper {cheaper.variant.name} (${_cost(cheaper):.3g} per 1k) "
+            "in the background for the next queries"
+        ),
+    )
 
 
-def _raise_unmet(objective: Objective, index: ScopeIndex, admissible_loaded: list[Option], rows: int, scope: str,
-                 live: Callable[[str], tuple[Slot, ...] | None]) -> NoReturn:  # fmt: skip
+def _raise_unmet(
+    objective: Objective,
+    index: ScopeIndex,
+    admissible_loaded: list[Option],
+    rows: int,
+    scope: str,
+    live: Callable[[str], tuple[Slot, ...] | None],
+) -> NoReturn:
     """Nothing meets the objective: say why (accuracy out of reach, no variant takes the batch,
     every fitting one saturated now, or the best achievable)."""
     ordered, floor = index.ordered, objective.min_accuracy
@@ -237,8 +277,10 @@ def _raise_unmet(objective: Objective, index: ScopeIndex, admissible_loaded: lis
         best_acc = index.most_accurate(objective.allow_estimated)
         if best_acc is None:
             raise Unreachable(f"min_accuracy {floor:g} unreachable for {scope}: no variant has a known accuracy")
-        raise Unreachable(f"min_accuracy {floor:g} unreachable for {scope}: best is "
-                          f"{best_acc.variant.accuracy:.3f} ({best_acc.variant.architecture}, {best_acc.variant.name})")  # fmt: skip
+        raise Unreachable(
+            f"min_accuracy {floor:g} unreachable for {scope}: best is "
+            f"{best_acc.variant.accuracy:.3f} ({best_acc.variant.architecture}, {best_acc.variant.name})"
+        )
     fitting = [o for o in ordered if o.variant.max_batch >= rows and o.variant.status == "ready"]
     if not fitting:
         raise Unreachable(f"{scope}: no ready variant takes a batch of {rows}")
@@ -247,8 +289,9 @@ def _raise_unmet(objective: Objective, index: ScopeIndex, admissible_loaded: lis
     raise Unreachable(_why_not(objective, fitting, scope, rows, live))
 
 
-def _raise_if_saturated(objective: Objective, loaded: list[Option], rows: int, scope: str,
-                        live: Callable[[str], tuple[Slot, ...] | None]) -> None:  # fmt: skip
+def _raise_if_saturated(
+    objective: Objective, loaded: list[Option], rows: int, scope: str, live: Callable[[str], tuple[Slot, ...] | None]
+) -> None:
     """Raise :class:`Saturated` if the latency objective is missed only because of queues."""
     lat = objective.latency_ms
     assert lat is not None
@@ -262,12 +305,21 @@ def _raise_if_saturated(objective: Objective, loaded: list[Option], rows: int, s
                 best = (pred, o)
     if best is not None:
         pred, o = best
-        raise Saturated(f"{scope} is saturated for latency_ms {lat:g}: {o.variant.name} would meet it when "
-                        f"idle, but with the rows in flight now it predicts {pred:.1f} ms", pred - lat)  # fmt: skip
+        raise Saturated(
+            f"{scope} is saturated for latency_ms {lat:g}: {o.variant.name} would meet it when "
+            f"idle, but with the rows in flight now it predicts {pred:.1f} ms",
+            pred - lat,
+        )
 
 
-def _cheaper_cold(ordered: list[Option], hosted: set[str], admissible: Callable[[Option], bool],
-                  lat: float | None, rows: int, cost: float) -> Option | None:  # fmt: skip
+def _cheaper_cold(
+    ordered: list[Option],
+    hosted: set[str],
+    admissible: Callable[[Option], bool],
+    lat: float | None,
+    rows: int,
+    cost: float,
+) -> Option | None:
     """The cheapest unloaded variant that would meet the objective once loaded, if it saves enough
     (``ordered`` is the slice of at most ``PREFETCH_SCAN`` candidates to look at)."""
     for o in ordered:
@@ -283,14 +335,19 @@ def _cheaper_cold(ordered: list[Option], hosted: set[str], admissible: Callable[
 def _choice(objective: Objective, o: Option, worker: str | None, pred: float | None, scope: str) -> Choice:
     v, cost = o.variant, _cost(o)
     if worker is not None:
-        where = f"loaded on {worker}, predicted {pred:.2f} ms with the queue there" if pred is not None else \
-            f"loaded on {worker}, not profiled yet"
+        where = (
+            f"loaded on {worker}, predicted {pred:.2f} ms with the queue there"
+            if pred is not None
+            else f"loaded on {worker}, not profiled yet"
+        )
     elif o.profile is None or pred is None:
         where = "not loaded: cold start, not profiled yet (no prediction)"
     else:
         where = f"not loaded: cold start, predicted {pred:.1f} ms including {o.profile.load_time_ms:.0f} ms to load"
-    reason = (f"{scope}: {v.name} is the cheapest variant meeting {_objective_text(objective)} "
-              f"(${cost:.3g} per 1k, accuracy {_acc(v)}; {where})")  # fmt: skip
+    reason = (
+        f"{scope}: {v.name} is the cheapest variant meeting {_objective_text(objective)} "
+        f"(${cost:.3g} per 1k, accuracy {_acc(v)}; {where})"
+    )
     return Choice(v, worker, pred, None if cost == float("inf") else cost, reason)
 
 
@@ -305,20 +362,29 @@ def _objective_text(o: Objective) -> str:
     return ", ".join(parts) or "no objective"
 
 
-def _why_not(objective: Objective, options: list[Option], scope: str, rows: int,
-             live: Callable[[str], tuple[Slot, ...] | None]) -> str:  # fmt: skip
+def _why_not(
+    objective: Objective, options: list[Option], scope: str, rows: int, live: Callable[[str], tuple[Slot, ...] | None]
+) -> str:
     """Name the closest achievable option for the objective that cannot be met (a full scan: this
     is the error path)."""
     if objective.min_accuracy is not None:
-        known = [o for o in options if o.variant.accuracy is not None and
-                 (objective.allow_estimated or o.variant.accuracy_source != "estimated")]  # fmt: skip
+        known = [
+            o
+            for o in options
+            if o.variant.accuracy is not None
+            and (objective.allow_estimated or o.variant.accuracy_source != "estimated")
+        ]
         top = [o for o in known if o.variant.accuracy >= objective.min_accuracy]
         if not top:
             if not known:
-                return f"min_accuracy {objective.min_accuracy:g} unreachable for {scope}: no variant has a known accuracy"
+                return (
+                    f"min_accuracy {objective.min_accuracy:g} unreachable for {scope}: no variant has a known accuracy"
+                )
             b = max(known, key=lambda o: o.variant.accuracy)
-            return (f"min_accuracy {objective.min_accuracy:g} unreachable for {scope}: best is "
-                    f"{b.variant.accuracy:.3f} ({b.variant.architecture}, {b.variant.name})")  # fmt: skip
+            return (
+                f"min_accuracy {objective.min_accuracy:g} unreachable for {scope}: best is "
+                f"{b.variant.accuracy:.3f} ({b.variant.architecture}, {b.variant.name})"
+            )
         options = top
     if objective.max_cost is not None:
         priced = [o for o in options if o.profile is not None]
@@ -326,8 +392,10 @@ def _why_not(objective: Objective, options: list[Option], scope: str, rows: int,
             if not priced:
                 return f"max_cost ${objective.max_cost:g} per 1k unreachable for {scope}: no variant is profiled yet"
             c = min(priced, key=lambda o: o.profile.cost_per_1k)
-            return (f"max_cost ${objective.max_cost:g} per 1k unreachable for {scope}: cheapest that meets the "
-                    f"other objectives is ${c.profile.cost_per_1k:.3g} per 1k ({c.variant.name})")  # fmt: skip
+            return (
+                f"max_cost ${objective.max_cost:g} per 1k unreachable for {scope}: cheapest that meets the "
+                f"other objectives is ${c.profile.cost_per_1k:.3g} per 1k ({c.variant.name})"
+            )
     timed = []
     for o in options:
         if o.profile is None:
@@ -342,5 +410,7 @@ def _why_not(objective: Objective, options: list[Option], scope: str, rows: int,
     if not timed:
         return f"latency_ms {objective.latency_ms:g} unreachable for {scope}: no variant is profiled yet"
     ms, o, state = min(timed, key=lambda t: t[0])
-    return (f"latency_ms {objective.latency_ms:g} unreachable for {scope}: fastest is {ms:.2f} ms "
-            f"({o.variant.name}, {state})")
+    return (
+        f"latency_ms {objective.latency_ms:g} unreachable for {scope}: fastest is {ms:.2f} ms "
+        f"({o.variant.name}, {state})"
+    )

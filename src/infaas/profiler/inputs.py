@@ -44,8 +44,13 @@ def embedding_sizes(model_path: str | Path) -> dict[str, int]:
             nxt = []
             for tensor in frontier:
                 for node in consumers.get(tensor, []):
-                    if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor \
-                            and node.input[0] in tables and tables[node.input[0]] > 0:  # fmt: skip
+                    if (
+                        node.op_type == "Gather"
+                        and len(node.input) > 1
+                        and node.input[1] == tensor
+                        and node.input[0] in tables
+                        and tables[node.input[0]] > 0
+                    ):
                         sizes[inp.name] = min(sizes.get(inp.name, 1 << 62), int(tables[node.input[0]]))
                     elif node.op_type in PASS_THROUGH and node.output[0] not in seen:
                         seen.add(node.output[0])
@@ -66,12 +71,20 @@ def dynamic_axes(signature: Signature) -> dict[str, int]:
 
 
 def axis_sizes(representative: int) -> list[int]:
-    return sorted({max(1, representative // 8), max(1, representative // 4), max(1, representative // 2),
-                   representative, representative * 2})  # fmt: skip
+    return sorted(
+        {
+            max(1, representative // 8),
+            max(1, representative // 4),
+            max(1, representative // 2),
+            representative,
+            representative * 2,
+        }
+    )
 
 
-def synthesize(model_path: str | Path, signature: Signature, rows: int, axis_size: int = 128,
-               seed: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+def synthesize(
+    model_path: str | Path, signature: Signature, rows: int, axis_size: int = 128, seed: int = 0
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     vocab = embedding_sizes(model_path)
     lengths = rng.integers(max(1, axis_size // 2), axis_size + 1, size=rows)

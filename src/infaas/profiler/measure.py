@@ -56,32 +56,53 @@ def evaluation_data(registry: Registry, arch: Architecture, rows: int, axis_size
     inputs = named_inputs(inputs, arch.signature)
     n = len(next(iter(inputs.values())))
     if arch.validation_hash:  # labelled: measure on all of it (up to ``rows``)
-        return Evaluation({k: v[:rows] for k, v in inputs.items()}, None if labels is None else labels[:rows],
-                          "validation")  # fmt: skip
+        return Evaluation(
+            {k: v[:rows] for k, v in inputs.items()}, None if labels is None else labels[:rows], "validation"
+        )
     start = calibration_split(n) if n > 1 else 0  # unlabelled: the rows the quantizer did not calibrate on
     return Evaluation({k: v[start : start + rows] for k, v in inputs.items()}, None, "calibration")
 
 
-async def measure_on_worker(m: Measurement, registry: Registry, arch: Architecture, data: Evaluation, batches: list[int],
-                   repeats: int, warmup: int, metric: str, axis: dict | None) -> None:  # fmt: skip
-    worker = LocalWorker(f"profiler-{m.artifact.format}-{m.provider}-t{m.threads}", tuple(sorted(os.sched_getaffinity(0))),
-                         restart=False)  # fmt: skip
+async def measure_on_worker(
+    m: Measurement,
+    registry: Registry,
+    arch: Architecture,
+    data: Evaluation,
+    batches: list[int],
+    repeats: int,
+    warmup: int,
+    metric: str,
+    axis: dict | None,
+) -> None:
+    worker = LocalWorker(
+        f"profiler-{m.artifact.format}-{m.provider}-t{m.threads}", tuple(sorted(os.sched_getaffinity(0))), restart=False
+    )
     try:
         await worker.start()
-        m.result = await worker.profile({
-            "path": str(registry.models.path(m.artifact.key)), "threads": m.threads, "inputs": data.inputs,
-            "provider": m.provider, "batches": batches, "repeats": repeats, "warmup": warmup,
-            "signature": arch.signature, "evaluate": metric if m.evaluate else None, "axis": axis,
-            "evaluate_min_throughput": m.min_throughput,
-        })  # fmt: skip
+        m.result = await worker.profile(
+            {
+                "path": str(registry.models.path(m.artifact.key)),
+                "threads": m.threads,
+                "inputs": data.inputs,
+                "provider": m.provider,
+                "batches": batches,
+                "repeats": repeats,
+                "warmup": warmup,
+                "signature": arch.signature,
+                "evaluate": metric if m.evaluate else None,
+                "axis": axis,
+                "evaluate_min_throughput": m.min_throughput,
+            }
+        )
     except Exception as exc:  # a crash, OOM or load failure fails this configuration only
         m.error = f"profiling failed: {exc}"
     finally:
         await worker.stop()
 
 
-def quality_of(metric: str, m: Measurement, parent: Measurement, data: Evaluation,
-             arch: Architecture) -> Q.Quality | None:  # fmt: skip
+def quality_of(
+    metric: str, m: Measurement, parent: Measurement, data: Evaluation, arch: Architecture
+) -> Q.Quality | None:
     """The quality of ``m``'s artifact, paired against the parent's answers on the same inputs (None:
     not evaluated, being slower than the parent)."""
     r, pr = m.result, parent.result
@@ -102,8 +123,16 @@ def quality_of(metric: str, m: Measurement, parent: Measurement, data: Evaluatio
     return Q.top1_estimated(pred, top, parent_pred, arch.accuracy if arch.accuracy is not None else 1.0)
 
 
-def variant_profile(v: Variant, m: Measurement, q: Q.Quality | None, arch: Architecture, settings: Settings,
-                     kind: str, metric: str, axis: str) -> tuple[Profile, Variant]:  # fmt: skip
+def variant_profile(
+    v: Variant,
+    m: Measurement,
+    q: Q.Quality | None,
+    arch: Architecture,
+    settings: Settings,
+    kind: str,
+    metric: str,
+    axis: str,
+) -> tuple[Profile, Variant]:
     r = m.result
     assert r is not None
     lat = {b: runs for b, runs in r["latency_ms"].items() if b <= v.max_batch}
@@ -120,13 +149,29 @@ def variant_profile(v: Variant, m: Measurement, q: Q.Quality | None, arch: Archi
     accuracy = None if unknown else q.value
     source = "unknown" if unknown else q.source
     profile = Profile(
-        variant=v.name, hardware=kind, metric=metric, latency_p50_ms=p50, latency_p99_ms=p99, fit_slope_ms=slope,
-        fit_intercept_ms=intercept, throughput=throughput, peak_memory_mb=max(0.0, r["memory_mb"]),
-        load_time_ms=r["load_time_s"] * 1000, accuracy=accuracy, accuracy_source=source,  # type: ignore[arg-type]
-        accuracy_low=None if accuracy is None else q.low, accuracy_high=None if accuracy is None else q.high,
-        samples=0 if q is None else q.samples, loss=None if q is None else q.loss,
-        loss_high=None if q is None else q.loss_high, agreement=None if q is None else q.agreement,
-        cost_per_1k=cost, best_batch=best, axis=axis, axis_latency_ms=r.get("axis_latency_ms") or {},
-    )  # fmt: skip
-    return profile, v.model_copy(update={"accuracy": accuracy, "accuracy_source": source, "status": "ready",
-                                         "reason": ""})  # fmt: skip
+        variant=v.name,
+        hardware=kind,
+        metric=metric,
+        latency_p50_ms=p50,
+        latency_p99_ms=p99,
+        fit_slope_ms=slope,
+        fit_intercept_ms=intercept,
+        throughput=throughput,
+        peak_memory_mb=max(0.0, r["memory_mb"]),
+        load_time_ms=r["load_time_s"] * 1000,
+        accuracy=accuracy,
+        accuracy_source=source,  # type: ignore[arg-type]
+        accuracy_low=None if accuracy is None else q.low,
+        accuracy_high=None if accuracy is None else q.high,
+        samples=0 if q is None else q.samples,
+        loss=None if q is None else q.loss,
+        loss_high=None if q is None else q.loss_high,
+        agreement=None if q is None else q.agreement,
+        cost_per_1k=cost,
+        best_batch=best,
+        axis=axis,
+        axis_latency_ms=r.get("axis_latency_ms") or {},
+    )
+    return profile, v.model_copy(
+        update={"accuracy": accuracy, "accuracy_source": source, "status": "ready", "reason": ""}
+    )

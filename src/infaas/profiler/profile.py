@@ -67,9 +67,13 @@ class ProfileReport:
     seconds: float = 0.0
 
 
-async def _quality_and_search(evaluated: dict[str, Measurement], qualities: dict[str, Q.Quality | None],
-                              report: ProfileReport, quality: Callable[[Measurement], Q.Quality | None],
-                              search: Callable) -> None:  # fmt: skip
+async def _quality_and_search(
+    evaluated: dict[str, Measurement],
+    qualities: dict[str, Q.Quality | None],
+    report: ProfileReport,
+    quality: Callable[[Measurement], Q.Quality | None],
+    search: Callable,
+) -> None:
     """Each evaluated artifact's quality against the parent; a quantized format that loses too
     much gets a recipe search (its best measurement replaces the default's)."""
     for fmt, m in list(evaluated.items()):
@@ -82,22 +86,37 @@ async def _quality_and_search(evaluated: dict[str, Measurement], qualities: dict
             report.searches[fmt] = log
 
 
-def _plan(registry: Registry, arch: Architecture, artifacts: list[Artifact], max_threads: int, gpu: bool,
-          report: ProfileReport) -> list[Variant]:  # fmt: skip
+def _plan(
+    registry: Registry,
+    arch: Architecture,
+    artifacts: list[Artifact],
+    max_threads: int,
+    gpu: bool,
+    report: ProfileReport,
+) -> list[Variant]:
     """The variants of these artifacts (threads x max batch), each with its format's search log;
     new ones stored now, so a failure later leaves them registered."""
     planned = plan_variants(arch, artifacts, max_threads, arch.max_batch, gpu=gpu)
-    planned = [v.model_copy(update={"params": {**v.params, "search": report.searches[v.format]}})
-               if v.format in report.searches else v for v in planned]  # fmt: skip
+    planned = [
+        v.model_copy(update={"params": {**v.params, "search": report.searches[v.format]}})
+        if v.format in report.searches
+        else v
+        for v in planned
+    ]
     existing = {v.name for v in registry.variants(arch.name)}
     for v in (v for v in planned if v.name not in existing):
         registry.put_variant(v)
     return planned
 
 
-async def _evaluate(artifacts: list[Artifact], threads: int, data: Evaluation, settings: Settings,
-                    measure: Callable[[Measurement], Awaitable[None]],
-                    say: Callable[[str, int], None]) -> dict[str, Measurement]:  # fmt: skip
+async def _evaluate(
+    artifacts: list[Artifact],
+    threads: int,
+    data: Evaluation,
+    settings: Settings,
+    measure: Callable[[Measurement], Awaitable[None]],
+    say: Callable[[str, int], None],
+) -> dict[str, Measurement]:
     """Each artifact measured and answering the evaluation inputs once, at ``threads``, the parent
     (fp32) first: forms at under half its speed are timed, not evaluated."""
     evaluated: dict[str, Measurement] = {}
@@ -119,11 +138,16 @@ def _worth_evaluating(parent: Measurement, timing_floor_ms: float) -> float:
     return 1000 / (2 * (1000 / parent.throughput + timing_floor_ms / best) + timing_floor_ms)
 
 
-async def _time_configs(todo: list[tuple[str, str, int]], artifacts: list[Artifact],
-                        by_config: dict[tuple[str, str, int], Measurement], qualities: dict[str, Q.Quality | None],
-                        parent: Measurement | None, measure: Callable[[Measurement], Awaitable[None]],
-                        quality: Callable[[Measurement], Q.Quality | None],
-                        say: Callable[[str, int], None]) -> None:  # fmt: skip
+async def _time_configs(
+    todo: list[tuple[str, str, int]],
+    artifacts: list[Artifact],
+    by_config: dict[tuple[str, str, int], Measurement],
+    qualities: dict[str, Q.Quality | None],
+    parent: Measurement | None,
+    measure: Callable[[Measurement], Awaitable[None]],
+    quality: Callable[[Measurement], Q.Quality | None],
+    say: Callable[[str, int], None],
+) -> None:
     """Measure each (format, provider, threads) configuration not measured yet: timing only on the
     CPU (answers do not change with threads); another provider's answers are evaluated too."""
     by_format = {a.format: a for a in artifacts}
@@ -136,10 +160,19 @@ async def _time_configs(todo: list[tuple[str, str, int]], artifacts: list[Artifa
             qualities[f"{fmt}@{provider}"] = quality(m)
 
 
-def _judge_and_store(registry: Registry, report: ProfileReport, planned: list[Variant],
-                     by_config: dict[tuple[str, str, int], Measurement], qualities: dict[str, Q.Quality | None],
-                     evaluated: dict[str, Measurement], arch: Architecture, settings: Settings, max_threads: int,
-                     metric: str, axis_text: str) -> None:  # fmt: skip
+def _judge_and_store(
+    registry: Registry,
+    report: ProfileReport,
+    planned: list[Variant],
+    by_config: dict[tuple[str, str, int], Measurement],
+    qualities: dict[str, Q.Quality | None],
+    evaluated: dict[str, Measurement],
+    arch: Architecture,
+    settings: Settings,
+    max_threads: int,
+    metric: str,
+    axis_text: str,
+) -> None:
     """Each planned variant's profile from its measurement and quality, the verdicts side by side
     (:func:`~infaas.profiler.verdict.judge`), and every variant and profile stored in one transaction (all or none)."""
     kind = local_kind()
@@ -152,14 +185,16 @@ def _judge_and_store(registry: Registry, report: ProfileReport, planned: list[Va
         q = qualities.get(f"{v.format}@{v.provider}") or qualities.get(v.format)
         profile, v = variant_profile(v, m, q, arch, settings, kind.for_provider(v.provider), metric, axis_text)
         report.profiles[v.name] = profile
-        skipped_eval = (evaluated.get(v.format) and (evaluated[v.format].result or {}).get("not_evaluated"))
+        skipped_eval = evaluated.get(v.format) and (evaluated[v.format].result or {}).get("not_evaluated")
         if q is None and skipped_eval:  # slower than its parent where it was evaluated: not worth keeping
             v = v.model_copy(update={"status": "rejected", "reason": f"{skipped_eval} at {max_threads} thread(s)"})
         updated.append(v)
     report.variants = judge(updated, report.profiles, settings)
     for v in report.variants:
         if v.name in report.profiles:
-            report.profiles[v.name] = report.profiles[v.name].model_copy(update={"status": v.status, "reason": v.reason})
+            report.profiles[v.name] = report.profiles[v.name].model_copy(
+                update={"status": v.status, "reason": v.reason}
+            )
     with registry.store.transaction():  # every variant and profile of the report, or none
         for v in report.variants:
             registry.put_variant(v)
@@ -183,13 +218,19 @@ def _max_threads(settings: Settings) -> int:
     return min(settings.cores_per_worker or max(1, cores // settings.workers), cores)
 
 
-def _measurer(registry: Registry, arch: Architecture, metric: str, settings: Settings, quick: bool,
-              before_measure: Callable[[], Awaitable[object]] | None,
-              ) -> tuple[Evaluation, str, Callable[[Measurement], Awaitable[None]]]:  # fmt: skip
+def _measurer(
+    registry: Registry,
+    arch: Architecture,
+    metric: str,
+    settings: Settings,
+    quick: bool,
+    before_measure: Callable[[], Awaitable[object]] | None,
+) -> tuple[Evaluation, str, Callable[[Measurement], Awaitable[None]]]:
     """The evaluation inputs, the dynamic axes as text, and how one measurement runs (batches 1, 2,
     4 ... max batch; fewer repeats when ``quick``; after ``before_measure``)."""
-    data = evaluation_data(registry, arch, min(settings.eval_rows, 1024 if quick else settings.eval_rows),
-                           settings.profile_axis_size)  # fmt: skip
+    data = evaluation_data(
+        registry, arch, min(settings.eval_rows, 1024 if quick else settings.eval_rows), settings.profile_axis_size
+    )
     dims = dynamic_axes(arch.signature)
     axis = {"dims": dims, "sizes": axis_sizes(settings.profile_axis_size)} if dims else None
     batches = powers_of_two(arch.max_batch)
@@ -204,7 +245,12 @@ def _measurer(registry: Registry, arch: Architecture, metric: str, settings: Set
 
 
 async def profile_architecture(
-    registry: Registry, name: str, settings: Settings, *, quick: bool = False, progress: Progress | None = None,
+    registry: Registry,
+    name: str,
+    settings: Settings,
+    *,
+    quick: bool = False,
+    progress: Progress | None = None,
     generate: Callable[..., tuple[list[Artifact], list[Skipped]]] = generate_artifacts,
     before_measure: Callable[[], Awaitable[object]] | None = None,
 ) -> ProfileReport:
@@ -217,8 +263,7 @@ async def profile_architecture(
     kind = local_kind()
     say("generating variants", 0, 1)
     gpu = cuda_available()
-    artifacts, skipped = await asyncio.to_thread(generate, registry, arch, gpu=gpu,
-                                                 progress=lambda msg: say(msg, 0, 1))  # fmt: skip
+    artifacts, skipped = await asyncio.to_thread(generate, registry, arch, gpu=gpu, progress=lambda msg: say(msg, 0, 1))
     max_threads = _max_threads(settings)
     data, axis_text, measure = _measurer(registry, arch, metric, settings, quick, before_measure)
     # 1. each artifact answers once, at the most threads; the parent first
@@ -234,8 +279,18 @@ async def profile_architecture(
             return quality_of(metric, x, parent, data, arch)
 
         async def search(fmt: str, m: Measurement, q: Q.Quality | None):
-            return await search_recipes(fmt, m, parent, q, registry, arch, settings, measure, quality,
-                                        lambda msg: say(msg, len(cpu_arts) - 1, steps))  # fmt: skip
+            return await search_recipes(
+                fmt,
+                m,
+                parent,
+                q,
+                registry,
+                arch,
+                settings,
+                measure,
+                quality,
+                lambda msg: say(msg, len(cpu_arts) - 1, steps),
+            )
 
         await _quality_and_search(evaluated, qualities, report, quality, search)
     final = [evaluated[a.format].artifact if a.format in evaluated else a for a in artifacts]
@@ -243,14 +298,24 @@ async def profile_architecture(
 
     # 3. the other configurations: timing only (answers do not change with threads)
     by_config = {(m.artifact.format, m.provider, m.threads): m for m in evaluated.values()}
-    todo = sorted({(v.format, v.provider, v.threads) for v in planned} - set(by_config), key=lambda c: (c[1], c[0], c[2]))
-    await _time_configs(todo, final, by_config, qualities, parent, measure,
-                        lambda m: quality_of(metric, m, parent, data, arch),
-                        lambda what, j: say(what, len(cpu_arts) + j, len(cpu_arts) + len(todo)))  # fmt: skip
+    todo = sorted(
+        {(v.format, v.provider, v.threads) for v in planned} - set(by_config), key=lambda c: (c[1], c[0], c[2])
+    )
+    await _time_configs(
+        todo,
+        final,
+        by_config,
+        qualities,
+        parent,
+        measure,
+        lambda m: quality_of(metric, m, parent, data, arch),
+        lambda what, j: say(what, len(cpu_arts) + j, len(cpu_arts) + len(todo)),
+    )
     say("judging", len(cpu_arts) + len(todo), len(cpu_arts) + len(todo))
 
-    _judge_and_store(registry, report, planned, by_config, qualities, evaluated, arch, settings,
-                     max_threads, metric, axis_text)  # fmt: skip
+    _judge_and_store(
+        registry, report, planned, by_config, qualities, evaluated, arch, settings, max_threads, metric, axis_text
+    )
     report.seconds = time.monotonic() - started
     total = len(cpu_arts) + len(todo)
     say("done", total, total)

@@ -82,13 +82,22 @@ def top1_measured(pred: np.ndarray, parent_pred: np.ndarray, labels: np.ndarray)
     loss = float(diff.mean())
     # the paired difference's spread comes from the discordant rows; at least one is assumed
     loss_high = loss + Z_ONE_SIDED * math.sqrt(max(lost + gained - n * loss * loss, 1.0)) / n
-    return Quality(k / n, low, high, n, loss, loss_high, "measured",
-                   f"{k} of {n} labelled inputs right; {lost} lost and {gained} gained against the parent",
-                   float((pred == parent_pred).mean()))  # fmt: skip
+    return Quality(
+        k / n,
+        low,
+        high,
+        n,
+        loss,
+        loss_high,
+        "measured",
+        f"{k} of {n} labelled inputs right; {lost} lost and {gained} gained against the parent",
+        float((pred == parent_pred).mean()),
+    )
 
 
-def top1_estimated(pred: np.ndarray, parent_top: tuple[np.ndarray, np.ndarray] | None, parent_pred: np.ndarray,
-                   parent_accuracy: float) -> Quality:  # fmt: skip
+def top1_estimated(
+    pred: np.ndarray, parent_top: tuple[np.ndarray, np.ndarray] | None, parent_pred: np.ndarray, parent_accuracy: float
+) -> Quality:
     """``parent_top``: the parent's top-k classes and probabilities per row (None: no scores, each
     changed answer then counts as a whole loss)."""
     n = len(pred)
@@ -103,9 +112,18 @@ def top1_estimated(pred: np.ndarray, parent_top: tuple[np.ndarray, np.ndarray] |
         x = np.where(changed, probs[:, 0] - p_b, 0.0)
     loss, lo, hi, upper = _mean_bounds(x)
     value = parent_accuracy - loss
-    return Quality(value, max(0.0, parent_accuracy - hi), min(1.0, parent_accuracy - lo), n, loss, upper,
-                   "estimated", f"{int(changed.sum())} of {n} unlabelled inputs answered differently from the parent; "
-                   "expected loss under the parent's probabilities", float(1 - changed.mean()))  # fmt: skip
+    return Quality(
+        value,
+        max(0.0, parent_accuracy - hi),
+        min(1.0, parent_accuracy - lo),
+        n,
+        loss,
+        upper,
+        "estimated",
+        f"{int(changed.sum())} of {n} unlabelled inputs answered differently from the parent; "
+        "expected loss under the parent's probabilities",
+        float(1 - changed.mean()),
+    )
 
 
 def fidelity(outputs: list[np.ndarray], parent_outputs: list[np.ndarray], metric: str) -> Quality:
@@ -122,5 +140,13 @@ def fidelity(outputs: list[np.ndarray], parent_outputs: list[np.ndarray], metric
         raise ValueError(f"not a fidelity metric: {metric}")
     x = np.clip(x, -1.0, 1.0)
     loss, lo, hi, upper = _mean_bounds(1.0 - x)
-    return Quality(1.0 - loss, max(-1.0, 1.0 - hi), min(1.0, 1.0 - lo), n, loss, upper, "measured",
-                   f"{metric} to the parent's outputs on {n} inputs (worst row {x.min():.4f})")  # fmt: skip
+    return Quality(
+        1.0 - loss,
+        max(-1.0, 1.0 - hi),
+        min(1.0, 1.0 - lo),
+        n,
+        loss,
+        upper,
+        "measured",
+        f"{metric} to the parent's outputs on {n} inputs (worst row {x.min():.4f})",
+    )

@@ -25,10 +25,11 @@ def _timing_counts(q: Profile, p: Profile, margin: float, floor_ms: float) -> li
     of one timed call (``floor_ms``; per row, spread over the best batch)."""
     q_row, p_row = 1000 / q.throughput, 1000 / p.throughput
     q_noise, p_noise = floor_ms / q.best_batch, floor_ms / p.best_batch
-    return [_better(q.latency_p50_ms[1], p.latency_p50_ms[1], margin, floor_ms, floor_ms),
-            _better(q_row, p_row, margin, q_noise, p_noise),
-            _better(q.cost_per_1k, p.cost_per_1k, margin, q.cost_per_1k * q_noise / q_row,
-                    p.cost_per_1k * p_noise / p_row)]  # fmt: skip
+    return [
+        _better(q.latency_p50_ms[1], p.latency_p50_ms[1], margin, floor_ms, floor_ms),
+        _better(q_row, p_row, margin, q_noise, p_noise),
+        _better(q.cost_per_1k, p.cost_per_1k, margin, q.cost_per_1k * q_noise / q_row, p.cost_per_1k * p_noise / p_row),
+    ]
 
 
 def judge(variants: list[Variant], profiles: dict[str, Profile], settings: Settings) -> list[Variant]:
@@ -41,9 +42,17 @@ def judge(variants: list[Variant], profiles: dict[str, Profile], settings: Setti
             out.append(v)
             continue
         if p.loss_high is not None and p.loss_high > bound + 1e-12:
-            out.append(v.model_copy(update={"status": "rejected", "reason": (
-                f"may lose up to {p.loss_high:.4f} {p.metric} against its parent (one-sided 95 % bound; estimate "
-                f"{p.loss:.4f} on {p.samples} inputs), over the bound of {bound}")}))  # fmt: skip
+            out.append(
+                v.model_copy(
+                    update={
+                        "status": "rejected",
+                        "reason": (
+                            f"may lose up to {p.loss_high:.4f} {p.metric} against its parent (one-sided 95 % bound; estimate "
+                            f"{p.loss:.4f} on {p.samples} inputs), over the bound of {bound}"
+                        ),
+                    }
+                )
+            )
             continue
         out.append(v)
     ready = [v for v in out if v.status == "ready"]
@@ -61,16 +70,25 @@ def judge(variants: list[Variant], profiles: dict[str, Profile], settings: Setti
                 continue
             if q.accuracy_source == "estimated" and p.accuracy_source in ("measured", "declared", "reference"):
                 continue  # an estimate is weaker evidence than what it would displace
-            acc_o, acc_v = (q.accuracy if q.accuracy is not None else -1), (p.accuracy if p.accuracy is not None else -1)
+            acc_o, acc_v = (
+                (q.accuracy if q.accuracy is not None else -1),
+                (p.accuracy if p.accuracy is not None else -1),
+            )
             if p.accuracy is None and q.accuracy is None:
                 continue  # nothing known about either's quality: timings alone do not decide
             counts = [*_timing_counts(q, p, margin, settings.timing_floor_ms), (acc_o >= acc_v, acc_o > acc_v)]
             if all(no_worse for no_worse, _ in counts) and any(better for _, better in counts):
-                v = v.model_copy(update={"status": "rejected", "reason": (
-                    f"dominated by {o.name}: p50@1 {q.latency_p50_ms[1]:.3g} vs {p.latency_p50_ms[1]:.3g} ms, "
-                    f"{q.throughput:.0f} vs {p.throughput:.0f} rows/s, accuracy {_acc(q)} vs {_acc(p)}, "
-                    f"cost/1k ${q.cost_per_1k:.6f} vs ${p.cost_per_1k:.6f} (margin {margin:.0%}, "
-                    f"noise floor {settings.timing_floor_ms} ms a call)")})  # fmt: skip
+                v = v.model_copy(
+                    update={
+                        "status": "rejected",
+                        "reason": (
+                            f"dominated by {o.name}: p50@1 {q.latency_p50_ms[1]:.3g} vs {p.latency_p50_ms[1]:.3g} ms, "
+                            f"{q.throughput:.0f} vs {p.throughput:.0f} rows/s, accuracy {_acc(q)} vs {_acc(p)}, "
+                            f"cost/1k ${q.cost_per_1k:.6f} vs ${p.cost_per_1k:.6f} (margin {margin:.0%}, "
+                            f"noise floor {settings.timing_floor_ms} ms a call)"
+                        ),
+                    }
+                )
                 break
         judged.append(v)
     return judged

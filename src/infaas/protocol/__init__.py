@@ -4,12 +4,19 @@ the protocol-agnostic request / response types. Nothing here imports server code
 
 from infaas.protocol.params import RequestParams, parse_request_params
 from infaas.protocol.types import (
-           InferInput,
-           InferOutput,
-           InferRequest,
-           InferResponse,
-           RequestedOutput,
+    InferInput,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
 )
 
-__all__ = ["InferInput", "InferOutput", "InferRequest", "InferResponse", "RequestParams", "RequestedOutput",
-           "parse_request_params"]
+__all__ = [
+    "InferInput",
+    "InferOutput",
+    "InferRequest",
+    "InferResponse",
+    "RequestParams",
+    "RequestedOutput",
+    "parse_request_params",
+]

@@ -38,9 +38,7 @@ def check_shape(raw: Any, name: str, limit: int) -> tuple[int, ...]:
     if any(d < 0 for d in raw):
         raise InvalidInput(f"input '{name}': shape {raw} has a negative dimension")
     if math.prod(raw) > limit:
-        raise InvalidInput(
-            f"input '{name}': shape {raw} declares {math.prod(raw)} elements, over the limit of {limit}"
-        )
+        raise InvalidInput(f"input '{name}': shape {raw} declares {math.prod(raw)} elements, over the limit of {limit}")
     return tuple(raw)
 
 
@@ -80,18 +78,21 @@ def tensor_from_bytes(chunk: memoryview | bytes, datatype: str, shape: tuple[int
         return decode_bytes_tensor(memoryview(chunk), count, name).reshape(shape)
     expected = count * itemsize(datatype)
     if len(chunk) != expected:
-        raise InvalidInput(f"input '{name}': {len(chunk)} bytes of binary data, shape {list(shape)} of "
-                           f"{datatype} needs {expected}")  # fmt: skip
+        raise InvalidInput(
+            f"input '{name}': {len(chunk)} bytes of binary data, shape {list(shape)} of {datatype} needs {expected}"
+        )
     return np.frombuffer(chunk, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
 
 
-def input_from_bytes(name: str, datatype: str, shape: tuple[int, ...], chunk: memoryview | bytes,
-                     params: dict[str, Any]) -> InferInput:  # fmt: skip
+def input_from_bytes(
+    name: str, datatype: str, shape: tuple[int, ...], chunk: memoryview | bytes, params: dict[str, Any]
+) -> InferInput:
     """A binary input: fixed-size types are checked and wrapped now (no copy); BYTES later."""
     if datatype != "BYTES":
         return InferInput(name, datatype, shape, tensor_from_bytes(chunk, datatype, shape, name), params)
-    return InferInput(name, datatype, shape, None, params,
-                      pending=lambda: tensor_from_bytes(chunk, datatype, shape, name))  # fmt: skip
+    return InferInput(
+        name, datatype, shape, None, params, pending=lambda: tensor_from_bytes(chunk, datatype, shape, name)
+    )
 
 
 def tensor_to_bytes(arr: np.ndarray, datatype: str) -> bytes:
@@ -114,9 +115,7 @@ def _json_data(raw: Any, datatype: str, shape: tuple[int, ...], name: str) -> np
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidInput(f"input '{name}': data does not fit datatype {datatype}: {exc}") from exc
     if arr.size != count:
-        raise InvalidInput(
-            f"input '{name}': shape {list(shape)} needs {count} elements, data has {arr.size}"
-        )
+        raise InvalidInput(f"input '{name}': shape {list(shape)} needs {count} elements, data has {arr.size}")
     return arr.reshape(shape)
 
 
@@ -143,9 +142,7 @@ def decode_request(
         except ValueError:
             raise InvalidInput(f"Inference-Header-Content-Length is not an integer: {header_length!r}") from None
         if not 0 < json_len <= len(body):
-            raise InvalidInput(
-                f"Inference-Header-Content-Length {json_len} does not fit a body of {len(body)} bytes"
-            )
+            raise InvalidInput(f"Inference-Header-Content-Length {json_len} does not fit a body of {len(body)} bytes")
     else:
         json_len = len(body)
     view = memoryview(body)
@@ -187,8 +184,11 @@ def decode_request(
             offset += size
             inputs.append(input_from_bytes(name, datatype, shape, chunk, in_params))
         elif "data" in raw:
-            inputs.append(InferInput(name, datatype, shape, None, in_params,
-                                     pending=_json_thunk(raw["data"], datatype, shape, name)))  # fmt: skip
+            inputs.append(
+                InferInput(
+                    name, datatype, shape, None, in_params, pending=_json_thunk(raw["data"], datatype, shape, name)
+                )
+            )
         else:
             raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
     if offset != len(binary):
@@ -222,8 +222,7 @@ def encode_response(resp: InferResponse) -> tuple[bytes, dict[str, str]]:
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif out.datatype == "BYTES":
-            entry["data"] = [b.decode(errors="replace") if isinstance(b, bytes) else str(b)
-                             for b in out.data.ravel()]  # fmt: skip
+            entry["data"] = [b.decode(errors="replace") if isinstance(b, bytes) else str(b) for b in out.data.ravel()]
         else:
             entry["data"] = np.ascontiguousarray(out.data).ravel()
         outs.append(entry)

@@ -20,10 +20,19 @@ SERVICE = "inference.GRPCInferenceService"
 
 # datatype -> the InferTensorContents field that carries it
 CONTENTS = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}  # fmt: skip
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
 
 
 def params_from_pb(params) -> dict[str, Any]:
@@ -56,8 +65,10 @@ def decode_infer(req: pb.ModelInferRequest, max_elements: int) -> InferRequest:
         raise InvalidInput("request needs at least one input")
     raw = req.raw_input_contents
     if raw and len(raw) != len(req.inputs):
-        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(req.inputs)} inputs: send one per input "
-                           "(all raw, or all typed contents)")  # fmt: skip
+        raise InvalidInput(
+            f"{len(raw)} raw_input_contents for {len(req.inputs)} inputs: send one per input "
+            "(all raw, or all typed contents)"
+        )
     inputs = []
     for i, tensor in enumerate(req.inputs):
         name, datatype = tensor.name, tensor.datatype
@@ -76,13 +87,14 @@ def decode_infer(req: pb.ModelInferRequest, max_elements: int) -> InferRequest:
         values = getattr(tensor.contents, field)
         count = int(np.prod(shape))
         if len(values) != count:
-            raise InvalidInput(f"input '{name}': {len(values)} values in contents, shape {list(shape)} "
-                               f"needs {count}")  # fmt: skip
-        inputs.append(InferInput(name, datatype, shape, None, params,
-                                 pending=_contents_thunk(values, datatype, shape, name)))  # fmt: skip
+            raise InvalidInput(f"input '{name}': {len(values)} values in contents, shape {list(shape)} needs {count}")
+        inputs.append(
+            InferInput(name, datatype, shape, None, params, pending=_contents_thunk(values, datatype, shape, name))
+        )
     outputs = [RequestedOutput(o.name, None, params_from_pb(o.parameters)) for o in req.outputs] or None
-    return InferRequest(req.model_name, req.model_version or None, inputs, outputs, req.id or None,
-                        params_from_pb(req.parameters))  # fmt: skip
+    return InferRequest(
+        req.model_name, req.model_version or None, inputs, outputs, req.id or None, params_from_pb(req.parameters)
+    )
 
 
 def _contents_thunk(values, datatype: str, shape: tuple[int, ...], name: str):
@@ -97,8 +109,9 @@ def _contents_thunk(values, datatype: str, shape: tuple[int, ...], name: str):
             wide = np.asarray(values, dtype=np.int64)
             info = np.iinfo(dtype)
             if wide.min() < info.min or wide.max() > info.max:
-                raise InvalidInput(f"input '{name}': contents do not fit datatype {datatype} "
-                                   f"([{info.min}, {info.max}])")  # fmt: skip
+                raise InvalidInput(
+                    f"input '{name}': contents do not fit datatype {datatype} ([{info.min}, {info.max}])"
+                )
             return wide.astype(dtype).reshape(shape)
         return np.asarray(values, dtype=dtype).reshape(shape)
 

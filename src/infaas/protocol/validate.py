@@ -30,8 +30,10 @@ def check_inputs(req: InferRequest, sig: Signature) -> int:
         if len(inp.shape) != len(spec.shape) or any(
             want not in (-1, got) for want, got in zip(spec.shape, inp.shape, strict=True)
         ):
-            raise InvalidInput(f"input '{spec.name}': shape {list(inp.shape)}, expected {list(spec.shape)} "
-                               "(-1 = any size; the first dimension is the batch)")  # fmt: skip
+            raise InvalidInput(
+                f"input '{spec.name}': shape {list(inp.shape)}, expected {list(spec.shape)} "
+                "(-1 = any size; the first dimension is the batch)"
+            )
         if rows is None:
             rows = inp.shape[0]
         elif inp.shape[0] != rows:

@@ -14,7 +14,18 @@ from infaas.registry.types import (
 )
 
 __all__ = [
-    "Architecture", "MemoryStore", "MetadataStore", "ModelStore", "Profile", "Registry",
-    "SQLiteStore", "Signature", "Task", "TensorSpec", "Variant", "default_threads",
-    "measure_accuracy", "variant_name",
-]  # fmt: skip
+    "Architecture",
+    "MemoryStore",
+    "MetadataStore",
+    "ModelStore",
+    "Profile",
+    "Registry",
+    "SQLiteStore",
+    "Signature",
+    "Task",
+    "TensorSpec",
+    "Variant",
+    "default_threads",
+    "measure_accuracy",
+    "variant_name",
+]

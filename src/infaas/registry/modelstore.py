@@ -60,7 +60,7 @@ class ModelStore:
             raise KeyError(f"artifact {key} is missing from {self.root}")
         if hashlib.sha256(data).hexdigest() != digest:
             raise KeyError(f"artifact {key} in the shared store does not match its hash")
-        return self._write(digest, key[len(digest):], data)
+        return self._write(digest, key[len(digest) :], data)
 
     def _target(self, digest: str, suffix: str) -> Path:
         return self.root / digest[:2] / (digest + suffix)

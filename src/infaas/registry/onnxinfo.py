@@ -24,8 +24,10 @@ def read_signature(model: bytes | str | Path) -> Signature:
     except Exception as exc:  # onnx raises several types for a bad file
         raise InvalidInput(f"not a readable ONNX model: {exc}") from exc
     if external := _external_tensors(proto.graph):
-        raise InvalidInput(f"the model keeps tensor(s) {external[:3]} in external data files: infaas stores one "
-                           "self-contained file (save with onnx.save(model, path, save_as_external_data=False))")  # fmt: skip
+        raise InvalidInput(
+            f"the model keeps tensor(s) {external[:3]} in external data files: infaas stores one "
+            "self-contained file (save with onnx.save(model, path, save_as_external_data=False))"
+        )
     initializers = {i.name for i in proto.graph.initializer}
 
     def spec(value: onnx.ValueInfoProto) -> TensorSpec:
@@ -53,7 +55,7 @@ def _external_tensors(graph: onnx.GraphProto) -> list[str]:
         for attr in node.attribute:
             tensors = [attr.t] if attr.HasField("t") else list(attr.tensors)
             found += [t.name or node.name for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
-            for sub in ([attr.g] if attr.HasField("g") else list(attr.graphs)):
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
                 found += _external_tensors(sub)
     return found
 

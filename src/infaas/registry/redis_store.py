@@ -73,8 +73,7 @@ class RedisStore:
     need no shared file system.
     """
 
-    def __init__(self, url: str, prefix: str = "infaas", lock_ttl_s: float = 30.0,
-                 lock_wait_s: float = 30.0) -> None:  # fmt: skip
+    def __init__(self, url: str, prefix: str = "infaas", lock_ttl_s: float = 30.0, lock_wait_s: float = 30.0) -> None:
         import redis
 
         self.url = url
@@ -106,8 +105,10 @@ class RedisStore:
             if time.monotonic() > give_up:
                 from infaas.errors import Unavailable
 
-                raise Unavailable(f"the Redis store stayed locked for {self.lock_wait_s:g} s "
-                                  "(a writer holding it died, or is slow; it expires on its own)")  # fmt: skip
+                raise Unavailable(
+                    f"the Redis store stayed locked for {self.lock_wait_s:g} s "
+                    "(a writer holding it died, or is slow; it expires on its own)"
+                )
             time.sleep(delay)
             delay = min(0.05, delay * 2)
         self._local.token, self._local.pending = token, {}
@@ -116,14 +117,19 @@ class RedisStore:
             pending = self._local.pending
             if pending and self._write(pending, token) == -2:
                 raise RuntimeError(
-                    f"Redis store transaction outlived its lock ({self.lock_ttl_ms} ms): nothing was written")
+                    f"Redis store transaction outlived its lock ({self.lock_ttl_ms} ms): nothing was written"
+                )
         finally:
             self._local.token, self._local.pending = None, None
             self._release_lock(token)
 
     def _release_lock(self, token: str) -> None:
-        self._redis.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
-                         "return 0", 1, self._lock_key, token)  # fmt: skip
+        self._redis.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            1,
+            self._lock_key,
+            token,
+        )
 
     def _write(self, ops: dict[tuple[str, str], tuple[str | None, bytes] | None], token: str) -> int:
         import time
@@ -192,8 +198,7 @@ class RedisStore:
 
     # ---- leases -------------------------------------------------------------------------
     def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> Lease | None:
-        got = self._acquire(keys=[f"{self.prefix}:lease:{name}", f"{self.prefix}:fence:{name}"],
-                            args=[holder, ttl_ms])  # fmt: skip
+        got = self._acquire(keys=[f"{self.prefix}:lease:{name}", f"{self.prefix}:fence:{name}"], args=[holder, ttl_ms])
         if got is None:
             return None
         return Lease(holder, int(got[0]), now_ms() + int(got[1]))

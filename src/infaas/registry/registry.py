@@ -32,8 +32,12 @@ def default_threads() -> int:
 
 
 def measure_accuracy(
-    model_path: Path, signature: Signature, inputs: dict[str, np.ndarray], labels: np.ndarray,
-    threads: int = 1, chunk: int = 256,
+    model_path: Path,
+    signature: Signature,
+    inputs: dict[str, np.ndarray],
+    labels: np.ndarray,
+    threads: int = 1,
+    chunk: int = 256,
 ) -> float:
     """Top-1 accuracy of a model file on labelled data (the task metric ``top1``), measured in a fresh
     worker process: a model that crashes or runs out of memory fails its registration, not the server."""
@@ -41,8 +45,16 @@ def measure_accuracy(
 
     inputs = named_inputs(inputs, signature)
     try:
-        result = call_isolated({"op": "predict", "path": str(model_path), "threads": threads, "inputs": inputs,
-                                "signature": signature, "chunk": chunk})  # fmt: skip
+        result = call_isolated(
+            {
+                "op": "predict",
+                "path": str(model_path),
+                "threads": threads,
+                "inputs": inputs,
+                "signature": signature,
+                "chunk": chunk,
+            }
+        )
     except InfaasError as exc:
         raise InvalidInput(f"model failed on its validation data: {exc.message}") from None
     predictions = np.asarray(result["predictions"])
@@ -135,17 +147,32 @@ class Registry:
         calibration_hash = None if calibration is None else self._calibration(calibration, signature)
 
         arch = Architecture(
-            name=name, task=task, framework=framework, accuracy=accuracy, accuracy_source=source,
-            signature=signature, model_hash=model_hash, validation_hash=validation_hash,
-            calibration_hash=calibration_hash, max_batch=max_batch, description=description,
-        )  # fmt: skip
+            name=name,
+            task=task,
+            framework=framework,
+            accuracy=accuracy,
+            accuracy_source=source,
+            signature=signature,
+            model_hash=model_hash,
+            validation_hash=validation_hash,
+            calibration_hash=calibration_hash,
+            max_batch=max_batch,
+            description=description,
+        )
         threads = threads or default_threads()
         baseline = Variant(
             name=variant_name(name, "onnx-fp32", "cpu", threads, max_batch),
-            architecture=name, format="onnx-fp32", provider="cpu", threads=threads,
-            max_batch=max_batch, artifact_hash=model_hash, method="baseline",
-            params={"graph_optimization": "all"}, accuracy=accuracy, accuracy_source=source,
-        )  # fmt: skip
+            architecture=name,
+            format="onnx-fp32",
+            provider="cpu",
+            threads=threads,
+            max_batch=max_batch,
+            artifact_hash=model_hash,
+            method="baseline",
+            params={"graph_optimization": "all"},
+            accuracy=accuracy,
+            accuracy_source=source,
+        )
         # the checks above ran without a lock (measuring takes seconds): repeat them where they hold,
         # inside one transaction with the writes, so two registrations of one name cannot both land
         with self.store.transaction():
@@ -157,14 +184,16 @@ class Registry:
             if current is not None and (why := current.signature.compatible_with(signature)):
                 raise InvalidInput(f"model does not fit task {task!r}: {why}")
             if current is None:
-                self.store.put("task", task, None,
-                               Task(name=task, signature=signature, metric=metric).model_dump(mode="json"))  # type: ignore[arg-type]
+                self.store.put(
+                    "task", task, None, Task(name=task, signature=signature, metric=metric).model_dump(mode="json")
+                )  # type: ignore[arg-type]
             self.store.put("architecture", name, task, arch.model_dump(mode="json"))
             self.store.put("variant", baseline.name, name, baseline.model_dump(mode="json"))
         return arch, baseline
 
-    def _measured(self, model_hash: str, signature: Signature, validation: bytes | str | Path,
-                  threads: int) -> tuple[float, str]:  # fmt: skip
+    def _measured(
+        self, model_hash: str, signature: Signature, validation: bytes | str | Path, threads: int
+    ) -> tuple[float, str]:
         """Top-1 accuracy on the labelled validation data (in an isolated process), and the data stored."""
         val_bytes = validation if isinstance(validation, bytes) else Path(validation).read_bytes()
         inputs, labels = load_validation(val_bytes)
@@ -178,14 +207,11 @@ class Registry:
         named_inputs(cal_inputs, signature)
         return self.models.put_bytes(cal_bytes, ".npz")
 
-    def _check_request(self, name: str, task: str, accuracy: float | None, max_batch: int,
-                       metric: str | None) -> None:  # fmt: skip
+    def _check_request(self, name: str, task: str, accuracy: float | None, max_batch: int, metric: str | None) -> None:
         """Names, ranges and the metric of a registration, before anything is read or stored."""
         for what, value in (("architecture", name), ("task", task)):
             if not NAME_RE.match(value):
-                raise InvalidInput(
-                    f"bad {what} name {value!r}: letters, digits, '-' and '_', at most 64, no dots"
-                )
+                raise InvalidInput(f"bad {what} name {value!r}: letters, digits, '-' and '_', at most 64, no dots")
         if name == task:
             raise InvalidInput("an architecture cannot share its task's name")
         if (taken := self.name_taken(name)) is not None:
@@ -209,8 +235,10 @@ class Registry:
             raise InvalidInput(f"task {task!r} measures {existing.metric}, not {metric}")
         metric = existing.metric if existing is not None else (metric or default_metric(signature))
         if labelled and metric != "top1":
-            raise InvalidInput(f"validation labels score top-1 accuracy; task {task!r} measures {metric} against the "
-                               "parent variant: register sample inputs as calibration data instead")  # fmt: skip
+            raise InvalidInput(
+                f"validation labels score top-1 accuracy; task {task!r} measures {metric} against the "
+                "parent variant: register sample inputs as calibration data instead"
+            )
         return metric
 
     def put_variant(self, variant: Variant) -> None:
@@ -233,8 +261,9 @@ class Registry:
         with self.store.transaction():
             if self.variant(profile.variant) is None:
                 raise NotFound(f"unknown variant {profile.variant!r}")
-            self.store.put("profile", f"{profile.variant}@{profile.hardware}", profile.variant,
-                           profile.model_dump(mode="json"))  # fmt: skip
+            self.store.put(
+                "profile", f"{profile.variant}@{profile.hardware}", profile.variant, profile.model_dump(mode="json")
+            )
 
     def remove(self, architecture: str) -> None:
         """Remove an architecture, its variants and profiles; the task goes with its last architecture."""

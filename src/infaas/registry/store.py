@@ -195,17 +195,13 @@ class SQLiteStore(LocalLeases):
 
     def get(self, kind: str, name: str) -> dict | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT body FROM records WHERE kind = ? AND name = ?", (kind, name)
-            ).fetchone()
+            row = self._db.execute("SELECT body FROM records WHERE kind = ? AND name = ?", (kind, name)).fetchone()
         return None if row is None else orjson.loads(row[0])
 
     def list(self, kind: str, parent: str | None = None) -> list[dict]:
         with self._lock:
             if parent is None:
-                rows = self._db.execute(
-                    "SELECT body FROM records WHERE kind = ? ORDER BY name", (kind,)
-                ).fetchall()
+                rows = self._db.execute("SELECT body FROM records WHERE kind = ? ORDER BY name", (kind,)).fetchall()
             else:
                 rows = self._db.execute(
                     "SELECT body FROM records WHERE kind = ? AND parent = ? ORDER BY name",
@@ -222,7 +218,6 @@ class SQLiteStore(LocalLeases):
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
 
 
 def open_store(url: str | None, data_dir: str | Path) -> MetadataStore:

@@ -158,10 +158,7 @@ class Profile(_Record):
         if batch <= sizes[0]:
             return max(ms[0] * batch / sizes[0], 1e-3)
         if batch >= sizes[-1]:
-            if len(sizes) > 1:
-                slope = (ms[-1] - ms[-2]) / (sizes[-1] - sizes[-2])
-            else:
-                slope = self.fit_slope_ms
+            slope = (ms[-1] - ms[-2]) / (sizes[-1] - sizes[-2]) if len(sizes) > 1 else self.fit_slope_ms
             if slope <= 0:
                 slope = ms[-1] / sizes[-1]  # flat or falling measurements: at least per row
             return ms[-1] + slope * (batch - sizes[-1])

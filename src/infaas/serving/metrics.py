@@ -49,19 +49,26 @@ class VariantStats:
             return {"count": d.count, "ns": 0}
 
         return {
-            "name": name, "version": version,
+            "name": name,
+            "version": version,
             "last_inference": self.last_inference_ms,
-            "inference_count": self.inference_count, "execution_count": self.execution_count,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
             "inference_stats": {
-                "success": self.success.json(), "fail": self.fail.json(), "queue": self.queue.json(),
-                "compute_input": counted(self.compute_infer), "compute_infer": self.compute_infer.json(),
-                "compute_output": counted(self.compute_infer), "cache_hit": zero, "cache_miss": zero,
+                "success": self.success.json(),
+                "fail": self.fail.json(),
+                "queue": self.queue.json(),
+                "compute_input": counted(self.compute_infer),
+                "compute_infer": self.compute_infer.json(),
+                "compute_output": counted(self.compute_infer),
+                "cache_hit": zero,
+                "cache_miss": zero,
             },
             "batch_stats": [
                 {"batch_size": b, "compute_input": counted(d), "compute_infer": d.json(), "compute_output": counted(d)}
                 for b, d in sorted(self.batches.items())
             ],
-        }  # fmt: skip
+        }
 
     @classmethod
     def total(cls, parts: Iterable[VariantStats]) -> VariantStats:
@@ -84,26 +91,48 @@ class VariantStats:
 class Metrics:
     """Everything the frontend counts; one instance per server (no global registry)."""
 
-    def __init__(self, queue_depths: Callable[[], Iterable[tuple[str, str, int]]],
-                 workers: Callable[[], Iterable[tuple[str, bool, int]]]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        queue_depths: Callable[[], Iterable[tuple[str, str, int]]],
+        workers: Callable[[], Iterable[tuple[str, bool, int]]],
+    ) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("infaas_requests", "Inference requests", ["model", "variant", "code"],
-                                registry=self.registry)  # fmt: skip
-        self.latency = Histogram("infaas_request_duration_seconds", "End-to-end request latency in the "
-                                 "frontend", ["variant"], buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
-        self.batch_size = Histogram("infaas_batch_size", "Rows per executed batch", ["variant"],
-                                    buckets=BATCH_BUCKETS, registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "infaas_requests", "Inference requests", ["model", "variant", "code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "infaas_request_duration_seconds",
+            "End-to-end request latency in the frontend",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "infaas_batch_size", "Rows per executed batch", ["variant"], buckets=BATCH_BUCKETS, registry=self.registry
+        )
         self.variants: dict[str, VariantStats] = defaultdict(VariantStats)
         self._children: dict[tuple[str, str], tuple] = {}
         self.registry.register(_LiveCollector(queue_depths, workers))
 
-    def success(self, model: str, variant: str, rows: int, total_ns: int, queue_ns: int,
-                compute_ns: int, batch_size: int, first_in_batch: bool) -> None:  # fmt: skip
+    def success(
+        self,
+        model: str,
+        variant: str,
+        rows: int,
+        total_ns: int,
+        queue_ns: int,
+        compute_ns: int,
+        batch_size: int,
+        first_in_batch: bool,
+    ) -> None:
         children = self._children.get((model, variant))
         if children is None:  # label lookups cost more than the increments: do them once
             children = self._children[(model, variant)] = (
-                self.requests.labels(model, variant, "200"), self.latency.labels(variant),
-                self.batch_size.labels(variant), self.variants[variant])  # fmt: skip
+                self.requests.labels(model, variant, "200"),
+                self.latency.labels(variant),
+                self.batch_size.labels(variant),
+                self.variants[variant],
+            )
         ok, latency, batch, st = children
         ok.inc()
         latency.observe(total_ns / 1e9)
@@ -134,13 +163,15 @@ class _LiveCollector:
         self.workers = workers
 
     def collect(self):
-        depth = GaugeMetricFamily("infaas_queue_depth", "Requests in flight per variant and worker",
-                                  labels=["variant", "worker"])  # fmt: skip
+        depth = GaugeMetricFamily(
+            "infaas_queue_depth", "Requests in flight per variant and worker", labels=["variant", "worker"]
+        )
         for variant, worker, n in self.queue_depths():
             depth.add_metric([variant, worker], n)
         up = GaugeMetricFamily("infaas_worker_up", "1 when the worker process is running", labels=["worker"])
-        restarts = GaugeMetricFamily("infaas_worker_restarts", "Times the worker was restarted after dying",
-                                     labels=["worker"])  # fmt: skip
+        restarts = GaugeMetricFamily(
+            "infaas_worker_restarts", "Times the worker was restarted after dying", labels=["worker"]
+        )
         for name, alive, n in self.workers():
             up.add_metric([name], 1 if alive else 0)
             restarts.add_metric([name], n)

@@ -73,9 +73,18 @@ class Route:
 
 
 class Router:
-    def __init__(self, catalog: Catalog, cluster: ClusterBackend, settings: Settings, metrics: Metrics,
-                 latency: LatencyModel, placement: ColdStarts, decisions: DecisionLog, policy: Policy,
-                 flagged: Callable[[], Collection[str]] = frozenset) -> None:  # fmt: skip
+    def __init__(
+        self,
+        catalog: Catalog,
+        cluster: ClusterBackend,
+        settings: Settings,
+        metrics: Metrics,
+        latency: LatencyModel,
+        placement: ColdStarts,
+        decisions: DecisionLog,
+        policy: Policy,
+        flagged: Callable[[], Collection[str]] = frozenset,
+    ) -> None:
         self.catalog = catalog
         self.cluster = cluster
         self.settings = settings
@@ -104,8 +113,7 @@ class Router:
             result = await self._execute(plan, route, req, offline)
         except InfaasError as exc:
             model = req.model if req.model in self.catalog.known_names else "(unknown)"  # bounded labels
-            self.metrics.failure(model, route.variant.name if route else "", exc.status,
-                                 time.perf_counter_ns() - start)  # fmt: skip
+            self.metrics.failure(model, route.variant.name if route else "", exc.status, time.perf_counter_ns() - start)
             raise
         return self._respond(req, plan, route, result, start)
 
@@ -156,8 +164,10 @@ class Router:
         # the worker is looked up now: the placement may have changed while a cold start ran
         worker = next((w for w in self.cluster.workers if w.name == worker_name and w.hosts(chosen.name)), None)
         if worker is None:
-            raise Unavailable(f"{chosen.name} left worker {worker_name} while this request was routed "
-                              "(unloaded, restarted or removed); retry")  # fmt: skip
+            raise Unavailable(
+                f"{chosen.name} left worker {worker_name} while this request was routed "
+                "(unloaded, restarted or removed); retry"
+            )
         return Route(chosen, worker, reason, predicted, cost, learn)
 
     async def _route_loaded(self, req: InferRequest, plan: Plan) -> tuple[Variant, str, str]:
@@ -169,8 +179,9 @@ class Router:
             for name in w.loaded_names():
                 if name in members:
                     hosts.setdefault(name, []).append((w.name, w.outstanding(name)))
-        candidates = [Candidate(self.catalog.variants[n], tuple(h)) for n, h in hosts.items()
-                      if n in self.catalog.variants]  # a variant removed meanwhile is not a candidate  # fmt: skip
+        candidates = [
+            Candidate(self.catalog.variants[n], tuple(h)) for n, h in hosts.items() if n in self.catalog.variants
+        ]  # a variant removed meanwhile is not a candidate
         try:
             decision = select_loaded(candidates, plan.rows, plan.scope)
             return decision.variant, decision.worker, decision.reason
@@ -207,8 +218,9 @@ class Router:
         elif choice.prefetch is not None:
             self.placement.prefetch(choice.prefetch)
         if not offline:
-            self.decisions.log_decision("select", choice.reason, variant=chosen.name, worker=worker_name,
-                                        predicted_ms=choice.predicted_ms)  # fmt: skip
+            self.decisions.log_decision(
+                "select", choice.reason, variant=chosen.name, worker=worker_name, predicted_ms=choice.predicted_ms
+            )
         return chosen, worker_name, choice.reason, choice.predicted_ms, choice.cost_per_1k, learn
 
     def _slot(self, worker: WorkerHandle, name: str) -> Slot:
@@ -254,34 +266,57 @@ class Router:
             wait = self.settings.request_timeout_s
         try:
             async with asyncio.timeout(wait):
-                return await route.worker.infer(route.variant.name, inputs, plan.rows, plan.deadline,
-                                                drop_late, offline)  # fmt: skip
+                return await route.worker.infer(
+                    route.variant.name, inputs, plan.rows, plan.deadline, drop_late, offline
+                )
         except TimeoutError:
-            raise DeadlineExceeded(f"no answer from worker {route.worker.name} by the request's deadline "
-                                   f"({plan.deadline_source}); the request was cancelled there") from None  # fmt: skip
+            raise DeadlineExceeded(
+                f"no answer from worker {route.worker.name} by the request's deadline "
+                f"({plan.deadline_source}); the request was cancelled there"
+            ) from None
 
     def _respond(self, req: InferRequest, plan: Plan, route: Route, result: WorkerResult, start: int) -> InferResponse:
         total_ns = time.perf_counter_ns() - start
         var, rows, worker = route.variant, plan.rows, route.worker
-        self.metrics.success(req.model, var.name, rows, total_ns, result.queue_ns,
-                             result.compute_ns, result.batch_size, result.batch_pos == 0)  # fmt: skip
+        self.metrics.success(
+            req.model,
+            var.name,
+            rows,
+            total_ns,
+            result.queue_ns,
+            result.compute_ns,
+            result.batch_size,
+            result.batch_pos == 0,
+        )
         self.latency.answered(
-            (worker.name, var.name), total_ms=total_ns / 1e6, queue_ms=result.queue_ns / 1e6,
-            compute_ms=result.compute_ns / 1e6, batch_size=result.batch_size, predicted_ms=route.predicted_ms,
-            from_slot=route.learn, profile=self.catalog.profiles.get(var.name),
+            (worker.name, var.name),
+            total_ms=total_ns / 1e6,
+            queue_ms=result.queue_ns / 1e6,
+            compute_ms=result.compute_ns / 1e6,
+            batch_size=result.batch_size,
+            predicted_ms=route.predicted_ms,
+            from_slot=route.learn,
+            profile=self.catalog.profiles.get(var.name),
             alone=not any(w != var.name and worker.rows_in_flight(w) for w in worker.loaded_names()),
-        )  # fmt: skip
+        )
         params = {
-            "variant": var.name, "architecture": var.architecture, "worker": worker.name,
-            "reason": route.reason, "accuracy": var.accuracy, "accuracy_source": var.accuracy_source,
+            "variant": var.name,
+            "architecture": var.architecture,
+            "worker": worker.name,
+            "reason": route.reason,
+            "accuracy": var.accuracy,
+            "accuracy_source": var.accuracy_source,
             "predicted_ms": None if route.predicted_ms is None else round(route.predicted_ms, 3),
             "cost_usd": None if route.cost_per_1k is None else route.cost_per_1k / 1000 * rows,
-            "queue_ms": round(result.queue_ns / 1e6, 3), "compute_ms": round(result.compute_ns / 1e6, 3),
-            "batch_size": result.batch_size, "total_ms": round(total_ns / 1e6, 3),
-        }  # fmt: skip
+            "queue_ms": round(result.queue_ns / 1e6, 3),
+            "compute_ms": round(result.compute_ns / 1e6, 3),
+            "batch_size": result.batch_size,
+            "total_ms": round(total_ns / 1e6, 3),
+        }
         version = var.short_name if not plan.scope.startswith("task") else var.name
-        return InferResponse(req.model, version, _outputs(req, plan, result), req.id,
-                             {k: v for k, v in params.items() if v is not None})  # fmt: skip
+        return InferResponse(
+            req.model, version, _outputs(req, plan, result), req.id, {k: v for k, v in params.items() if v is not None}
+        )
 
 
 def _outputs(req: InferRequest, plan: Plan, result: WorkerResult) -> list[InferOutput]:

@@ -40,7 +40,10 @@ def batch_sizes(max_batch: int) -> list[int]:
 
 
 def generate_artifacts(
-    registry: Registry, arch: Architecture, *, gpu: bool = False,
+    registry: Registry,
+    arch: Architecture,
+    *,
+    gpu: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[Artifact], list[Skipped]]:
     """Build every format of ``arch`` with its default recipe and store it; returns the artifacts and
@@ -67,8 +70,14 @@ def generate_artifacts(
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
             fp16 = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-            artifacts.append(Artifact("onnx-fp16", registry.models.put_bytes(fp16.SerializeToString(), ".onnx"),
-                                      "fp16", {"keep_io_types": True}))  # fmt: skip
+            artifacts.append(
+                Artifact(
+                    "onnx-fp16",
+                    registry.models.put_bytes(fp16.SerializeToString(), ".onnx"),
+                    "fp16",
+                    {"keep_io_types": True},
+                )
+            )
         except Exception as exc:
             skipped.append(Skipped("onnx-fp16", f"conversion failed: {exc}"))
     return artifacts, skipped
@@ -84,8 +93,9 @@ def cuda_available() -> bool:
 GPU_FORMATS = ("onnx-fp32", "onnx-fp16")  # QDQ INT8 runs poorly on plain CUDA (TensorRT territory)
 
 
-def plan_variants(arch: Architecture, artifacts: list[Artifact], max_threads: int, max_batch: int,
-                  gpu: bool = False) -> list[Variant]:  # fmt: skip
+def plan_variants(
+    arch: Architecture, artifacts: list[Artifact], max_threads: int, max_batch: int, gpu: bool = False
+) -> list[Variant]:
     """Every (format, provider, threads, max batch) combination, as pending variants: CPU formats
     at 1, 2 … ``max_threads`` threads; with a GPU, fp32 and fp16 on CUDA (one host thread)."""
     baseline = variant_name(arch.name, "onnx-fp32", "cpu", max_threads, max_batch)
@@ -96,10 +106,22 @@ def plan_variants(arch: Architecture, artifacts: list[Artifact], max_threads: in
     for art, provider, threads in configs:
         for mb in batch_sizes(max_batch):
             name = variant_name(arch.name, art.format, provider, threads, mb)
-            variants.append(Variant(
-                name=name, architecture=arch.name, format=art.format, provider=provider, threads=threads,
-                max_batch=mb, artifact_hash=art.key, parent=None if name == baseline else baseline,
-                method=art.method if name != baseline else "baseline", params=art.params,
-                accuracy=None, accuracy_source="unknown", status="pending", reason="waiting to be profiled",
-            ))  # fmt: skip
+            variants.append(
+                Variant(
+                    name=name,
+                    architecture=arch.name,
+                    format=art.format,
+                    provider=provider,
+                    threads=threads,
+                    max_batch=mb,
+                    artifact_hash=art.key,
+                    parent=None if name == baseline else baseline,
+                    method=art.method if name != baseline else "baseline",
+                    params=art.params,
+                    accuracy=None,
+                    accuracy_source="unknown",
+                    status="pending",
+                    reason="waiting to be profiled",
+                )
+            )
     return variants

@@ -18,7 +18,6 @@ QUANTIZABLE_OPS = {"Conv", "MatMul", "Gemm", "ConvTranspose", "Gather", "Attenti
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # the weight-bearing ops (recipe "ops": "compute")
 
 
-
 def _has_quantizable_ops(model_path: Path) -> bool:
     import onnx
 
@@ -30,8 +29,19 @@ def _quantized_something(path: Path) -> bool:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    return any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-                             "QLinearConv", "QLinearMatMul", "DequantizeLinear") for n in graph.node)  # fmt: skip
+    return any(
+        n.op_type
+        in (
+            "QuantizeLinear",
+            "DynamicQuantizeLinear",
+            "MatMulInteger",
+            "ConvInteger",
+            "QLinearConv",
+            "QLinearMatMul",
+            "DequantizeLinear",
+        )
+        for n in graph.node
+    )
 
 
 class _QuietQuantizer(logging.Filter):
@@ -44,17 +54,29 @@ class _QuietQuantizer(logging.Filter):
 # The default recipe of each quantized format; the search (``search_recipes``) varies one choice at a
 # time from it, then keeps the most sensitive nodes in fp32.
 DEFAULT_RECIPES: dict[str, dict] = {
-    "onnx-int8-static": {"calibrate": "MinMax", "activation": "QUInt8", "weight": "QInt8", "per_channel": True,
-                         "reduce_range": False, "ops": "all", "exclude": []},
+    "onnx-int8-static": {
+        "calibrate": "MinMax",
+        "activation": "QUInt8",
+        "weight": "QInt8",
+        "per_channel": True,
+        "reduce_range": False,
+        "ops": "all",
+        "exclude": [],
+    },
     "onnx-int8-dynamic": {"weight": "QUInt8", "per_channel": False, "reduce_range": False, "exclude": []},
-}  # fmt: skip
+}
 SEARCH_STEPS: dict[str, list[dict]] = {
     "onnx-int8-static": [
-        {"ops": "compute"}, {"reduce_range": True}, {"activation": "QInt8"}, {"calibrate": "Percentile"},
-        {"calibrate": "Entropy"}, {"activation": "QUInt8", "weight": "QUInt8"}, {"per_channel": False},
+        {"ops": "compute"},
+        {"reduce_range": True},
+        {"activation": "QInt8"},
+        {"calibrate": "Percentile"},
+        {"calibrate": "Entropy"},
+        {"activation": "QUInt8", "weight": "QUInt8"},
+        {"per_channel": False},
     ],
     "onnx-int8-dynamic": [{"weight": "QInt8"}, {"per_channel": True}, {"reduce_range": True}],
-}  # fmt: skip
+}
 
 
 def describe_recipe(recipe: dict) -> str:
@@ -142,8 +164,12 @@ class Quantizer:
         if (why := self.why_not(fmt)) is not None:
             raise ValueError(why)
         out = self.dir / f"q{len(list(self.dir.iterdir()))}.onnx"
-        common = {"per_channel": recipe["per_channel"], "reduce_range": recipe["reduce_range"],
-                  "weight_type": QuantType[recipe["weight"]], "nodes_to_exclude": list(recipe["exclude"]) or None}  # fmt: skip
+        common = {
+            "per_channel": recipe["per_channel"],
+            "reduce_range": recipe["reduce_range"],
+            "weight_type": QuantType[recipe["weight"]],
+            "nodes_to_exclude": list(recipe["exclude"]) or None,
+        }
         extra_done: dict = {}
         if fmt == "onnx-int8-dynamic":
             self.say(f"{fmt}: quantizing weights ({describe_recipe(recipe)})")
@@ -171,21 +197,28 @@ class Quantizer:
             errors = []
             for extra in ({}, {"QDQDisableWeightAdjustForInt32Bias": True}):
                 try:
-                    quantize_static(str(self.pre()), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                                    activation_type=QuantType[recipe["activation"]],
-                                    calibrate_method=CalibrationMethod[
-                                        "MinMax" if overrides else recipe["calibrate"]],
-                                    extra_options={**extra, **overrides},
-                                    op_types_to_quantize=list(COMPUTE_OPS) if recipe.get("ops") == "compute" else None,
-                                    **common)  # fmt: skip
+                    quantize_static(
+                        str(self.pre()),
+                        str(out),
+                        Reader(),
+                        quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType[recipe["activation"]],
+                        calibrate_method=CalibrationMethod["MinMax" if overrides else recipe["calibrate"]],
+                        extra_options={**extra, **overrides},
+                        op_types_to_quantize=list(COMPUTE_OPS) if recipe.get("ops") == "compute" else None,
+                        **common,
+                    )
                     extra_done = extra
                     break
                 except Exception as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
             else:
                 raise ValueError(f"quantization failed: {'; '.join(errors)}")
-            extra_done = {**extra_done, "calibration_rows": rows,
-                          "calibrated_on": "calibration" if self.arch.calibration_hash else "validation"}  # fmt: skip
+            extra_done = {
+                **extra_done,
+                "calibration_rows": rows,
+                "calibrated_on": "calibration" if self.arch.calibration_hash else "validation",
+            }
             method = "int8-mixed" if recipe["exclude"] else "int8-static"
         if not _quantized_something(out):
             raise ValueError("the quantizer left the graph unchanged")
@@ -203,9 +236,13 @@ class Quantizer:
         from onnxruntime.quantization.calibrate import create_calibrator
 
         ops = list(COMPUTE_OPS) if recipe.get("ops") == "compute" else None
-        calibrator = create_calibrator(self.pre(), ops, augmented_model_path=str(self.dir / "augmented.onnx"),
-                                       calibrate_method=CalibrationMethod.Entropy,
-                                       extra_options={"num_bins": 2048, "num_quantized_bins": 128})  # fmt: skip
+        calibrator = create_calibrator(
+            self.pre(),
+            ops,
+            augmented_model_path=str(self.dir / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.Entropy,
+            extra_options={"num_bins": 2048, "num_quantized_bins": 128},
+        )
         calibrator.collect_data(reader)
         ranges = calibrator.compute_data()
         overrides = {}
@@ -235,8 +272,11 @@ class Quantizer:
         quant_model = onnx.load(str(self.registry.models.path(artifact.key)))
         consts = {i.name: numpy_helper.to_array(i) for i in quant_model.graph.initializer}
         # float tensor -> the QuantizeLinear that quantizes it (scale and zero point constant)
-        quantized = {n.input[0]: n for n in quant_model.graph.node
-                     if n.op_type == "QuantizeLinear" and all(t in consts for t in n.input[1:3])}  # fmt: skip
+        quantized = {
+            n.input[0]: n
+            for n in quant_model.graph.node
+            if n.op_type == "QuantizeLinear" and all(t in consts for t in n.input[1:3])
+        }
         producer = {o: n for n in float_model.graph.node for o in n.output}
         groups: list[tuple[list[str], str, set[str]]] = []  # (node names, output, quantized inputs)
         for node in float_model.graph.node:
@@ -270,8 +310,9 @@ class Quantizer:
             return {names[t]: v for t, v in zip(wanted, session.run(wanted, x), strict=True)}
 
         f = run(float_model, {t: t for t in watched}, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        q_raw = run(quant_model, {quantized[t].output[0]: t for t in watched},
-                    ort.GraphOptimizationLevel.ORT_ENABLE_ALL)  # fmt: skip
+        q_raw = run(
+            quant_model, {quantized[t].output[0]: t for t in watched}, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        )
         q = {}
         for t, v in q_raw.items():
             node = quantized[t]
@@ -284,5 +325,7 @@ class Quantizer:
             a = f[t].astype(np.float64)
             return float(np.linalg.norm(a - q[t]) / max(np.linalg.norm(a), 1e-12))
 
-        scores = [(tuple(names), err(out) - max((err(t) for t in inputs), default=0.0)) for names, out, inputs in groups]
+        scores = [
+            (tuple(names), err(out) - max((err(t) for t in inputs), default=0.0)) for names, out, inputs in groups
+        ]
         return sorted((s for s in scores if s[1] > 0), key=lambda s: -s[1])

@@ -132,27 +132,40 @@ class BatchQueue:
         total = full * self.predict_s(self.max_batch) + (self.predict_s(rest) if rest else 0.0)
         return total / self.instances
 
-    def admit(self, rows: int, nbytes: int, deadline: float | None, now: float, offline: bool = False,
-              busy_s: float = 0.0) -> Refusal | None:  # fmt: skip
+    def admit(
+        self, rows: int, nbytes: int, deadline: float | None, now: float, offline: bool = False, busy_s: float = 0.0
+    ) -> Refusal | None:
         """None if a request of ``rows`` can join the queue; else why not. ``busy_s``: time until an
         instance frees up from the batch it is running."""
         if self.max_bytes is not None and self.bytes_queued + nbytes > self.max_bytes and self._queue:
-            return Refusal(f"queue holds {self.bytes_queued} bytes of tensors (bound {self.max_bytes})",
-                           self.work_s(self.rows_queued) + busy_s)  # fmt: skip
+            return Refusal(
+                f"queue holds {self.bytes_queued} bytes of tensors (bound {self.max_bytes})",
+                self.work_s(self.rows_queued) + busy_s,
+            )
         if not self.admission:
             return None
         ahead = self.rows_queued if offline else self.rows_queued - self.offline_rows_queued
         wait = busy_s + self.work_s(ahead + rows)
         if self.max_wait_s is not None and ahead and wait > self.max_wait_s:
-            return Refusal(f"queue holds {ahead} rows, {wait * 1000:.0f} ms of work, past its bound of "
-                           f"{self.max_wait_s * 1000:.0f} ms", wait - self.max_wait_s)  # fmt: skip
+            return Refusal(
+                f"queue holds {ahead} rows, {wait * 1000:.0f} ms of work, past its bound of "
+                f"{self.max_wait_s * 1000:.0f} ms",
+                wait - self.max_wait_s,
+            )
         if deadline is not None and now + wait > deadline:
             left = max(0.0, deadline - now)
             if not ahead and not busy_s:
-                return Refusal(f"its batch of {rows} rows takes about {wait * 1000:.1f} ms, "
-                               f"{left * 1000:.1f} ms left before its deadline", 0.0, overloaded=False)  # fmt: skip
-            return Refusal(f"{ahead} rows queued ahead: about {wait * 1000:.0f} ms to finish, "
-                           f"{left * 1000:.0f} ms left before its deadline", max(0.0, wait - left))  # fmt: skip
+                return Refusal(
+                    f"its batch of {rows} rows takes about {wait * 1000:.1f} ms, "
+                    f"{left * 1000:.1f} ms left before its deadline",
+                    0.0,
+                    overloaded=False,
+                )
+            return Refusal(
+                f"{ahead} rows queued ahead: about {wait * 1000:.0f} ms to finish, "
+                f"{left * 1000:.0f} ms left before its deadline",
+                max(0.0, wait - left),
+            )
         return None
 
     def cancel(self, key: Any) -> Pending | None:

@@ -41,8 +41,10 @@ class VariantExecutor:
         self.cancelled = 0
         self._running_until: dict[int, float] = {}  # instance -> when its batch should end
         self.latencies_ms: list[float] = []  # online, end to end in this worker, since the last stats
-        self.threads = [threading.Thread(target=self._loop, args=(i, rt), name=f"exec-{name}-{i}", daemon=True)
-                        for i, rt in enumerate(runtimes)]  # fmt: skip
+        self.threads = [
+            threading.Thread(target=self._loop, args=(i, rt), name=f"exec-{name}-{i}", daemon=True)
+            for i, rt in enumerate(runtimes)
+        ]
         for t in self.threads:
             t.start()
 
@@ -54,8 +56,7 @@ class VariantExecutor:
             else:
                 self.arrived_rows += item.rows
             now = time.monotonic()
-            refusal = self.queue.admit(item.rows, item.nbytes, item.deadline, now, item.offline,
-                                       self._busy_s(now))  # fmt: skip
+            refusal = self.queue.admit(item.rows, item.nbytes, item.deadline, now, item.offline, self._busy_s(now))
             if refusal is None:
                 self.queue.put(item, running=bool(self._running_until))
                 self.cond.notify()
@@ -64,8 +65,10 @@ class VariantExecutor:
         if refusal.overloaded:
             self._fail(item, Overloaded(f"{self.name} is overloaded: {refusal.reason}", refusal.retry_after_s))
         else:
-            self._fail(item, DeadlineExceeded(f"request refused by {self.name}: it cannot meet its deadline "
-                                              f"({refusal.reason})"))  # fmt: skip
+            self._fail(
+                item,
+                DeadlineExceeded(f"request refused by {self.name}: it cannot meet its deadline ({refusal.reason})"),
+            )
 
     def cancel(self, key: int) -> None:
         """The caller gave up: drop the request if it is still queued (a running batch finishes)."""
@@ -102,8 +105,9 @@ class VariantExecutor:
                     formed = self.queue.next(now)
                     self.expired += len(formed.expired)
                     for item in formed.expired:
-                        self._fail(item, DeadlineExceeded(
-                            f"request dropped by {self.name}: it could not meet its deadline"))  # fmt: skip
+                        self._fail(
+                            item, DeadlineExceeded(f"request dropped by {self.name}: it could not meet its deadline")
+                        )
                     if formed.batch:
                         self._running_until[index] = now + self.queue.predict_s(formed.rows)
                         if len(self.queue):
@@ -123,10 +127,7 @@ class VariantExecutor:
             if len(batch) == 1:
                 inputs = batch[0].payload
             else:
-                inputs = {
-                    name: np.concatenate([p.payload[name] for p in batch], axis=0)
-                    for name in batch[0].payload
-                }
+                inputs = {name: np.concatenate([p.payload[name] for p in batch], axis=0) for name in batch[0].payload}
             outputs = infer_checked(runtime, inputs, rows)
         except Exception as exc:  # a failed batch fails its requests, not the worker
             for item in batch:
@@ -148,12 +149,25 @@ class VariantExecutor:
         for pos, item in enumerate(batch):
             part = {k: v[offset : offset + item.rows] for k, v in outputs.items()}
             offset += item.rows
-            self.channel.send({
-                "id": item.key, "ok": True, "outputs": part,
-                "queue_ns": int((start - item.arrival) * 1e9), "compute_ns": compute_ns,
-                "batch_size": rows, "batch_pos": pos,
-            })  # fmt: skip
+            self.channel.send(
+                {
+                    "id": item.key,
+                    "ok": True,
+                    "outputs": part,
+                    "queue_ns": int((start - item.arrival) * 1e9),
+                    "compute_ns": compute_ns,
+                    "batch_size": rows,
+                    "batch_pos": pos,
+                }
+            )
 
     def _fail(self, item: Pending, exc: BaseException) -> None:
-        self.channel.send({"id": item.key, "ok": False, "error": str(exc) or repr(exc),
-                           "kind": type(exc).__name__, "retry_after_s": getattr(exc, "retry_after_s", None)})  # fmt: skip
+        self.channel.send(
+            {
+                "id": item.key,
+                "ok": False,
+                "error": str(exc) or repr(exc),
+                "kind": type(exc).__name__,
+                "retry_after_s": getattr(exc, "retry_after_s", None),
+            }
+        )

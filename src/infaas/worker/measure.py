@@ -51,8 +51,10 @@ def verify_artifact(path: str, sha256: str) -> None:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != sha256:
-        raise ArtifactCorrupt(f"{path} does not match its hash (sha256 {digest.hexdigest()[:12]}…, "
-                              f"stored as {sha256[:12]}…): the model store is corrupt, re-register the model")  # fmt: skip
+        raise ArtifactCorrupt(
+            f"{path} does not match its hash (sha256 {digest.hexdigest()[:12]}…, "
+            f"stored as {sha256[:12]}…): the model store is corrupt, re-register the model"
+        )
 
 
 def warm_up(runtime: OnnxRuntime) -> None:

@@ -68,24 +68,44 @@ class Worker:
     def _infer(self, msg: dict) -> None:
         executor = self.variants.get(msg["variant"])
         if executor is None:
-            self.channel.send({"id": msg["id"], "ok": False, "kind": "Unavailable",
-                               "error": f"variant {msg['variant']} is not loaded on this worker"})  # fmt: skip
+            self.channel.send(
+                {
+                    "id": msg["id"],
+                    "ok": False,
+                    "kind": "Unavailable",
+                    "error": f"variant {msg['variant']} is not loaded on this worker",
+                }
+            )
             return
         inputs = msg["inputs"]
-        executor.submit(Pending(
-            key=msg["id"], rows=msg["rows"], arrival=msg.get("arrival") or time.monotonic(),
-            shape_key=tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items()),
-            deadline=msg.get("deadline"), drop_late=msg.get("drop_late", True), payload=inputs,
-            offline=msg.get("offline", False), nbytes=sum(v.nbytes for v in inputs.values()),
-        ))  # fmt: skip
+        executor.submit(
+            Pending(
+                key=msg["id"],
+                rows=msg["rows"],
+                arrival=msg.get("arrival") or time.monotonic(),
+                shape_key=tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items()),
+                deadline=msg.get("deadline"),
+                drop_late=msg.get("drop_late", True),
+                payload=inputs,
+                offline=msg.get("offline", False),
+                nbytes=sum(v.nbytes for v in inputs.values()),
+            )
+        )
 
     def _control(self, msg: dict) -> None:
         try:
             result = getattr(self, "_op_" + msg["op"])(msg)
             self.channel.send({"id": msg["id"], "ok": True, "result": result})
         except Exception as exc:
-            self.channel.send({"id": msg["id"], "ok": False, "kind": type(exc).__name__,
-                               "error": f"{exc}", "trace": traceback.format_exc(limit=5)})  # fmt: skip
+            self.channel.send(
+                {
+                    "id": msg["id"],
+                    "ok": False,
+                    "kind": type(exc).__name__,
+                    "error": f"{exc}",
+                    "trace": traceback.format_exc(limit=5),
+                }
+            )
 
     def _op_load(self, msg: dict) -> dict:
         name = msg["variant"]
@@ -97,9 +117,11 @@ class Worker:
         runtimes = []
         for _ in range(instances):
             runtime = OnnxRuntime(
-                msg["path"], threads=max(1, min(msg.get("threads", self.threads), self.threads // instances)),
-                provider=msg.get("provider", "cpu"), allow_spinning=self.allow_spinning,
-            )  # fmt: skip
+                msg["path"],
+                threads=max(1, min(msg.get("threads", self.threads), self.threads // instances)),
+                provider=msg.get("provider", "cpu"),
+                allow_spinning=self.allow_spinning,
+            )
             runtime.load()
             runtimes.append(runtime)
         max_batch = msg.get("max_batch", 16)
@@ -118,20 +140,35 @@ class Worker:
             slope, intercept = linear_fit(sorted(timings), [timings[b] * 1000 for b in sorted(timings)])
         # batch times as this worker runs them: its calibration at load (this process, these threads),
         # else the profile's fit; never zero (Profile.predict_ms)
-        model = Profile(variant=name, hardware="", fit_slope_ms=slope, fit_intercept_ms=intercept,
-                        latency_p50_ms={b: t * 1000 for b, t in timings.items()})  # fmt: skip
-        queue = BatchQueue(preferred, max_delay_s=msg.get("max_delay_s", 0.0),
-                           predict_s=lambda rows: model.predict_ms(rows) / 1000, slo_wait=True,
-                           max_wait_s=msg.get("max_queue_s"), max_bytes=msg.get("max_queue_bytes"),
-                           admission=msg.get("admission", True),
-                           instances=instances)  # fmt: skip
+        model = Profile(
+            variant=name,
+            hardware="",
+            fit_slope_ms=slope,
+            fit_intercept_ms=intercept,
+            latency_p50_ms={b: t * 1000 for b, t in timings.items()},
+        )
+        queue = BatchQueue(
+            preferred,
+            max_delay_s=msg.get("max_delay_s", 0.0),
+            predict_s=lambda rows: model.predict_ms(rows) / 1000,
+            slo_wait=True,
+            max_wait_s=msg.get("max_queue_s"),
+            max_bytes=msg.get("max_queue_bytes"),
+            admission=msg.get("admission", True),
+            instances=instances,
+        )
         for runtime in runtimes:  # what the calibration's large batches held goes back to the system
             runtime.release_memory()
         trim()
         self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel)
-        return {"load_time_s": sum(r.load_time_s for r in runtimes) / instances, "instances": instances,
-                "threads": runtimes[0].threads, "preferred_batch": preferred, "timed": timed,
-                "batch_ms": {b: round(t * 1000, 3) for b, t in timings.items()}}  # fmt: skip
+        return {
+            "load_time_s": sum(r.load_time_s for r in runtimes) / instances,
+            "instances": instances,
+            "threads": runtimes[0].threads,
+            "preferred_batch": preferred,
+            "timed": timed,
+            "batch_ms": {b: round(t * 1000, 3) for b, t in timings.items()},
+        }
 
     def _op_unload(self, msg: dict) -> dict:
         executor = self.variants.pop(msg["variant"], None)
@@ -152,18 +189,32 @@ class Worker:
             with e.cond:
                 lat, e.latencies_ms = e.latencies_ms, []
                 variants[name] = {
-                    "queued": len(e.queue), "queued_rows": e.queue.rows_queued, "served": e.served,
-                    "batches": e.batches, "busy_s": e.busy_s, "offline_busy_s": e.offline_busy_s,
-                    "instances": len(e.runtimes), "refused": e.refused, "expired": e.expired,
-                    "cancelled": e.cancelled, "scale": round(e.queue.scale, 3),
-                    "arrived_rows": e.arrived_rows, "offline_rows": e.offline_rows,
+                    "queued": len(e.queue),
+                    "queued_rows": e.queue.rows_queued,
+                    "served": e.served,
+                    "batches": e.batches,
+                    "busy_s": e.busy_s,
+                    "offline_busy_s": e.offline_busy_s,
+                    "instances": len(e.runtimes),
+                    "refused": e.refused,
+                    "expired": e.expired,
+                    "cancelled": e.cancelled,
+                    "scale": round(e.queue.scale, 3),
+                    "arrived_rows": e.arrived_rows,
+                    "offline_rows": e.offline_rows,
                     "completed_rows": e.completed_rows,
                     "p50_ms": float(np.percentile(lat, 50)) if lat else None,
                     "p99_ms": float(np.percentile(lat, 99)) if lat else None,
-                }  # fmt: skip
-        return {"pid": os.getpid(), "rss_mb": rss_mb(), "uptime_s": time.time() - self.started,
-                "time": time.monotonic(), "cpu_s": sum(os.times()[:2]), "cores": self.threads,
-                "variants": variants}  # fmt: skip
+                }
+        return {
+            "pid": os.getpid(),
+            "rss_mb": rss_mb(),
+            "uptime_s": time.time() - self.started,
+            "time": time.monotonic(),
+            "cpu_s": sum(os.times()[:2]),
+            "cores": self.threads,
+            "variants": variants,
+        }
 
     def _op_profile(self, msg: dict) -> dict:
         """Measure one (artifact, threads) configuration in this process: load time, memory, latency at
@@ -172,8 +223,12 @@ class Worker:
         import onnxruntime  # noqa: F401  (imported before the baseline, so only the variant is counted)
 
         rss_before = rss_mb()
-        runtime = OnnxRuntime(msg["path"], threads=min(msg["threads"], self.threads),
-                              provider=msg.get("provider", "cpu"), allow_spinning=self.allow_spinning)  # fmt: skip
+        runtime = OnnxRuntime(
+            msg["path"],
+            threads=min(msg["threads"], self.threads),
+            provider=msg.get("provider", "cpu"),
+            allow_spinning=self.allow_spinning,
+        )
         runtime.load()
         rss_loaded = rss_mb()
         inputs: dict[str, np.ndarray] = msg["inputs"]
@@ -203,9 +258,11 @@ class Worker:
         metric = msg.get("evaluate")
         best = max(b / float(np.median(runs)) * 1000 for b, runs in latency.items())
         if metric and best < msg.get("evaluate_min_throughput", 0.0):
-            result["not_evaluated"] = (f"not evaluated: {best:.0f} rows/s at its best batch, under the "
-                                       f"{msg['evaluate_min_throughput']:.0f} it would need to beat its parent "
-                                       "(half its parent's throughput)")  # fmt: skip
+            result["not_evaluated"] = (
+                f"not evaluated: {best:.0f} rows/s at its best batch, under the "
+                f"{msg['evaluate_min_throughput']:.0f} it would need to beat its parent "
+                "(half its parent's throughput)"
+            )
         elif metric:
             merged = self._answers(runtime, inputs, max(msg["batches"]))
             result.update(answers(merged, msg["signature"], metric))
@@ -218,8 +275,9 @@ class Worker:
         n = len(next(iter(inputs.values())))
         outs: dict[str, list] = {}
         for start in range(0, n, chunk):
-            part = infer_checked(runtime, {k: v[start : start + chunk] for k, v in inputs.items()},
-                                 min(chunk, n - start))  # fmt: skip
+            part = infer_checked(
+                runtime, {k: v[start : start + chunk] for k, v in inputs.items()}, min(chunk, n - start)
+            )
             for k, v in part.items():
                 outs.setdefault(k, []).append(v)
         return {k: np.concatenate(v) for k, v in outs.items()}
@@ -228,8 +286,9 @@ class Worker:
         """Top-1 answers of a model file on the given inputs, in chunks (accuracy at registration)."""
         from infaas.registry.onnxinfo import predicted_labels
 
-        runtime = OnnxRuntime(msg["path"], threads=min(msg.get("threads", 1), self.threads),
-                              allow_spinning=self.allow_spinning)  # fmt: skip
+        runtime = OnnxRuntime(
+            msg["path"], threads=min(msg.get("threads", 1), self.threads), allow_spinning=self.allow_spinning
+        )
         runtime.load()
         try:
             inputs: dict[str, np.ndarray] = msg["inputs"]

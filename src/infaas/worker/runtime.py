@@ -19,8 +19,7 @@ class Runtime(Protocol):
     def metadata(self) -> dict: ...
 
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "tensorrt": "TensorrtExecutionProvider"}  # fmt: skip
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
 class OnnxRuntime:
@@ -56,9 +55,7 @@ class OnnxRuntime:
             if self.graph_optimization
             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
-        opts.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if self.allow_spinning else "0"
-        )
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
         opts.log_severity_level = 3
         providers = [PROVIDERS[self.provider]] + (["CPUExecutionProvider"] if self.provider != "cpu" else [])
         self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
@@ -109,8 +106,12 @@ class OnnxRuntime:
         return out
 
     def metadata(self) -> dict:
-        return {"path": str(self.path), "threads": self.threads, "provider": self.provider,
-                "load_time_s": self.load_time_s}  # fmt: skip
+        return {
+            "path": str(self.path),
+            "threads": self.threads,
+            "provider": self.provider,
+            "load_time_s": self.load_time_s,
+        }
 
 
 def infer_checked(runtime: Runtime, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:

@@ -38,12 +38,13 @@ def _estimators(seed: int):
 
     return {
         "digits-logreg": (LogisticRegression(max_iter=2000, C=0.05), "logistic regression"),
-        "digits-mlp": (MLPClassifier(hidden_layer_sizes=(128,), max_iter=600, random_state=seed),
-                       "multi-layer perceptron, one hidden layer of 128"),
-        "digits-tree": (DecisionTreeClassifier(max_depth=3, random_state=seed),
-                        "decision tree, depth 3"),
+        "digits-mlp": (
+            MLPClassifier(hidden_layer_sizes=(128,), max_iter=600, random_state=seed),
+            "multi-layer perceptron, one hidden layer of 128",
+        ),
+        "digits-tree": (DecisionTreeClassifier(max_depth=3, random_state=seed), "decision tree, depth 3"),
         "digits-nb": (GaussianNB(), "Gaussian naive Bayes"),
-    }  # fmt: skip
+    }
 
 
 def split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -51,8 +52,7 @@ def split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
-    return train_test_split(x.astype(np.float32), y.astype(np.int64), test_size=0.3,
-                            random_state=seed, stratify=y)  # fmt: skip
+    return train_test_split(x.astype(np.float32), y.astype(np.int64), test_size=0.3, random_state=seed, stratify=y)
 
 
 def validation_npz(x: np.ndarray, y: np.ndarray) -> bytes:
@@ -71,8 +71,12 @@ def build(seed: int = 0) -> list[ZooModel]:
     models = []
     for name, (est, desc) in _estimators(seed).items():
         est.fit(x_train, y_train)
-        onx = to_onnx(est, initial_types=[(INPUT, FloatTensorType([None, 64]))],
-                      options={id(est): {"zipmap": False}}, target_opset=17)  # fmt: skip
+        onx = to_onnx(
+            est,
+            initial_types=[(INPUT, FloatTensorType([None, 64]))],
+            options={id(est): {"zipmap": False}},
+            target_opset=17,
+        )
         # skl2onnx names the outputs 'label' and 'probabilities'
         models.append(ZooModel(name, TASK, onx.SerializeToString(), validation=val, description=desc))
     return models
@@ -89,16 +93,22 @@ def _random_features(channels: int, layers: int, seed: int) -> tuple[list, list]
         w = rng.normal(0, np.sqrt(2 / (9 * width)), (channels, width, 3, 3)).astype(np.float32)
         convs.append((w, rng.normal(0, 0.05, channels).astype(np.float32)))
         width = channels
-    inits = [numpy_helper.from_array(np.array(1 / 16, np.float32), "scale"),
-             numpy_helper.from_array(np.array([-1, 1, 8, 8], np.int64), "image"),
-             numpy_helper.from_array(np.array([0, -1], np.int64), "flat")]  # fmt: skip
+    inits = [
+        numpy_helper.from_array(np.array(1 / 16, np.float32), "scale"),
+        numpy_helper.from_array(np.array([-1, 1, 8, 8], np.int64), "image"),
+        numpy_helper.from_array(np.array([0, -1], np.int64), "flat"),
+    ]
     nodes = [helper.make_node("Mul", [INPUT, "scale"], ["x"]), helper.make_node("Reshape", ["x", "image"], ["h0"])]
     for i, (w, b) in enumerate(convs):
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-        nodes += [helper.make_node("Conv", [f"h{i}", f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"])]  # fmt: skip
-    nodes += [helper.make_node("AveragePool", [f"h{layers}"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
-              helper.make_node("Reshape", ["pooled", "flat"], ["features"])]  # fmt: skip
+        nodes += [
+            helper.make_node("Conv", [f"h{i}", f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"]),
+        ]
+    nodes += [
+        helper.make_node("AveragePool", [f"h{layers}"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Reshape", ["pooled", "flat"], ["features"]),
+    ]
     return nodes, inits
 
 
@@ -118,9 +128,16 @@ def heavy(channels: int = 256, layers: int = 5, seed: int = 0) -> ZooModel:
     nodes, inits = _random_features(channels, layers, seed)
 
     def graph(outputs, extra_nodes, extra_inits, name):
-        return helper.make_model(helper.make_graph(
-            nodes + extra_nodes, name, [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [None, 64])],
-            outputs, inits + extra_inits), opset_imports=[helper.make_opsetid("", 17)])  # fmt: skip
+        return helper.make_model(
+            helper.make_graph(
+                nodes + extra_nodes,
+                name,
+                [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [None, 64])],
+                outputs,
+                inits + extra_inits,
+            ),
+            opset_imports=[helper.make_opsetid("", 17)],
+        )
 
     import onnxruntime as ort
 
@@ -130,19 +147,31 @@ def heavy(channels: int = 256, layers: int = 5, seed: int = 0) -> ZooModel:
     targets = np.eye(10, dtype=np.float32)[y_train] * 8 - 4  # logits for a confident softmax
     ridge = h.T @ h + 10.0 * np.eye(h.shape[1], dtype=np.float32)
     w_out = np.linalg.solve(ridge, h.T @ targets).astype(np.float32)
-    head = [helper.make_node("MatMul", ["features", "w_out"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
-            helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)]  # fmt: skip
-    model = graph([helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-                   helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 10])],
-                  head, [numpy_helper.from_array(w_out, "w_out")], "digits_conv")  # fmt: skip
+    head = [
+        helper.make_node("MatMul", ["features", "w_out"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    model = graph(
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 10]),
+        ],
+        head,
+        [numpy_helper.from_array(w_out, "w_out")],
+        "digits_conv",
+    )
     onnx.checker.check_model(model)
     calib = io.BytesIO()
     np.savez(calib, inputs=x_train[:256])
-    return ZooModel("digits-conv", TASK, model.SerializeToString(), validation=validation_npz(x_val, y_val),
-                    calibration=calib.getvalue(),
-                    description=f"{layers} random 3x3 convolutions of {channels} channels + ridge read-out "
-                    "(heavy on purpose)")  # fmt: skip
+    return ZooModel(
+        "digits-conv",
+        TASK,
+        model.SerializeToString(),
+        validation=validation_npz(x_val, y_val),
+        calibration=calib.getvalue(),
+        description=f"{layers} random 3x3 convolutions of {channels} channels + ridge read-out (heavy on purpose)",
+    )
 
 
 def sample_inputs(n: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -176,8 +205,15 @@ def prepare_heavy(data_dir: Path | str) -> None:
     model = heavy()
     registry = Registry.open(data_dir)
     try:
-        registry.register(model.name, model.task, model.onnx, validation=model.validation,
-                          calibration=model.calibration, max_batch=16, threads=1)  # fmt: skip
+        registry.register(
+            model.name,
+            model.task,
+            model.onnx,
+            validation=model.validation,
+            calibration=model.calibration,
+            max_batch=16,
+            threads=1,
+        )
         asyncio.run(profile_architecture(registry, model.name, Settings(data_dir=Path(data_dir)), quick=True))
     finally:
         registry.close()

@@ -69,8 +69,10 @@ def _wrapped(name: str):
             # resize of an identity (same kernel and border clamping as F.interpolate). Two MatMuls
             # instead of ONNX Runtime's fp32 cubic Resize, which costs ~16 ms per image, single-threaded.
             eye = torch.eye(side)[None, None]
-            self.register_buffer("resize", F.interpolate(eye, size=(resolution, side), mode="bicubic",
-                                                         align_corners=False)[0, 0].contiguous())  # fmt: skip
+            self.register_buffer(
+                "resize",
+                F.interpolate(eye, size=(resolution, side), mode="bicubic", align_corners=False)[0, 0].contiguous(),
+            )
 
         def forward(self, image):
             x = image.permute(0, 3, 1, 2).float()
@@ -92,10 +94,15 @@ def export(name: str) -> bytes:
     buf = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(
-            module, (dummy,), buf, dynamo=False, opset_version=17,
-            input_names=[INPUT], output_names=[OUTPUT],
+            module,
+            (dummy,),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
             dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-        )  # fmt: skip
+        )
     return buf.getvalue()
 
 
@@ -104,16 +111,35 @@ def build(names: list[str] | None = None) -> list[ZooModel]:
     calibration = calibration_npz()
     for name in names or list(ARCHITECTURES):
         resolution, top1 = ARCHITECTURES[name]
-        models.append(ZooModel(
-            name=name, task=TASK, onnx=export(name), accuracy=top1, max_batch=16, calibration=calibration,
-            description=f"EfficientNet-Lite at {resolution}px, published ImageNet top-1 {top1:.1%}",
-        ))  # fmt: skip
+        models.append(
+            ZooModel(
+                name=name,
+                task=TASK,
+                onnx=export(name),
+                accuracy=top1,
+                max_batch=16,
+                calibration=calibration,
+                description=f"EfficientNet-Lite at {resolution}px, published ImageNet top-1 {top1:.1%}",
+            )
+        )
     return models
 
 
-PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-          "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png", "brick.png", "grass.png",
-          "coins.png", "moon.png")  # fmt: skip
+PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "camera.png",
+    "brick.png",
+    "grass.png",
+    "coins.png",
+    "moon.png",
+)
 
 
 def _photos():

@@ -33,17 +33,106 @@ HIDDEN = 128
 MAX_LEN = 64
 CLS, PAD = 1, 0
 ARCHITECTURES = {"text-encoder-l2": (2, 256), "text-encoder-l4": (4, 512)}  # name: (layers, feed-forward width)
-MODULES = ("abc", "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "cmd", "codecs", "collections",
-           "colorsys", "configparser", "contextlib", "copy", "csv", "datetime", "decimal", "difflib", "dis",
-           "email", "enum", "filecmp", "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext",
-           "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http.client", "imaplib", "inspect", "io",
-           "ipaddress", "itertools", "json", "linecache", "locale", "logging", "lzma", "mailbox", "math",
-           "mimetypes", "operator", "os", "pathlib", "pickle", "pkgutil", "platform", "plistlib", "poplib",
-           "pprint", "queue", "quopri", "random", "re", "sched", "secrets", "selectors", "shelve", "shlex",
-           "shutil", "signal", "smtplib", "socket", "sqlite3", "ssl", "statistics", "string", "struct",
-           "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "trace",
-           "traceback", "turtle", "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings",
-           "wave", "weakref", "webbrowser", "xml.dom.minidom", "xml.etree.ElementTree", "zipfile", "zlib")  # fmt: skip
+MODULES = (
+    "abc",
+    "argparse",
+    "ast",
+    "asyncio",
+    "base64",
+    "bisect",
+    "calendar",
+    "cmd",
+    "codecs",
+    "collections",
+    "colorsys",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "datetime",
+    "decimal",
+    "difflib",
+    "dis",
+    "email",
+    "enum",
+    "filecmp",
+    "fnmatch",
+    "fractions",
+    "ftplib",
+    "functools",
+    "getopt",
+    "gettext",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "http.client",
+    "imaplib",
+    "inspect",
+    "io",
+    "ipaddress",
+    "itertools",
+    "json",
+    "linecache",
+    "locale",
+    "logging",
+    "lzma",
+    "mailbox",
+    "math",
+    "mimetypes",
+    "operator",
+    "os",
+    "pathlib",
+    "pickle",
+    "pkgutil",
+    "platform",
+    "plistlib",
+    "poplib",
+    "pprint",
+    "queue",
+    "quopri",
+    "random",
+    "re",
+    "sched",
+    "secrets",
+    "selectors",
+    "shelve",
+    "shlex",
+    "shutil",
+    "signal",
+    "smtplib",
+    "socket",
+    "sqlite3",
+    "ssl",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "tokenize",
+    "trace",
+    "traceback",
+    "turtle",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "wave",
+    "weakref",
+    "webbrowser",
+    "xml.dom.minidom",
+    "xml.etree.ElementTree",
+    "zipfile",
+    "zlib",
+)
 WORD = re.compile(r"[a-z][a-z0-9_]+")
 
 
@@ -61,8 +150,11 @@ def corpus(limit: int = 6000) -> list[str]:
             if inspect.isclass(obj):
                 members += [getattr(obj, a, None) for a in sorted(vars(obj)) if not a.startswith("_")]
             for m in members:
-                doc = inspect.getdoc(m) if m is not None and (inspect.isroutine(m) or inspect.isclass(m)
-                                                               or inspect.ismodule(m)) else None  # fmt: skip
+                doc = (
+                    inspect.getdoc(m)
+                    if m is not None and (inspect.isroutine(m) or inspect.isclass(m) or inspect.ismodule(m))
+                    else None
+                )
                 if not doc:
                     continue
                 text = " ".join(doc.split("\n\n")[0].split())
@@ -73,8 +165,10 @@ def corpus(limit: int = 6000) -> list[str]:
 
 def tokenize(texts: list[str], max_len: int = MAX_LEN) -> dict[str, np.ndarray]:
     """``input_ids``, ``attention_mask``, ``token_type_ids`` (INT64, padded to the longest text)."""
-    rows = [[CLS] + [2 + zlib.crc32(w.encode()) % (VOCAB - 2) for w in WORD.findall(t.lower())][: max_len - 1]
-            for t in texts]  # fmt: skip
+    rows = [
+        [CLS] + [2 + zlib.crc32(w.encode()) % (VOCAB - 2) for w in WORD.findall(t.lower())][: max_len - 1]
+        for t in texts
+    ]
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), PAD, np.int64)
     for i, r in enumerate(rows):
@@ -167,9 +261,16 @@ def export(model) -> bytes:
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes |= {"last_hidden_state": {0: "batch", 1: "sequence"}, "sentence_embedding": {0: "batch"}}
     with torch.no_grad():
-        torch.onnx.export(model, tuple(torch.from_numpy(sample[n]) for n in names), buf, dynamo=False,
-                          opset_version=17, input_names=names, output_names=["last_hidden_state", "sentence_embedding"],
-                          dynamic_axes=axes)  # fmt: skip
+        torch.onnx.export(
+            model,
+            tuple(torch.from_numpy(sample[n]) for n in names),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=names,
+            output_names=["last_hidden_state", "sentence_embedding"],
+            dynamic_axes=axes,
+        )
     return buf.getvalue()
 
 
@@ -196,11 +297,18 @@ def build(names: list[str] | None = None, steps: int = 200) -> list[ZooModel]:
         for name in names or list(ARCHITECTURES):
             layers, ffn = ARCHITECTURES[name]
             onnx_bytes = export(train(name, texts, targets, steps))
-            models.append(ZooModel(
-                name=name, task=TASK, onnx=onnx_bytes, calibration=samples, max_batch=16, metric="cosine",
-                description=f"{layers}-layer sentence encoder ({HIDDEN} wide, feed-forward {ffn}) distilled "
-                            f"to LSA of {len(texts)} stdlib docstrings",
-            ))  # fmt: skip
+            models.append(
+                ZooModel(
+                    name=name,
+                    task=TASK,
+                    onnx=onnx_bytes,
+                    calibration=samples,
+                    max_batch=16,
+                    metric="cosine",
+                    description=f"{layers}-layer sentence encoder ({HIDDEN} wide, feed-forward {ffn}) distilled "
+                    f"to LSA of {len(texts)} stdlib docstrings",
+                )
+            )
     finally:
         torch.set_num_threads(threads)
     return models
