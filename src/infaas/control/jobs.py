@@ -35,7 +35,8 @@ from infaas.registry import Signature
 from infaas.tensors import NUMPY_TO_V2
 
 if TYPE_CHECKING:
-    from infaas.control.ports import DecisionLog, InferencePort
+    from infaas.control.ports import InferencePort
+    from infaas.decisions import DecisionLog
     from infaas.registry.store import MetadataStore
 
 log = logging.getLogger("infaas.jobs")

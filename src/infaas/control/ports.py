@@ -15,11 +15,13 @@ if TYPE_CHECKING:
     from infaas.registry import Variant
 
 
-class DecisionLog(Protocol):
+class DecisionSink(Protocol):
+    """Anything that records a decision with its reason (the app's :class:`infaas.decisions.DecisionLog`)."""
+
     def log_decision(self, kind: str, reason: str, **fields: Any) -> dict: ...
 
 
-class Actuator(DecisionLog, Protocol):
+class Actuator(DecisionSink, Protocol):
     """What the autoscaler acts through (:class:`infaas.control.placement.Placement`): the
     cluster, the catalog, and loads / swaps of variants."""
 

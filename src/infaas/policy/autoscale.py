@@ -105,6 +105,15 @@ class Memory:
     added_at: float | None = None  # when a worker was last added for CPU
 
 
+def every_worker_above(rooms: list[WorkerRoom], threshold: float) -> list[WorkerRoom]:
+    """The workers, when every one is measured and above ``threshold`` CPU; else none (a worker
+    not measured yet, or one with room, means no scale-out). INFaaS's worker-level rule."""
+    measured = [r for r in rooms if r.cpu is not None]
+    if measured and len(measured) == len(rooms) and all(r.cpu >= threshold for r in measured):
+        return measured
+    return []
+
+
 def capacity_rps(profile: Profile, max_batch: int) -> float:
     """Rows per second one replica sustains at its best batch (within its max batch)."""
     batch = max(1, min(profile.best_batch or max_batch, max_batch))
@@ -281,8 +290,8 @@ def _scale_out(
     been hot for ``scale_out_s`` (then not again for ``worker_cooldown_s``), for the variant that
     computes the most. Appends to ``actions``; returns (hot since, last added)."""
     hot_since, added_at = memory.hot_since, memory.added_at
-    measured = [r for r in rooms if r.cpu is not None]
-    if not (measured and len(measured) == len(rooms) and all(r.cpu >= cfg.worker_busy for r in measured)):
+    measured = every_worker_above(rooms, cfg.worker_busy)
+    if not measured:
         return None, added_at
     hot_since = now if hot_since is None else hot_since
     cooled = added_at is None or now - added_at >= cfg.worker_cooldown_s

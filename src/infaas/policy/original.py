@@ -55,7 +55,7 @@ import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from infaas.policy.autoscale import Action, VariantLoad, WorkerRoom
+from infaas.policy.autoscale import Action, VariantLoad, WorkerRoom, every_worker_above
 from infaas.policy.select import (
     Choice,
     Objective,
@@ -306,8 +306,7 @@ def _worker_check(
     checked, added = memory.worker_checked_at, memory.added_at
     if checked is None or now - checked >= cfg.worker_check_s:
         checked = now
-        measured = [r for r in rooms if r.cpu is not None]
-        busy = bool(measured) and len(measured) == len(rooms) and all(r.cpu >= cfg.worker_busy for r in measured)
+        busy = bool(every_worker_above(rooms, cfg.worker_busy))
         if (busy or stuck) and (added is None or now - added >= cfg.worker_backoff_s) and loads:
             target = next((n for n in flagged), max(loads, key=lambda x: x.window[-1].busy).variant.name)
             why = (
