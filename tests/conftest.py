@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+
+# Ray clusters in tests live on one machine, on loopback only: with this Ray resolves "127.0.0.1" to itself
+# (not to the machine's interface address), so nodes, listeners and drivers all bind and dial 127.0.0.1
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from infaas.app import BackgroundServer
 from infaas.registry import Registry
@@ -80,39 +85,30 @@ def heavy_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def redis_url():
-    """A real redis-server on a free 127.0.0.1 port (no persistence), stopped after the session."""
+def start_redis():
+    """A real redis-server on a free 127.0.0.1 port (no persistence): (process, url). Skips without one."""
     import subprocess
+
+    import redis
 
     from infaas.app import free_port
 
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (.ci/run installs Debian's redis-server)")
-    import redis
-
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "yes",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    args = ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+    proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(host="127.0.0.1", port=port)
     assert wait_until(lambda: _pings(client), 15), "redis-server did not start"
-    yield f"redis://127.0.0.1:{port}/0"
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """The session's Redis, stopped after the session."""
+    proc, url = start_redis()
+    yield url
     proc.terminate()
     proc.wait(10)
 

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # one machine: loopback, not the interface address
 
 from infaas.app import BackgroundServer  # noqa: E402
 from infaas.client import Client  # noqa: E402
@@ -118,11 +119,20 @@ def run_contender(name: str, data: Path, variant: str, body: Path, header: str, 
         import ray
         from ray.cluster_utils import Cluster
 
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        loopback = "127.0.0.1"  # every node, listener and driver on loopback
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 0, "include_dashboard": False, "node_ip_address": loopback},
+        )
         for _ in range(workers):
-            cluster.add_node(num_cpus=1)
+            cluster.add_node(num_cpus=1, node_ip_address=loopback)
         cluster.wait_for_nodes()
-        overrides = {"cluster": "ray", "ray_address": cluster.address, "ray_namespace": f"bench-{name}-{rnd}"}
+        overrides = {
+            "cluster": "ray",
+            "ray_address": cluster.address,
+            "ray_namespace": f"bench-{name}-{rnd}",
+            "ray_node_ip": loopback,
+        }
     settings = Settings(
         data_dir=data,
         port=0,

@@ -42,6 +42,17 @@ class Settings(BaseSettings):
         None, description="Ray cluster to join (e.g. 10.0.0.1:6379 or auto); unset: a local Ray started by this server"
     )
     ray_namespace: str = Field("infaas", description="Ray namespace of the worker actors (one per deployment)")
+    ray_node_ip: str | None = Field(
+        None, description="this frontend's address in the Ray cluster (e.g. 127.0.0.1 for a one-machine cluster)"
+    )
+    node_host: str | None = Field(
+        None,
+        description="address each Ray actor's request listener binds (a node's own INFAAS_NODE_HOST wins); "
+        "unset: the node's address in the Ray cluster",
+    )
+    node_ports: str = Field(
+        "", description="port range of the actors' request listeners, e.g. 41000-41099 (for a firewall); empty: any"
+    )
     store: str = Field(
         "sqlite",
         description="metadata store: sqlite (in the data directory) or "
@@ -159,12 +170,28 @@ class Settings(BaseSettings):
     price_cpu_core_hour: float = 0.0425
     price_gpu_hour: float = 0.526
 
+    @field_validator("node_ports")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        if value:
+            low, sep, high = value.partition("-")
+            if not (sep and low.isdigit() and high.isdigit() and 0 < int(low) <= int(high) < 65536):
+                raise ValueError(f"node_ports must look like 41000-41099, not {value!r}")
+        return value
+
     @field_validator("api_keys", "management_api_keys", "job_roots", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def port_range(self) -> tuple[int, int]:
+        """``node_ports`` as (low, high); (0, 0): any free port."""
+        if not self.node_ports:
+            return (0, 0)
+        low, _, high = self.node_ports.partition("-")
+        return int(low), int(high)
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None values applied (CLI flags)."""

@@ -5,7 +5,9 @@ One Ray cluster for the whole module (Ray takes seconds and about 1 GiB to start
 
 from __future__ import annotations
 
+import asyncio
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -41,13 +43,14 @@ def ray_cluster():
         initialize_head=True,
         head_node_args={
             "num_cpus": 0,
+            "node_ip_address": "127.0.0.1",  # no test traffic leaves loopback
             "include_dashboard": False,
             "_system_config": FAST_DEATH,
         },
     )
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
+    nodes = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(3)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="infaas-test", log_to_driver=False)
+    ray.init(address=cluster.address, namespace="infaas-test", log_to_driver=False, _node_ip_address="127.0.0.1")
     yield cluster, nodes
     ray.shutdown()
     cluster.shutdown()
@@ -93,6 +96,57 @@ def test_workers_spread_over_nodes_and_serve_a_model_less_query(
     assert wait_until(
         lambda: not [a for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "spread"], 20
     )
+
+
+class _Canary:
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.path,))
+
+
+def test_the_actor_wire_refuses_strangers_and_pickles_and_keeps_serving(
+    ray_cluster, tmp_path, digits_profiled_dir, digits_samples
+):
+    from infaas.protocol import worker_wire
+    from infaas.protocol.peer_wire import WireRefused, connect
+
+    cluster, _ = ray_cluster
+    settings = Settings(
+        data_dir=copy_data_dir(digits_profiled_dir, tmp_path / "data"),
+        port=0,
+        workers=1,
+        cluster="ray",
+        ray_address=cluster.address,
+        ray_namespace="wire",
+        ray_node_ip="127.0.0.1",
+        node_host="127.0.0.1",
+        autoscale=False,
+    )
+    canary = tmp_path / "canary"
+    with BackgroundServer(settings) as server:
+        worker = server.services.cluster.workers[0]
+        host, port = worker.address
+        assert host == "127.0.0.1"
+        secret = server.services.registry.store.get("secret", "wire")["secret"].encode()
+        evil = b"".join(bytes(p) for p in worker_wire.encode({"op": "infer", "x": _Canary(canary)}))
+
+        async def attack() -> None:
+            with pytest.raises(WireRefused):
+                await connect(host, port, b"not the secret", 5.0)
+            reader, writer = await connect(host, port, secret, 5.0)  # an insider sending a pickle
+            writer.write(evil)
+            assert await asyncio.wait_for(reader.read(), 10) == b"", "the actor must hang up"
+            writer.close()
+
+        asyncio.run(attack())
+        counts = ray.get(worker.actor.wire_stats.remote())
+        assert counts["refused"] >= 1 and counts["rejected"] == 1
+        x, _ = digits_samples
+        with Client(server.url) as c:  # the frontend's own connection was never disturbed
+            assert c.infer("digits-classification", x[:2]).outputs["label"].shape == (2,)
+    assert not canary.exists()
 
 
 def test_a_killed_actor_fails_its_requests_and_is_replaced(ray_cluster, tmp_path, digits_profiled_dir, digits_samples):
@@ -206,6 +260,8 @@ def _frontend(port: int, data, redis_url: str, address: str, namespace: str, log
             "ray",
             "--ray-address",
             address,
+            "--ray-node-ip",
+            "127.0.0.1",
             "--store",
             redis_url,
             "--workers",

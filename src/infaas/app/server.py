@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import threading
 from collections.abc import AsyncIterator
@@ -98,12 +99,19 @@ def serve(settings: Settings) -> None:
         settings = settings.with_overrides(management_port=free_port(settings.management_host or settings.host))
     app, management, _ = build(settings)
     servers = _servers(app, management, settings)
+    signal.signal(signal.SIGTERM, _exit_zero)
     if len(servers) == 1:
         servers[0].run()
         return
     import uvloop
 
     uvloop.run(_serve_all(servers))  # a signal stops whichever server holds the handler; the rest follow
+
+
+def _exit_zero(signum: int, frame: object) -> None:
+    """SIGTERM outside uvicorn's own handling: before it starts, or when it re-raises the signal after a
+    graceful shutdown. A server that stopped cleanly on SIGTERM exits 0, as process managers expect."""
+    raise SystemExit(0)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

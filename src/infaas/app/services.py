@@ -10,8 +10,12 @@ constructor (no part builds its peers; nothing is wired by assigning attributes 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from infaas.catalog import Catalog
 from infaas.cluster import LocalCluster
@@ -28,6 +32,7 @@ from infaas.policy import ScalingConfig
 from infaas.policy.latency import LatencyModel
 from infaas.policy.policies import policy_named
 from infaas.registry import Registry
+from infaas.registry.scratch import own_tempdir
 from infaas.serving.metrics import Metrics
 from infaas.serving.router import Router
 from infaas.settings import Settings
@@ -56,11 +61,13 @@ class Services:
     autoscaler: Autoscaler | None
     leadership: Leadership
     _started: bool = field(default=False, repr=False)
+    _tempdir: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
     async def start(self) -> None:
         """Lease first (so a Ray cluster knows whether this frontend creates workers or attaches to
         them), then the workers and their variants, then the controller and the job runner if this
         frontend leads."""
+        self._tempdir.enter_context(own_tempdir(self.settings.data_dir))  # libraries' temporary files too
         await self.leadership.step()
         await self.cluster.start()
         await self.registration.load_all()
@@ -86,13 +93,26 @@ class Services:
         await self.jobs.stop()
 
     async def stop(self) -> None:
+        """Stop every part in order. A part whose peer is gone (the store, Ray, a worker) cannot stop
+        cleanly: that is one log line, and the parts after it still stop."""
         if self.leadership.leader:
-            await self.follow()
+            await _quietly("the controller and the job runner", self.follow)
         self.router.ready = False
-        await self.background.cancel()
-        await self.cluster.stop()  # still holding the lease: the last frontend out stops the Ray workers
-        await self.leadership.stop()
-        self.registry.close()
+        await _quietly("background tasks", self.background.cancel)
+        await _quietly("the workers", self.cluster.stop)  # still holding the lease: the last frontend out stops Ray's
+        await _quietly("the controller lease", self.leadership.stop)
+        await _quietly("the metadata store", self.registry.close)
+        self._tempdir.close()
+
+
+async def _quietly(what: str, step: Callable[[], Any]) -> None:
+    try:
+        result = step()
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        why = str(exc).splitlines()[0][:200] if str(exc) else ""
+        log.warning("shutdown: could not stop %s cleanly (%s%s)", what, type(exc).__name__, f": {why}" if why else "")
 
 
 def build_cluster(settings: Settings, registry: Registry, leadership: Leadership) -> ClusterBackend:
@@ -114,6 +134,10 @@ def build_cluster(settings: Settings, registry: Registry, leadership: Leadership
             manages=lambda: leadership.leader,
             fence=leadership.fence,
             frontend_id=leadership.holder,
+            node_ip=settings.ray_node_ip,
+            node_host=settings.node_host,
+            node_ports=settings.port_range(),
+            max_frame_bytes=4 * settings.max_request_bytes,
         )
     return LocalCluster(
         settings.workers,

@@ -61,6 +61,13 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="where workers run: local processes (default) or Ray actors (needs infaas[ray])",
     )
     p.add_argument("--ray-address", help="Ray cluster to join (host:port or auto; default: start a local Ray)")
+    p.add_argument("--ray-node-ip", help="this frontend's address in the Ray cluster (127.0.0.1: loopback only)")
+    p.add_argument(
+        "--node-host",
+        help="address the Ray actors' request listeners bind (default: each node's Ray address; "
+        "a node's INFAAS_NODE_HOST wins)",
+    )
+    p.add_argument("--node-ports", help="port range of those listeners, e.g. 41000-41099 (default: any free port)")
     p.add_argument(
         "--store",
         help="metadata store: sqlite (default, in the data dir) or redis://host:port/db, "
@@ -97,6 +104,9 @@ def run_serve(args) -> None:
         max_connections=args.max_connections,
         cluster=args.cluster,
         ray_address=args.ray_address,
+        ray_node_ip=args.ray_node_ip,
+        node_host=args.node_host,
+        node_ports=args.node_ports,
         store=args.store,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

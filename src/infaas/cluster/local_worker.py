@@ -18,7 +18,7 @@ import numpy as np
 from infaas.cluster.base import LoadSpec, ReplicaState, WorkerResult, WorkerState
 from infaas.errors import InfaasError, Unavailable, WorkerCrashed
 from infaas.hardware import HardwareKind
-from infaas.protocol.worker_wire import error_from_reply, read_message, write_message
+from infaas.protocol.worker_wire import PickleFrames, error_from_reply
 
 log = logging.getLogger("infaas.cluster")
 
@@ -72,6 +72,7 @@ class LocalWorker:
         self._locks: dict[str, asyncio.Lock] = {}
         self.placement_version = 0  # bumped whenever what is routable changes
         self._restart_times: list[float] = []
+        self._frames: Any = PickleFrames()  # the channel's codec (a Ray actor's network wire differs)
 
     # ---- state -------------------------------------------------------------------------
     @property
@@ -162,7 +163,7 @@ class LocalWorker:
         self.pid = proc.pid
         try:
             reader, writer = await asyncio.open_unix_connection(sock=parent)
-            hello = await asyncio.wait_for(read_message(reader), self.start_timeout_s)
+            hello = await asyncio.wait_for(self._frames.read(reader), self.start_timeout_s)
             if not hello.get("ok"):
                 raise Unavailable(f"worker {self.name} did not start: {hello}")
         except BaseException as exc:
@@ -184,7 +185,7 @@ class LocalWorker:
                 await self._restart_task
         if self._writer is not None:
             with contextlib.suppress(Exception):
-                write_message(self._writer, {"op": "shutdown"})
+                self._frames.write(self._writer, {"op": "shutdown"})
                 await self._writer.drain()
                 self._writer.close()
         await self._close_process(grace_s=5.0)
@@ -210,7 +211,7 @@ class LocalWorker:
         """Hand each reply to the call waiting for it (rows in flight released first); returns only
         by raising (EOF, a broken connection, a corrupt frame)."""
         while True:
-            msg = await read_message(reader)
+            msg = await self._frames.read(reader)
             rid = msg["id"]
             if rid in self._inflight:
                 self._release(rid)
@@ -302,7 +303,7 @@ class LocalWorker:
         rid = next(self._ids)
         message["id"] = rid
         self._pending[rid] = fut
-        write_message(self._writer, message)
+        self._frames.write(self._writer, message)
         return rid, fut
 
     async def _drain(self) -> None:
@@ -401,7 +402,7 @@ class LocalWorker:
             fut.cancel()  # the reply, when it comes, goes nowhere
             if rid in self._inflight and self._writer is not None:  # still queued or running there
                 with contextlib.suppress(Exception):
-                    write_message(self._writer, {"op": "cancel", "variant": variant, "key": rid, "id": 0})
+                    self._frames.write(self._writer, {"op": "cancel", "variant": variant, "key": rid, "id": 0})
             raise
         if not reply["ok"]:
             raise error_from_reply(reply, self.name)

@@ -37,8 +37,21 @@ from infaas.cluster.base import WorkerState
 from infaas.cluster.ray_worker import RayWorker
 from infaas.errors import Unavailable
 from infaas.hardware import local_kind
+from infaas.protocol.peer_wire import new_secret
+from infaas.registry.store import unreachable
 
 log = logging.getLogger("infaas.cluster.ray")
+
+
+def wire_secret(store: Any) -> str:
+    """The deployment's request-wire secret: created by the first frontend, kept in the metadata store
+    (whoever can read the store can talk to the workers; nobody else can)."""
+    with store.transaction():
+        record = store.get("secret", "wire")
+        if record is None:
+            record = {"secret": new_secret()}
+            store.put("secret", "wire", None, record)
+    return record["secret"]
 
 
 class RayCluster:
@@ -65,6 +78,10 @@ class RayCluster:
         fence: Callable[[], int | None] = lambda: None,
         frontend_id: str = "",
         sync_s: float = 0.5,
+        node_ip: str | None = None,
+        node_host: str | None = None,
+        node_ports: tuple[int, int] = (0, 0),
+        max_frame_bytes: int = 2**30,
     ) -> None:
         self.store = store
         self.initial = workers
@@ -86,6 +103,14 @@ class RayCluster:
         self._artifacts: dict[str, Any] = {}  # artifact key -> object ref (put once per frontend)
         self._sync_task: asyncio.Task | None = None
         self.deaths: list[dict] = []
+        self.node_ip = node_ip
+        # the request wire's settings, sent to each actor; the secret is the deployment's, from the store
+        self.wire: dict[str, Any] = {
+            "secret": "",
+            "host": node_host,
+            "ports": list(node_ports),
+            "max_body_bytes": max_frame_bytes,
+        }
 
     @property
     def workers(self) -> list[RayWorker]:
@@ -184,7 +209,10 @@ class RayCluster:
             }
             if self.address:
                 kwargs["address"] = self.address
+            if self.node_ip:
+                kwargs["_node_ip_address"] = self.node_ip
             await asyncio.to_thread(ray.init, **kwargs)
+        self.wire["secret"] = wire_secret(self.store)
         await self.sync()
         if self.manages():
             while len(self._workers) < self.initial:
@@ -198,8 +226,11 @@ class RayCluster:
                 await self.sync()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("Ray cluster sync failed")
+            except Exception as exc:
+                if unreachable(exc):
+                    log.warning("Ray cluster sync: the metadata store is unreachable (%s)", type(exc).__name__)
+                else:
+                    log.exception("Ray cluster sync failed")
 
     async def sync(self) -> None:
         """Attach to the workers in the store's list, forget those gone from it; mirror placements
@@ -237,11 +268,15 @@ class RayCluster:
         if self._sync_task is not None:
             self._sync_task.cancel()
             await asyncio.gather(self._sync_task, return_exceptions=True)
-        others = [
-            f
-            for f in self.store.list("frontend")
-            if f.get("expires", 0) > time.time() and f.get("id") != self.frontend_id
-        ]
+        try:
+            others = [
+                f
+                for f in self.store.list("frontend")
+                if f.get("expires", 0) > time.time() and f.get("id") != self.frontend_id
+            ]
+        except Exception as exc:  # the store is gone: others may still use the actors, so leave them running
+            log.warning("cannot read the frontend list (%s); leaving the Ray actors running", type(exc).__name__)
+            others = [{"unknown": True}]
         kill = self.manages() and not others
         await asyncio.gather(*(w.stop(kill=kill) for w in self._workers), return_exceptions=True)
         if kill:

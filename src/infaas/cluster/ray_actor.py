@@ -14,6 +14,7 @@ from typing import Any
 
 from infaas.cluster.base import ReplicaState
 from infaas.hardware import local_kind
+from infaas.protocol.peer_wire import Listener
 
 
 # ---- the actor (runs in a Ray worker process, on any node) ------------------------------------------
@@ -45,7 +46,7 @@ class WorkerActor:
     """One infaas worker as a Ray actor. Methods return reply dicts (``ok`` / ``error`` / ``kind``), as the
     local worker's socket protocol does, so the frontend maps errors the same way."""
 
-    def __init__(self, threads: int, allow_spinning: bool, cache_dir: str) -> None:
+    def __init__(self, threads: int, allow_spinning: bool, cache_dir: str, wire: dict) -> None:
         from infaas.worker.process import Worker
 
         self.threads = threads
@@ -58,7 +59,9 @@ class WorkerActor:
         self.states: dict[str, str] = {}  # variant -> its ReplicaState value
         self.outstanding: Counter[str] = Counter()
         self.version = 0
-        self.server: asyncio.Server | None = None
+        self.wire = wire  # secret, host, ports, max_body_bytes (see RayCluster.wire)
+        self.listener: Listener | None = None
+        self.port = 0
         self._stopped = asyncio.Event()
 
     def _set(self, variant: str, state: ReplicaState | None) -> None:
@@ -75,25 +78,45 @@ class WorkerActor:
 
         ctx = ray.get_runtime_context()
         ip = ray.util.get_node_ip_address()
-        if self.server is None:  # the request path: frames over TCP, straight to this actor
-            self.server = await asyncio.start_server(self._connection, host=ip, port=0)
-        port = self.server.sockets[0].getsockname()[1]
+        if self.listener is None:  # the request path: authenticated frames over TCP, straight to this actor
+            self.listener = Listener(
+                self.wire["secret"].encode(), self._session, max_body_bytes=self.wire["max_body_bytes"]
+            )
+            try:
+                self.port = await self.listener.start(self.bind, tuple(self.wire.get("ports") or (0, 0)))
+            except OSError:
+                self.listener = None
+                raise
         return {
             "pid": os.getpid(),
             "node_id": ctx.get_node_id(),
             "node_ip": ip,
-            "port": port,
+            "host": ip if self.bind in ("", "0.0.0.0", "::") else self.bind,
+            "port": self.port,
             "kind": local_kind().as_dict(),
             "threads": self.threads,
         }
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One frontend's request stream: ``infer`` and ``cancel`` frames (the local worker's wire format);
-        its ids are its own, mapped to this actor's. The deadline arrives in the sender's clock and is
-        taken relative to the frame's ``arrival`` stamp (clocks differ between machines)."""
-        from infaas.protocol.worker_wire import read_message, write_message
+    @property
+    def bind(self) -> str:
+        """The listener's address: the node's own ``INFAAS_NODE_HOST``, else ``--node-host``, else the
+        node's address as Ray knows it."""
+        import ray
 
+        return os.environ.get("INFAAS_NODE_HOST") or self.wire.get("host") or ray.util.get_node_ip_address()
+
+    async def wire_stats(self) -> dict:
+        """The listener's counts: connections served, peers refused at the handshake, frames rejected."""
+        return dict(self.listener.counts) if self.listener else {}
+
+    def _session(self, writer: asyncio.StreamWriter) -> Any:
+        """One frontend's request stream: ``infer`` and ``cancel`` messages; its ids are its own, mapped
+        to this actor's. The deadline arrives in the sender's clock and is taken relative to the frame's
+        ``arrival`` stamp (clocks differ between machines)."""
         mine: dict[int, tuple[int, str]] = {}  # the frontend's id -> (this actor's id, variant)
+        assert self.listener is not None
+        frames = self.listener.frames
+        tasks: set[asyncio.Task] = set()
 
         async def answer(msg: dict) -> None:
             rid = next(self.ids)
@@ -118,25 +141,20 @@ class WorkerActor:
                 mine.pop(msg["id"], None)
             reply["id"] = msg["id"]
             if not writer.is_closing():
-                write_message(writer, reply)
+                frames.write(writer, reply)
 
-        tasks: set[asyncio.Task] = set()
-        try:
-            while True:
-                msg = await read_message(reader)
-                if msg.get("op") == "infer":
-                    task = asyncio.ensure_future(answer(msg))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                elif msg.get("op") == "cancel" and msg.get("key") in mine:
-                    rid, variant = mine[msg["key"]]
-                    executor = self.worker.variants.get(variant)
-                    if executor is not None:
-                        executor.cancel(rid)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
+        def on_message(msg: dict) -> None:
+            if msg.get("op") == "infer":
+                task = asyncio.ensure_future(answer(msg))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            elif msg.get("op") == "cancel" and msg.get("key") in mine:
+                rid, variant = mine[msg["key"]]
+                executor = self.worker.variants.get(variant)
+                if executor is not None:
+                    executor.cancel(rid)
+
+        return on_message
 
     async def watch(self) -> None:
         """Never returns while the actor lives: the frontend learns of its death from this call."""

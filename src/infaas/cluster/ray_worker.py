@@ -14,6 +14,7 @@ from infaas.cluster.local_worker import LocalWorker
 from infaas.cluster.ray_actor import actor_class
 from infaas.errors import InfaasError, Unavailable, WorkerCrashed
 from infaas.hardware import HardwareKind
+from infaas.protocol.peer_wire import Frames, connect
 from infaas.protocol.worker_wire import error_from_reply
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class RayWorker(LocalWorker):
         self.actor: Any = None
         self.node_id = ""
         self.node_ip = ""
+        self.address: tuple[str, int] = ("", 0)
         self.node = "unplaced"
         self.kind: HardwareKind | None = None
         self._watch_task: asyncio.Task | None = None
@@ -46,6 +48,7 @@ class RayWorker(LocalWorker):
         self.actor_name = f"{cluster.prefix}-{name}"
         self.incarnation = 0
         self._replacing = False  # the actor died: the next spawn starts a new one
+        self._frames = Frames(cluster.wire["max_body_bytes"])  # authenticated, pickle-free (protocol.peer_wire)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def _spawn(self) -> None:
@@ -80,7 +83,7 @@ class RayWorker(LocalWorker):
             if c.memory_mb:
                 opts["memory"] = int(c.memory_mb * 2**20)
             log.info("worker %s: starting Ray actor %s (%d CPU)", self.name, self.actor_name, c.cores_per_worker)
-            actor = actor_class().options(**opts).remote(c.cores_per_worker, c.allow_spinning, c.cache_dir)
+            actor = actor_class().options(**opts).remote(c.cores_per_worker, c.allow_spinning, c.cache_dir, c.wire)
         self._replacing = False
         try:
             hello = await asyncio.wait_for(actor.hello.remote(), self.start_timeout_s)
@@ -94,16 +97,18 @@ class RayWorker(LocalWorker):
                 "free CPU?)"
             ) from exc
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(hello["node_ip"], hello["port"]), 10)
+            reader, writer = await connect(hello["host"], hello["port"], c.wire["secret"].encode(), 10.0)
         except Exception as exc:
             raise Unavailable(
-                f"worker {self.name}: cannot connect to its actor at {hello['node_ip']}:{hello['port']}: {exc!r}"
+                f"worker {self.name}: cannot open an authenticated connection to its actor at "
+                f"{hello['host']}:{hello['port']}: {exc!r}"
             ) from exc
         self._writer = writer
         self._reader_task = asyncio.create_task(self._read_replies(reader, writer))
         self.actor = actor
         self.pid, self.node_id, self.node_ip = hello["pid"], hello["node_id"], hello["node_ip"]
         self.node = self.node_ip
+        self.address = (hello["host"], hello["port"])  # the actor's request listener
         k = hello["kind"]
         self.kind = HardwareKind(k["machine"], k["cpu"], tuple(k["flags"]), k["gpu"])
         self.cores = tuple(range(hello["threads"]))

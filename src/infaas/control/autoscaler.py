@@ -20,6 +20,7 @@ from infaas.errors import InfaasError
 from infaas.policy import Action, Sample, VariantLoad, WorkerRoom, state_of
 from infaas.policy.autoscale import capacity_rps
 from infaas.policy.policies import Policy, with_min_workers
+from infaas.registry.store import unreachable
 
 if TYPE_CHECKING:
     from infaas.control.ports import Actuator
@@ -82,7 +83,10 @@ class Autoscaler:
                 raise
             except Exception as exc:  # never dies: the next tick tries again
                 self.errors += 1
-                log.exception("autoscaler tick failed")
+                if unreachable(exc):
+                    log.warning("autoscaler: the metadata store is unreachable (%s)", type(exc).__name__)
+                else:
+                    log.exception("autoscaler tick failed")
                 self.plane.log_decision("error", f"autoscaler: {type(exc).__name__}: {exc}")
             await asyncio.sleep(max(0.05, period - (time.monotonic() - began)))
 

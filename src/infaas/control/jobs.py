@@ -32,6 +32,7 @@ from infaas.errors import InfaasError, InvalidInput, NotFound
 from infaas.protocol.types import InferInput, InferRequest
 from infaas.protocol.validate import check_inputs
 from infaas.registry import Signature
+from infaas.registry.store import unreachable
 from infaas.tensors import NUMPY_TO_V2
 
 if TYPE_CHECKING:
@@ -262,6 +263,10 @@ class JobRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug or an unreadable record: counted against the job, never forever
+                if unreachable(exc):  # an outage of the store, not the job's fault: wait it out
+                    log.warning("job runner: the metadata store is unreachable (%s)", type(exc).__name__)
+                    await asyncio.sleep(self.retry_s)
+                    continue
                 log.exception("job runner")
                 self.decisions.log_decision("error", f"job runner: {type(exc).__name__}: {exc}")
                 if job is not None:

@@ -14,7 +14,6 @@ and who leads (``GET /api/v1/frontends``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -75,12 +74,19 @@ class Leadership:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self.leader:
+        leader = self.leader
+        if leader:
             await self._lose("this frontend is stopping")
-            with contextlib.suppress(Exception):
+        try:
+            if leader:
                 await asyncio.to_thread(self.store.release_lease, LEASE, self.holder)
-        with contextlib.suppress(Exception):
             await asyncio.to_thread(self.store.delete, "frontend", self.holder)
+        except Exception as exc:  # the store is gone: the lease and this frontend's record expire by themselves
+            log.warning(
+                "shutdown: could not release the controller lease (%s); it expires within %g s",
+                type(exc).__name__,
+                self.ttl_s,
+            )
 
     async def _run(self) -> None:
         while True:

@@ -49,6 +49,18 @@ def write_message(writer: asyncio.StreamWriter, message: dict) -> None:
     writer.writelines(encode(message))
 
 
+class PickleFrames:
+    """These frames as a stream codec (``read`` / ``write``), for a channel private to its two ends: the
+    socketpair between a frontend and the worker process it started. A network listener uses
+    :class:`infaas.protocol.peer_wire.Frames` instead, which cannot run code when decoding."""
+
+    async def read(self, reader: asyncio.StreamReader) -> dict:
+        return await read_message(reader)
+
+    def write(self, writer: asyncio.StreamWriter, message: dict) -> None:
+        write_message(writer, message)
+
+
 class SocketChannel:
     """Blocking side of the channel, used inside the worker process (thread-safe sends)."""
 

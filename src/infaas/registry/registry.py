@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 from infaas.errors import AlreadyExists, InfaasError, InvalidInput, NameConflict, NotFound
 from infaas.registry.modelstore import ModelStore
 from infaas.registry.onnxinfo import default_metric, load_validation, named_inputs, read_signature
+from infaas.registry.scratch import scratch
 from infaas.registry.store import MetadataStore, open_store
 from infaas.registry.types import (
     METRICS,
@@ -78,6 +80,14 @@ class Registry:
         meta = open_store(store, data_dir)
         blobs = meta if hasattr(meta, "put_blob") else None
         return cls(meta, ModelStore(data_dir / "models", blobs=blobs))
+
+    @property
+    def data_dir(self) -> Path:
+        return self.models.root.parent
+
+    def scratch(self, job: str) -> contextlib.AbstractContextManager[Path]:
+        """A private temporary directory for one job, under ``<data-dir>/tmp`` (see :mod:`.scratch`)."""
+        return scratch(self.data_dir, job)
 
     def close(self) -> None:
         self.store.close()

@@ -242,3 +242,15 @@ def open_store(url: str | None, data_dir: str | Path) -> MetadataStore:
     from infaas.errors import InvalidInput
 
     raise InvalidInput(f"unknown store {url!r}: 'sqlite' or redis://host:port/db")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the metadata store could not be reached (a network error, Redis down): an
+    outage to report in one line and wait out, not a bug to print a traceback for."""
+    if isinstance(exc, OSError):
+        return True
+    try:
+        import redis.exceptions as rex
+    except ImportError:
+        return False
+    return isinstance(exc, rex.ConnectionError | rex.TimeoutError)

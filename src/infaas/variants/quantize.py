@@ -4,8 +4,11 @@ quantization by recipe; sensitivity of each node for mixed precision)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import tempfile
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,6 +96,22 @@ def describe_recipe(recipe: dict) -> str:
     return f"{text}, {len(recipe['exclude'])} node(s) fp32" if recipe.get("exclude") else text
 
 
+def _pre_process(source: Path, target: Path, timeout_s: float = 900.0) -> None:
+    """ORT's quantization pre-processing in a child process working in ``target``'s (scratch) directory:
+    whatever ORT writes beside the working directory stays there. RuntimeError with ORT's reason."""
+    work = target.parent / "pre-process"
+    work.mkdir()
+    env = {**os.environ, "TMPDIR": str(work)}
+    cmd = [sys.executable, "-m", "infaas.variants.preprocess", str(source), str(target)]
+    try:
+        done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"did not finish within {timeout_s:g} s") from None
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"exit code {done.returncode}")
+
+
 class Quantizer:
     """Quantizes one architecture by recipe: pre-processes the graph once (shape inference and
     optimisation), holds the calibration inputs, and stores every artifact it makes. Use as a
@@ -104,36 +123,38 @@ class Quantizer:
         self.source = registry.models.path(arch.model_hash)
         self.quantizable = _has_quantizable_ops(self.source)
         self.calib = calibration_inputs(registry, arch)
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._scratch: contextlib.AbstractContextManager[Path] | None = None
+        self._dir: Path | None = None
         self._pre: Path | None = None
         self._quiet = _QuietQuantizer()
 
     def __enter__(self) -> Quantizer:
-        self._tmp = tempfile.TemporaryDirectory(prefix="infaas-variants-")
+        self._scratch = self.registry.scratch(f"quantize-{self.arch.name}")
+        self._dir = self._scratch.__enter__()
         logging.getLogger().addFilter(self._quiet)
         return self
 
     def __exit__(self, *exc) -> None:
         logging.getLogger().removeFilter(self._quiet)
-        if self._tmp is not None:
-            self._tmp.cleanup()
+        if self._scratch is not None:
+            self._scratch.__exit__(*exc)
+            self._scratch = self._dir = None
 
     @property
     def dir(self) -> Path:
-        assert self._tmp is not None, "use Quantizer as a context manager"
-        return Path(self._tmp.name)
+        assert self._dir is not None, "use Quantizer as a context manager"
+        return self._dir
 
     def pre(self) -> Path:
         """The pre-processed float graph (named nodes), made once."""
         if self._pre is None:
             import onnx
-            from onnxruntime.quantization.shape_inference import quant_pre_process
 
             self._pre = self.dir / "pre.onnx"
             self.say("pre-processing for quantization (shape inference, optimisation)")
             try:
-                quant_pre_process(str(self.source), str(self._pre))
-            except Exception as exc:  # some graphs defeat symbolic shape inference
+                _pre_process(self.source, self._pre)
+            except RuntimeError as exc:  # some graphs defeat symbolic shape inference
                 self.say(f"pre-processing skipped: {exc}")
                 self._pre.write_bytes(self.source.read_bytes())
             model = onnx.load(str(self._pre))
