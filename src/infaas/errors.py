@@ -77,6 +77,11 @@ class WorkerCrashed(Unavailable):
     pass
 
 
+class ReplicaGone(Unavailable):
+    """The worker does not host the variant the frontend routed to (the frontend's view was older than
+    an unload): nothing ran, so the router may route the request again."""
+
+
 class NameConflict(AlreadyExists):
     """A name was taken between the check and the write (a concurrent registration)."""
 

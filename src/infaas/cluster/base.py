@@ -83,6 +83,7 @@ class WorkerHandle(Protocol):
     @property
     def loaded(self) -> dict[str, LoadSpec]: ...
     def hosts(self, variant: str) -> bool: ...
+    def forget(self, variant: str) -> None: ...  # the worker said it does not host it: stop routing there
     def assigned(self, variant: str) -> bool: ...  # in its target placement or present in any state
     def empty(self) -> bool: ...  # nothing assigned, nothing in flight
     def missing(self) -> list[LoadSpec]: ...  # in the target placement, no replica (a failed reload)

@@ -90,6 +90,14 @@ class LocalWorker:
     def hosts(self, variant: str) -> bool:
         return variant in self._ready and self.alive
 
+    def forget(self, variant: str) -> None:
+        """The worker answered that it does not host ``variant``: this handle's view was stale (a
+        follower's mirror older than the leader's unload). Stop routing it here; what should be here
+        (the target placement) is reloaded by the controller, what should not be comes back with the
+        next mirror of the actor's placement."""
+        if variant in self._ready:
+            self._set_replica(variant, None)
+
     def assigned(self, variant: str) -> bool:
         return variant in self._specs or variant in self.replicas
 

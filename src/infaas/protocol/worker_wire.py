@@ -101,6 +101,7 @@ _KINDS: dict[str, type[errors.InfaasError]] = {
     "Cancelled": errors.Cancelled,
     "Unavailable": errors.Unavailable,
     "WorkerCrashed": errors.WorkerCrashed,
+    "ReplicaGone": errors.ReplicaGone,
     "InvalidArgument": errors.InvalidInput,  # ONNX Runtime's bad-input error
     "InvalidInput": errors.InvalidInput,
     "RuntimeContractError": errors.RuntimeContractError,

@@ -15,7 +15,7 @@ import numpy as np
 from infaas.catalog import Catalog
 from infaas.cluster.base import ClusterBackend, WorkerHandle, WorkerResult
 from infaas.decisions import DecisionLog
-from infaas.errors import DeadlineExceeded, InfaasError, InvalidInput, Overloaded, Unavailable
+from infaas.errors import DeadlineExceeded, InfaasError, InvalidInput, Overloaded, ReplicaGone, Unavailable
 from infaas.policy import (
     BatchTooLarge,
     Candidate,
@@ -110,7 +110,12 @@ class Router:
             else:
                 materialize(req.inputs)
             route = await self._route(req, plan, offline)
-            result = await self._execute(plan, route, req, offline)
+            try:
+                result = await self._execute(plan, route, req, offline)
+            except ReplicaGone:  # this frontend's view was older than an unload; nothing ran: route again
+                route.worker.forget(route.variant.name)
+                route = await self._route(req, plan, offline)
+                result = await self._execute(plan, route, req, offline)
         except InfaasError as exc:
             model = req.model if req.model in self.catalog.known_names else "(unknown)"  # bounded labels
             self.metrics.failure(model, route.variant.name if route else "", exc.status, time.perf_counter_ns() - start)

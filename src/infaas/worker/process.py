@@ -72,7 +72,7 @@ class Worker:
                 {
                     "id": msg["id"],
                     "ok": False,
-                    "kind": "Unavailable",
+                    "kind": "ReplicaGone",
                     "error": f"variant {msg['variant']} is not loaded on this worker",
                 }
             )
