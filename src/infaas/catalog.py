@@ -20,6 +20,12 @@ class Catalog:
         self.kind = kind or local_kind()
         self.refresh()
 
+    def use_kind(self, kind: HardwareKind) -> None:
+        """Serve with ``kind``'s profiles (the workers' kind, known once they have started)."""
+        if kind.id != self.kind.id:
+            self.kind = kind
+            self.refresh()
+
     def refresh(self) -> None:
         self.tasks: dict[str, Task] = {t.name: t for t in self.registry.tasks()}
         self.architectures: dict[str, Architecture] = {a.name: a for a in self.registry.architectures()}

@@ -49,7 +49,7 @@ def test_family_of_the_mlp_is_generated_measured_and_judged(registry):
         assert p.throughput > 0 and p.cost_per_1k > 0 and p.load_time_ms > 0 and p.peak_memory_mb >= 0
         assert p.agreement is not None and p.agreement > 0.9 and p.samples > 0 and p.metric == "top1"
         assert p.accuracy_low <= p.accuracy <= p.accuracy_high and p.loss_high is not None
-        assert p.hardware == local_kind().id and p.status == v.status
+        assert p.hardware == local_kind().id and p.status == v.status and p.node == "local"
         assert 0.85 < p.accuracy < 1.0
         if v.status == "rejected":
             assert v.reason.startswith(("dominated by", "accuracy"))

@@ -149,6 +149,38 @@ def test_the_actor_wire_refuses_strangers_and_pickles_and_keeps_serving(
     assert not canary.exists()
 
 
+def test_profiles_are_measured_on_a_worker_node_by_actors_that_go_away(ray_cluster, tmp_path, digits_models):
+    """Under Ray the profiler measures in actors on a worker's node (that node's hardware), not in
+    processes on the frontend's machine; the model file reaches them as a load's does."""
+    cluster, _ = ray_cluster
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        port=0,
+        workers=1,
+        cluster="ray",
+        ray_address=cluster.address,
+        ray_namespace="measure",
+        autoscale=False,
+    )
+    m = next(m for m in digits_models if m.name == "digits-logreg")
+    with BackgroundServer(settings) as server:
+        worker = server.services.cluster.workers[0]
+        with Client(server.url, timeout=60) as c:
+            c.register(m.name, m.task, m.onnx, validation=m.validation, max_batch=8)
+            assert wait_until(lambda: c.profiling(m.name)["finished"] is not None, 240), c.profiling(m.name)
+            assert c.profiling(m.name)["error"] is None, c.profiling(m.name)
+        profiles = [
+            server.services.registry.profile(v.name, worker.kind.id) for v in server.services.registry.variants(m.name)
+        ]
+        measured = [p for p in profiles if p is not None]
+        assert measured and all(p.node == worker.node_ip for p in measured), [(p.variant, p.node) for p in measured]
+        assert wait_until(lambda: not [a for a in _named("measure") if "profiler" in a], 20), _named("measure")
+
+
+def _named(namespace: str) -> list[str]:
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace]
+
+
 def test_a_killed_actor_fails_its_requests_and_is_replaced(ray_cluster, tmp_path, digits_profiled_dir, digits_samples):
     cluster, _ = ray_cluster
     data = copy_data_dir(digits_profiled_dir, tmp_path / "data")

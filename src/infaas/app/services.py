@@ -70,6 +70,7 @@ class Services:
         self._tempdir.enter_context(own_tempdir(self.settings.data_dir))  # libraries' temporary files too
         await self.leadership.step()
         await self.cluster.start()
+        self.catalog.use_kind(self.cluster.kind)  # a Ray cluster's workers may be another kind than this machine
         await self.registration.load_all()
         self.router.ready = True
         self.profiling.profile_new_kind()

@@ -18,6 +18,12 @@ def core_sets(workers: int, cores_per_worker: int = 0) -> list[tuple[int, ...]]:
     return [tuple(available[(i * per + j) % len(available)] for j in range(per)) for i in range(workers)]
 
 
+def measuring_worker(name: str) -> LocalWorker:
+    """A worker process for one measurement: every core this process may use, never restarted (a crash
+    fails that measurement only), not one of the pool's workers."""
+    return LocalWorker(name, tuple(sorted(os.sched_getaffinity(0))), restart=False, kind=local_kind())
+
+
 class LocalCluster:
     """The default backend: local worker processes, added and removed by the controller.
 
@@ -83,6 +89,9 @@ class LocalCluster:
         self._workers = [w for w in self._workers if w is not worker]
         await worker.stop()
         return True
+
+    def measuring_worker(self, name: str) -> LocalWorker:
+        return measuring_worker(name)
 
     async def start(self) -> None:
         await asyncio.gather(*(w.start() for w in self._workers))

@@ -98,7 +98,9 @@ class RayCluster:
         self.fence = fence
         self.frontend_id = frontend_id
         self.sync_s = sync_s
-        self.kind = local_kind()  # the catalog's kind; each worker reports its own (``RayWorker.kind``)
+        # the catalog's kind: this machine's until the first worker reports its own (``RayWorker.kind``);
+        # profiles are measured on that worker's node, so they are of that kind
+        self.kind = local_kind()
         self._workers: list[RayWorker] = []
         self._artifacts: dict[str, Any] = {}  # artifact key -> object ref (put once per frontend)
         self._sync_task: asyncio.Task | None = None
@@ -154,6 +156,13 @@ class RayCluster:
             ref = self._artifacts[key] = ray.put(Path(message["path"]).read_bytes())
         message["key"] = key
         return ref
+
+    def measuring_worker(self, name: str) -> RayWorker:
+        """An actor for one measurement, on the node of the pool's first worker when there is one (so
+        the profile is that node's hardware, not the frontend's), sharing its CPU (``num_cpus`` 0:
+        the pool holds the cluster's CPUs; the profiler waits for quiet moments); killed afterwards,
+        never recorded in the store."""
+        return RayWorker(name, self, measuring=True)
 
     def record(self, worker: RayWorker) -> None:
         self.store.put(
@@ -217,6 +226,9 @@ class RayCluster:
         if self.manages():
             while len(self._workers) < self.initial:
                 await self.add_worker()
+        first = next((w.kind for w in self._workers if w.kind is not None), None)
+        if first is not None:
+            self.kind = first
         self._sync_task = asyncio.create_task(self._sync_loop())
 
     async def _sync_loop(self) -> None:

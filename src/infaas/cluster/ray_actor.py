@@ -235,6 +235,14 @@ class WorkerActor:
         finally:
             self._set(variant, None)
 
+    async def profile(self, msg: dict, artifact: bytes | None) -> dict:
+        """The ``profile`` op on a model file sent like a load's (cached on this node, verified)."""
+        try:
+            path = self._cached(msg, artifact)
+        except Exception as exc:
+            return {"ok": False, "kind": "ArtifactCorrupt", "error": str(exc)}
+        return await self._control({**msg, "op": "profile", "path": str(path)})
+
     async def call(self, msg: dict) -> dict:
         """Any other worker op (stats, profile, ping)."""
         return await self._control(msg)

@@ -34,8 +34,9 @@ class RayWorker(LocalWorker):
     process. ``manages()`` says whether this frontend runs the controller: only then does it start,
     restart and kill actors; otherwise it attaches to the named actor and mirrors its placement."""
 
-    def __init__(self, name: str, cluster: RayCluster) -> None:
-        super().__init__(name, (), start_timeout_s=cluster.start_timeout_s)
+    def __init__(self, name: str, cluster: RayCluster, measuring: bool = False) -> None:
+        super().__init__(name, (), start_timeout_s=cluster.start_timeout_s, restart=not measuring)
+        self.measuring = measuring  # one measurement's actor: not in the pool, not in the store
         self.cluster = cluster
         self.actor: Any = None
         self.node_id = ""
@@ -58,7 +59,7 @@ class RayWorker(LocalWorker):
         import ray
 
         c = self.cluster
-        record = c.store.get("worker", self.name) or {}
+        record = {} if self.measuring else c.store.get("worker", self.name) or {}
         actor = None
         if record.get("actor") and not self._replacing:
             try:
@@ -67,7 +68,7 @@ class RayWorker(LocalWorker):
                 self.actor_name = record["actor"]
             except Exception:
                 actor = None
-        if actor is None and not c.manages():
+        if actor is None and not c.manages() and not self.measuring:
             raise Unavailable(f"worker {self.name} has no live actor yet (the controller is replacing it)")
         if actor is None:
             self.incarnation = int(record.get("incarnation", -1)) + 1
@@ -82,13 +83,16 @@ class RayWorker(LocalWorker):
             }
             if c.memory_mb:
                 opts["memory"] = int(c.memory_mb * 2**20)
+            if self.measuring:
+                opts.update(_measuring_options(c, self.name))
+                self.actor_name = opts["name"]
             log.info("worker %s: starting Ray actor %s (%d CPU)", self.name, self.actor_name, c.cores_per_worker)
             actor = actor_class().options(**opts).remote(c.cores_per_worker, c.allow_spinning, c.cache_dir, c.wire)
         self._replacing = False
         try:
             hello = await asyncio.wait_for(actor.hello.remote(), self.start_timeout_s)
         except Exception as exc:
-            if c.manages():
+            if c.manages() or self.measuring:
                 with contextlib.suppress(Exception):
                     ray.kill(actor, no_restart=True)
             raise Unavailable(
@@ -115,6 +119,8 @@ class RayWorker(LocalWorker):
         self.replicas, self._ready = {}, set()
         self._actor_version = -1
         self._watch_task = asyncio.create_task(self._watch(actor))
+        if self.measuring:
+            return
         if c.manages():
             c.record(self)
         else:
@@ -152,6 +158,9 @@ class RayWorker(LocalWorker):
                 "serving this request; it is being replaced"
             )
         )
+        if self.measuring:  # one measurement's actor: its death fails that measurement, nothing to replace
+            self._set_state(WorkerState.STOPPED, why)
+            return
         self.cluster.on_death(self, why)
         self._replacing = self.cluster.manages()
         if self.cluster.manages() and (self._restart_task is None or self._restart_task.done()):
@@ -192,7 +201,7 @@ class RayWorker(LocalWorker):
                 await self._restart_task
         actor, self.actor = self.actor, None
         await self._close_process(0)
-        if kill and actor is not None and self.cluster.manages():
+        if kill and actor is not None and (self.cluster.manages() or self.measuring):
             import ray
 
             with contextlib.suppress(Exception):
@@ -272,6 +281,9 @@ class RayWorker(LocalWorker):
         if op == "load":
             msg = {k: v for k, v in message.items() if k != "op"}
             ref = actor.load.remote(msg, self.cluster.artifact(message), self.cluster.fence())
+        elif op == "profile":  # the model file travels as for a load: the actor's node may not have it
+            msg = {k: v for k, v in message.items() if k != "op"}
+            ref = actor.profile.remote(msg, self.cluster.artifact(message))
         elif op == "unload":
             ref = actor.unload.remote(message["variant"], message.get("drain_s", 30.0), self.cluster.fence())
         else:
@@ -282,6 +294,21 @@ class RayWorker(LocalWorker):
         """The actor drains every frontend's requests (it counts them all), then unloads."""
         if self.actor is not None:
             await self._call({"op": "unload", "variant": variant, "drain_s": drain_s}, timeout=drain_s + 60)
+
+
+def _measuring_options(cluster: RayCluster, name: str) -> dict[str, Any]:
+    """A measuring actor's options: a name of its own, no CPU reserved, pinned to the node of the pool's
+    first live worker (that node's hardware is what serves), anywhere with a free CPU when there is none."""
+    import secrets
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    opts: dict[str, Any] = {"name": f"{cluster.prefix}-{name}-{secrets.token_hex(3)}", "lifetime": None}  # dies with us
+    host = next((w for w in cluster.workers if w.node_id and w.alive), None)
+    if host is not None:
+        opts["num_cpus"] = 0
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(host.node_id, soft=False)
+    return opts
 
 
 async def _awaited(ref: Any) -> Any:

@@ -93,6 +93,7 @@ class Profiling:
                     quick=quick,
                     progress=progress,
                     before_measure=self.placement.quiet.wait,
+                    backend=self.cluster,
                 )
             counts = {s: sum(v.status == s for v in report.variants) for s in ("ready", "rejected", "failed")}
             state["summary"] = {**counts, "skipped": {s.format: s.reason for s in report.skipped}}

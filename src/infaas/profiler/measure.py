@@ -4,12 +4,13 @@ measurement makes of a variant: its quality against the parent and its profile."
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from infaas.cluster.local_worker import LocalWorker
+from infaas.cluster.base import WorkerHandle
+from infaas.hardware import HardwareKind, local_kind
 from infaas.profiler import quality as Q
 from infaas.profiler.inputs import synthesize
 from infaas.registry import Architecture, Profile, Registry, Variant
@@ -28,6 +29,8 @@ class Measurement:
     min_throughput: float = 0.0  # ... unless slower than this (the parent): no accuracy makes it worth it
     result: dict | None = None
     error: str = ""
+    kind: HardwareKind | None = None  # the measuring worker's hardware kind, and its node
+    node: str = ""
 
     @property
     def throughput(self) -> float:
@@ -65,6 +68,7 @@ def evaluation_data(registry: Registry, arch: Architecture, rows: int, axis_size
 
 async def measure_on_worker(
     m: Measurement,
+    new_worker: Callable[[str], WorkerHandle],
     registry: Registry,
     arch: Architecture,
     data: Evaluation,
@@ -74,11 +78,11 @@ async def measure_on_worker(
     metric: str,
     axis: dict | None,
 ) -> None:
-    worker = LocalWorker(
-        f"profiler-{m.artifact.format}-{m.provider}-t{m.threads}", tuple(sorted(os.sched_getaffinity(0))), restart=False
-    )
+    """Measure ``m`` in a fresh worker from ``new_worker`` (the backend's: on its hardware and node)."""
+    worker = new_worker(f"profiler-{m.artifact.format}-{m.provider}-t{m.threads}")
     try:
         await worker.start()
+        m.kind, m.node = worker.kind or local_kind(), worker.node
         m.result = await worker.profile(
             {
                 "path": str(registry.models.path(m.artifact.key)),
@@ -151,6 +155,7 @@ def variant_profile(
     profile = Profile(
         variant=v.name,
         hardware=kind,
+        node=m.node,
         metric=metric,
         latency_p50_ms=p50,
         latency_p99_ms=p99,

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from infaas.cluster.base import ClusterBackend, WorkerHandle
+from infaas.cluster.local import measuring_worker
 from infaas.hardware import local_kind
 from infaas.profiler import quality as Q
 from infaas.profiler.inputs import axis_sizes, dynamic_axes
@@ -175,7 +177,9 @@ def _judge_and_store(
 ) -> None:
     """Each planned variant's profile from its measurement and quality, the verdicts side by side
     (:func:`~infaas.profiler.verdict.judge`), and every variant and profile stored in one transaction (all or none)."""
-    kind = local_kind()
+    measured = next((m.kind for m in by_config.values() if m.kind is not None), None)
+    kind = measured or local_kind()  # the measuring workers' kind (the backend's hardware)
+    report.kind = kind.id
     updated = []
     for v in planned:
         m = by_config[(v.format, v.provider, v.threads)]
@@ -212,8 +216,11 @@ def _architecture_and_metric(registry: Registry, name: str) -> tuple[Architectur
     return arch, task.metric if task is not None else "top1"
 
 
-def _max_threads(settings: Settings) -> int:
-    """The most threads a variant gets: a worker's cores (``cores_per_worker``, else an even share)."""
+def _max_threads(settings: Settings, backend: ClusterBackend | None) -> int:
+    """The most threads a variant gets: a worker's cores (the backend's, else ``cores_per_worker``, else
+    an even share of this machine's)."""
+    if backend is not None:
+        return max(1, backend.cores_per_worker)
     cores = len(os.sched_getaffinity(0))
     return min(settings.cores_per_worker or max(1, cores // settings.workers), cores)
 
@@ -225,6 +232,7 @@ def _measurer(
     settings: Settings,
     quick: bool,
     before_measure: Callable[[], Awaitable[object]] | None,
+    new_worker: Callable[[str], WorkerHandle],
 ) -> tuple[Evaluation, str, Callable[[Measurement], Awaitable[None]]]:
     """The evaluation inputs, the dynamic axes as text, and how one measurement runs (batches 1, 2,
     4 ... max batch; fewer repeats when ``quick``; after ``before_measure``)."""
@@ -239,7 +247,7 @@ def _measurer(
     async def measure(m: Measurement) -> None:
         if before_measure is not None:
             await before_measure()
-        await measure_on_worker(m, registry, arch, data, batches, repeats, warmup, metric, axis)
+        await measure_on_worker(m, new_worker, registry, arch, data, batches, repeats, warmup, metric, axis)
 
     return data, ", ".join(f"{k}[{d}]" for k, d in dims.items()), measure
 
@@ -253,10 +261,13 @@ async def profile_architecture(
     progress: Progress | None = None,
     generate: Callable[..., tuple[list[Artifact], list[Skipped]]] = generate_artifacts,
     before_measure: Callable[[], Awaitable[object]] | None = None,
+    backend: ClusterBackend | None = None,
 ) -> ProfileReport:
-    """Generate (with ``generate``), measure and judge every variant of an architecture on this
-    machine's hardware kind; persists variants and profiles. ``before_measure`` is awaited before
-    each measurement (a server waits out its loads, which calibrate at full speed meanwhile)."""
+    """Generate (with ``generate``), measure and judge every variant of an architecture; persists
+    variants and profiles. Measurements run in fresh workers from ``backend`` (on its hardware and
+    node: a Ray backend measures on a worker's node), else in worker processes on this machine.
+    ``before_measure`` is awaited before each measurement (a server waits out its loads, which
+    calibrate at full speed meanwhile)."""
     started = time.monotonic()
     say = progress or (lambda what, done, total: None)
     arch, metric = _architecture_and_metric(registry, name)
@@ -264,8 +275,9 @@ async def profile_architecture(
     say("generating variants", 0, 1)
     gpu = cuda_available()
     artifacts, skipped = await asyncio.to_thread(generate, registry, arch, gpu=gpu, progress=lambda msg: say(msg, 0, 1))
-    max_threads = _max_threads(settings)
-    data, axis_text, measure = _measurer(registry, arch, metric, settings, quick, before_measure)
+    max_threads = _max_threads(settings, backend)
+    new_worker = backend.measuring_worker if backend is not None else measuring_worker
+    data, axis_text, measure = _measurer(registry, arch, metric, settings, quick, before_measure, new_worker)
     # 1. each artifact answers once, at the most threads; the parent first
     report = ProfileReport(name, skipped=skipped, kind=kind.id, metric=metric)
     qualities: dict[str, Q.Quality | None] = {}

@@ -110,6 +110,7 @@ class Profile(_Record):
 
     variant: str
     hardware: str
+    node: str = ""  # where it was measured: "local" (this machine) or the Ray node's address
     status: VariantStatus = "ready"
     reason: str = ""
     metric: Metric = "top1"
