@@ -92,6 +92,16 @@ class Settings(BaseSettings):
     max_management_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="largest management body (model uploads, job inputs)"
     )
+    max_inflight_requests: int = Field(
+        512,
+        ge=1,
+        description="inference requests in flight through one door (REST, gRPC); past it: 503 at once, body unread",
+    )
+    max_loop_lag_ms: float = Field(
+        250.0,
+        gt=0,
+        description="refuse new inference requests (503, body unread) while the event loop runs this late",
+    )
     max_connections: int = Field(
         1024, ge=1, description="concurrent HTTP connections (REST) and RPCs (gRPC); past it: 503 / RESOURCE_EXHAUSTED"
     )

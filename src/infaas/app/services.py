@@ -33,6 +33,7 @@ from infaas.policy.latency import LatencyModel
 from infaas.policy.policies import policy_named
 from infaas.registry import Registry
 from infaas.registry.scratch import own_tempdir
+from infaas.serving.door import Door, LoopLag
 from infaas.serving.metrics import Metrics
 from infaas.serving.router import Router
 from infaas.settings import Settings
@@ -60,6 +61,7 @@ class Services:
     jobs: JobRunner
     autoscaler: Autoscaler | None
     leadership: Leadership
+    doors: dict[str, Door]  # admission at each door (rest, grpc), sharing one event-loop lag monitor
     _started: bool = field(default=False, repr=False)
     _tempdir: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
@@ -68,6 +70,7 @@ class Services:
         them), then the workers and their variants, then the controller and the job runner if this
         frontend leads."""
         self._tempdir.enter_context(own_tempdir(self.settings.data_dir))  # libraries' temporary files too
+        self.doors["rest"].lag.ensure_running()  # the doors' event-loop lag monitor
         await self.leadership.step()
         await self.cluster.start()
         self.catalog.use_kind(self.cluster.kind)  # a Ray cluster's workers may be another kind than this machine
@@ -103,6 +106,7 @@ class Services:
         await _quietly("the workers", self.cluster.stop)  # still holding the lease: the last frontend out stops Ray's
         await _quietly("the controller lease", self.leadership.stop)
         await _quietly("the metadata store", self.registry.close)
+        await self.doors["rest"].lag.stop()
         self._tempdir.close()
 
 
@@ -247,5 +251,14 @@ def build_services(settings: Settings) -> Services:
         jobs,
         scaler,
         leadership,
+        _doors(settings, metrics),
     )
     return services
+
+
+def _doors(settings: Settings, metrics: Metrics) -> dict[str, Door]:
+    lag = LoopLag()
+    return {
+        name: Door(name, settings.max_inflight_requests, settings.max_loop_lag_ms, lag, metrics.door_refused)
+        for name in ("rest", "grpc")
+    }

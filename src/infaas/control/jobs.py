@@ -281,7 +281,7 @@ class JobRunner:
         if self.get(job.id).status not in ACTIVE:  # cancelled meanwhile
             return False
         if job.done_rows >= job.rows:  # a crash between the last part and the merge
-            return self._complete(job)
+            return await self._complete(job)
         busy = self.busy()
         if busy is not None:
             if job.status != "paused":
@@ -335,7 +335,8 @@ class JobRunner:
         if self.get(job.id).status not in ACTIVE:  # cancelled while this batch ran: keep its record as is
             return False
         job.failures = 0
-        _save_npz(self.root / job.id / f"part-{start:010d}.npz", {o.name: o.data for o in resp.outputs})
+        part = self.root / job.id / f"part-{start:010d}.npz"  # written (and fsynced) off the event loop
+        await asyncio.to_thread(_save_npz, part, {o.name: o.data for o in resp.outputs})
         variant = resp.parameters.get("variant", "?")
         job.variants[variant] = job.variants.get(variant, 0) + (end - start)
         if job.segments and job.segments[-1][2] == variant and job.segments[-1][1] == start:
@@ -346,27 +347,24 @@ class JobRunner:
         if not self._save(job):
             return False
         if end >= job.rows:
-            return self._complete(job)
+            return await self._complete(job)
         return True
 
-    def _complete(self, job: Job) -> bool:
-        """Merge the parts into outputs.npz (atomically), mark the job done, then remove the parts."""
+    async def _complete(self, job: Job) -> bool:
+        """Merge the parts into outputs.npz (atomically), remove the parts, then mark the job done (a
+        crash between the two finds outputs.npz and no parts, and marks it done then). The file work
+        runs off the event loop: merging 1,875 parts (30,000 rows) there took ~10 s on 2 cores, during
+        which the server answered nothing (the door's lag measure found it)."""
         folder = self.root / job.id
-        parts = sorted(folder.glob("part-*.npz"))
-        merged: dict[str, list[np.ndarray]] = {}
-        for part in parts:
-            with np.load(part) as npz:
-                for k in npz.files:
-                    merged.setdefault(k, []).append(npz[k])
-        outputs = {k: np.concatenate(v) for k, v in merged.items()}
+        parts, outputs = await asyncio.to_thread(_merge_parts, folder)
         got = min((len(v) for v in outputs.values()), default=0)
         if got != job.rows:
             self._finish(job, "failed", f"the saved parts hold {got} rows, the job has {job.rows}")
             return False
-        _save_npz(folder / "outputs.npz", outputs)
+        if not (folder / "outputs.npz").exists():
+            await asyncio.to_thread(_save_npz, folder / "outputs.npz", outputs)
+        await asyncio.to_thread(_unlink_all, parts)
         self._finish(job, "done", "")
-        for part in parts:
-            part.unlink(missing_ok=True)
         return False
 
     def _finish(self, job: Job, status: str, reason: str) -> None:
@@ -386,6 +384,26 @@ class JobRunner:
             + (f"; paused {job.pauses} time(s), {job.paused_s:.1f} s" if job.pauses else ""),
             job=job.id,
         )
+
+
+def _merge_parts(folder: Path) -> tuple[list[Path], dict[str, np.ndarray]]:
+    """The parts and their rows merged. An outputs.npz is written (atomically) only once every part is
+    merged: when one exists, a crash came after the merge, and its rows are the job's."""
+    parts = sorted(folder.glob("part-*.npz"))
+    if (folder / "outputs.npz").exists():
+        with np.load(folder / "outputs.npz") as npz:
+            return parts, {k: npz[k] for k in npz.files}
+    merged: dict[str, list[np.ndarray]] = {}
+    for part in parts:
+        with np.load(part) as npz:
+            for k in npz.files:
+                merged.setdefault(k, []).append(npz[k])
+    return parts, {k: np.concatenate(v) for k, v in merged.items()}
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

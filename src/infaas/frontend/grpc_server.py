@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from infaas.errors import Cancelled, InfaasError
+from infaas.errors import Cancelled, InfaasError, Unavailable
 from infaas.frontend.auth import authorize
 from infaas.protocol.grpc_codec import SERVICE, decode_infer, encode_infer
 from infaas.protocol.proto import kserve_v2_pb2 as pb
@@ -35,6 +35,7 @@ class GrpcFrontend:
         self.settings = services.settings
         self.server: grpc.aio.Server | None = None
         self.keys = tuple(self.settings.api_keys)
+        self.door = services.doors["grpc"]
 
     # ---- handlers (each: request message -> response message) --------------------------------
     async def ServerLive(self, req, ctx):
@@ -59,11 +60,21 @@ class GrpcFrontend:
         return out
 
     async def ModelInfer(self, req, ctx):
-        request = decode_infer(req, self.settings.max_request_elements)
-        remaining = ctx.time_remaining()  # the client's gRPC deadline becomes the request's
-        if remaining is not None:
-            request.deadline = time.monotonic() + remaining
-        return encode_infer(await self.router.infer(request))
+        arrival = time.monotonic()
+        refused = self.door.refuse(arrival)
+        if refused is not None:  # the frontend itself is overloaded: refused before decoding
+            self.door.count(refused[0])
+            raise Unavailable(refused[1], retry_after_s=1.0)
+        self.door.inflight += 1
+        try:
+            request = decode_infer(req, self.settings.max_request_elements)
+            request.arrival, request.via = arrival, "grpc"
+            remaining = ctx.time_remaining()  # the client's gRPC deadline becomes the request's
+            if remaining is not None:
+                request.deadline = arrival + remaining
+            return encode_infer(await self.router.infer(request))
+        finally:
+            self.door.inflight -= 1
 
     async def ModelConfig(self, req, ctx):
         cfg = self.views.model_config(req.name, req.version or None)

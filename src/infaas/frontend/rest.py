@@ -9,17 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import TYPE_CHECKING
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from infaas.errors import Cancelled, InvalidInput
+from infaas.errors import Cancelled, DeadlineExceeded, InvalidInput
 from infaas.frontend.management import management_routes
-from infaas.frontend.web import error_response, guard, json_response, read_body, services_of
+from infaas.frontend.web import (
+    DoorMiddleware,
+    arrival_of,
+    error_response,
+    guard,
+    json_response,
+    read_body,
+    services_of,
+)
 from infaas.protocol import codec
 
 if TYPE_CHECKING:
@@ -76,12 +86,20 @@ async def infer(request: Request) -> Response:
     settings = services.settings
     model, version = _model_args(request)
     services.catalog.resolve(model, version)  # an unknown model is a 404 whatever the body
+    arrival = arrival_of(request)
+    if time.monotonic() - arrival > settings.request_timeout_s:  # past any deadline it may carry: body unread
+        services.metrics.door_refused.labels("rest", "expired").inc()
+        raise DeadlineExceeded(
+            f"the request waited {time.monotonic() - arrival:.1f} s in the server, past the ceiling on any "
+            f"deadline (request_timeout_s {settings.request_timeout_s:g}); its body was not read"
+        )
     body = await read_body(request, settings.max_request_bytes)
     header = request.headers.get(codec.HEADER_LENGTH)
     if len(body) > 1 << 20:  # a large JSON header is parsed off the event loop
         req = await asyncio.to_thread(codec.decode_request, body, header, model, version, settings.max_request_elements)
     else:
         req = codec.decode_request(body, header, model, version, settings.max_request_elements)
+    req.arrival, req.via = arrival, "rest"  # the deadline counts from the door
     # a client that disconnects cancels its request (in the worker too, if still queued)
     task = asyncio.current_task()
     assert task is not None
@@ -180,6 +198,12 @@ def build_app(services: Services, lifespan=None, *, inference: bool = True, mana
             routes += [Route("/v2/health/live", guard(live)), Route("/v2/health/ready", guard(ready))]
     if inference:
         routes += last
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: _not_found, 405: _not_found})
+    middleware = [Middleware(DoorMiddleware, door=services.doors["rest"])] if inference else []
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: _not_found, 405: _not_found},
+        middleware=middleware,
+    )
     app.state.services = services
     return app

@@ -7,6 +7,7 @@ import asyncio
 import io
 import logging
 import math
+import time
 import zipfile
 import zlib
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from infaas.frontend.auth import authorize
 
 if TYPE_CHECKING:
     from infaas.app.services import Services
+    from infaas.serving.door import Door
 
 log = logging.getLogger("infaas.rest")
 
@@ -59,6 +61,42 @@ def guard(fn: Handler, keys: tuple[str, ...] = ()) -> Handler:
             return error_response(f"internal error: {type(exc).__name__}: {exc}", 500)
 
     return wrapped
+
+
+class DoorMiddleware:
+    """The REST app's outermost layer: every request's arrival time, taken before its body is read
+    (``request.state.arrival``), and admission of inference requests at the door
+    (:mod:`infaas.serving.door`): refused at once, body unread, when the frontend itself is overloaded."""
+
+    def __init__(self, app, door: Door) -> None:
+        self.app = app
+        self.door = door
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        now = time.monotonic()
+        scope.setdefault("state", {})["arrival"] = now
+        if scope["method"] != "POST" or not scope["path"].endswith("/infer"):  # health, metadata: always answered
+            await self.app(scope, receive, send)
+            return
+        refused = self.door.refuse(now)
+        if refused is not None:
+            reason, message = refused
+            self.door.count(reason)
+            await error_response(message, 503, retry_after_s=1.0)(scope, receive, send)
+            return
+        self.door.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.door.inflight -= 1
+
+
+def arrival_of(request: Request) -> float:
+    """When the door saw ``request`` (now, for an app built without the door)."""
+    return request.scope.get("state", {}).get("arrival") or time.monotonic()
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -63,6 +63,8 @@ class InferRequest:
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() by which the caller stops waiting (gRPC deadline)
+    arrival: float | None = None  # time.monotonic() when the door first saw it: deadlines count from here
+    via: str = ""  # the door it came through (rest, grpc); empty for in-process callers (jobs)
 
 
 @dataclass(slots=True)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from infaas.serving.door import refusal_counter
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -110,6 +112,7 @@ class Metrics:
         self.batch_size = Histogram(
             "infaas_batch_size", "Rows per executed batch", ["variant"], buckets=BATCH_BUCKETS, registry=self.registry
         )
+        self.door_refused = refusal_counter(self.registry)
         self.variants: dict[str, VariantStats] = defaultdict(VariantStats)
         self._children: dict[tuple[str, str], tuple] = {}
         self.registry.register(_LiveCollector(queue_depths, workers))

@@ -1,0 +1,123 @@
+"""Admission at the door: deadlines count from the moment the server first sees a request, and the
+frontend refuses new inference requests at once, before reading their bodies, when it is itself the
+bottleneck (too many in flight, or an event loop running late); health stays answered."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from infaas.app import BackgroundServer
+from infaas.settings import Settings
+from tests.conftest import copy_data_dir
+
+pytestmark = [pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def server(tmp_path, digits_data_dir):
+    data = copy_data_dir(digits_data_dir, tmp_path / "d")
+    settings = Settings(
+        data_dir=data, port=0, workers=1, autoscale=False, profile_on_register=False, max_inflight_requests=2
+    )
+    with BackgroundServer(settings) as srv:
+        yield srv
+
+
+def _body(samples, timeout_us: int | None = None) -> bytes:
+    body: dict = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": samples[0][0].tolist()}]}
+    if timeout_us is not None:
+        body["parameters"] = {"timeout": timeout_us}
+    return json.dumps(body).encode()
+
+
+def _slow_post(url: str, body: bytes, hold_s: float, path: str = "/v2/models/digits-mlp/infer") -> tuple[int, str]:
+    """POST whose headers and first bytes arrive at once and the rest ``hold_s`` later (a slow upload)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        s.sendall(head.encode() + body[:10])
+        time.sleep(hold_s)
+        s.sendall(body[10:])
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < _length(reply):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1])
+    return status, reply.split(b"\r\n\r\n", 1)[1].decode()
+
+
+def _length(reply: bytes) -> int:
+    m = re.search(rb"content-length: (\d+)", reply.split(b"\r\n\r\n", 1)[0], re.I)
+    return int(m.group(1)) if m else 0
+
+
+def _refused(url: str, door: str, reason: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    m = re.search(rf'infaas_door_refused_total{{door="{door}",reason="{reason}"}} ([0-9.e+]+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_a_request_whose_deadline_passed_while_it_waited_is_refused_undecoded(server, digits_samples):
+    # 0.5 s of deadline, and its body arrives 0.8 s after its headers: the deadline counts from the door
+    status, text = _slow_post(server.url, _body(digits_samples, timeout_us=500_000), hold_s=0.8)
+    assert status == 503 and "had passed after waiting" in text and "not decoded" in text, text
+    assert _refused(server.url, "rest", "expired") == 1
+    # the same request sent at once is served
+    status, text = _slow_post(server.url, _body(digits_samples, timeout_us=500_000), hold_s=0.0)
+    assert status == 200, text
+
+
+def test_a_stalled_event_loop_refuses_new_inference_at_once_and_health_still_answers(server, digits_samples):
+    body = _body(digits_samples)
+    results: dict[str, int] = {}
+
+    def send(name: str, method: str, path: str) -> None:
+        r = httpx.request(method, server.url + path, content=body if method == "POST" else None, timeout=30)
+        results[name] = r.status_code
+        results[name + "_text"] = r.text  # type: ignore[assignment]
+
+    server.loop.call_soon_threadsafe(time.sleep, 1.5)  # the frontend's loop blocks, longer than the lag window
+    time.sleep(0.2)
+    threads = [
+        threading.Thread(target=send, args=("infer", "POST", "/v2/models/digits-mlp/infer")),
+        threading.Thread(target=send, args=("health", "GET", "/v2/health/ready")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results["health"] == 200
+    assert results["infer"] == 503 and "event loop runs" in results["infer_text"], results
+    assert _refused(server.url, "rest", "loop_lag") >= 1
+    time.sleep(0.6)  # the lag has passed: served again
+    assert httpx.post(server.url + "/v2/models/digits-mlp/infer", content=body, timeout=30).status_code == 200
+
+
+def test_requests_past_the_in_flight_bound_are_refused_before_their_body_is_read(server, digits_samples):
+    holders = [
+        threading.Thread(target=_slow_post, args=(server.url, _body(digits_samples), 1.5)) for _ in range(2)
+    ]  # two slow uploads hold the door's two places
+    for t in holders:
+        t.start()
+    time.sleep(0.5)
+    r = httpx.post(server.url + "/v2/models/digits-mlp/infer", content=_body(digits_samples), timeout=30)
+    assert r.status_code == 503 and "in flight" in r.json()["error"] and r.headers["retry-after"] == "1"
+    assert httpx.get(server.url + "/v2/health/live", timeout=10).status_code == 200
+    for t in holders:
+        t.join(30)
+    assert _refused(server.url, "rest", "inflight") == 1
+    assert (
+        httpx.post(server.url + "/v2/models/digits-mlp/infer", content=_body(digits_samples), timeout=30).status_code
+        == 200
+    )
