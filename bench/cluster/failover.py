@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -120,7 +121,9 @@ def start_frontend(name: str, work: Path, redis_url: str, ray_address: str, name
     env = {**os.environ, "INFAAS_RAY_NAMESPACE": namespace}
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=work)
     url = f"http://{LOOPBACK}:{port}"
-    if not wait_until(lambda: Client(url, timeout=2).ready(), 120, 0.25):
+    with Client(url, timeout=2) as probe:
+        up = wait_until(probe.ready, 120, 0.25)
+    if not up:
         proc.kill()
         sys.exit(f"frontend {name} did not start:\n{(work / f'frontend-{name}.log').read_text()[-3000:]}")
     return proc, url
@@ -279,21 +282,13 @@ async def scenario(args, work: Path) -> dict:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        with _quiet():
+        with contextlib.suppress(Exception):
             if ray.is_initialized():
                 ray.shutdown()
             cluster.shutdown()
         redis_proc.kill()
         redis_proc.wait(10)
     return result
-
-
-class _quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        return exc[0] is not None and issubclass(exc[0], Exception)
 
 
 def summarize(records: list[dict]) -> dict:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from infaas.errors import Cancelled, InfaasError, Unavailable
+from infaas.errors import Cancelled, InfaasError
 from infaas.frontend.auth import authorize
 from infaas.protocol.grpc_codec import SERVICE, decode_infer, encode_infer
 from infaas.protocol.proto import kserve_v2_pb2 as pb
@@ -61,20 +61,13 @@ class GrpcFrontend:
 
     async def ModelInfer(self, req, ctx):
         arrival = time.monotonic()
-        refused = self.door.refuse(arrival)
-        if refused is not None:  # the frontend itself is overloaded: refused before decoding
-            self.door.count(refused[0])
-            raise Unavailable(refused[1], retry_after_s=1.0)
-        self.door.inflight += 1
-        try:
+        with self.door.admit(arrival):  # refused before decoding when the frontend itself is overloaded
             request = decode_infer(req, self.settings.max_request_elements)
             request.arrival, request.via = arrival, "grpc"
             remaining = ctx.time_remaining()  # the client's gRPC deadline becomes the request's
             if remaining is not None:
                 request.deadline = arrival + remaining
             return encode_infer(await self.router.infer(request))
-        finally:
-            self.door.inflight -= 1
 
     async def ModelConfig(self, req, ctx):
         cfg = self.views.model_config(req.name, req.version or None)

@@ -88,7 +88,7 @@ async def infer(request: Request) -> Response:
     services.catalog.resolve(model, version)  # an unknown model is a 404 whatever the body
     arrival = arrival_of(request)
     if time.monotonic() - arrival > settings.request_timeout_s:  # past any deadline it may carry: body unread
-        services.metrics.door_refused.labels("rest", "expired").inc()
+        services.doors["rest"].count("expired")
         raise DeadlineExceeded(
             f"the request waited {time.monotonic() - arrival:.1f} s in the server, past the ceiling on any "
             f"deadline (request_timeout_s {settings.request_timeout_s:g}); its body was not read"

@@ -18,7 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from infaas.errors import InfaasError, InvalidInput, TooLarge
+from infaas.errors import InfaasError, InvalidInput, TooLarge, Unavailable
 from infaas.frontend.auth import authorize
 
 if TYPE_CHECKING:
@@ -81,17 +81,15 @@ class DoorMiddleware:
         if scope["method"] != "POST" or not scope["path"].endswith("/infer"):  # health, metadata: always answered
             await self.app(scope, receive, send)
             return
-        refused = self.door.refuse(now)
-        if refused is not None:
-            reason, message = refused
-            self.door.count(reason)
-            await error_response(message, 503, retry_after_s=1.0)(scope, receive, send)
+        try:
+            self.door.enter(now)
+        except Unavailable as exc:  # refused at the door, body unread
+            await error_response(exc.message, exc.status, exc.retry_after_s)(scope, receive, send)
             return
-        self.door.inflight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.door.inflight -= 1
+            self.door.leave()
 
 
 def arrival_of(request: Request) -> float:

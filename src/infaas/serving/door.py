@@ -22,8 +22,11 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter
+
+from infaas.errors import Unavailable
 
 _PERIOD_S = 0.02
 _WINDOW_S = 1.0  # lag is the smallest wake-up delay of this long
@@ -99,6 +102,26 @@ class Door:
     def count(self, reason: str) -> None:
         if self.refused is not None:
             self.refused.labels(self.name, reason).inc()
+
+    def enter(self, now: float) -> None:
+        """Take a place for one inference request (give it back with :meth:`leave`), or raise
+        :class:`Unavailable` (counted, with the reason and a retry hint) when the door refuses it."""
+        refused = self.refuse(now)
+        if refused is not None:
+            self.count(refused[0])
+            raise Unavailable(refused[1], retry_after_s=1.0)
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
+
+    @contextlib.contextmanager
+    def admit(self, now: float) -> Iterator[None]:
+        self.enter(now)
+        try:
+            yield
+        finally:
+            self.leave()
 
 
 def refusal_counter(registry: CollectorRegistry) -> Counter:
