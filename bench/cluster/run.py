@@ -152,7 +152,9 @@ def run_contender(name: str, data: Path, variant: str, body: Path, header: str, 
                 for clients in args.clients:
                     out["runs"][clients] = load(server.url, path, body, header, clients, args.duration)
             out["hop_us"] = hop_us(server)
-            out["nodes"] = sorted({getattr(w, "node_id", "local")[:8] for w in server.services.cluster.workers})
+            out["nodes"] = sorted(
+                {getattr(w.transport, "node_id", "local")[:8] for w in server.services.cluster.workers}
+            )
     finally:
         if cluster is not None:
             import ray

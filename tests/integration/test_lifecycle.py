@@ -186,18 +186,18 @@ def test_an_unreadable_reply_replaces_the_worker_instead_of_hanging_its_requests
     import struct
     import subprocess
 
-    from infaas.cluster.local_worker import LocalWorker
+    from infaas.cluster.local_worker import local_worker
     from infaas.errors import WorkerCrashed
 
     async def scenario():
-        worker = LocalWorker("wx", (0,), restart=False)
+        worker = local_worker("wx", (0,), restart=False)
         proc = subprocess.Popen(["sleep", "60"])  # stands for the worker process
-        worker._proc, worker.state = proc, WorkerState.READY
+        worker.transport.proc, worker.state = proc, WorkerState.READY
         waiting = asyncio.get_running_loop().create_future()
-        worker._pending[7] = waiting
+        worker.channel.pending[7] = waiting
         reader = asyncio.StreamReader()
         reader.feed_data(struct.pack("<II", 10, 10**6))
-        await asyncio.wait_for(worker._read_loop(reader, proc), 10)
+        await asyncio.wait_for(worker._read(reader, worker._incarnation), 10)
         assert proc.poll() is not None  # killed
         assert worker.state is WorkerState.STOPPED and "unreadable reply" in worker.last_exit
         with pytest.raises(WorkerCrashed):

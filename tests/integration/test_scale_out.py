@@ -57,7 +57,7 @@ def ray_cluster():
 
 
 def _node_of(worker) -> str:
-    return worker.node_id
+    return worker.transport.node_id
 
 
 def test_workers_spread_over_nodes_and_serve_a_model_less_query(
@@ -78,7 +78,7 @@ def test_workers_spread_over_nodes_and_serve_a_model_less_query(
     with BackgroundServer(settings) as server:
         dp = server.services
         assert len(dp.cluster.workers) == 2
-        nodes = {w.node_id for w in dp.cluster.workers}
+        nodes = {w.transport.node_id for w in dp.cluster.workers}
         assert len(nodes) == 2, "each 1-CPU actor needs a node of its own (the head has no CPU)"
         assert all(w.kind is not None and w.kind.id == dp.catalog.kind.id for w in dp.cluster.workers)
         x, _ = digits_samples
@@ -127,7 +127,7 @@ def test_the_actor_wire_refuses_strangers_and_pickles_and_keeps_serving(
     canary = tmp_path / "canary"
     with BackgroundServer(settings) as server:
         worker = server.services.cluster.workers[0]
-        host, port = worker.address
+        host, port = worker.transport.address
         assert host == "127.0.0.1"
         secret = server.services.registry.store.get("secret", "wire")["secret"].encode()
         evil = b"".join(bytes(p) for p in worker_wire.encode({"op": "infer", "x": _Canary(canary)}))
@@ -141,7 +141,7 @@ def test_the_actor_wire_refuses_strangers_and_pickles_and_keeps_serving(
             writer.close()
 
         asyncio.run(attack())
-        counts = ray.get(worker.actor.wire_stats.remote())
+        counts = ray.get(worker.transport.actor.wire_stats.remote())
         assert counts["refused"] >= 1 and counts["rejected"] == 1
         x, _ = digits_samples
         with Client(server.url) as c:  # the frontend's own connection was never disturbed
@@ -173,7 +173,9 @@ def test_profiles_are_measured_on_a_worker_node_by_actors_that_go_away(ray_clust
             server.services.registry.profile(v.name, worker.kind.id) for v in server.services.registry.variants(m.name)
         ]
         measured = [p for p in profiles if p is not None]
-        assert measured and all(p.node == worker.node_ip for p in measured), [(p.variant, p.node) for p in measured]
+        assert measured and all(p.node == worker.transport.node_ip for p in measured), [
+            (p.variant, p.node) for p in measured
+        ]
         assert wait_until(lambda: not [a for a in _named("measure") if "profiler" in a], 20), _named("measure")
 
 
@@ -248,7 +250,7 @@ def test_a_node_removed_under_load_fails_clearly_and_service_returns(
             victim = (
                 rc.workers[0] if c.infer("digits-classification", x[:1]).parameters["worker"] == "w0" else rc.workers[1]
             )
-        node = next(n for n in nodes if n.node_id == victim.node_id)
+        node = next(n for n in nodes if n.node_id == victim.transport.node_id)
         stop, results = threading.Event(), []
         threads = [threading.Thread(target=_load, args=(server.url, stop, results, x)) for _ in range(3)]
         for t in threads:
@@ -256,7 +258,7 @@ def test_a_node_removed_under_load_fails_clearly_and_service_returns(
         time.sleep(1.5)
         removed_at = time.monotonic()
         cluster.remove_node(node, allow_graceful=False)
-        replaced = wait_until(lambda: victim.alive and victim.node_id != node.node_id, 60)
+        replaced = wait_until(lambda: victim.alive and victim.transport.node_id != node.node_id, 60)
         time.sleep(1.0)
         stop.set()
         for t in threads:

@@ -26,6 +26,7 @@ def test_crash_mid_request_errors_then_restarts(server, digits_samples):
 
     worker = server.services.cluster.workers[0]
     old_pid = worker.pid
+    hosted = sorted(worker.loaded_names())
     x = digits_samples[0][:16]
     clients = [Client(server.url) for _ in range(4)]
     with ThreadPoolExecutor(4) as pool:
@@ -45,7 +46,7 @@ def test_crash_mid_request_errors_then_restarts(server, digits_samples):
 
     assert wait_until(lambda: worker.alive and worker.pid != old_pid)
     # routed to again only once its variants are back in the new process
-    assert wait_until(lambda: worker.hosts(next(iter(worker._specs))))
+    assert wait_until(lambda: hosted and all(worker.hosts(v) for v in hosted))
     assert worker.restarts == 1
     with Client(server.url) as c:
         r = c.infer("digits-mlp", digits_samples[0][:4])

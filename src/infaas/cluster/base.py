@@ -39,8 +39,48 @@ class LoadSpec:
     batch_ms: tuple[tuple[int, float], ...] = ()
 
 
+def spec_msg(spec: LoadSpec) -> dict:
+    """A load spec as the ``load`` message's fields (what travels to a worker process or actor)."""
+    return {
+        "variant": spec.variant,
+        "path": spec.path,
+        "threads": spec.threads,
+        "max_batch": spec.max_batch,
+        "provider": spec.provider,
+        "max_delay_s": spec.max_delay_s,
+        "instances": spec.instances,
+        "latency_ms": (spec.latency_slope_ms, spec.latency_intercept_ms),
+        "max_queue_s": spec.max_queue_s,
+        "max_queue_bytes": spec.max_queue_bytes,
+        "admission": spec.admission,
+        "sha256": spec.sha256,
+        "batch_ms": dict(spec.batch_ms),
+    }
+
+
+def spec_from_msg(m: dict) -> LoadSpec:
+    """The inverse of :func:`spec_msg` (a Ray actor's placement, read back by a frontend)."""
+    slope, intercept = m.get("latency_ms") or (0.0, 0.0)
+    return LoadSpec(
+        variant=m["variant"],
+        path=m.get("path", ""),
+        threads=m["threads"],
+        max_batch=m["max_batch"],
+        provider=m.get("provider", "cpu"),
+        max_delay_s=m.get("max_delay_s", 0.0),
+        instances=m.get("instances", 1),
+        latency_slope_ms=slope,
+        latency_intercept_ms=intercept,
+        max_queue_s=m.get("max_queue_s"),
+        max_queue_bytes=m.get("max_queue_bytes"),
+        admission=m.get("admission", True),
+        sha256=m.get("sha256", ""),
+        batch_ms=tuple(sorted((int(b), float(ms)) for b, ms in (m.get("batch_ms") or {}).items())),
+    )
+
+
 class WorkerState(enum.Enum):
-    """A worker's life; every transition happens in the backend's one ``_set_state``, logged."""
+    """A worker's life; every transition happens in the handle's one ``_set_state``, logged."""
 
     STARTING = "starting"
     READY = "ready"
@@ -74,6 +114,7 @@ class WorkerHandle(Protocol):
     node: str  # where it runs: "local", or a Ray node's address
     pid: int | None  # its current process, once started
     restarts: int  # how many times its process was replaced
+    last_exit: str  # why its last process (or actor) ended; "" while none has
     placement_version: int  # changes whenever what the worker has loaded (or its liveness) changes
     state: WorkerState
     replicas: dict[str, ReplicaState]  # the current process's replicas, in any state
@@ -91,10 +132,11 @@ class WorkerHandle(Protocol):
     def outstanding(self, variant: str | None = None) -> int: ...
     def rows_in_flight(self, variant: str) -> int: ...
     async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    def measuring_worker(self, name: str) -> WorkerHandle: ...  # a fresh, unpooled worker for one measurement
+    async def stop(self, kill: bool = True) -> None: ...  # kill: end its process (or actor) too
+    def kill(self) -> None: ...  # fault drills: the worker dies and is replaced as after any death
     async def load(self, spec: LoadSpec, keep_target: bool = False) -> dict[str, Any]: ...
-    async def unload(self, variant: str) -> None: ...
+    async def unload(self, variant: str, drain_s: float = 30.0) -> None: ...
+    async def profile(self, request: dict, timeout: float = 600) -> dict[str, Any]: ...
     async def infer(
         self,
         variant: str,
@@ -119,6 +161,7 @@ class ClusterBackend(Protocol):
     def workers(self) -> list[WorkerHandle]: ...
     def can_add(self) -> str | None: ...
     async def add_worker(self) -> WorkerHandle: ...
+    def measuring_worker(self, name: str) -> WorkerHandle: ...  # a fresh, unpooled worker for one measurement
     async def remove_worker(self, name: str, only_if_empty: bool = False) -> bool: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...

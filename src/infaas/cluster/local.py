@@ -6,7 +6,8 @@ import asyncio
 import itertools
 import os
 
-from infaas.cluster.local_worker import LocalWorker
+from infaas.cluster.handle import ManagedWorker
+from infaas.cluster.local_worker import local_worker
 from infaas.errors import Unavailable
 from infaas.hardware import local_kind
 
@@ -18,10 +19,10 @@ def core_sets(workers: int, cores_per_worker: int = 0) -> list[tuple[int, ...]]:
     return [tuple(available[(i * per + j) % len(available)] for j in range(per)) for i in range(workers)]
 
 
-def measuring_worker(name: str) -> LocalWorker:
+def measuring_worker(name: str) -> ManagedWorker:
     """A worker process for one measurement: every core this process may use, never restarted (a crash
     fails that measurement only), not one of the pool's workers."""
-    return LocalWorker(name, tuple(sorted(os.sched_getaffinity(0))), restart=False, kind=local_kind())
+    return local_worker(name, tuple(sorted(os.sched_getaffinity(0))), restart=False, kind=local_kind())
 
 
 class LocalCluster:
@@ -47,13 +48,13 @@ class LocalCluster:
         self._names = itertools.count(workers)
         self._workers = [self._make(f"w{i}", cores) for i, cores in enumerate(sets)]
 
-    def _make(self, name: str, cores: tuple[int, ...]) -> LocalWorker:
-        return LocalWorker(
+    def _make(self, name: str, cores: tuple[int, ...]) -> ManagedWorker:
+        return local_worker(
             name, cores, allow_spinning=self.allow_spinning, start_timeout_s=self.start_timeout_s, kind=self.kind
         )
 
     @property
-    def workers(self) -> list[LocalWorker]:
+    def workers(self) -> list[ManagedWorker]:
         return self._workers
 
     @property
@@ -72,7 +73,7 @@ class LocalCluster:
             return f"{len(free)} free core(s), a worker needs {self.cores_per_worker}"
         return None
 
-    async def add_worker(self) -> LocalWorker:
+    async def add_worker(self) -> ManagedWorker:
         if (why := self.can_add()) is not None:
             raise Unavailable(f"cannot add a worker: {why}")
         worker = self._make(f"w{next(self._names)}", tuple(self.free_cores()[: self.cores_per_worker]))
@@ -90,7 +91,7 @@ class LocalCluster:
         await worker.stop()
         return True
 
-    def measuring_worker(self, name: str) -> LocalWorker:
+    def measuring_worker(self, name: str) -> ManagedWorker:
         return measuring_worker(name)
 
     async def start(self) -> None:

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from infaas.cluster.base import WorkerState
-from infaas.cluster.ray_worker import RayWorker
+from infaas.cluster.handle import ManagedWorker
+from infaas.cluster.ray_worker import ActorTransport, ray_worker
 from infaas.errors import Unavailable
 from infaas.hardware import local_kind
 from infaas.protocol.peer_wire import new_secret
@@ -98,10 +99,10 @@ class RayCluster:
         self.fence = fence
         self.frontend_id = frontend_id
         self.sync_s = sync_s
-        # the catalog's kind: this machine's until the first worker reports its own (``RayWorker.kind``);
+        # the catalog's kind: this machine's until the first worker reports its own (``ActorTransport.kind``);
         # profiles are measured on that worker's node, so they are of that kind
         self.kind = local_kind()
-        self._workers: list[RayWorker] = []
+        self._workers: list[ManagedWorker] = []
         self._artifacts: dict[str, Any] = {}  # artifact key -> object ref (put once per frontend)
         self._sync_task: asyncio.Task | None = None
         self.deaths: list[dict] = []
@@ -115,7 +116,7 @@ class RayCluster:
         }
 
     @property
-    def workers(self) -> list[RayWorker]:
+    def workers(self) -> list[ManagedWorker]:
         return self._workers
 
     @property
@@ -157,14 +158,14 @@ class RayCluster:
         message["key"] = key
         return ref
 
-    def measuring_worker(self, name: str) -> RayWorker:
+    def measuring_worker(self, name: str) -> ManagedWorker:
         """An actor for one measurement, on the node of the pool's first worker when there is one (so
         the profile is that node's hardware, not the frontend's), sharing its CPU (``num_cpus`` 0:
         the pool holds the cluster's CPUs; the profiler waits for quiet moments); killed afterwards,
         never recorded in the store."""
-        return RayWorker(name, self, measuring=True)
+        return ray_worker(name, self, measuring=True)
 
-    def record(self, worker: RayWorker) -> None:
+    def record(self, worker: ActorTransport) -> None:
         self.store.put(
             "worker",
             worker.name,
@@ -180,19 +181,19 @@ class RayCluster:
             },
         )
 
-    def on_death(self, worker: RayWorker, why: str) -> None:
+    def on_death(self, worker: ActorTransport, why: str) -> None:
         self.deaths.append({"time": time.time(), "worker": worker.name, "node": worker.node_ip, "why": why})
 
     def _next_name(self) -> str:
         taken = {w.name for w in self._workers} | {r["name"] for r in self.store.list("worker")}
         return next(f"w{i}" for i in itertools.count() if f"w{i}" not in taken)
 
-    async def add_worker(self) -> RayWorker:
+    async def add_worker(self) -> ManagedWorker:
         if not self.manages():
             raise Unavailable("only the frontend that runs the controller adds workers")
         if (why := self.can_add()) is not None:
             raise Unavailable(f"cannot add a worker: {why}")
-        worker = RayWorker(self._next_name(), self)
+        worker = ray_worker(self._next_name(), self)
         await worker.start()
         self._workers = [*self._workers, worker]
         return worker
@@ -255,7 +256,7 @@ class RayCluster:
         kept = [w for w in self._workers if w.name in listed or self.manages()]
         for name in listed:
             if name not in mine:
-                w = RayWorker(name, self)
+                w = ray_worker(name, self)
                 try:
                     await w.start()
                 except Exception as exc:
@@ -265,15 +266,11 @@ class RayCluster:
         self._workers = kept
         for w in self._workers:
             if w.state is WorkerState.RESTARTING and not self.manages():
-                await self._reattach(w)
+                # a follower's dead handle: the leader replaces the actor (a new name in the worker's record)
+                with contextlib.suppress(Exception):
+                    await w.reattach("attached to the replacement actor")
             else:
                 await w.mirror()
-
-    async def _reattach(self, w: RayWorker) -> None:
-        """A follower's dead handle: the leader replaces the actor (a new name in the worker's record)."""
-        with contextlib.suppress(Exception):
-            await w._spawn()
-            w._set_state(WorkerState.READY, "attached to the replacement actor")
 
     async def stop(self) -> None:
         """Stop this frontend's handles; kill the actors only when no other frontend is alive."""

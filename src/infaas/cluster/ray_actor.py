@@ -127,7 +127,7 @@ class WorkerActor:
             now = time.monotonic()
             deadline = msg.get("deadline")
             try:
-                self.worker._infer(
+                self.worker.infer(
                     {
                         **msg,
                         "id": rid,
@@ -150,9 +150,7 @@ class WorkerActor:
                 task.add_done_callback(tasks.discard)
             elif msg.get("op") == "cancel" and msg.get("key") in mine:
                 rid, variant = mine[msg["key"]]
-                executor = self.worker.variants.get(variant)
-                if executor is not None:
-                    executor.cancel(rid)
+                self.worker.cancel(variant, rid)
 
         return on_message
 
@@ -179,7 +177,7 @@ class WorkerActor:
     async def _control(self, msg: dict) -> dict:
         rid = next(self.ids)
         fut = self.replies.expect(rid)
-        self.worker.control.submit(self.worker._control, {**msg, "id": rid})
+        self.worker.submit_control({**msg, "id": rid})
         return await fut
 
     async def load(self, msg: dict, artifact: bytes | None, fence: int | None = None) -> dict:

@@ -55,17 +55,27 @@ class Worker:
                 return
             op = msg.get("op")
             if op == "infer":
-                self._infer(msg)
+                self.infer(msg)
             elif op == "cancel":
-                executor = self.variants.get(msg["variant"])
-                if executor is not None:
-                    executor.cancel(msg["key"])
+                self.cancel(msg["variant"], msg["key"])
             elif op == "shutdown":
                 return
             else:
-                self.control.submit(self._control, msg)
+                self.submit_control(msg)
 
-    def _infer(self, msg: dict) -> None:
+    def cancel(self, variant: str, key: int) -> None:
+        """Drop request ``key`` if it is still queued (its caller gave up)."""
+        executor = self.variants.get(variant)
+        if executor is not None:
+            executor.cancel(key)
+
+    def submit_control(self, msg: dict) -> None:
+        """Run a control op (load, unload, stats, profile, predict, ping) on the control thread; its
+        reply goes to the channel."""
+        self.control.submit(self._control, msg)
+
+    def infer(self, msg: dict) -> None:
+        """Queue one request with its variant's executor; the reply goes to the channel."""
         executor = self.variants.get(msg["variant"])
         if executor is None:
             self.channel.send(
