@@ -121,3 +121,46 @@ def test_requests_past_the_in_flight_bound_are_refused_before_their_body_is_read
         httpx.post(server.url + "/v2/models/digits-mlp/infer", content=_body(digits_samples), timeout=30).status_code
         == 200
     )
+
+
+def test_the_grpc_door_refuses_inference_while_the_loop_stalls_and_still_answers_health(tmp_path, digits_data_dir):
+    """The same door on gRPC, as tritonclient sees it: UNAVAILABLE with the reason, at once; the
+    readiness call (not an inference) is answered; counted under door="grpc"."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    data = copy_data_dir(digits_data_dir, tmp_path / "d")
+    settings = Settings(data_dir=data, port=0, grpc_port=0, workers=1, autoscale=False, profile_on_register=False)
+    with BackgroundServer(settings) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        inp = grpcclient.InferInput("input", [1, 64], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 64), np.float32))
+        assert client.infer("digits-mlp", [inp]).as_numpy("label").shape == (1,)
+        results: dict[str, object] = {}
+
+        def infer() -> None:
+            try:
+                client.infer("digits-mlp", [inp], client_timeout=30)
+                results["infer"] = "served"
+            except InferenceServerException as exc:
+                results["infer"] = exc
+
+        def ready() -> None:
+            results["ready"] = client.is_server_ready()
+
+        server.loop.call_soon_threadsafe(time.sleep, 1.5)  # the frontend's loop blocks, longer than the lag window
+        time.sleep(0.2)
+        threads = [threading.Thread(target=infer), threading.Thread(target=ready)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        refused = results["infer"]
+        assert isinstance(refused, InferenceServerException), results
+        assert "UNAVAILABLE" in str(refused.status()) and "event loop runs" in refused.message(), refused
+        assert results["ready"] is True
+        assert _refused(server.url, "grpc", "loop_lag") >= 1
+        time.sleep(0.6)  # the lag has passed: served again
+        assert client.infer("digits-mlp", [inp]).as_numpy("label").shape == (1,)
+        client.close()

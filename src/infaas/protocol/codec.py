@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 
 from infaas.errors import InvalidInput
+from infaas.protocol import json_tensors
 from infaas.protocol.params import parse_bool
 from infaas.protocol.types import InferInput, InferRequest, InferResponse, RequestedOutput
 from infaas.tensors import V2_TO_NUMPY, itemsize
@@ -111,7 +112,10 @@ def _json_data(raw: Any, datatype: str, shape: tuple[int, ...], name: str) -> np
         arr[:] = [s.encode() for s in flat]
     else:
         try:
-            arr = np.asarray(raw, dtype=V2_TO_NUMPY[datatype])
+            try:
+                arr = np.asarray(raw, dtype=V2_TO_NUMPY[datatype])
+            except ValueError:  # ragged nesting: read in row-major order (as the cut path reads it)
+                arr = np.asarray(_flatten(raw), dtype=V2_TO_NUMPY[datatype])
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidInput(f"input '{name}': data does not fit datatype {datatype}: {exc}") from exc
     if arr.size != count:
@@ -121,6 +125,55 @@ def _json_data(raw: Any, datatype: str, shape: tuple[int, ...], name: str) -> np
 
 def _json_thunk(raw: Any, datatype: str, shape: tuple[int, ...], name: str):
     return lambda: _json_data(raw, datatype, shape, name)
+
+
+def _span_data(span: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """A numeric ``data`` array cut from the JSON text: NumPy's parser when it reads it exactly, else the
+    JSON parser (and its checks and messages)."""
+    if datatype != "BYTES":
+        arr = json_tensors.parse_numbers(span, V2_TO_NUMPY[datatype], math.prod(shape))
+        if arr is not None:
+            return arr.reshape(shape)
+    try:
+        raw = orjson.loads(span)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"input '{name}': data is not valid JSON: {exc}") from None
+    return _json_data(raw, datatype, shape, name)
+
+
+def _span_thunk(span: bytes, datatype: str, shape: tuple[int, ...], name: str):
+    return lambda: _span_data(span, datatype, shape, name)
+
+
+def _loads(text: bytes | memoryview) -> dict:
+    try:
+        header = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return header
+
+
+def _parse_header(text: memoryview) -> tuple[dict, list[bytes]]:
+    """The request's JSON, with large numeric ``data`` arrays left as text (:mod:`json_tensors`) when every
+    one cut out belongs to an input; otherwise (or when anything about the cut is off) parsed whole."""
+    cut = json_tensors.cut_numeric_data(text)
+    if cut is not None:
+        try:
+            header = orjson.loads(cut[0])
+        except orjson.JSONDecodeError:
+            header = None
+        if isinstance(header, dict) and _marked(header.get("inputs")) == len(cut[1]):
+            return header, cut[1]
+    return _loads(text), []
+
+
+def _marked(raw_inputs: Any) -> int:
+    """How many inputs' ``data`` is a marker of a cut-out array."""
+    if not isinstance(raw_inputs, list):
+        return -1
+    return sum(1 for r in raw_inputs if isinstance(r, dict) and json_tensors.marker_index(r.get("data")) is not None)
 
 
 def _flatten(raw: Any) -> list:
@@ -146,12 +199,7 @@ def decode_request(
     else:
         json_len = len(body)
     view = memoryview(body)
-    try:
-        header = orjson.loads(view[:json_len])
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise InvalidInput("request body must be a JSON object")
+    header, spans = _parse_header(view[:json_len])
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("request needs a non-empty 'inputs' list")
@@ -184,11 +232,13 @@ def decode_request(
             offset += size
             inputs.append(input_from_bytes(name, datatype, shape, chunk, in_params))
         elif "data" in raw:
-            inputs.append(
-                InferInput(
-                    name, datatype, shape, None, in_params, pending=_json_thunk(raw["data"], datatype, shape, name)
-                )
+            k = json_tensors.marker_index(raw["data"]) if spans else None
+            thunk = (
+                _json_thunk(raw["data"], datatype, shape, name)
+                if k is None
+                else _span_thunk(spans[k], datatype, shape, name)
             )
+            inputs.append(InferInput(name, datatype, shape, None, in_params, pending=thunk))
         else:
             raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
     if offset != len(binary):
