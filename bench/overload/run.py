@@ -11,14 +11,17 @@ loop (requests of 16 rows from 16 clients). Then open-loop stages at 0.7x, 2x, 3
 - ``fifo``: admission control off (``INFAAS_ADMISSION_CONTROL=false``): every request is queued and
   dropped only when its deadline passes in the queue.
 
-Clients give up at their deadline (plus 0.5 s), as real callers with a timeout do; two more runs use
+Clients give up at their deadline (plus 0.5 s), as real callers with a timeout do; more runs use
 **patient** clients, which wait for every answer however long (tritonclient's default), with the
 door's shedding on (as shipped) and off (``max_loop_lag_ms`` and ``max_inflight_requests`` out of
-reach: the server before issue 26). Goodput is the rate of answers with status 200 that arrived
+reach: the server before issue 26), each with JSON bodies and with binary ones (``--encodings``).
+Beside each stage's client p99, the p99 of the server's own account (``server_ms``, from the door).
+Goodput is the rate of answers with status 200 that arrived
 within the deadline, as the clients see it, counted by the request's arrival time. ``--soak S`` adds a run of S
 seconds at 1.5x capacity sampling the server's and the worker's RSS and open file descriptors.
 
     python bench/overload/run.py [--deadline-s 1] [--latency-ms 250] [--soak 600] [--only patient]
+                                 [--encodings json binary]
 Writes bench/results/overload.json and docs/img/overload.png, and prints a table.
 """
 
@@ -56,6 +59,23 @@ def body(**params) -> bytes:
     if params:
         req["parameters"] = params
     return orjson.dumps(req)
+
+
+def encoded(encoding: str, params: dict) -> tuple[bytes, list[str]]:
+    """The request body and headers: JSON ``data``, or the binary tensor extension (tritonclient's default)."""
+    if encoding == "json":
+        return body(**params), ["Content-Type: application/json"]
+    x, _ = digits.sample_inputs(16)
+    raw = x.astype("float32").tobytes()
+    req: dict = {
+        "inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [16, 64], "parameters": {"binary_data_size": len(raw)}}
+        ]
+    }
+    if params:
+        req["parameters"] = params
+    js = orjson.dumps(req)
+    return js + raw, ["Content-Type: application/octet-stream", f"Inference-Header-Content-Length: {len(js)}"]
 
 
 class Server:
@@ -135,28 +155,40 @@ def run_config(
     params: dict,
     patient: bool = False,
     env: dict | None = None,
+    encoding: str = "json",
 ) -> dict:
     """One configuration through the stages. ``patient`` clients wait for their answer however long it
-    takes (tritonclient's default); the others give up at the deadline plus 0.5 s."""
+    takes (tritonclient's default); the others give up at the deadline plus 0.5 s. Each answer's
+    ``server_ms`` (the server's own account, from the door) is kept beside what the client saw."""
     server = Server(data, deadline_s, admission, env)
+    payload, headers = encoded(encoding, params)
     try:
         stages = [(x * capacity, s) for x, s in STAGES]
         records: list[tuple[int, float, int, float]] = []
+        reported: list[tuple[int, float, float]] = []
         asyncio.run(
             ramp(
                 server.url,
                 PATH,
-                body(**params),
-                ["Content-Type: application/json"],
+                payload,
+                headers,
                 stages,
                 max_connections=1024,
                 records=records,
                 timeout_s=None if patient else deadline_s + 0.5,
+                reported=reported,
             )
         )
     finally:
         server.stop()
-    return summarize(name, records, stages, capacity, deadline_s)
+    out = summarize(name, records, stages, capacity, deadline_s)
+    for i, row in enumerate(out["stages"]):
+        server_ms = sorted(r[2] for r in reported if r[0] == i)
+        row["server_p99_ms"] = round(server_ms[int(0.99 * (len(server_ms) - 1))], 1) if server_ms else None
+        if row["server_p99_ms"] and row["p99_ms"]:
+            row["server_over_client_p99"] = round(row["server_p99_ms"] / row["p99_ms"], 3)
+    out["encoding"] = encoding
+    return out
 
 
 def summarize(name: str, records: list, stages: list, capacity: float, deadline_s: float) -> dict:
@@ -293,6 +325,9 @@ def main() -> None:
     p.add_argument("--latency-ms", type=float, default=250.0, help="latency objective of the 'objective' run")
     p.add_argument("--soak", type=float, default=0.0, help="seconds of the 1.5x soak (0: none)")
     p.add_argument("--only", choices=["all", "patient", "impatient"], default="all", help="which client kinds to run")
+    p.add_argument(
+        "--encodings", nargs="+", choices=["json", "binary"], default=["json", "binary"], help="patient runs' bodies"
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "heavy"
@@ -315,12 +350,30 @@ def main() -> None:
                 run_config("fifo: admission off (no objective)", data, capacity, args.deadline_s, False, {}),
             ]
         if args.only in ("all", "patient"):  # clients that wait for their answer, with and without the door
-            results += [
-                run_config("patient clients, door on", data, capacity, args.deadline_s, True, {}, patient=True),
-                run_config(
-                    "patient clients, door off", data, capacity, args.deadline_s, True, {}, patient=True, env=DOOR_OFF
-                ),
-            ]
+            for enc in args.encodings:
+                results += [
+                    run_config(
+                        f"patient clients, {enc}, door on",
+                        data,
+                        capacity,
+                        args.deadline_s,
+                        True,
+                        {},
+                        patient=True,
+                        encoding=enc,
+                    ),
+                    run_config(
+                        f"patient clients, {enc}, door off",
+                        data,
+                        capacity,
+                        args.deadline_s,
+                        True,
+                        {},
+                        patient=True,
+                        env=DOOR_OFF,
+                        encoding=enc,
+                    ),
+                ]
         soaked = soak(data, capacity, args.soak, args.deadline_s) if args.soak else None
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -333,14 +386,14 @@ def main() -> None:
     print(f"\nCPU: {model}; capacity {capacity:.1f} req/s of 16 rows")
     print(
         f"{'config':<36} {'stage':>5} {'offered':>8} {'goodput':>8} {'x cap':>6} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'ok after':>8}  codes"
+        f"{'srv p99':>8} {'ok after':>8}  codes"
     )
     for r in results:
         for s in r["stages"]:
             print(
                 f"{r['config']:<36} {s['x']:>4}x {s['offered_rps']:>8} {s['goodput_rps']:>8} "
-                f"{s['goodput_x_capacity']:>6} {s['p50_ms']!s:>8} {s['p99_ms']!s:>8} {s['all_ok_after_s']!s:>8}  "
-                f"{s['codes']}"
+                f"{s['goodput_x_capacity']:>6} {s['p50_ms']!s:>8} {s['p99_ms']!s:>8} {s.get('server_p99_ms')!s:>8} "
+                f"{s['all_ok_after_s']!s:>8}  {s['codes']}"
             )
     if soaked:
         print(

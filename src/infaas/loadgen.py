@@ -147,6 +147,7 @@ async def ramp(
     slo_ms: float | None = None,
     records: list[tuple[int, float, int, float]] | None = None,
     timeout_s: float | None = None,
+    reported: list[tuple[int, float, float]] | None = None,
 ) -> list[dict]:
     """Open-loop load: for each (requests per second, seconds) stage, send at that rate, evenly spaced.
 
@@ -156,6 +157,8 @@ async def ramp(
     ``records``, when given, receives one ``(stage, arrival s since the start, status, latency s)``
     per request (status -1: a connection error; 0: no answer within ``timeout_s``, after which the
     client gives up and closes its connection, as a real caller with a timeout does).
+    ``reported``, when given, receives ``(stage, arrival, the server's own server_ms)`` per answer with
+    status 200 (the answers are then parsed: a little more of the client's CPU).
     """
     began = time.perf_counter()
     u = urlparse(url)
@@ -169,7 +172,12 @@ async def ramp(
         conn = None
         try:
             conn = await pool.take()
-            status = await asyncio.wait_for(_exchange(*conn, request), timeout_s)
+            if reported is None:
+                status = await asyncio.wait_for(_exchange(*conn, request), timeout_s)
+            else:
+                status, doc = await asyncio.wait_for(_exchange_full(*conn, request), timeout_s)
+                if status == 200:
+                    reported.append((stage, t0 - began, float((doc.get("parameters") or {}).get("server_ms", "nan"))))
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             gave_up = isinstance(exc, TimeoutError)
             if conn is not None:

@@ -78,6 +78,14 @@ def test_a_request_whose_deadline_passed_while_it_waited_is_refused_undecoded(se
     assert status == 200, text
 
 
+def test_the_answer_reports_the_time_since_the_door_saw_the_request(server, digits_samples):
+    # the body arrives 0.4 s after the headers: server_ms counts that wait, total_ms (routing on) does not
+    status, text = _slow_post(server.url, _body(digits_samples), hold_s=0.4)
+    assert status == 200, text
+    params = json.loads(text)["parameters"]
+    assert params["server_ms"] >= 400 > params["total_ms"], params
+
+
 def test_a_stalled_event_loop_refuses_new_inference_at_once_and_health_still_answers(server, digits_samples):
     body = _body(digits_samples)
     results: dict[str, int] = {}

@@ -326,6 +326,9 @@ class Router:
             "compute_ms": round(result.compute_ns / 1e6, 3),
             "batch_size": result.batch_size,
             "total_ms": round(total_ns / 1e6, 3),
+            # from the door's first sight of it (before its body was read) to this answer: what the
+            # client saw, less the network
+            "server_ms": round((time.monotonic() - req.arrival) * 1000, 3) if req.arrival is not None else None,
         }
         version = var.short_name if not plan.scope.startswith("task") else var.name
         return InferResponse(
