@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from infaas.workload import App, arrivals, generate, load_apps, read_trace, write_trace
+from infaas.workload import App, arrivals, generate, load_apps, read_minute_counts, read_trace, write_trace
 
 
 def app(kind, **p):
@@ -60,3 +60,36 @@ def test_bad_traces_and_apps_are_refused_with_the_line(tmp_path):
     spec.write_text(json.dumps({"apps": [{"name": "x", "task": "t", "pattern": {"kind": "sometimes"}}]}))
     with pytest.raises(ValueError, match="pattern kind 'sometimes' is not one of"):
         load_apps(spec)
+
+
+def test_minute_counts_become_a_trace_with_each_minutes_count_and_burstiness(tmp_path):
+    path = tmp_path / "minutes.csv"
+    path.write_text("minute,app,count\n0,a,120\n0,b,30\n1,a,0\n2,a,600\n")
+    calm, bursty = read_minute_counts(path, cv=1.0, seed=3), read_minute_counts(path, cv=4.0, seed=3)
+    assert calm == read_minute_counts(path, cv=1.0, seed=3)  # the same file and seed, the same trace
+    for trace in (calm, bursty):
+        assert [t for t, _ in trace] == sorted(t for t, _ in trace)
+        per = {(int(t // 60), app): 0 for t, app in trace}
+        for t, app in trace:
+            per[(int(t // 60), app)] += 1
+        assert per == {(0, "a"): 120, (0, "b"): 30, (2, "a"): 600}
+    gaps = lambda trace: np.diff([t for t, app in trace if app == "a" and t >= 120])  # noqa: E731
+    cv_of = lambda g: float(np.std(g) / np.mean(g))  # noqa: E731
+    assert cv_of(gaps(calm)) < 1.3 < 2.0 < cv_of(gaps(bursty))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("minute,app\n0,a\n", "columns minute,app,count"),
+        ("minute,app,count\n0,a,x\n", ":2: minute and count must be whole numbers"),
+        ("minute,app,count\n0,a,-1\n", ":2: minute and count must be >= 0"),
+        ("minute,app,count\n2,a,1\n1,a,1\n", ":3: minute 1 comes after minute 2"),
+        ("minute,app,count\n0,zz,1\n", ":2: app 'zz' is not in the apps file"),
+    ],
+)
+def test_bad_minute_counts_name_the_line(tmp_path, text, message):
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_minute_counts(path, apps=[App("a", "t", {}, {"kind": "poisson", "rate": 1})])
