@@ -16,8 +16,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from infaas.control.samples import age_out, family_of, replica_rates, variant_loads, window_sample, worker_cpu
 from infaas.errors import InfaasError
-from infaas.policy import Action, Sample, VariantLoad, WorkerRoom, state_of
+from infaas.policy import Action, Sample, WorkerRoom, state_of
 from infaas.policy.autoscale import capacity_rps
 from infaas.policy.policies import Policy, with_min_workers
 from infaas.registry.store import unreachable
@@ -146,11 +147,8 @@ class Autoscaler:
             if isinstance(rep, BaseException):
                 continue
             now = rep["time"]
-            prev = self._cpu.get(w.name)
+            cpu = worker_cpu(self._cpu.get(w.name), now, rep["cpu_s"], rep["cores"])
             self._cpu[w.name] = (now, rep["cpu_s"])
-            cpu = None
-            if prev is not None and now > prev[0] and rep["cpu_s"] >= prev[1]:
-                cpu = (rep["cpu_s"] - prev[1]) / (now - prev[0]) / max(1, rep["cores"])
             self.workers[w.name] = {
                 "cpu": cpu,
                 "rss_mb": rep["rss_mb"],
@@ -161,42 +159,16 @@ class Autoscaler:
             for name, c in rep["variants"].items():
                 key = (w.name, name)
                 seen.add(key)
-                old = self._last.get(key)
+                rates = replica_rates(self._last.get(key), now, c)
                 self._last[key] = (now, c)
-                if old is None or now <= old[0] or c["completed_rows"] < old[1]["completed_rows"]:
-                    continue  # first report, or a restarted process: no rate yet
-                dt, o = now - old[0], old[1]
-                batches = c["batches"] - o["batches"]
-                rows = c["completed_rows"] - o["completed_rows"]
-                parts.setdefault(name, []).append(
-                    {
-                        "arrival": (c["arrived_rows"] - o["arrived_rows"]) / dt,
-                        "completed": rows / dt,
-                        "offline": (c["offline_rows"] - o["offline_rows"]) / dt,
-                        "batch": rows / batches if batches else 0.0,
-                        "queue": c["queued_rows"],
-                        "p50": c["p50_ms"] or 0.0,
-                        "p99": c["p99_ms"] or 0.0,
-                        "busy": (c["busy_s"] - o["busy_s"]) / dt / max(1, c["instances"]),
-                    }
-                )
+                if rates is not None:
+                    parts.setdefault(name, []).append(rates)
         for key in set(self._last) - seen:
             del self._last[key]
         t = time.monotonic()
         for name, ps in parts.items():
             window = self.windows.setdefault(name, deque(maxlen=self.settings.autoscale_window))
-            batch = max((p["batch"] for p in ps), default=0.0) or (window[-1].mean_batch if window else 1.0)
-            window.append(
-                Sample(
-                    t,
-                    sum(p["arrival"] for p in ps),
-                    sum(p["completed"] for p in ps),
-                    batch,
-                    int(sum(p["queue"] for p in ps)),
-                    max(p["p50"] for p in ps),
-                    sum(p["busy"] for p in ps) / len(ps),
-                )
-            )
+            window.append(window_sample(t, ps, window))
             self.states.setdefault(name, {})["offline_rps"] = sum(p["offline"] for p in ps)
             self.states[name]["p99_ms"] = max(p["p99"] for p in ps)
         loaded = {n for w in self.plane.cluster.workers for n in w.loaded_names()}
@@ -209,27 +181,14 @@ class Autoscaler:
     # ---- decisions ---------------------------------------------------------------------------
     def decide(self, now: float) -> list[Action]:
         catalog, workers = self.plane.catalog, self.plane.cluster.workers
-        # samples age out: a variant whose workers stopped reporting (restarting, busy) is not
-        # judged on what it did a while ago
-        horizon = 2 * self.settings.autoscale_window * self.settings.autoscale_interval_s
-        for window in self.windows.values():
-            while window and now - window[0].time > horizon:
-                window.popleft()
-        loads = []
-        for name, window in self.windows.items():
-            variant, profile = catalog.variants.get(name), catalog.profiles.get(name)
-            replicas = tuple(w.name for w in workers if w.hosts(name))
-            if variant is None or profile is None or not replicas or not window:
-                continue  # unprofiled variants are served, not scaled
-            loads.append(VariantLoad(variant, profile, replicas, tuple(window)))
-        cores = self.plane.cluster.cores_per_worker
-        family: dict[str, list] = {}
-        for arch, variants in catalog.by_arch.items():
-            family[arch] = [
-                (v, catalog.profiles[v.name])
-                for v in variants
-                if v.status == "ready" and v.name in catalog.profiles and v.threads <= cores
-            ]
+        age_out(self.windows.values(), now, 2 * self.settings.autoscale_window * self.settings.autoscale_interval_s)
+        loads = variant_loads(
+            self.windows,
+            catalog.variants,
+            catalog.profiles,
+            lambda name: tuple(w.name for w in workers if w.hosts(name)),
+        )
+        family = family_of(catalog.by_arch, catalog.profiles, self.plane.cluster.cores_per_worker)
         rooms = [
             WorkerRoom(
                 w.name,

@@ -1,0 +1,97 @@
+"""What the controller feeds the autoscaling policy, built from worker counters with no I/O and no
+clock of its own: the real controller and the simulator both call these.
+
+- :func:`replica_rates`: one replica's rates between two reports of its counters;
+- :func:`window_sample`: one :class:`~infaas.policy.Sample` per variant, summed over its replicas;
+- :func:`worker_cpu`: a worker's busy share of its cores between two reports;
+- :func:`variant_loads`, :func:`family_of`: the policy's view of what is loaded and what could be.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from infaas.policy import Sample, VariantLoad
+from infaas.registry.types import Profile, Variant
+
+
+def replica_rates(old: tuple[float, Mapping[str, Any]] | None, now: float, c: Mapping[str, Any]) -> dict | None:
+    """Rates of one (worker, variant) replica between its report ``old`` (time, counters) and ``c`` at
+    ``now``; None on a first report or after a restarted process (counters went back)."""
+    if old is None or now <= old[0] or c["completed_rows"] < old[1]["completed_rows"]:
+        return None
+    dt, o = now - old[0], old[1]
+    batches = c["batches"] - o["batches"]
+    rows = c["completed_rows"] - o["completed_rows"]
+    return {
+        "arrival": (c["arrived_rows"] - o["arrived_rows"]) / dt,
+        "completed": rows / dt,
+        "offline": (c["offline_rows"] - o["offline_rows"]) / dt,
+        "batch": rows / batches if batches else 0.0,
+        "queue": c["queued_rows"],
+        "p50": c["p50_ms"] or 0.0,
+        "p99": c["p99_ms"] or 0.0,
+        "busy": (c["busy_s"] - o["busy_s"]) / dt / max(1, c["instances"]),
+    }
+
+
+def window_sample(t: float, parts: list[dict], window: deque[Sample]) -> Sample:
+    """One variant's sample at ``t`` from its replicas' rates (``parts``): rates and queues summed, the
+    slowest p50, the mean busy share; the batch size of the busiest replica (the last one when none ran)."""
+    batch = max((p["batch"] for p in parts), default=0.0) or (window[-1].mean_batch if window else 1.0)
+    return Sample(
+        t,
+        sum(p["arrival"] for p in parts),
+        sum(p["completed"] for p in parts),
+        batch,
+        int(sum(p["queue"] for p in parts)),
+        max(p["p50"] for p in parts),
+        sum(p["busy"] for p in parts) / len(parts),
+    )
+
+
+def worker_cpu(prev: tuple[float, float] | None, now: float, cpu_s: float, cores: int) -> float | None:
+    """The share of a worker's cores busy since its report ``prev`` (time, cpu seconds); None at first."""
+    if prev is None or now <= prev[0] or cpu_s < prev[1]:
+        return None
+    return (cpu_s - prev[1]) / (now - prev[0]) / max(1, cores)
+
+
+def age_out(windows: Iterable[deque[Sample]], now: float, horizon_s: float) -> None:
+    """Drop samples older than ``horizon_s``: a variant whose workers stopped reporting (restarting,
+    busy) is not judged on what it did a while ago."""
+    for window in windows:
+        while window and now - window[0].time > horizon_s:
+            window.popleft()
+
+
+def variant_loads(
+    windows: Mapping[str, deque[Sample]],
+    variants: Mapping[str, Variant],
+    profiles: Mapping[str, Profile],
+    hosts: Callable[[str], tuple[str, ...]],
+) -> list[VariantLoad]:
+    """The loaded, profiled variants with their replicas (``hosts``) and recent samples (unprofiled
+    variants are served, not scaled)."""
+    loads = []
+    for name, window in windows.items():
+        variant, profile = variants.get(name), profiles.get(name)
+        replicas = hosts(name)
+        if variant is None or profile is None or not replicas or not window:
+            continue
+        loads.append(VariantLoad(variant, profile, replicas, tuple(window)))
+    return loads
+
+
+def family_of(
+    by_arch: Mapping[str, Iterable[Variant]], profiles: Mapping[str, Profile], cores: int
+) -> dict[str, list[tuple[Variant, Profile]]]:
+    """Per architecture, the ready, profiled variants that fit a worker's cores: what scaling may load."""
+    return {
+        arch: [
+            (v, profiles[v.name]) for v in variants if v.status == "ready" and v.name in profiles and v.threads <= cores
+        ]
+        for arch, variants in by_arch.items()
+    }
