@@ -78,6 +78,17 @@ def test_a_request_whose_deadline_passed_while_it_waited_is_refused_undecoded(se
     assert status == 200, text
 
 
+def test_an_unreachable_objective_is_the_callers_error_even_after_a_wait(server, digits_samples):
+    """Judged before expiry: a latency_ms no variant meets is a 400 saying why, however long the request
+    waited (its 0.1 us budget passed while its body arrived); a request whose own timeout passed while
+    it waited is a 503 (the first test)."""
+    body = json.loads(_body(digits_samples))
+    body["parameters"] = {"latency_ms": 0.0001}
+    status, text = _slow_post(server.url, json.dumps(body).encode(), hold_s=0.2)
+    assert status == 400 and "latency_ms 0.0001 unreachable" in text, text
+    assert _refused(server.url, "rest", "expired") == 0
+
+
 def test_the_answer_reports_the_time_since_the_door_saw_the_request(server, digits_samples):
     # the body arrives 0.4 s after the headers: server_ms counts that wait, total_ms (routing on) does not
     status, text = _slow_post(server.url, _body(digits_samples), hold_s=0.4)

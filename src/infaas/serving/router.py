@@ -72,9 +72,6 @@ class Route:
     learn: bool = False  # the prediction came from this worker's slot (queue, batching, correction)
 
 
-_OWN_PATH_S = 0.005  # waits shorter than this between the door and here are the server's own handling
-
-
 class Router:
     def __init__(
         self,
@@ -138,16 +135,36 @@ class Router:
                 raise InvalidInput(f"unknown output(s) {unknown}; '{req.model}' has {sorted(known)}")
         now = time.monotonic()
         arrived = req.arrival if req.arrival is not None else now
-        if now - arrived < _OWN_PATH_S:  # the door-to-router path itself is not held against a budget
-            arrived = now
         deadline, why = self._deadline(arrived, req, params, offline)
+        objective = Objective(params.latency_ms, params.min_accuracy, params.max_cost, params.allow_estimated)
         if deadline <= now:
+            # an objective no variant could meet, queues or not, is the caller's error (400) whenever it
+            # is noticed; only a reachable one that ran out of time waiting is the server's (503)
+            if params.latency_ms is not None and (why_not := self._unreachable(req, variants, rows, scope, objective)):
+                raise InvalidInput(why_not)
             if req.via:
                 self.metrics.door_refused.labels(req.via, "expired").inc()
             waited = f" after waiting {(now - arrived) * 1000:.0f} ms in the server" if now > arrived + 1e-3 else ""
             raise DeadlineExceeded(f"the request's deadline ({why}) had passed{waited}; its tensors were not decoded")
-        objective = Objective(params.latency_ms, params.min_accuracy, params.max_cost, params.allow_estimated)
         return Plan(scope, sig, variants, rows, params, objective, deadline, why)
+
+    def _unreachable(
+        self, req: InferRequest, variants: list[Variant], rows: int, scope: str, objective: Objective
+    ) -> str | None:
+        """Why no variant could meet ``objective`` whatever its queues, as the policy says it (None: it
+        could). Pure: nothing is loaded or logged."""
+        ordered, loaded = self._scope_options(req.model, req.version, self._runnable(variants))
+        try:
+            self.policy.select(objective, loaded, ordered, rows, scope, self._live, self.flagged())
+        except Unreachable as exc:
+            return str(exc)
+        except Saturated:
+            return None
+        return None
+
+    def _live(self, name: str) -> tuple[Slot, ...]:
+        """The slots of the workers hosting ``name`` (queue, batching, correction of each)."""
+        return tuple(self._slot(w, name) for w in self.cluster.workers if w.hosts(name))
 
     def _deadline(self, now: float, req: InferRequest, params: RequestParams, offline: bool) -> tuple[float, str]:
         """The tightest of the server's default, the objective's latency, the request's timeout, the
@@ -214,13 +231,10 @@ class Router:
         """An objective: the policy's choice among loaded and unloaded variants, with predictions
         from the latency model; a cold start or a prefetch when it says so."""
         ordered, loaded = self._scope_options(req.model, req.version, self._runnable(plan.variants))
-        workers = self.cluster.workers
-
-        def live(name: str) -> tuple[Slot, ...]:
-            return tuple(self._slot(w, name) for w in workers if w.hosts(name))
-
         try:
-            choice = self.policy.select(plan.objective, loaded, ordered, plan.rows, plan.scope, live, self.flagged())
+            choice = self.policy.select(
+                plan.objective, loaded, ordered, plan.rows, plan.scope, self._live, self.flagged()
+            )
         except Saturated as exc:
             raise Overloaded(str(exc), retry_after_s=max(0.0, exc.wait_ms / 1000)) from None
         except Unreachable as exc:
