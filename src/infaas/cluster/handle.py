@@ -43,10 +43,9 @@ class ManagedWorker:
     cannot leave them disagreeing.
     """
 
-    def __init__(self, name: str, transport: Transport, *, start_timeout_s: float = 30.0) -> None:
+    def __init__(self, name: str, transport: Transport) -> None:
         self.name = name
         self.transport = transport
-        self.start_timeout_s = start_timeout_s
         self.restarts = 0
         self.last_exit = ""
         self.state = WorkerState.STOPPED

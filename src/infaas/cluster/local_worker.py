@@ -118,5 +118,4 @@ class ProcessTransport:
 def local_worker(name: str, cores: tuple[int, ...], **options: Any) -> ManagedWorker:
     """A worker process on this machine, restarted (with its variants) if it dies, unless ``restart=False``;
     ``options`` are :class:`ProcessTransport`'s."""
-    transport = ProcessTransport(name, cores, **options)
-    return ManagedWorker(name, transport, start_timeout_s=transport.start_timeout_s)
+    return ManagedWorker(name, ProcessTransport(name, cores, **options))

@@ -239,7 +239,7 @@ class ActorTransport:
 def ray_worker(name: str, cluster: RayCluster, measuring: bool = False) -> ManagedWorker:
     """A pool worker that is a Ray actor (or, ``measuring``, one measurement's actor), behind the same
     handle and lifecycle states as a local process."""
-    return ManagedWorker(name, ActorTransport(name, cluster, measuring), start_timeout_s=cluster.start_timeout_s)
+    return ManagedWorker(name, ActorTransport(name, cluster, measuring))
 
 
 def _measuring_options(cluster: RayCluster, name: str) -> dict[str, Any]:
