@@ -77,6 +77,7 @@ async def measure_on_worker(
     warmup: int,
     metric: str,
     axis: dict | None,
+    min_time_ms: float = 0.0,
 ) -> None:
     """Measure ``m`` in a fresh worker from ``new_worker`` (the backend's: on its hardware and node)."""
     worker = new_worker(f"profiler-{m.artifact.format}-{m.provider}-t{m.threads}")
@@ -92,6 +93,7 @@ async def measure_on_worker(
                 "batches": batches,
                 "repeats": repeats,
                 "warmup": warmup,
+                "min_time_ms": min_time_ms,
                 "signature": arch.signature,
                 "evaluate": metric if m.evaluate else None,
                 "axis": axis,

@@ -242,12 +242,16 @@ def _measurer(
     dims = dynamic_axes(arch.signature)
     axis = {"dims": dims, "sizes": axis_sizes(settings.profile_axis_size)} if dims else None
     batches = powers_of_two(arch.max_batch)
-    repeats, warmup = (4, 1) if quick else (12, 2)
+    # a floor of time per batch size as well as of runs: 4 runs of a 20 µs model are 80 µs, which one
+    # scheduler hiccup on a busy machine turns into a median ten times too slow (and a flipped verdict)
+    repeats, warmup, min_time_ms = (4, 1, 20.0) if quick else (12, 2, 100.0)
 
     async def measure(m: Measurement) -> None:
         if before_measure is not None:
             await before_measure()
-        await measure_on_worker(m, new_worker, registry, arch, data, batches, repeats, warmup, metric, axis)
+        await measure_on_worker(
+            m, new_worker, registry, arch, data, batches, repeats, warmup, metric, axis, min_time_ms
+        )
 
     return data, ", ".join(f"{k}[{d}]" for k, d in dims.items()), measure
 
