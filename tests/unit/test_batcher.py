@@ -97,7 +97,7 @@ def test_max_batch_must_be_positive():
 
 
 def test_preferred_batch_is_the_smallest_near_the_best_per_row_time():
-    from infaas.worker.measure import preferred_batch
+    from infaas.worker.batcher import preferred_batch
 
     # ms per batch: per row 3.0, 2.0, 1.5, 1.52, 1.9
     timings = {1: 3.0, 2: 4.0, 4: 6.0, 8: 12.16, 16: 30.4}

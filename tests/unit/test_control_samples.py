@@ -4,7 +4,15 @@ from collections import deque
 
 import pytest
 
-from infaas.control.samples import age_out, family_of, replica_rates, variant_loads, window_sample, worker_cpu
+from infaas.control.samples import (
+    Observations,
+    age_out,
+    family_of,
+    replica_rates,
+    variant_loads,
+    window_sample,
+    worker_cpu,
+)
 from infaas.policy import Sample
 from tests.unit.test_policy_autoscale import FP32, INT8, P8, P32, variant
 
@@ -86,3 +94,27 @@ def test_the_family_holds_ready_profiled_variants_that_fit_a_worker():
         {"a": [FP32, INT8, wide, failed, variant("a.unprofiled")]}, {v.name: P32 for v in (FP32, INT8, wide, failed)}, 2
     )
     assert [v.name for v, _ in fam["a"]] == [FP32.name, INT8.name]
+
+
+def test_observations_fold_rounds_of_reports_into_one_window_per_variant():
+    seen = Observations(window=3)
+
+    def report(t, cpu_s, **variants):
+        return {"time": t, "cpu_s": cpu_s, "cores": 2, "variants": variants}
+
+    # first round: counters remembered, no rates yet, no sample
+    cpu = seen.observe([("w1", report(0.0, 0.0, a=counters(0))), ("w2", report(0.0, 5.0, a=counters(0)))], 0.0, {"a"})
+    assert cpu == {"w1": None, "w2": None} and seen.windows == {}
+    cpu = seen.observe(
+        [("w1", report(1.0, 1.0, a=counters(30, busy_s=0.5))), ("w2", report(1.0, 6.5, a=counters(10, busy_s=0.1)))],
+        1.0,
+        {"a"},
+    )
+    assert cpu == pytest.approx({"w1": 0.5, "w2": 0.75})
+    (s,) = seen.windows["a"]
+    assert (s.time, s.arrival_rps, s.completed_rps) == (1.0, 40.0, 40.0) and s.busy == pytest.approx(0.3)
+    # w2 stops reporting a: its counters are forgotten; a variant no longer loaded loses its window
+    seen.observe([("w1", report(2.0, 2.0, a=counters(60)))], 2.0, {"a"})
+    assert set(seen.last) == {("w1", "a")} and len(seen.windows["a"]) == 2
+    seen.observe([("w1", report(3.0, 3.0))], 3.0, set())
+    assert seen.windows == {} and seen.last == {}

@@ -28,9 +28,8 @@ from infaas.control.registration import Registration
 from infaas.decisions import Background, DecisionLog
 from infaas.errors import InvalidInput
 from infaas.frontend.views import Views
-from infaas.policy import ScalingConfig
 from infaas.policy.latency import LatencyModel
-from infaas.policy.policies import policy_named
+from infaas.policy.policies import policy_named, scaling_from
 from infaas.registry import Registry
 from infaas.registry.scratch import own_tempdir
 from infaas.serving.door import Door, LoopLag
@@ -152,12 +151,6 @@ def build_cluster(settings: Settings, registry: Registry, leadership: Leadership
     )
 
 
-def _scaling(settings: Settings) -> ScalingConfig:
-    return ScalingConfig(
-        scale_down_s=settings.scale_down_s, idle_unload_s=settings.idle_unload_s, keep_warm=settings.keep_warm
-    )
-
-
 def _metrics(cluster: ClusterBackend) -> Metrics:
     """Prometheus metrics; queue depths and worker liveness read from the backend at scrape time."""
     return Metrics(
@@ -203,7 +196,7 @@ def build_services(settings: Settings) -> Services:
     metrics = _metrics(cluster)
     placement = Placement(registry, catalog, cluster, settings, latency, decisions, background)
     profiling = Profiling(registry, catalog, cluster, settings, placement, decisions, background)
-    policy = policy_named(settings.policy, _scaling(settings))
+    policy = policy_named(settings.policy, scaling_from(settings))
     scaler = Autoscaler(placement, settings, policy, may_act=leadership.holds) if settings.autoscale else None
     router = Router(
         catalog,

@@ -16,9 +16,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from infaas.control.samples import age_out, family_of, replica_rates, variant_loads, window_sample, worker_cpu
+from infaas.control.samples import Observations, policy_round
 from infaas.errors import InfaasError
-from infaas.policy import Action, Sample, WorkerRoom, state_of
+from infaas.policy import Action, Sample, WorkerRoom
 from infaas.policy.autoscale import capacity_rps
 from infaas.policy.policies import Policy, with_min_workers
 from infaas.registry.store import unreachable
@@ -53,9 +53,7 @@ class Autoscaler:
         self.policy = with_min_workers(policy, self.min_workers)
         self.cfg = self.policy.scaling
         self.memory = self.policy.memory()  # the policy's hysteresis, passed back each tick
-        self.windows: dict[str, deque[Sample]] = {}
-        self._last: dict[tuple[str, str], tuple[float, dict]] = {}  # (worker, variant) -> counters
-        self._cpu: dict[str, tuple[float, float]] = {}  # worker -> (time, cpu seconds)
+        self.seen = Observations(settings.autoscale_window)  # counters, CPU times and sample windows
         self.workers: dict[str, dict[str, Any]] = {}  # latest per-worker report
         self.states: dict[str, dict[str, Any]] = {}  # latest per-variant state
         self.overloaded: dict[str, str] = {}  # variant -> why (offline jobs yield to these)
@@ -141,54 +139,34 @@ class Autoscaler:
         """One sample per loaded variant (summed over its replicas) from every live worker's counters."""
         workers = [w for w in self.plane.cluster.workers if w.alive]
         reports = await asyncio.gather(*(w.stats() for w in workers), return_exceptions=True)
-        parts: dict[str, list[dict[str, float]]] = {}
-        seen: set[tuple[str, str]] = set()
-        for w, rep in zip(workers, reports, strict=True):
-            if isinstance(rep, BaseException):
-                continue
-            now = rep["time"]
-            cpu = worker_cpu(self._cpu.get(w.name), now, rep["cpu_s"], rep["cores"])
-            self._cpu[w.name] = (now, rep["cpu_s"])
-            self.workers[w.name] = {
-                "cpu": cpu,
+        answered = [
+            (w.name, rep) for w, rep in zip(workers, reports, strict=True) if not isinstance(rep, BaseException)
+        ]
+        loaded = {n for w in self.plane.cluster.workers for n in w.loaded_names()}
+        cpu = self.seen.observe(answered, time.monotonic(), loaded)
+        for name, rep in answered:
+            self.workers[name] = {
+                "cpu": cpu[name],
                 "rss_mb": rep["rss_mb"],
                 "budget_mb": self.memory_mb,
                 "pid": rep["pid"],
                 "variants": len(rep["variants"]),
             }
-            for name, c in rep["variants"].items():
-                key = (w.name, name)
-                seen.add(key)
-                rates = replica_rates(self._last.get(key), now, c)
-                self._last[key] = (now, c)
-                if rates is not None:
-                    parts.setdefault(name, []).append(rates)
-        for key in set(self._last) - seen:
-            del self._last[key]
-        t = time.monotonic()
-        for name, ps in parts.items():
-            window = self.windows.setdefault(name, deque(maxlen=self.settings.autoscale_window))
-            window.append(window_sample(t, ps, window))
+        for name, ps in self.seen.parts.items():
             self.states.setdefault(name, {})["offline_rps"] = sum(p["offline"] for p in ps)
             self.states[name]["p99_ms"] = max(p["p99"] for p in ps)
-        loaded = {n for w in self.plane.cluster.workers for n in w.loaded_names()}
-        for name in set(self.windows) - loaded:
-            del self.windows[name]
-            self.states.pop(name, None)
+        for name in set(self.states) - set(self.windows):
+            del self.states[name]
         for name in set(self.workers) - {w.name for w in self.plane.cluster.workers}:
             del self.workers[name]
+
+    @property
+    def windows(self) -> dict[str, deque[Sample]]:
+        return self.seen.windows
 
     # ---- decisions ---------------------------------------------------------------------------
     def decide(self, now: float) -> list[Action]:
         catalog, workers = self.plane.catalog, self.plane.cluster.workers
-        age_out(self.windows.values(), now, 2 * self.settings.autoscale_window * self.settings.autoscale_interval_s)
-        loads = variant_loads(
-            self.windows,
-            catalog.variants,
-            catalog.profiles,
-            lambda name: tuple(w.name for w in workers if w.hosts(name)),
-        )
-        family = family_of(catalog.by_arch, catalog.profiles, self.plane.cluster.cores_per_worker)
         rooms = [
             WorkerRoom(
                 w.name,
@@ -199,11 +177,22 @@ class Autoscaler:
             for w in workers
             if w.alive
         ]
-        actions, self.memory = self.policy.autoscale(loads, family, rooms, now, self.memory)
-        judged: dict[str, tuple[str, str]] = {}
-        for load in loads:
-            state, why, demand = state_of(load, self.cfg)
-            judged[load.variant.name] = (state, why)
+        r = policy_round(
+            self.policy,
+            self.memory,
+            self.windows,
+            catalog.variants,
+            catalog.profiles,
+            catalog.by_arch,
+            self.plane.cluster.cores_per_worker,
+            lambda name: tuple(w.name for w in workers if w.hosts(name)),
+            rooms,
+            now,
+            2 * self.settings.autoscale_window * self.settings.autoscale_interval_s,
+        )
+        self.memory = r.memory
+        for load in r.loads:
+            state, why, demand = r.judged[load.variant.name]
             last = load.window[-1]
             self.states.setdefault(load.variant.name, {}).update(
                 state=state,
@@ -218,11 +207,11 @@ class Autoscaler:
                 busy=round(last.busy, 3),
             )
         # the policy's own judgement (the original's flags have hysteresis) decides, and is shown
-        self.overloaded = self.policy.overloaded(self.memory, judged)
+        self.overloaded = r.flagged
         for name, why in self.overloaded.items():
-            if name in judged:
+            if name in r.judged:
                 self.states[name].update(state="overloaded", reason=why)
-        return actions
+        return r.actions
 
     # ---- actions -------------------------------------------------------------------------------
     async def apply(self, action: Action) -> None:
@@ -265,7 +254,7 @@ class Autoscaler:
             if not await cluster.remove_worker(action.target, only_if_empty=True):
                 return  # something was placed on it since the decision: keep it
             self.policy.worker_removed(self.memory, action.target)
-            self._cpu.pop(action.target, None)
+            self.seen.forget_worker(action.target)
             plane.log_decision("remove_worker", action.reason, worker=action.target)
             return
         variant = plane.catalog.variants.get(action.variant)

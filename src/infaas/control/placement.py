@@ -17,6 +17,7 @@ from infaas.cluster.base import ClusterBackend, LoadSpec, WorkerHandle
 from infaas.decisions import Background, DecisionLog
 from infaas.errors import DeadlineExceeded, InvalidInput, NotFound, Unavailable
 from infaas.policy.latency import LatencyModel
+from infaas.policy.loaded import first_choice, least_busy
 from infaas.registry import Registry, Variant
 from infaas.settings import Settings
 
@@ -68,17 +69,8 @@ class Placement:
 
     def first_choice(self, variants: list[Variant], statuses: tuple[str, ...] = ("ready",)) -> Variant | None:
         """The ready variant with the largest max batch, then the most accurate, then the highest
-        measured throughput."""
-        ready = [v for v in variants if v.status in statuses]
-        ready = [v for v in ready if v.threads <= self.cluster.cores_per_worker] or ready  # fits a worker, if any does
-        if not ready:
-            return None
-
-        def rank(v: Variant):
-            prof = self.catalog.profiles.get(v.name)
-            return (v.max_batch, -1.0 if v.accuracy is None else v.accuracy, prof.throughput if prof else 0.0)
-
-        return max(ready, key=rank)
+        measured throughput (:func:`~infaas.policy.loaded.first_choice`)."""
+        return first_choice(variants, self.catalog.profiles, self.cluster.cores_per_worker, statuses)
 
     # ---- loads -----------------------------------------------------------------------------
     async def load(self, variant: Variant, worker: WorkerHandle) -> dict:
@@ -149,7 +141,7 @@ class Placement:
                 live = [w for w in self.cluster.workers if w.alive]
                 if not live:
                     raise Unavailable("no live worker to load on")
-                worker = min(live, key=lambda w: (len(w.loaded), w.outstanding()))
+                worker = least_busy(live)
                 await self.load(variant, worker)
                 return worker
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from infaas.policy import Sample, VariantLoad
+from infaas.policy import Action, Sample, VariantLoad, WorkerRoom, state_of
+from infaas.policy.policies import Policy
 from infaas.registry.types import Profile, Variant
 
 
@@ -95,3 +97,84 @@ def family_of(
         ]
         for arch, variants in by_arch.items()
     }
+
+
+class Observations:
+    """What the controller remembers between reports: each replica's last counters, each worker's last
+    CPU time, and a window of samples per variant. :meth:`observe` folds one round of worker reports
+    into it; the real controller and the simulator both call it with the reports they have."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.windows: dict[str, deque[Sample]] = {}
+        self.last: dict[tuple[str, str], tuple[float, Mapping[str, Any]]] = {}  # (worker, variant) -> counters
+        self.cpu_at: dict[str, tuple[float, float]] = {}  # worker -> (time, cpu seconds)
+        self.parts: dict[str, list[dict]] = {}  # variant -> its replicas' rates in the latest round
+
+    def observe(
+        self, reports: Iterable[tuple[str, Mapping[str, Any]]], t: float, loaded: set[str]
+    ) -> dict[str, float | None]:
+        """One sample per variant with rates this round (summed over its replicas) at ``t``, from
+        ``reports``: (worker, report) with the report's ``time``, ``cpu_s``, ``cores`` and per-variant
+        counters. Windows of variants no longer ``loaded`` are dropped. Returns each reporting
+        worker's CPU share (None on its first report)."""
+        self.parts = {}
+        seen: set[tuple[str, str]] = set()
+        cpu: dict[str, float | None] = {}
+        for worker, rep in reports:
+            now = rep["time"]
+            cpu[worker] = worker_cpu(self.cpu_at.get(worker), now, rep["cpu_s"], rep["cores"])
+            self.cpu_at[worker] = (now, rep["cpu_s"])
+            for name, c in rep["variants"].items():
+                key = (worker, name)
+                seen.add(key)
+                rates = replica_rates(self.last.get(key), now, c)
+                self.last[key] = (now, c)
+                if rates is not None:
+                    self.parts.setdefault(name, []).append(rates)
+        for key in set(self.last) - seen:
+            del self.last[key]
+        for name, ps in self.parts.items():
+            window = self.windows.setdefault(name, deque(maxlen=self.window))
+            window.append(window_sample(t, ps, window))
+        for name in set(self.windows) - loaded:
+            del self.windows[name]
+        return cpu
+
+    def forget_worker(self, worker: str) -> None:
+        self.cpu_at.pop(worker, None)
+
+
+@dataclass(frozen=True)
+class Round:
+    """One controller round: the policy's actions and memory, what it judged and flagged."""
+
+    actions: list[Action]
+    memory: Any
+    loads: list[VariantLoad]
+    judged: dict[str, tuple[str, str, float]]  # variant -> (state, why, demand rows/s)
+    flagged: dict[str, str]  # variant -> why it counts as overloaded (the policy's own view)
+
+
+def policy_round(
+    policy: Policy,
+    memory: Any,
+    windows: Mapping[str, deque[Sample]],
+    variants: Mapping[str, Variant],
+    profiles: Mapping[str, Profile],
+    by_arch: Mapping[str, Iterable[Variant]],
+    cores: int,
+    hosts: Callable[[str], tuple[str, ...]],
+    rooms: list[WorkerRoom],
+    now: float,
+    horizon_s: float,
+) -> Round:
+    """Age the windows out past ``horizon_s``, build the policy's view (loads, family, rooms) and ask
+    it what to do; judge each load's state and take the policy's own overload flags."""
+    age_out(windows.values(), now, horizon_s)
+    loads = variant_loads(windows, variants, profiles, hosts)
+    family = family_of(by_arch, profiles, cores)
+    actions, memory = policy.autoscale(loads, family, rooms, now, memory)
+    judged = {load.variant.name: state_of(load, policy.scaling) for load in loads}
+    flagged = policy.overloaded(memory, {n: (state, why) for n, (state, why, _) in judged.items()})
+    return Round(actions, memory, loads, judged, flagged)

@@ -3,9 +3,20 @@ loaded variant that takes the batch, on its least-busy worker."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sized
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-from infaas.registry.types import Variant
+from infaas.registry.types import Profile, Variant
+
+
+class _Busy(Protocol):
+    @property
+    def loaded(self) -> Sized: ...
+    def outstanding(self) -> int: ...
+
+
+W = TypeVar("W", bound=_Busy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +72,27 @@ def select_loaded(candidates: list[Candidate], rows: int, scope: str) -> Decisio
             f"worker {worker} has the fewest requests in flight ({queued})"
         )
     return Decision(best.variant, worker, why)
+
+
+def least_busy(workers: Iterable[W]) -> W:
+    """Where a cold load goes: the worker hosting the fewest variants, then with the fewest requests
+    outstanding (the first such in order)."""
+    return min(workers, key=lambda w: (len(w.loaded), w.outstanding()))
+
+
+def first_choice(
+    variants: Iterable[Variant], profiles: Mapping[str, Profile], cores: int, statuses: tuple[str, ...] = ("ready",)
+) -> Variant | None:
+    """What to load for an architecture until the policy decides: of the variants in ``statuses``
+    (those that fit a worker's ``cores``, if any does), the largest max batch, then the most
+    accurate, then the highest measured throughput."""
+    ready = [v for v in variants if v.status in statuses]
+    ready = [v for v in ready if v.threads <= cores] or ready
+    if not ready:
+        return None
+
+    def rank(v: Variant):
+        prof = profiles.get(v.name)
+        return (v.max_batch, -1.0 if v.accuracy is None else v.accuracy, prof.throughput if prof else 0.0)
+
+    return max(ready, key=rank)

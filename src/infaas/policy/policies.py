@@ -130,6 +130,13 @@ def policy_named(name: str, scaling: ScalingConfig) -> Policy:
     raise ValueError(f"unknown policy {name!r}: one of {', '.join(NAMES)}")
 
 
+def scaling_from(settings: Any) -> ScalingConfig:
+    """The thresholds a server's settings set (``scale_down_s``, ``idle_unload_s``, ``keep_warm``)."""
+    return ScalingConfig(
+        scale_down_s=settings.scale_down_s, idle_unload_s=settings.idle_unload_s, keep_warm=settings.keep_warm
+    )
+
+
 def with_min_workers(policy: Policy, min_workers: int) -> Policy:
     """The same policy with the cluster's floor of workers (known once the backend is built)."""
     return replace(policy, scaling=replace(policy.scaling, min_workers=min_workers))  # type: ignore[type-var]

@@ -267,3 +267,12 @@ class BatchQueue:
             else:
                 keep.append(item)
         self._queue = keep
+
+
+def preferred_batch(timings: dict[int, float], max_batch: int, tolerance: float = 0.05) -> int:
+    """The smallest batch whose time per row is within ``tolerance`` of the best measured."""
+    if not timings:
+        return max_batch
+    per_row = {b: t / b for b, t in timings.items()}
+    best = min(per_row.values())
+    return min(b for b, t in per_row.items() if t <= best * (1 + tolerance))

@@ -95,15 +95,6 @@ def calibrate(runtime: OnnxRuntime, max_batch: int, budget_s: float = 3.0) -> di
     return timings
 
 
-def preferred_batch(timings: dict[int, float], max_batch: int, tolerance: float = 0.05) -> int:
-    """The smallest batch whose time per row is within ``tolerance`` of the best measured."""
-    if not timings:
-        return max_batch
-    per_row = {b: t / b for b, t in timings.items()}
-    best = min(per_row.values())
-    return min(b for b, t in per_row.items() if t <= best * (1 + tolerance))
-
-
 def peak_rss_mb() -> float:
     """Peak resident set size of this process (VmHWM)."""
     try:

@@ -21,13 +21,12 @@ import numpy as np
 
 from infaas.errors import Unavailable
 from infaas.protocol.worker_wire import SocketChannel
-from infaas.worker.batcher import BatchQueue, Pending
+from infaas.worker.batcher import BatchQueue, Pending, preferred_batch
 from infaas.worker.executor import VariantExecutor
 from infaas.worker.measure import (
     answers,
     calibrate,
     peak_rss_mb,
-    preferred_batch,
     resize_axis,
     rss_mb,
     trim,
