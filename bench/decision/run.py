@@ -1,7 +1,8 @@
 """Decision time of model-less selection: p50/p99 with 100 architectures x 20 variants registered.
 
 Builds a synthetic catalog (one task, 100 architectures, 20 profiled variants each, accuracies
-0.5-0.99, costs and latency fits spread over two orders of magnitude), loads one variant per
+0.5-0.99, costs and latency fits spread over two orders of magnitude: the simulator's
+``--synthetic`` generator, :func:`infaas.sim.catalog.synthetic`), loads one variant per
 architecture on one of 4 workers with random rows in flight, then times the data plane's
 selection step for random objectives: building the live snapshot of the loaded variants plus
 `policy.select_sorted` over the cost-sorted options (cached per scope, as the data plane does;
@@ -25,36 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from infaas.policy import Objective, Option, ScopeIndex, Unreachable, select_sorted  # noqa: E402
-from infaas.registry import Profile, Variant  # noqa: E402
-
-
-def catalog(archs: int, per_arch: int, rng: random.Random) -> ScopeIndex:
-    options = []
-    for a in range(archs):
-        base_acc = rng.uniform(0.5, 0.99)
-        for i in range(per_arch):
-            v = Variant(
-                name=f"arch{a}.v{i}",
-                architecture=f"arch{a}",
-                artifact_hash="h",
-                status="ready",
-                accuracy=max(0.0, base_acc - rng.uniform(0, 0.03)),
-                accuracy_source="measured",
-                max_batch=rng.choice([1, 4, 8, 16]),
-                threads=rng.choice([1, 2]),
-            )
-            slope = rng.uniform(0.05, 5.0)
-            p = Profile(
-                variant=v.name,
-                hardware="cpu",
-                fit_slope_ms=slope,
-                fit_intercept_ms=rng.uniform(0.1, 3),
-                cost_per_1k=slope * 1e-5 * v.threads,
-                load_time_ms=rng.uniform(20, 800),
-            )
-            options.append(Option(v, p))
-    return ScopeIndex(options)
+from infaas.policy import Objective, Unreachable, select_sorted  # noqa: E402
+from infaas.sim.catalog import synthetic  # noqa: E402
 
 
 def main() -> None:
@@ -64,7 +37,7 @@ def main() -> None:
     p.add_argument("--variants", type=int, default=20)
     args = p.parse_args()
     rng = random.Random(0)
-    index = catalog(args.archs, args.variants, rng)
+    index = synthetic(args.archs, args.variants, tasks=1, rng=rng).index("task0", cores=2)
     ordered = index.ordered
     loaded_names = {f"arch{a}.v{rng.randrange(args.variants)}" for a in range(args.archs)}
     workers = [f"w{i}" for i in range(4)]

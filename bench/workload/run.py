@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -53,10 +52,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from infaas.app import free_port  # noqa: E402
 from infaas.hardware import local_kind  # noqa: E402
 from infaas.loadgen import build_request, replay  # noqa: E402
-from infaas.policy.autoscale import capacity_rps  # noqa: E402
 from infaas.registry import Registry  # noqa: E402
-from infaas.registry.types import variant_name  # noqa: E402
 from infaas.settings import Settings  # noqa: E402
+from infaas.sim.static import pinned, trace_rates  # noqa: E402
+from infaas.sim.static import static_plan as sized  # noqa: E402
 from infaas.workload import App, generate, load_apps, read_trace, write_trace  # noqa: E402
 
 console = Console()
@@ -133,41 +132,21 @@ def binary_request(host: str, path: str, name: str, x: np.ndarray, params: dict)
     return build_request(host, path, header + x.tobytes(), [f"Inference-Header-Content-Length: {len(header)}"])
 
 
-def pinned(registry: Registry, app: App, cores: int) -> str:
-    """The variant a user picks by hand: the most accurate architecture meeting the floor, fp32."""
-    archs = [
-        a
-        for a in registry.architectures()
-        if a.task == app.task
-        and a.accuracy is not None
-        and (app.min_accuracy is None or a.accuracy >= app.min_accuracy)
-    ]
-    if not archs:
-        raise SystemExit(f"app {app.name}: no architecture of {app.task} meets min_accuracy {app.min_accuracy}")
-    arch = max(archs, key=lambda a: a.accuracy)
-    fp32 = [
-        v
-        for v in registry.variants(arch.name)
-        if v.format == "onnx-fp32" and v.threads <= cores and v.status == "ready"
-    ]
-    best = max(fp32, key=lambda v: (v.threads, v.max_batch))
-    return variant_name(arch.name, "onnx-fp32", "cpu", best.threads, best.max_batch)
-
-
 def static_plan(
     registry: Registry, apps: list[App], rates: dict[str, float], max_workers: int, kind: str
 ) -> tuple[int, dict[str, tuple[str, int]]]:
-    """Workers and (variant, replicas) per app, sized for ``rates`` (peak or mean)."""
-    cores_needed, plan = 0.0, {}
+    """Workers and (variant, replicas) per app, sized for ``rates`` (peak or mean) by the simulator's
+    static sizing (the same code sizes its static contenders)."""
+    archs = {a.name: (a.task, a.accuracy) for a in registry.architectures()}
+    variants = registry.variants()
+    chosen = {}
     for app in apps:
-        name = pinned(registry, app, 1)
-        v = next(x for x in registry.variants() if x.name == name)
-        cap = capacity_rps(registry.profile(name), v.max_batch) * 0.95
-        need = rates[app.name] / cap
-        cores_needed += need
-        plan[app.name] = (name, max(1, math.ceil(need)))
-    workers = min(max_workers, max(1, math.ceil(cores_needed)))
-    plan = {a: (n, min(r, workers)) for a, (n, r) in plan.items()}
+        try:
+            v = pinned(archs, variants, app, 1)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        chosen[app.name] = (v, registry.profile(v.name))
+    workers, cores_needed, plan = sized(apps, rates, chosen, max_workers)
     console.print(
         f"[dim]{kind}: {cores_needed:.2f} cores of work at these rates -> {workers} worker(s); "
         + ", ".join(f"{a}: {n} x{r}" for a, (n, r) in plan.items())
@@ -609,11 +588,7 @@ def main() -> None:
         path = ROOT / "bench" / "workload" / "traces" / f"{Path(args.apps).stem}-{duration:g}s-seed{args.seed}.csv"
         write_trace(path, trace)
         console.print(f"[dim]trace: {len(trace)} requests over {duration:g} s -> {path}[/]")
-    span = trace[-1][0] if trace else 0.0
-    rates = {"mean": {a.name: sum(1 for _, n in trace if n == a.name) / max(span, 1e-9) for a in apps}, "peak": {}}
-    for a in apps:
-        times = np.array([t for t, n in trace if n == a.name])
-        rates["peak"][a.name] = float(np.bincount(times.astype(int)).max()) if len(times) else 0.0
+    rates = trace_rates(trace, apps)
     data = prepare(Path(args.cache))
     results = []
     for kind in args.contenders:

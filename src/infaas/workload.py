@@ -75,9 +75,13 @@ class App:
 
 def load_apps(path: str | Path) -> list[App]:
     data = json.loads(Path(path).read_text())
-    apps = [App(a["name"], a["task"], dict(a.get("objective") or {}), dict(a["pattern"])) for a in data["apps"]]
-    for a in apps:
-        if a.pattern.get("kind") not in PATTERNS:
+    apps = []
+    for i, a in enumerate(data.get("apps") or []):
+        if not isinstance(a, dict) or not {"name", "task"} <= set(a):
+            raise ValueError(f"{path}: app #{i + 1} needs a name and a task")
+        apps.append(App(a["name"], a["task"], dict(a.get("objective") or {}), dict(a.get("pattern") or {})))
+    for a in apps:  # a pattern generates a trace; apps replayed from a trace need none
+        if a.pattern and a.pattern.get("kind") not in PATTERNS:
             raise ValueError(
                 f"app {a.name}: pattern kind {a.pattern.get('kind')!r} is not one of {', '.join(PATTERNS)}"
             )

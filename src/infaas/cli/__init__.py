@@ -1,5 +1,5 @@
 """``infaas`` command line: serve, register, models, variants, profile, infer, zoo, workers, job, decisions,
-remove, demo."""
+remove, load, unload, sim, demo."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 from infaas.cli.common import client_for, err, parse_param
 from infaas.cli.models import cmd_models, cmd_profile, cmd_register, cmd_variants, cmd_zoo
 from infaas.cli.serve import add_serve_flags
+from infaas.cli.sim import add_sim_flags, cmd_sim
 from infaas.cli.tables import console, print_json, show
 from infaas.client import InfaasClientError
 from infaas.errors import InfaasError
@@ -274,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_cmd("unload", "unload a variant from every worker", json_flag=False)
     p.add_argument("model", help="variant")
     p.set_defaults(fn=cmd_unload)
+
+    p = sub.add_parser("sim", help="simulate a trace on a fleet: infaas, infaas-original and static contenders")
+    add_sim_flags(p)
+    p.set_defaults(fn=cmd_sim)
 
     p = sub.add_parser("demo", help="embedded server + digits zoo + a stream of queries + an autoscaling ramp")
     p.add_argument("--queries", type=int, default=300)

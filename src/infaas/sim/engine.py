@@ -134,7 +134,10 @@ class SimReplica:
     instances: int = 1
     admission: bool = True
     max_wait_s: float | None = None
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[Outcome] | None = field(default_factory=list)  # None: not kept (``done`` is told)
+    # the share of a core this replica's batches get when one starts (1: alone; less: time-shared)
+    speed: Callable[[], float] | None = None
+    done: Callable[[list[Outcome]], None] | None = None  # told of each batch's outcomes as it ends
 
     def __post_init__(self) -> None:
         self.queue = BatchQueue(
@@ -148,19 +151,56 @@ class SimReplica:
         )
         self.running: list[float] = []  # when each running batch ends
         self._wake_at: float | None = None
+        # cumulative counters, as a worker reports them (``stats``)
+        self.arrived_rows = self.completed_rows = self.batches = 0
+        self.busy_s = 0.0
+        self.latencies_ms: list[float] = []  # since the last ``stats``
+        self.dropped_rows = 0  # expired in the queue
+
+    @property
+    def in_flight_rows(self) -> int:
+        """Rows queued or running: what a frontend counts as outstanding there."""
+        return self.arrived_rows - self.completed_rows - self.dropped_rows
+
+    def stats(self) -> dict:
+        """This replica's counters in the worker's report format (latencies since the last call)."""
+        lat, self.latencies_ms = self.latencies_ms, []
+        lat.sort()
+        return {
+            "arrived_rows": self.arrived_rows,
+            "completed_rows": self.completed_rows,
+            "offline_rows": 0,
+            "batches": self.batches,
+            "queued_rows": self.queue.rows_queued,
+            "busy_s": self.busy_s,
+            "instances": self.instances,
+            "p50_ms": quantile(lat, 0.50),
+            "p99_ms": quantile(lat, 0.99),
+        }
 
     def submit(self, rows: int, deadline: float | None = None) -> Outcome:
         """A request arrives now; it is refused at once, or queued and served (or dropped) later."""
         now = self.events.now
-        out = Outcome(now, rows, deadline)
-        self.outcomes.append(out)
+        return self.enqueue(Outcome(now, rows, deadline))
+
+    def enqueue(self, out: Outcome) -> Outcome:
+        """Queue ``out`` (arrived at ``out.arrival``, perhaps while this replica loaded) now."""
+        now = self.events.now
+        if self.outcomes is not None:
+            self.outcomes.append(out)
         busy = min(self.running) - now if len(self.running) >= self.instances else 0.0
-        if self.queue.admit(rows, 0, deadline, now, busy_s=busy) is not None:
+        if self.queue.admit(out.rows, 0, out.deadline, now, busy_s=busy) is not None:
             out.status, out.finished = "refused", now
+            self._finish([out])
             return out
-        self.queue.put(Pending(key=out, rows=rows, arrival=now, deadline=deadline), running=bool(self.running))
+        self.arrived_rows += out.rows
+        self.queue.put(Pending(key=out, rows=out.rows, arrival=now, deadline=out.deadline), running=bool(self.running))
         self._dispatch()
         return out
+
+    def _finish(self, outs: list[Outcome]) -> None:
+        if outs and self.done is not None:
+            self.done(outs)
 
     def _dispatch(self) -> None:
         """Start batches while an instance is free, as the worker's executor does."""
@@ -169,12 +209,14 @@ class SimReplica:
             formed = self.queue.next(now)
             for late in formed.expired:
                 late.key.status, late.key.finished = "expired", now
+                self.dropped_rows += late.rows
+            self._finish([late.key for late in formed.expired])
             if not formed.batch:
                 if formed.wait_s is not None:
                     self._wake(now + formed.wait_s)
                 return
             rows = formed.rows
-            took = self.service.draw_s(rows, self.rng)
+            took = self.service.draw_s(rows, self.rng) / (self.speed() if self.speed is not None else 1.0)
             ends = now + took
             self.running.append(ends)
             for member in formed.batch:
@@ -186,8 +228,13 @@ class SimReplica:
     def _done(self, batch: list[Pending], ends: float, rows: int, took: float) -> None:
         self.running.remove(ends)
         self.queue.observe(rows, took)
+        self.completed_rows += rows
+        self.batches += 1
+        self.busy_s += took
         for member in batch:
             member.key.status, member.key.finished = "served", ends
+            self.latencies_ms.append((ends - member.key.arrival) * 1000)
+        self._finish([m.key for m in batch])
         self._dispatch()
 
     def _wake(self, at: float) -> None:
@@ -200,6 +247,13 @@ class SimReplica:
 
         self._wake_at = at
         self.events.at(at, wake)
+
+
+def quantile(ordered: list[float], q: float) -> float | None:
+    """The ``q`` quantile of sorted values (nearest rank); None when there are none."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def poisson_arrivals(rate_per_s: float, seconds: float, rng: random.Random) -> list[float]:

@@ -1,0 +1,493 @@
+"""One contender on one trace, on simulated time.
+
+- ``infaas`` / ``infaas-original``: every request asks the policy (``Policy.select``, with slots
+  from the same :class:`~infaas.policy.latency.LatencyModel` the router keeps); a variant not
+  loaded is cold-started on the worker :func:`~infaas.policy.loaded.least_busy` names, and the
+  request waits for its load (or expires). Every ``autoscale_interval_s`` the controller's round
+  runs: worker reports -> :class:`~infaas.control.samples.Observations` ->
+  :func:`~infaas.control.samples.policy_round` -> actions applied to the simulated fleet.
+- ``static-peak`` / ``static-mean``: each app pinned to its hand-picked variant, on replicas sized
+  for the trace's peak or mean rate (:mod:`infaas.sim.static`), loaded before the first request,
+  never changed; requests go to the least-busy replica (:func:`~infaas.policy.loaded.select_loaded`).
+
+Nothing here reads the wall clock: a run is a function of its inputs and its seed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from infaas.control.samples import Observations, policy_round
+from infaas.policy import Objective, Saturated, Unreachable, WorkerRoom
+from infaas.policy.latency import LatencyModel
+from infaas.policy.loaded import Candidate, NoCandidate, first_choice, least_busy, select_loaded
+from infaas.policy.policies import ORIGINAL, OURS, policy_named, scaling_from, with_min_workers
+from infaas.registry import Variant
+from infaas.settings import Settings
+from infaas.sim.catalog import SimCatalog
+from infaas.sim.engine import EventQueue, Outcome, ServiceTime, SimReplica, quantile
+from infaas.sim.fleet import Fleet, Hosted, SimWorker
+from infaas.sim.static import pinned, static_plan, trace_rates
+from infaas.worker.batcher import preferred_batch
+from infaas.workload import App
+
+CONTENDERS = (OURS, ORIGINAL, "static-peak", "static-mean")
+VIOLATIONS = ("late", "dropped", "under_accuracy", "unmeetable")
+
+
+@dataclass(eq=False)
+class Request(Outcome):
+    app: str = ""
+    variant: str = ""
+    worker: str = ""
+    predicted_ms: float | None = None
+    learn: bool = False
+    violation: str | None = None
+
+
+class Simulation:
+    def __init__(
+        self,
+        contender: str,
+        catalog: SimCatalog,
+        apps: list[App],
+        trace: list[tuple[float, str]],
+        fleet: Fleet,
+        settings: Settings | None = None,
+        seed: int = 0,
+        tail_s: float = 60.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if contender not in CONTENDERS:
+            raise ValueError(f"unknown contender {contender!r}: one of {', '.join(CONTENDERS)}")
+        self.contender, self.catalog, self.fleet = contender, catalog, fleet
+        self.apps = {a.name: a for a in apps}
+        self.trace = trace
+        self.settings = settings or Settings()
+        self.rng = random.Random(seed)
+        self.events = EventQueue()
+        self.tail_s = tail_s
+        self.progress = progress
+        self.static = contender.startswith("static")
+        self.workers: list[SimWorker] = []
+        self.requests: list[Request] = []
+        self.latency = LatencyModel()
+        self.actions: Counter[str] = Counter()
+        self.loads = 0
+        self.blocked = 0
+        self.timeline: list[tuple[float, int, int]] = []  # (t, workers, replicas) each controller round
+        self.flagged: dict[str, str] = {}
+        self._named = 0
+        if not self.static:
+            self.policy = with_min_workers(policy_named(contender, scaling_from(self.settings)), fleet.fewest)
+            self.memory = self.policy.memory()
+            self.seen = Observations(self.settings.autoscale_window)
+        for _ in range(fleet.workers):
+            self._add_worker()
+
+    # ---- the run --------------------------------------------------------------------------------
+    def run(self) -> dict:
+        end_of_trace = self.trace[-1][0] if self.trace else 0.0
+        self.end = end_of_trace + self.tail_s
+        if self.static:
+            self._provision()
+        else:
+            self._load_all()
+            self.events.at(self.settings.autoscale_interval_s, self._tick)
+        if self.trace:
+            self.events.at(self.trace[0][0], lambda: self._arrive(0))
+        self.events.run(until=self.end)
+        self.events.run()  # what is still queued drains (its deadlines bound it)
+        return self.summary()
+
+    def _arrive(self, i: int) -> None:
+        t, name = self.trace[i]
+        if i + 1 < len(self.trace):
+            self.events.at(self.trace[i + 1][0], lambda: self._arrive(i + 1))
+        if self.progress is not None and (i % 500 == 0 or i + 1 == len(self.trace)):
+            self.progress(i + 1, len(self.trace))
+        app = self.apps[name]
+        latency_ms = app.objective.get("latency_ms")
+        budget = latency_ms / 1000 if latency_ms is not None else self.settings.default_timeout_s
+        req = Request(arrival=t, rows=1, deadline=t + budget, app=name)
+        self.requests.append(req)
+        if self.static:
+            self._route_static(req, app)
+        else:
+            self._route_objective(req, app)
+
+    # ---- routing ----------------------------------------------------------------------------------
+    def _live(self) -> list[SimWorker]:
+        return [w for w in self.workers if w.removed is None]
+
+    def _slot(self, worker: SimWorker, name: str):
+        return self.latency.slot(worker.name, name, worker.in_flight(), self.catalog.profiles, self.catalog.variants)
+
+    def _route_objective(self, req: Request, app: App) -> None:
+        o = app.objective
+        objective = Objective(o.get("latency_ms"), o.get("min_accuracy"), o.get("max_cost"))
+        index = self.catalog.index(app.task, self.fleet.cores)
+        live = self._live()
+        names = {n for w in live for n in w.loaded}
+        loaded = [opt for opt in index.ordered if opt.variant.name in names]
+
+        def slots(name: str):
+            return tuple(self._slot(w, name) for w in live if w.hosts(name))
+
+        try:
+            choice = self.policy.select(objective, loaded, index, 1, f"task {app.task}", slots, self.flagged)
+        except Saturated:
+            return self._fail(req, "refused", "dropped")
+        except Unreachable:
+            return self._fail(req, "unreachable", "unmeetable")
+        req.variant, req.predicted_ms = choice.variant.name, choice.predicted_ms
+        req.learn = choice.worker is not None and self.policy.learns_latency
+        if choice.worker is None:
+            self._cold(req, choice.variant)
+        else:
+            worker = next(w for w in live if w.name == choice.worker)
+            req.worker = worker.name
+            worker.hosted[choice.variant.name].replica.enqueue(req)
+            if choice.prefetch is not None and not self._anywhere(choice.prefetch.name):
+                self._load(choice.prefetch, least_busy(live))
+
+    def _route_static(self, req: Request, app: App) -> None:
+        name = self.plan[app.name][0]
+        hosts = tuple((w.name, w.outstanding(name)) for w in self._live() if w.hosts(name))
+        try:
+            decision = select_loaded([Candidate(self.catalog.variants[name], hosts)], 1, f"variant {name}")
+        except NoCandidate:
+            return self._fail(req, "refused", "dropped")
+        worker = next(w for w in self.workers if w.name == decision.worker)
+        req.variant, req.worker = name, worker.name
+        worker.hosted[name].replica.enqueue(req)
+
+    def _fail(self, req: Request, status: str, violation: str) -> None:
+        req.status, req.finished, req.violation = status, self.events.now, violation
+
+    def _anywhere(self, name: str) -> bool:
+        return any(name in w.hosted and w.hosted[name].state != "draining" for w in self._live())
+
+    def _cold(self, req: Request, variant: Variant) -> None:
+        """Wait for ``variant``'s load (one per variant, however many requests wait for it)."""
+        for w in self._live():
+            h = w.hosted.get(variant.name)
+            if h is not None and h.state == "loading":
+                req.worker = w.name
+                h.held.append(req)
+                return
+        worker = least_busy(self._live())
+        req.worker = worker.name
+        self._load(variant, worker).held.append(req)
+
+    # ---- placement on the simulated fleet -----------------------------------------------------------
+    def _add_worker(self) -> SimWorker:
+        self._named += 1
+        w = SimWorker(f"w{self._named}", self.fleet.cores, self.fleet.memory_mb, self.events.now)
+        self.workers.append(w)
+        return w
+
+    def _load(
+        self, variant: Variant, worker: SimWorker, *, at_once: bool = False, replaces: str | None = None
+    ) -> Hosted:
+        existing = worker.hosted.get(variant.name)
+        if existing is not None:
+            if existing.state == "draining":  # taken back: it serves again
+                existing.state = "ready"
+            return existing
+        profile = self.catalog.profiles[variant.name]
+        table = {
+            b: (p50, max(p50, profile.latency_p99_ms.get(b, p50)))
+            for b, p50 in profile.latency_p50_ms.items()
+            if b <= variant.max_batch
+        } or {1: (profile.predict_ms(1), profile.predict_ms(1))}
+        batch = preferred_batch({b: p50 / 1000 for b, (p50, _) in table.items()}, variant.max_batch)
+        instances = max(1, self.settings.instances_per_variant)
+        replica = SimReplica(
+            self.events,
+            ServiceTime(table),
+            self.rng,
+            max_batch=batch,
+            max_delay_s=self.settings.max_queue_delay_us / 1e6,
+            instances=instances,
+            admission=self.settings.admission_control,
+            max_wait_s=self.settings.request_timeout_s,
+            outcomes=None,
+            speed=lambda w=worker, t=variant.threads: w.speed(t),
+            done=lambda outs, w=worker, v=variant: self._done(w, v, outs),
+        )
+        ready_at = self.events.now + (0.0 if at_once else profile.load_time_ms / 1000)
+        h = worker.hosted[variant.name] = Hosted(variant, profile, replica, "loading", ready_at, replaces=replaces)
+        self.loads += 1
+        if at_once:
+            self._ready(worker, h, batch, instances)
+        else:
+            self.events.at(ready_at, lambda: self._ready(worker, h, batch, instances))
+        return h
+
+    def _ready(self, worker: SimWorker, h: Hosted, batch: int, instances: int) -> None:
+        if worker.hosted.get(h.variant.name) is not h:
+            return
+        h.state = "ready"
+        self.latency.loaded(worker.name, h.variant.name, batch, instances)
+        held, h.held = h.held, []
+        now = self.events.now
+        for req in held:
+            if req.deadline is not None and req.deadline <= now:
+                self._fail(req, "expired", "late")
+            else:
+                h.replica.enqueue(req)
+        if h.replaces is not None:
+            self._unload(worker, h.replaces)
+
+    def _unload(self, worker: SimWorker, name: str) -> None:
+        h = worker.hosted.get(name)
+        if h is None:
+            return
+        h.state = "draining"
+        self._retire_if_drained(worker, h)
+
+    def _retire_if_drained(self, worker: SimWorker, h: Hosted) -> None:
+        if h.state == "draining" and not h.held and h.replica.in_flight_rows == 0:
+            worker.retire(h.variant.name)
+
+    def _done(self, worker: SimWorker, variant: Variant, outs: list[Outcome]) -> None:
+        profile = self.catalog.profiles[variant.name]
+        for out in outs:
+            req = out if isinstance(out, Request) else None
+            if req is None:
+                continue
+            if req.status == "refused":
+                req.violation = "dropped"
+            elif req.status == "expired":
+                req.violation = "late"
+            elif req.status == "served":
+                req.violation = self._judge(req, variant)
+                if not self.static:
+                    self.latency.answered(
+                        (worker.name, variant.name),
+                        total_ms=(req.finished - req.arrival) * 1000,
+                        queue_ms=(req.started - req.arrival) * 1000,
+                        compute_ms=(req.finished - req.started) * 1000,
+                        batch_size=req.batch_size,
+                        predicted_ms=req.predicted_ms,
+                        from_slot=req.learn,
+                        alone=not any(n != variant.name and r for n, r in worker.in_flight().items()),
+                        profile=profile,
+                    )
+        h = worker.hosted.get(variant.name)
+        if h is not None:
+            self._retire_if_drained(worker, h)
+
+    def _judge(self, req: Request, variant: Variant) -> str | None:
+        floor = self.apps[req.app].objective.get("min_accuracy")
+        if floor is not None and (variant.accuracy is None or variant.accuracy < floor):
+            return "under_accuracy"
+        if req.deadline is not None and req.finished is not None and req.finished > req.deadline:
+            return "late"
+        return None
+
+    def _load_all(self) -> None:
+        """At start, as the server does: each architecture's default variant on the least-busy worker
+        (only the architectures of the apps' tasks: one no app asks for would only sit in memory)."""
+        tasks = {a.task for a in self.apps.values()}
+        for arch, variants in sorted(self.catalog.by_arch.items()):
+            if self.catalog.tasks.get(arch) not in tasks:
+                continue
+            ready = [v for v in variants if v.name in self.catalog.profiles]
+            variant = first_choice(ready, self.catalog.profiles, self.fleet.cores)
+            if variant is not None:
+                self._load(variant, least_busy(self._live()), at_once=True)
+
+    # ---- static provisioning ----------------------------------------------------------------------------
+    def _provision(self) -> None:
+        kind = "peak" if self.contender == "static-peak" else "mean"
+        rates = trace_rates(self.trace, list(self.apps.values()))[kind]
+        archs = {a: (t, self.catalog.accuracy.get(a)) for a, t in self.catalog.tasks.items()}
+        chosen = {}
+        for app in self.apps.values():
+            v = pinned(archs, self.catalog.variants.values(), app, self.fleet.cores)
+            chosen[app.name] = (v, self.catalog.profiles[v.name])
+        workers, _, self.plan = static_plan(list(self.apps.values()), rates, chosen, self.fleet.most)
+        while len(self.workers) < workers:
+            self._add_worker()
+        del self.workers[workers:]  # sized for the trace, whatever the fleet starts with
+        wanted: dict[str, int] = {}
+        for name, replicas in self.plan.values():  # apps may pin the same variant
+            wanted[name] = max(wanted.get(name, 0), replicas)
+        for name, replicas in sorted(wanted.items()):
+            for worker in sorted(self.workers, key=lambda w: (len(w.hosted), w.name))[:replicas]:
+                self._load(self.catalog.variants[name], worker, at_once=True)
+
+    # ---- the controller ------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        now = self.events.now
+        live = self._live()
+        reports = [(w.name, w.report(now)) for w in live]
+        cpu = self.seen.observe(reports, now, {n for w in live for n in w.hosted})
+        rooms = [WorkerRoom(w.name, w.free_mb(), len(w.loaded), cpu.get(w.name)) for w in live]
+        cfg = self.settings
+        r = policy_round(
+            self.policy,
+            self.memory,
+            self.seen.windows,
+            self.catalog.variants,
+            self.catalog.profiles,
+            self.catalog.by_arch,
+            self.fleet.cores,
+            lambda name: tuple(w.name for w in live if w.hosts(name)),
+            rooms,
+            now,
+            2 * cfg.autoscale_window * cfg.autoscale_interval_s,
+        )
+        self.memory, self.flagged = r.memory, r.flagged
+        for action in r.actions:
+            self._apply(action)
+        live = self._live()
+        self.timeline.append((round(now, 6), len(live), sum(len(w.hosted) for w in live)))
+        if now + cfg.autoscale_interval_s <= self.end:
+            self.events.after(cfg.autoscale_interval_s, self._tick)
+
+    def _apply(self, action) -> None:
+        live = {w.name: w for w in self._live()}
+        variant = self.catalog.variants.get(action.variant)
+        if action.kind == "add_worker":
+            if len(live) >= self.fleet.most:
+                self.blocked += 1
+                return
+            worker = self._add_worker()
+            self.actions[action.kind] += 1
+            if variant is not None:
+                self._load(variant, worker)
+            return
+        if action.kind == "remove_worker":
+            w = live.get(action.target)
+            if w is None or len(live) <= self.fleet.fewest or not w.empty():
+                return
+            w.removed = self.events.now
+            self.policy.worker_removed(self.memory, w.name)
+            self.seen.forget_worker(w.name)
+            self.actions[action.kind] += 1
+            return
+        if variant is None:
+            return
+        if action.kind == "replicate":
+            w = live.get(action.target)
+            if w is not None and not w.hosts(variant.name):
+                self._load(variant, w)
+                self.actions[action.kind] += 1
+        elif action.kind == "unload":
+            w = live.get(action.target)
+            if w is not None and w.hosts(variant.name):
+                self._unload(w, variant.name)
+                self.actions[action.kind] += 1
+        elif action.kind in ("upgrade", "downgrade"):
+            target = self.catalog.variants.get(action.target)
+            if target is None:
+                return
+            self.actions[action.kind] += 1
+            for w in [w for w in live.values() if w.hosts(variant.name)]:
+                if w.hosts(target.name):
+                    self._unload(w, variant.name)
+                else:
+                    self._load(target, w, replaces=variant.name)
+
+    # ---- results ---------------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        reqs = self.requests
+        span = max(self.trace[-1][0], 1e-9) if self.trace else 1e-9
+        violations = Counter(r.violation for r in reqs if r.violation)
+        served = [r for r in reqs if r.status == "served"]
+        good = [r for r in served if r.violation is None]
+        lat = sorted((r.finished - r.arrival) * 1000 for r in served)
+        end = self.end
+        core_s = sum(w.core_seconds(end) for w in self.workers)
+        per_app = {}
+        for name in sorted(self.apps):
+            mine = [r for r in reqs if r.app == name]
+            per_app[name] = {
+                "requests": len(mine),
+                "violations": sum(1 for r in mine if r.violation),
+                "variants": dict(sorted(Counter(r.variant for r in mine if r.status == "served").items())),
+            }
+        return {
+            "contender": self.contender,
+            "requests": len(reqs),
+            "served": len(served),
+            "violations": {k: violations.get(k, 0) for k in VIOLATIONS},
+            "violation_rate": round(sum(violations.values()) / max(1, len(reqs)), 6),
+            "goodput_rps": round(len(good) / span, 4),
+            "latency_ms": {"p50": _rounded(quantile(lat, 0.5)), "p99": _rounded(quantile(lat, 0.99))},
+            "core_seconds": round(core_s, 3),
+            "cost_usd": round(core_s / 3600 * self.fleet.price_core_hour, 6),
+            "loads": self.loads,
+            "actions": dict(sorted(self.actions.items())),
+            "blocked": self.blocked,
+            "workers": {
+                "start": self.fleet.workers if not self.static else len(self.workers),
+                "peak": max((n for _, n, _ in self.timeline), default=len(self.workers)),
+                "end": len(self._live()),
+            },
+            "apps": per_app,
+            "timeline": [list(x) for x in self.timeline],
+        }
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def simulate(
+    contenders: list[str],
+    catalog: SimCatalog,
+    apps: list[App],
+    trace: list[tuple[float, str]],
+    fleet: Fleet,
+    settings: Settings | None = None,
+    seed: int = 0,
+    tail_s: float = 60.0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Every contender on the same trace, fleet and seed: the JSON the CLI writes (no wall-clock figure)."""
+    check_inputs(catalog, apps, trace, fleet)
+    results = []
+    for name in contenders:
+        tell = None if progress is None else (lambda done, total, name=name: progress(name, done, total))
+        results.append(Simulation(name, catalog, apps, trace, fleet, settings, seed, tail_s, tell).run())
+    return {
+        "fleet": fleet.describe(),
+        "hardware": catalog.hardware,
+        "seed": seed,
+        "trace": {"requests": len(trace), "seconds": round(trace[-1][0], 6) if trace else 0.0},
+        "contenders": results,
+    }
+
+
+def check_inputs(catalog: SimCatalog, apps: list[App], trace: list[tuple[float, str]], fleet: Fleet) -> None:
+    """A clear error for apps whose task the catalog lacks (or whose variants all need more cores
+    than a worker has), and for trace rows out of order or naming an unknown app."""
+    tasks = set(catalog.tasks.values())
+    for app in apps:
+        if app.task not in tasks:
+            raise ValueError(
+                f"app {app.name}: task {app.task!r} is not in the catalog (tasks: {', '.join(sorted(tasks)) or 'none'})"
+            )
+        ready = [o.variant for o in catalog.index(app.task, fleet.cores).ordered]
+        if not ready:
+            raise ValueError(f"app {app.name}: task {app.task!r} has no ready, profiled variant")
+        if all(v.threads > fleet.cores for v in ready):
+            raise ValueError(
+                f"app {app.name}: no variant of task {app.task!r} runs on {fleet.cores} core(s) per worker "
+                f"(the fewest threads any needs: {min(v.threads for v in ready)}); raise --fleet cores"
+            )
+    known, last = {a.name for a in apps}, -math.inf
+    for i, (t, name) in enumerate(trace, 2):
+        if name not in known:
+            raise ValueError(f"trace line {i}: unknown app {name!r} (apps: {', '.join(sorted(known))})")
+        if t < last:
+            raise ValueError(f"trace line {i}: time {t} comes before the previous line's {last}")
+        last = t

@@ -1,0 +1,68 @@
+"""Static provisioning, sized from a trace as a careful operator would: each app pinned to the
+variant its user would pick by hand, on replicas enough for the app's peak (or mean) rate, never
+changed. ``bench/workload`` sizes its static servers with these; the simulator its static contenders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+from infaas.policy.autoscale import capacity_rps
+from infaas.registry import Profile, Variant
+from infaas.workload import App
+
+HEADROOM = 0.95  # a static replica is planned at 95 % of its capacity
+
+
+def trace_rates(trace: list[tuple[float, str]], apps: list[App]) -> dict[str, dict[str, float]]:
+    """Per app, its mean rate over the trace and its peak in any 1-s window (requests per second)."""
+    span = trace[-1][0] if trace else 0.0
+    mean = {a.name: sum(1 for _, n in trace if n == a.name) / max(span, 1e-9) for a in apps}
+    peak: dict[str, float] = {}
+    for a in apps:
+        counts: dict[int, int] = {}
+        for t, n in trace:
+            if n == a.name:
+                counts[int(t)] = counts.get(int(t), 0) + 1
+        peak[a.name] = float(max(counts.values(), default=0))
+    return {"mean": mean, "peak": peak}
+
+
+def pinned(archs: Mapping[str, tuple[str, float | None]], variants: Iterable[Variant], app: App, cores: int) -> Variant:
+    """The variant a user picks by hand: the most accurate architecture of the app's task meeting
+    its floor (``archs``: architecture -> (task, accuracy)), its fp32 CPU variant with the most
+    threads that fit ``cores``, then the largest max batch."""
+    floor = app.objective.get("min_accuracy")
+    fit = [(acc, a) for a, (task, acc) in archs.items() if task == app.task and acc is not None]
+    fit = [(acc, a) for acc, a in fit if floor is None or acc >= floor]
+    if not fit:
+        raise ValueError(f"app {app.name}: no architecture of {app.task} meets min_accuracy {floor}")
+    arch = max(fit)[1]
+    fp32 = [
+        v
+        for v in variants
+        if v.architecture == arch
+        and v.format == "onnx-fp32"
+        and v.provider == "cpu"
+        and v.threads <= cores
+        and v.status == "ready"
+    ]
+    if not fp32:
+        raise ValueError(f"app {app.name}: {arch} has no ready fp32 variant on at most {cores} core(s)")
+    return max(fp32, key=lambda v: (v.threads, v.max_batch))
+
+
+def static_plan(
+    apps: list[App], rates: Mapping[str, float], chosen: Mapping[str, tuple[Variant, Profile]], max_workers: int
+) -> tuple[int, float, dict[str, tuple[str, int]]]:
+    """Workers, cores of work, and (variant, replicas) per app for ``rates`` (peak or mean), with each
+    app's ``chosen`` variant and its profile; one replica per worker at most."""
+    cores_needed, plan = 0.0, {}
+    for app in apps:
+        v, prof = chosen[app.name]
+        need = rates.get(app.name, 0.0) / (capacity_rps(prof, v.max_batch) * HEADROOM)
+        cores_needed += need * v.threads
+        plan[app.name] = (v.name, max(1, math.ceil(need)))
+    workers = min(max_workers, max(1, math.ceil(cores_needed)))
+    return workers, cores_needed, {a: (n, min(r, workers)) for a, (n, r) in plan.items()}

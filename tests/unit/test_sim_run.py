@@ -1,0 +1,173 @@
+"""The simulator's contenders on simulated time: determinism, the real policies called (spies),
+static placements that never change, and infaas scaling up for a step of load and back down."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+import infaas.policy.policies as policies_mod
+from infaas.registry import Profile, Variant
+from infaas.sim.catalog import SimCatalog, parse_synthetic, synthetic
+from infaas.sim.fleet import Fleet
+from infaas.sim.run import CONTENDERS, Simulation, simulate
+from infaas.workload import App
+
+
+def one_variant(ms: float = 10.0, threads: int = 1, load_ms: float = 200.0) -> SimCatalog:
+    """One architecture of task ``t`` with one variant: ``ms`` per request, batch 1."""
+    v = Variant(
+        name="a.v0",
+        architecture="a",
+        artifact_hash="h",
+        accuracy=0.9,
+        accuracy_source="measured",
+        max_batch=1,
+        threads=threads,
+        created_at=0.0,
+    )
+    p = Profile(
+        variant=v.name,
+        hardware="sim",
+        latency_p50_ms={1: ms},
+        latency_p99_ms={1: ms},
+        fit_slope_ms=ms,
+        throughput=1000 / ms,
+        best_batch=1,
+        cost_per_1k=1e-5,
+        load_time_ms=load_ms,
+        peak_memory_mb=100,
+        accuracy=0.9,
+        accuracy_source="measured",
+        measured_at=0.0,
+    )
+    return SimCatalog({v.name: v}, {v.name: p}, {"a": "t"}, {"a": 0.9})
+
+
+def poisson(segments: list[tuple[float, float, float]], app: str = "app", seed: int = 0) -> list[tuple[float, str]]:
+    rng, rows = random.Random(seed), []
+    for start, end, rate in segments:
+        t = start
+        while (t := t + rng.expovariate(rate)) < end:
+            rows.append((t, app))
+    return rows
+
+
+STEP = [(0, 10, 30), (10, 30, 250), (30, 40, 10)]  # 0.3x, 2.5x, 0.1x of one replica's 100 rows/s
+APPS = [App("app", "t", {"latency_ms": 100})]
+
+
+def test_same_seed_same_json_byte_for_byte_and_another_seed_differs():
+    cat = synthetic(archs=6, variants=5, tasks=2, seed=3)
+    apps = [App("x", "task0", {"latency_ms": 50, "min_accuracy": 0.6}), App("y", "task1", {"latency_ms": 200})]
+    trace = sorted(poisson([(0, 20, 40)], "x", 1) + poisson([(0, 20, 30)], "y", 2))
+    fleet = Fleet.parse("workers=2,cores=2,max=6")
+    runs = [json.dumps(simulate(list(CONTENDERS), cat, apps, trace, fleet, seed=s, tail_s=10)) for s in (7, 7, 8)]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]  # the seed drives the service times
+    out = json.loads(runs[0])
+    assert [c["contender"] for c in out["contenders"]] == list(CONTENDERS)
+    assert all(c["requests"] == len(trace) for c in out["contenders"])
+
+
+def test_the_simulator_calls_the_policies_themselves(monkeypatch):
+    """Spies around the policy functions the two policies delegate to: the simulator's decisions
+    are theirs (each call answered by the real function), not a copy's."""
+    calls: dict[str, int] = {}
+
+    def spy(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    for name in ("select_sorted", "autoscale", "select_original", "autoscale_original"):
+        spy(policies_mod, name)
+    cat, trace = one_variant(), poisson(STEP)
+    for contender in ("infaas", "infaas-original"):
+        Simulation(contender, cat, APPS, trace, Fleet.parse("workers=1,max=4"), tail_s=5).run()
+    assert calls["select_sorted"] == calls["select_original"] == len(trace)  # every request asked its policy
+    ticks = int(trace[-1][0] + 5)
+    assert calls["autoscale"] == calls["autoscale_original"] == ticks  # every controller round
+
+
+def test_static_contenders_never_load_or_scale_after_the_start():
+    cat, trace = one_variant(), poisson(STEP)
+    peak = Simulation("static-peak", cat, APPS, trace, Fleet.parse("workers=1,max=8"), tail_s=30).run()
+    mean = Simulation("static-mean", cat, APPS, trace, Fleet.parse("workers=1,max=8"), tail_s=30).run()
+    # sized from the trace: the peak second's ~280 rows/s need 3 replicas of 95; the mean's ~135 need 2
+    assert (peak["workers"], peak["loads"]) == ({"start": 3, "peak": 3, "end": 3}, 3)
+    assert (mean["workers"], mean["loads"]) == ({"start": 2, "peak": 2, "end": 2}, 2)
+    for r in (peak, mean):
+        assert r["actions"] == {} and r["timeline"] == []
+    # under-provisioned for the step: the mean's replicas shed what they cannot serve in time
+    assert peak["violations"]["dropped"] < mean["violations"]["dropped"]
+    assert mean["core_seconds"] < peak["core_seconds"]
+
+
+def test_infaas_scales_up_for_a_step_and_back_down_after():
+    cat, trace = one_variant(), poisson(STEP)
+    r = Simulation("infaas", cat, APPS, trace, Fleet.parse("workers=1,max=6"), tail_s=60).run()
+    timeline = r["timeline"]  # (t, workers, replicas) each second
+    before = [w for t, w, _ in timeline if t < 10]
+    during = [rep for t, _, rep in timeline if 15 <= t < 30]
+    after = [(w, rep) for t, w, rep in timeline if t >= 80]
+    assert set(before) == {1}
+    assert min(during) >= 3  # 250 rows/s need three replicas of 95
+    assert set(after) == {(1, 1)}  # back to one worker with one replica (kept warm)
+    assert r["actions"]["add_worker"] >= 2 and r["actions"]["remove_worker"] == r["actions"]["add_worker"]
+    assert r["workers"] == {"start": 1, "peak": max(w for _, w, _ in timeline), "end": 1}
+    # it served the step: far fewer violations than one static replica sized for the mean would
+    assert r["violation_rate"] < 0.15
+
+
+def test_bad_inputs_name_the_field_or_line():
+    cat = one_variant()
+    with pytest.raises(ValueError, match="trace line 3: unknown app 'other'"):
+        simulate(["infaas"], cat, APPS, [(0.0, "app"), (1.0, "other")], Fleet())
+    with pytest.raises(ValueError, match=r"trace line 3: time 0.5 comes before the previous line's 1.0"):
+        simulate(["infaas"], cat, APPS, [(1.0, "app"), (0.5, "app")], Fleet())
+    with pytest.raises(ValueError, match="task 'nope' is not in the catalog"):
+        simulate(["infaas"], cat, [App("app", "nope")], [], Fleet())
+    with pytest.raises(ValueError, match="no variant of task 't' runs on 1 core"):
+        simulate(["infaas"], one_variant(threads=2), APPS, [(0.0, "app")], Fleet.parse("cores=1"))
+    with pytest.raises(ValueError, match="unknown contender 'best'"):
+        Simulation("best", cat, APPS, [], Fleet())
+    with pytest.raises(ValueError, match="--fleet: workers must be a whole number"):
+        Fleet.parse("workers=0")
+    with pytest.raises(ValueError, match="--fleet: 'gpus=2' is not one of"):
+        Fleet.parse("gpus=2")
+    with pytest.raises(ValueError, match="--fleet: cores must be a number"):
+        Fleet.parse("cores=many")
+    with pytest.raises(ValueError, match="--synthetic: archs must be at least 1"):
+        parse_synthetic("archs=0")
+    with pytest.raises(ValueError, match="--synthetic: 'size=3' is not key=value"):
+        parse_synthetic("size=3")
+
+
+def test_synthetic_catalog_names_its_tasks_and_spreads_its_variants():
+    cat = synthetic(**parse_synthetic("archs=20,variants=4,tasks=5,seed=1"))
+    assert cat.task_names == [f"task{i}" for i in range(5)]
+    assert len(cat.variants) == 80 and len(cat.of_task("task0")) == 16
+    assert {v.format for v in cat.variants.values()} >= {"onnx-fp32", "onnx-int8-static"}
+    for v in cat.variants.values():
+        p = cat.profiles[v.name]
+        assert max(p.latency_p50_ms) <= v.max_batch and all(
+            p.latency_p99_ms[b] > p.latency_p50_ms[b] for b in p.latency_p50_ms
+        )
+    assert synthetic(archs=20, variants=4, tasks=5, seed=1).variants == cat.variants  # seeded
+
+
+def test_a_fleet_floor_below_its_start_lets_infaas_give_workers_back():
+    cat, trace = one_variant(), poisson([(0, 30, 20)])
+    kept = Simulation("infaas", cat, APPS, trace, Fleet.parse("workers=3"), tail_s=30).run()
+    freed = Simulation("infaas", cat, APPS, trace, Fleet.parse("workers=3,min=1"), tail_s=30).run()
+    assert kept["workers"]["end"] == 3 and freed["workers"]["end"] == 1
+    assert freed["core_seconds"] < kept["core_seconds"]
+    with pytest.raises(ValueError, match=r"--fleet: min \(4\) is more than the workers it starts with \(3\)"):
+        Fleet.parse("workers=3,min=4")
