@@ -47,8 +47,14 @@ def test_sim_on_a_synthetic_catalog_and_its_errors(tmp_path, capsys):
     apps, trace = write_inputs(tmp_path, "task1", "x")
     out = tmp_path / "out.json"
     main(["sim", "--synthetic", "archs=4,variants=3,tasks=2", "--trace", str(trace), "--apps", str(apps),
-          "--policy", "infaas", "--json", str(out), "--tail-s", "2"])  # fmt: skip
+          "--policy", "infaas", "--json", str(out), "--tail-s", "2", "--plots", str(tmp_path / "plots")])  # fmt: skip
+    for name in ("violations", "workers", "cost"):
+        png = (tmp_path / "plots" / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
     (run,) = json.loads(out.read_text())["contenders"]
+    series = run["series"]
+    assert len(series["workers"]) == 12 and sum(series["requests"]) == 1000  # 10 s of trace + 2 s of tail
+    assert series["workers"][0] == 2 and run["cost_vs_oracle"] > 1
     assert run["contender"] == "infaas" and all(
         v.startswith(("arch1.", "arch3.")) for v in run["apps"]["x"]["variants"]
     )
@@ -63,3 +69,26 @@ def test_sim_on_a_synthetic_catalog_and_its_errors(tmp_path, capsys):
             ["sim", "--synthetic", "archs=4,tasks=2", "--trace", str(trace), "--apps", str(apps), "--fleet", "cores=0"]
         )
     assert "--fleet: cores must be a whole number of at least 1" in " ".join(capsys.readouterr().err.split())
+
+
+def test_sim_on_the_readme_catalog_with_a_cpu_and_a_gpu_pool(tmp_path, capsys):
+    """The README's hand-written catalog, on a fleet of a CPU and a GPU pool (a short trace of ours)."""
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "sim"
+    trace = tmp_path / "minutes.csv"
+    trace.write_text("minute,app,count\n0,moderation,600\n0,thumbnails,300\n")
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"out{i}.json"
+        main(["sim", "--catalog", str(examples / "catalog.csv"), "--minutes", str(trace), "--apps",
+              str(examples / "catalog-apps.json"), "--fleet", "cpu:workers=2,cores=2,max=6;gpu:workers=1,max=2",
+              "--json", str(out), "--tail-s", "5"])  # fmt: skip
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "cpu: 2 worker(s) of 2 core(s)" in printed and "gpu: 1 worker(s)" in printed
+    ours = json.loads(outs[0])["contenders"][0]
+    assert set(ours["pools"]) == {"cpu", "gpu"} and ours["pools"]["gpu"]["cost_usd"] > 0
+    assert set(ours["apps"]["moderation"]["variants"]) == {"resnet50.fp16@gpu"}
+    assert ours["violations"]["late"] + ours["violations"]["dropped"] < 30

@@ -171,3 +171,105 @@ def test_a_fleet_floor_below_its_start_lets_infaas_give_workers_back():
     assert freed["core_seconds"] < kept["core_seconds"]
     with pytest.raises(ValueError, match=r"--fleet: min \(4\) is more than the workers it starts with \(3\)"):
         Fleet.parse("workers=3,min=4")
+
+
+CSV_HEAD = "task,architecture,variant,hardware,batch,p50_ms,p99_ms,accuracy,memory_mb,load_ms,threads\n"
+CSV_ROWS = """\
+vision,big,big.fp32,cpu,1,38,52,0.76,180,900,1
+vision,big,big.fp32,cpu,4,130,170,0.76,180,900,1
+vision,big,big.fp16,gpu,1,2.1,3.0,0.76,400,2500,1
+vision,big,big.fp16,gpu,8,3.4,4.6,0.76,400,2500,1
+vision,small,small.fp32,cpu,1,6,9,0.70,40,300,1
+"""
+
+
+def test_a_catalog_csv_with_a_cpu_and_a_gpu_pool(tmp_path):
+    from infaas.sim.catalog import from_csv
+
+    path = tmp_path / "catalog.csv"
+    path.write_text(CSV_HEAD + CSV_ROWS)
+    fleet = Fleet.parse("cpu:workers=1,max=3;gpu:workers=1,max=2", price_core_hour=0.04, price_gpu_hour=2.0)
+    cat = from_csv(path, fleet.price_for)
+    assert sorted(cat.variants) == ["big.fp16@gpu", "big.fp32@cpu", "small.fp32@cpu"]
+    assert cat.kind_of("big.fp16@gpu") == "gpu" and cat.variants["big.fp16@gpu"].max_batch == 8
+    # cost per 1000 from the pool's price and the best batch's throughput (8 rows in 3.4 ms on the GPU)
+    assert cat.profiles["big.fp16@gpu"].cost_per_1k == pytest.approx(2.0 / 3600 / (8 / 3.4e-3) * 1000)
+    apps = [
+        App("strict", "vision", {"latency_ms": 20, "min_accuracy": 0.75}),
+        App("loose", "vision", {"latency_ms": 500}),
+    ]
+    trace = sorted(poisson([(0, 20, 30)], "strict", 1) + poisson([(0, 20, 10)], "loose", 2))
+    out = simulate(["infaas", "static-peak"], cat, apps, trace, fleet, tail_s=5)
+    ours, static = out["contenders"]
+    # only the GPU variant meets 20 ms at 0.75; the loose app takes the cheapest that meets 500 ms
+    assert set(ours["apps"]["strict"]["variants"]) == {"big.fp16@gpu"}
+    assert set(ours["apps"]["loose"]["variants"]) <= {"small.fp32@cpu", "big.fp16@gpu"}
+    assert ours["violation_rate"] < 0.02
+    assert set(ours["pools"]) == {"cpu", "gpu"} and ours["pools"]["gpu"]["cost_usd"] > 0
+    assert ours["cost_usd"] == pytest.approx(
+        ours["pools"]["cpu"]["cost_usd"] + ours["pools"]["gpu"]["cost_usd"], abs=2e-6
+    )
+    # the hand-picked variant is the most accurate architecture's CPU fp32: too slow for 20 ms
+    assert set(static["apps"]["strict"]["variants"]) <= {"big.fp32@cpu"}
+    assert static["pools"]["gpu"]["workers"] == 0 and static["violations"]["dropped"] > 0.9 * 600
+
+
+def test_bad_catalog_rows_and_pools_name_the_line_or_field(tmp_path):
+    from infaas.sim.catalog import from_csv
+
+    path = tmp_path / "c.csv"
+    cases = [
+        ("task,variant\nx,y\n", "missing column(s) architecture, hardware"),
+        (
+            CSV_HEAD + "vision,big,big.fp32,cpu,1,38,20,0.76,180,900,1\n",
+            "c.csv:2: p50_ms 38 and p99_ms 20 must satisfy",
+        ),
+        (
+            CSV_HEAD + CSV_ROWS + "vision,big,big.fp32,cpu,8,300,400,0.74,180,900,1\n",
+            "c.csv:7: big.fp32 on cpu has another",
+        ),
+        (CSV_HEAD + "vision,big,big.fp32,cpu,one,38,52,0.76,180,900,1\n", "c.csv:2: invalid literal"),
+        (CSV_HEAD + CSV_ROWS + "audio,big,x,cpu,1,1,1,,1,1,1\n", "c.csv:7: architecture big is already of task vision"),
+    ]
+    for text, message in cases:
+        path.write_text(text)
+        with pytest.raises(ValueError) as exc:
+            from_csv(path, lambda kind: 1.0)
+        assert message in str(exc.value)
+    with pytest.raises(ValueError, match="pools of distinct hardware kinds"):
+        Fleet.parse("cpu:workers=1;cpu:workers=2")
+    with pytest.raises(ValueError, match="--fleet gpu: max must be a whole number"):
+        Fleet.parse("cpu:workers=1;gpu:max=1.5")
+    path.write_text(CSV_HEAD + CSV_ROWS)
+    cat = from_csv(path, lambda kind: 1.0)
+    with pytest.raises(ValueError, match="the variants of task 'vision' run on cpu, gpu; the fleet has no such pool"):
+        simulate(["infaas"], cat, [App("a", "vision")], [], Fleet.parse("tpu:workers=1"))
+
+
+def test_the_oracle_bound_by_hand():
+    """One app (10 ms, accuracy >= 0.8) and three variants: B is too inaccurate; C's batch of 8 is
+    too slow for 10 ms and its batch of 1 costs 2 threads x 3 ms = 6 core-ms; A's batch of 4 costs
+    8 ms / 4 = 2 core-ms a request: the cheapest. 3 + 5 requests in two seconds: 16 core-ms."""
+    from infaas.sim.oracle import oracle
+
+    def variant(name, acc, threads, p50):
+        v = Variant(name=name, architecture=name, artifact_hash="h", accuracy=acc, max_batch=max(p50), threads=threads)
+        return v, Profile(variant=name, hardware="sim", latency_p50_ms=p50, accuracy=acc)
+
+    pairs = [
+        variant("A", 0.9, 1, {1: 4.0, 4: 8.0}),
+        variant("B", 0.7, 1, {1: 0.5}),
+        variant("C", 0.95, 2, {1: 3.0, 8: 12.0}),
+    ]
+    cat = SimCatalog({v.name: v for v, _ in pairs}, {v.name: p for v, p in pairs}, {"A": "t", "B": "t", "C": "t"})
+    apps = [App("x", "t", {"latency_ms": 10, "min_accuracy": 0.8}), App("y", "t", {"min_accuracy": 0.99})]
+    trace = [(0.1, "x"), (0.2, "x"), (0.9, "x"), (1.0, "x"), (1.1, "x"), (1.5, "x"), (1.6, "x"), (1.7, "y"), (1.8, "x")]
+    fleet = Fleet.parse("workers=1,cores=2,price=3.6")  # $3.6 a core-hour: $1e-3 a core-second
+    bound = oracle(cat, apps, trace, fleet)
+    assert bound["apps"]["x"] == {"variant": "A", "batch": 4, "core_ms": 2.0}
+    assert bound["apps"]["y"] is None and bound["unservable"] == 1  # nothing reaches 0.99
+    assert bound["core_seconds"] == pytest.approx(0.016)
+    assert bound["cost_usd"] == pytest.approx(16e-6)
+    assert bound["per_second_usd"] == pytest.approx([6e-6, 10e-6])
+    # a worker of one core: C (2 threads) no longer runs as profiled; A still wins
+    assert oracle(cat, apps, trace, Fleet.parse("cores=1,price=3.6"))["apps"]["x"]["variant"] == "A"

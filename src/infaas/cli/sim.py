@@ -20,6 +20,12 @@ def add_sim_flags(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data-dir", help="a data directory: its variants and their profiles on this machine's kind")
     src.add_argument(
+        "--catalog",
+        metavar="CSV",
+        help="profiles measured anywhere, one row per variant, hardware kind and batch size: "
+        "task,architecture,variant,hardware,batch,p50_ms,p99_ms,accuracy,memory_mb,load_ms[,threads][,format]",
+    )
+    src.add_argument(
         "--synthetic",
         metavar="SPEC",
         help="a generated catalog, e.g. archs=100,variants=20,tasks=10,seed=0: tasks are named task0 .. "
@@ -34,23 +40,25 @@ def add_sim_flags(p: argparse.ArgumentParser) -> None:
         "--fleet",
         default="workers=2,cores=1",
         help="workers=N,cores=C[,min=N][,max=M][,memory_mb=MB][,price=USD per core-hour] (default workers=2,cores=1; "
-        "min: the fewest the controller keeps, default workers; max default 4 x workers)",
+        "min: the fewest the controller keeps, default workers; max default 4 x workers); pools of hardware "
+        "kinds (the --catalog's hardware column): KIND:fields;KIND:fields, e.g. cpu:workers=2;gpu:workers=1,max=2",
     )
     p.add_argument("--policy", default="all", choices=CHOICES, help="the contender to run, or all four side by side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tail-s", type=float, default=60.0, help="simulated seconds after the last request (scale-down)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the results here (no wall-clock figures)")
+    p.add_argument("--plots", metavar="DIR", help="write violations, workers and cost over time here (PNG)")
 
 
 def cmd_sim(args) -> None:
     from infaas.settings import load_settings
-    from infaas.sim.catalog import SimCatalog, parse_synthetic, synthetic
+    from infaas.sim.catalog import SimCatalog, from_csv, parse_synthetic, synthetic
     from infaas.sim.fleet import Fleet
     from infaas.sim.run import CONTENDERS, simulate
     from infaas.workload import load_apps, read_minute_counts, read_trace
 
     settings = load_settings()
-    fleet = Fleet.parse(args.fleet, settings.price_cpu_core_hour)
+    fleet = Fleet.parse(args.fleet, settings.price_cpu_core_hour, settings.price_gpu_hour)
     apps = load_apps(args.apps)
     if args.trace:
         trace = read_trace(args.trace, apps)
@@ -58,8 +66,10 @@ def cmd_sim(args) -> None:
         trace = read_minute_counts(args.minutes, apps, cv=args.cv, seed=args.seed)
     if args.data_dir:
         catalog = SimCatalog.from_data_dir(args.data_dir)
+    elif args.catalog:
+        catalog = from_csv(args.catalog, fleet.price_for)
     else:
-        catalog = synthetic(**parse_synthetic(args.synthetic), price_core_hour=fleet.price_core_hour)
+        catalog = synthetic(**parse_synthetic(args.synthetic), price_core_hour=fleet.pools[0].price_core_hour)
     contenders = list(CONTENDERS) if args.policy == "all" else [args.policy]
     started = time.perf_counter()
     with Progress(
@@ -81,10 +91,24 @@ def cmd_sim(args) -> None:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=1) + "\n")
     console.print(summary_table(result))
+    if args.plots:
+        from infaas.sim.plots import plot
+
+        paths = plot(result, args.plots)
+        console.print(f"[dim]plots: {', '.join(str(p) for p in paths)}[/]")
     console.print(
         f"[dim]{len(trace)} requests over {result['trace']['seconds']:g} simulated s on {fleet.describe()}; "
         f"profiles of {result['hardware'] or 'unknown hardware'}; seed {args.seed}; "
-        f"simulated in {wall:.1f} s of wall clock[/]" + (f"\n[dim]results: {args.json_out}[/]" if args.json_out else "")
+        f"simulated in {wall:.1f} s of wall clock[/]"
+        + f"\n[dim]oracle bound (perfect foresight, free loads, only compute paid): "
+        f"${result['oracle']['cost_usd']:.4f}, {result['oracle']['core_seconds']:.0f} core-s"
+        + (
+            f"; {result['oracle']['unservable']} request(s) no variant serves in time"
+            if result["oracle"]["unservable"]
+            else ""
+        )
+        + "[/]"
+        + (f"\n[dim]results: {args.json_out}[/]" if args.json_out else "")
     )
 
 
@@ -110,6 +134,13 @@ def summary_table(result: dict) -> Table:
     row("latency p50 / p99 (ms)", lambda r: f"{ms(r['latency_ms']['p50'])} / {ms(r['latency_ms']['p99'])}")
     row("cost (core-s)", lambda r: f"{r['core_seconds']:.0f}")
     row("cost (USD)", lambda r: f"{r['cost_usd']:.4f}")
+    if len(runs[0]["pools"]) > 1:
+        for kind in runs[0]["pools"]:
+            row(
+                f"  {kind} (workers, USD)",
+                lambda r, k=kind: f"{r['pools'][k]['workers']}, {r['pools'][k]['cost_usd']:.4f}",
+            )
+    row("cost / oracle bound", lambda r: "-" if r["cost_vs_oracle"] is None else f"{r['cost_vs_oracle']:.1f}x")
     row("workers start / peak / end", lambda r: "{start} / {peak} / {end}".format(**r["workers"]))
     row("loads", lambda r: str(r["loads"]))
     row(

@@ -7,11 +7,14 @@ status, accuracy and profile per variant the router would see on this machine's 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from infaas.policy import Option, ScopeIndex
 from infaas.registry import Profile, Variant
+from infaas.registry.types import linear_fit
+from infaas.sim.fleet import is_gpu
 
 
 @dataclass
@@ -20,7 +23,8 @@ class SimCatalog:
     profiles: dict[str, Profile]
     tasks: dict[str, str]  # architecture -> task
     accuracy: dict[str, float | None] = field(default_factory=dict)  # architecture -> its accuracy
-    hardware: str = ""  # the kind the profiles were measured on
+    hardware: str = ""  # the kind(s) the profiles were measured on
+    kinds: dict[str, str] = field(default_factory=dict)  # variant -> the hardware kind it runs on ("": any)
 
     def __post_init__(self) -> None:
         self.by_arch: dict[str, list[Variant]] = {a: [] for a in self.tasks}
@@ -34,6 +38,14 @@ class SimCatalog:
 
     def of_task(self, task: str) -> list[Variant]:
         return [v for a, t in sorted(self.tasks.items()) if t == task for v in self.by_arch.get(a, [])]
+
+    def kind_of(self, name: str) -> str:
+        return self.kinds.get(name, "")
+
+    def options(self, task: str, fits: Callable[[Variant], bool]) -> ScopeIndex:
+        """The task's ready, profiled variants for which ``fits`` holds (a pool runs them), by cost."""
+        ready = [v for v in self.of_task(task) if v.status == "ready" and v.name in self.profiles and fits(v)]
+        return ScopeIndex([Option(v, self.profiles[v.name]) for v in ready])
 
     def index(self, task: str, cores: int) -> ScopeIndex:
         """The task's ready, profiled variants sorted by cost: those a worker of ``cores`` runs as
@@ -155,3 +167,124 @@ def synthetic(
                 measured_at=0.0,
             )
     return SimCatalog(variants_out, profiles, task_of, accuracy, hardware="synthetic")
+
+
+CSV_COLUMNS = (
+    "task",
+    "architecture",
+    "variant",
+    "hardware",
+    "batch",
+    "p50_ms",
+    "p99_ms",
+    "accuracy",
+    "memory_mb",
+    "load_ms",
+)
+CSV_OPTIONAL = {"threads": "1", "format": "onnx-fp32"}
+
+
+def from_csv(path: str | Path, price_of: Callable[[str], float]) -> SimCatalog:
+    """Profiles measured anywhere, one row per (variant, hardware kind, batch size): the columns of
+    :data:`CSV_COLUMNS` (``accuracy`` may be empty: unknown), optionally ``threads`` (1) and
+    ``format`` (``onnx-fp32``). A variant measured on several kinds becomes one simulated variant
+    per kind, named ``variant@kind``; its cost per 1000 comes from ``price_of(kind)`` per thread-hour
+    and its throughput at its best batch."""
+    import csv
+
+    rows: dict[tuple[str, str], dict] = {}  # (variant, kind) -> what its rows say
+    arch_task: dict[str, str] = {}
+    with Path(path).open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (needs {','.join(CSV_COLUMNS)})")
+        for line, row in enumerate(reader, start=2):
+            where = f"{path}:{line}"
+            row = {k: (v or "").strip() for k, v in row.items() if k is not None}
+            for k, default in CSV_OPTIONAL.items():
+                row[k] = row.get(k) or default
+            for k in ("task", "architecture", "variant", "hardware"):
+                if not row[k]:
+                    raise ValueError(f"{where}: {k} is empty")
+            try:
+                batch, threads = int(row["batch"]), int(row["threads"])
+                p50, p99 = float(row["p50_ms"]), float(row["p99_ms"])
+                memory, load = float(row["memory_mb"]), float(row["load_ms"])
+                acc = float(row["accuracy"]) if row["accuracy"] else None
+            except ValueError as exc:
+                raise ValueError(
+                    f"{where}: {exc} (batch and threads whole numbers; times, memory, accuracy numbers)"
+                ) from None
+            if batch < 1 or threads < 1:
+                raise ValueError(f"{where}: batch and threads must be at least 1")
+            if not 0 < p50 <= p99:
+                raise ValueError(f"{where}: p50_ms {p50:g} and p99_ms {p99:g} must satisfy 0 < p50 <= p99")
+            if memory < 0 or load < 0 or (acc is not None and not 0 <= acc <= 1):
+                raise ValueError(f"{where}: memory_mb and load_ms must be >= 0, accuracy within 0..1")
+            if arch_task.setdefault(row["architecture"], row["task"]) != row["task"]:
+                raise ValueError(
+                    f"{where}: architecture {row['architecture']} is already of task {arch_task[row['architecture']]}"
+                )
+            key = (row["variant"], row["hardware"])
+            seen = rows.setdefault(
+                key,
+                {"arch": row["architecture"], "acc": acc, "threads": threads, "format": row["format"],
+                 "memory": memory, "load": load, "p50": {}, "p99": {}},
+            )  # fmt: skip
+            if (seen["arch"], seen["acc"], seen["threads"]) != (row["architecture"], acc, threads):
+                raise ValueError(
+                    f"{where}: {row['variant']} on {row['hardware']} has another architecture, accuracy or threads than on its earlier rows"
+                )
+            if batch in seen["p50"]:
+                raise ValueError(f"{where}: batch {batch} of {row['variant']} on {row['hardware']} is listed twice")
+            seen["p50"][batch], seen["p99"][batch] = p50, p99
+            seen["memory"], seen["load"] = max(seen["memory"], memory), max(seen["load"], load)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    kinds_seen = sorted({k for _, k in rows})
+    variants, profiles, kinds = {}, {}, {}
+    accuracy: dict[str, float | None] = {}
+    for (name, kind), r in sorted(rows.items()):
+        full = f"{name}@{kind}" if len(kinds_seen) > 1 else name
+        sizes = sorted(r["p50"])
+        best = max(sizes, key=lambda b: b / r["p50"][b])
+        throughput = best / r["p50"][best] * 1000
+        slope, intercept = linear_fit(sizes, [r["p50"][b] for b in sizes])
+        v = Variant(
+            name=full,
+            architecture=r["arch"],
+            artifact_hash="catalog",
+            format=r["format"],
+            provider="cuda" if is_gpu(kind) else "cpu",
+            status="ready",
+            accuracy=r["acc"],
+            accuracy_source="declared" if r["acc"] is not None else "unknown",
+            max_batch=sizes[-1],
+            threads=r["threads"],
+            created_at=0.0,
+        )
+        variants[full], kinds[full] = v, kind
+        profiles[full] = Profile(
+            variant=full,
+            hardware=kind,
+            latency_p50_ms=dict(r["p50"]),
+            latency_p99_ms=dict(r["p99"]),
+            fit_slope_ms=slope,
+            fit_intercept_ms=intercept,
+            throughput=throughput,
+            best_batch=best,
+            cost_per_1k=price_of(kind) * r["threads"] / 3600 / throughput * 1000,
+            load_time_ms=r["load"],
+            peak_memory_mb=r["memory"],
+            accuracy=r["acc"],
+            accuracy_source=v.accuracy_source,
+            measured_at=0.0,
+        )
+        if r["format"] == "onnx-fp32" and r["acc"] is not None:  # the architecture's accuracy: its fp32's best
+            accuracy[r["arch"]] = max(accuracy.get(r["arch"]) or 0.0, r["acc"])
+    for arch in arch_task:
+        accuracy.setdefault(
+            arch, max((v.accuracy or 0.0 for v in variants.values() if v.architecture == arch), default=None)
+        )
+    return SimCatalog(variants, profiles, arch_task, accuracy, hardware=", ".join(kinds_seen), kinds=kinds)

@@ -19,14 +19,19 @@ _FIELDS = {
     "cores": "cores per worker",
     "max": "the most workers the controller may run",
     "memory_mb": "memory budget per worker (MB)",
-    "price": "USD per core-hour",
+    "price": "USD per core-hour (a GPU kind: per GPU-hour, with cores=1)",
 }
 
 
-@dataclass(frozen=True)
-class Fleet:
-    """``workers=4,cores=1[,min=1][,max=64][,memory_mb=4096][,price=0.0425]``."""
+def is_gpu(kind: str) -> bool:
+    return any(word in kind.lower() for word in ("gpu", "cuda"))
 
+
+@dataclass(frozen=True)
+class Pool:
+    """Workers of one hardware kind (``""``: any variant runs on them), with their bounds and price."""
+
+    kind: str = ""
     workers: int = 2
     cores: int = 1
     max_workers: int = 0  # 0: four times ``workers``
@@ -42,45 +47,92 @@ class Fleet:
     def most(self) -> int:
         return max(self.workers, self.max_workers or 4 * self.workers)
 
-    @classmethod
-    def parse(cls, spec: str, price_core_hour: float = 0.0425) -> Fleet:
-        """A fleet from its spec; a clear error naming the field that is wrong."""
-        values: dict[str, float] = {}
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            key, sep, raw = part.partition("=")
-            key = key.strip()
-            if not sep or key not in _FIELDS:
-                known = ", ".join(f"{k} ({v})" for k, v in _FIELDS.items())
-                raise ValueError(f"--fleet: {part!r} is not one of key=value with key in: {known}")
-            try:
-                values[key] = float(raw)
-            except ValueError:
-                raise ValueError(f"--fleet: {key} must be a number, got {raw!r}") from None
-        for key in ("workers", "cores", "max", "min"):
-            if key in values and (values[key] != int(values[key]) or values[key] < (1 if key != "max" else 0)):
-                raise ValueError(f"--fleet: {key} must be a whole number of at least 1, got {values[key]:g}")
-        for key in ("memory_mb", "price"):
-            if key in values and values[key] <= 0:
-                raise ValueError(f"--fleet: {key} must be positive, got {values[key]:g}")
-        workers = int(values.get("workers", 2))
-        if values.get("min", 0) > workers:
-            raise ValueError(f"--fleet: min ({values['min']:g}) is more than the workers it starts with ({workers})")
-        if 0 < values.get("max", 0) < workers:
-            raise ValueError(f"--fleet: max ({values['max']:g}) is fewer than the workers it starts with ({workers})")
-        return cls(
-            workers=workers,
-            cores=int(values.get("cores", 1)),
-            max_workers=int(values.get("max", 0)),
-            min_workers=int(values.get("min", 0)),
-            memory_mb=values.get("memory_mb", 4096.0),
-            price_core_hour=values.get("price", price_core_hour),
-        )
+    def runs(self, kind: str) -> bool:
+        """Whether a variant profiled on ``kind`` runs on this pool's workers (``""`` on either side:
+        any)."""
+        return not self.kind or not kind or self.kind == kind
 
     def describe(self) -> str:
         return (
-            f"{self.workers} worker(s) of {self.cores} core(s) ({self.fewest} to {self.most}), "
-            f"{self.memory_mb:g} MB each, ${self.price_core_hour:g}/core-hour"
+            f"{self.kind + ': ' if self.kind else ''}{self.workers} worker(s) of {self.cores} core(s) "
+            f"({self.fewest} to {self.most}), {self.memory_mb:g} MB each, ${self.price_core_hour:g}/core-hour"
         )
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """One pool (``workers=4,cores=1[,min=1][,max=64][,memory_mb=4096][,price=0.0425]``) or pools of
+    hardware kinds (``cpu:workers=4,cores=1;gpu:workers=1,price=2.5``)."""
+
+    pools: tuple[Pool, ...] = (Pool(),)
+
+    def __post_init__(self) -> None:
+        kinds = [p.kind for p in self.pools]
+        if not self.pools or len(set(kinds)) != len(kinds) or ("" in kinds and len(kinds) > 1):
+            raise ValueError("--fleet: one pool, or pools of distinct hardware kinds (kind:fields;kind:fields)")
+
+    @property
+    def cores(self) -> int:
+        return max(p.cores for p in self.pools)
+
+    def pool_for(self, kind: str) -> Pool | None:
+        """The pool a variant profiled on ``kind`` runs in (None: none does)."""
+        return next((p for p in self.pools if p.runs(kind)), None)
+
+    def price_for(self, kind: str) -> float:
+        pool = self.pool_for(kind)
+        return pool.price_core_hour if pool is not None else 0.0
+
+    @classmethod
+    def parse(cls, spec: str, price_core_hour: float = 0.0425, price_gpu_hour: float = 0.526) -> Fleet:
+        """A fleet from its spec; a clear error naming the field that is wrong."""
+        pools = []
+        for text in filter(None, (t.strip() for t in spec.split(";"))):
+            kind, sep, fields = text.partition(":")
+            if not sep:
+                kind, fields = "", text
+            kind = kind.strip()
+            default = price_gpu_hour if is_gpu(kind) else price_core_hour
+            pools.append(_pool(kind, fields, default))
+        return cls(tuple(pools) or (Pool(price_core_hour=price_core_hour),))
+
+    def describe(self) -> str:
+        return "; ".join(p.describe() for p in self.pools)
+
+
+def _pool(kind: str, spec: str, price: float) -> Pool:
+    where = f"--fleet {kind}: " if kind else "--fleet: "
+    values: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, raw = part.partition("=")
+        key = key.strip()
+        if not sep or key not in _FIELDS:
+            known = ", ".join(f"{k} ({v})" for k, v in _FIELDS.items())
+            raise ValueError(f"{where}{part!r} is not one of key=value with key in: {known}")
+        try:
+            values[key] = float(raw)
+        except ValueError:
+            raise ValueError(f"{where}{key} must be a number, got {raw!r}") from None
+    for key in ("workers", "cores", "max", "min"):
+        if key in values and (values[key] != int(values[key]) or values[key] < (1 if key != "max" else 0)):
+            raise ValueError(f"{where}{key} must be a whole number of at least 1, got {values[key]:g}")
+    for key in ("memory_mb", "price"):
+        if key in values and values[key] <= 0:
+            raise ValueError(f"{where}{key} must be positive, got {values[key]:g}")
+    workers = int(values.get("workers", 2))
+    if values.get("min", 0) > workers:
+        raise ValueError(f"{where}min ({values['min']:g}) is more than the workers it starts with ({workers})")
+    if 0 < values.get("max", 0) < workers:
+        raise ValueError(f"{where}max ({values['max']:g}) is fewer than the workers it starts with ({workers})")
+    return Pool(
+        kind=kind,
+        workers=workers,
+        cores=int(values.get("cores", 1)),
+        max_workers=int(values.get("max", 0)),
+        min_workers=int(values.get("min", 0)),
+        memory_mb=values.get("memory_mb", 4096.0),
+        price_core_hour=values.get("price", price),
+    )
 
 
 @dataclass
@@ -95,8 +147,9 @@ class Hosted:
 
 
 class SimWorker:
-    def __init__(self, name: str, cores: int, memory_mb: float, started: float) -> None:
-        self.name, self.cores, self.memory_mb, self.started = name, cores, memory_mb, started
+    def __init__(self, name: str, pool: Pool, started: float) -> None:
+        self.name, self.pool, self.started = name, pool, started
+        self.cores, self.memory_mb = pool.cores, pool.memory_mb
         self.removed: float | None = None
         self.hosted: dict[str, Hosted] = {}
         self.retired_cpu_s = 0.0  # CPU time of replicas since unloaded

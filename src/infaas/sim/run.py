@@ -20,23 +20,35 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from infaas.control.samples import Observations, policy_round
-from infaas.policy import Objective, Saturated, Unreachable, WorkerRoom
+from infaas.policy import Objective, Saturated, ScopeIndex, Unreachable, WorkerRoom
 from infaas.policy.latency import LatencyModel
 from infaas.policy.loaded import Candidate, NoCandidate, first_choice, least_busy, select_loaded
-from infaas.policy.policies import ORIGINAL, OURS, policy_named, scaling_from, with_min_workers
+from infaas.policy.policies import ORIGINAL, OURS, Policy, policy_named, scaling_from, with_min_workers
 from infaas.registry import Variant
 from infaas.settings import Settings
 from infaas.sim.catalog import SimCatalog
 from infaas.sim.engine import EventQueue, Outcome, ServiceTime, SimReplica, quantile
-from infaas.sim.fleet import Fleet, Hosted, SimWorker
+from infaas.sim.fleet import Fleet, Hosted, Pool, SimWorker
+from infaas.sim.oracle import oracle
 from infaas.sim.static import pinned, static_plan, trace_rates
 from infaas.worker.batcher import preferred_batch
 from infaas.workload import App
 
 CONTENDERS = (OURS, ORIGINAL, "static-peak", "static-mean")
 VIOLATIONS = ("late", "dropped", "under_accuracy", "unmeetable")
+
+
+@dataclass
+class PoolState:
+    """One pool's controller: its policy (with the pool's floor of workers), memory and windows."""
+
+    pool: Pool
+    policy: Policy
+    memory: Any
+    seen: Observations
 
 
 @dataclass(eq=False)
@@ -82,12 +94,31 @@ class Simulation:
         self.timeline: list[tuple[float, int, int]] = []  # (t, workers, replicas) each controller round
         self.flagged: dict[str, str] = {}
         self._named = 0
-        if not self.static:
-            self.policy = with_min_workers(policy_named(contender, scaling_from(self.settings)), fleet.fewest)
-            self.memory = self.policy.memory()
-            self.seen = Observations(self.settings.autoscale_window)
-        for _ in range(fleet.workers):
-            self._add_worker()
+        self._options: dict[str, ScopeIndex] = {}
+        self.pools: list[PoolState] = []
+        if not self.static:  # selection spans the pools; each pool's controller has its own floor
+            self.policy = policy_named(contender, scaling_from(self.settings))
+        for pool in fleet.pools:
+            if not self.static:
+                policy = with_min_workers(policy_named(contender, scaling_from(self.settings)), pool.fewest)
+                self.pools.append(
+                    PoolState(pool, policy, policy.memory(), Observations(self.settings.autoscale_window))
+                )
+            for _ in range(pool.workers):
+                self._add_worker(pool)
+
+    def _pool_of(self, v: Variant) -> Pool | None:
+        return self.fleet.pool_for(self.catalog.kind_of(v.name))
+
+    def _fits(self, v: Variant) -> bool:
+        """Whether a pool runs ``v`` as profiled: its kind, and no more threads than a worker's cores."""
+        pool = self._pool_of(v)
+        return pool is not None and v.threads <= pool.cores
+
+    def _hosts_for(self, v: Variant) -> list[SimWorker]:
+        """The live workers ``v`` may be loaded on."""
+        kind = self.catalog.kind_of(v.name)
+        return [w for w in self._live() if w.pool.runs(kind)]
 
     # ---- the run --------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -130,7 +161,9 @@ class Simulation:
     def _route_objective(self, req: Request, app: App) -> None:
         o = app.objective
         objective = Objective(o.get("latency_ms"), o.get("min_accuracy"), o.get("max_cost"))
-        index = self.catalog.index(app.task, self.fleet.cores)
+        index = self._options.get(app.task)
+        if index is None:
+            index = self._options[app.task] = self.catalog.options(app.task, self._fits)
         live = self._live()
         names = {n for w in live for n in w.loaded}
         loaded = [opt for opt in index.ordered if opt.variant.name in names]
@@ -153,7 +186,7 @@ class Simulation:
             req.worker = worker.name
             worker.hosted[choice.variant.name].replica.enqueue(req)
             if choice.prefetch is not None and not self._anywhere(choice.prefetch.name):
-                self._load(choice.prefetch, least_busy(live))
+                self._load(choice.prefetch, least_busy(self._hosts_for(choice.prefetch)))
 
     def _route_static(self, req: Request, app: App) -> None:
         name = self.plan[app.name][0]
@@ -180,14 +213,14 @@ class Simulation:
                 req.worker = w.name
                 h.held.append(req)
                 return
-        worker = least_busy(self._live())
+        worker = least_busy(self._hosts_for(variant))
         req.worker = worker.name
         self._load(variant, worker).held.append(req)
 
     # ---- placement on the simulated fleet -----------------------------------------------------------
-    def _add_worker(self) -> SimWorker:
+    def _add_worker(self, pool: Pool) -> SimWorker:
         self._named += 1
-        w = SimWorker(f"w{self._named}", self.fleet.cores, self.fleet.memory_mb, self.events.now)
+        w = SimWorker(f"w{self._named}", pool, self.events.now)
         self.workers.append(w)
         return w
 
@@ -298,79 +331,108 @@ class Simulation:
         for arch, variants in sorted(self.catalog.by_arch.items()):
             if self.catalog.tasks.get(arch) not in tasks:
                 continue
-            ready = [v for v in variants if v.name in self.catalog.profiles]
+            ready = [v for v in variants if v.name in self.catalog.profiles and self._fits(v)]
             variant = first_choice(ready, self.catalog.profiles, self.fleet.cores)
             if variant is not None:
-                self._load(variant, least_busy(self._live()), at_once=True)
+                self._load(variant, least_busy(self._hosts_for(variant)), at_once=True)
 
     # ---- static provisioning ----------------------------------------------------------------------------
     def _provision(self) -> None:
+        """Each app's hand-picked variant, on replicas sized for the trace, in the pool that runs it."""
         kind = "peak" if self.contender == "static-peak" else "mean"
         rates = trace_rates(self.trace, list(self.apps.values()))[kind]
         archs = {a: (t, self.catalog.accuracy.get(a)) for a, t in self.catalog.tasks.items()}
-        chosen = {}
+        self.plan: dict[str, tuple[str, int]] = {}
+        self.workers = []
+        for pool in self.fleet.pools:
+            runs = [v for v in self.catalog.variants.values() if self._pool_of(v) is pool]
+            mine, chosen = [], {}
+            for app in self.apps.values():
+                if app.name in self.plan:
+                    continue
+                try:
+                    v = pinned(archs, runs, app, pool.cores)
+                except ValueError:
+                    continue  # another pool runs it
+                mine.append(app)
+                chosen[app.name] = (v, self.catalog.profiles[v.name])
+            if not mine:
+                continue
+            workers, _, plan = static_plan(mine, rates, chosen, pool.most)
+            self.plan.update(plan)
+            here = [self._add_worker(pool) for _ in range(workers)]
+            wanted: dict[str, int] = {}
+            for name, replicas in plan.values():  # apps may pin the same variant
+                wanted[name] = max(wanted.get(name, 0), replicas)
+            for name, replicas in sorted(wanted.items()):
+                for worker in sorted(here, key=lambda w: (len(w.hosted), w.name))[:replicas]:
+                    self._load(self.catalog.variants[name], worker, at_once=True)
         for app in self.apps.values():
-            v = pinned(archs, self.catalog.variants.values(), app, self.fleet.cores)
-            chosen[app.name] = (v, self.catalog.profiles[v.name])
-        workers, _, self.plan = static_plan(list(self.apps.values()), rates, chosen, self.fleet.most)
-        while len(self.workers) < workers:
-            self._add_worker()
-        del self.workers[workers:]  # sized for the trace, whatever the fleet starts with
-        wanted: dict[str, int] = {}
-        for name, replicas in self.plan.values():  # apps may pin the same variant
-            wanted[name] = max(wanted.get(name, 0), replicas)
-        for name, replicas in sorted(wanted.items()):
-            for worker in sorted(self.workers, key=lambda w: (len(w.hosted), w.name))[:replicas]:
-                self._load(self.catalog.variants[name], worker, at_once=True)
+            if app.name not in self.plan:  # the error names why, for the first pool
+                pinned(archs, self.catalog.variants.values(), app, self.fleet.cores)
+                raise ValueError(f"app {app.name}: no pool of the fleet runs its hand-picked variant")
 
     # ---- the controller ------------------------------------------------------------------------------
     def _tick(self) -> None:
-        now = self.events.now
-        live = self._live()
-        reports = [(w.name, w.report(now)) for w in live]
-        cpu = self.seen.observe(reports, now, {n for w in live for n in w.hosted})
-        rooms = [WorkerRoom(w.name, w.free_mb(), len(w.loaded), cpu.get(w.name)) for w in live]
-        cfg = self.settings
-        r = policy_round(
-            self.policy,
-            self.memory,
-            self.seen.windows,
-            self.catalog.variants,
-            self.catalog.profiles,
-            self.catalog.by_arch,
-            self.fleet.cores,
-            lambda name: tuple(w.name for w in live if w.hosts(name)),
-            rooms,
-            now,
-            2 * cfg.autoscale_window * cfg.autoscale_interval_s,
-        )
-        self.memory, self.flagged = r.memory, r.flagged
-        for action in r.actions:
-            self._apply(action)
+        now, cfg = self.events.now, self.settings
+        self.flagged = {}
+        for state in self.pools:
+            self._round(state, now)
         live = self._live()
         self.timeline.append((round(now, 6), len(live), sum(len(w.hosted) for w in live)))
         if now + cfg.autoscale_interval_s <= self.end:
             self.events.after(cfg.autoscale_interval_s, self._tick)
 
-    def _apply(self, action) -> None:
-        live = {w.name: w for w in self._live()}
+    def _round(self, state: PoolState, now: float) -> None:
+        """One controller round for one pool: its workers' reports, the variants it runs."""
+        pool, cfg = state.pool, self.settings
+        live = [w for w in self._live() if w.pool is pool]
+        reports = [(w.name, w.report(now)) for w in live]
+        cpu = state.seen.observe(reports, now, {n for w in live for n in w.hosted})
+        rooms = [WorkerRoom(w.name, w.free_mb(), len(w.loaded), cpu.get(w.name)) for w in live]
+        if len(self.fleet.pools) == 1:
+            variants, by_arch = self.catalog.variants, self.catalog.by_arch
+        else:
+            variants = {n: v for n, v in self.catalog.variants.items() if self._pool_of(v) is pool}
+            by_arch = {a: [v for v in vs if v.name in variants] for a, vs in self.catalog.by_arch.items()}
+        r = policy_round(
+            state.policy,
+            state.memory,
+            state.seen.windows,
+            variants,
+            self.catalog.profiles,
+            by_arch,
+            pool.cores,
+            lambda name: tuple(w.name for w in live if w.hosts(name)),
+            rooms,
+            now,
+            2 * cfg.autoscale_window * cfg.autoscale_interval_s,
+        )
+        state.memory = r.memory
+        self.flagged.update(r.flagged)
+        for action in r.actions:
+            self._apply(state, action)
+
+    def _apply(self, state: PoolState, action) -> None:
+        pool = state.pool
+        live = {w.name: w for w in self._live() if w.pool is pool}
         variant = self.catalog.variants.get(action.variant)
         if action.kind == "add_worker":
-            if len(live) >= self.fleet.most:
+            if len(live) >= pool.most:
                 self.blocked += 1
                 return
-            worker = self._add_worker()
+            worker = self._add_worker(pool)
             self.actions[action.kind] += 1
             if variant is not None:
                 self._load(variant, worker)
             return
         if action.kind == "remove_worker":
             w = live.get(action.target)
-            if w is None or len(live) <= self.fleet.fewest or not w.empty():
+            if w is None or len(live) <= pool.fewest or not w.empty():
                 return
             w.removed = self.events.now
-            self.policy.worker_removed(self.memory, w.name)
-            self.seen.forget_worker(w.name)
+            state.policy.worker_removed(state.memory, w.name)
+            state.seen.forget_worker(w.name)
             self.actions[action.kind] += 1
             return
         if variant is None:
@@ -396,6 +458,27 @@ class Simulation:
                 else:
                     self._load(target, w, replaces=variant.name)
 
+    def _series(self) -> dict[str, list]:
+        """Per simulated second: requests and violations (by arrival), live workers and their cost."""
+        n = max(1, math.ceil(self.end))
+        requests, violations, workers = _per_second(n), _per_second(n), _per_second(n)
+        usd = [0.0] * n
+        for r in self.requests:
+            requests[int(r.arrival)] += 1
+            if r.violation:
+                violations[int(r.arrival)] += 1
+        for w in self.workers:
+            gone = w.removed if w.removed is not None else self.end
+            for t in range(math.ceil(w.started), min(n, math.ceil(gone))):
+                workers[t] += 1
+                usd[t] += w.cores * w.pool.price_core_hour / 3600
+        return {
+            "requests": requests,
+            "violations": violations,
+            "workers": workers,
+            "cost_usd": [round(x, 9) for x in usd],
+        }
+
     # ---- results ---------------------------------------------------------------------------------------
     def summary(self) -> dict:
         reqs = self.requests
@@ -406,6 +489,15 @@ class Simulation:
         lat = sorted((r.finished - r.arrival) * 1000 for r in served)
         end = self.end
         core_s = sum(w.core_seconds(end) for w in self.workers)
+        usd = sum(w.core_seconds(end) / 3600 * w.pool.price_core_hour for w in self.workers)
+        pools = {}
+        for pool in self.fleet.pools:
+            mine = [w for w in self.workers if w.pool is pool]
+            pools[pool.kind or "any"] = {
+                "core_seconds": round(sum(w.core_seconds(end) for w in mine), 3),
+                "cost_usd": round(sum(w.core_seconds(end) for w in mine) / 3600 * pool.price_core_hour, 6),
+                "workers": len(mine),
+            }
         per_app = {}
         for name in sorted(self.apps):
             mine = [r for r in reqs if r.app == name]
@@ -423,18 +515,24 @@ class Simulation:
             "goodput_rps": round(len(good) / span, 4),
             "latency_ms": {"p50": _rounded(quantile(lat, 0.5)), "p99": _rounded(quantile(lat, 0.99))},
             "core_seconds": round(core_s, 3),
-            "cost_usd": round(core_s / 3600 * self.fleet.price_core_hour, 6),
+            "cost_usd": round(usd, 6),
+            "pools": pools,
             "loads": self.loads,
             "actions": dict(sorted(self.actions.items())),
             "blocked": self.blocked,
             "workers": {
-                "start": self.fleet.workers if not self.static else len(self.workers),
+                "start": sum(p.workers for p in self.fleet.pools) if not self.static else len(self.workers),
                 "peak": max((n for _, n, _ in self.timeline), default=len(self.workers)),
                 "end": len(self._live()),
             },
             "apps": per_app,
+            "series": self._series(),
             "timeline": [list(x) for x in self.timeline],
         }
+
+
+def _per_second(n: int) -> list[int]:
+    return [0] * n
 
 
 def _rounded(x: float | None) -> float | None:
@@ -458,7 +556,11 @@ def simulate(
     for name in contenders:
         tell = None if progress is None else (lambda done, total, name=name: progress(name, done, total))
         results.append(Simulation(name, catalog, apps, trace, fleet, settings, seed, tail_s, tell).run())
+    bound = oracle(catalog, apps, trace, fleet)
+    for r in results:
+        r["cost_vs_oracle"] = round(r["cost_usd"] / bound["cost_usd"], 4) if bound["cost_usd"] else None
     return {
+        "oracle": bound,
         "fleet": fleet.describe(),
         "hardware": catalog.hardware,
         "seed": seed,
@@ -468,21 +570,28 @@ def simulate(
 
 
 def check_inputs(catalog: SimCatalog, apps: list[App], trace: list[tuple[float, str]], fleet: Fleet) -> None:
-    """A clear error for apps whose task the catalog lacks (or whose variants all need more cores
-    than a worker has), and for trace rows out of order or naming an unknown app."""
+    """A clear error for apps whose task the catalog lacks (or whose variants no pool of the fleet
+    runs as profiled: another kind, or more threads than its cores), and for trace rows out of order
+    or naming an unknown app."""
     tasks = set(catalog.tasks.values())
     for app in apps:
         if app.task not in tasks:
             raise ValueError(
                 f"app {app.name}: task {app.task!r} is not in the catalog (tasks: {', '.join(sorted(tasks)) or 'none'})"
             )
-        ready = [o.variant for o in catalog.index(app.task, fleet.cores).ordered]
+        ready = [v for v in catalog.of_task(app.task) if v.status == "ready" and v.name in catalog.profiles]
         if not ready:
             raise ValueError(f"app {app.name}: task {app.task!r} has no ready, profiled variant")
-        if all(v.threads > fleet.cores for v in ready):
+        pooled = [v for v in ready if fleet.pool_for(catalog.kind_of(v.name)) is not None]
+        if not pooled:
+            kinds = ", ".join(sorted({catalog.kind_of(v.name) for v in ready}))
+            raise ValueError(
+                f"app {app.name}: the variants of task {app.task!r} run on {kinds}; the fleet has no such pool"
+            )
+        if all(v.threads > fleet.pool_for(catalog.kind_of(v.name)).cores for v in pooled):  # type: ignore[union-attr]
             raise ValueError(
                 f"app {app.name}: no variant of task {app.task!r} runs on {fleet.cores} core(s) per worker "
-                f"(the fewest threads any needs: {min(v.threads for v in ready)}); raise --fleet cores"
+                f"(the fewest threads any needs: {min(v.threads for v in pooled)}); raise --fleet cores"
             )
     known, last = {a.name for a in apps}, -math.inf
     for i, (t, name) in enumerate(trace, 2):
