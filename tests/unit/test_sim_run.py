@@ -273,3 +273,22 @@ def test_the_oracle_bound_by_hand():
     assert bound["per_second_usd"] == pytest.approx([6e-6, 10e-6])
     # a worker of one core: C (2 threads) no longer runs as profiled; A still wins
     assert oracle(cat, apps, trace, Fleet.parse("cores=1,price=3.6"))["apps"]["x"]["variant"] == "A"
+
+
+def test_static_sizing_packs_replicas_into_many_core_workers():
+    from infaas.sim.static import static_plan
+
+    cat = one_variant(ms=10.0)  # 100 rows/s a replica, 95 planned
+    v, p = cat.variants["a.v0"], cat.profiles["a.v0"]
+    apps = [App("x", "t"), App("y", "t")]
+    chosen = {"x": (v, p), "y": (v, p)}
+    # 950 + 285 rows/s: 10 + 3 replicas, 13 cores of work: one core a worker needs 13 workers,
+    # 16 cores a worker still needs 10 (one replica of a variant per worker)
+    assert static_plan(apps, {"x": 950, "y": 285}, chosen, 64) == (
+        13,
+        pytest.approx(13.0),
+        {"x": ("a.v0", 10), "y": ("a.v0", 3)},
+    )
+    workers, _, plan = static_plan(apps, {"x": 950, "y": 285}, chosen, 64, cores=16)
+    assert workers == 10 and plan == {"x": ("a.v0", 10), "y": ("a.v0", 3)}
+    assert static_plan(apps, {"x": 95, "y": 10}, chosen, 64, cores=16)[0] == 1

@@ -54,11 +54,13 @@ class LatencyModel:
         in_flight: Mapping[str, int],
         profiles: Mapping[str, Profile],
         variants: Mapping[str, Variant],
+        drains: dict[str, float] | None = None,
     ) -> Slot:
         """How a loaded variant's next request would run on ``worker``, given the rows in flight
         there per hosted variant: its own rows, batch size, instances, learned correction and
         slowdown, and the work other variants have in flight on the same cores (``predict_ms``
-        counts it as processor sharing, not in series)."""
+        counts it as processor sharing, not in series). ``drains``: a memo of each hosted variant's
+        work in flight, for a caller asking about several variants of one worker at one moment."""
         batch, instances = self.batching.get((worker, variant), (0, 1))
         return (
             worker,
@@ -67,7 +69,7 @@ class LatencyModel:
             instances,
             self.overhead_ms.get((worker, variant), 0.0),
             self.slowdown.get((worker, variant), 1.0),
-            self._shared(worker, variant, in_flight, profiles, variants),
+            self._shared(worker, variant, in_flight, profiles, variants, drains),
         )
 
     def _shared(
@@ -77,16 +79,23 @@ class LatencyModel:
         in_flight: Mapping[str, int],
         profiles: Mapping[str, Profile],
         variants: Mapping[str, Variant],
+        drains: dict[str, float] | None = None,
     ) -> tuple[float, ...]:
         """The work (ms) each other variant on ``worker`` has in flight: it time-shares the cores."""
         out = []
         for other, rows in in_flight.items():
             if other == variant or not rows:
                 continue
+            if drains is not None and other in drains:
+                out.append(drains[other])
+                continue
             prof, var = profiles.get(other), variants.get(other)
             if prof is not None and var is not None:
                 batch, instances = self.batching.get((worker, other), (0, 1))
-                out.append(drain_ms(prof, var.max_batch, rows, batch or None, instances))
+                work = drain_ms(prof, var.max_batch, rows, batch or None, instances)
+                out.append(work)
+                if drains is not None:
+                    drains[other] = work
         return tuple(out)
 
     def answered(

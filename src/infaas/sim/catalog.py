@@ -80,20 +80,25 @@ class SimCatalog:
             registry.close()
 
 
-SYNTHETIC_FIELDS = {"archs": 100, "variants": 20, "tasks": 10, "seed": 0}
+SYNTHETIC_FIELDS: dict[str, float] = {"archs": 100, "variants": 20, "tasks": 10, "seed": 0, "scale": 1.0}
 
 
-def parse_synthetic(spec: str) -> dict[str, int]:
-    """``archs=100,variants=20,tasks=10,seed=0`` (any subset; the rest default), with clear errors."""
+def parse_synthetic(spec: str) -> dict[str, float]:
+    """``archs=100,variants=20,tasks=10,seed=0[,scale=1]`` (any subset; the rest default), with clear
+    errors."""
     out = dict(SYNTHETIC_FIELDS)
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, raw = part.partition("=")
         if not sep or key.strip() not in SYNTHETIC_FIELDS:
             raise ValueError(f"--synthetic: {part!r} is not key=value with key in {', '.join(SYNTHETIC_FIELDS)}")
+        key = key.strip()
         try:
-            out[key.strip()] = int(raw)
+            out[key] = float(raw) if key == "scale" else int(raw)
         except ValueError:
-            raise ValueError(f"--synthetic: {key.strip()} must be a whole number, got {raw!r}") from None
+            kind = "a number" if key == "scale" else "a whole number"
+            raise ValueError(f"--synthetic: {key} must be {kind}, got {raw!r}") from None
+    if not out["scale"] > 0:
+        raise ValueError(f"--synthetic: scale must be positive, got {out['scale']:g}")
     for key in ("archs", "variants", "tasks"):
         if out[key] < 1:
             raise ValueError(f"--synthetic: {key} must be at least 1, got {out[key]}")
@@ -107,6 +112,7 @@ def synthetic(
     variants: int = 20,
     tasks: int = 10,
     seed: int = 0,
+    scale: float = 1.0,
     *,
     price_core_hour: float = 0.0425,
     rng: random.Random | None = None,
@@ -119,8 +125,11 @@ def synthetic(
     up to 3 points less accurate). Each variant's batch time is a line (0.05-5 ms a row, 0.1-3 ms
     fixed) measured at the powers of two up to its max batch, with a p99 1.1-1.6x its p50; load
     time 20-800 ms; memory 10-500 MB; cost from its throughput at ``price_core_hour`` per thread.
+    ``scale`` multiplies every batch time (heavier models: scale=1000 gives 0.05-5 s a row) and the
+    load times by up to 30 (a heavy model loads in seconds, not minutes).
     """
-    rng = rng or random.Random(seed)
+    rng = rng or random.Random(int(seed))
+    archs, variants, tasks = int(archs), int(variants), int(tasks)
     variants_out: dict[str, Variant] = {}
     profiles: dict[str, Profile] = {}
     task_of: dict[str, str] = {}
@@ -143,7 +152,7 @@ def synthetic(
                 threads=1 if parent else rng.choice([1, 2]),
                 created_at=0.0,
             )
-            slope, intercept = rng.uniform(0.05, 5.0), rng.uniform(0.1, 3)
+            slope, intercept = rng.uniform(0.05, 5.0) * scale, rng.uniform(0.1, 3) * scale
             sizes = [b for b in (1, 2, 4, 8, 16) if b <= v.max_batch]
             p50 = {b: intercept + slope * b for b in sizes}
             p99 = {b: ms * rng.uniform(1.1, 1.6) for b, ms in p50.items()}
@@ -160,7 +169,7 @@ def synthetic(
                 throughput=throughput,
                 best_batch=best,
                 cost_per_1k=price_core_hour * v.threads / 3600 / throughput * 1000,
-                load_time_ms=rng.uniform(20, 800),
+                load_time_ms=rng.uniform(20, 800) * min(scale, 30.0),
                 peak_memory_mb=rng.uniform(10, 500),
                 accuracy=v.accuracy,
                 accuracy_source="measured",

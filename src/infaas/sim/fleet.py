@@ -168,7 +168,13 @@ class SimWorker:
         return sum(h.replica.in_flight_rows + len(h.held) for h in hosted)
 
     def in_flight(self) -> dict[str, int]:
-        return {n: h.replica.in_flight_rows for n, h in self.hosted.items() if h.state != "loading"}
+        """Rows queued or running per hosted variant, those with none left out (a slot counts only
+        the work in flight: a worker hosting fifty idle variants costs nothing to read)."""
+        out = {}
+        for n, h in self.hosted.items():
+            if h.state != "loading" and (rows := h.replica.in_flight_rows):
+                out[n] = rows
+        return out
 
     def threads_busy(self) -> int:
         return sum(len(h.replica.running) * h.variant.threads for h in self.hosted.values())

@@ -95,6 +95,10 @@ class Simulation:
         self.flagged: dict[str, str] = {}
         self._named = 0
         self._options: dict[str, ScopeIndex] = {}
+        self._placed = 0  # bumped whenever a replica becomes ready or leaves, or a worker comes or goes
+        self._view_at = -1
+        self._hosting: dict[str, tuple[SimWorker, ...]] = {}  # variant -> the workers with it ready
+        self._loaded: dict[str, list] = {}  # task -> its loaded options, by cost
         self.pools: list[PoolState] = []
         if not self.static:  # selection spans the pools; each pool's controller has its own floor
             self.policy = policy_named(contender, scaling_from(self.settings))
@@ -131,8 +135,8 @@ class Simulation:
             self.events.at(self.settings.autoscale_interval_s, self._tick)
         if self.trace:
             self.events.at(self.trace[0][0], lambda: self._arrive(0))
-        self.events.run(until=self.end)
-        self.events.run()  # what is still queued drains (its deadlines bound it)
+        self.event_count = self.events.run(until=self.end)
+        self.event_count += self.events.run()  # what is still queued drains (its deadlines bound it)
         return self.summary()
 
     def _arrive(self, i: int) -> None:
@@ -155,8 +159,19 @@ class Simulation:
     def _live(self) -> list[SimWorker]:
         return [w for w in self.workers if w.removed is None]
 
-    def _slot(self, worker: SimWorker, name: str):
-        return self.latency.slot(worker.name, name, worker.in_flight(), self.catalog.profiles, self.catalog.variants)
+    def _view(self) -> dict[str, tuple[SimWorker, ...]]:
+        """Which workers have each variant ready; rebuilt only when the placement changed (as the
+        router caches its loaded options until a worker's placement changes)."""
+        if self._view_at != self._placed:
+            hosting: dict[str, list[SimWorker]] = {}
+            for w in self._live():
+                for name, h in w.hosted.items():
+                    if h.state == "ready":
+                        hosting.setdefault(name, []).append(w)
+            self._hosting = {n: tuple(ws) for n, ws in hosting.items()}
+            self._loaded = {}
+            self._view_at = self._placed
+        return self._hosting
 
     def _route_objective(self, req: Request, app: App) -> None:
         o = app.objective
@@ -164,12 +179,18 @@ class Simulation:
         index = self._options.get(app.task)
         if index is None:
             index = self._options[app.task] = self.catalog.options(app.task, self._fits)
-        live = self._live()
-        names = {n for w in live for n in w.loaded}
-        loaded = [opt for opt in index.ordered if opt.variant.name in names]
+        hosting = self._view()
+        loaded = self._loaded.get(app.task)
+        if loaded is None:
+            loaded = self._loaded[app.task] = [opt for opt in index.ordered if opt.variant.name in hosting]
+        seen: dict[str, tuple[dict[str, int], dict[str, float]]] = {}  # per worker, once per request
+
+        def slot(w: SimWorker, name: str):
+            rows, drains = seen.get(w.name) or seen.setdefault(w.name, (w.in_flight(), {}))
+            return self.latency.slot(w.name, name, rows, self.catalog.profiles, self.catalog.variants, drains)
 
         def slots(name: str):
-            return tuple(self._slot(w, name) for w in live if w.hosts(name))
+            return tuple(slot(w, name) for w in hosting.get(name, ()))
 
         try:
             choice = self.policy.select(objective, loaded, index, 1, f"task {app.task}", slots, self.flagged)
@@ -182,7 +203,7 @@ class Simulation:
         if choice.worker is None:
             self._cold(req, choice.variant)
         else:
-            worker = next(w for w in live if w.name == choice.worker)
+            worker = next(w for w in hosting[choice.variant.name] if w.name == choice.worker)
             req.worker = worker.name
             worker.hosted[choice.variant.name].replica.enqueue(req)
             if choice.prefetch is not None and not self._anywhere(choice.prefetch.name):
@@ -190,7 +211,7 @@ class Simulation:
 
     def _route_static(self, req: Request, app: App) -> None:
         name = self.plan[app.name][0]
-        hosts = tuple((w.name, w.outstanding(name)) for w in self._live() if w.hosts(name))
+        hosts = tuple((w.name, w.outstanding(name)) for w in self._view().get(name, ()))
         try:
             decision = select_loaded([Candidate(self.catalog.variants[name], hosts)], 1, f"variant {name}")
         except NoCandidate:
@@ -221,6 +242,7 @@ class Simulation:
     def _add_worker(self, pool: Pool) -> SimWorker:
         self._named += 1
         w = SimWorker(f"w{self._named}", pool, self.events.now)
+        self._placed += 1
         self.workers.append(w)
         return w
 
@@ -231,6 +253,7 @@ class Simulation:
         if existing is not None:
             if existing.state == "draining":  # taken back: it serves again
                 existing.state = "ready"
+                self._placed += 1
             return existing
         profile = self.catalog.profiles[variant.name]
         table = {
@@ -266,6 +289,7 @@ class Simulation:
         if worker.hosted.get(h.variant.name) is not h:
             return
         h.state = "ready"
+        self._placed += 1
         self.latency.loaded(worker.name, h.variant.name, batch, instances)
         held, h.held = h.held, []
         now = self.events.now
@@ -282,11 +306,13 @@ class Simulation:
         if h is None:
             return
         h.state = "draining"
+        self._placed += 1
         self._retire_if_drained(worker, h)
 
     def _retire_if_drained(self, worker: SimWorker, h: Hosted) -> None:
         if h.state == "draining" and not h.held and h.replica.in_flight_rows == 0:
             worker.retire(h.variant.name)
+            self._placed += 1
 
     def _done(self, worker: SimWorker, variant: Variant, outs: list[Outcome]) -> None:
         profile = self.catalog.profiles[variant.name]
@@ -358,7 +384,7 @@ class Simulation:
                 chosen[app.name] = (v, self.catalog.profiles[v.name])
             if not mine:
                 continue
-            workers, _, plan = static_plan(mine, rates, chosen, pool.most)
+            workers, _, plan = static_plan(mine, rates, chosen, pool.most, pool.cores)
             self.plan.update(plan)
             here = [self._add_worker(pool) for _ in range(workers)]
             wanted: dict[str, int] = {}
@@ -431,6 +457,7 @@ class Simulation:
             if w is None or len(live) <= pool.fewest or not w.empty():
                 return
             w.removed = self.events.now
+            self._placed += 1
             state.policy.worker_removed(state.memory, w.name)
             state.seen.forget_worker(w.name)
             self.actions[action.kind] += 1
@@ -518,6 +545,7 @@ class Simulation:
             "cost_usd": round(usd, 6),
             "pools": pools,
             "loads": self.loads,
+            "events": self.event_count,
             "actions": dict(sorted(self.actions.items())),
             "blocked": self.blocked,
             "workers": {

@@ -50,15 +50,21 @@ def pinned(archs: Mapping[str, tuple[str, float | None]], variants: Iterable[Var
 
 
 def static_plan(
-    apps: list[App], rates: Mapping[str, float], chosen: Mapping[str, tuple[Variant, Profile]], max_workers: int
+    apps: list[App],
+    rates: Mapping[str, float],
+    chosen: Mapping[str, tuple[Variant, Profile]],
+    max_workers: int,
+    cores: int = 1,
 ) -> tuple[int, float, dict[str, tuple[str, int]]]:
     """Workers, cores of work, and (variant, replicas) per app for ``rates`` (peak or mean), with each
-    app's ``chosen`` variant and its profile; one replica per worker at most."""
+    app's ``chosen`` variant and its profile; one replica per worker at most, workers of ``cores``
+    cores each holding as many replicas as their cores run."""
     cores_needed, plan = 0.0, {}
     for app in apps:
         v, prof = chosen[app.name]
         need = rates.get(app.name, 0.0) / (capacity_rps(prof, v.max_batch) * HEADROOM)
         cores_needed += need * v.threads
         plan[app.name] = (v.name, max(1, math.ceil(need)))
-    workers = min(max_workers, max(1, math.ceil(cores_needed)))
+    most_replicas = max((r for _, r in plan.values()), default=1)
+    workers = min(max_workers, max(1, most_replicas, math.ceil(cores_needed / cores - 1e-9)))
     return workers, cores_needed, {a: (n, min(r, workers)) for a, (n, r) in plan.items()}
