@@ -134,10 +134,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     p.add_argument("--quick", action="store_true", help="10 simulated minutes")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sim-scale.json"))
-    p.add_argument("--plots", default=str(ROOT / "docs" / "sim" / "scale"))
+    p.add_argument("--out", help="default bench/results/sim-scale.json (--quick: sim-scale-quick.json)")
+    p.add_argument("--plots", help="default docs/sim/scale (--quick: bench/results/sim-scale-quick)")
     args = p.parse_args()
     minutes = 10 if args.quick else args.minutes
+    # a quick run never overwrites the full run's results and the plots the docs show
+    results = ROOT / "bench" / "results"
+    args.out = args.out or str(results / ("sim-scale-quick.json" if args.quick else "sim-scale.json"))
+    args.plots = args.plots or str(results / "sim-scale-quick" if args.quick else ROOT / "docs" / "sim" / "scale")
     catalog = synthetic(100, 20, 10, args.seed, scale=args.scale)
     fleet = Fleet.parse(FLEET)
     apps = make_apps(catalog, args.apps, random.Random(args.seed), fleet.cores)
