@@ -32,10 +32,11 @@ bench: install-dev  ## overhead benchmark: raw ONNX Runtime vs infaas REST/gRPC 
 bench-overload: install-dev  ## overload: goodput, deadlines and recovery past capacity (one 1-core worker); SOAK=600 adds a soak
 	$(BIN)/python bench/overload/run.py --soak $(or $(SOAK),0)
 
-lint: install-dev  ## ruff (lint and format check) and the import-linter layer contracts (pyproject.toml)
+lint: install-dev  ## ruff (lint and format check), the import-linter layer contracts (pyproject.toml), the size bounds
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_bounds.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -41,11 +41,10 @@ from rich.console import Console  # noqa: E402
 
 from infaas.cli.sim import summary_table  # noqa: E402
 from infaas.policy.autoscale import capacity_rps  # noqa: E402
-from infaas.sim import CONTENDERS, Fleet, Simulation, synthetic  # noqa: E402
+from infaas.sim import CONTENDERS, Fleet, Scenario, Simulation, synthetic  # noqa: E402
 from infaas.sim.catalog import SimCatalog  # noqa: E402
 from infaas.sim.oracle import oracle  # noqa: E402
 from infaas.sim.plots import plot  # noqa: E402
-from infaas.sim.run import check_inputs  # noqa: E402
 from infaas.sim.static import HEADROOM, pinned  # noqa: E402
 from infaas.workload import App, minute_arrivals  # noqa: E402
 
@@ -146,7 +145,8 @@ def main() -> None:
     fleet = Fleet.parse(FLEET)
     apps = make_apps(catalog, args.apps, random.Random(args.seed), fleet.cores)
     trace, rows, peak_rps = diurnal_trace(catalog, apps, fleet, minutes, args.peak_share, args.seed)
-    check_inputs(catalog, apps, trace, fleet)
+    scenario = Scenario(catalog, apps, trace, fleet, seed=args.seed, tail_s=120)
+    scenario.check()
     cpu = _cpu()
     console.print(
         f"[bold]{len(trace):,} requests[/] over {minutes} simulated minutes (peak {peak_rps:.0f} req/s), "
@@ -156,7 +156,7 @@ def main() -> None:
     for name in args.contenders:
         started = time.perf_counter()
         with console.status(f"{name} ..."):
-            r = Simulation(name, catalog, apps, trace, fleet, seed=args.seed, tail_s=120).run()
+            r = Simulation(name, scenario).run()
         walls[name] = round(time.perf_counter() - started, 1)
         results.append(r)
         console.print(f"  {name}: {walls[name]:.1f} s of wall clock, {r['events']:,} events")

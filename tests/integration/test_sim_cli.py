@@ -27,10 +27,31 @@ def test_sim_on_the_digits_zoo_prints_four_contenders_and_repeats_byte_for_byte(
     for i in range(2):
         out = tmp_path / f"out{i}.json"
         proc = subprocess.run(
-            [sys.executable, "-m", "infaas.cli", "sim", "--data-dir", str(digits_profiled_dir), "--trace", str(trace),
-             "--apps", str(apps), "--fleet", "workers=2,cores=1", "--policy", "all", "--json", str(out), "--tail-s", "5"],
-            capture_output=True, text=True, timeout=120, env={"COLUMNS": "160", "PATH": ""},
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "infaas.cli",
+                "sim",
+                "--data-dir",
+                str(digits_profiled_dir),
+                "--trace",
+                str(trace),
+                "--apps",
+                str(apps),
+                "--fleet",
+                "workers=2,cores=1",
+                "--policy",
+                "all",
+                "--json",
+                str(out),
+                "--tail-s",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"COLUMNS": "160", "PATH": ""},
+        )
         assert proc.returncode == 0, proc.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
@@ -46,8 +67,25 @@ def test_sim_on_the_digits_zoo_prints_four_contenders_and_repeats_byte_for_byte(
 def test_sim_on_a_synthetic_catalog_and_its_errors(tmp_path, capsys):
     apps, trace = write_inputs(tmp_path, "task1", "x")
     out = tmp_path / "out.json"
-    main(["sim", "--synthetic", "archs=4,variants=3,tasks=2", "--trace", str(trace), "--apps", str(apps),
-          "--policy", "infaas", "--json", str(out), "--tail-s", "2", "--plots", str(tmp_path / "plots")])  # fmt: skip
+    main(
+        [
+            "sim",
+            "--synthetic",
+            "archs=4,variants=3,tasks=2",
+            "--trace",
+            str(trace),
+            "--apps",
+            str(apps),
+            "--policy",
+            "infaas",
+            "--json",
+            str(out),
+            "--tail-s",
+            "2",
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
+    )
     for name in ("violations", "workers", "cost"):
         png = (tmp_path / "plots" / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
@@ -81,9 +119,23 @@ def test_sim_on_the_readme_catalog_with_a_cpu_and_a_gpu_pool(tmp_path, capsys):
     outs = []
     for i in range(2):
         out = tmp_path / f"out{i}.json"
-        main(["sim", "--catalog", str(examples / "catalog.csv"), "--minutes", str(trace), "--apps",
-              str(examples / "catalog-apps.json"), "--fleet", "cpu:workers=2,cores=2,max=6;gpu:workers=1,max=2",
-              "--json", str(out), "--tail-s", "5"])  # fmt: skip
+        main(
+            [
+                "sim",
+                "--catalog",
+                str(examples / "catalog.csv"),
+                "--minutes",
+                str(trace),
+                "--apps",
+                str(examples / "catalog-apps.json"),
+                "--fleet",
+                "cpu:workers=2,cores=2,max=6;gpu:workers=1,max=2",
+                "--json",
+                str(out),
+                "--tail-s",
+                "5",
+            ]
+        )
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
     printed = " ".join(capsys.readouterr().out.split())

@@ -10,9 +10,9 @@ import pytest
 
 import infaas.policy.policies as policies_mod
 from infaas.registry import Profile, Variant
+from infaas.sim import CONTENDERS, Scenario, Simulation, simulate
 from infaas.sim.catalog import SimCatalog, parse_synthetic, synthetic
 from infaas.sim.fleet import Fleet
-from infaas.sim.run import CONTENDERS, Simulation, simulate
 from infaas.workload import App
 
 
@@ -64,7 +64,9 @@ def test_same_seed_same_json_byte_for_byte_and_another_seed_differs():
     apps = [App("x", "task0", {"latency_ms": 50, "min_accuracy": 0.6}), App("y", "task1", {"latency_ms": 200})]
     trace = sorted(poisson([(0, 20, 40)], "x", 1) + poisson([(0, 20, 30)], "y", 2))
     fleet = Fleet.parse("workers=2,cores=2,max=6")
-    runs = [json.dumps(simulate(list(CONTENDERS), cat, apps, trace, fleet, seed=s, tail_s=10)) for s in (7, 7, 8)]
+    runs = [
+        json.dumps(simulate(list(CONTENDERS), Scenario(cat, apps, trace, fleet, seed=s, tail_s=10))) for s in (7, 7, 8)
+    ]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]  # the seed drives the service times
     out = json.loads(runs[0])
@@ -90,7 +92,7 @@ def test_the_simulator_calls_the_policies_themselves(monkeypatch):
         spy(policies_mod, name)
     cat, trace = one_variant(), poisson(STEP)
     for contender in ("infaas", "infaas-original"):
-        Simulation(contender, cat, APPS, trace, Fleet.parse("workers=1,max=4"), tail_s=5).run()
+        Simulation(contender, Scenario(cat, APPS, trace, Fleet.parse("workers=1,max=4"), tail_s=5)).run()
     assert calls["select_sorted"] == calls["select_original"] == len(trace)  # every request asked its policy
     ticks = int(trace[-1][0] + 5)
     assert calls["autoscale"] == calls["autoscale_original"] == ticks  # every controller round
@@ -98,8 +100,8 @@ def test_the_simulator_calls_the_policies_themselves(monkeypatch):
 
 def test_static_contenders_never_load_or_scale_after_the_start():
     cat, trace = one_variant(), poisson(STEP)
-    peak = Simulation("static-peak", cat, APPS, trace, Fleet.parse("workers=1,max=8"), tail_s=30).run()
-    mean = Simulation("static-mean", cat, APPS, trace, Fleet.parse("workers=1,max=8"), tail_s=30).run()
+    peak = Simulation("static-peak", Scenario(cat, APPS, trace, Fleet.parse("workers=1,max=8"), tail_s=30)).run()
+    mean = Simulation("static-mean", Scenario(cat, APPS, trace, Fleet.parse("workers=1,max=8"), tail_s=30)).run()
     # sized from the trace: the peak second's ~280 rows/s need 3 replicas of 95; the mean's ~135 need 2
     assert (peak["workers"], peak["loads"]) == ({"start": 3, "peak": 3, "end": 3}, 3)
     assert (mean["workers"], mean["loads"]) == ({"start": 2, "peak": 2, "end": 2}, 2)
@@ -112,7 +114,7 @@ def test_static_contenders_never_load_or_scale_after_the_start():
 
 def test_infaas_scales_up_for_a_step_and_back_down_after():
     cat, trace = one_variant(), poisson(STEP)
-    r = Simulation("infaas", cat, APPS, trace, Fleet.parse("workers=1,max=6"), tail_s=60).run()
+    r = Simulation("infaas", Scenario(cat, APPS, trace, Fleet.parse("workers=1,max=6"), tail_s=60)).run()
     timeline = r["timeline"]  # (t, workers, replicas) each second
     before = [w for t, w, _ in timeline if t < 10]
     during = [rep for t, _, rep in timeline if 15 <= t < 30]
@@ -129,15 +131,15 @@ def test_infaas_scales_up_for_a_step_and_back_down_after():
 def test_bad_inputs_name_the_field_or_line():
     cat = one_variant()
     with pytest.raises(ValueError, match="trace line 3: unknown app 'other'"):
-        simulate(["infaas"], cat, APPS, [(0.0, "app"), (1.0, "other")], Fleet())
+        simulate(["infaas"], Scenario(cat, APPS, [(0.0, "app"), (1.0, "other")], Fleet()))
     with pytest.raises(ValueError, match=r"trace line 3: time 0.5 comes before the previous line's 1.0"):
-        simulate(["infaas"], cat, APPS, [(1.0, "app"), (0.5, "app")], Fleet())
+        simulate(["infaas"], Scenario(cat, APPS, [(1.0, "app"), (0.5, "app")], Fleet()))
     with pytest.raises(ValueError, match="task 'nope' is not in the catalog"):
-        simulate(["infaas"], cat, [App("app", "nope")], [], Fleet())
+        simulate(["infaas"], Scenario(cat, [App("app", "nope")], [], Fleet()))
     with pytest.raises(ValueError, match="no variant of task 't' runs on 1 core"):
-        simulate(["infaas"], one_variant(threads=2), APPS, [(0.0, "app")], Fleet.parse("cores=1"))
+        simulate(["infaas"], Scenario(one_variant(threads=2), APPS, [(0.0, "app")], Fleet.parse("cores=1")))
     with pytest.raises(ValueError, match="unknown contender 'best'"):
-        Simulation("best", cat, APPS, [], Fleet())
+        Simulation("best", Scenario(cat, APPS, [], Fleet()))
     with pytest.raises(ValueError, match="--fleet: workers must be a whole number"):
         Fleet.parse("workers=0")
     with pytest.raises(ValueError, match="--fleet: 'gpus=2' is not one of"):
@@ -165,8 +167,8 @@ def test_synthetic_catalog_names_its_tasks_and_spreads_its_variants():
 
 def test_a_fleet_floor_below_its_start_lets_infaas_give_workers_back():
     cat, trace = one_variant(), poisson([(0, 30, 20)])
-    kept = Simulation("infaas", cat, APPS, trace, Fleet.parse("workers=3"), tail_s=30).run()
-    freed = Simulation("infaas", cat, APPS, trace, Fleet.parse("workers=3,min=1"), tail_s=30).run()
+    kept = Simulation("infaas", Scenario(cat, APPS, trace, Fleet.parse("workers=3"), tail_s=30)).run()
+    freed = Simulation("infaas", Scenario(cat, APPS, trace, Fleet.parse("workers=3,min=1"), tail_s=30)).run()
     assert kept["workers"]["end"] == 3 and freed["workers"]["end"] == 1
     assert freed["core_seconds"] < kept["core_seconds"]
     with pytest.raises(ValueError, match=r"--fleet: min \(4\) is more than the workers it starts with \(3\)"):
@@ -199,7 +201,7 @@ def test_a_catalog_csv_with_a_cpu_and_a_gpu_pool(tmp_path):
         App("loose", "vision", {"latency_ms": 500}),
     ]
     trace = sorted(poisson([(0, 20, 30)], "strict", 1) + poisson([(0, 20, 10)], "loose", 2))
-    out = simulate(["infaas", "static-peak"], cat, apps, trace, fleet, tail_s=5)
+    out = simulate(["infaas", "static-peak"], Scenario(cat, apps, trace, fleet, tail_s=5))
     ours, static = out["contenders"]
     # only the GPU variant meets 20 ms at 0.75; the loose app takes the cheapest that meets 500 ms
     assert set(ours["apps"]["strict"]["variants"]) == {"big.fp16@gpu"}
@@ -243,7 +245,7 @@ def test_bad_catalog_rows_and_pools_name_the_line_or_field(tmp_path):
     path.write_text(CSV_HEAD + CSV_ROWS)
     cat = from_csv(path, lambda kind: 1.0)
     with pytest.raises(ValueError, match="the variants of task 'vision' run on cpu, gpu; the fleet has no such pool"):
-        simulate(["infaas"], cat, [App("a", "vision")], [], Fleet.parse("tpu:workers=1"))
+        simulate(["infaas"], Scenario(cat, [App("a", "vision")], [], Fleet.parse("tpu:workers=1")))
 
 
 def test_the_oracle_bound_by_hand():

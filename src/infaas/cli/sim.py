@@ -53,8 +53,10 @@ def add_sim_flags(p: argparse.ArgumentParser) -> None:
 def cmd_sim(args) -> None:
     from infaas.settings import load_settings
     from infaas.sim.catalog import SimCatalog, from_csv, parse_synthetic, synthetic
+    from infaas.sim.compare import simulate
     from infaas.sim.fleet import Fleet
-    from infaas.sim.run import CONTENDERS, simulate
+    from infaas.sim.run import CONTENDERS
+    from infaas.sim.scenario import Scenario
     from infaas.workload import load_apps, read_minute_counts, read_trace
 
     settings = load_settings()
@@ -78,13 +80,7 @@ def cmd_sim(args) -> None:
         bars = {c: progress.add_task(f"{c:16}", total=len(trace)) for c in contenders}
         result = simulate(
             contenders,
-            catalog,
-            apps,
-            trace,
-            fleet,
-            settings,
-            seed=args.seed,
-            tail_s=args.tail_s,
+            Scenario(catalog, apps, trace, fleet, settings, seed=args.seed, tail_s=args.tail_s),
             progress=lambda c, done, total: progress.update(bars[c], completed=done),
         )
     wall = time.perf_counter() - started

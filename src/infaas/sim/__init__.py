@@ -3,9 +3,11 @@ controller samples on a simulated clock: what would infaas do with a trace on a 
 the fleet (``infaas sim``)."""
 
 from infaas.sim.catalog import SimCatalog, parse_synthetic, synthetic
+from infaas.sim.compare import simulate
 from infaas.sim.engine import EventQueue, Outcome, ServiceTime, SimReplica, poisson_arrivals
 from infaas.sim.fleet import Fleet, SimWorker
-from infaas.sim.run import CONTENDERS, Simulation, simulate
+from infaas.sim.run import CONTENDERS, Simulation
+from infaas.sim.scenario import Scenario
 
 __all__ = [
     "CONTENDERS",
@@ -13,6 +15,7 @@ __all__ = [
     "Fleet",
     "Outcome",
     "ServiceTime",
+    "Scenario",
     "SimCatalog",
     "SimReplica",
     "SimWorker",

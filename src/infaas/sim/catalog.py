@@ -210,37 +210,14 @@ def from_csv(path: str | Path, price_of: Callable[[str], float]) -> SimCatalog:
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (needs {','.join(CSV_COLUMNS)})")
         for line, row in enumerate(reader, start=2):
             where = f"{path}:{line}"
-            row = {k: (v or "").strip() for k, v in row.items() if k is not None}
-            for k, default in CSV_OPTIONAL.items():
-                row[k] = row.get(k) or default
-            for k in ("task", "architecture", "variant", "hardware"):
-                if not row[k]:
-                    raise ValueError(f"{where}: {k} is empty")
-            try:
-                batch, threads = int(row["batch"]), int(row["threads"])
-                p50, p99 = float(row["p50_ms"]), float(row["p99_ms"])
-                memory, load = float(row["memory_mb"]), float(row["load_ms"])
-                acc = float(row["accuracy"]) if row["accuracy"] else None
-            except ValueError as exc:
-                raise ValueError(
-                    f"{where}: {exc} (batch and threads whole numbers; times, memory, accuracy numbers)"
-                ) from None
-            if batch < 1 or threads < 1:
-                raise ValueError(f"{where}: batch and threads must be at least 1")
-            if not 0 < p50 <= p99:
-                raise ValueError(f"{where}: p50_ms {p50:g} and p99_ms {p99:g} must satisfy 0 < p50 <= p99")
-            if memory < 0 or load < 0 or (acc is not None and not 0 <= acc <= 1):
-                raise ValueError(f"{where}: memory_mb and load_ms must be >= 0, accuracy within 0..1")
+            row, batch, threads, p50, p99, memory, load, acc = _csv_row(where, row)
             if arch_task.setdefault(row["architecture"], row["task"]) != row["task"]:
                 raise ValueError(
                     f"{where}: architecture {row['architecture']} is already of task {arch_task[row['architecture']]}"
                 )
             key = (row["variant"], row["hardware"])
-            seen = rows.setdefault(
-                key,
-                {"arch": row["architecture"], "acc": acc, "threads": threads, "format": row["format"],
-                 "memory": memory, "load": load, "p50": {}, "p99": {}},
-            )  # fmt: skip
+            first = {"arch": row["architecture"], "acc": acc, "threads": threads, "format": row["format"]}
+            seen = rows.setdefault(key, {**first, "memory": memory, "load": load, "p50": {}, "p99": {}})
             if (seen["arch"], seen["acc"], seen["threads"]) != (row["architecture"], acc, threads):
                 raise ValueError(
                     f"{where}: {row['variant']} on {row['hardware']} has another architecture, accuracy or threads than on its earlier rows"
@@ -252,8 +229,7 @@ def from_csv(path: str | Path, price_of: Callable[[str], float]) -> SimCatalog:
     if not rows:
         raise ValueError(f"{path}: no rows")
     kinds_seen = sorted({k for _, k in rows})
-    variants, profiles, kinds = {}, {}, {}
-    accuracy: dict[str, float | None] = {}
+    variants, profiles, kinds, accuracy = {}, {}, {}, {}  # accuracy: the architecture's, or None
     for (name, kind), r in sorted(rows.items()):
         full = f"{name}@{kind}" if len(kinds_seen) > 1 else name
         sizes = sorted(r["p50"])
@@ -297,3 +273,28 @@ def from_csv(path: str | Path, price_of: Callable[[str], float]) -> SimCatalog:
             arch, max((v.accuracy or 0.0 for v in variants.values() if v.architecture == arch), default=None)
         )
     return SimCatalog(variants, profiles, arch_task, accuracy, hardware=", ".join(kinds_seen), kinds=kinds)
+
+
+def _csv_row(where: str, row: dict) -> tuple:
+    """One catalog row, stripped, defaulted and checked: (row, batch, threads, p50, p99, memory_mb,
+    load_ms, accuracy or None)."""
+    row = {k: (v or "").strip() for k, v in row.items() if k is not None}
+    for k, default in CSV_OPTIONAL.items():
+        row[k] = row.get(k) or default
+    for k in ("task", "architecture", "variant", "hardware"):
+        if not row[k]:
+            raise ValueError(f"{where}: {k} is empty")
+    try:
+        batch, threads = int(row["batch"]), int(row["threads"])
+        p50, p99 = float(row["p50_ms"]), float(row["p99_ms"])
+        memory, load = float(row["memory_mb"]), float(row["load_ms"])
+        acc = float(row["accuracy"]) if row["accuracy"] else None
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc} (batch and threads whole numbers; times, memory, accuracy numbers)") from None
+    if batch < 1 or threads < 1:
+        raise ValueError(f"{where}: batch and threads must be at least 1")
+    if not 0 < p50 <= p99:
+        raise ValueError(f"{where}: p50_ms {p50:g} and p99_ms {p99:g} must satisfy 0 < p50 <= p99")
+    if memory < 0 or load < 0 or (acc is not None and not 0 <= acc <= 1):
+        raise ValueError(f"{where}: memory_mb and load_ms must be >= 0, accuracy within 0..1")
+    return row, batch, threads, p50, p99, memory, load, acc

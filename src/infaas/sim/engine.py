@@ -77,6 +77,17 @@ class ServiceTime:
             if b < 1 or p50 <= 0 or p99 < p50:
                 raise ValueError(f"batch {b}: p50 {p50} ms and p99 {p99} ms must satisfy 0 < p50 <= p99")
 
+    @classmethod
+    def of_profile(cls, profile, max_batch: int) -> ServiceTime:
+        """A profiled variant's batch times up to its ``max_batch`` (p99 never under p50; a profile
+        with no measured batch size in range is its fitted batch-1 time)."""
+        table = {
+            b: (p50, max(p50, profile.latency_p99_ms.get(b, p50)))
+            for b, p50 in profile.latency_p50_ms.items()
+            if b <= max_batch
+        } or {1: (profile.predict_ms(1), profile.predict_ms(1))}
+        return cls(table)
+
     def percentiles_ms(self, rows: int) -> tuple[float, float]:
         sizes = sorted(self.table)
         if rows in self.table:

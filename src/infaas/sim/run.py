@@ -15,7 +15,6 @@ Nothing here reads the wall clock: a run is a function of its inputs and its see
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -29,16 +28,15 @@ from infaas.policy.loaded import Candidate, NoCandidate, first_choice, least_bus
 from infaas.policy.policies import ORIGINAL, OURS, Policy, policy_named, scaling_from, with_min_workers
 from infaas.registry import Variant
 from infaas.settings import Settings
-from infaas.sim.catalog import SimCatalog
-from infaas.sim.engine import EventQueue, Outcome, ServiceTime, SimReplica, quantile
-from infaas.sim.fleet import Fleet, Hosted, Pool, SimWorker
-from infaas.sim.oracle import oracle
-from infaas.sim.static import pinned, static_plan, trace_rates
+from infaas.sim.engine import EventQueue, Outcome, ServiceTime, SimReplica
+from infaas.sim.fleet import Hosted, Pool, SimWorker
+from infaas.sim.report import summarize
+from infaas.sim.scenario import Scenario
+from infaas.sim.static import static_fleet
 from infaas.worker.batcher import preferred_batch
 from infaas.workload import App
 
 CONTENDERS = (OURS, ORIGINAL, "static-peak", "static-mean")
-VIOLATIONS = ("late", "dropped", "under_accuracy", "unmeetable")
 
 
 @dataclass
@@ -62,27 +60,16 @@ class Request(Outcome):
 
 
 class Simulation:
-    def __init__(
-        self,
-        contender: str,
-        catalog: SimCatalog,
-        apps: list[App],
-        trace: list[tuple[float, str]],
-        fleet: Fleet,
-        settings: Settings | None = None,
-        seed: int = 0,
-        tail_s: float = 60.0,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> None:
+    def __init__(self, contender: str, scenario: Scenario, progress: Callable[[int, int], None] | None = None) -> None:
         if contender not in CONTENDERS:
             raise ValueError(f"unknown contender {contender!r}: one of {', '.join(CONTENDERS)}")
-        self.contender, self.catalog, self.fleet = contender, catalog, fleet
-        self.apps = {a.name: a for a in apps}
-        self.trace = trace
-        self.settings = settings or Settings()
-        self.rng = random.Random(seed)
+        self.contender, self.catalog, self.fleet = contender, scenario.catalog, scenario.fleet
+        self.apps = {a.name: a for a in scenario.apps}
+        self.trace = scenario.trace
+        self.settings = scenario.settings or Settings()
+        self.rng = random.Random(scenario.seed)
         self.events = EventQueue()
-        self.tail_s = tail_s
+        self.tail_s = scenario.tail_s
         self.progress = progress
         self.static = contender.startswith("static")
         self.workers: list[SimWorker] = []
@@ -102,7 +89,7 @@ class Simulation:
         self.pools: list[PoolState] = []
         if not self.static:  # selection spans the pools; each pool's controller has its own floor
             self.policy = policy_named(contender, scaling_from(self.settings))
-        for pool in fleet.pools:
+        for pool in self.fleet.pools:
             if not self.static:
                 policy = with_min_workers(policy_named(contender, scaling_from(self.settings)), pool.fewest)
                 self.pools.append(
@@ -256,16 +243,12 @@ class Simulation:
                 self._placed += 1
             return existing
         profile = self.catalog.profiles[variant.name]
-        table = {
-            b: (p50, max(p50, profile.latency_p99_ms.get(b, p50)))
-            for b, p50 in profile.latency_p50_ms.items()
-            if b <= variant.max_batch
-        } or {1: (profile.predict_ms(1), profile.predict_ms(1))}
-        batch = preferred_batch({b: p50 / 1000 for b, (p50, _) in table.items()}, variant.max_batch)
+        service = ServiceTime.of_profile(profile, variant.max_batch)
+        batch = preferred_batch({b: p50 / 1000 for b, (p50, _) in service.table.items()}, variant.max_batch)
         instances = max(1, self.settings.instances_per_variant)
         replica = SimReplica(
             self.events,
-            ServiceTime(table),
+            service,
             self.rng,
             max_batch=batch,
             max_delay_s=self.settings.max_queue_delay_us / 1e6,
@@ -365,38 +348,14 @@ class Simulation:
     # ---- static provisioning ----------------------------------------------------------------------------
     def _provision(self) -> None:
         """Each app's hand-picked variant, on replicas sized for the trace, in the pool that runs it."""
-        kind = "peak" if self.contender == "static-peak" else "mean"
-        rates = trace_rates(self.trace, list(self.apps.values()))[kind]
-        archs = {a: (t, self.catalog.accuracy.get(a)) for a, t in self.catalog.tasks.items()}
-        self.plan: dict[str, tuple[str, int]] = {}
+        sizing = "peak" if self.contender == "static-peak" else "mean"
+        self.plan, layout = static_fleet(sizing, self.catalog, list(self.apps.values()), self.trace, self.fleet)
         self.workers = []
-        for pool in self.fleet.pools:
-            runs = [v for v in self.catalog.variants.values() if self._pool_of(v) is pool]
-            mine, chosen = [], {}
-            for app in self.apps.values():
-                if app.name in self.plan:
-                    continue
-                try:
-                    v = pinned(archs, runs, app, pool.cores)
-                except ValueError:
-                    continue  # another pool runs it
-                mine.append(app)
-                chosen[app.name] = (v, self.catalog.profiles[v.name])
-            if not mine:
-                continue
-            workers, _, plan = static_plan(mine, rates, chosen, pool.most, pool.cores)
-            self.plan.update(plan)
+        for pool, workers, wanted in layout:
             here = [self._add_worker(pool) for _ in range(workers)]
-            wanted: dict[str, int] = {}
-            for name, replicas in plan.values():  # apps may pin the same variant
-                wanted[name] = max(wanted.get(name, 0), replicas)
             for name, replicas in sorted(wanted.items()):
                 for worker in sorted(here, key=lambda w: (len(w.hosted), w.name))[:replicas]:
                     self._load(self.catalog.variants[name], worker, at_once=True)
-        for app in self.apps.values():
-            if app.name not in self.plan:  # the error names why, for the first pool
-                pinned(archs, self.catalog.variants.values(), app, self.fleet.cores)
-                raise ValueError(f"app {app.name}: no pool of the fleet runs its hand-picked variant")
 
     # ---- the controller ------------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -485,146 +444,5 @@ class Simulation:
                 else:
                     self._load(target, w, replaces=variant.name)
 
-    def _series(self) -> dict[str, list]:
-        """Per simulated second: requests and violations (by arrival), live workers and their cost."""
-        n = max(1, math.ceil(self.end))
-        requests, violations, workers = _per_second(n), _per_second(n), _per_second(n)
-        usd = [0.0] * n
-        for r in self.requests:
-            requests[int(r.arrival)] += 1
-            if r.violation:
-                violations[int(r.arrival)] += 1
-        for w in self.workers:
-            gone = w.removed if w.removed is not None else self.end
-            for t in range(math.ceil(w.started), min(n, math.ceil(gone))):
-                workers[t] += 1
-                usd[t] += w.cores * w.pool.price_core_hour / 3600
-        return {
-            "requests": requests,
-            "violations": violations,
-            "workers": workers,
-            "cost_usd": [round(x, 9) for x in usd],
-        }
-
-    # ---- results ---------------------------------------------------------------------------------------
     def summary(self) -> dict:
-        reqs = self.requests
-        span = max(self.trace[-1][0], 1e-9) if self.trace else 1e-9
-        violations = Counter(r.violation for r in reqs if r.violation)
-        served = [r for r in reqs if r.status == "served"]
-        good = [r for r in served if r.violation is None]
-        lat = sorted((r.finished - r.arrival) * 1000 for r in served)
-        end = self.end
-        core_s = sum(w.core_seconds(end) for w in self.workers)
-        usd = sum(w.core_seconds(end) / 3600 * w.pool.price_core_hour for w in self.workers)
-        pools = {}
-        for pool in self.fleet.pools:
-            mine = [w for w in self.workers if w.pool is pool]
-            pools[pool.kind or "any"] = {
-                "core_seconds": round(sum(w.core_seconds(end) for w in mine), 3),
-                "cost_usd": round(sum(w.core_seconds(end) for w in mine) / 3600 * pool.price_core_hour, 6),
-                "workers": len(mine),
-            }
-        per_app = {}
-        for name in sorted(self.apps):
-            mine = [r for r in reqs if r.app == name]
-            per_app[name] = {
-                "requests": len(mine),
-                "violations": sum(1 for r in mine if r.violation),
-                "variants": dict(sorted(Counter(r.variant for r in mine if r.status == "served").items())),
-            }
-        return {
-            "contender": self.contender,
-            "requests": len(reqs),
-            "served": len(served),
-            "violations": {k: violations.get(k, 0) for k in VIOLATIONS},
-            "violation_rate": round(sum(violations.values()) / max(1, len(reqs)), 6),
-            "goodput_rps": round(len(good) / span, 4),
-            "latency_ms": {"p50": _rounded(quantile(lat, 0.5)), "p99": _rounded(quantile(lat, 0.99))},
-            "core_seconds": round(core_s, 3),
-            "cost_usd": round(usd, 6),
-            "pools": pools,
-            "loads": self.loads,
-            "events": self.event_count,
-            "actions": dict(sorted(self.actions.items())),
-            "blocked": self.blocked,
-            "workers": {
-                "start": sum(p.workers for p in self.fleet.pools) if not self.static else len(self.workers),
-                "peak": max((n for _, n, _ in self.timeline), default=len(self.workers)),
-                "end": len(self._live()),
-            },
-            "apps": per_app,
-            "series": self._series(),
-            "timeline": [list(x) for x in self.timeline],
-        }
-
-
-def _per_second(n: int) -> list[int]:
-    return [0] * n
-
-
-def _rounded(x: float | None) -> float | None:
-    return None if x is None else round(x, 4)
-
-
-def simulate(
-    contenders: list[str],
-    catalog: SimCatalog,
-    apps: list[App],
-    trace: list[tuple[float, str]],
-    fleet: Fleet,
-    settings: Settings | None = None,
-    seed: int = 0,
-    tail_s: float = 60.0,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> dict:
-    """Every contender on the same trace, fleet and seed: the JSON the CLI writes (no wall-clock figure)."""
-    check_inputs(catalog, apps, trace, fleet)
-    results = []
-    for name in contenders:
-        tell = None if progress is None else (lambda done, total, name=name: progress(name, done, total))
-        results.append(Simulation(name, catalog, apps, trace, fleet, settings, seed, tail_s, tell).run())
-    bound = oracle(catalog, apps, trace, fleet)
-    for r in results:
-        r["cost_vs_oracle"] = round(r["cost_usd"] / bound["cost_usd"], 4) if bound["cost_usd"] else None
-    return {
-        "oracle": bound,
-        "fleet": fleet.describe(),
-        "hardware": catalog.hardware,
-        "seed": seed,
-        "trace": {"requests": len(trace), "seconds": round(trace[-1][0], 6) if trace else 0.0},
-        "contenders": results,
-    }
-
-
-def check_inputs(catalog: SimCatalog, apps: list[App], trace: list[tuple[float, str]], fleet: Fleet) -> None:
-    """A clear error for apps whose task the catalog lacks (or whose variants no pool of the fleet
-    runs as profiled: another kind, or more threads than its cores), and for trace rows out of order
-    or naming an unknown app."""
-    tasks = set(catalog.tasks.values())
-    for app in apps:
-        if app.task not in tasks:
-            raise ValueError(
-                f"app {app.name}: task {app.task!r} is not in the catalog (tasks: {', '.join(sorted(tasks)) or 'none'})"
-            )
-        ready = [v for v in catalog.of_task(app.task) if v.status == "ready" and v.name in catalog.profiles]
-        if not ready:
-            raise ValueError(f"app {app.name}: task {app.task!r} has no ready, profiled variant")
-        pooled = [v for v in ready if fleet.pool_for(catalog.kind_of(v.name)) is not None]
-        if not pooled:
-            kinds = ", ".join(sorted({catalog.kind_of(v.name) for v in ready}))
-            raise ValueError(
-                f"app {app.name}: the variants of task {app.task!r} run on {kinds}; the fleet has no such pool"
-            )
-        if all(v.threads > fleet.pool_for(catalog.kind_of(v.name)).cores for v in pooled):  # type: ignore[union-attr]
-            raise ValueError(
-                f"app {app.name}: no variant of task {app.task!r} runs on {fleet.cores} core(s) per worker "
-                f"(the fewest threads any needs: {min(v.threads for v in pooled)}); raise --fleet cores"
-            )
-    known, last = {a.name for a in apps}, -math.inf
-    for i, (t, name) in enumerate(trace, 2):
-        if name not in known:
-            raise ValueError(f"trace line {i}: unknown app {name!r} (apps: {', '.join(sorted(known))})")
-        if t < last:
-            raise ValueError(f"trace line {i}: time {t} comes before the previous line's {last}")
-        last = t
+        return summarize(self)

@@ -68,3 +68,39 @@ def static_plan(
     most_replicas = max((r for _, r in plan.values()), default=1)
     workers = min(max_workers, max(1, most_replicas, math.ceil(cores_needed / cores - 1e-9)))
     return workers, cores_needed, {a: (n, min(r, workers)) for a, (n, r) in plan.items()}
+
+
+def static_fleet(sizing: str, catalog, apps: list[App], trace: list[tuple[float, str]], fleet) -> tuple[dict, list]:
+    """The static contender's whole layout on a (simulated) fleet, sized for ``sizing`` ("peak" or
+    "mean"): each app's pinned variant in the first pool that runs it. Returns the plan (app ->
+    (variant, replicas)) and, per pool used, ``(pool, workers, {variant: replicas})`` (apps may pin
+    the same variant: it gets the most replicas any of them needs)."""
+    rates = trace_rates(trace, apps)[sizing]
+    archs = {a: (t, catalog.accuracy.get(a)) for a, t in catalog.tasks.items()}
+    plan: dict[str, tuple[str, int]] = {}
+    layout = []
+    for pool in fleet.pools:
+        runs = [v for v in catalog.variants.values() if fleet.pool_for(catalog.kind_of(v.name)) is pool]
+        mine, chosen = [], {}
+        for app in apps:
+            if app.name in plan:
+                continue
+            try:
+                v = pinned(archs, runs, app, pool.cores)
+            except ValueError:
+                continue  # another pool runs it
+            mine.append(app)
+            chosen[app.name] = (v, catalog.profiles[v.name])
+        if not mine:
+            continue
+        workers, _, here = static_plan(mine, rates, chosen, pool.most, pool.cores)
+        plan.update(here)
+        wanted: dict[str, int] = {}
+        for name, replicas in here.values():
+            wanted[name] = max(wanted.get(name, 0), replicas)
+        layout.append((pool, workers, wanted))
+    for app in apps:
+        if app.name not in plan:  # the error names why, for the first pool
+            pinned(archs, catalog.variants.values(), app, fleet.cores)
+            raise ValueError(f"app {app.name}: no pool of the fleet runs its hand-picked variant")
+    return plan, layout
