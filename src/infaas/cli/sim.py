@@ -46,6 +46,13 @@ def add_sim_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="all", choices=CHOICES, help="the contender to run, or all four side by side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tail-s", type=float, default=60.0, help="simulated seconds after the last request (scale-down)")
+    p.add_argument(
+        "--overhead-ms",
+        type=float,
+        default=0.0,
+        help="the serving path's own time per request (HTTP, frontend, wire to the worker), which profiles do "
+        "not hold; bench/sim/validate measures it on this machine (default 0: only the workers' time)",
+    )
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the results here (no wall-clock figures)")
     p.add_argument("--plots", metavar="DIR", help="write violations, workers and cost over time here (PNG)")
 
@@ -80,7 +87,7 @@ def cmd_sim(args) -> None:
         bars = {c: progress.add_task(f"{c:16}", total=len(trace)) for c in contenders}
         result = simulate(
             contenders,
-            Scenario(catalog, apps, trace, fleet, settings, seed=args.seed, tail_s=args.tail_s),
+            Scenario(catalog, apps, trace, fleet, settings, args.seed, args.tail_s, args.overhead_ms),
             progress=lambda c, done, total: progress.update(bars[c], completed=done),
         )
     wall = time.perf_counter() - started

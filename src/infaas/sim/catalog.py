@@ -28,7 +28,7 @@ class SimCatalog:
 
     def __post_init__(self) -> None:
         self.by_arch: dict[str, list[Variant]] = {a: [] for a in self.tasks}
-        for v in sorted(self.variants.values(), key=lambda v: v.name):
+        for v in sorted(self.variants.values(), key=lambda v: (v.created_at, v.name)):  # as the server's Catalog
             self.by_arch.setdefault(v.architecture, []).append(v)
         self._index: dict[tuple[str, int], ScopeIndex] = {}
 

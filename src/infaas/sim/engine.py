@@ -275,3 +275,16 @@ def poisson_arrivals(rate_per_s: float, seconds: float, rng: random.Random) -> l
         if t >= seconds:
             return out
         out.append(t)
+
+
+@dataclass(eq=False)
+class Request(Outcome):
+    """A simulated request of one app: where it went, what was predicted, how it ended."""
+
+    app: str = ""
+    variant: str = ""
+    worker: str = ""
+    predicted_ms: float | None = None
+    learn: bool = False
+    due: float | None = None  # when the app's latency objective runs out
+    violation: str | None = None

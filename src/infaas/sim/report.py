@@ -51,6 +51,7 @@ def summarize(sim: Simulation) -> dict:
         "cost_usd": round(sum(w.core_seconds(end) / 3600 * w.pool.price_core_hour for w in sim.workers), 6),
         "pools": pools,
         "loads": sim.loads,
+        "loads_at_start": sim.loads_at_start,
         "events": sim.event_count,
         "actions": dict(sorted(sim.actions.items())),
         "blocked": sim.blocked,

@@ -28,7 +28,7 @@ from infaas.policy.loaded import Candidate, NoCandidate, first_choice, least_bus
 from infaas.policy.policies import ORIGINAL, OURS, Policy, policy_named, scaling_from, with_min_workers
 from infaas.registry import Variant
 from infaas.settings import Settings
-from infaas.sim.engine import EventQueue, Outcome, ServiceTime, SimReplica
+from infaas.sim.engine import EventQueue, Outcome, Request, ServiceTime, SimReplica
 from infaas.sim.fleet import Hosted, Pool, SimWorker
 from infaas.sim.report import summarize
 from infaas.sim.scenario import Scenario
@@ -49,16 +49,6 @@ class PoolState:
     seen: Observations
 
 
-@dataclass(eq=False)
-class Request(Outcome):
-    app: str = ""
-    variant: str = ""
-    worker: str = ""
-    predicted_ms: float | None = None
-    learn: bool = False
-    violation: str | None = None
-
-
 class Simulation:
     def __init__(self, contender: str, scenario: Scenario, progress: Callable[[int, int], None] | None = None) -> None:
         if contender not in CONTENDERS:
@@ -70,14 +60,14 @@ class Simulation:
         self.rng = random.Random(scenario.seed)
         self.events = EventQueue()
         self.tail_s = scenario.tail_s
+        self.path_s = scenario.overhead_ms / 2000  # each way
         self.progress = progress
         self.static = contender.startswith("static")
         self.workers: list[SimWorker] = []
         self.requests: list[Request] = []
         self.latency = LatencyModel()
         self.actions: Counter[str] = Counter()
-        self.loads = 0
-        self.blocked = 0
+        self.loads = self.blocked = 0
         self.timeline: list[tuple[float, int, int]] = []  # (t, workers, replicas) each controller round
         self.flagged: dict[str, str] = {}
         self._named = 0
@@ -120,6 +110,7 @@ class Simulation:
         else:
             self._load_all()
             self.events.at(self.settings.autoscale_interval_s, self._tick)
+        self.loads_at_start = self.loads
         if self.trace:
             self.events.at(self.trace[0][0], lambda: self._arrive(0))
         self.event_count = self.events.run(until=self.end)
@@ -134,8 +125,10 @@ class Simulation:
             self.progress(i + 1, len(self.trace))
         app = self.apps[name]
         latency_ms = app.objective.get("latency_ms")
-        budget = latency_ms / 1000 if latency_ms is not None else self.settings.default_timeout_s
-        req = Request(arrival=t, rows=1, deadline=t + budget, app=name)
+        due = t + latency_ms / 1000 if latency_ms is not None else None
+        # the server's deadline: the objective's, or the default for an explicit-variant (static) request
+        server = due if due is not None and not self.static else t + self.settings.default_timeout_s
+        req = Request(arrival=t, rows=1, deadline=server, app=name, due=due)
         self.requests.append(req)
         if self.static:
             self._route_static(req, app)
@@ -192,7 +185,7 @@ class Simulation:
         else:
             worker = next(w for w in hosting[choice.variant.name] if w.name == choice.worker)
             req.worker = worker.name
-            worker.hosted[choice.variant.name].replica.enqueue(req)
+            self._send(worker.hosted[choice.variant.name].replica, req)
             if choice.prefetch is not None and not self._anywhere(choice.prefetch.name):
                 self._load(choice.prefetch, least_busy(self._hosts_for(choice.prefetch)))
 
@@ -205,7 +198,14 @@ class Simulation:
             return self._fail(req, "refused", "dropped")
         worker = next(w for w in self.workers if w.name == decision.worker)
         req.variant, req.worker = name, worker.name
-        worker.hosted[name].replica.enqueue(req)
+        self._send(worker.hosted[name].replica, req)
+
+    def _send(self, replica: SimReplica, req: Request) -> None:
+        """To the worker: after the serving path's inbound half (door, router, wire), when modelled."""
+        if self.path_s:
+            self.events.after(self.path_s, lambda: replica.enqueue(req))
+        else:
+            replica.enqueue(req)
 
     def _fail(self, req: Request, status: str, violation: str) -> None:
         req.status, req.finished, req.violation = status, self.events.now, violation
@@ -308,13 +308,15 @@ class Simulation:
             elif req.status == "expired":
                 req.violation = "late"
             elif req.status == "served":
+                compute_ms = (req.finished - req.started) * 1000
+                req.finished += self.path_s  # the answer's way back
                 req.violation = self._judge(req, variant)
                 if not self.static:
                     self.latency.answered(
                         (worker.name, variant.name),
                         total_ms=(req.finished - req.arrival) * 1000,
                         queue_ms=(req.started - req.arrival) * 1000,
-                        compute_ms=(req.finished - req.started) * 1000,
+                        compute_ms=compute_ms,
                         batch_size=req.batch_size,
                         predicted_ms=req.predicted_ms,
                         from_slot=req.learn,
@@ -329,7 +331,7 @@ class Simulation:
         floor = self.apps[req.app].objective.get("min_accuracy")
         if floor is not None and (variant.accuracy is None or variant.accuracy < floor):
             return "under_accuracy"
-        if req.deadline is not None and req.finished is not None and req.finished > req.deadline:
+        if req.due is not None and req.finished is not None and req.finished > req.due:
             return "late"
         return None
 

@@ -23,8 +23,11 @@ class Scenario:
     settings: Settings | None = None
     seed: int = 0
     tail_s: float = 60.0
+    overhead_ms: float = 0.0  # the serving path's own time per request (door, router, wire), half each way
 
     def check(self) -> None:
+        if self.overhead_ms < 0 or self.tail_s < 0:
+            raise ValueError(f"overhead_ms ({self.overhead_ms:g}) and tail_s ({self.tail_s:g}) must be >= 0")
         check_inputs(self.catalog, self.apps, self.trace, self.fleet)
 
 
