@@ -41,6 +41,7 @@ from rich.console import Console  # noqa: E402
 
 from infaas.cli.sim import summary_table  # noqa: E402
 from infaas.policy.autoscale import capacity_rps  # noqa: E402
+from infaas.settings import Settings  # noqa: E402
 from infaas.sim import CONTENDERS, Fleet, Scenario, Simulation, synthetic  # noqa: E402
 from infaas.sim.catalog import SimCatalog  # noqa: E402
 from infaas.sim.oracle import oracle  # noqa: E402
@@ -145,7 +146,11 @@ def main() -> None:
     fleet = Fleet.parse(FLEET)
     apps = make_apps(catalog, args.apps, random.Random(args.seed), fleet.cores)
     trace, rows, peak_rps = diurnal_trace(catalog, apps, fleet, minutes, args.peak_share, args.seed)
-    scenario = Scenario(catalog, apps, trace, fleet, seed=args.seed, tail_s=120)
+    # the operator of these models sets the server's default deadline (what an explicit-variant request
+    # of a static contender gets) to the slowest app's objective, as `--default-timeout-s` would
+    longest_s = max(a.objective["latency_ms"] for a in apps) / 1000
+    settings = Settings(default_timeout_s=longest_s, request_timeout_s=max(60.0, longest_s))
+    scenario = Scenario(catalog, apps, trace, fleet, settings, seed=args.seed, tail_s=120)
     scenario.check()
     cpu = _cpu()
     console.print(
