@@ -1,37 +1,132 @@
-"""The decision log (every selection and scaling decision with its reason) and the set of
-background tasks that run beside the request path."""
+"""The decision logs (control decisions kept apart from sampled per-query selections, each with its
+reason) and the set of background tasks that run beside the request path."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Coroutine, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 log = logging.getLogger("infaas.decisions")
 
 
-class DecisionLog:
-    """A bounded log of decisions, newest last; ``log_decision`` is what every part is handed."""
+# What the control side decides: kept in a log of their own, which query traffic cannot push out.
+CONTROL_KINDS = (
+    "load",
+    "unload",
+    "replicate",
+    "upgrade",
+    "downgrade",
+    "add_worker",
+    "remove_worker",
+    "blocked",
+    "reconcile",
+    "job",
+    "error",
+    "profile",
+    "register",
+    "remove",
+    "leader",
+)
+SELECT = "select"  # a model-less query's choice of variant: sampled
+KINDS = (*CONTROL_KINDS, SELECT)
 
-    def __init__(self, size: int) -> None:
-        self.entries: deque[dict[str, Any]] = deque(maxlen=size)
+
+class DecisionLog:
+    """Every decision with its reason, in two bounded logs: control decisions (loads, scaling,
+    jobs, errors...) in one that per-query selections cannot push out, and selections sampled: the
+    first of each (scope, variant) per second is kept, and counts (``similar``) the like ones after
+    it in that second that were not. ``log_decision`` is what every part is handed.
+
+    With several frontends on one store, each publishes its control decisions there
+    (:meth:`publish`, called once a second by the server) and :meth:`query` merges those of the
+    others (``remote``): the leader's scaling decisions are readable from any frontend."""
+
+    def __init__(
+        self,
+        size: int,
+        frontend: str = "",
+        publish: Callable[[str, list[dict]], None] | None = None,
+        remote: Callable[[], list[tuple[str, list[dict]]]] | None = None,
+    ) -> None:
+        self.control: deque[dict[str, Any]] = deque(maxlen=size)
+        self.selections: deque[dict[str, Any]] = deque(maxlen=size)
+        self.not_kept = 0  # selections sampled out, in all
+        self.counts: Counter[str] = Counter()  # every decision logged, kept or not, by kind
+        self.frontend = frontend
+        self._publish, self._remote = publish, remote
+        self._second = -1
+        self._kept: dict[tuple, dict] = {}  # (scope, variant) -> the selection kept this second
+        self._dirty = False
 
     def log_decision(self, kind: str, reason: str, **fields: Any) -> dict:
-        entry = {"time": time.time(), "kind": kind, "reason": reason, **fields}
-        self.entries.append(entry)
+        now = time.time()
+        self.counts[kind] += 1
+        if kind == SELECT:
+            second = int(now)
+            if second != self._second:
+                self._second, self._kept = second, {}
+            key = (fields.get("scope"), fields.get("variant"))
+            kept = self._kept.get(key)
+            if kept is not None:
+                kept["similar"] += 1
+                self.not_kept += 1
+                return kept
+            entry = self._kept[key] = {"time": now, "kind": kind, "reason": reason, **fields, "similar": 0}
+            self.selections.append(entry)
+            return entry
+        entry = {"time": now, "kind": kind, "reason": reason, **fields}
+        if self.frontend:
+            entry["frontend"] = self.frontend
+        self.control.append(entry)
+        self._dirty = True
         return entry
 
+    def publish(self) -> None:
+        """This frontend's control decisions to the shared store, when any came since the last time."""
+        if self._publish is not None and self._dirty:
+            self._dirty = False
+            self._publish(self.frontend, list(self.control))
+
+    def query(self, kinds: Collection[str] | None = None, since: float | None = None, limit: int = 100) -> list[dict]:
+        """The newest ``limit`` decisions of ``kinds`` (all if None) at or after ``since``, oldest
+        first: this frontend's, and the other frontends' control decisions from the store."""
+        sources: list[Iterable[dict]] = []
+        if kinds is None or any(k != SELECT for k in kinds):
+            sources.append(self.control)
+            sources += [entries for who, entries in self._others() if who != self.frontend]
+        if kinds is None or SELECT in kinds:
+            sources.append(self.selections)
+        picked = [
+            d
+            for source in sources
+            for d in source
+            if (kinds is None or d["kind"] in kinds) and (since is None or d["time"] >= since)
+        ]
+        picked.sort(key=lambda d: d["time"])
+        return picked[-limit:]
+
+    def _others(self) -> list[tuple[str, list[dict]]]:
+        if self._remote is None:
+            return []
+        try:
+            return self._remote()
+        except Exception as exc:  # the store unreachable: this frontend's own decisions still answer
+            log.warning("could not read other frontends' decisions from the store: %s", exc)
+            return []
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.entries)
+        return iter(sorted([*self.control, *self.selections], key=lambda d: d["time"]))
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.control) + len(self.selections)
 
     def latest(self, limit: int) -> list[dict[str, Any]]:
-        return list(self.entries)[-limit:]
+        return self.query(limit=limit)
 
 
 class Background:
@@ -62,3 +157,37 @@ class Background:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """A point in time as a Unix time (``1733356800.5``), ISO 8601 (``2026-12-05T01:30:00Z``; no
+    zone: UTC) or a span back from now (``90s``, ``10m``, ``2h``, ``1d``); ValueError says which
+    forms are accepted."""
+    raw = text.strip()
+    if raw and raw[-1] in _UNITS and raw[:-1].replace(".", "", 1).isdigit():
+        return (time.time() if now is None else now) - float(raw[:-1]) * _UNITS[raw[-1]]
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"since {text!r} is not a Unix time, an ISO 8601 time (2026-12-05T01:30:00Z) or a span back (10m, 2h)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """``load,add_worker``: each a known kind, or ValueError naming the unknown one and the known."""
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"kind {','.join(unknown) or text!r} is not one of: {', '.join(KINDS)}")
+    return kinds

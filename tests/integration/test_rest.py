@@ -160,8 +160,8 @@ def test_repository_index_and_metrics(http, client, digits_samples):
     client.infer("digits-nb", digits_samples[0][:3])
     text = http.get("/metrics").text
     assert 'infaas_requests_total{code="200",model="digits-nb"' in text
-    assert "infaas_batch_size_bucket" in text and 'infaas_worker_up{worker="w0"} 1.0' in text
-    assert "infaas_queue_depth" in text
+    assert "infaas_batch_rows_bucket" in text and 'infaas_worker_up{worker="w0"} 1.0' in text
+    assert "infaas_queue_depth_requests" in text
 
 
 def test_management_api_register_list_remove(client, digits_models, http, digits_samples):
@@ -343,3 +343,54 @@ def test_repository_load_and_unload_place_a_variant(http, client, digits_samples
     assert r.status_code == 400 and "replicas must be an integer" in r.json()["error"]
     assert http.post("/v2/repository/models/no-such-model/load").status_code == 404
     assert client.infer("digits-logreg", digits_samples[0][:2]).parameters["variant"] == name
+
+
+def test_decisions_filter_by_kind_since_and_limit_and_refuse_bad_values(http, client, digits_samples):
+    for _ in range(20):  # model-less queries: selections, sampled
+        client.infer("digits-classification", digits_samples[0][:2], min_accuracy=0.5)
+    selections = client.decisions(1000, kind="select")
+    assert selections and all(d["kind"] == "select" and d["scope"] for d in selections)
+    assert sum(1 + d["similar"] for d in selections) >= 20  # what was not kept is counted
+    loads = client.decisions(1000, kind=["load", "register"], since="1d")
+    assert loads and {d["kind"] for d in loads} <= {"load", "register"}
+    newest = client.decisions(1000)[-1]["time"]
+    assert all(d["time"] >= newest for d in client.decisions(1000, since=newest))
+    assert len(client.decisions(2)) == 2
+    for query, word in (
+        ("kind=bogus", "bogus"),
+        ("since=yesterday", "since"),
+        ("limit=0", "limit"),
+        ("limit=x", "limit"),
+    ):
+        r = http.get(f"/api/v1/decisions?{query}")
+        assert r.status_code == 400 and word in r.json()["error"], (query, r.text)
+    assert http.get("/v2/health/ready").status_code == 200
+
+
+def test_metrics_follow_prometheus_conventions_and_bound_their_labels(http, client, digits_samples):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.infer("digits-nb", digits_samples[0][:3])
+    client.infer("digits-classification", digits_samples[0][:1], min_accuracy=0.5)
+    for name in ("no-such-model-1", "no-such-model-2"):  # arbitrary names must not become label values
+        assert http.post(f"/v2/models/{name}/infer", json=json_body(digits_samples[0][:1])).status_code == 404
+    text = http.get("/metrics").text
+    assert "no-such-model" not in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name, family in families.items():
+        assert name.startswith("infaas_"), name
+        for sample in family.samples:
+            if family.type == "counter":
+                assert sample.name.endswith(("_total", "_created")), sample.name
+            elif family.type == "histogram":
+                assert name.endswith(("_seconds", "_rows")), name
+            else:
+                assert not sample.name.endswith("_total"), sample.name
+    requests = families["infaas_requests"].samples
+    models = {s.labels["model"] for s in requests if s.name == "infaas_requests_total"}
+    assert {"digits-nb", "digits-classification"} <= models
+    assert all(m == "(unknown)" or m.startswith("digits-") for m in models), models  # registered names only
+    assert {"infaas_request_duration_seconds", "infaas_batch_rows", "infaas_queue_depth_requests"} <= set(families)
+    assert {"infaas_replicas", "infaas_worker_up", "infaas_worker_restarts", "infaas_decisions"} <= set(families)
+    decided = {s.labels["kind"]: s.value for s in families["infaas_decisions"].samples if s.name.endswith("_total")}
+    assert decided["select"] >= 1 and decided["load"] >= 1

@@ -344,6 +344,10 @@ def test_two_frontends_share_models_workers_and_one_controller(
         assert wait_until(lambda: _answers(b, x), 30)
         out = b.infer("digits-classification", x[:3])
         assert out.parameters["architecture"] == "digits-mlp" and out.outputs["label"].shape == (3,)
+        # the leader's control decisions are readable from the other frontend (through the store)
+        assert wait_until(
+            lambda: any(d.get("frontend") == fa["frontend"] for d in b.decisions(100, kind="register,load")), 10
+        ), b.decisions(100)
 
         # the leader dies without a word: the other frontend takes the lease (a larger token) within seconds
         token = fa["token"]

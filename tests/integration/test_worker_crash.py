@@ -52,7 +52,7 @@ def test_crash_mid_request_errors_then_restarts(server, digits_samples):
         r = c.infer("digits-mlp", digits_samples[0][:4])
         assert r.outputs["label"].shape == (4,)
         assert c.workers()[0]["restarts"] == 1
-    assert server.services.metrics.exposition().decode().count('infaas_worker_restarts{worker="w0"} 1.0') == 1
+    assert server.services.metrics.exposition().decode().count('infaas_worker_restarts_total{worker="w0"} 1.0') == 1
 
 
 @pytest.mark.slow

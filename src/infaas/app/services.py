@@ -10,6 +10,7 @@ constructor (no part builds its peers; nothing is wired by assigning attributes 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -77,10 +78,20 @@ class Services:
         self.router.ready = True
         self.profiling.profile_new_kind()
         self.background.spawn(self.registration.follow_store())
+        self.background.spawn(self._publish_decisions())
         self._started = True
         if self.leadership.leader:
             await self.lead()
         await self.leadership.start()
+
+    async def _publish_decisions(self) -> None:
+        """Once a second, this frontend's new control decisions to the store (for the others)."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.decisions.publish()
+            except Exception as exc:  # the store unreachable: the next second tries again
+                log.warning("could not publish decisions to the store: %s", exc)
 
     async def lead(self) -> None:
         """This frontend holds the controller lease: run the controller and the job runner."""
@@ -151,11 +162,12 @@ def build_cluster(settings: Settings, registry: Registry, leadership: Leadership
     )
 
 
-def _metrics(cluster: ClusterBackend) -> Metrics:
-    """Prometheus metrics; queue depths and worker liveness read from the backend at scrape time."""
+def _metrics(cluster: ClusterBackend, decisions: DecisionLog) -> Metrics:
+    """Prometheus metrics; queue depths, worker liveness and decision counts read at scrape time."""
     return Metrics(
         lambda: ((v, w.name, w.outstanding(v)) for w in cluster.workers for v in w.loaded),
         lambda: ((w.name, w.alive, w.restarts) for w in cluster.workers),
+        decisions=lambda: (decisions.counts, decisions.not_kept),
     )
 
 
@@ -167,9 +179,26 @@ def _online_busy(scaler: Autoscaler | None) -> str | None:
     return f"online variant {name} is overloaded ({why})"
 
 
+PUBLISHED_DECISIONS = 500  # of each frontend's control decisions, kept in the shared store
+
+
+def _decision_log(settings: Settings, registry: Registry, frontend: str) -> DecisionLog:
+    """The decision logs; each frontend's control decisions also go to the store (record kind
+    ``decisions``, named by frontend), where every other frontend reads them."""
+    store = registry.store
+
+    def publish(who: str, entries: list[dict]) -> None:
+        store.put("decisions", who, None, {"frontend": who, "entries": entries[-PUBLISHED_DECISIONS:]})
+
+    def remote() -> list[tuple[str, list[dict]]]:
+        return [(body["frontend"], body["entries"]) for body in store.list("decisions")]
+
+    return DecisionLog(settings.decision_log_size, frontend, publish, remote)
+
+
 def build_services(settings: Settings) -> Services:
     registry = Registry.open(settings.data_dir, settings.store)
-    decisions = DecisionLog(settings.decision_log_size)
+    decisions = _decision_log(settings, registry, frontend_id())
     background = Background(decisions)
     services: Services | None = None  # bound below; the lease's callbacks run only after start()
 
@@ -183,7 +212,7 @@ def build_services(settings: Settings) -> Services:
 
     leadership = Leadership(
         registry.store,
-        frontend_id(),
+        decisions.frontend,
         ttl_s=settings.lease_s,
         url=f"http://{settings.host}:{settings.port}",
         on_gain=lead,
@@ -193,7 +222,7 @@ def build_services(settings: Settings) -> Services:
     cluster = build_cluster(settings, registry, leadership)
     catalog = Catalog(registry, cluster.kind)
     latency = LatencyModel()
-    metrics = _metrics(cluster)
+    metrics = _metrics(cluster, decisions)
     placement = Placement(registry, catalog, cluster, settings, latency, decisions, background)
     profiling = Profiling(registry, catalog, cluster, settings, placement, decisions, background)
     policy = policy_named(settings.policy, scaling_from(settings))

@@ -138,9 +138,20 @@ def cmd_job(args) -> None:
 
 def cmd_decisions(args) -> None:
     with client_for(args) as client:
-        decisions = client.decisions(args.limit)
-    rows = ((time.strftime("%H:%M:%S", time.localtime(d["time"])), d["kind"], d["reason"]) for d in decisions)
-    show(args, decisions, "recent decisions", ("time", "kind", "reason"), rows)
+        decisions = client.decisions(args.limit, kind=args.kind, since=args.since)
+    rows = (
+        (
+            time.strftime("%H:%M:%S", time.localtime(d["time"])),
+            d["kind"],
+            " on ".join(filter(None, (d.get("variant"), d.get("worker")))) or "-",
+            d["reason"] + (f"  (+{d['similar']} like it this second)" if d.get("similar") else ""),
+        )
+        for d in decisions
+    )
+    what = f"decisions: {args.kind}" if args.kind else "recent decisions"
+    show(
+        args, decisions, what + (f" since {args.since}" if args.since else ""), ("time", "kind", "what", "reason"), rows
+    )
 
 
 def cmd_remove(args) -> None:
@@ -260,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_job)
 
     p = client_cmd("decisions", "recent decisions and their reasons")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--kind", help="only these kinds, comma-separated (e.g. add_worker,replicate; select: queries)")
+    p.add_argument("--since", help="only since: a Unix time, ISO 8601, or a span back such as 10m or 2h")
+    p.add_argument("--limit", type=int, default=50, help="the newest N (default 50)")
     p.set_defaults(fn=cmd_decisions)
 
     p = client_cmd("remove", "remove an architecture and its variants", json_flag=False)

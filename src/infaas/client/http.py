@@ -243,8 +243,18 @@ class Client:
     def workers(self) -> list[dict]:
         return self._json("GET", "/api/v1/workers")
 
-    def decisions(self, limit: int = 100) -> list[dict]:
-        return self._json("GET", "/api/v1/decisions", params={"limit": limit})
+    def decisions(
+        self, limit: int = 100, kind: str | list[str] | None = None, since: float | str | None = None
+    ) -> list[dict]:
+        """Decisions with their reasons, oldest first: the newest ``limit``, of ``kind`` (one, a list,
+        or comma-separated; ``select`` for sampled query selections), at or after ``since`` (Unix time,
+        ISO 8601, or a span back such as ``"10m"``)."""
+        params: dict[str, object] = {"limit": limit}
+        if kind:
+            params["kind"] = kind if isinstance(kind, str) else ",".join(kind)
+        if since is not None:
+            params["since"] = since
+        return self._json("GET", "/api/v1/decisions", params=params)
 
     def frontends(self) -> dict:
         """The frontends of this deployment and which one runs the controller (its lease and token)."""

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from infaas.decisions import parse_kinds, parse_since
 from infaas.errors import InvalidInput
 from infaas.frontend.openapi import openapi_schema
 from infaas.frontend.web import (
@@ -161,10 +162,18 @@ async def workers(request: Request) -> Response:
 
 
 async def decisions(request: Request) -> Response:
-    raw = request.query_params.get("limit", "100")
+    """Decisions, oldest first: ``kind`` (comma-separated), ``since`` (Unix time, ISO 8601 or a span
+    back such as 10m), ``limit`` (the newest N, 100 by default)."""
+    q = request.query_params
+    raw = q.get("limit", "100")
     if not raw.isdigit() or not 0 < int(raw) <= 100_000:
-        return error_response("limit must be an integer from 1 to 100000", 400)
-    return json_response(services_of(request).decisions.latest(int(raw)))
+        return error_response(f"limit must be an integer from 1 to 100000, got {raw!r}", 400)
+    try:
+        kinds = parse_kinds(q["kind"]) if "kind" in q else None
+        since = parse_since(q["since"]) if "since" in q else None
+    except ValueError as exc:
+        return error_response(str(exc), 400)
+    return json_response(services_of(request).decisions.query(kinds, since, int(raw)))
 
 
 async def autoscale(request: Request) -> Response:

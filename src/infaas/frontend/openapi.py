@@ -204,10 +204,15 @@ def openapi_schema() -> dict:
         },
         "/api/v1/decisions": {
             "get": _op(
-                "Recent decisions with their reasons",
+                "Decisions with their reasons, oldest first: control decisions (kept apart from query "
+                "traffic) and sampled per-query selections (`similar`: like ones not kept that second)",
                 "management",
                 schema={"type": "array", "items": obj},
-                params=[_query_param("limit", "how many, newest last")],
+                params=[
+                    _query_param("kind", "only these kinds, comma-separated (load, add_worker, select, ...)"),
+                    _query_param("since", "only at or after: a Unix time, ISO 8601, or a span back (10m, 2h)"),
+                    _query_param("limit", "the newest N (1-100000, default 100)"),
+                ],
             )
         },
         "/api/v1/frontends": {

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from infaas.serving.door import refusal_counter
 
@@ -91,12 +91,16 @@ class VariantStats:
 
 
 class Metrics:
-    """Everything the frontend counts; one instance per server (no global registry)."""
+    """Everything the frontend counts; one instance per server (no global registry). Names follow
+    Prometheus's conventions (units in names, ``_total`` counters, ``_seconds`` histograms) and
+    every label value is bounded (the router labels a request naming no registered model
+    ``(unknown)``)."""
 
     def __init__(
         self,
         queue_depths: Callable[[], Iterable[tuple[str, str, int]]],
         workers: Callable[[], Iterable[tuple[str, bool, int]]],
+        decisions: Callable[[], tuple[Mapping[str, int], int]] = lambda: ({}, 0),
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -110,12 +114,12 @@ class Metrics:
             registry=self.registry,
         )
         self.batch_size = Histogram(
-            "infaas_batch_size", "Rows per executed batch", ["variant"], buckets=BATCH_BUCKETS, registry=self.registry
+            "infaas_batch_rows", "Rows per executed batch", ["variant"], buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.door_refused = refusal_counter(self.registry)
         self.variants: dict[str, VariantStats] = defaultdict(VariantStats)
         self._children: dict[tuple[str, str], tuple] = {}
-        self.registry.register(_LiveCollector(queue_depths, workers))
+        self.registry.register(_LiveCollector(queue_depths, workers, decisions))
 
     def success(
         self,
@@ -159,25 +163,41 @@ class Metrics:
 
 
 class _LiveCollector:
-    """Gauges read at scrape time from the live cluster state."""
+    """Gauges and counters read at scrape time from the live cluster state and the decision log."""
 
-    def __init__(self, queue_depths, workers) -> None:
+    def __init__(self, queue_depths, workers, decisions) -> None:
         self.queue_depths = queue_depths
         self.workers = workers
+        self.decisions = decisions
 
     def collect(self):
         depth = GaugeMetricFamily(
-            "infaas_queue_depth", "Requests in flight per variant and worker", labels=["variant", "worker"]
+            "infaas_queue_depth_requests", "Requests in flight per variant and worker", labels=["variant", "worker"]
         )
+        replicas = GaugeMetricFamily("infaas_replicas", "Workers with the variant loaded", labels=["variant"])
+        hosting: dict[str, int] = defaultdict(int)
         for variant, worker, n in self.queue_depths():
             depth.add_metric([variant, worker], n)
+            hosting[variant] += 1
+        for variant, n in sorted(hosting.items()):
+            replicas.add_metric([variant], n)
         up = GaugeMetricFamily("infaas_worker_up", "1 when the worker process is running", labels=["worker"])
-        restarts = GaugeMetricFamily(
+        restarts = CounterMetricFamily(
             "infaas_worker_restarts", "Times the worker was restarted after dying", labels=["worker"]
         )
         for name, alive, n in self.workers():
             up.add_metric([name], 1 if alive else 0)
             restarts.add_metric([name], n)
-        yield depth
-        yield up
-        yield restarts
+        counts, not_kept = self.decisions()
+        decided = CounterMetricFamily(
+            "infaas_decisions",
+            "Decisions logged, by kind (scaling actions, loads, jobs, selections...)",
+            labels=["kind"],
+        )
+        for kind, n in sorted(counts.items()):
+            decided.add_metric([kind], n)
+        sampled = CounterMetricFamily(
+            "infaas_decisions_not_kept", "Per-query selections sampled out of the decision log (counted, not kept)"
+        )
+        sampled.add_metric([], not_kept)
+        yield from (depth, replicas, up, restarts, decided, sampled)

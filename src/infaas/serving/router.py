@@ -247,7 +247,12 @@ class Router:
             self.placement.prefetch(choice.prefetch)
         if not offline:
             self.decisions.log_decision(
-                "select", choice.reason, variant=chosen.name, worker=worker_name, predicted_ms=choice.predicted_ms
+                "select",
+                choice.reason,
+                scope=plan.scope,
+                variant=chosen.name,
+                worker=worker_name,
+                predicted_ms=choice.predicted_ms,
             )
         return chosen, worker_name, choice.reason, choice.predicted_ms, choice.cost_per_1k, learn
 
