@@ -394,3 +394,13 @@ def test_metrics_follow_prometheus_conventions_and_bound_their_labels(http, clie
     assert {"infaas_replicas", "infaas_worker_up", "infaas_worker_restarts", "infaas_decisions"} <= set(families)
     decided = {s.labels["kind"]: s.value for s in families["infaas_decisions"].samples if s.name.endswith("_total")}
     assert decided["select"] >= 1 and decided["load"] >= 1
+
+
+def test_the_dashboard_files_are_served_and_nothing_else_under_them(http):
+    page = http.get("/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/dashboard/app.js" in page.text and "cdn" not in page.text.lower()
+    assert http.get("/dashboard/app.js").headers["content-type"].startswith("text/javascript")
+    assert http.get("/dashboard/style.css").status_code == 200
+    for name in ("__init__.py", "index.html", "..%2Fopenapi.py", "nope.js"):
+        assert http.get(f"/dashboard/{name}").status_code == 404, name

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from infaas.decisions import parse_kinds, parse_since
 from infaas.errors import InvalidInput
+from infaas.frontend.dashboard import dashboard_routes
 from infaas.frontend.openapi import openapi_schema
 from infaas.frontend.web import (
     error_response,
@@ -236,6 +237,7 @@ def management_routes(keys: tuple[str, ...]) -> list[Route]:
         return Route(path, guard(fn, keys), methods=[method])
 
     return [
+        *dashboard_routes(),
         m("/metrics", metrics),
         Route("/api/v1/openapi.json", guard(openapi)),
         m("/api/v1/tasks", list_tasks),

@@ -103,6 +103,14 @@ def openapi_schema() -> dict:
         },
         "/metrics": {"get": _op("Prometheus metrics", "metrics")},
         "/api/v1/openapi.json": {"get": _op("This schema", "management", schema=obj)},
+        "/dashboard": {"get": _op("The web dashboard (HTML; its figures come from this API)", "management")},
+        "/dashboard/{name}": {
+            "get": _op(
+                "The dashboard's own files (app.js, style.css)",
+                "management",
+                params=[_path_param("name", "app.js or style.css")],
+            )
+        },
         "/api/v1/tasks": {"get": _op("List tasks", "management", schema={"type": "array", "items": obj})},
         "/api/v1/architectures": {
             "get": _op(

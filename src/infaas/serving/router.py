@@ -250,6 +250,7 @@ class Router:
                 "select",
                 choice.reason,
                 scope=plan.scope,
+                objective=_asked(plan.objective),
                 variant=chosen.name,
                 worker=worker_name,
                 predicted_ms=choice.predicted_ms,
@@ -370,3 +371,12 @@ def _outputs(req: InferRequest, plan: Plan, result: WorkerResult) -> list[InferO
         arr: np.ndarray = result.outputs[spec.name]
         outputs.append(InferOutput(spec.name, spec.datatype, tuple(arr.shape), arr, binary))
     return outputs
+
+
+def _asked(o: Objective) -> dict:
+    """The objective a query stated, for its decision entry (what the dashboard shows as in use)."""
+    return {
+        k: v
+        for k, v in (("latency_ms", o.latency_ms), ("min_accuracy", o.min_accuracy), ("max_cost", o.max_cost))
+        if v is not None
+    }

@@ -196,24 +196,31 @@ def save(models: list[ZooModel], directory: str | Path) -> list[Path]:
 def prepare_heavy(data_dir: Path | str) -> None:
     """Register ``digits-conv`` (accuracy measured, INT8 calibration data) in a data directory and
     generate and profile its variants (quick): the fixture of overload and autoscaling runs."""
+    register_and_profile(data_dir, [heavy()])
+
+
+def register_and_profile(data_dir: Path | str, models: list[ZooModel]) -> None:
+    """Register zoo models in a data directory (no server needed) and generate and profile each one's
+    variants (quick), one thread per variant."""
     import asyncio
 
     from infaas.profiler import profile_architecture
     from infaas.registry import Registry
     from infaas.settings import Settings
 
-    model = heavy()
     registry = Registry.open(data_dir)
     try:
-        registry.register(
-            model.name,
-            model.task,
-            model.onnx,
-            validation=model.validation,
-            calibration=model.calibration,
-            max_batch=16,
-            threads=1,
-        )
-        asyncio.run(profile_architecture(registry, model.name, Settings(data_dir=Path(data_dir)), quick=True))
+        for model in models:
+            registry.register(
+                model.name,
+                model.task,
+                model.onnx,
+                accuracy=model.accuracy,
+                validation=model.validation,
+                calibration=model.calibration,
+                max_batch=model.max_batch,
+                threads=1,
+            )
+            asyncio.run(profile_architecture(registry, model.name, Settings(data_dir=Path(data_dir)), quick=True))
     finally:
         registry.close()
