@@ -30,6 +30,7 @@ import platform
 import random
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 from infaas.cli.sim import summary_table  # noqa: E402
 from infaas.policy.autoscale import capacity_rps  # noqa: E402
@@ -125,6 +127,31 @@ def targets(runs: dict[str, dict]) -> list[tuple[str, str, bool | None]]:
     return out
 
 
+def decision_table(results: list[dict], minutes: int) -> Table:
+    """From each autoscaling contender's decision log: its actions per quarter of the run, and what
+    drove the workers it added after the peak (the middle of the run)."""
+    table = Table(title="the controller's decisions, per quarter of the run (from the simulator's decision log)")
+    table.add_column("contender")
+    table.add_column("kind")
+    quarter = minutes * 60 / 4
+    for i in range(4):
+        table.add_column(f"{i * minutes / 4:g}-{(i + 1) * minutes / 4:g} min", justify="right")
+    for r in results:
+        log = r.get("decisions") or []
+        for kind in sorted({d["kind"] for d in log}):
+            counts = [
+                sum(1 for d in log if d["kind"] == kind and i * quarter <= d["t"] < (i + 1) * quarter) for i in range(4)
+            ]
+            table.add_row(r["contender"], kind, *(f"{n:,}" for n in counts))
+        late = [d for d in log if d["kind"] == "add_worker" and d["t"] >= minutes * 30]
+        if late:
+            why = Counter(d["variant"] for d in late).most_common(3)
+            table.add_row(
+                r["contender"], "after the peak, add_worker for", ", ".join(f"{v} x{n}" for v, n in why), "", "", ""
+            )
+    return table
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=int, default=60)
@@ -177,6 +204,7 @@ def main() -> None:
         "contenders": results,
     }
     console.print(summary_table(result))
+    console.print(decision_table(results, minutes))
     console.print(f"oracle bound: ${bound['cost_usd']:.2f} ({bound['core_seconds']:,.0f} core-s)")
     checks = targets({r["contender"]: r for r in results})
     for what, figure, ok in checks:

@@ -128,6 +128,12 @@ def test_infaas_scales_up_for_a_step_and_back_down_after():
     assert r["workers"] == {"start": 1, "peak": max(w for _, w, _ in timeline), "end": 1}
     # it served the step: far fewer violations than one static replica sized for the mean would
     assert r["violation_rate"] < 0.15
+    # the decision log: every action with its time and the policy's reason, in order
+    log = r["decisions"]
+    assert [d["t"] for d in log] == sorted(d["t"] for d in log) and all(d["reason"] for d in log)
+    assert {k: sum(1 for d in log if d["kind"] == k) for k in r["actions"]} == r["actions"]
+    first_up = next(d for d in log if d["kind"] == "add_worker")
+    assert 10 <= first_up["t"] < 20 and "overloaded" in first_up["reason"]
 
 
 def test_bad_inputs_name_the_field_or_line():

@@ -53,8 +53,8 @@ def summarize(sim: Simulation) -> dict:
         "loads": sim.loads,
         "loads_at_start": sim.loads_at_start,
         "events": sim.event_count,
-        "actions": dict(sorted(sim.actions.items())),
-        "blocked": sim.blocked,
+        "actions": dict(sorted(Counter(d["kind"] for d in sim.decisions if d["kind"] != "blocked").items())),
+        "blocked": sum(1 for d in sim.decisions if d["kind"] == "blocked"),
         "workers": {
             "start": sum(p.workers for p in sim.fleet.pools) if not sim.static else len(sim.workers),
             "peak": max((n for _, n, _ in sim.timeline), default=len(sim.workers)),
@@ -63,6 +63,7 @@ def summarize(sim: Simulation) -> dict:
         "apps": per_app,
         "series": series(sim),
         "timeline": [list(x) for x in sim.timeline],
+        "decisions": sim.decisions,
     }
 
 

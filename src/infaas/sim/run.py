@@ -6,9 +6,8 @@
   request waits for its load (or expires). Every ``autoscale_interval_s`` the controller's round
   runs: worker reports -> :class:`~infaas.control.samples.Observations` ->
   :func:`~infaas.control.samples.policy_round` -> actions applied to the simulated fleet.
-- ``static-peak`` / ``static-mean``: each app pinned to its hand-picked variant, on replicas sized
-  for the trace's peak or mean rate (:mod:`infaas.sim.static`), loaded before the first request,
-  never changed; requests go to the least-busy replica (:func:`~infaas.policy.loaded.select_loaded`).
+- ``static-peak`` / ``static-mean``: each app's hand-picked variant on replicas sized for the trace's
+  peak or mean rate (:mod:`infaas.sim.static`), never changed; requests go to the least-busy one.
 
 Nothing here reads the wall clock: a run is a function of its inputs and its seed.
 """
@@ -16,7 +15,6 @@ Nothing here reads the wall clock: a run is a function of its inputs and its see
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,8 +64,8 @@ class Simulation:
         self.workers: list[SimWorker] = []
         self.requests: list[Request] = []
         self.latency = LatencyModel()
-        self.actions: Counter[str] = Counter()
-        self.loads = self.blocked = 0
+        self.decisions: list[dict] = []  # the controller's actions (and blocked ones) with their reasons
+        self.loads = 0
         self.timeline: list[tuple[float, int, int]] = []  # (t, workers, replicas) each controller round
         self.flagged: dict[str, str] = {}
         self._named = 0
@@ -406,10 +404,9 @@ class Simulation:
         variant = self.catalog.variants.get(action.variant)
         if action.kind == "add_worker":
             if len(live) >= pool.most:
-                self.blocked += 1
-                return
+                return self._acted(action, "blocked")
             worker = self._add_worker(pool)
-            self.actions[action.kind] += 1
+            self._acted(action)
             if variant is not None:
                 self._load(variant, worker)
             return
@@ -421,30 +418,33 @@ class Simulation:
             self._placed += 1
             state.policy.worker_removed(state.memory, w.name)
             state.seen.forget_worker(w.name)
-            self.actions[action.kind] += 1
-            return
+            return self._acted(action)
         if variant is None:
             return
         if action.kind == "replicate":
             w = live.get(action.target)
             if w is not None and not w.hosts(variant.name):
                 self._load(variant, w)
-                self.actions[action.kind] += 1
+                self._acted(action)
         elif action.kind == "unload":
             w = live.get(action.target)
             if w is not None and w.hosts(variant.name):
                 self._unload(w, variant.name)
-                self.actions[action.kind] += 1
+                self._acted(action)
         elif action.kind in ("upgrade", "downgrade"):
             target = self.catalog.variants.get(action.target)
             if target is None:
                 return
-            self.actions[action.kind] += 1
+            self._acted(action)
             for w in [w for w in live.values() if w.hosts(variant.name)]:
                 if w.hosts(target.name):
                     self._unload(w, variant.name)
                 else:
                     self._load(target, w, replaces=variant.name)
+
+    def _acted(self, action, kind: str = "") -> None:
+        entry = {"t": round(self.events.now, 3), "kind": kind or action.kind, "variant": action.variant}
+        self.decisions.append({**entry, "target": action.target, "reason": action.reason})
 
     def summary(self) -> dict:
         return summarize(self)
