@@ -178,3 +178,21 @@ def test_the_latency_line_goes_through_batches_1_4_8_as_the_original_profiler_me
     )
     assert fit_ms(p, 1) == pytest.approx(4.0) and fit_ms(p, 16) == pytest.approx(19.0)  # not the measured 40
     assert fit_ms(P[SLOW.name], 2) == pytest.approx(10.0)  # without those three: the profile's own fit
+
+
+def test_slots_are_looked_up_only_for_the_variants_the_scan_reaches():
+    """Least slack is decided by the fitted line alone: the slots (a cost per hosting worker) of a
+    faster running candidate are never asked for when a slower one runs and is not flagged."""
+    options = [Option(v, P[v.name], (("w0", 0),)) for v in (SLOW, FAST)]
+    index = ScopeIndex(options)
+    asked = []
+
+    def live(name):
+        asked.append(name)
+        return (("w0", 0),)
+
+    c = select_original(Objective(latency_ms=10), index.ordered, index, 1, "t", live)
+    assert c.variant is SLOW and asked == ["a.slow"]
+    asked.clear()
+    c = select_original(Objective(latency_ms=10), index.ordered, index, 1, "t", live, {"a.slow"})
+    assert c.variant is FAST and asked == ["a.fast"]  # a flagged one is passed over unasked

@@ -136,6 +136,10 @@ def test_measured_batch_table_drives_the_prediction_and_a_fit_never_reaches_zero
     # noisy measurements where a larger batch read faster: never predicted faster than a smaller one
     noisy = Profile(variant=v.name, hardware="cpu", latency_p50_ms={1: 4.0, 4: 3.5, 8: 9.0})
     assert noisy.predict_ms(4) >= noisy.predict_ms(1)
+    # answers are memoised per batch size; a copy with another table is not answered from the memo
+    assert table.predict_ms(2) == pytest.approx(4.0 + 2.0 / 3)
+    slower = table.model_copy(update={"latency_p50_ms": {1: 8.0, 4: 12.0, 8: 20.0}})
+    assert slower.predict_ms(2) == pytest.approx(8.0 + 4.0 / 3) and table.predict_ms(2) == pytest.approx(4.0 + 2.0 / 3)
 
 
 def test_loaded_preferred_over_cheaper_cold():

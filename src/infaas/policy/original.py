@@ -136,17 +136,27 @@ def select_original(
             return False
         return lat is None or fit_ms(o.profile, rows) <= lat
 
-    running = [(o, slots) for o in loaded if admissible(o) and (slots := live(o.variant.name))]
-    fresh = [(o, s) for o, s in running if o.variant.name not in flagged]
-    if fresh:
-        o, slots = max(fresh, key=lambda x: fit_ms(x[0].profile, rows))
-        return _pick(o, slots, rows, scope, "the running variant with the least slack")
+    # slowest first (max() over the same list would keep the first of equals; a stable sort does
+    # too); a variant's slots are looked up only when the scan reaches it, not for every one loaded
+    ranked = sorted((o for o in loaded if admissible(o)), key=lambda o: -fit_ms(o.profile, rows))
+    seen: dict[str, tuple[Slot, ...] | None] = {}
+
+    def slots_of(o: Option) -> tuple[Slot, ...] | None:
+        name = o.variant.name
+        if name not in seen:
+            seen[name] = live(name)
+        return seen[name]
+
+    o = next((o for o in ranked if o.variant.name not in flagged and slots_of(o)), None)
+    if o is not None:
+        return _pick(o, slots_of(o), rows, scope, "the running variant with the least slack")
+    running = next((o for o in ranked if slots_of(o)), None)  # every running one is flagged
     hosted = {o.variant.name for o in loaded}
     cold = [o for o in index.ordered if o.variant.name not in hosted and admissible(o)]
     if cold:
         o = min(cold, key=lambda x: (x.variant.max_batch, -fit_ms(x.profile, rows)))
         pred = fit_ms(o.profile, rows)
-        why = "every running one is overloaded" if running else "none runs"
+        why = "every running one is overloaded" if running is not None else "none runs"
         return Choice(
             o.variant,
             None,
@@ -158,9 +168,8 @@ def select_original(
                 f"cold start in the request path ({o.profile.load_time_ms:.0f} ms to load, not counted)"
             ),
         )
-    if running:
-        o, slots = max(running, key=lambda x: fit_ms(x[0].profile, rows))
-        return _pick(o, slots, rows, scope, "overloaded, but the only kind that meets the objective")
+    if running is not None:
+        return _pick(running, slots_of(running), rows, scope, "overloaded, but the only kind that meets the objective")
     fitting = [o for o in index.ordered if o.variant.max_batch >= rows and o.variant.status == "ready"]
     if not fitting:
         raise Unreachable(f"{scope}: no ready variant takes a batch of {rows}")

@@ -40,6 +40,9 @@ class Policy(Protocol):
     name: str
     scaling: ScalingConfig  # the thresholds every state report uses (state_of), whichever policy acts
     learns_latency: bool  # whether the router learns a residual from this policy's predictions
+    # whether its selection reads a replica's whole Slot (batching, learned correction, the work of
+    # other variants on its cores) or only (worker, rows in flight): the caller builds no more
+    reads_slots: bool
 
     def select(
         self,
@@ -77,6 +80,7 @@ class InfaasPolicy:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     name: str = OURS
     learns_latency: bool = True
+    reads_slots: bool = True
 
     def select(self, objective, loaded, index, rows, scope, live, flagged) -> Choice:
         return select_sorted(objective, loaded, index, rows, scope, live)
@@ -104,6 +108,7 @@ class OriginalPolicy:
     original: OriginalConfig = field(default_factory=OriginalConfig)
     name: str = ORIGINAL
     learns_latency: bool = False
+    reads_slots: bool = False  # least slack by its fitted line, then the fewest rows in flight
 
     def select(self, objective, loaded, index, rows, scope, live, flagged) -> Choice:
         return select_original(objective, loaded, index, rows, scope, live, flagged)

@@ -136,7 +136,7 @@ class Profile(_Record):
     measured_at: float = Field(default_factory=time.time)
 
     # (the table it was built from, sizes, monotone ms): rebuilt when a copy carries another table
-    _table: tuple[dict, list[int], list[float]] | None = PrivateAttr(default=None)
+    _table: tuple[dict, list[int], list[float], dict] | None = PrivateAttr(default=None)
 
     def predict_ms(self, batch: int) -> float:
         """Latency of one batch of ``batch`` rows. From the measured p50 per batch size: linear
@@ -145,7 +145,8 @@ class Profile(_Record):
         zero. Without measurements, the linear fit, clamped at half its slope per row (a fit can cross
         zero at small batches, which would make capacity infinite)."""
         # the private dict read directly: pydantic's attribute hook for private attributes took 6 us
-        # of a 9-us call, on the router's hot path (every slot of every candidate of every request)
+        # of a 9-us call, on the router's hot path (every slot of every candidate of every request);
+        # answers are memoised per batch size (the simulator asks ~250 times per request)
         private = self.__pydantic_private__
         table = private["_table"] if private else None
         if table is None or table[0] is not self.latency_p50_ms:
@@ -154,12 +155,21 @@ class Profile(_Record):
             for b in sizes:  # a larger batch is never predicted faster than a smaller one
                 top = max(top, self.latency_p50_ms[b])
                 ms.append(top)
-            table = self._table = (self.latency_p50_ms, sizes, ms)
-        _, sizes, ms = table
+            table = self._table = (self.latency_p50_ms, sizes, ms, {})
+        _, sizes, ms, memo = table
         batch = max(1, batch)
         if not sizes or ms[-1] <= 0:
             # floor: half the fit's marginal cost of the rows (a fit below that crossed zero nearby)
             return max(self.fit_slope_ms * batch + self.fit_intercept_ms, 0.5 * self.fit_slope_ms * batch, 1e-3)
+        got = memo.get(batch)
+        if got is None:
+            got = self._between(sizes, ms, batch)
+            if len(sizes) > 1 and len(memo) < 4096:  # (one size: the fit's slope, which may change)
+                memo[batch] = got
+        return got
+
+    def _between(self, sizes: list[int], ms: list[float], batch: float) -> float:
+        """``predict_ms`` from the measured table (``sizes`` ascending, ``ms`` monotone)."""
         if batch <= sizes[0]:
             return max(ms[0] * batch / sizes[0], 1e-3)
         if batch >= sizes[-1]:

@@ -258,6 +258,8 @@ class Router:
         return chosen, worker_name, choice.reason, choice.predicted_ms, choice.cost_per_1k, learn
 
     def _slot(self, worker: WorkerHandle, name: str) -> Slot:
+        if not self.policy.reads_slots:
+            return worker.name, worker.rows_in_flight(name)
         in_flight = {v: worker.rows_in_flight(v) for v in worker.loaded_names()}
         return self.latency.slot(worker.name, name, in_flight, self.catalog.profiles, self.catalog.variants)
 

@@ -1,11 +1,11 @@
 """One contender on one trace, on simulated time.
 
-- ``infaas`` / ``infaas-original``: every request asks the policy (``Policy.select``, with slots
-  from the same :class:`~infaas.policy.latency.LatencyModel` the router keeps); a variant not
-  loaded is cold-started on the worker :func:`~infaas.policy.loaded.least_busy` names, and the
-  request waits for its load (or expires). Every ``autoscale_interval_s`` the controller's round
-  runs: worker reports -> :class:`~infaas.control.samples.Observations` ->
-  :func:`~infaas.control.samples.policy_round` -> actions applied to the simulated fleet.
+- ``infaas`` / ``infaas-original``: every request asks the policy (``Policy.select``, with slots from
+  the router's :class:`~infaas.policy.latency.LatencyModel`); a variant not loaded is cold-started
+  on the worker :func:`~infaas.policy.loaded.least_busy` names, and the request waits for its load
+  (or expires). Every ``autoscale_interval_s`` the controller's round runs: worker reports ->
+  :class:`~infaas.control.samples.Observations` -> :func:`~infaas.control.samples.policy_round` ->
+  actions applied to the simulated fleet.
 - ``static-peak`` / ``static-mean``: each app's hand-picked variant on replicas sized for the trace's
   peak or mean rate (:mod:`infaas.sim.static`), never changed; requests go to the least-busy one.
 
@@ -65,13 +65,12 @@ class Simulation:
         self.requests: list[Request] = []
         self.latency = LatencyModel()
         self.decisions: list[dict] = []  # the controller's actions (and blocked ones) with their reasons
-        self.loads = 0
+        self.loads = self._named = 0
         self.timeline: list[tuple[float, int, int]] = []  # (t, workers, replicas) each controller round
         self.flagged: dict[str, str] = {}
-        self._named = 0
         self._options: dict[str, ScopeIndex] = {}
-        self._placed = 0  # bumped whenever a replica becomes ready or leaves, or a worker comes or goes
-        self._view_at = -1
+        # _placed is bumped whenever a replica becomes ready or leaves, or a worker comes or goes
+        self._placed, self._view_at = 0, -1
         self._hosting: dict[str, tuple[SimWorker, ...]] = {}  # variant -> the workers with it ready
         self._loaded: dict[str, list] = {}  # task -> its loaded options, by cost
         self.pools: list[PoolState] = []
@@ -138,8 +137,7 @@ class Simulation:
         return [w for w in self.workers if w.removed is None]
 
     def _view(self) -> dict[str, tuple[SimWorker, ...]]:
-        """Which workers have each variant ready; rebuilt only when the placement changed (as the
-        router caches its loaded options until a worker's placement changes)."""
+        """Which workers have each variant ready; rebuilt when the placement changed (as the router's)."""
         if self._view_at != self._placed:
             hosting: dict[str, list[SimWorker]] = {}
             for w in self._live():
@@ -164,6 +162,8 @@ class Simulation:
         seen: dict[str, tuple[dict[str, int], dict[str, float]]] = {}  # per worker, once per request
 
         def slot(w: SimWorker, name: str):
+            if not self.policy.reads_slots:  # (worker, rows in flight) is all it reads
+                return w.name, w.hosted[name].replica.in_flight_rows
             rows, drains = seen.get(w.name) or seen.setdefault(w.name, (w.in_flight(), {}))
             return self.latency.slot(w.name, name, rows, self.catalog.profiles, self.catalog.variants, drains)
 
