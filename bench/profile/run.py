@@ -53,15 +53,7 @@ def main() -> None:
     with console.status("exporting to ONNX"):
         models = efficientnet.build(names)
         for m in models:
-            registry.register(
-                m.name,
-                m.task,
-                m.onnx,
-                accuracy=m.accuracy,
-                calibration=m.calibration,
-                max_batch=m.max_batch,
-                description=m.description,
-            )
+            m.register_in(registry)
     export_s = time.monotonic() - t0
     results = {}
     with Progress(console=console) as progress:

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     )
     cores_per_worker: int = Field(0, ge=0, description="0: split this machine's cores evenly")
     default_max_batch: int = Field(16, ge=1)
+    runtimes: CommaList = Field(
+        default_factory=lambda: ["onnxruntime", "openvino"],
+        description="runtimes whose variants registration generates (onnxruntime always; openvino when installed)",
+    )
     instances_per_variant: int = Field(
         1, ge=1, description="runtime instances per loaded variant, sharing its queue and the worker's cores"
     )
@@ -189,11 +193,21 @@ class Settings(BaseSettings):
                 raise ValueError(f"node_ports must look like 41000-41099, not {value!r}")
         return value
 
-    @field_validator("api_keys", "management_api_keys", "job_roots", mode="before")
+    @field_validator("api_keys", "management_api_keys", "job_roots", "runtimes", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("runtimes")
+    @classmethod
+    def _known_runtimes(cls, value: list[str]) -> list[str]:
+        from infaas.registry.types import RUNTIMES
+
+        unknown = [r for r in value if r not in RUNTIMES]
+        if unknown:
+            raise ValueError(f"unknown runtime(s) {', '.join(unknown)}: one of {', '.join(RUNTIMES)}")
         return value
 
     def port_range(self) -> tuple[int, int]:

@@ -215,3 +215,26 @@ def test_unprofiled_unloaded_variants_cold_start_without_a_latency_objective():
         select(Objective(min_accuracy=0.9, latency_ms=50), unprofiled, 1, "t")
     with pytest.raises(Unreachable, match="min_accuracy 0.99 unreachable for t: no variant has a known accuracy"):
         select(Objective(min_accuracy=0.99), [Option(var("x.fp32", None), None, ())], 1, "t")
+
+
+def test_the_choice_across_runtimes_goes_to_whichever_measures_cheaper():
+    """No special case for a runtime: an OpenVINO and an ONNX Runtime form of one graph compete on
+    their profiles alone; swap the measurements and the choice swaps."""
+
+    def v(fmt):
+        return Variant(
+            name=f"m.{fmt}.cpu.t2.b16",
+            architecture="m",
+            format=f"{'' if fmt.startswith('ov-') else 'onnx-'}{fmt}",
+            artifact_hash="h",
+            accuracy=0.9,
+            accuracy_source="measured",
+            status="ready",
+        )
+
+    ort, ov = v("int8-static"), v("ov-int8")
+    for fast, slow in ((ov, ort), (ort, ov)):
+        profiles = {fast.name: prof(fast, 0.2, 0.5, 1e-5), slow.name: prof(slow, 0.4, 0.5, 2e-5)}
+        options = [Option(x, profiles[x.name], ()) for x in (ort, ov)]
+        c = select(Objective(latency_ms=100, min_accuracy=0.85), options, 1, "task t")
+        assert c.variant is fast and c.worker is None  # a cold start of the cheaper one

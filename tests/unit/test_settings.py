@@ -1,6 +1,8 @@
 import json
 
-from infaas.settings import load_settings
+import pytest
+
+from infaas.settings import Settings, load_settings
 
 
 def test_precedence_file_then_env_then_flags(tmp_path, monkeypatch):
@@ -12,3 +14,17 @@ def test_precedence_file_then_env_then_flags(tmp_path, monkeypatch):
     assert (s.port, s.workers, str(s.data_dir)) == (9000, 2, str(tmp_path / "f"))
     s = load_settings(cfg, workers=5, port=None)
     assert (s.port, s.workers) == (9000, 5)
+
+
+def test_runtimes_are_named_from_a_list_and_checked(monkeypatch):
+    from infaas.registry.types import runtime_of
+
+    assert Settings().runtimes == ["onnxruntime", "openvino"]
+    monkeypatch.setenv("INFAAS_RUNTIMES", "onnxruntime")
+    assert Settings().runtimes == ["onnxruntime"]
+    with pytest.raises(ValueError, match="unknown runtime"):
+        Settings(runtimes="onnxruntime,tensorflow")
+    # a variant's format names its runtime and how that runtime loads it
+    assert runtime_of("onnx-int8-static") == ("onnxruntime", {})
+    assert runtime_of("ov-bf16") == ("openvino", {"precision": "bf16"})
+    assert runtime_of("ov-fp32") == ("openvino", {"precision": "f32"})

@@ -10,6 +10,7 @@ from rich.progress import Progress
 from infaas.cli.common import client_for, err
 from infaas.cli.tables import accuracy_cell, console, print_json, print_variants, show, status_cell
 from infaas.client import Client
+from infaas.registry.types import runtime_of
 from infaas.settings import load_settings
 
 
@@ -175,6 +176,7 @@ def cmd_profile(args) -> None:
             variants = [
                 {
                     **v.model_dump(mode="json"),
+                    "runtime": runtime_of(v.format)[0],
                     "loaded_on": [],
                     "profile": (p.model_dump(mode="json") if (p := registry.profile(v.name)) else None),
                 }

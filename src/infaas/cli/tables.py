@@ -66,8 +66,8 @@ def variants_table(variants: list[dict], title: str) -> Table:
     table = Table(
         title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False, caption=caption
     )
-    for col in ("variant", "status", "p50@1/max", "rows/s", "MB", "load", "quality", "n", "µ$/1k"):
-        table.add_column(col, justify="left" if col in ("variant", "status") else "right", no_wrap=True)
+    for col in ("variant", "runtime", "status", "p50@1/max", "rows/s", "MB", "load", "quality", "n", "µ$/1k"):
+        table.add_column(col, justify="left" if col in ("variant", "runtime", "status") else "right", no_wrap=True)
     for v in sorted(variants, key=lambda v: (v["format"], v["threads"], v["max_batch"])):
         p = v.get("profile") or {}
         lat = p.get("latency_p50_ms") or {}
@@ -76,6 +76,7 @@ def variants_table(variants: list[dict], title: str) -> Table:
         status = "loaded" if v.get("loaded_on") else v["status"]
         table.add_row(
             label,
+            v.get("runtime") or "onnxruntime",
             status,
             f"{num(lat.get('1'))}/{num(lat.get(top))}" if lat else "-",
             num(p.get("throughput"), ".0f"),

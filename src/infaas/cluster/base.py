@@ -37,6 +37,8 @@ class LoadSpec:
     # its batch size from it instead of timing every batch size at load (a cold start stays as fast
     # as the profile's load time says)
     batch_ms: tuple[tuple[int, float], ...] = ()
+    format: str = "onnx-fp32"  # which runtime runs the artifact, and how (registry.types.runtime_of)
+    cache_dir: str = ""  # where a runtime that compiles (OpenVINO) keeps its compiled blobs; "": none
 
 
 def spec_msg(spec: LoadSpec) -> dict:
@@ -55,6 +57,8 @@ def spec_msg(spec: LoadSpec) -> dict:
         "admission": spec.admission,
         "sha256": spec.sha256,
         "batch_ms": dict(spec.batch_ms),
+        "format": spec.format,
+        "cache_dir": spec.cache_dir,
     }
 
 
@@ -76,6 +80,8 @@ def spec_from_msg(m: dict) -> LoadSpec:
         admission=m.get("admission", True),
         sha256=m.get("sha256", ""),
         batch_ms=tuple(sorted((int(b), float(ms)) for b, ms in (m.get("batch_ms") or {}).items())),
+        format=m.get("format", "onnx-fp32"),
+        cache_dir=m.get("cache_dir", ""),
     )
 
 

@@ -86,6 +86,8 @@ class Placement:
             max_queue_bytes=self.settings.max_queue_bytes,
             admission=self.settings.admission_control,
             sha256=variant.artifact_hash.split(".", 1)[0],
+            format=variant.format,
+            cache_dir=str(self.registry.models.root.parent / "cache" / "openvino"),
         )
         if (prof := self.catalog.profiles.get(variant.name)) is not None:
             spec = dataclasses.replace(

@@ -25,6 +25,7 @@ from infaas.frontend.web import (
     services_of,
 )
 from infaas.protocol.params import parse_bool, parse_number
+from infaas.registry.types import runtime_of
 
 
 async def metrics(request: Request) -> Response:
@@ -139,6 +140,7 @@ def _variant_row(request: Request, v) -> dict:
     prof = services.catalog.profiles.get(v.name)
     return {
         **v.model_dump(mode="json"),
+        "runtime": runtime_of(v.format)[0],
         "loaded_on": [w.name for w in services.cluster.workers if w.hosts(v.name)],
         "profile": None if prof is None else prof.model_dump(mode="json"),
     }

@@ -90,6 +90,7 @@ async def measure_on_worker(
                 "threads": m.threads,
                 "inputs": data.inputs,
                 "provider": m.provider,
+                "format": m.artifact.format,
                 "batches": batches,
                 "repeats": repeats,
                 "warmup": warmup,

@@ -274,11 +274,10 @@ async def profile_architecture(
     calibrate at full speed meanwhile)."""
     started = time.monotonic()
     say = progress or (lambda what, done, total: None)
-    arch, metric = _architecture_and_metric(registry, name)
-    kind = local_kind()
+    arch, metric, kind = *_architecture_and_metric(registry, name), local_kind()
     say("generating variants", 0, 1)
-    gpu = cuda_available()
-    artifacts, skipped = await asyncio.to_thread(generate, registry, arch, gpu=gpu, progress=lambda msg: say(msg, 0, 1))
+    gpu, runtimes, told = cuda_available(), tuple(settings.runtimes), lambda msg: say(msg, 0, 1)
+    artifacts, skipped = await asyncio.to_thread(generate, registry, arch, gpu=gpu, progress=told, runtimes=runtimes)
     max_threads = _max_threads(settings, backend)
     new_worker = backend.measuring_worker if backend is not None else measuring_worker
     data, axis_text, measure = _measurer(registry, arch, metric, settings, quick, before_measure, new_worker)

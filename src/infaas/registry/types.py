@@ -182,6 +182,19 @@ class Profile(_Record):
         return ms[i - 1] + (ms[i] - ms[i - 1]) * (batch - b0) / (b1 - b0)
 
 
+RUNTIMES = ("onnxruntime", "openvino")
+# the formats of a variant per runtime: ORT runs ``onnx-*``; OpenVINO runs ``ov-*`` from the same
+# ONNX graphs (fp32 and bf16 from the registered one, int8 from ORT's QDQ artifact)
+OPENVINO_FORMATS = {"ov-fp32": {"precision": "f32"}, "ov-bf16": {"precision": "bf16"}, "ov-int8": {"precision": "f32"}}
+
+
+def runtime_of(fmt: str) -> tuple[str, dict]:
+    """(runtime, its load options) of a variant's format: ``ov-*`` OpenVINO, else ONNX Runtime."""
+    if fmt in OPENVINO_FORMATS:
+        return "openvino", dict(OPENVINO_FORMATS[fmt])
+    return "onnxruntime", {}
+
+
 def variant_name(architecture: str, fmt: str, provider: str, threads: int, max_batch: int) -> str:
     """Self-explaining variant names, e.g. ``digits-mlp.fp32.cpu.t2.b16``."""
     short_fmt = fmt.removeprefix("onnx-")

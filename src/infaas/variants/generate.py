@@ -9,7 +9,8 @@ Formats (each an ONNX artifact in the model store):
   then the most sensitive nodes kept in fp32: ``int8-mixed``) and keeps the fastest that meets it;
 - ``onnx-int8-dynamic``: dynamic quantization (int8 weights, activations quantized at run time;
   MatMul-heavy graphs such as transformers), searched the same way;
-- ``onnx-fp16``: only when a CUDA provider is present (skipped here otherwise, with the reason).
+- ``onnx-fp16``: only when a CUDA provider is present (skipped here otherwise, with the reason);
+- ``ov-fp32``, ``ov-bf16``, ``ov-int8``: the same graphs run by OpenVINO (:mod:`infaas.variants.openvino`).
 Execution configurations multiply each format: intra-op threads (1, 2, 4 … up to a worker's
 cores) and max batch (1, 4, 8, 16 … up to the architecture's max batch). Whether a variant is any
 good is the profiler's business: nothing here decides by rule that a format is slow.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 
 from infaas.registry import Architecture, Registry, Variant, variant_name
 from infaas.variants.artifact import Artifact, Skipped
+from infaas.variants.openvino import openvino_artifacts
 from infaas.variants.quantize import DEFAULT_RECIPES, Quantizer
 
 
@@ -45,8 +47,10 @@ def generate_artifacts(
     *,
     gpu: bool = False,
     progress: Callable[[str], None] | None = None,
+    runtimes: tuple[str, ...] | list[str] = ("onnxruntime", "openvino"),
 ) -> tuple[list[Artifact], list[Skipped]]:
-    """Build every format of ``arch`` with its default recipe and store it; returns the artifacts and
+    """Build every format of ``arch`` with its default recipe and store it, for ``runtimes``
+    (ONNX Runtime always: its fp32 graph is every variant's parent); returns the artifacts and
     what was skipped, with why."""
     artifacts = [Artifact("onnx-fp32", arch.model_hash, "baseline", {"graph_optimization": "all"})]
     skipped: list[Skipped] = []
@@ -80,6 +84,11 @@ def generate_artifacts(
             )
         except Exception as exc:
             skipped.append(Skipped("onnx-fp16", f"conversion failed: {exc}"))
+    if "openvino" in runtimes:
+        say("OpenVINO: checking that it converts the graph")
+        more, why_not = openvino_artifacts(registry, arch, artifacts)
+        artifacts += more
+        skipped += why_not
     return artifacts, skipped
 
 

@@ -9,6 +9,7 @@ loads and unloads run on a side thread so inference keeps flowing meanwhile.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ import numpy as np
 
 from infaas.errors import Unavailable
 from infaas.protocol.worker_wire import SocketChannel
+from infaas.registry.types import runtime_of
 from infaas.worker.batcher import BatchQueue, Pending, preferred_batch
 from infaas.worker.executor import VariantExecutor
 from infaas.worker.measure import (
@@ -33,7 +35,7 @@ from infaas.worker.measure import (
     verify_artifact,
     warm_up,
 )
-from infaas.worker.runtime import OnnxRuntime, Runtime, infer_checked
+from infaas.worker.runtime import OnnxRuntime, Runtime, infer_checked, make_runtime
 
 _MAX_TIMED_RUNS = 2000  # the most runs one batch size gets towards its time floor
 
@@ -127,11 +129,13 @@ class Worker:
         instances = max(1, msg.get("instances", 1))
         runtimes = []
         for _ in range(instances):
-            runtime = OnnxRuntime(
+            runtime = make_runtime(
                 msg["path"],
+                msg.get("format", "onnx-fp32"),
                 threads=max(1, min(msg.get("threads", self.threads), self.threads // instances)),
                 provider=msg.get("provider", "cpu"),
                 allow_spinning=self.allow_spinning,
+                cache_dir=msg.get("cache_dir") or None,
             )
             runtime.load()
             runtimes.append(runtime)
@@ -233,9 +237,14 @@ class Worker:
         and, when ``evaluate`` names the task's metric, the answers the quality estimate needs."""
         import onnxruntime  # noqa: F401  (imported before the baseline, so only the variant is counted)
 
+        fmt = msg.get("format", "onnx-fp32")
+        if runtime_of(fmt)[0] == "openvino":
+            with contextlib.suppress(ImportError):  # (likewise; not installed: the load says so)
+                import openvino  # noqa: F401
         rss_before = rss_mb()
-        runtime = OnnxRuntime(
+        runtime = make_runtime(
             msg["path"],
+            fmt,
             threads=min(msg["threads"], self.threads),
             provider=msg.get("provider", "cpu"),
             allow_spinning=self.allow_spinning,

@@ -13,10 +13,17 @@ from infaas.errors import RuntimeContractError
 
 
 class Runtime(Protocol):
+    """What the worker, the profiler's measurements and the batching code ask of a runtime."""
+
+    threads: int
+    load_time_s: float
+
     def load(self) -> None: ...
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
     def unload(self) -> None: ...
     def metadata(self) -> dict: ...
+    def release_memory(self) -> None: ...
+    def sample_inputs(self, rows: int) -> dict[str, np.ndarray] | None: ...
 
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -112,6 +119,101 @@ class OnnxRuntime:
             "provider": self.provider,
             "load_time_s": self.load_time_s,
         }
+
+
+class OpenVinoRuntime:
+    """An OpenVINO compiled model for one variant: the registered ONNX graph (or ORT's QDQ INT8 one),
+    compiled for the CPU at ``precision`` ("f32" or "bf16": OpenVINO's inference precision hint,
+    which defaults to bf16 on CPUs that have it, so fp32 variants ask for f32 explicitly) with
+    ``threads`` threads and one stream; one infer request, its outputs copied out (the request
+    reuses its buffers). ``cache_dir``: OpenVINO's model cache (compiled blobs by content), so a
+    reload skips the compile."""
+
+    def __init__(
+        self, path: str | Path, threads: int = 1, precision: str = "f32", cache_dir: str | Path | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.threads = max(1, threads)
+        self.precision = precision
+        self.cache_dir = cache_dir
+        self.provider = "cpu"
+        self._compiled = None
+        self._request = None
+        self.load_time_s = 0.0
+
+    def load(self) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise RuntimeContractError(f"OpenVINO is not installed ({exc}): pip install 'infaas[openvino]'") from None
+        start = time.perf_counter()
+        core = ov.Core()
+        if self.cache_dir is not None:
+            core.set_property({"CACHE_DIR": str(self.cache_dir)})
+        config = {
+            "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": 1,
+            "INFERENCE_PRECISION_HINT": self.precision,
+            "PERFORMANCE_HINT": "LATENCY",
+            "ENABLE_CPU_PINNING": False,  # workers share the machine's cores; the OS places threads
+        }
+        self._compiled = core.compile_model(str(self.path), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self._inputs = [(port.any_name, port) for port in self._compiled.inputs]
+        self._outputs = [(port.any_name, port) for port in self._compiled.outputs]
+        self.load_time_s = time.perf_counter() - start
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._request is None:
+            raise RuntimeContractError("runtime is not loaded")
+        results = self._request.infer({name: inputs[name] for name, _ in self._inputs})
+        return {name: np.array(results[port], copy=True) for name, port in self._outputs}
+
+    def unload(self) -> None:
+        self._request = self._compiled = None
+
+    def release_memory(self) -> None:
+        """Nothing to shrink: the compiled model's buffers are sized per shape by OpenVINO."""
+
+    def sample_inputs(self, rows: int) -> dict[str, np.ndarray] | None:
+        """Zeros of the model's input shapes, or None when a non-batch dimension is free."""
+        if self._compiled is None:
+            return None
+        out = {}
+        for name, port in self._inputs:
+            shape = port.get_partial_shape()
+            dims = shape[1:]
+            if not all(d.is_static for d in dims):
+                return None
+            dtype = port.get_element_type().to_dtype()
+            out[name] = np.zeros((rows, *(d.get_length() for d in dims)), dtype=dtype)
+        return out
+
+    def metadata(self) -> dict:
+        return {
+            "path": str(self.path),
+            "threads": self.threads,
+            "runtime": "openvino",
+            "precision": self.precision,
+            "load_time_s": self.load_time_s,
+        }
+
+
+def make_runtime(
+    path: str | Path,
+    fmt: str = "onnx-fp32",
+    threads: int = 1,
+    provider: str = "cpu",
+    allow_spinning: bool = False,
+    cache_dir: str | Path | None = None,
+) -> Runtime:
+    """The runtime a variant's format names (:func:`infaas.registry.types.runtime_of`)."""
+    from infaas.registry.types import runtime_of
+
+    runtime, options = runtime_of(fmt)
+    if runtime == "openvino":
+        return OpenVinoRuntime(path, threads=threads, precision=options.get("precision", "f32"), cache_dir=cache_dir)
+    return OnnxRuntime(path, threads=threads, provider=provider, allow_spinning=allow_spinning)
 
 
 def infer_checked(runtime: Runtime, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:

@@ -29,6 +29,18 @@ class ZooModel:
     max_batch: int = 16
     metric: str | None = None  # the task's quality metric (None: from the outputs)
 
+    def register_in(self, registry, **overrides):
+        """Register this model in ``registry`` (a :class:`~infaas.registry.Registry`) with its
+        accuracy, validation and calibration data; returns (architecture, baseline variant)."""
+        fields = {
+            "accuracy": self.accuracy,
+            "validation": self.validation,
+            "calibration": self.calibration,
+            "max_batch": self.max_batch,
+            "description": self.description,
+        }
+        return registry.register(self.name, self.task, self.onnx, **{**fields, **overrides})
+
 
 def _estimators(seed: int):
     from sklearn.linear_model import LogisticRegression
@@ -211,16 +223,7 @@ def register_and_profile(data_dir: Path | str, models: list[ZooModel]) -> None:
     registry = Registry.open(data_dir)
     try:
         for model in models:
-            registry.register(
-                model.name,
-                model.task,
-                model.onnx,
-                accuracy=model.accuracy,
-                validation=model.validation,
-                calibration=model.calibration,
-                max_batch=model.max_batch,
-                threads=1,
-            )
+            model.register_in(registry, threads=1)
             asyncio.run(profile_architecture(registry, model.name, Settings(data_dir=Path(data_dir)), quick=True))
     finally:
         registry.close()
