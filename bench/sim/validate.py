@@ -139,6 +139,7 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)), help="at most this many 1-core workers")
     p.add_argument("--timeout-s", type=float, default=10.0, help="the real clients give up after this")
     p.add_argument("--cache", default=str(ROOT / ".cache" / "workload"))
+    p.add_argument("--runtimes", default="onnxruntime,openvino", help="runtimes whose variants are generated")
     p.add_argument("--real-from", help="the real runs from an earlier validation's JSON")
     p.add_argument(
         "--overhead-ms", type=float, help="the serving path per request (default: measured in the real runs)"
@@ -150,7 +151,7 @@ def main() -> None:
     trace = read_trace(args.trace, apps) if args.trace else generate(apps, duration, args.seed)
     span = trace[-1][0] if trace else 0.0
     out = Path(args.out or ROOT / "bench" / "results" / f"sim-validate{'-quick' if args.quick else ''}.json")
-    data = wl.prepare(Path(args.cache))
+    data = wl.prepare(Path(args.cache), Settings(runtimes=args.runtimes).runtimes)
     cpu = wl.local_kind().id
     console.print(f"[dim]{len(trace)} requests over {span:.0f} s; {args.cores} 1-core workers at most; on {cpu}[/]")
 

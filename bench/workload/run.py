@@ -64,13 +64,13 @@ PREP_VERSION = "1"  # bump when the prepared data directory must be rebuilt
 
 
 # ---- the models: registered and profiled once per hardware kind ------------------------------
-def prepare(cache: Path) -> Path:
+def prepare(cache: Path, runtimes: list[str]) -> Path:
     """A data directory with EfficientNet-Lite0/1/2 (imagenet-classification) and the digits zoo,
-    every variant profiled (quick)."""
+    every variant of ``runtimes`` profiled (quick)."""
     from infaas.profiler import profile_architecture
     from infaas.zoo import build_family
 
-    data = cache / local_kind().id / "data"
+    data = cache / local_kind().id / ("data" if runtimes == ["onnxruntime"] else "data-" + "-".join(runtimes))
     marker = data / f"prepared-{PREP_VERSION}"
     if marker.exists():
         return data
@@ -80,17 +80,8 @@ def prepare(cache: Path) -> Path:
     try:
         with console.status("exporting EfficientNet-Lite and training the digits zoo"):
             for m in build_family("efficientnet-lite") + build_family("digits"):
-                registry.register(
-                    m.name,
-                    m.task,
-                    m.onnx,
-                    accuracy=m.accuracy,
-                    validation=m.validation,
-                    calibration=m.calibration,
-                    max_batch=m.max_batch,
-                    description=m.description,
-                )
-        settings = Settings(data_dir=data)
+                m.register_in(registry)
+        settings = Settings(data_dir=data, runtimes=runtimes)
         for arch in registry.architectures():
             t0 = time.monotonic()
             with console.status(f"profiling {arch.name} (quick)"):
@@ -576,6 +567,9 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)), help="at most this many 1-core workers")
     p.add_argument("--timeout-s", type=float, default=10.0, help="the client gives up after this")
     p.add_argument("--cache", default=str(ROOT / ".cache" / "workload"))
+    p.add_argument(
+        "--runtimes", default="onnxruntime,openvino", help="runtimes whose variants are generated (comma-separated)"
+    )
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "workload.json"))
     p.add_argument("--plots", default=str(ROOT / "docs" / "workload"))
     args = p.parse_args()
@@ -589,7 +583,7 @@ def main() -> None:
         write_trace(path, trace)
         console.print(f"[dim]trace: {len(trace)} requests over {duration:g} s -> {path}[/]")
     rates = trace_rates(trace, apps)
-    data = prepare(Path(args.cache))
+    data = prepare(Path(args.cache), Settings(runtimes=args.runtimes).runtimes)
     results = []
     for kind in args.contenders:
         console.rule(kind)

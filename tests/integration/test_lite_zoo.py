@@ -114,10 +114,10 @@ def test_an_int8_variant_beats_fp32_within_the_bound_or_the_search_says_why(lite
     fp32 = by[("onnx-fp32", 2, 16)]
     assert (fp32.accuracy, fp32.accuracy_source) == (efficientnet.ARCHITECTURES[name][1], "declared")
     assert fp32.status == "ready" and prof[fp32.name].hardware == report.kind
-    winners = [
+    winners = [  # ORT's QDQ graph, run by ONNX Runtime or by OpenVINO (ov-int8)
         v
         for v in report.variants
-        if v.format == "onnx-int8-static"
+        if v.format in ("onnx-int8-static", "ov-int8")
         and v.status == "ready"
         and prof[v.name].throughput > prof[by[("onnx-fp32", v.threads, v.max_batch)].name].throughput
     ]
@@ -126,8 +126,10 @@ def test_an_int8_variant_beats_fp32_within_the_bound_or_the_search_says_why(lite
             p = prof[v.name]
             assert v.accuracy_source == "estimated" and p.samples >= 1000 and p.loss_high <= bound
             assert p.accuracy_low <= v.accuracy <= p.accuracy_high <= fp32.accuracy + 1e-9
-            assert p.peak_memory_mb < prof[by[("onnx-fp32", v.threads, v.max_batch)].name].peak_memory_mb
-            assert v.params["recipe_text"] and v.params["search"][-1]["verdict"].startswith(("meets", "kept"))
+            assert v.params["recipe_text"]
+            if v.format == "onnx-int8-static":
+                assert p.peak_memory_mb < prof[by[("onnx-fp32", v.threads, v.max_batch)].name].peak_memory_mb
+                assert v.params["search"][-1]["verdict"].startswith(("meets", "kept"))
     else:  # none could be kept here: the search log says, recipe by recipe, why
         log = report.searches["onnx-int8-static"]
         assert len([t for t in log if "params" in t]) > 1 and all(t["verdict"] for t in log)

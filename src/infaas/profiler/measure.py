@@ -117,7 +117,9 @@ def quality_of(
     if "not_evaluated" in r:
         return None
     n = len(next(iter(data.inputs.values())))
-    is_parent = m.artifact.key == parent.artifact.key
+    # the parent's own graph in the parent's runtime (on any provider); the same graph run by another
+    # runtime or at another precision (OpenVINO's ov-fp32 and ov-bf16) is judged on its answers
+    is_parent = m.artifact.key == parent.artifact.key and m.artifact.format == parent.artifact.format
     if metric != "top1":
         return Q.reference(1.0, n) if is_parent else Q.fidelity(r["outputs"], pr["outputs"], metric)
     pred, parent_pred = np.asarray(r["predictions"]), np.asarray(pr["predictions"])

@@ -31,8 +31,10 @@ def trace_rates(trace: list[tuple[float, str]], apps: list[App]) -> dict[str, di
 
 def pinned(archs: Mapping[str, tuple[str, float | None]], variants: Iterable[Variant], app: App, cores: int) -> Variant:
     """The variant a user picks by hand: the most accurate architecture of the app's task meeting
-    its floor (``archs``: architecture -> (task, accuracy)), its fp32 variant (a CPU one if any) with
-    the most threads that fit ``cores``, then the largest max batch."""
+    its floor (``archs``: architecture -> (task, accuracy)), its ONNX Runtime fp32 variant (a CPU one
+    if any) with the most threads that fit ``cores``, then the largest max batch. A user picks it
+    whatever the profiler's verdict: one rejected as dominated (by an INT8 or OpenVINO form) still
+    runs, and is served when named."""
     floor = app.objective.get("min_accuracy")
     fit = [(acc, a) for a, (task, acc) in archs.items() if task == app.task and acc is not None]
     fit = [(acc, a) for acc, a in fit if floor is None or acc >= floor]
@@ -42,10 +44,13 @@ def pinned(archs: Mapping[str, tuple[str, float | None]], variants: Iterable[Var
     fp32 = [
         v
         for v in variants
-        if v.architecture == arch and v.format == "onnx-fp32" and v.threads <= cores and v.status == "ready"
+        if v.architecture == arch
+        and v.format == "onnx-fp32"
+        and v.threads <= cores
+        and v.status in ("ready", "rejected")
     ]
     if not fp32:
-        raise ValueError(f"app {app.name}: {arch} has no ready fp32 variant on at most {cores} core(s)")
+        raise ValueError(f"app {app.name}: {arch} has no runnable fp32 variant on at most {cores} core(s)")
     return max(fp32, key=lambda v: (v.provider == "cpu", v.threads, v.max_batch, v.name))
 
 
