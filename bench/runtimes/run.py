@@ -39,7 +39,7 @@ from infaas.settings import Settings  # noqa: E402
 from infaas.worker.runtime import make_runtime  # noqa: E402
 from infaas.zoo import efficientnet  # noqa: E402
 
-console = Console()
+console = Console(width=150)
 
 
 def cache_saving(registry: Registry, variant, work: Path, rounds: int = 3) -> dict:
