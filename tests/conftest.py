@@ -45,6 +45,23 @@ def wait_until(predicate, timeout=30.0):
     return False
 
 
+def digits_body(rows: int, **parameters) -> bytes:
+    """A KServe v2 JSON body of ``rows`` held-out digits (FP32 [rows, 64]), with request parameters."""
+    import orjson
+
+    x, _ = digits.sample_inputs(rows)
+    doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    if parameters:
+        doc["parameters"] = parameters
+    return orjson.dumps(doc)
+
+
+def scaling_settings(heavy_dir: Path, dst: Path, **overrides) -> Settings:
+    """A copy of the heavy data directory served with autoscaling from one 1-core worker up to two."""
+    base = {"port": 0, "workers": 1, "cores_per_worker": 1, "max_workers": 2, "profile_on_register": False}
+    return Settings(data_dir=copy_data_dir(heavy_dir, dst), **{**base, **overrides})
+
+
 def copy_data_dir(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

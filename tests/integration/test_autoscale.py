@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-import orjson
 import pytest
 
 from infaas.app import BackgroundServer
 from infaas.client import Client
 from infaas.loadgen import ramp
 from infaas.policy.autoscale import capacity_rps
-from infaas.settings import Settings
-from infaas.zoo import digits
-from tests.conftest import copy_data_dir, wait_until
+from tests.conftest import digits_body, scaling_settings, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -21,24 +18,8 @@ SCALE_UP = {"replicate", "upgrade", "add_worker"}
 SCALE_DOWN = {"unload", "downgrade", "remove_worker"}
 
 
-def json_body(rows: int) -> bytes:
-    x, _ = digits.sample_inputs(rows)
-    return orjson.dumps(
-        {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-    )
-
-
 def test_a_load_ramp_scales_up_and_after_it_scales_down(heavy_dir, tmp_path):
-    settings = Settings(
-        data_dir=copy_data_dir(heavy_dir, tmp_path / "d"),
-        port=0,
-        workers=1,
-        cores_per_worker=1,
-        max_workers=2,
-        scale_down_s=3.0,
-        idle_unload_s=600,
-        profile_on_register=False,
-    )
+    settings = scaling_settings(heavy_dir, tmp_path / "d", scale_down_s=3.0, idle_unload_s=600)
     server = BackgroundServer(settings).start()
     client = Client(server.url)
     try:
@@ -48,7 +29,9 @@ def test_a_load_ramp_scales_up_and_after_it_scales_down(heavy_dir, tmp_path):
         per_second = capacity_rps(profile, variant.max_batch) / 16  # requests of 16 rows
         stages = [(0.2 * per_second, 2.0), (1.6 * per_second, 6.0)]
         results = asyncio.run(
-            ramp(server.url, "/v2/models/digits-conv/infer", json_body(16), ["Content-Type: application/json"], stages)
+            ramp(
+                server.url, "/v2/models/digits-conv/infer", digits_body(16), ["Content-Type: application/json"], stages
+            )
         )
         assert sum(r["requests"] for r in results) > 0.5 * sum(rate * s for rate, s in stages), (results, name, profile)
 

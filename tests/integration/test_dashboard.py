@@ -9,15 +9,13 @@ import asyncio
 import shutil
 import threading
 
-import orjson
 import pytest
 
 from infaas.app import BackgroundServer
 from infaas.loadgen import ramp
 from infaas.policy.autoscale import capacity_rps
 from infaas.settings import Settings
-from infaas.zoo import digits
-from tests.conftest import copy_data_dir
+from tests.conftest import copy_data_dir, digits_body, scaling_settings
 
 pytestmark = pytest.mark.slow
 
@@ -75,15 +73,7 @@ def test_the_page_shows_the_zoo_and_answers_a_query_from_its_form(browser, digit
 
 
 def test_a_scale_up_under_load_appears_in_the_decision_list(browser, heavy_dir, tmp_path):
-    settings = Settings(
-        data_dir=copy_data_dir(heavy_dir, tmp_path / "d"),
-        port=0,
-        workers=1,
-        cores_per_worker=1,
-        max_workers=2,
-        scale_down_s=600.0,
-        profile_on_register=False,
-    )
+    settings = scaling_settings(heavy_dir, tmp_path / "d", scale_down_s=600.0)
     server = BackgroundServer(settings).start()
     try:
         page, problems = open_page(browser, server.url)
@@ -92,10 +82,7 @@ def test_a_scale_up_under_load_appears_in_the_decision_list(browser, heavy_dir, 
         (name,) = {n for w in server.services.cluster.workers for n in w.loaded_names()}
         profile, variant = server.services.catalog.profiles[name], server.services.catalog.variants[name]
         rate = 1.6 * capacity_rps(profile, variant.max_batch) / 16
-        x, _ = digits.sample_inputs(16)
-        body = orjson.dumps(
-            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [16, 64], "data": x.ravel().tolist()}]}
-        )
+        body = digits_body(16)
         load = threading.Thread(
             target=lambda: asyncio.run(
                 ramp(

@@ -9,39 +9,21 @@ import json
 import subprocess
 import sys
 
-import orjson
 import pytest
 
 from infaas.app import BackgroundServer
 from infaas.client import Client
 from infaas.loadgen import ramp
 from infaas.policy.autoscale import capacity_rps
-from infaas.settings import Settings
-from infaas.zoo import digits
-from tests.conftest import copy_data_dir
+from tests.conftest import digits_body, scaling_settings
 
 pytestmark = pytest.mark.slow
 
 
-def body(rows: int, **parameters) -> bytes:
-    x, _ = digits.sample_inputs(rows)
-    doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-    if parameters:
-        doc["parameters"] = parameters
-    return orjson.dumps(doc)
-
-
 def test_a_bursts_scaling_actions_are_listed_after_a_minute_of_objective_queries(heavy_dir, tmp_path):
-    settings = Settings(
-        data_dir=copy_data_dir(heavy_dir, tmp_path / "d"),
-        port=0,
-        workers=1,
-        cores_per_worker=1,
-        max_workers=2,
-        scale_down_s=600.0,  # nothing scales down during the minute: the log must keep the burst
-        idle_unload_s=600,
-        profile_on_register=False,
-        decision_log_size=1000,
+    # nothing scales down during the minute: the log must keep the burst
+    settings = scaling_settings(
+        heavy_dir, tmp_path / "d", scale_down_s=600.0, idle_unload_s=600, decision_log_size=1000
     )
     server = BackgroundServer(settings).start()
     client = Client(server.url)
@@ -51,14 +33,16 @@ def test_a_bursts_scaling_actions_are_listed_after_a_minute_of_objective_queries
         (name,) = {n for w in plane.cluster.workers for n in w.loaded_names()}
         variant, profile = plane.catalog.variants[name], plane.catalog.profiles[name]
         per_second = capacity_rps(profile, variant.max_batch) / 16  # requests of 16 rows
-        asyncio.run(ramp(server.url, "/v2/models/digits-conv/infer", body(16), headers, [(1.6 * per_second, 6.0)]))
+        asyncio.run(
+            ramp(server.url, "/v2/models/digits-conv/infer", digits_body(16), headers, [(1.6 * per_second, 6.0)])
+        )
         burst = [d for d in client.decisions(1000) if d["kind"] in ("add_worker", "replicate")]
         assert burst, client.decisions(1000)
         queries = asyncio.run(
             ramp(
                 server.url,
                 "/v2/models/digits-classification/infer",
-                body(1, latency_ms=1000),
+                digits_body(1, latency_ms=1000),
                 headers,
                 [(30.0, 60.0)],
             )

@@ -15,19 +15,11 @@ from infaas.loadgen import ramp
 from infaas.policy.autoscale import capacity_rps
 from infaas.settings import Settings
 from infaas.zoo import digits
-from tests.conftest import copy_data_dir
+from tests.conftest import copy_data_dir, digits_body
 
 pytestmark = pytest.mark.slow
 
 DEADLINE_S = 1.0  # the server's default deadline here (requests carry no objective)
-
-
-def json_body(rows: int, **params) -> bytes:
-    x, _ = digits.sample_inputs(rows)
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-    if params:
-        body["parameters"] = params
-    return orjson.dumps(body)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +62,7 @@ def test_overload_is_shed_early_served_within_deadlines_and_recovers_at_once(hea
         ramp(
             heavy_server.url,
             "/v2/models/digits-conv/infer",
-            json_body(16),
+            digits_body(16),
             ["Content-Type: application/json"],
             stages,
             records=records,
@@ -97,7 +89,7 @@ def test_a_shed_request_says_when_to_retry(heavy_server):
     """Past what the queue can finish in time, REST answers 429 with Retry-After (and a v2 error body)."""
     _, per_second = capacity(heavy_server)
     n = int(per_second * 2 * DEADLINE_S) + 20  # twice what fits in a deadline, all at once
-    body = json_body(16)
+    body = digits_body(16)
 
     async def burst():
         async with httpx.AsyncClient(
@@ -130,7 +122,7 @@ def test_a_client_that_gives_up_cancels_its_queued_request_in_the_worker(heavy_s
     m = max(10, int(per_second * 1.2))  # the patient requests ahead
     n = 20  # the impatient ones
     # named by variant, with an objective of 30 s: a deadline the queue can make, so nothing is shed
-    body = json_body(16, latency_ms=30_000)
+    body = digits_body(16, latency_ms=30_000)
 
     def post(c):
         return c.post(f"/v2/models/{variant}/infer", content=body, headers={"content-type": "application/json"})
@@ -167,7 +159,7 @@ def test_a_client_that_gives_up_cancels_its_queued_request_in_the_worker(heavy_s
     # and the server still serves
     r = httpx.post(
         heavy_server.url + "/v2/models/digits-conv/infer",
-        content=json_body(16),
+        content=digits_body(16),
         headers={"content-type": "application/json"},
         timeout=10,
     )
@@ -248,7 +240,7 @@ def test_overload_of_one_variant_does_not_delay_another(heavy_dir, digits_models
                 ramp(
                     server.url,
                     "/v2/models/digits-conv/infer",
-                    json_body(16),
+                    digits_body(16),
                     ["Content-Type: application/json"],
                     [(3.0 * per_second, 4.0)],
                     records=heavy_records,

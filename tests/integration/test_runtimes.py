@@ -8,7 +8,6 @@ import sys
 
 import httpx
 import numpy as np
-import orjson
 import pytest
 
 from infaas.app import BackgroundServer
@@ -19,7 +18,7 @@ from infaas.settings import Settings
 from infaas.variants import generate_artifacts
 from infaas.worker.runtime import make_runtime
 from infaas.zoo import digits
-from tests.conftest import copy_data_dir
+from tests.conftest import copy_data_dir, digits_body
 
 openvino = pytest.importorskip("openvino", reason="the [openvino] extra (make install-dev installs it)")
 pytestmark = pytest.mark.slow
@@ -99,13 +98,10 @@ def test_openvino_and_ort_variants_are_served_alike(heavy_dir, tmp_path):
         Settings(data_dir=data, port=0, grpc_port=0, workers=1, cores_per_worker=1, autoscale=False)
     ).start()
     try:
-        x, y = digits.sample_inputs(16)
+        _, y = digits.sample_inputs(16)
 
         def infer(model: str, **params) -> httpx.Response:
-            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [16, 64], "data": x.ravel().tolist()}]}
-            if params:
-                body["parameters"] = params
-            return httpx.post(f"{server.url}/v2/models/{model}/infer", content=orjson.dumps(body), timeout=60)
+            return httpx.post(f"{server.url}/v2/models/{model}/infer", content=digits_body(16, **params), timeout=60)
 
         r = infer("digits-conv", latency_ms=1000)  # model-less: the policy picks, whatever the runtime
         assert r.status_code == 200, r.text
