@@ -18,8 +18,7 @@ from infaas.policy.autoscale import capacity_rps
 from infaas.registry import Registry
 from infaas.settings import Settings
 from infaas.zoo import digits
-from tests.conftest import copy_data_dir, wait_until
-from tests.integration.test_autoscale import json_body
+from tests.conftest import copy_data_dir, digits_body, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +146,7 @@ def test_a_job_pauses_while_online_load_is_high(heavy_dir, tmp_path):
                 ramp(
                     server.url,
                     "/v2/models/digits-conv/infer",
-                    json_body(16),
+                    digits_body(16),
                     ["Content-Type: application/json"],
                     [(1.5 * per_second, 6.0)],
                 )
