@@ -47,17 +47,18 @@ def test_replica_rates_are_deltas_over_time_and_skip_first_and_restarted_reports
             "p50": 4.0,
             "p99": 8.0,
             "busy": 0.25,
+            "compute": 100.0,  # 1.0 s of compute over 10 batches
         }
     )
 
 
 def test_a_window_sample_sums_rates_and_takes_the_slowest_replica():
     parts = [
-        {"arrival": 10, "completed": 9, "batch": 4.0, "queue": 2, "p50": 3.0, "busy": 0.5},
-        {"arrival": 20, "completed": 18, "batch": 0.0, "queue": 5, "p50": 7.0, "busy": 0.1},
+        {"arrival": 10, "completed": 9, "batch": 4.0, "queue": 2, "p50": 3.0, "busy": 0.5, "compute": 2.5},
+        {"arrival": 20, "completed": 18, "batch": 0.0, "queue": 5, "p50": 7.0, "busy": 0.1, "compute": 0.0},
     ]
     window: deque[Sample] = deque()
-    assert window_sample(5.0, parts, window) == Sample(5.0, 30, 27, 4.0, 7, 7.0, pytest.approx(0.3))
+    assert window_sample(5.0, parts, window) == Sample(5.0, 30, 27, 4.0, 7, 7.0, pytest.approx(0.3), 2.5)
     idle = [dict(p, batch=0.0) for p in parts]
     window.append(Sample(4.0, 1, 1, 6.0, 0, 1.0))
     assert window_sample(6.0, idle, window).mean_batch == 6.0  # no batch ran: the last one's size
@@ -74,17 +75,18 @@ def test_old_samples_age_out_and_only_loaded_profiled_variants_are_judged():
     age_out([w], 10.0, 6.0)
     assert [s.time for s in w] == [5.0, 9.0]
     windows = {FP32.name: w, INT8.name: deque(w), "unprofiled": deque(w), "gone": deque(w)}
-    hosts = {FP32.name: ("w0",), INT8.name: ("w0", "w1"), "unprofiled": ("w0",)}
+    hosts = {FP32.name: (("w0", 1),), INT8.name: (("w0", 3), ("w1", 1)), "unprofiled": (("w0", 1),)}
     loads = variant_loads(
         windows,
         {v.name: v for v in (FP32, INT8, variant("unprofiled"), variant("gone"))},
         {FP32.name: P32, INT8.name: P8},
         lambda name: hosts.get(name, ()),
     )
-    assert [(x.variant.name, x.replicas, len(x.window)) for x in loads] == [
-        (FP32.name, ("w0",), 2),
-        (INT8.name, ("w0", "w1"), 2),
+    assert [(x.variant.name, x.replicas, x.instances, len(x.window)) for x in loads] == [
+        (FP32.name, ("w0",), (1,), 2),
+        (INT8.name, ("w0", "w1"), (3, 1), 2),
     ]
+    assert loads[1].slots == 4
 
 
 def test_the_family_holds_ready_profiled_variants_that_fit_a_worker():

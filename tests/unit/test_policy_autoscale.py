@@ -1,12 +1,12 @@
 """Autoscaling on synthetic stats windows (pure: time and hysteresis passed in)."""
 
-from infaas.policy.autoscale import (
+from infaas.policy.autoscale import autoscale
+from infaas.policy.scaling import (
     Memory,
     Sample,
     ScalingConfig,
     VariantLoad,
     WorkerRoom,
-    autoscale,
     capacity_rps,
     hourly_usd,
     state_of,
@@ -64,6 +64,16 @@ def test_capacity_and_states():
     state, why, demand = state_of(load(FP32, P32, ["w0"], 10, 900), CFG)
     assert state == "overloaded" and demand == 900 and "over capacity 760" in why
     assert state_of(load(FP32, P32, ["w0"], 10, 500, p50=30.0), CFG)[0] == "interfered"
+
+
+def test_interference_is_judged_on_compute_time_when_the_worker_reports_it():
+    # batch 8 is profiled at 10 ms; a p50 of 30 ms with batches computed in 11 ms is queueing behind a
+    # burst (load), not interference; batches computed in 25 ms are
+    queued = tuple(Sample(t, 500, 500, 8, 0, 30.0, compute_ms=11.0) for t in range(5))
+    assert state_of(VariantLoad(FP32, P32, ("w0",), queued), CFG)[0] == "active"
+    slowed = tuple(Sample(t, 500, 500, 8, 0, 30.0, compute_ms=25.0) for t in range(5))
+    state, why, _ = state_of(VariantLoad(FP32, P32, ("w0",), slowed), CFG)
+    assert state == "interfered" and "batches computed in 25.0 ms vs 10.0 ms" in why
 
 
 def test_spike_replicates_when_that_is_cheaper_and_placeable():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -353,6 +354,17 @@ class ManagedWorker:
                 self._set_replica(spec.variant, None)
                 raise
             self._set_replica(spec.variant, ReplicaState.READY)
+            return result
+
+    async def resize(self, variant: str, instances: int) -> dict[str, Any]:
+        """Run ``instances`` runtime instances of a loaded variant (more share its queue; surplus ones
+        finish their batch first); the target placement keeps the count for reloads after a restart."""
+        async with self._lock(variant):
+            spec = self._specs.get(variant)
+            if spec is None or self.replicas.get(variant) is not ReplicaState.READY:
+                raise Unavailable(f"{variant} is not loaded on worker {self.name}")
+            result = await self._call({"op": "resize", "variant": variant, "instances": instances}, timeout=600)
+            self._specs[variant] = dataclasses.replace(spec, instances=int(result["instances"]))
             return result
 
     async def unload(self, variant: str, drain_s: float = 30.0) -> None:

@@ -241,6 +241,14 @@ class WorkerActor:
             return {"ok": False, "kind": "ArtifactCorrupt", "error": str(exc)}
         return await self._control({**msg, "op": "profile", "path": str(path)})
 
+    async def resize(self, variant: str, instances: int, fence: int | None = None) -> dict:
+        if (refused := self._fenced(fence, "resize")) is not None:
+            return refused
+        reply = await self._control({"op": "resize", "variant": variant, "instances": instances})
+        if reply["ok"] and variant in self.specs:  # the target placement: a restart reloads this many
+            self.specs[variant] = {**self.specs[variant], "instances": reply["result"]["instances"]}
+        return reply
+
     async def call(self, msg: dict) -> dict:
         """Any other worker op (stats, profile, ping)."""
         return await self._control(msg)

@@ -219,7 +219,7 @@ class ActorTransport:
 
     async def call(self, message: dict, timeout: float, channel: Channel) -> dict:
         """A control call as an actor method; a model file travels with a load or a profile (the actor's
-        node may not have it), and the controller's fence with a load or an unload."""
+        node may not have it), and the controller's fence with a load, a resize or an unload."""
         actor, c = self.actor, self.cluster
         if actor is None:
             raise Unavailable(f"worker {self.name} has no actor")
@@ -231,6 +231,8 @@ class ActorTransport:
             ref = actor.profile.remote(msg, c.artifact(msg))
         elif op == "unload":
             ref = actor.unload.remote(message["variant"], message.get("drain_s", 30.0), c.fence())
+        elif op == "resize":
+            ref = actor.resize.remote(message["variant"], message["instances"], c.fence())
         else:
             ref = actor.call.remote(message)
         return await self._remote(ref, timeout)

@@ -167,12 +167,15 @@ class Autoscaler:
     # ---- decisions ---------------------------------------------------------------------------
     def decide(self, now: float) -> list[Action]:
         catalog, workers = self.plane.catalog, self.plane.cluster.workers
+        cores = self.plane.cluster.cores_per_worker
         rooms = [
             WorkerRoom(
                 w.name,
                 self.memory_mb - self.workers.get(w.name, {}).get("rss_mb", 0.0),
                 len(w.loaded_names()),
                 self.workers.get(w.name, {}).get("cpu"),
+                cores,
+                sum(min(s.threads, cores) * s.instances for s in w.loaded.values()),
             )
             for w in workers
             if w.alive
@@ -185,7 +188,7 @@ class Autoscaler:
             catalog.profiles,
             catalog.by_arch,
             self.plane.cluster.cores_per_worker,
-            lambda name: tuple(w.name for w in workers if w.hosts(name)),
+            lambda name: tuple((w.name, w.loaded[name].instances) for w in workers if w.hosts(name)),
             rooms,
             now,
             2 * self.settings.autoscale_window * self.settings.autoscale_interval_s,
@@ -199,7 +202,8 @@ class Autoscaler:
                 reason=why,
                 demand_rps=round(demand, 1),
                 replicas=list(load.replicas),
-                capacity_rps=round(capacity_rps(load.profile, load.variant.max_batch) * len(load.replicas), 1),
+                instances=list(load.instances),
+                capacity_rps=round(capacity_rps(load.profile, load.variant.max_batch) * load.slots, 1),
                 completed_rps=round(last.completed_rps, 1),
                 queue_rows=last.queue_rows,
                 mean_batch=round(last.mean_batch, 2),
@@ -223,30 +227,7 @@ class Autoscaler:
         plane, cluster = self.plane, self.plane.cluster
         workers = {w.name: w for w in cluster.workers}
         if action.kind == "add_worker":
-            why_not = (
-                f"already at --max-workers {self.max_workers}"
-                if len(workers) >= self.max_workers
-                else cluster.can_add()
-            )
-            if why_not is not None:
-                self._report_blocked(action, why_not)
-                return
-            worker = await cluster.add_worker()
-            plane.log_decision(
-                "add_worker",
-                f"{action.reason}: started worker {worker.name} on cores {list(worker.cores)}",
-                worker=worker.name,
-                variant=action.variant,
-            )
-            variant = plane.catalog.variants.get(action.variant)
-            if variant is not None:  # the worker was added for this variant: host it at once
-                plane.log_decision(
-                    "replicate",
-                    f"{variant.name}: +1 replica on the new worker {worker.name}",
-                    variant=variant.name,
-                    worker=worker.name,
-                )
-                await plane.load(variant, worker)
+            await self._add_worker(action, len(workers))
             return
         if action.kind == "remove_worker":
             if len(workers) <= self.min_workers or action.target not in workers:
@@ -266,6 +247,24 @@ class Autoscaler:
                 return
             plane.log_decision("replicate", action.reason, variant=variant.name, worker=worker.name)
             await plane.load(variant, worker)
+        elif action.kind in ("grow", "shrink"):
+            worker = workers.get(action.target)
+            if worker is None or not worker.hosts(variant.name):
+                return
+            try:
+                result = await plane.resize(variant, worker, action.instances)
+            except InfaasError as exc:
+                plane.log_decision(
+                    "error", f"{action.reason}, but the {action.kind} failed: {exc.message}", variant=variant.name
+                )
+                return
+            plane.log_decision(
+                action.kind,
+                f"{action.reason} ({result['was']} -> {result['instances']} instance(s) in "
+                f"{result['load_time_s'] * 1000:.0f} ms)",
+                variant=variant.name,
+                worker=worker.name,
+            )
         elif action.kind == "unload":
             worker = workers.get(action.target)
             if worker is None or not worker.hosts(variant.name):
@@ -277,6 +276,30 @@ class Autoscaler:
             if target is None:
                 return
             await plane.swap(variant, target, action.kind, action.reason)
+
+    async def _add_worker(self, action: Action, count: int) -> None:
+        """A worker for ``action.variant`` (hosting it at once), unless at the limit (reported)."""
+        plane, cluster = self.plane, self.plane.cluster
+        why_not = f"already at --max-workers {self.max_workers}" if count >= self.max_workers else cluster.can_add()
+        if why_not is not None:
+            self._report_blocked(action, why_not)
+            return
+        worker = await cluster.add_worker()
+        plane.log_decision(
+            "add_worker",
+            f"{action.reason}: started worker {worker.name} on cores {list(worker.cores)}",
+            worker=worker.name,
+            variant=action.variant,
+        )
+        variant = plane.catalog.variants.get(action.variant)
+        if variant is not None:  # the worker was added for this variant: host it at once
+            plane.log_decision(
+                "replicate",
+                f"{variant.name}: +1 replica on the new worker {worker.name}",
+                variant=variant.name,
+                worker=worker.name,
+            )
+            await plane.load(variant, worker)
 
     def _report_blocked(self, action: Action, why_not: str) -> None:
         key = f"{action.kind}:{action.variant}"

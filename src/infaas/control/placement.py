@@ -116,6 +116,13 @@ class Placement:
         )
         return result
 
+    async def resize(self, variant: Variant, worker: WorkerHandle, instances: int) -> dict:
+        """Run ``instances`` runtime instances of ``variant`` on ``worker``; the latency model learns it."""
+        async with self.busy_section():
+            result = await worker.resize(variant.name, instances)
+        self.latency.resized(worker.name, variant.name, int(result["instances"]))
+        return result
+
     async def ensure_loaded(self, arch: str) -> None:
         """Load the architecture's default variant on the least-busy live worker, if not loaded."""
         variant = self.default_variant(arch)

@@ -23,12 +23,13 @@ class DecisionSink(Protocol):
 
 class Actuator(DecisionSink, Protocol):
     """What the autoscaler acts through (:class:`infaas.control.placement.Placement`): the
-    cluster, the catalog, and loads / swaps of variants."""
+    cluster, the catalog, and loads / resizes / swaps of variants."""
 
     cluster: ClusterBackend
     catalog: Catalog
 
     async def load(self, variant: Variant, worker: WorkerHandle) -> dict: ...
+    async def resize(self, variant: Variant, worker: WorkerHandle, instances: int) -> dict: ...
     async def swap(self, old: Variant, new: Variant, kind: str, reason: str) -> None: ...
 
 

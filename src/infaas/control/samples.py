@@ -36,12 +36,14 @@ def replica_rates(old: tuple[float, Mapping[str, Any]] | None, now: float, c: Ma
         "p50": c["p50_ms"] or 0.0,
         "p99": c["p99_ms"] or 0.0,
         "busy": (c["busy_s"] - o["busy_s"]) / dt / max(1, c["instances"]),
+        "compute": (c["busy_s"] - o["busy_s"]) / batches * 1000 if batches else 0.0,
     }
 
 
 def window_sample(t: float, parts: list[dict], window: deque[Sample]) -> Sample:
     """One variant's sample at ``t`` from its replicas' rates (``parts``): rates and queues summed, the
-    slowest p50, the mean busy share; the batch size of the busiest replica (the last one when none ran)."""
+    slowest p50 and batch compute time, the mean busy share; the batch size of the busiest replica (the
+    last one when none ran)."""
     batch = max((p["batch"] for p in parts), default=0.0) or (window[-1].mean_batch if window else 1.0)
     return Sample(
         t,
@@ -51,6 +53,7 @@ def window_sample(t: float, parts: list[dict], window: deque[Sample]) -> Sample:
         int(sum(p["queue"] for p in parts)),
         max(p["p50"] for p in parts),
         sum(p["busy"] for p in parts) / len(parts),
+        max(p["compute"] for p in parts),
     )
 
 
@@ -73,17 +76,18 @@ def variant_loads(
     windows: Mapping[str, deque[Sample]],
     variants: Mapping[str, Variant],
     profiles: Mapping[str, Profile],
-    hosts: Callable[[str], tuple[str, ...]],
+    hosts: Callable[[str], tuple[tuple[str, int], ...]],
 ) -> list[VariantLoad]:
-    """The loaded, profiled variants with their replicas (``hosts``) and recent samples (unprofiled
-    variants are served, not scaled)."""
+    """The loaded, profiled variants with their replicas (``hosts``: each worker and its runtime
+    instances) and recent samples (unprofiled variants are served, not scaled)."""
     loads = []
     for name, window in windows.items():
         variant, profile = variants.get(name), profiles.get(name)
         replicas = hosts(name)
         if variant is None or profile is None or not replicas or not window:
             continue
-        loads.append(VariantLoad(variant, profile, replicas, tuple(window)))
+        workers, instances = zip(*replicas, strict=True)
+        loads.append(VariantLoad(variant, profile, workers, tuple(window), instances))
     return loads
 
 
@@ -164,7 +168,7 @@ def policy_round(
     profiles: Mapping[str, Profile],
     by_arch: Mapping[str, Iterable[Variant]],
     cores: int,
-    hosts: Callable[[str], tuple[str, ...]],
+    hosts: Callable[[str], tuple[tuple[str, int], ...]],
     rooms: list[WorkerRoom],
     now: float,
     horizon_s: float,

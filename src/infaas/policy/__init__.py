@@ -1,16 +1,16 @@
 """Decisions as pure functions: selection and autoscaling."""
 
-from infaas.policy.autoscale import (
+from infaas.policy.autoscale import autoscale
+from infaas.policy.loaded import BatchTooLarge, Candidate, Decision, NoCandidate, select_loaded
+from infaas.policy.scaling import (
     Action,
     Memory,
     Sample,
     ScalingConfig,
     VariantLoad,
     WorkerRoom,
-    autoscale,
     state_of,
 )
-from infaas.policy.loaded import BatchTooLarge, Candidate, Decision, NoCandidate, select_loaded
 from infaas.policy.select import (
     Choice,
     Objective,

@@ -26,135 +26,21 @@ so an oscillating load never flaps.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
+from infaas.policy.scaling import (
+    Action,
+    Memory,
+    ScalingConfig,
+    VariantLoad,
+    WorkerRoom,
+    capacity_rps,
+    every_worker_above,
+    hourly_usd,
+    state_of,
+)
 from infaas.registry.types import Profile, Variant
 
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One report for one variant, summed over its replicas."""
-
-    time: float
-    arrival_rps: float  # rows per second that arrived
-    completed_rps: float
-    mean_batch: float
-    queue_rows: int
-    p50_ms: float
-    busy: float = 0.0  # fraction of the replicas' time spent computing
-
-
-@dataclass(frozen=True, slots=True)
-class VariantLoad:
-    variant: Variant
-    profile: Profile
-    replicas: tuple[str, ...]  # workers hosting it
-    window: tuple[Sample, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerRoom:
-    """A worker's free memory for one more variant, and how many variants it hosts."""
-
-    name: str
-    free_mb: float
-    variants: int = 1
-    cpu: float | None = None  # share of its cores busy over the last interval (None: not measured yet)
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    kind: str  # replicate | upgrade | downgrade | unload | add_worker | remove_worker
-    variant: str
-    target: str  # a worker (replicate, unload) or a variant (upgrade, downgrade)
-    reason: str
-
-
-@dataclass(frozen=True)
-class ScalingConfig:
-    headroom: float = 0.05  # keep 5 % of a replica's capacity spare (INFaaS: CPU)
-    interference_factor: float = 1.5
-    low_fraction: float = 0.5  # "low" when demand fits in half of one replica fewer
-    scale_down_s: float = 10.0
-    load_time_factor: float = 5.0  # ... or this many times the variant's load time, if longer
-    idle_unload_s: float = 60.0
-    upgrade_ratio: float = 1.0  # upgrade when replicating leaves a placement this many times dearer
-    max_scale_load_s: float = 30.0  # a scale-up must load within this (else the soonest relief wins)
-    cooldown_s: float = 3.0  # after scaling a variant up, let the window see the effect first
-    fast_samples: int = 2  # overload is judged on the newest samples (react fast), low load on all
-    keep_warm: bool = True  # an idle architecture keeps one replica of one variant loaded
-    min_workers: int = 1
-    # worker level (INFaaS: scale out when every worker is above 80 % utilisation): variants that
-    # share a worker each look within capacity while together they saturate its cores
-    worker_busy: float = 0.8
-    worker_cool: float = 0.5  # a worker under this has CPU to take a replica of a variant on a hot one
-    spread_busy: float = 0.1  # ... if that variant computes at least this share of its replicas' time
-    scale_out_s: float = 2.0  # every worker hot this long -> add one
-    worker_cooldown_s: float = 10.0  # after adding a worker, let the load spread before adding another
-
-
-@dataclass
-class Memory:
-    """Hysteresis: since when each variant's load (each worker) has looked low (empty); when each
-    variant was last scaled up."""
-
-    low_since: dict[str, float] = field(default_factory=dict)
-    empty_since: dict[str, float] = field(default_factory=dict)
-    scaled_at: dict[str, float] = field(default_factory=dict)
-    hot_since: float | None = None  # since when every worker has been above worker_busy
-    added_at: float | None = None  # when a worker was last added for CPU
-
-
-def every_worker_above(rooms: list[WorkerRoom], threshold: float) -> list[WorkerRoom]:
-    """The workers, when every one is measured and above ``threshold`` CPU; else none (a worker
-    not measured yet, or one with room, means no scale-out). INFaaS's worker-level rule."""
-    measured = [r for r in rooms if r.cpu is not None]
-    if measured and len(measured) == len(rooms) and all(r.cpu >= threshold for r in measured):
-        return measured
-    return []
-
-
-def capacity_rps(profile: Profile, max_batch: int) -> float:
-    """Rows per second one replica sustains at its best batch (within its max batch)."""
-    batch = max(1, min(profile.best_batch or max_batch, max_batch))
-    ms = profile.predict_ms(batch)
-    return batch / ms * 1000 if ms > 0 else float("inf")
-
-
-def state_of(load: VariantLoad, cfg: ScalingConfig) -> tuple[str, str, float]:
-    """(state, reason, demand in rows/s) of a loaded variant over its window."""
-    if not load.window or all(s.arrival_rps == 0 for s in load.window):
-        return "inactive", "no requests in the window", 0.0
-    demand = sum(s.arrival_rps for s in load.window) / len(load.window)
-    recent = load.window[-cfg.fast_samples :]  # scale up on the last samples, down on the whole window
-    surge = sum(s.arrival_rps for s in recent) / len(recent)
-    cap = capacity_rps(load.profile, load.variant.max_batch) * len(load.replicas) * (1 - cfg.headroom)
-    first, last = load.window[0], load.window[-1]
-    growing = len(load.window) > 1 and last.queue_rows > first.queue_rows > load.variant.max_batch * len(load.replicas)
-    busy = sum(s.busy for s in recent) / len(recent)
-    if surge > cap or growing or busy > 1 - cfg.headroom:
-        demand = max(demand, surge)
-        if demand > cap:
-            why = f"demand {demand:.0f} rows/s over capacity {cap:.0f} of {len(load.replicas)} replica(s)"
-        elif growing:
-            why = f"queue growing {first.queue_rows} -> {last.queue_rows} rows"
-        else:
-            why = f"replicas computing {busy:.0%} of the time (demand {demand:.0f} rows/s)"
-        return "overloaded", why, demand
-    expected = load.profile.predict_ms(max(1, round(last.mean_batch)))
-    if last.p50_ms > cfg.interference_factor * expected:
-        return (
-            "interfered",
-            f"p50 {last.p50_ms:.1f} ms vs {expected:.1f} ms profiled at batch {last.mean_batch:.1f}",
-            demand,
-        )
-    return "active", f"demand {demand:.0f} of capacity {cap:.0f} rows/s", demand
-
-
-def hourly_usd(p: Profile) -> float:
-    """What one replica costs per hour: its price per inference times the inferences it can serve
-    in an hour (= its share of the hardware's hourly price)."""
-    return p.cost_per_1k / 1000 * p.throughput * 3600
+DEFAULT = ScalingConfig()
 
 
 def autoscale(
@@ -163,13 +49,14 @@ def autoscale(
     rooms: list[WorkerRoom],
     now: float,
     memory: Memory,
-    cfg: ScalingConfig = ScalingConfig(),
+    cfg: ScalingConfig = DEFAULT,
 ) -> tuple[list[Action], Memory]:
     """Actions for this snapshot, and the updated hysteresis memory."""
     actions: list[Action] = []
     low_since = dict(memory.low_since)
     scaled_at = {k: t for k, t in memory.scaled_at.items() if now - t < cfg.cooldown_s}
     free = {r.name: r.free_mb for r in rooms}
+    spare = {r.name: max(0, r.cores - r.threads) for r in rooms}  # cores no runtime instance holds
     per_arch: dict[str, int] = {}
     for load in loads:
         per_arch[load.variant.architecture] = per_arch.get(load.variant.architecture, 0) + 1
@@ -181,13 +68,18 @@ def autoscale(
             low_since.pop(v.name, None)
             if v.name in scaled_at:
                 continue  # the last scale-up has not shown in the window yet
-            action = _scale_up(load, demand, per_replica, family.get(v.architecture, []), free, why, cfg)
+            grow = _room_to_grow(load, demand, per_replica, rooms, free, spare, cfg)
+            action = _scale_up(load, demand, per_replica, family.get(v.architecture, []), free, grow, why, cfg)
             actions.append(action)
             scaled_at[v.name] = now
             if action.kind == "upgrade":
                 scaled_at[action.target] = now
             elif action.kind == "replicate":
                 free[action.target] -= p.peak_memory_mb
+            elif action.kind == "grow":
+                more = action.instances - load.instances_on(action.target)
+                free[action.target] -= more * p.peak_memory_mb
+                spare[action.target] -= more * v.threads
             continue
         quiet_for = max(cfg.scale_down_s, cfg.load_time_factor * p.load_time_ms / 1000)
         spread = _spread(load, state, why, rooms, free, cfg) if v.name not in scaled_at else None
@@ -222,7 +114,13 @@ def _scale_down(
     v, p = load.variant, load.profile
     if state == "inactive":
         since = low_since.setdefault(v.name, now)
-        if len(load.replicas) > 1 and now - since >= quiet_for:
+        if len(load.replicas) == 1 and load.slots > 1 and now - since >= quiet_for:
+            worker = load.replicas[0]
+            actions.append(
+                Action("shrink", v.name, worker, f"{v.name}: no requests for {now - since:.0f} s", instances=1)
+            )
+            low_since.pop(v.name, None)
+        elif len(load.replicas) > 1 and now - since >= quiet_for:
             actions.append(
                 Action(
                     "unload",
@@ -240,8 +138,8 @@ def _scale_down(
                 per_arch[v.architecture] -= 1
             low_since.pop(v.name, None)
         return
-    low = demand <= per_replica * max(0, len(load.replicas) - 1) * cfg.low_fraction or (
-        len(load.replicas) == 1 and demand <= per_replica * cfg.low_fraction
+    low = demand <= per_replica * max(0, load.slots - 1) * cfg.low_fraction or (
+        load.slots == 1 and demand <= per_replica * cfg.low_fraction
     )
     if not low:
         low_since.pop(v.name, None)
@@ -250,18 +148,17 @@ def _scale_down(
     if now - since < quiet_for:
         return  # not low for long enough: no flapping
     low_since.pop(v.name, None)
-    if len(load.replicas) > 1:
-        actions.append(
-            Action(
-                "unload",
-                v.name,
-                load.replicas[-1],
-                (
-                    f"{v.name}: demand {demand:.0f} rows/s has fitted in {len(load.replicas) - 1} replica(s) "
-                    f"for {now - since:.0f} s"
-                ),
-            )
+    if load.slots > 1:
+        fitted = (
+            f"{v.name}: demand {demand:.0f} rows/s has fitted in {load.slots - 1} instance(s) for {now - since:.0f} s"
         )
+        singles = [w for w in load.replicas if load.instances_on(w) == 1]
+        if len(load.replicas) > 1 and singles:  # a whole replica goes first: its worker may empty
+            actions.append(Action("unload", v.name, singles[-1], f"{fitted}; its replica on {singles[-1]} unloaded"))
+        else:
+            worker = max(reversed(load.replicas), key=load.instances_on)
+            left = load.instances_on(worker) - 1
+            actions.append(Action("shrink", v.name, worker, f"{fitted}; {left} instance(s) left on {worker}", left))
         return
     cheaper = _cheapest_carrying(v, p, demand, family.get(v.architecture, []), cfg)
     if cheaper is not None:
@@ -385,12 +282,41 @@ def _cheapest_carrying(
     return None if best is None else best[0]
 
 
+def _room_to_grow(
+    load: VariantLoad,
+    demand: float,
+    per_replica: float,
+    rooms: list[WorkerRoom],
+    free: dict[str, float],
+    spare: dict[str, int],
+    cfg: ScalingConfig,
+) -> tuple[str, int, str] | None:
+    """A worker hosting ``load`` below ``worker_busy`` CPU, with idle cores and the memory for more of
+    its runtime instances: (worker, instances to add, up to what the demand needs; why there)."""
+    if not cfg.grow:
+        return None
+    v, p = load.variant, load.profile
+    needed = max(1, math.ceil(demand / per_replica) - load.slots)
+    cpu = {r.name: r.cpu for r in rooms}
+    best: tuple[str, int, str] | None = None
+    for w in load.replicas:
+        busy = cpu.get(w)
+        if busy is None or busy >= cfg.worker_busy:
+            continue
+        fit = int(free.get(w, 0.0) // p.peak_memory_mb) if p.peak_memory_mb > 0 else needed
+        more = min(needed, spare.get(w, 0) // max(1, v.threads), fit)
+        if more >= 1 and (best is None or more > best[1]):
+            best = (w, more, f"{spare[w]} idle core(s), CPU {busy:.0%}")
+    return best
+
+
 def _scale_up(
     load: VariantLoad,
     demand: float,
     per_replica: float,
     family: list[tuple[Variant, Profile]],
     free: dict[str, float],
+    grow: tuple[str, int, str] | None,
     why: str,
     cfg: ScalingConfig,
 ) -> Action:
@@ -398,12 +324,14 @@ def _scale_up(
     variant on more replicas, or the candidate on the replicas it has now), the cheaper winning;
     load time is a constraint (``max_scale_load_s``), never added to a price."""
     v, p = load.variant, load.profile
-    n = len(load.replicas)
+    n = load.slots
     needed = max(1, math.ceil(demand / per_replica) - n)
     hosts = [
         w for w, mb in sorted(free.items(), key=lambda kv: -kv[1]) if w not in load.replicas and mb >= p.peak_memory_mb
     ]
     options: list[tuple[float, float, str, str, str]] = []  # ($/h after, load s, kind, variant, target)
+    if grow is not None:  # first: at equal price, instances sharing one queue batch better than replicas
+        options.append(((n + needed) * hourly_usd(p), p.load_time_ms / 1000, "grow", v.name, grow[0]))
     if hosts:
         options.append(((n + needed) * hourly_usd(p), p.load_time_ms / 1000, "replicate", v.name, hosts[0]))
     for cand, cp in family:
@@ -411,31 +339,48 @@ def _scale_up(
             continue
         if cand.max_batch < v.max_batch:
             continue  # it must take every request the current one takes
-        if capacity_rps(cp, cand.max_batch) * (1 - cfg.headroom) * n < demand:
-            continue
-        options.append((n * hourly_usd(cp), cp.load_time_ms / 1000, "upgrade", cand.name, cand.name))
+        reps = len(load.replicas)  # a swap loads the candidate once per replica
+        carries = capacity_rps(cp, cand.max_batch) * reps
+        if carries * (1 - cfg.headroom) < demand or carries <= capacity_rps(p, v.max_batch) * n:
+            continue  # it must carry the demand, and more than the instances running now
+        options.append((reps * hourly_usd(cp), cp.load_time_ms / 1000, "upgrade", cand.name, cand.name))
     if not options:
         return Action("add_worker", v.name, "cpu", f"{v.name} overloaded ({why}) and no worker has room")
     in_time = [o for o in options if o[1] <= cfg.max_scale_load_s]
     if in_time:
-        # the cheapest placement; an upgrade only when replicating costs upgrade_ratio times more
-        best = min(in_time, key=lambda o: (o[0] * (cfg.upgrade_ratio if o[2] == "upgrade" else 1.0), o[1]))
+        # the cheapest placement; an upgrade only when replicating costs upgrade_ratio times more; at
+        # an equal price (two 1-thread instances or one 2-thread variant) growing wins: nothing is swapped
+        best = min(
+            in_time,
+            key=lambda o: (round(o[0] * (cfg.upgrade_ratio if o[2] == "upgrade" else 1.0), 9), o[2] != "grow", o[1]),
+        )
     else:  # nothing loads in time: the soonest relief
         best = min(options, key=lambda o: o[1])
     cost, load_s, kind, name, target = best
+    what = {"upgrade": "", "grow": f" +{grow[1] if grow else 0} instance(s)", "replicate": f" +{needed} replica(s)"}
     others = "; ".join(
-        f"{o[2]} {o[3] if o[2] == 'upgrade' else f'+{needed} replica(s)'}: ${o[0]:.3g}/h, loads in {o[1]:.2g} s"
+        f"{o[2]}{what[o[2]] if o[2] != 'upgrade' else ' ' + o[3]}: ${o[0]:.3g}/h, loads in {o[1]:.2g} s"
         for o in options
         if o is not best
     )
     compare = f" (vs {others})" if others else ""
     late = "" if in_time else f"; nothing loads within {cfg.max_scale_load_s:g} s, this loads soonest"
+    if kind == "grow" and grow is not None:
+        more = load.instances_on(target) + grow[1]
+        return Action(
+            "grow",
+            v.name,
+            target,
+            f"{v.name} overloaded ({why}); {target} has {grow[2]}: {more} instance(s) there, "
+            f"{n + grow[1]} in all at ${cost:.3g}/h{compare}{late}",
+            more,
+        )
     if kind == "upgrade":
         return Action(
             "upgrade",
             v.name,
             name,
-            f"{v.name} overloaded ({why}); {name} carries it on {n} replica(s) at ${cost:.3g}/h{compare}{late}",
+            f"{v.name} overloaded ({why}); {name} carries it on {len(load.replicas)} replica(s) at ${cost:.3g}/h{compare}{late}",
         )
     return Action(
         "replicate",

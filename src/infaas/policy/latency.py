@@ -47,6 +47,11 @@ class LatencyModel:
         """A load answered: the worker runs ``variant`` in batches of ``preferred_batch``."""
         self.batching[(worker, variant)] = (preferred_batch, instances)
 
+    def resized(self, worker: str, variant: str, instances: int) -> None:
+        """The replica now runs ``instances`` runtime instances (its batch size unchanged)."""
+        batch, _ = self.batching.get((worker, variant), (0, 1))
+        self.batching[(worker, variant)] = (batch, instances)
+
     def slot(
         self,
         worker: str,

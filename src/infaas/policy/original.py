@@ -55,7 +55,7 @@ import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from infaas.policy.autoscale import Action, VariantLoad, WorkerRoom, every_worker_above
+from infaas.policy.scaling import Action, VariantLoad, WorkerRoom, every_worker_above
 from infaas.policy.select import (
     Choice,
     Objective,

@@ -189,6 +189,11 @@ class SimReplica:
             "p99_ms": quantile(lat, 0.99),
         }
 
+    def resize(self, instances: int) -> None:
+        """Run ``instances`` batches at a time from now (running ones finish)."""
+        self.instances = self.queue.instances = max(1, instances)
+        self._dispatch()
+
     def submit(self, rows: int, deadline: float | None = None) -> Outcome:
         """A request arrives now; it is refused at once, or queued and served (or dropped) later."""
         now = self.events.now

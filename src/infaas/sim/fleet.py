@@ -144,6 +144,7 @@ class Hosted:
     ready_at: float
     held: list[Outcome] = field(default_factory=list)  # arrived while it loaded
     replaces: str | None = None  # a variant to unload from this worker once this one is ready
+    instances: int = 1  # runtime instances held (memory, cores), loading ones included
 
 
 class SimWorker:
@@ -176,6 +177,10 @@ class SimWorker:
                 out[n] = rows
         return out
 
+    def threads_held(self) -> int:
+        """Threads its runtime instances hold (what a worker's room counts, busy or not)."""
+        return sum(min(h.variant.threads, self.cores) * h.instances for h in self.hosted.values())
+
     def threads_busy(self) -> int:
         return sum(len(h.replica.running) * h.variant.threads for h in self.hosted.values())
 
@@ -189,7 +194,7 @@ class SimWorker:
         return self.retired_cpu_s + live
 
     def free_mb(self) -> float:
-        return self.memory_mb - sum(h.profile.peak_memory_mb for h in self.hosted.values())
+        return self.memory_mb - sum(h.profile.peak_memory_mb * h.instances for h in self.hosted.values())
 
     def report(self, now: float) -> dict:
         """Counters as a worker process reports them (``stats``): the controller's input."""

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-from infaas.control.samples import Observations, policy_round
-from infaas.policy import Objective, Saturated, ScopeIndex, Unreachable, WorkerRoom
+from infaas.control.samples import Observations
+from infaas.policy import Objective, Saturated, ScopeIndex, Unreachable
 from infaas.policy.latency import LatencyModel
 from infaas.policy.loaded import Candidate, NoCandidate, first_choice, least_busy, select_loaded
-from infaas.policy.policies import ORIGINAL, OURS, Policy, policy_named, scaling_from, with_min_workers
+from infaas.policy.policies import ORIGINAL, OURS, policy_named, scaling_from, with_min_workers
 from infaas.registry import Variant
 from infaas.settings import Settings
+from infaas.sim.controller import PoolState, controller_round
 from infaas.sim.engine import EventQueue, Outcome, Request, ServiceTime, SimReplica
 from infaas.sim.fleet import Hosted, Pool, SimWorker
 from infaas.sim.report import summarize
@@ -35,16 +34,6 @@ from infaas.worker.batcher import preferred_batch
 from infaas.workload import App
 
 CONTENDERS = (OURS, ORIGINAL, "static-peak", "static-mean")
-
-
-@dataclass
-class PoolState:
-    """One pool's controller: its policy (with the pool's floor of workers), memory and windows."""
-
-    pool: Pool
-    policy: Policy
-    memory: Any
-    seen: Observations
 
 
 class Simulation:
@@ -258,7 +247,9 @@ class Simulation:
             done=lambda outs, w=worker, v=variant: self._done(w, v, outs),
         )
         ready_at = self.events.now + (0.0 if at_once else profile.load_time_ms / 1000)
-        h = worker.hosted[variant.name] = Hosted(variant, profile, replica, "loading", ready_at, replaces=replaces)
+        h = worker.hosted[variant.name] = Hosted(
+            variant, profile, replica, "loading", ready_at, replaces=replaces, instances=instances
+        )
         self.loads += 1
         if at_once:
             self._ready(worker, h, batch, instances)
@@ -281,6 +272,21 @@ class Simulation:
                 h.replica.enqueue(req)
         if h.replaces is not None:
             self._unload(worker, h.replaces)
+
+    def _resize(self, worker: SimWorker, h: Hosted, instances: int) -> None:
+        """Fewer instances at once (a running batch finishes); more serve once they have loaded."""
+
+        def apply() -> None:
+            if worker.hosted.get(h.variant.name) is h and h.state == "ready":
+                h.replica.resize(instances)
+                self.latency.resized(worker.name, h.variant.name, instances)
+
+        grows = instances > h.instances
+        h.instances = instances  # memory and cores held from now (loading ones too)
+        if grows:
+            self.events.after(h.profile.load_time_ms / 1000, apply)
+        else:
+            apply()
 
     def _unload(self, worker: SimWorker, name: str) -> None:
         h = worker.hosted.get(name)
@@ -362,85 +368,11 @@ class Simulation:
         now, cfg = self.events.now, self.settings
         self.flagged = {}
         for state in self.pools:
-            self._round(state, now)
+            controller_round(self, state, now)
         live = self._live()
         self.timeline.append((round(now, 6), len(live), sum(len(w.hosted) for w in live)))
         if now + cfg.autoscale_interval_s <= self.end:
             self.events.after(cfg.autoscale_interval_s, self._tick)
-
-    def _round(self, state: PoolState, now: float) -> None:
-        """One controller round for one pool: its workers' reports, the variants it runs."""
-        pool, cfg = state.pool, self.settings
-        live = [w for w in self._live() if w.pool is pool]
-        reports = [(w.name, w.report(now)) for w in live]
-        cpu = state.seen.observe(reports, now, {n for w in live for n in w.hosted})
-        rooms = [WorkerRoom(w.name, w.free_mb(), len(w.loaded), cpu.get(w.name)) for w in live]
-        if len(self.fleet.pools) == 1:
-            variants, by_arch = self.catalog.variants, self.catalog.by_arch
-        else:
-            variants = {n: v for n, v in self.catalog.variants.items() if self._pool_of(v) is pool}
-            by_arch = {a: [v for v in vs if v.name in variants] for a, vs in self.catalog.by_arch.items()}
-        r = policy_round(
-            state.policy,
-            state.memory,
-            state.seen.windows,
-            variants,
-            self.catalog.profiles,
-            by_arch,
-            pool.cores,
-            lambda name: tuple(w.name for w in live if w.hosts(name)),
-            rooms,
-            now,
-            2 * cfg.autoscale_window * cfg.autoscale_interval_s,
-        )
-        state.memory = r.memory
-        self.flagged.update(r.flagged)
-        for action in r.actions:
-            self._apply(state, action)
-
-    def _apply(self, state: PoolState, action) -> None:
-        pool = state.pool
-        live = {w.name: w for w in self._live() if w.pool is pool}
-        variant = self.catalog.variants.get(action.variant)
-        if action.kind == "add_worker":
-            if len(live) >= pool.most:
-                return self._acted(action, "blocked")
-            worker = self._add_worker(pool)
-            self._acted(action)
-            if variant is not None:
-                self._load(variant, worker)
-            return
-        if action.kind == "remove_worker":
-            w = live.get(action.target)
-            if w is None or len(live) <= pool.fewest or not w.empty():
-                return
-            w.removed = self.events.now
-            self._placed += 1
-            state.policy.worker_removed(state.memory, w.name)
-            state.seen.forget_worker(w.name)
-            return self._acted(action)
-        if variant is None:
-            return
-        if action.kind == "replicate":
-            w = live.get(action.target)
-            if w is not None and not w.hosts(variant.name):
-                self._load(variant, w)
-                self._acted(action)
-        elif action.kind == "unload":
-            w = live.get(action.target)
-            if w is not None and w.hosts(variant.name):
-                self._unload(w, variant.name)
-                self._acted(action)
-        elif action.kind in ("upgrade", "downgrade"):
-            target = self.catalog.variants.get(action.target)
-            if target is None:
-                return
-            self._acted(action)
-            for w in [w for w in live.values() if w.hosts(variant.name)]:
-                if w.hosts(target.name):
-                    self._unload(w, variant.name)
-                else:
-                    self._load(target, w, replaces=variant.name)
 
     def _acted(self, action, kind: str = "") -> None:
         entry = {"t": round(self.events.now, 3), "kind": kind or action.kind, "variant": action.variant}

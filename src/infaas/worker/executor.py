@@ -41,12 +41,43 @@ class VariantExecutor:
         self.cancelled = 0
         self._running_until: dict[int, float] = {}  # instance -> when its batch should end
         self.latencies_ms: list[float] = []  # online, end to end in this worker, since the last stats
-        self.threads = [
-            threading.Thread(target=self._loop, args=(i, rt), name=f"exec-{name}-{i}", daemon=True)
-            for i, rt in enumerate(runtimes)
-        ]
-        for t in self.threads:
-            t.start()
+        self.threads: list[threading.Thread] = []
+        self._instances: dict[int, Runtime] = {}  # index -> its runtime, while it serves
+        self._retiring: set[int] = set()  # told to stop after the batch it runs
+        self.runtimes = []
+        self.grow(runtimes)
+
+    def grow(self, runtimes: list[Runtime]) -> None:
+        """More instances (loaded already), each with its thread, sharing the queue."""
+        with self.cond:
+            for rt in runtimes:
+                index = len(self.threads)
+                self._instances[index] = rt
+                t = threading.Thread(target=self._loop, args=(index, rt), name=f"exec-{self.name}-{index}", daemon=True)
+                self.threads.append(t)
+                t.start()
+            self._sync()
+
+    def shrink(self, instances: int) -> int:
+        """Down to ``instances`` (at least one): the newest stop once their running batch is done and
+        unload their runtime. Returns how many were told to stop."""
+        with self.cond:
+            live = sorted(set(self._instances) - self._retiring)
+            retire = live[max(1, instances) :]
+            self._retiring.update(retire)
+            self._sync()
+            self.cond.notify_all()
+        return len(retire)
+
+    def held(self) -> list[Runtime]:
+        """Every runtime still held: the serving instances and those finishing their last batch."""
+        with self.cond:
+            return list(self._instances.values())
+
+    def _sync(self) -> None:
+        """The serving instances, as the queue's work estimate and the stats count them."""
+        self.runtimes = [rt for i, rt in sorted(self._instances.items()) if i not in self._retiring]
+        self.queue.instances = len(self.runtimes)
 
     def submit(self, item: Pending) -> None:
         """Queue a request, or refuse it at once when it cannot make its deadline (shedding)."""
@@ -101,6 +132,10 @@ class VariantExecutor:
                 while True:
                     if not self.running:
                         return
+                    if index in self._retiring:
+                        self._retiring.discard(index)
+                        del self._instances[index]
+                        break
                     now = time.monotonic()
                     formed = self.queue.next(now)
                     self.expired += len(formed.expired)
@@ -114,6 +149,9 @@ class VariantExecutor:
                             self.cond.notify()  # another idle instance can take the rest
                         break
                     self.cond.wait(formed.wait_s)
+            if index not in self._instances:  # retired (shrink): free its runtime, end the thread
+                runtime.unload()
+                return
             try:
                 self._run(runtime, formed.batch)
             finally:

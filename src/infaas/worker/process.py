@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from infaas.errors import Unavailable
+from infaas.errors import NotFound, Unavailable
 from infaas.protocol.worker_wire import SocketChannel
 from infaas.registry.types import runtime_of
 from infaas.worker.batcher import BatchQueue, Pending, preferred_batch
@@ -46,6 +46,7 @@ class Worker:
         self.threads = threads
         self.allow_spinning = allow_spinning
         self.variants: dict[str, VariantExecutor] = {}
+        self.specs: dict[str, dict] = {}  # each loaded variant's load message (a resize loads more alike)
         self.control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control")
         self.started = time.time()
 
@@ -127,18 +128,8 @@ class Worker:
         if msg.get("sha256"):
             verify_artifact(msg["path"], msg["sha256"])
         instances = max(1, msg.get("instances", 1))
-        runtimes = []
-        for _ in range(instances):
-            runtime = make_runtime(
-                msg["path"],
-                msg.get("format", "onnx-fp32"),
-                threads=max(1, min(msg.get("threads", self.threads), self.threads // instances)),
-                provider=msg.get("provider", "cpu"),
-                allow_spinning=self.allow_spinning,
-                cache_dir=msg.get("cache_dir") or None,
-            )
-            runtime.load()
-            runtimes.append(runtime)
+        threads = max(1, min(msg.get("threads", self.threads), self.threads // instances))
+        runtimes = self._runtimes(msg, instances, threads)
         max_batch = msg.get("max_batch", 16)
         profiled = {int(b): ms / 1000 for b, ms in (msg.get("batch_ms") or {}).items() if int(b) <= max_batch}
         if profiled and instances == 1:  # measured on this kind with these threads: warm up, no sweep
@@ -176,6 +167,7 @@ class Worker:
             runtime.release_memory()
         trim()
         self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel)
+        self.specs[name] = msg
         return {
             "load_time_s": sum(r.load_time_s for r in runtimes) / instances,
             "instances": instances,
@@ -185,14 +177,47 @@ class Worker:
             "batch_ms": {b: round(t * 1000, 3) for b, t in timings.items()},
         }
 
+    def _runtimes(self, msg: dict, count: int, threads: int) -> list[Runtime]:
+        """``count`` loaded runtime instances of the artifact a load message names."""
+        runtimes = []
+        for _ in range(count):
+            runtime = make_runtime(
+                msg["path"],
+                msg.get("format", "onnx-fp32"),
+                threads=threads,
+                provider=msg.get("provider", "cpu"),
+                allow_spinning=self.allow_spinning,
+                cache_dir=msg.get("cache_dir") or None,
+            )
+            runtime.load()
+            runtimes.append(runtime)
+        return runtimes
+
+    def _op_resize(self, msg: dict) -> dict:
+        """Run ``instances`` runtime instances of a loaded variant: new ones load (same artifact and
+        threads) and share its queue; surplus ones finish their running batch, then unload."""
+        name, want = msg["variant"], max(1, int(msg["instances"]))
+        executor = self.variants.get(name)
+        if executor is None:
+            raise NotFound(f"variant {name} is not loaded on this worker")
+        have = len(executor.runtimes)
+        began = time.monotonic()
+        if want > have:
+            executor.grow(self._runtimes(self.specs[name], want - have, executor.runtimes[0].threads))
+        elif want < have:
+            executor.shrink(want)
+            trim()
+        return {"instances": len(executor.runtimes), "was": have, "load_time_s": time.monotonic() - began}
+
     def _op_unload(self, msg: dict) -> dict:
         executor = self.variants.pop(msg["variant"], None)
+        self.specs.pop(msg["variant"], None)
         if executor is None:
             return {"unloaded": False}
         for item in executor.stop():
             executor._fail(item, Unavailable(f"variant {executor.name} was unloaded from this worker"))
         executor.join(timeout=30)
-        for runtime in executor.runtimes:
+        for runtime in executor.held():
             runtime.unload()
         trim()
         return {"unloaded": True}
