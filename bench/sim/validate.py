@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from infaas.policy.scaling import SCALING_KINDS  # noqa: E402
 from infaas.settings import Settings  # noqa: E402
 from infaas.sim import Fleet, Scenario, SimCatalog, Simulation  # noqa: E402
 from infaas.workload import generate, load_apps, read_trace  # noqa: E402
@@ -67,13 +68,12 @@ def real_figures(r: dict, span: float) -> dict:
 def sim_figures(r: dict, span: float, cores: int) -> dict:
     """The simulated run's figures over the trace's span."""
     workers = r["series"]["workers"][: math.ceil(span)]
-    actions = ("replicate", "upgrade", "downgrade", "unload", "add_worker", "remove_worker")
     return {
         "violation_rate": r["violation_rate"],
         "goodput_rps": r["goodput_rps"],
         "core_seconds": sum(workers) * cores,
         "loads": r["loads"] - r["loads_at_start"],
-        "scaling_actions": sum(n for k, n in r["actions"].items() if k in actions),
+        "scaling_actions": sum(n for k, n in r["actions"].items() if k in SCALING_KINDS),
     }
 
 

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from infaas.app import free_port  # noqa: E402
 from infaas.hardware import local_kind  # noqa: E402
 from infaas.loadgen import build_request, replay  # noqa: E402
+from infaas.policy.scaling import SCALING_KINDS  # noqa: E402
 from infaas.registry import Registry  # noqa: E402
 from infaas.settings import Settings  # noqa: E402
 from infaas.sim.static import pinned, trace_rates  # noqa: E402
@@ -357,11 +358,7 @@ def summarize(
             "p99_ms": float(np.nanpercentile(lat, 99)),
         }
     core_s = sum(0.5 * s["cores"] for s in samples)
-    actions = [
-        d
-        for d in decisions
-        if d["kind"] in ("replicate", "upgrade", "downgrade", "unload", "add_worker", "remove_worker")
-    ]
+    actions = [d for d in decisions if d["kind"] in SCALING_KINDS]
     loads = [d for d in decisions if d["kind"] == "load"]
 
     def error_stats(pairs: list[tuple[float, float]]) -> dict:

@@ -19,6 +19,8 @@ CONTROL_KINDS = (
     "load",
     "unload",
     "replicate",
+    "grow",
+    "shrink",
     "upgrade",
     "downgrade",
     "add_worker",

@@ -6,7 +6,7 @@ from infaas.policy.autoscale import autoscale
 from infaas.policy.scaling import Memory, ScalingConfig, VariantLoad, WorkerRoom, state_of
 from tests.unit.test_policy_autoscale import FP32, P32, window
 
-CFG = ScalingConfig(scale_down_s=10, idle_unload_s=60)
+CFG = ScalingConfig(scale_down_s=10, idle_unload_s=60, consolidate=False)  # tests/unit/test_policy_consolidate.py
 ALONE = {"a": [(FP32, P32)]}  # capacity 800 rows/s per instance at batch 8, 760 with the headroom
 
 

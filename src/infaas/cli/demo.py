@@ -14,6 +14,7 @@ from rich.table import Table
 
 from infaas.app import BackgroundServer
 from infaas.client import Client, InfaasClientError
+from infaas.policy.scaling import SCALING_KINDS
 from infaas.settings import Settings
 from infaas.zoo import digits
 
@@ -63,7 +64,7 @@ def _controller_table(decisions: list[dict], t0: float) -> None:
     table.add_column("t (s)", justify="right")
     table.add_column("action")
     table.add_column("why")
-    kinds = ("add_worker", "replicate", "upgrade", "downgrade", "unload", "remove_worker", "blocked")
+    kinds = (*SCALING_KINDS, "blocked")
     for d in decisions:
         if d["time"] >= t0 and d["kind"] in kinds:
             table.add_row(f"{d['time'] - t0:.1f}", d["kind"], d["reason"])

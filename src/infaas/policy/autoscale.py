@@ -25,8 +25,10 @@ so an oscillating load never flaps.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+from infaas.policy.consolidate import consolidate
 from infaas.policy.scaling import (
     Action,
     Memory,
@@ -57,6 +59,9 @@ def autoscale(
     scaled_at = {k: t for k, t in memory.scaled_at.items() if now - t < cfg.cooldown_s}
     free = {r.name: r.free_mb for r in rooms}
     spare = {r.name: max(0, r.cores - r.threads) for r in rooms}  # cores no runtime instance holds
+    if memory.drain is not None:  # nothing is placed on a worker being emptied
+        free[memory.drain], spare[memory.drain] = 0.0, 0
+        loads = [_last(load, memory.drain) for load in loads]
     per_arch: dict[str, int] = {}
     for load in loads:
         per_arch[load.variant.architecture] = per_arch.get(load.variant.architecture, 0) + 1
@@ -90,9 +95,19 @@ def autoscale(
             free[spread.target] -= p.peak_memory_mb
             continue
         _scale_down(load, state, demand, per_replica, quiet_for, family, per_arch, low_since, now, cfg, actions)
+    drain, cool_since = consolidate(loads, rooms, now, memory.drain, memory.cool_since, free, spare, cfg, actions)
     hot_since, added_at = _scale_out(loads, rooms, now, memory, cfg, actions)
     empty_since = _scale_in(rooms, now, memory, cfg, actions)
-    return actions, Memory(low_since, empty_since, scaled_at, hot_since, added_at)
+    return actions, Memory(low_since, empty_since, scaled_at, hot_since, added_at, drain, cool_since)
+
+
+def _last(load: VariantLoad, worker: str) -> VariantLoad:
+    """``load`` with its replica on ``worker`` (if any) last: scale-down unloads that one first."""
+    if worker not in load.replicas or load.replicas[-1] == worker:
+        return load
+    order = sorted(range(len(load.replicas)), key=lambda i: load.replicas[i] == worker)
+    instances = tuple(load.instances[i] for i in order) if load.instances else ()
+    return dataclasses.replace(load, replicas=tuple(load.replicas[i] for i in order), instances=instances)
 
 
 def _scale_down(

@@ -59,6 +59,10 @@ class WorkerRoom:
     threads: int = 0  # threads its hosted variants' runtime instances hold
 
 
+# what scaling does (the decision log's kinds for it), as the policies and benchmarks count it
+SCALING_KINDS = ("replicate", "grow", "shrink", "upgrade", "downgrade", "unload", "add_worker", "remove_worker")
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     kind: str  # replicate | grow | shrink | upgrade | downgrade | unload | add_worker | remove_worker
@@ -92,6 +96,10 @@ class ScalingConfig:
     # a replica on a worker with idle cores grows runtime instances (sharing its queue, as Triton's
     # instance groups do) before the variant takes a replica elsewhere; scale-down shrinks them first
     grow: bool = True
+    # empty a lightly used worker (its work fits on the others below worker_cool CPU for this long)
+    # so that scale-in can remove it (infaas.policy.consolidate)
+    consolidate: bool = True
+    consolidate_s: float = 30.0
 
 
 @dataclass
@@ -104,6 +112,8 @@ class Memory:
     scaled_at: dict[str, float] = field(default_factory=dict)
     hot_since: float | None = None  # since when every worker has been above worker_busy
     added_at: float | None = None  # when a worker was last added for CPU
+    drain: str | None = None  # the worker being emptied (consolidation)
+    cool_since: float | None = None  # since when the fleet could do without one of its workers
 
 
 def every_worker_above(rooms: list[WorkerRoom], threshold: float) -> list[WorkerRoom]:

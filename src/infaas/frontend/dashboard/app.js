@@ -1,7 +1,7 @@
 // infaas dashboard: reads the JSON API and /metrics every 1.5 s; keeps its short history in the page.
 "use strict";
 
-const CONTROL_KINDS = ["load", "unload", "replicate", "upgrade", "downgrade", "add_worker", "remove_worker",
+const CONTROL_KINDS = ["load", "unload", "replicate", "grow", "shrink", "upgrade", "downgrade", "add_worker", "remove_worker",
   "blocked", "reconcile", "job", "error", "profile", "register", "remove", "leader"];
 const PERIOD_MS = 1500;
 const WINDOW_S = 300;  // shed and failed requests: over the last 5 minutes
