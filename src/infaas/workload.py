@@ -209,3 +209,35 @@ def read_minute_counts(
             rows += [(minute * 60.0 + float(t), row["app"]) for t in minute_arrivals(count, cv, rng)]
     rows.sort()
     return rows
+
+
+# ---- prediction error ---------------------------------------------------------------------------
+SHORT_MS = 2.0  # under this, relative error says little (digits requests total well under 1 ms)
+
+
+def error_stats(samples: list[tuple]) -> dict:
+    """Prediction error of (predicted ms, actual ms, objective ms or None) samples, both ways:
+    relative, |predicted - actual| / actual (p50, p90, signed median; p90 over requests above
+    ``SHORT_MS``), and against the request's latency objective, |predicted - actual| / objective
+    (p50, p90): what a wrong prediction costs a decision taken against that objective."""
+    pred, actual = np.array([x[0] for x in samples]), np.array([x[1] for x in samples])
+    objective = np.array([x[2] if x[2] else np.nan for x in samples], dtype=float)
+    diff = pred - actual
+    rel, long = diff / actual, actual > SHORT_MS
+    vs_objective = np.abs(diff[~np.isnan(objective)]) / objective[~np.isnan(objective)]
+
+    def q(values: np.ndarray, pct: float) -> float | None:
+        return float(np.percentile(values, pct)) if values.size else None
+
+    return {
+        "n": len(samples),
+        "p50": q(np.abs(rel), 50),
+        "p90": q(np.abs(rel), 90),
+        "bias": float(np.median(rel)),
+        "abs_p50_ms": q(np.abs(diff), 50),
+        "abs_p90_ms": q(np.abs(diff), 90),
+        "n_long": int(long.sum()),
+        "p90_long": q(np.abs(rel[long]), 90),
+        "objective_p50": q(vs_objective, 50),
+        "objective_p90": q(vs_objective, 90),
+    }

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from infaas.workload import App, arrivals, generate, load_apps, read_minute_counts, read_trace, write_trace
+from infaas.workload import App, arrivals, error_stats, generate, load_apps, read_minute_counts, read_trace, write_trace
 
 
 def app(kind, **p):
@@ -93,3 +93,16 @@ def test_bad_minute_counts_name_the_line(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         read_minute_counts(path, apps=[App("a", "t", {}, {"kind": "poisson", "rate": 1})])
+
+
+def test_prediction_error_relative_and_against_the_objective():
+    # (predicted, actual, objective): errors +0.5, -0.5 on 1-ms requests (50 % relative, 1 % of a
+    # 50-ms objective), +2 on a 10-ms one (20 %, 10 % of 20 ms) and +4 on a 20-ms one without one
+    e = error_stats([(1.5, 1.0, 50.0), (0.5, 1.0, 50.0), (12.0, 10.0, 20.0), (24.0, 20.0, None)])
+    assert e["n"] == 4 and e["n_long"] == 2
+    assert e["p50"] == pytest.approx(0.35)  # |rel| 0.5, 0.5, 0.2, 0.2
+    assert e["bias"] == pytest.approx(0.2)  # signed 0.5, -0.5, 0.2, 0.2
+    assert e["p90_long"] == pytest.approx(0.2)  # requests over 2 ms only
+    assert e["objective_p50"] == pytest.approx(0.01)  # 0.01, 0.01, 0.1 (the last has no objective)
+    assert e["objective_p90"] == pytest.approx(0.082)
+    assert error_stats([(1.0, 1.5, None)])["objective_p90"] is None
