@@ -88,11 +88,19 @@ class DecisionLog:
         self._dirty = True
         return entry
 
-    def publish(self) -> None:
-        """This frontend's control decisions to the shared store, when any came since the last time."""
-        if self._publish is not None and self._dirty:
-            self._dirty = False
-            self._publish(self.frontend, list(self.control))
+    async def publish(self) -> None:
+        """This frontend's control decisions to the shared store, when any came since the last time.
+        The store's I/O runs in a thread (a remote Redis or a busy SQLite file must not stall the
+        event loop that serves requests); the snapshot is taken on the loop, where decisions are
+        appended. When the store fails they stay unpublished, and the next call tries again."""
+        if self._publish is None or not self._dirty:
+            return
+        self._dirty = False
+        try:
+            await asyncio.to_thread(self._publish, self.frontend, list(self.control))
+        except BaseException:
+            self._dirty = True
+            raise
 
     def query(self, kinds: Collection[str] | None = None, since: float | None = None, limit: int = 100) -> list[dict]:
         """The newest ``limit`` decisions of ``kinds`` (all if None) at or after ``since``, oldest

@@ -3,6 +3,7 @@ shared store between frontends, and the parsers behind ``/api/v1/decisions``."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -55,12 +56,29 @@ def test_each_frontend_reads_the_others_control_decisions_from_the_store():
     leader.log_decision("add_worker", "overloaded")
     leader.log_decision("select", "cheapest", scope="task t", variant="v")  # selections stay local
     assert follower.query(kinds=("add_worker",)) == []  # not published yet
-    leader.publish()
+    asyncio.run(leader.publish())
     seen = follower.query(kinds=("add_worker", "select"))
     assert [(d["kind"], d["frontend"]) for d in seen] == [("add_worker", "fe-a")]
     follower.log_decision("leader", "fe-b leads now")
-    follower.publish()
+    asyncio.run(follower.publish())
     assert [d["kind"] for d in leader.query()] == ["add_worker", "select", "leader"]  # no duplicates of its own
+
+
+def test_decisions_that_could_not_be_published_are_published_on_the_next_try():
+    store, down = MemoryStore(), [True]
+
+    def publish(who, entries):
+        if down[0]:
+            raise ConnectionError("store down")
+        store.put("decisions", who, None, {"frontend": who, "entries": entries})
+
+    log = DecisionLog(10, "fe", publish=publish)
+    log.log_decision("load", "x")
+    with pytest.raises(ConnectionError):
+        asyncio.run(log.publish())
+    down[0] = False
+    asyncio.run(log.publish())
+    assert [d["kind"] for d in store.list("decisions")[0]["entries"]] == ["load"]
 
 
 def test_a_store_that_fails_leaves_the_frontends_own_decisions():

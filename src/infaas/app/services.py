@@ -89,7 +89,7 @@ class Services:
         while True:
             await asyncio.sleep(1.0)
             try:
-                self.decisions.publish()
+                await self.decisions.publish()
             except Exception as exc:  # the store unreachable: the next second tries again
                 log.warning("could not publish decisions to the store: %s", exc)
 

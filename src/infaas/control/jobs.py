@@ -185,31 +185,55 @@ class JobRunner:
         return self.root / job_id / "outputs.npz"
 
     # ---- submission ------------------------------------------------------------------------
-    def submit(
+    async def submit(
         self,
         model: str,
         inputs: dict[str, np.ndarray] | None = None,
         directory: str | None = None,
         min_accuracy: float | None = None,
     ) -> Job:
+        """Check, store (inputs written and fsynced, the record put) and queue a job. The catalog is
+        read here, on the event loop that updates it; the image decoding, the input checks and the
+        writes run in a thread: a directory of images or a large .npz must not stall the loop that
+        serves requests."""
         scope, sig, variants, _ = self.plane.catalog.resolve(model, None)
         if (inputs is None) == (directory is None):
             raise InvalidInput("a job takes either an .npz of inputs or a directory of images")
+        ready = [v for v in variants if v.status == "ready"]
+        if min_accuracy is not None:
+            if not 0 <= min_accuracy <= 1:
+                raise InvalidInput(f"min_accuracy out of range: {min_accuracy:g}")
+            best = max((v.accuracy or 0.0 for v in ready), default=0.0)
+            if best < min_accuracy:
+                raise InvalidInput(f"min_accuracy {min_accuracy:g} unreachable for {scope}: best is {best:g}")
+        batch = min([self.batch_rows, *(v.max_batch for v in ready)])
+        job = await asyncio.to_thread(self._accept, model, sig, inputs, directory, min_accuracy, batch)
+        self.decisions.log_decision(
+            "job",
+            f"job {job.id} submitted: {job.rows} rows of {scope}"
+            + (f" at accuracy >= {min_accuracy:g}" if min_accuracy is not None else ""),
+            job=job.id,
+        )
+        self._wake.set()
+        return job
+
+    def _accept(
+        self,
+        model: str,
+        sig: Any,
+        inputs: dict[str, np.ndarray] | None,
+        directory: str | None,
+        min_accuracy: float | None,
+        batch: int,
+    ) -> Job:
         files: list[str] = []
         if directory is not None:
             inputs, files = load_images(allowed_directory(directory, self.job_roots), sig, self.max_input_bytes)
         assert inputs is not None
-        if min_accuracy is not None:
-            if not 0 <= min_accuracy <= 1:
-                raise InvalidInput(f"min_accuracy out of range: {min_accuracy:g}")
-            best = max((v.accuracy or 0.0 for v in variants if v.status == "ready"), default=0.0)
-            if best < min_accuracy:
-                raise InvalidInput(f"min_accuracy {min_accuracy:g} unreachable for {scope}: best is {best:g}")
         req = InferRequest(
             model, None, [InferInput(k, NUMPY_TO_V2.get(v.dtype, "?"), tuple(v.shape), v) for k, v in inputs.items()]
         )
         rows = check_inputs(req, sig)
-        batch = min([self.batch_rows, *(v.max_batch for v in variants if v.status == "ready")])
         job = Job(
             id=uuid.uuid4().hex[:12], model=model, min_accuracy=min_accuracy, rows=rows, batch_rows=batch, files=files
         )
@@ -217,13 +241,6 @@ class JobRunner:
         folder.mkdir(parents=True, exist_ok=True)
         _save_npz(folder / "inputs.npz", inputs)
         self._put(job)
-        self.decisions.log_decision(
-            "job",
-            f"job {job.id} submitted: {rows} rows of {scope}"
-            + (f" at accuracy >= {min_accuracy:g}" if min_accuracy is not None else ""),
-            job=job.id,
-        )
-        self._wake.set()
         return job
 
     def cancel(self, job_id: str) -> Job:

@@ -213,7 +213,7 @@ async def submit_job(request: Request) -> Response:
     if directory is not None and not isinstance(directory, str):
         raise InvalidInput("'directory' must be a string")
     min_accuracy = parse_number(opts, "min_accuracy", 0.0, 1.0) if opts.get("min_accuracy") != "" else None
-    job = services.jobs.submit(opts["model"], inputs=inputs, directory=directory, min_accuracy=min_accuracy)
+    job = await services.jobs.submit(opts["model"], inputs=inputs, directory=directory, min_accuracy=min_accuracy)
     return json_response(_job_row(job), 201)
 
 
