@@ -121,12 +121,18 @@ def cmd_workers(args) -> None:
             n,
             s.get("state", "-"),
             f"{s.get('demand_rps', 0):.0f}/{s.get('capacity_rps', 0):.0f}",
-            ",".join(s.get("replicas", [])),
+            _placed_on(s.get("replicas", []), s.get("instances", [])),
             s.get("reason", ""),
         )
         for n, s in sorted(states.items())
     )
     show(args, states, "variant states", ("variant", "state", "rows/s demand/capacity", "on", "why"), rows)
+
+
+def _placed_on(replicas: list[str], instances: list[int]) -> str:
+    """``w0,w1 x3``: the workers hosting a variant, with the runtime instances where more than one."""
+    counts = instances if len(instances) == len(replicas) else [1] * len(replicas)
+    return ",".join(w if n == 1 else f"{w} x{n}" for w, n in zip(replicas, counts, strict=True))
 
 
 def cmd_job(args) -> None:
