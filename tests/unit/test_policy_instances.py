@@ -3,7 +3,7 @@ before the variant takes a replica elsewhere; capacity counts instances; scale-d
 whole single-instance replica first (its worker may empty)."""
 
 from infaas.policy.autoscale import autoscale
-from infaas.policy.scaling import Memory, ScalingConfig, VariantLoad, WorkerRoom, state_of
+from infaas.policy.scaling import Memory, Sample, ScalingConfig, VariantLoad, WorkerRoom, state_of
 from tests.unit.test_policy_autoscale import FP32, P32, window
 
 CFG = ScalingConfig(scale_down_s=10, idle_unload_s=60, consolidate=False)  # tests/unit/test_policy_consolidate.py
@@ -89,3 +89,17 @@ def test_at_an_equal_price_growing_wins_over_swapping_to_a_two_thread_variant():
     rooms = [WorkerRoom("w0", 1000, 1, cpu=0.25, cores=2, threads=1)]
     (a,), _ = autoscale([grown({"w0": 1}, 10, 1000)], family, rooms, 10, Memory(), CFG)
     assert (a.kind, a.instances) == ("grow", 2) and "upgrade a.fp32-t2" in a.reason, a
+
+
+def test_no_lateral_upgrade_from_grown_instances_to_a_form_barely_faster():
+    from tests.unit.test_policy_autoscale import profile, variant
+
+    t2 = variant("a.fp32-t2").model_copy(update={"threads": 2})
+    # 2 threads run a batch of 8 in 4.8 ms: 1667 rows/s, 4 % more than the two 1-thread instances
+    # running now (1600), for the same price: a swap would buy nothing but a reload
+    p2 = profile(t2, 0.35, 2.0, 2 * P32.cost_per_1k * P32.throughput / (8 / 4.8 * 1000))
+    family = {"a": [(FP32, P32), (t2, p2)]}
+    busy = VariantLoad(FP32, P32, ("w0",), tuple(Sample(t, 1400, 1400, 8, 0, 5.0, busy=0.99) for t in range(5)), (2,))
+    rooms = [WorkerRoom("w0", 1000, 1, cpu=0.95, cores=2, threads=2)]
+    (a,), _ = autoscale([busy], family, rooms, 10, Memory(), CFG)
+    assert a.kind == "add_worker" and "upgrade" not in a.reason, a

@@ -356,8 +356,8 @@ def _scale_up(
             continue  # it must take every request the current one takes
         reps = len(load.replicas)  # a swap loads the candidate once per replica
         carries = capacity_rps(cp, cand.max_batch) * reps
-        if carries * (1 - cfg.headroom) < demand or carries <= capacity_rps(p, v.max_batch) * n:
-            continue  # it must carry the demand, and more than the instances running now
+        if carries * (1 - cfg.headroom) < demand or carries < cfg.upgrade_gain * capacity_rps(p, v.max_batch) * n:
+            continue  # it must carry the demand, and clearly more than the instances running now
         options.append((reps * hourly_usd(cp), cp.load_time_ms / 1000, "upgrade", cand.name, cand.name))
     if not options:
         return Action("add_worker", v.name, "cpu", f"{v.name} overloaded ({why}) and no worker has room")

@@ -81,6 +81,9 @@ class ScalingConfig:
     load_time_factor: float = 5.0  # ... or this many times the variant's load time, if longer
     idle_unload_s: float = 60.0
     upgrade_ratio: float = 1.0  # upgrade when replicating leaves a placement this many times dearer
+    # an upgrade swaps (a reload, a cold replica): it must carry this many times what runs now, more
+    # than the profiles' noise (two 1-thread instances and the 2-thread form differ by a few %)
+    upgrade_gain: float = 1.2
     max_scale_load_s: float = 30.0  # a scale-up must load within this (else the soonest relief wins)
     cooldown_s: float = 3.0  # after scaling a variant up, let the window see the effect first
     fast_samples: int = 2  # overload is judged on the newest samples (react fast), low load on all
