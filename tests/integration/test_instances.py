@@ -10,6 +10,7 @@ import pytest
 
 from infaas.app import BackgroundServer
 from infaas.client import Client
+from infaas.errors import InvalidInput
 from infaas.loadgen import ramp
 from infaas.policy.autoscale import capacity_rps
 from infaas.zoo import digits
@@ -20,6 +21,20 @@ pytestmark = pytest.mark.slow
 
 def run(server, coro, timeout=120):
     return asyncio.run_coroutine_threadsafe(coro, server.loop).result(timeout)
+
+
+def single_threaded(server, worker) -> str:
+    """Host only the fastest single-threaded form of digits-conv taking batches of 16 on ``worker``
+    (the profiles decide which runtime): on a 2-core worker it leaves a core for a second instance."""
+    plane = server.services
+    name = max(
+        (v.name for v in plane.catalog.by_arch["digits-conv"] if v.status == "ready" and v.threads == 1),
+        key=lambda n: (plane.catalog.variants[n].max_batch, plane.catalog.profiles[n].throughput),
+    )
+    for other in set(worker.loaded_names()) - {name}:
+        run(server, worker.unload(other))
+    run(server, plane.placement.load(plane.catalog.variants[name], worker))
+    return name
 
 
 def instances(server, worker, name) -> int:
@@ -37,14 +52,14 @@ def test_a_replica_grows_and_shrinks_while_it_serves_and_keeps_its_count_across_
         with Client(server.url) as c:
             while not stop.is_set():
                 try:
-                    c.infer("digits-conv", x)
+                    c.infer(name, x)
                     served[0] += 1
                 except Exception as exc:  # every request must be answered through the resizes
                     failures.append(exc)
 
     try:
         (worker,) = plane.cluster.workers
-        (name,) = worker.loaded_names()
+        name = single_threaded(server, worker)
         variant = plane.catalog.variants[name]
         t = threading.Thread(target=traffic)
         t.start()
@@ -69,6 +84,11 @@ def test_a_replica_grows_and_shrinks_while_it_serves_and_keeps_its_count_across_
         assert instances(server, worker, name) == 2
         with pytest.raises(Exception, match="not loaded"):
             run(server, worker.resize("no-such-variant", 2))
+        with pytest.raises(InvalidInput, match="need 3 cores; this worker has 2"):  # bounded by its cores
+            run(server, worker.resize(name, 3))
+        assert instances(server, worker, name) == 2  # unchanged, and it still serves
+        with Client(server.url) as c:
+            assert c.infer(name, x).outputs
     finally:
         stop.set()
         server.stop()
@@ -83,16 +103,8 @@ def test_under_a_ramp_the_controller_grows_instances_on_the_idle_core_then_shrin
     try:
         plane = server.services
         (worker,) = plane.cluster.workers
-        # the fastest single-threaded form taking batches of 16 (the profiles decide which runtime):
-        # on this 2-core worker it leaves a core idle, where a second instance can run
-        name = max(
-            (v.name for v in plane.catalog.by_arch["digits-conv"] if v.status == "ready" and v.threads == 1),
-            key=lambda n: (plane.catalog.variants[n].max_batch, plane.catalog.profiles[n].throughput),
-        )
+        name = single_threaded(server, worker)
         variant, profile = plane.catalog.variants[name], plane.catalog.profiles[name]
-        for other in set(worker.loaded_names()) - {name}:
-            run(server, worker.unload(other))
-        run(server, plane.placement.load(variant, worker))
         per_second = capacity_rps(profile, variant.max_batch) / 16  # requests of 16 rows
         stages = [(0.2 * per_second, 2.0), (1.5 * per_second, 6.0)]
         body = digits_body(16)

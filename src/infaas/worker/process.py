@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from infaas.errors import NotFound, Unavailable
+from infaas.errors import InvalidInput, NotFound, Unavailable
 from infaas.protocol.worker_wire import SocketChannel
 from infaas.registry.types import runtime_of
 from infaas.worker.batcher import BatchQueue, Pending, preferred_batch
@@ -200,10 +200,15 @@ class Worker:
         executor = self.variants.get(name)
         if executor is None:
             raise NotFound(f"variant {name} is not loaded on this worker")
-        have = len(executor.runtimes)
+        have, per = len(executor.runtimes), executor.runtimes[0].threads
+        if want * per > self.threads:  # a bound: instances never oversubscribe this worker's cores
+            raise InvalidInput(
+                f"{want} instance(s) of {name} at {per} thread(s) each need {want * per} cores; "
+                f"this worker has {self.threads}"
+            )
         began = time.monotonic()
         if want > have:
-            executor.grow(self._runtimes(self.specs[name], want - have, executor.runtimes[0].threads))
+            executor.grow(self._runtimes(self.specs[name], want - have, per))
         elif want < have:
             executor.shrink(want)
             trim()
