@@ -35,6 +35,7 @@ from infaas.registry import Registry
 from infaas.registry.scratch import own_tempdir
 from infaas.serving.door import Door, LoopLag
 from infaas.serving.metrics import Metrics
+from infaas.serving.regions import Regions
 from infaas.serving.router import Router
 from infaas.settings import Settings
 
@@ -62,6 +63,7 @@ class Services:
     autoscaler: Autoscaler | None
     leadership: Leadership
     doors: dict[str, Door]  # admission at each door (rest, grpc), sharing one event-loop lag monitor
+    regions: Regions  # the clients' system shared-memory regions (Triton's extension)
     _started: bool = field(default=False, repr=False)
     _tempdir: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
@@ -117,6 +119,7 @@ class Services:
         await _quietly("the controller lease", self.leadership.stop)
         await _quietly("the metadata store", self.registry.close)
         await self.doors["rest"].lag.stop()
+        self.regions.close()
         self._tempdir.close()
 
 
@@ -227,17 +230,9 @@ def build_services(settings: Settings) -> Services:
     profiling = Profiling(registry, catalog, cluster, settings, placement, decisions, background)
     policy = policy_named(settings.policy, scaling_from(settings))
     scaler = Autoscaler(placement, settings, policy, may_act=leadership.holds) if settings.autoscale else None
-    router = Router(
-        catalog,
-        cluster,
-        settings,
-        metrics,
-        latency,
-        placement,
-        decisions,
-        policy,
-        flagged=(lambda: scaler.overloaded) if scaler is not None else frozenset,
-    )
+    regions = Regions()
+    flagged = (lambda: scaler.overloaded) if scaler is not None else frozenset
+    router = Router(catalog, cluster, settings, metrics, latency, placement, decisions, policy, flagged, regions)
     registration = Registration(
         registry, catalog, settings, placement, profiling, decisions, background, serving=lambda: router.ready
     )
@@ -274,6 +269,7 @@ def build_services(settings: Settings) -> Services:
         scaler,
         leadership,
         _doors(settings, metrics),
+        regions,
     )
     return services
 

@@ -14,6 +14,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from infaas.hardware import HardwareKind
+    from infaas.protocol.shm import Shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,7 @@ class WorkerHandle(Protocol):
         deadline: float | None = None,
         drop_late: bool = True,
         offline: bool = False,
+        shm: Shared | None = None,
     ) -> WorkerResult: ...
     async def stats(self) -> dict[str, Any]: ...
 

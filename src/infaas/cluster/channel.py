@@ -34,6 +34,7 @@ class Transport(Protocol):
 
     frames: Any  # the request stream's codec: ``read(reader)``, ``write(writer, message)``
     drains_all: bool  # the worker counts every frontend's requests and drains them before an unload
+    shares_memory: bool  # the worker maps this machine's shared memory (spans travel instead of tensors)
     pid: int | None
     node: str
     kind: HardwareKind | None

@@ -31,6 +31,7 @@ from infaas.protocol.worker_wire import error_from_reply
 
 if TYPE_CHECKING:
     from infaas.hardware import HardwareKind
+    from infaas.protocol.shm import Shared
 
 log = logging.getLogger("infaas.cluster")
 
@@ -400,10 +401,13 @@ class ManagedWorker:
         deadline: float | None = None,
         drop_late: bool = True,
         offline: bool = False,
+        shm: Shared | None = None,
     ) -> WorkerResult:
         """Send a request and wait for its reply. Rows count as in flight until the worker answers,
         even when the caller gives up: a cancelled caller sends ``cancel`` (the worker drops the
-        request if it is still queued), and the frontend's view stays the worker's."""
+        request if it is still queued), and the frontend's view stays the worker's. ``shm``: the inputs
+        that lie in shared memory and the outputs that go there; a worker on this machine reads and
+        writes them in place, any other gets the tensors in the frames."""
         self._check_running()
         message = {
             "op": "infer",
@@ -415,6 +419,9 @@ class ManagedWorker:
             "drop_late": drop_late,
             "offline": offline,
         }
+        if shm is not None and self.transport.shares_memory:
+            message["inputs"] = {**inputs, **shm.inputs}
+            message["out"] = shm.outputs
         rid, fut = self.channel.send(message, variant, rows)
         try:
             await self.channel.drain()

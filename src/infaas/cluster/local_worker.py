@@ -25,6 +25,7 @@ class ProcessTransport:
 
     frames = PickleFrames()
     drains_all = False  # only this frontend sends to the process: the handle drains its own requests
+    shares_memory = True  # same machine: tensors in shared-memory regions travel as spans, read in place
 
     def __init__(
         self,

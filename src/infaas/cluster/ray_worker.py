@@ -38,6 +38,7 @@ class ActorTransport:
     starts, replaces and kills actors; the others attach to the named actor and mirror its placement."""
 
     drains_all = True  # the actor counts every frontend's requests and drains them before an unload
+    shares_memory = False  # maybe another machine: tensors always travel in the frames
 
     def __init__(self, name: str, cluster: RayCluster, measuring: bool = False) -> None:
         self.name = name

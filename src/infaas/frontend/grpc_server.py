@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from infaas.errors import Cancelled, InfaasError
+from infaas.errors import Cancelled, InfaasError, InvalidInput
 from infaas.frontend.auth import authorize
+from infaas.frontend.shared_memory import CUDA_UNSUPPORTED
 from infaas.protocol.grpc_codec import SERVICE, decode_infer, encode_infer
 from infaas.protocol.proto import kserve_v2_pb2 as pb
 
@@ -36,6 +37,8 @@ class GrpcFrontend:
         self.server: grpc.aio.Server | None = None
         self.keys = tuple(self.settings.api_keys)
         self.door = services.doors["grpc"]
+        self.regions = services.regions
+        self.management_keys = tuple(self.settings.management_api_keys or self.settings.api_keys)
 
     # ---- handlers (each: request message -> response message) --------------------------------
     async def ServerLive(self, req, ctx):
@@ -113,14 +116,41 @@ class GrpcFrontend:
                 out.models.add(**row)
         return out
 
+    # ---- shared memory (Triton's extension; guarded as the management API) ------------------------
+    async def SystemSharedMemoryStatus(self, req, ctx):
+        out = pb.SystemSharedMemoryStatusResponse()
+        for r in self.regions.status(req.name or None):
+            out.regions[r["name"]].CopyFrom(out.RegionStatus(**r))
+        return out
+
+    async def SystemSharedMemoryRegister(self, req, ctx):
+        self.regions.register(req.name, req.key, req.offset, req.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, req, ctx):
+        self.regions.unregister(req.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, req, ctx):
+        if req.name:
+            raise InvalidInput(f"no CUDA shared-memory region named '{req.name}' is registered")
+        return pb.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryRegister(self, req, ctx):
+        raise InvalidInput(CUDA_UNSUPPORTED)
+
+    async def CudaSharedMemoryUnregister(self, req, ctx):
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     # ---- plumbing ------------------------------------------------------------------------------
     def _wrap(self, method):
         open_method = method.__name__ in ("ServerLive", "ServerReady")  # probes need no key
+        keys = self.management_keys if "SharedMemory" in method.__name__ else self.keys
 
         async def call(request, context: grpc.aio.ServicerContext):
             try:
-                if self.keys and not open_method:  # keys travel as metadata, as REST's header
-                    authorize(dict(context.invocation_metadata() or ()).get("authorization", ""), self.keys)
+                if keys and not open_method:  # keys travel as metadata, as REST's header
+                    authorize(dict(context.invocation_metadata() or ()).get("authorization", ""), keys)
                 return await method(request, context)
             except asyncio.CancelledError:  # the client cancelled or its deadline passed: nothing to answer
                 raise
@@ -148,6 +178,7 @@ class GrpcFrontend:
             "ModelConfig",
             "ModelStatistics",
             "RepositoryIndex",
+            *(f"{kind}SharedMemory{op}" for kind in ("System", "Cuda") for op in ("Status", "Register", "Unregister")),
         ):
             request_type = getattr(pb, f"{name}Request")
             methods[name] = grpc.unary_unary_rpc_method_handler(

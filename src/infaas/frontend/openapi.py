@@ -101,6 +101,7 @@ def openapi_schema() -> dict:
                 schema=obj,
             )
         },
+        **_shared_memory_paths(obj),
         "/metrics": {"get": _op("Prometheus metrics", "metrics")},
         "/api/v1/openapi.json": {"get": _op("This schema", "management", schema=obj)},
         "/dashboard": {"get": _op("The web dashboard (HTML; its figures come from this API)", "management")},
@@ -359,3 +360,40 @@ def openapi_schema() -> dict:
             }
         },
     }
+
+
+def _shared_memory_paths(obj: dict) -> dict:
+    """Triton's system shared-memory extension (and CUDA's status / unregister, never registered)."""
+    region = [_path_param("name", "the region's name")]
+    listing = {"type": "array", "items": obj}
+    register = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["key", "byte_size"],
+                    "properties": {
+                        "key": {"type": "string", "description": "the POSIX shared-memory object (/dev/shm)"},
+                        "offset": {"type": "integer", "minimum": 0},
+                        "byte_size": {"type": "integer", "minimum": 1},
+                    },
+                }
+            }
+        },
+    }
+    paths: dict = {}
+    for kind, what in (("system", "system"), ("cuda", "CUDA (none: CPU workers)")):
+        base = f"/v2/{kind}sharedmemory"
+        paths[base + "/status"] = {"get": _op(f"Every {what} shared-memory region", "shared memory", schema=listing)}
+        paths[base + "/region/{name}/status"] = {
+            "get": _op(f"One {what} shared-memory region", "shared memory", params=region, schema=listing)
+        }
+        paths[base + "/region/{name}/register"] = {
+            "post": _op(f"Register a {what} shared-memory region", "shared memory", params=region, body=register)
+        }
+        paths[base + "/region/{name}/unregister"] = {
+            "post": _op(f"Unregister a {what} shared-memory region", "shared memory", params=region)
+        }
+        paths[base + "/unregister"] = {"post": _op(f"Unregister every {what} shared-memory region", "shared memory")}
+    return paths

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from infaas.errors import Cancelled, DeadlineExceeded, InvalidInput
 from infaas.frontend.management import management_routes
+from infaas.frontend.shared_memory import shared_memory_routes
 from infaas.frontend.web import (
     DoorMiddleware,
     arrival_of,
@@ -171,6 +172,7 @@ def inference_routes(keys: tuple[str, ...], management_keys: tuple[str, ...]) ->
         Route("/v2/repository/index", guard(repository_index, keys), methods=["POST"]),
         Route("/v2/repository/models/{model}/load", guard(repository_load, management_keys), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", guard(repository_unload, management_keys), methods=["POST"]),
+        *shared_memory_routes(management_keys),
     ]
     last = []
     for prefix in (base, ver):

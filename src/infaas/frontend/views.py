@@ -22,6 +22,7 @@ EXTENSIONS = [
     "statistics",
     "model_configuration",
     "model_repository",
+    "system_shared_memory",
     "infaas_modelless",
     "infaas_management",
 ]

@@ -19,6 +19,7 @@ import orjson
 from infaas.errors import InvalidInput
 from infaas.protocol import json_tensors
 from infaas.protocol.params import parse_bool
+from infaas.protocol.shm import BYTE_SIZE, REGION, ref_of
 from infaas.protocol.types import InferInput, InferRequest, InferResponse, RequestedOutput
 from infaas.tensors import V2_TO_NUMPY, itemsize
 
@@ -220,6 +221,12 @@ def decode_request(
         shape = check_shape(raw.get("shape"), name, max_elements)
         in_params = _as_dict(raw.get("parameters"), f"input '{name}' parameters")
         size = in_params.get("binary_data_size")
+        ref = ref_of(in_params, f"input '{name}'")
+        if ref is not None:  # its bytes lie in a region the client registered (bound by the router)
+            if size is not None or "data" in raw:
+                raise InvalidInput(f"input '{name}' names a shared-memory region and carries data too")
+            inputs.append(InferInput(name, datatype, shape, None, in_params, shm=ref))
+            continue
         if size is not None:
             if not isinstance(size, int) or size < 0:
                 raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
@@ -246,19 +253,24 @@ def decode_request(
             f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size"
         )
 
-    outputs = None
-    if header.get("outputs") is not None:
-        if not isinstance(header["outputs"], list):
-            raise InvalidInput("'outputs' must be a list")
-        outputs = []
-        for raw in header["outputs"]:
-            if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-                raise InvalidInput("each requested output needs a 'name'")
-            out_params = _as_dict(raw.get("parameters"), "output parameters")
-            flag = None if out_params.get("binary_data") is None else parse_bool(out_params, "binary_data", False)
-            outputs.append(RequestedOutput(raw["name"], flag, out_params))
+    outputs = _requested_outputs(header.get("outputs"))
     rid = header.get("id")
     return InferRequest(model, version, inputs, outputs, None if rid is None else str(rid), params)
+
+
+def _requested_outputs(raw_outputs: Any) -> list[RequestedOutput] | None:
+    if raw_outputs is None:
+        return None
+    if not isinstance(raw_outputs, list):
+        raise InvalidInput("'outputs' must be a list")
+    outputs = []
+    for raw in raw_outputs:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise InvalidInput("each requested output needs a 'name'")
+        out_params = _as_dict(raw.get("parameters"), "output parameters")
+        flag = None if out_params.get("binary_data") is None else parse_bool(out_params, "binary_data", False)
+        outputs.append(RequestedOutput(raw["name"], flag, out_params, ref_of(out_params, f"output '{raw['name']}'")))
+    return outputs
 
 
 def encode_response(resp: InferResponse) -> tuple[bytes, dict[str, str]]:
@@ -267,7 +279,9 @@ def encode_response(resp: InferResponse) -> tuple[bytes, dict[str, str]]:
     blobs: list[bytes] = []
     for out in resp.outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
-        if out.binary:
+        if out.region is not None:  # written to the client's region: only where it went travels
+            entry["parameters"] = {REGION: out.region, BYTE_SIZE: out.nbytes}
+        elif out.binary:
             blob = tensor_to_bytes(out.data, out.datatype)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)

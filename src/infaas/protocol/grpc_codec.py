@@ -13,6 +13,7 @@ import numpy as np
 from infaas.errors import InvalidInput
 from infaas.protocol.codec import check_shape, input_from_bytes, tensor_to_bytes
 from infaas.protocol.proto import kserve_v2_pb2 as pb
+from infaas.protocol.shm import BYTE_SIZE, REGION, ref_of
 from infaas.protocol.types import InferInput, InferRequest, InferResponse, RequestedOutput
 from infaas.tensors import V2_TO_NUMPY
 
@@ -63,23 +64,30 @@ def decode_infer(req: pb.ModelInferRequest, max_elements: int) -> InferRequest:
     """A v2 gRPC ModelInferRequest as the protocol-agnostic request (every field checked)."""
     if not req.inputs:
         raise InvalidInput("request needs at least one input")
-    raw = req.raw_input_contents
-    if raw and len(raw) != len(req.inputs):
+    params = [params_from_pb(t.parameters) for t in req.inputs]
+    refs = [ref_of(p, f"input '{t.name}'") for p, t in zip(params, req.inputs, strict=True)]
+    raw = iter(req.raw_input_contents)
+    plain = sum(r is None for r in refs)  # raw contents are those of the inputs not in shared memory
+    if req.raw_input_contents and len(req.raw_input_contents) != plain:
         raise InvalidInput(
-            f"{len(raw)} raw_input_contents for {len(req.inputs)} inputs: send one per input "
-            "(all raw, or all typed contents)"
+            f"{len(req.raw_input_contents)} raw_input_contents for {plain} inputs not in shared memory: send "
+            "one per such input (all raw, or all typed contents)"
         )
     inputs = []
-    for i, tensor in enumerate(req.inputs):
+    for tensor, in_params, ref in zip(req.inputs, params, refs, strict=True):
         name, datatype = tensor.name, tensor.datatype
         if not name:
             raise InvalidInput("each input needs a 'name'")
         if datatype not in V2_TO_NUMPY:
             raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}")
         shape = check_shape(list(tensor.shape), name, max_elements)
-        params = params_from_pb(tensor.parameters)
-        if raw:
-            inputs.append(input_from_bytes(name, datatype, shape, raw[i], params))
+        if ref is not None:  # bound to the client's region by the router
+            if tensor.contents.ByteSize():
+                raise InvalidInput(f"input '{name}' names a shared-memory region and carries contents too")
+            inputs.append(InferInput(name, datatype, shape, None, in_params, shm=ref))
+            continue
+        if req.raw_input_contents:
+            inputs.append(input_from_bytes(name, datatype, shape, next(raw), in_params))
             continue
         field = CONTENTS.get(datatype)
         if field is None:
@@ -89,11 +97,19 @@ def decode_infer(req: pb.ModelInferRequest, max_elements: int) -> InferRequest:
         if len(values) != count:
             raise InvalidInput(f"input '{name}': {len(values)} values in contents, shape {list(shape)} needs {count}")
         inputs.append(
-            InferInput(name, datatype, shape, None, params, pending=_contents_thunk(values, datatype, shape, name))
+            InferInput(name, datatype, shape, None, in_params, pending=_contents_thunk(values, datatype, shape, name))
         )
-    outputs = [RequestedOutput(o.name, None, params_from_pb(o.parameters)) for o in req.outputs] or None
+    outputs = []
+    for o in req.outputs:
+        out_params = params_from_pb(o.parameters)
+        outputs.append(RequestedOutput(o.name, None, out_params, ref_of(out_params, f"output '{o.name}'")))
     return InferRequest(
-        req.model_name, req.model_version or None, inputs, outputs, req.id or None, params_from_pb(req.parameters)
+        req.model_name,
+        req.model_version or None,
+        inputs,
+        outputs or None,
+        req.id or None,
+        params_from_pb(req.parameters),
     )
 
 
@@ -123,6 +139,10 @@ def encode_infer(resp: InferResponse) -> pb.ModelInferResponse:
     out = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id or "")
     params_to_pb(out.parameters, resp.parameters)
     for o in resp.outputs:
-        out.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
-        out.raw_output_contents.append(tensor_to_bytes(o.data, o.datatype))
+        tensor = out.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
+        if o.region is not None:  # in the client's region; an empty entry keeps the others' positions
+            params_to_pb(tensor.parameters, {REGION: o.region, BYTE_SIZE: o.nbytes})
+            out.raw_output_contents.append(b"")
+        else:
+            out.raw_output_contents.append(tensor_to_bytes(o.data, o.datatype))
     return out

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from infaas.protocol.shm import ShmRef, Span
+
 
 @dataclass(slots=True)
 class InferInput:
@@ -24,6 +26,8 @@ class InferInput:
     data: np.ndarray | None
     parameters: dict[str, Any] = field(default_factory=dict)
     pending: Callable[[], np.ndarray] | None = None  # decodes ``data`` (raises InvalidInput)
+    shm: ShmRef | None = None  # the client's shared-memory region it lies in (``data`` read from there)
+    span: Span | None = None  # where that is, once bound (a local worker reads it in place)
 
     @property
     def elements(self) -> int:
@@ -52,6 +56,18 @@ class RequestedOutput:
     name: str
     binary: bool | None = None  # None: the request-level default
     parameters: dict[str, Any] = field(default_factory=dict)
+    shm: ShmRef | None = None  # the client's shared-memory region it goes to
+    place: Placed | None = None  # where that is, once bound
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where a requested output goes: the region (by name, as the response reports it), the span a
+    local worker writes to, and this process's view of the same bytes."""
+
+    region: str
+    span: Span
+    view: memoryview
 
 
 @dataclass(slots=True)
@@ -74,6 +90,8 @@ class InferOutput:
     shape: tuple[int, ...]
     data: np.ndarray
     binary: bool = False
+    region: str | None = None  # written to this shared-memory region (``nbytes`` bytes), not sent
+    nbytes: int = 0
 
 
 @dataclass(slots=True)

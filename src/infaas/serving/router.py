@@ -30,10 +30,12 @@ from infaas.policy import (
 from infaas.policy.latency import LatencyModel
 from infaas.policy.policies import Policy
 from infaas.protocol.params import RequestParams, parse_request_params
+from infaas.protocol.shm import Shared
 from infaas.protocol.types import InferOutput, InferRequest, InferResponse, costly, materialize
 from infaas.protocol.validate import check_inputs
 from infaas.registry import Signature, Variant
 from infaas.serving.metrics import Metrics
+from infaas.serving.regions import Regions, deliver
 from infaas.settings import Settings
 
 
@@ -84,6 +86,7 @@ class Router:
         decisions: DecisionLog,
         policy: Policy,
         flagged: Callable[[], Collection[str]] = frozenset,
+        regions: Regions | None = None,
     ) -> None:
         self.catalog = catalog
         self.cluster = cluster
@@ -93,6 +96,7 @@ class Router:
         self.placement = placement
         self.decisions = decisions
         self.policy = policy
+        self.regions = regions  # the clients' shared-memory regions (None: requests may not name any)
         self.flagged = flagged  # variants the controller flags overloaded (the original policy avoids them)
         self.ready = False  # set once the server has started, cleared when it stops
         self._loaded_options: dict[tuple[str, str | None], tuple] = {}
@@ -105,6 +109,7 @@ class Router:
         route: Route | None = None
         try:
             plan = self._resolve(req, offline)
+            self._bind(req)
             if costly(req.inputs):
                 await asyncio.to_thread(materialize, req.inputs)
             else:
@@ -123,6 +128,13 @@ class Router:
         return self._respond(req, plan, route, result, start)
 
     # ---- resolve ---------------------------------------------------------------------------
+    def _bind(self, req: InferRequest) -> None:
+        """Tensors in the clients' shared-memory regions: inputs read in place, outputs' spans noted."""
+        if any(i.shm is not None for i in req.inputs) or any(o.shm is not None for o in req.outputs or ()):
+            if self.regions is None:
+                raise InvalidInput("this server takes no tensors in shared memory")
+            self.regions.bind(req)
+
     def _resolve(self, req: InferRequest, offline: bool) -> Plan:
         """The scope, its signature and variants, the batch size and the deadline. Everything is
         checked against the signature here, before any tensor is decoded."""
@@ -303,7 +315,13 @@ class Router:
         try:
             async with asyncio.timeout(wait):
                 return await route.worker.infer(
-                    route.variant.name, inputs, plan.rows, plan.deadline, drop_late, offline
+                    route.variant.name,
+                    inputs,
+                    plan.rows,
+                    plan.deadline,
+                    drop_late,
+                    offline,
+                    Shared.of(req.inputs, req.outputs),
                 )
         except TimeoutError:
             raise DeadlineExceeded(
@@ -353,9 +371,9 @@ class Router:
             "server_ms": round((time.monotonic() - req.arrival) * 1000, 3) if req.arrival is not None else None,
         }
         version = var.short_name if not plan.scope.startswith("task") else var.name
-        return InferResponse(
-            req.model, version, _outputs(req, plan, result), req.id, {k: v for k, v in params.items() if v is not None}
-        )
+        outputs = _outputs(req, plan, result)
+        deliver(req, outputs)
+        return InferResponse(req.model, version, outputs, req.id, {k: v for k, v in params.items() if v is not None})
 
 
 def _outputs(req: InferRequest, plan: Plan, result: WorkerResult) -> list[InferOutput]:

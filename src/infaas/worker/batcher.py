@@ -56,6 +56,7 @@ class Pending:
     payload: Any = None
     offline: bool = False  # a batch job's request: counted apart from online demand
     nbytes: int = 0
+    out: dict | None = None  # output name -> the shared-memory span it is written to (protocol.shm.Span)
 
 
 @dataclass(frozen=True, slots=True)

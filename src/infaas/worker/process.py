@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from infaas.errors import InvalidInput, NotFound, Unavailable
+from infaas.protocol.shm import ShmTensor, array_of
 from infaas.protocol.worker_wire import SocketChannel
 from infaas.registry.types import runtime_of
 from infaas.worker.batcher import BatchQueue, Pending, preferred_batch
@@ -91,7 +92,11 @@ class Worker:
                 }
             )
             return
-        inputs = msg["inputs"]
+        try:  # tensors in shared memory are read in place
+            inputs = {k: array_of(v) if isinstance(v, ShmTensor) else v for k, v in msg["inputs"].items()}
+        except InvalidInput as exc:
+            self.channel.send({"id": msg["id"], "ok": False, "kind": "InvalidInput", "error": str(exc)})
+            return
         executor.submit(
             Pending(
                 key=msg["id"],
@@ -103,6 +108,7 @@ class Worker:
                 payload=inputs,
                 offline=msg.get("offline", False),
                 nbytes=sum(v.nbytes for v in inputs.values()),
+                out=msg.get("out"),
             )
         )
 
