@@ -9,7 +9,9 @@
 # used). All three are unpacked into a folder of their own ($PA_DIR, default .cache/perf_analyzer),
 # never into the project's environment. Output: perf_analyzer's own tables, and a summary in
 # bench/results/perf_analyzer.txt. Env: MODELS (default "digits-mlp digits-classification"),
-# CONCURRENCY (default 1:8:3 = 1,4,7), WINDOW_MS (default 3000), PYTHON (default .venv/bin/python).
+# CONCURRENCY (default 1:8:3 = 1,4,7), WINDOW_MS (default 3000), PYTHON (default .venv/bin/python),
+# SHM (default "none system": each protocol plain, then with `--shared-memory system`, where
+# perf_analyzer puts every input and output in system shared-memory regions it registers).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PA_DIR="${PA_DIR:-$ROOT/.cache/perf_analyzer}"
@@ -17,6 +19,7 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 MODELS="${MODELS:-digits-mlp digits-classification}"
 CONCURRENCY="${CONCURRENCY:-1:8:3}"
 WINDOW_MS="${WINDOW_MS:-3000}"
+SHM="${SHM:-none system}"
 OUT="$ROOT/bench/results/perf_analyzer.txt"
 mkdir -p "$PA_DIR" "$ROOT/bench/results"
 
@@ -64,24 +67,27 @@ fi
 # ---- perf_analyzer, both protocols ---------------------------------------------------------------
 {
   echo "# perf_analyzer (tritonclient 2.50.0) against infaas, $(date -u +%F), $(nproc) cores"
-  printf "%-24s %-5s %11s %12s %10s %10s\n" model proto concurrency "infer/sec" "p50 usec" "p99 usec"
+  printf "%-24s %-9s %11s %12s %10s %10s\n" model proto concurrency "infer/sec" "p50 usec" "p99 usec"
 } >"$OUT"
 for model in $MODELS; do
   for proto in http grpc; do
+   for shm in $SHM; do
     url="$INFAAS_HTTP"; [ "$proto" = grpc ] && url="${INFAAS_GRPC:?set INFAAS_GRPC for a running server}"
+    label="$proto"; [ "$shm" = system ] && label="$proto+shm"
     csv="$(mktemp)"
-    echo "=== perf_analyzer -m $model -i $proto -u $url --concurrency-range $CONCURRENCY" >&2
-    "$PA" -m "$model" -i "$proto" -u "$url" --concurrency-range "$CONCURRENCY" \
+    echo "=== perf_analyzer -m $model -i $proto -u $url --concurrency-range $CONCURRENCY --shared-memory $shm" >&2
+    "$PA" -m "$model" -i "$proto" -u "$url" --concurrency-range "$CONCURRENCY" --shared-memory "$shm" \
         --measurement-interval "$WINDOW_MS" --percentile 99 -f "$csv"
     # CSV columns: Concurrency, Inferences/Second, ..., p50 latency, ..., p99 latency
-    "$PYTHON" - "$csv" "$model" "$proto" >>"$OUT" <<'PY'
+    "$PYTHON" - "$csv" "$model" "$label" >>"$OUT" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 for r in sorted(rows, key=lambda r: int(r["Concurrency"])):
-    print(f"{sys.argv[2]:<24} {sys.argv[3]:<5} {r['Concurrency']:>11} {float(r['Inferences/Second']):>12.1f} "
+    print(f"{sys.argv[2]:<24} {sys.argv[3]:<9} {r['Concurrency']:>11} {float(r['Inferences/Second']):>12.1f} "
           f"{r['p50 latency']:>10} {r['p99 latency']:>10}")
 PY
     rm -f "$csv"
+   done
   done
 done
 echo >&2

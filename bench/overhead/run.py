@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import statistics
@@ -52,12 +53,13 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from infaas.app import free_port  # noqa: E402
 from infaas.registry import Registry  # noqa: E402
-from infaas.tensors import NUMPY_TO_V2  # noqa: E402
+from infaas.tensors import NUMPY_TO_V2, itemsize  # noqa: E402
 
 console = Console()
 RAY_VERSION = "2.60.0"
+WARMUP_S = 2
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
-CONTENDERS = ("infaas-rest", "infaas-grpc", "ray-serve")
+CONTENDERS = ("infaas-rest", "infaas-grpc", "infaas-rest-shm", "infaas-grpc-shm", "ray-serve")
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Case:
     onnx: Path
     data: Path
     unit: str
+    outputs: list[tuple[str, str, int]]  # (name, datatype, bytes of one row) of every output
 
 
 def prepare(work: Path, threads: int, keys: list[str]) -> list[Case]:
@@ -87,7 +90,8 @@ def prepare(work: Path, threads: int, keys: list[str]) -> list[Case]:
         arch, _ = registry.register(zm.name, zm.task, zm.onnx, accuracy=zm.accuracy, max_batch=16, threads=threads)
         onnx = registry.models.path(arch.model_hash)
         registry.close()
-        cases.append(Case(key, zm.name, arch.signature.inputs[0].name, row, onnx, data, unit))
+        outs = [(o.name, o.datatype, math.prod(o.shape[1:]) * itemsize(o.datatype)) for o in arch.signature.outputs]
+        cases.append(Case(key, zm.name, arch.signature.inputs[0].name, row, onnx, data, unit, outs))
     return cases
 
 
@@ -140,8 +144,8 @@ def raw_latency_ms(case: Case, threads: int, duration: float) -> float:
 
 
 # ---- served contenders -----------------------------------------------------------------------------
-def tree_rss_mb(pid: int) -> float:
-    """RSS summed over a process and its descendants (shared pages counted in each, as ps does)."""
+def tree(pid: int) -> list[int]:
+    """A process and its descendants."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -151,15 +155,48 @@ def tree_rss_mb(pid: int) -> float:
             except (OSError, ValueError, IndexError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
-    total_kb, stack = 0, [pid]
+    out, stack = [], [pid]
     while stack:
         p = stack.pop()
+        out.append(p)
+        stack.extend(children.get(p, []))
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS summed over a process and its descendants (shared pages counted in each, as ps does)."""
+    total_kb = 0
+    for p in tree(pid):
         with contextlib.suppress(OSError), open(f"/proc/{p}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     total_kb += int(line.split()[1])
-        stack.extend(children.get(p, []))
     return total_kb / 1024
+
+
+# the processes that run the model: an infaas worker, a Ray Serve replica; the rest of a server's
+# process tree is its frontend (HTTP / gRPC, routing, Ray's proxy and controller)
+_WORKER_MARKS = (b"infaas.worker", b"ServeReplica")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) the frontend side and the worker side of a server's tree have used."""
+    front = work = 0.0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+        if any(mark in cmd for mark in _WORKER_MARKS):
+            work += cpu
+        else:
+            front += cpu
+    return front, work
 
 
 class Served:
@@ -308,7 +345,7 @@ def load(
         "-d",
         str(duration),
         "--warmup",
-        "2",
+        str(WARMUP_S),
     ]
     if header:
         cmd += ["--header", header]
@@ -319,40 +356,88 @@ def load(
     return json.loads(out.stdout)
 
 
-def requests_for(case: Case, work: Path) -> dict[str, tuple[Path, str | None]]:
-    """The same row as each contender takes it: KServe v2 binary (REST), raw_input_contents
-    (gRPC), the raw bytes (Ray Serve)."""
+def requests_for(case: Case, work: Path, shm: dict[str, str]) -> dict[str, tuple[Path, str | None]]:
+    """The same row as each contender takes it: KServe v2 binary (REST), raw_input_contents (gRPC),
+    the raw bytes (Ray Serve); and over REST and gRPC with the input and every output in the system
+    shared-memory regions ``shm`` names (``in``, ``out``), as tritonclient and perf_analyzer send it."""
+    from infaas.protocol.grpc_codec import params_to_pb
     from infaas.protocol.proto import kserve_v2_pb2 as pb
+    from infaas.protocol.shm import BYTE_SIZE, OFFSET, REGION
 
     x = case.row
+    tensor = {"name": case.input, "datatype": NUMPY_TO_V2[x.dtype], "shape": list(x.shape)}
     header = orjson.dumps(
         {
-            "inputs": [
-                {
-                    "name": case.input,
-                    "datatype": NUMPY_TO_V2[x.dtype],
-                    "shape": list(x.shape),
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
+            "inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
             "parameters": {"binary_data_output": True},
         }
     )
     rest = work / f"{case.key}.rest"
     rest.write_bytes(header + x.tobytes())
     msg = pb.ModelInferRequest(model_name=case.model)
-    msg.inputs.add(name=case.input, datatype=NUMPY_TO_V2[x.dtype], shape=list(x.shape))
+    msg.inputs.add(**tensor)
     msg.raw_input_contents.append(x.tobytes())
     grpc = work / f"{case.key}.pb"
     grpc.write_bytes(msg.SerializeToString())
     ray = work / f"{case.key}.ray"
     ray.write_bytes(x[0].tobytes())
-    return {"rest": (rest, f"Inference-Header-Content-Length: {len(header)}"), "grpc": (grpc, None), "ray": (ray, None)}
+    reqs = {"rest": (rest, f"Inference-Header-Content-Length: {len(header)}"), "grpc": (grpc, None), "ray": (ray, None)}
+    if shm:
+        places, offset = [], 0
+        for name, _, size in case.outputs:
+            places.append((name, {REGION: shm["out"], OFFSET: offset, BYTE_SIZE: size}))
+            offset += size
+        in_place = {REGION: shm["in"], BYTE_SIZE: x.nbytes}
+        body = {
+            "inputs": [{**tensor, "parameters": in_place}],
+            "outputs": [{"name": n, "parameters": p} for n, p in places],
+        }
+        reqs["rest-shm"] = (work / f"{case.key}.rest-shm", None)
+        reqs["rest-shm"][0].write_bytes(orjson.dumps(body))
+        msg = pb.ModelInferRequest(model_name=case.model)
+        params_to_pb(msg.inputs.add(**tensor).parameters, in_place)
+        for name, params in places:
+            params_to_pb(msg.outputs.add(name=name).parameters, params)
+        reqs["grpc-shm"] = (work / f"{case.key}.pb-shm", None)
+        reqs["grpc-shm"][0].write_bytes(msg.SerializeToString())
+    return reqs
+
+
+class ShmObjects:
+    """The client's side of system shared memory: one object holding the input row, one for the outputs,
+    in /dev/shm (unlinked on exit), registered with a server as regions ``in`` and ``out``."""
+
+    def __init__(self, case: Case) -> None:
+        tag = f"infaas-bench-{os.getpid()}-{case.key}"
+        self.keys = {"in": f"/{tag}-in", "out": f"/{tag}-out"}
+        self.sizes = {"in": case.row.nbytes, "out": sum(size for *_, size in case.outputs)}
+        Path("/dev/shm" + self.keys["in"]).write_bytes(case.row.tobytes())
+        Path("/dev/shm" + self.keys["out"]).write_bytes(bytes(self.sizes["out"]))
+        self.names = {"in": f"{case.key}-in", "out": f"{case.key}-out"}
+
+    def register(self, base_url: str) -> None:
+        for which, key in self.keys.items():
+            body = {"key": key, "offset": 0, "byte_size": self.sizes[which]}
+            url = f"{base_url}/v2/systemsharedmemory/region/{self.names[which]}/register"
+            httpx.post(url, json=body, timeout=10).raise_for_status()
+
+    def close(self) -> None:
+        for key in self.keys.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink("/dev/shm" + key)
 
 
 # ---- one model -----------------------------------------------------------------------------------
 def measure(case: Case, args, work: Path, ray_py: Path | None) -> dict:
-    reqs = requests_for(case, work)
+    shm = ShmObjects(case)
+    try:
+        return _measure(case, args, work, ray_py, shm)
+    finally:
+        shm.close()
+
+
+def _measure(case: Case, args, work: Path, ray_py: Path | None, shm: ShmObjects) -> dict:
+    reqs = requests_for(case, work, shm.names)
     raw_layouts = [(1, args.threads, False), (1, args.threads, True)]
     if args.threads > 1:
         raw_layouts.append((args.threads, 1, False))
@@ -383,21 +468,33 @@ def measure(case: Case, args, work: Path, ray_py: Path | None) -> dict:
                 grpc_port = free_port()
                 body, header = reqs["rest"][0].read_bytes(), reqs["rest"][1].split(": ")[1]
                 ctx = infaas_server(case, args.threads, port, grpc_port, body, header)
+                path, grpc_url = f"/v2/models/{case.model}/infer", f"127.0.0.1:{grpc_port}"
                 plan = [
-                    ("infaas-rest", f"http://127.0.0.1:{port}", f"/v2/models/{case.model}/infer", *reqs["rest"], False),
-                    ("infaas-grpc", f"127.0.0.1:{grpc_port}", GRPC_INFER, reqs["grpc"][0], None, True),
+                    ("infaas-rest", f"http://127.0.0.1:{port}", path, *reqs["rest"], False),
+                    ("infaas-grpc", grpc_url, GRPC_INFER, reqs["grpc"][0], None, True),
+                    ("infaas-rest-shm", f"http://127.0.0.1:{port}", path, *reqs["rest-shm"], False),
+                    ("infaas-grpc-shm", grpc_url, GRPC_INFER, reqs["grpc-shm"][0], None, True),
                 ]
             else:
                 ctx = ray_server(ray_py, case, args.threads, port)
                 plan = [("ray-serve", f"http://127.0.0.1:{port}", "/", reqs["ray"][0], None, False)]
             with ctx as served:
+                if server == "infaas":
+                    shm.register(f"http://127.0.0.1:{port}")
                 for name, url, path, body_file, header, grpc in plan:
                     for c in args.concurrency:
+                        before = tree_cpu_s(served.proc.pid)
                         r = load(url, path, body_file, c, args.duration, header, grpc)
+                        after = tree_cpu_s(served.proc.pid)
+                        # CPU over the warm-up too: count its requests at the measured rate
+                        sent = max(1.0, r["requests"] * (args.duration + WARMUP_S) / args.duration)
+                        r["front_cpu_ms"] = (after[0] - before[0]) * 1000 / sent
+                        r["worker_cpu_ms"] = (after[1] - before[1]) * 1000 / sent
                         runs.setdefault(name, {}).setdefault(c, []).append(r)
                         console.print(
-                            f"  {name:12s} {c:2d} clients: {r['throughput']:8.1f} {case.unit}/s  "
-                            f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  errors {r['errors']}"
+                            f"  {name:16s} {c:2d} clients: {r['throughput']:8.1f} {case.unit}/s  "
+                            f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  errors {r['errors']}  "
+                            f"frontend CPU {r['front_cpu_ms']:.3f} ms/req"
                         )
             for name, *_ in plan:
                 s = starts.setdefault(name, {"ready_s": [], "idle_mb": [], "peak_mb": []})
@@ -430,6 +527,8 @@ def measure(case: Case, args, work: Path, ray_py: Path | None) -> dict:
                     "p50_ms": statistics.median(r["p50_ms"] or 0 for r in rs),
                     "p99_ms": statistics.median(r["p99_ms"] or 0 for r in rs),
                     "errors": sum(r["errors"] for r in rs),
+                    "front_cpu_ms": round(statistics.median(r["front_cpu_ms"] for r in rs), 4),
+                    "worker_cpu_ms": round(statistics.median(r["worker_cpu_ms"] for r in rs), 4),
                 }
             )
         s = starts.get(name, {})
@@ -518,6 +617,7 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
             if c in rest and rest[c]["throughput"]:
                 x = grpc[c]["throughput"] / rest[c]["throughput"]
                 out.append((f"{key}: gRPC >= 0.9x REST at {c} clients", f"{x:.2f}x", x >= 0.9))
+        out += shm_targets(key, m, rows)
         if "ready_s" in cs.get("infaas-rest", {}):
             out.append(
                 (
@@ -538,6 +638,34 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
     return out
 
 
+def shm_targets(key: str, m: dict, rows) -> list[tuple[str, str, bool]]:
+    """Issue 32's targets: with system shared memory, Lite0 near raw and little added latency, the
+    frontend's CPU per request halved, gRPC on par with REST on the small model."""
+    out = []
+    plain = {"infaas-rest-shm": rows("infaas-rest"), "infaas-grpc-shm": rows("infaas-grpc")}
+    for name, before in plain.items():
+        now, proto = rows(name), name.split("-")[1]
+        for c in (8, 32) if key == "lite0" else ():
+            if c in now:
+                x = now[c]["ratio_to_raw"]
+                out.append((f"{key}: {proto} + shm >= 0.9x raw at {c} clients", f"{x:.2f}x", x >= 0.9))
+        for c, r in now.items():
+            if key == "lite0" and c in before and before[c]["front_cpu_ms"]:
+                x = r["front_cpu_ms"] / before[c]["front_cpu_ms"]
+                what = f"{key}: {proto} frontend CPU/req with shm <= 0.5x without, {c} clients"
+                value = f"{r['front_cpu_ms']:.3f} vs {before[c]['front_cpu_ms']:.3f} ms ({x:.2f}x)"
+                out.append((what, value, x <= 0.5))
+    rest, grpc = rows("infaas-rest-shm"), rows("infaas-grpc-shm")
+    if key == "lite0" and 1 in rest:
+        added = rest[1]["p50_ms"] - m["raw_b1_p50_ms"]
+        out.append((f"{key}: rest + shm added p50 at 1 client <= 0.5 ms", f"{added:.3f} ms", added <= 0.5))
+    for c in grpc if key == "digits" else ():
+        if c in rest and rest[c]["throughput"]:
+            x = grpc[c]["throughput"] / rest[c]["throughput"]
+            out.append((f"{key}: gRPC + shm >= 0.9x REST + shm at {c} clients", f"{x:.2f}x", x >= 0.9))
+    return out
+
+
 def report(result: dict) -> None:
     for m in result["models"].values():
         t = Table(
@@ -545,7 +673,8 @@ def report(result: dict) -> None:
             f"{m['raw_best']['per_s']:.1f} {m['unit']}/s, batch-1 p50 {m['raw_b1_p50_ms']:.3f} ms "
             f"(medians of {result['rounds']} rounds)"
         )
-        for col in ("contender", "clients", f"{m['unit']}/s", "x raw", "p50 ms", "p99 ms", "errors"):
+        cols = ("contender", "clients", f"{m['unit']}/s", "x raw", "p50 ms", "p99 ms", "errors", "frontend CPU ms/req")
+        for col in cols:
             t.add_column(col, justify="right")
         for name, c in m["contenders"].items():
             for r in c["rows"]:
@@ -557,6 +686,7 @@ def report(result: dict) -> None:
                     f"{r['p50_ms']:.2f}",
                     f"{r['p99_ms']:.1f}",
                     str(r["errors"]),
+                    f"{r['front_cpu_ms']:.3f}",
                 )
         console.print(t)
         s = Table(title=f"{m['model']}: start and memory (process tree RSS)")
@@ -569,7 +699,7 @@ def report(result: dict) -> None:
                     name.replace("-rest", ""), f"{c['ready_s']:.2f}", f"{c['idle_mb']:.0f}", f"{c['peak_mb']:.0f}"
                 )
         console.print(s)
-    t = Table(title="targets (issue 12)")
+    t = Table(title="targets (issues 12 and 32)")
     for col in ("target", "measured", "met"):
         t.add_column(col)
     for what, value, ok in result["targets"]:
