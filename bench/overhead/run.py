@@ -226,6 +226,10 @@ class Served:
         self._sampler.start()
         time.sleep(2.0)  # settle: what it holds while idle
         self.idle_mb = tree_rss_mb(self.proc.pid)
+        before, t0 = tree_cpu_s(self.proc.pid), time.perf_counter()
+        time.sleep(2.0)  # the CPU its background work (control loops, stats) takes with no requests
+        after = tree_cpu_s(self.proc.pid)
+        self.idle_cpu = [(a - b) / (time.perf_counter() - t0) for a, b in zip(after, before, strict=True)]
         return self
 
     def _sample(self) -> None:
@@ -483,13 +487,16 @@ def _measure(case: Case, args, work: Path, ray_py: Path | None, shm: ShmObjects)
                     shm.register(f"http://127.0.0.1:{port}")
                 for name, url, path, body_file, header, grpc in plan:
                     for c in args.concurrency:
-                        before = tree_cpu_s(served.proc.pid)
+                        before, t0 = tree_cpu_s(served.proc.pid), time.perf_counter()
                         r = load(url, path, body_file, c, args.duration, header, grpc)
-                        after = tree_cpu_s(served.proc.pid)
-                        # CPU over the warm-up too: count its requests at the measured rate
+                        after, wall = tree_cpu_s(served.proc.pid), time.perf_counter() - t0
+                        # CPU over the warm-up too: count its requests at the measured rate; less what
+                        # the server's background work took meanwhile (measured idle)
                         sent = max(1.0, r["requests"] * (args.duration + WARMUP_S) / args.duration)
-                        r["front_cpu_ms"] = (after[0] - before[0]) * 1000 / sent
-                        r["worker_cpu_ms"] = (after[1] - before[1]) * 1000 / sent
+                        front, work = (
+                            a - b - rate * wall for a, b, rate in zip(after, before, served.idle_cpu, strict=True)
+                        )
+                        r["front_cpu_ms"], r["worker_cpu_ms"] = front * 1000 / sent, work * 1000 / sent
                         runs.setdefault(name, {}).setdefault(c, []).append(r)
                         console.print(
                             f"  {name:16s} {c:2d} clients: {r['throughput']:8.1f} {case.unit}/s  "

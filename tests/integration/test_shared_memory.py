@@ -108,14 +108,13 @@ def test_inputs_and_outputs_in_regions_match_plain_inference(client, server, dig
     labels = shm.get_contents_as_numpy(out_h, np.int64, [ROWS], offset=2048)
     np.testing.assert_array_equal(labels, plain.as_numpy("label"))
     worker = server.services.cluster.workers[0]
-    # the worker maps the client's memory only while the request is in flight (its thread lets go just
-    # after sending the answer)
-    assert wait_until(lambda: not mapped(worker.pid, in_key), timeout=5), "the worker keeps the client's memory"
-
+    assert mapped(worker.pid, in_key) == 1  # the worker read it in place, mapped once
     assert mapped(os.getpid(), in_key) == 2  # the client's mapping and the server's
     client.unregister_system_shared_memory(in_name)
     assert in_name not in status(client) and out_name in status(client)
     assert mapped(os.getpid(), in_key) == 1  # unregistering unmapped it in the server
+    assert wait_until(lambda: not mapped(worker.pid, in_key), timeout=5), "the worker keeps the client's memory"
+    assert mapped(worker.pid, out_key) == 1  # still registered: still mapped
 
 
 def _input(lib, x, region=None, size=None, offset=0, datatype="FP32"):
@@ -232,9 +231,9 @@ def test_worker_killed_mid_request_leaves_no_region_mapped(server, digits_sample
         assert wait_until(lambda: worker.pid not in (None, old) and worker.loaded_names(), timeout=60)
         time.sleep(0.2)
         assert c.infer("digits-mlp", [_input(httpclient, x, name)]).as_numpy("label").shape == (4,)
-        assert wait_until(lambda: not mapped(worker.pid, key), timeout=5)
         c.unregister_system_shared_memory(name)
         assert mapped(os.getpid(), key) == 1  # the client's own
+        assert wait_until(lambda: not mapped(worker.pid, key), timeout=5)
     finally:
         c.unregister_system_shared_memory()
         c.close()

@@ -230,7 +230,7 @@ def build_services(settings: Settings) -> Services:
     profiling = Profiling(registry, catalog, cluster, settings, placement, decisions, background)
     policy = policy_named(settings.policy, scaling_from(settings))
     scaler = Autoscaler(placement, settings, policy, may_act=leadership.holds) if settings.autoscale else None
-    regions = Regions()
+    regions = Regions(released=lambda key: [w.forget_shm(key) for w in cluster.workers])
     flagged = (lambda: scaler.overloaded) if scaler is not None else frozenset
     router = Router(catalog, cluster, settings, metrics, latency, placement, decisions, policy, flagged, regions)
     registration = Registration(

@@ -156,6 +156,7 @@ class WorkerHandle(Protocol):
         shm: Shared | None = None,
     ) -> WorkerResult: ...
     async def stats(self) -> dict[str, Any]: ...
+    def forget_shm(self, key: str) -> None: ...  # shared-memory object ``key`` unregistered: unmap it
 
 
 class ClusterBackend(Protocol):

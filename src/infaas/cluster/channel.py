@@ -103,9 +103,14 @@ class Channel:
         fut = self.pending.get(rid)
         if fut is not None:
             fut.cancel()
-        if rid in self.inflight and self.writer is not None:
+        if rid in self.inflight:
+            self.notify({"op": "cancel", "variant": variant, "key": rid})
+
+    def notify(self, message: dict) -> None:
+        """A one-way message (no reply), if the stream is open; lost with the stream otherwise."""
+        if self.writer is not None:
             with contextlib.suppress(Exception):
-                self.frames.write(self.writer, {"op": "cancel", "variant": variant, "key": rid, "id": 0})
+                self.frames.write(self.writer, {**message, "id": 0})
 
     async def dispatch(self, reader: asyncio.StreamReader) -> None:
         """Hand each reply to the call waiting for it (rows in flight released first); returns only by

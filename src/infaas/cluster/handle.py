@@ -386,6 +386,11 @@ class ManagedWorker:
             finally:
                 self._set_replica(variant, None)
 
+    def forget_shm(self, key: str) -> None:
+        """The shared-memory object ``key`` is no longer registered: a worker on this machine unmaps it."""
+        if self.transport.shares_memory:
+            self.channel.notify({"op": "forget_shm", "key": key})
+
     async def stats(self) -> dict[str, Any]:
         return await self._call({"op": "stats"}, timeout=10)
 

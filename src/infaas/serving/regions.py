@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import mmap
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +55,9 @@ class Region:
 class Regions:
     """Name -> registered region, thread-safe (register and unregister may run beside requests)."""
 
-    def __init__(self, limit: int = MAX_REGIONS) -> None:
+    def __init__(self, limit: int = MAX_REGIONS, released: Callable[[str], None] | None = None) -> None:
         self.limit = limit
+        self.released = released  # told each object (key) whose region is unregistered: workers unmap it
         self._regions: dict[str, Region] = {}
         self._lock = threading.Lock()
 
@@ -102,6 +104,8 @@ class Regions:
             except BufferError:  # an array still reads it: a finished request held in a cycle (an error's
                 gc.collect()  # traceback) lets go now; one still in flight does when it ends
                 release(region.mm)
+            if self.released is not None:
+                self.released(region.key)
         return names
 
     def status(self, name: str | None = None) -> list[dict]:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from infaas.errors import Cancelled, DeadlineExceeded, Overloaded
-from infaas.protocol.shm import write_span
+from infaas.protocol.shm import Maps
 from infaas.protocol.worker_wire import SocketChannel
 from infaas.worker.batcher import BatchQueue, Pending
 from infaas.worker.runtime import Runtime, infer_checked
@@ -23,8 +23,11 @@ class VariantExecutor:
     one two-threaded run do.
     """
 
-    def __init__(self, name: str, runtimes: list[Runtime], queue: BatchQueue, channel: SocketChannel) -> None:
+    def __init__(
+        self, name: str, runtimes: list[Runtime], queue: BatchQueue, channel: SocketChannel, maps: Maps | None = None
+    ) -> None:
         self.name = name
+        self.maps = maps or Maps()  # where outputs that go to shared memory are written
         self.runtimes = runtimes
         self.queue = queue
         self.channel = channel
@@ -208,7 +211,7 @@ class VariantExecutor:
 
     def _place(self, part: dict[str, np.ndarray], spans: dict) -> dict:
         """Write the outputs that go to shared memory there; what travels back is where they lie."""
-        return {k: write_span(spans[k], v) if k in spans and v.dtype != object else v for k, v in part.items()}
+        return {k: self.maps.write(spans[k], v) if k in spans and v.dtype != object else v for k, v in part.items()}
 
     def _fail(self, item: Pending, exc: BaseException) -> None:
         self.channel.send(

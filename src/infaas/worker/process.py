@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from infaas.errors import InvalidInput, NotFound, Unavailable
-from infaas.protocol.shm import ShmTensor, array_of
+from infaas.protocol.shm import Maps, ShmTensor
 from infaas.protocol.worker_wire import SocketChannel
 from infaas.registry.types import runtime_of
 from infaas.worker.batcher import BatchQueue, Pending, preferred_batch
@@ -49,6 +49,7 @@ class Worker:
         self.variants: dict[str, VariantExecutor] = {}
         self.specs: dict[str, dict] = {}  # each loaded variant's load message (a resize loads more alike)
         self.control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control")
+        self.maps = Maps()  # the shared-memory objects requests' tensors lie in (protocol.shm)
         self.started = time.time()
 
     def serve(self) -> None:
@@ -63,6 +64,8 @@ class Worker:
                 self.infer(msg)
             elif op == "cancel":
                 self.cancel(msg["variant"], msg["key"])
+            elif op == "forget_shm":  # the frontend unregistered this object's regions
+                self.maps.forget(msg["key"])
             elif op == "shutdown":
                 return
             else:
@@ -93,7 +96,7 @@ class Worker:
             )
             return
         try:  # tensors in shared memory are read in place
-            inputs = {k: array_of(v) if isinstance(v, ShmTensor) else v for k, v in msg["inputs"].items()}
+            inputs = {k: self.maps.array(v) if isinstance(v, ShmTensor) else v for k, v in msg["inputs"].items()}
         except InvalidInput as exc:
             self.channel.send({"id": msg["id"], "ok": False, "kind": "InvalidInput", "error": str(exc)})
             return
@@ -172,7 +175,7 @@ class Worker:
         for runtime in runtimes:  # what the calibration's large batches held goes back to the system
             runtime.release_memory()
         trim()
-        self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel)
+        self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel, self.maps)
         self.specs[name] = msg
         return {
             "load_time_s": sum(r.load_time_s for r in runtimes) / instances,
