@@ -19,7 +19,7 @@ import orjson
 from infaas.errors import InvalidInput
 from infaas.protocol import json_tensors
 from infaas.protocol.params import parse_bool
-from infaas.protocol.shm import BYTE_SIZE, REGION, ref_of
+from infaas.protocol.shm import ref_of
 from infaas.protocol.types import InferInput, InferRequest, InferResponse, RequestedOutput
 from infaas.tensors import V2_TO_NUMPY, itemsize
 
@@ -279,8 +279,9 @@ def encode_response(resp: InferResponse) -> tuple[bytes, dict[str, str]]:
     blobs: list[bytes] = []
     for out in resp.outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
-        if out.region is not None:  # written to the client's region: only where it went travels
-            entry["parameters"] = {REGION: out.region, BYTE_SIZE: out.nbytes}
+        if out.region is not None:
+            pass  # written to the client's region: name, datatype and shape only, as Triton answers (its
+            # C++ client, perf_analyzer's, reads output parameters as binary_data_size)
         elif out.binary:
             blob = tensor_to_bytes(out.data, out.datatype)
             entry["parameters"] = {"binary_data_size": len(blob)}

@@ -13,7 +13,7 @@ import numpy as np
 from infaas.errors import InvalidInput
 from infaas.protocol.codec import check_shape, input_from_bytes, tensor_to_bytes
 from infaas.protocol.proto import kserve_v2_pb2 as pb
-from infaas.protocol.shm import BYTE_SIZE, REGION, ref_of
+from infaas.protocol.shm import ref_of
 from infaas.protocol.types import InferInput, InferRequest, InferResponse, RequestedOutput
 from infaas.tensors import V2_TO_NUMPY
 
@@ -139,9 +139,8 @@ def encode_infer(resp: InferResponse) -> pb.ModelInferResponse:
     out = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id or "")
     params_to_pb(out.parameters, resp.parameters)
     for o in resp.outputs:
-        tensor = out.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
+        out.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
         if o.region is not None:  # in the client's region; an empty entry keeps the others' positions
-            params_to_pb(tensor.parameters, {REGION: o.region, BYTE_SIZE: o.nbytes})
             out.raw_output_contents.append(b"")
         else:
             out.raw_output_contents.append(tensor_to_bytes(o.data, o.datatype))

@@ -90,8 +90,7 @@ class InferOutput:
     shape: tuple[int, ...]
     data: np.ndarray
     binary: bool = False
-    region: str | None = None  # written to this shared-memory region (``nbytes`` bytes), not sent
-    nbytes: int = 0
+    region: str | None = None  # written to this shared-memory region of the client's, not sent
 
 
 @dataclass(slots=True)

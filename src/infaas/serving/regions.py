@@ -156,7 +156,7 @@ class Regions:
 
 
 def deliver(req: InferRequest, outputs: list[InferOutput]) -> None:
-    """Write each output that goes to a region and is not there yet; the response then names the region."""
+    """Write each output that goes to a region and is not there yet; the response then carries no data for it."""
     wanted = {o.name: o.place for o in req.outputs or () if o.place is not None}
     for out in outputs:
         place = wanted.get(out.name)
@@ -165,7 +165,6 @@ def deliver(req: InferRequest, outputs: list[InferOutput]) -> None:
         if isinstance(out.data, ShmTensor):  # written by the worker, in place
             if out.data.span.key != place.span.key or out.data.span.start != place.span.start:
                 raise InvalidInput(f"output '{out.name}' was written to {out.data.span}, not {place.span}")
-            out.nbytes = out.data.span.nbytes
         else:
             blob = tensor_to_bytes(out.data, out.datatype) if out.datatype == "BYTES" else out.data
             size = len(blob) if isinstance(blob, bytes) else blob.nbytes
@@ -174,7 +173,7 @@ def deliver(req: InferRequest, outputs: list[InferOutput]) -> None:
                     f"output '{out.name}' is {size} bytes; its shared-memory span in region '{place.region}' "
                     f"holds {len(place.view)}"
                 )
-            out.nbytes = write_into(place.view, blob)
+            write_into(place.view, blob)
         out.region = place.region
 
 
