@@ -11,7 +11,8 @@
 # bench/results/perf_analyzer.txt. Env: MODELS (default "digits-mlp digits-classification"),
 # CONCURRENCY (default 1:8:3 = 1,4,7), WINDOW_MS (default 3000), PYTHON (default .venv/bin/python),
 # SHM (default "none system": each protocol plain, then with `--shared-memory system`, where
-# perf_analyzer puts every input and output in system shared-memory regions it registers).
+# perf_analyzer puts every input and output in system shared-memory regions it registers),
+# PROTOCOLS (default "http grpc"), STABILITY (default 10: perf_analyzer's --stability-percentage).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PA_DIR="${PA_DIR:-$ROOT/.cache/perf_analyzer}"
@@ -20,6 +21,8 @@ MODELS="${MODELS:-digits-mlp digits-classification}"
 CONCURRENCY="${CONCURRENCY:-1:8:3}"
 WINDOW_MS="${WINDOW_MS:-3000}"
 SHM="${SHM:-none system}"
+PROTOCOLS="${PROTOCOLS:-http grpc}"
+STABILITY="${STABILITY:-10}"
 OUT="$ROOT/bench/results/perf_analyzer.txt"
 mkdir -p "$PA_DIR" "$ROOT/bench/results"
 
@@ -70,14 +73,14 @@ fi
   printf "%-24s %-9s %11s %12s %10s %10s\n" model proto concurrency "infer/sec" "p50 usec" "p99 usec"
 } >"$OUT"
 for model in $MODELS; do
-  for proto in http grpc; do
+  for proto in $PROTOCOLS; do
    for shm in $SHM; do
     url="$INFAAS_HTTP"; [ "$proto" = grpc ] && url="${INFAAS_GRPC:?set INFAAS_GRPC for a running server}"
     label="$proto"; [ "$shm" = system ] && label="$proto+shm"
     csv="$(mktemp)"
     echo "=== perf_analyzer -m $model -i $proto -u $url --concurrency-range $CONCURRENCY --shared-memory $shm" >&2
     "$PA" -m "$model" -i "$proto" -u "$url" --concurrency-range "$CONCURRENCY" --shared-memory "$shm" \
-        --measurement-interval "$WINDOW_MS" --percentile 99 -f "$csv"
+        --stability-percentage "$STABILITY" --measurement-interval "$WINDOW_MS" --percentile 99 -f "$csv"
     # CSV columns: Concurrency, Inferences/Second, ..., p50 latency, ..., p99 latency
     "$PYTHON" - "$csv" "$model" "$label" >>"$OUT" <<'PY'
 import csv, sys
