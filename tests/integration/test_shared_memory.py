@@ -238,3 +238,20 @@ def test_worker_killed_mid_request_leaves_no_region_mapped(server, digits_sample
         c.unregister_system_shared_memory()
         c.close()
         regions.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_example_client_runs_unchanged(server, protocol):
+    """examples/shm_client.py, tritonclient alone, as a user runs it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "shm_client.py"
+    url = server.grpc_url if protocol == "grpc" else server.url.removeprefix("http://")
+    args = [sys.executable, str(example), "--url", url] + (["--grpc"] if protocol == "grpc" else [])
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "probabilities: [4, 10] float32 from shared memory, same as the plain answer: True" in out.stdout
+    assert "label: [4] int64 from shared memory, same as the plain answer: True" in out.stdout
+    assert "regions registered: 2" in out.stdout
