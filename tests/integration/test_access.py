@@ -121,3 +121,38 @@ def test_a_model_with_external_data_is_refused(tmp_path, digits_server):
     with Client(digits_server.url) as c, pytest.raises(InfaasClientError) as exc:
         c.register("sneaky", "sneaky-task", model.SerializeToString(), accuracy=0.5)
     assert exc.value.status == 400 and "external data" in exc.value.message
+
+
+def test_shared_memory_regions_take_the_management_key(locked, digits_samples):
+    """A region gives the server a view of the client's memory: registering one takes a management
+    key (on the inference listener, where Triton's clients call it); naming it in a request, an
+    inference key."""
+    import os
+
+    x = np.ascontiguousarray(digits_samples[0][:2], dtype=np.float32)
+    key = f"/infaas-access-{os.getpid()}"
+    with open("/dev/shm" + key, "wb") as f:
+        f.write(x.tobytes())
+    register = locked.url + "/v2/systemsharedmemory/region/x/register"
+    body = {"key": key, "offset": 0, "byte_size": x.nbytes}
+    try:
+        assert httpx.post(register, json=body).status_code == 401
+        assert httpx.post(register, json=body, headers={"authorization": "Bearer infer-1"}).status_code == 401
+        assert httpx.post(register, json=body, headers={"authorization": "Bearer admin"}).status_code == 200
+        status = locked.url + "/v2/systemsharedmemory/status"
+        assert httpx.get(status, headers={"authorization": "Bearer infer-1"}).status_code == 401
+        assert httpx.get(status, headers={"authorization": "Bearer admin"}).json()[0]["key"] == key
+        params = {"shared_memory_region": "x", "shared_memory_byte_size": x.nbytes}
+        request = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 64], "parameters": params}]}
+        r = httpx.post(locked.url + INFER, json=request, headers={"authorization": "Bearer infer-1"})
+        assert r.status_code == 200 and len(r.json()["outputs"][0]["data"]) == 2
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        client = grpcclient.InferenceServerClient(locked.grpc_url)
+        with pytest.raises(InferenceServerException, match="(?i)unauthenticated|key"):
+            client.unregister_system_shared_memory(headers={"authorization": "Bearer infer-1"})
+        client.unregister_system_shared_memory(headers={"authorization": "Bearer admin"})
+        assert httpx.get(status, headers={"authorization": "Bearer admin"}).json() == []
+    finally:
+        os.unlink("/dev/shm" + key)
