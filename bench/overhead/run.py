@@ -23,6 +23,7 @@ registered. Medians over rounds; writes ``bench/results/overhead.json`` and
 ``docs/img/overhead.png``.
 
     bench/overhead/run [--rounds 3] [--duration 10] [--quick] [--models lite0 digits] [--no-ray]
+                       [--baseline CHECKOUT]   # e.g. a git worktree of the previous commit, same rounds
 """
 
 from __future__ import annotations
@@ -257,8 +258,10 @@ def _post_ok(url: str, body: bytes, headers: dict) -> bool:
         return False
 
 
-def infaas_server(case: Case, threads: int, port: int, grpc_port: int, body: bytes, header_len: str) -> Served:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+def infaas_server(
+    case: Case, threads: int, port: int, grpc_port: int, body: bytes, header_len: str, src: Path = ROOT / "src"
+) -> Served:
+    env = {**os.environ, "PYTHONPATH": str(src)}
     cmd = [
         sys.executable,
         "-m",
@@ -450,6 +453,8 @@ def _measure(case: Case, args, work: Path, ray_py: Path | None, shm: ShmObjects)
     runs: dict[str, dict[int, list[dict]]] = {}
     starts: dict[str, dict[str, list[float]]] = {}
     contenders = [c for c in CONTENDERS if c != "ray-serve" or ray_py is not None]
+    if args.baseline:  # another checkout's infaas, without shared memory, in the same rounds
+        contenders += ["baseline-rest", "baseline-grpc"]
     for rnd in range(args.rounds):
         console.print(f"[bold]{case.key}: round {rnd + 1}/{args.rounds}[/]")
         for batch in (1, 2, 4, 8, 16):
@@ -463,22 +468,26 @@ def _measure(case: Case, args, work: Path, ray_py: Path | None, shm: ShmObjects)
             f"  raw ORT best so far {max(statistics.median(v) for v in raw_runs.values()):.1f} "
             f"{case.unit}/s; batch 1 p50 {latency_runs[-1]:.3f} ms"
         )
-        order = ["infaas", "ray"] if rnd % 2 == 0 else ["ray", "infaas"]
+        order = ["infaas", "baseline", "ray"] if rnd % 2 == 0 else ["ray", "baseline", "infaas"]
         for server in order:
-            if server == "ray" and ray_py is None:
+            if (server == "ray" and ray_py is None) or (server == "baseline" and not args.baseline):
                 continue
             port = free_port()
-            if server == "infaas":
+            if server in ("infaas", "baseline"):
                 grpc_port = free_port()
                 body, header = reqs["rest"][0].read_bytes(), reqs["rest"][1].split(": ")[1]
-                ctx = infaas_server(case, args.threads, port, grpc_port, body, header)
+                src = Path(args.baseline) / "src" if server == "baseline" else ROOT / "src"
+                ctx = infaas_server(case, args.threads, port, grpc_port, body, header, src)
                 path, grpc_url = f"/v2/models/{case.model}/infer", f"127.0.0.1:{grpc_port}"
                 plan = [
-                    ("infaas-rest", f"http://127.0.0.1:{port}", path, *reqs["rest"], False),
-                    ("infaas-grpc", grpc_url, GRPC_INFER, reqs["grpc"][0], None, True),
-                    ("infaas-rest-shm", f"http://127.0.0.1:{port}", path, *reqs["rest-shm"], False),
-                    ("infaas-grpc-shm", grpc_url, GRPC_INFER, reqs["grpc-shm"][0], None, True),
+                    (f"{server}-rest", f"http://127.0.0.1:{port}", path, *reqs["rest"], False),
+                    (f"{server}-grpc", grpc_url, GRPC_INFER, reqs["grpc"][0], None, True),
                 ]
+                if server == "infaas":
+                    plan += [
+                        ("infaas-rest-shm", f"http://127.0.0.1:{port}", path, *reqs["rest-shm"], False),
+                        ("infaas-grpc-shm", grpc_url, GRPC_INFER, reqs["grpc-shm"][0], None, True),
+                    ]
             else:
                 ctx = ray_server(ray_py, case, args.threads, port)
                 plan = [("ray-serve", f"http://127.0.0.1:{port}", "/", reqs["ray"][0], None, False)]
@@ -662,6 +671,13 @@ def shm_targets(key: str, m: dict, rows) -> list[tuple[str, str, bool]]:
                 what = f"{key}: {proto} frontend CPU/req with shm <= 0.5x without, {c} clients"
                 value = f"{r['front_cpu_ms']:.3f} vs {before[c]['front_cpu_ms']:.3f} ms ({x:.2f}x)"
                 out.append((what, value, x <= 0.5))
+    for proto in ("rest", "grpc"):
+        now, base = rows(f"infaas-{proto}"), rows(f"baseline-{proto}")
+        for c in now:
+            if c in base and base[c]["throughput"]:
+                x = now[c]["throughput"] / base[c]["throughput"]
+                what = f"{key}: {proto} without shm >= 0.95x the baseline at {c} clients"
+                out.append((what, f"{x:.2f}x", x >= 0.95))
     rest, grpc = rows("infaas-rest-shm"), rows("infaas-grpc-shm")
     if key == "lite0" and 1 in rest:
         added = rest[1]["p50_ms"] - m["raw_b1_p50_ms"]
@@ -751,6 +767,12 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--models", nargs="+", choices=["lite0", "digits"], default=["lite0", "digits"])
     p.add_argument("--no-ray", action="store_true", help="skip Ray Serve (no install)")
+    p.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also drive another checkout's infaas (e.g. a git worktree of the last release) over REST and "
+        "gRPC in the same rounds: this change against what it replaces, side by side",
+    )
     p.add_argument("--quick", action="store_true", help="1 round of 4 s (smoke run)")
     p.add_argument("--cache", default=str(ROOT / ".cache" / "overhead"))
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overhead.json"))
