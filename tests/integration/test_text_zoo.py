@@ -89,3 +89,34 @@ def test_a_model_less_query_with_a_fidelity_objective(profiled, encoder):
                 assert prof["samples"] >= 256 and prof["accuracy_low"] is not None
     finally:
         server.stop()
+
+
+def test_short_sentences_are_costed_short_and_long_ones_refused_up_front(profiled):
+    """The request's sequence length enters every prediction: a latency objective between what two
+    short sentences and two long ones cost is met for the short ones (selection and the worker's
+    admission agree) and refused with the reason, before any work, for the long ones."""
+    data, _, report = profiled
+    short = text.tokenize(["Open a socket.", "Sort the list."] * 4)  # 8 rows: the model's largest batch
+    long = text.tokenize([" ".join(["read the file and count the words"] * 40)] * 8, max_len=256)
+    profiles = [p for p in report.profiles.values() if p.status == "ready" and p.axis_latency_ms]
+    assert profiles, "the encoder's variants were timed over the sequence axis"
+    lo = min(p.cost_ms(8, short["input_ids"].shape[1]) for p in profiles)
+    hi = min(p.cost_ms(8, long["input_ids"].shape[1]) for p in profiles)
+    assert hi > 4 * lo, (lo, hi)  # the axis timings tell a short sequence from a long one
+    objective = (lo * hi) ** 0.5 + 1.5  # between the two, with the serving path's ~1-2 ms on top
+    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False)).start()
+    try:
+        with Client(server.url) as c:
+            c.infer("text-embedding", short)  # something loaded (no objective: the default variant)
+            r = c.infer("text-embedding", short, latency_ms=objective)
+            assert r.parameters["predicted_ms"] < objective, r.parameters
+            assert r.outputs["sentence_embedding"].shape == (8, 128)
+            with pytest.raises(Exception, match="latency_ms .* unreachable"):
+                c.infer("text-embedding", long, latency_ms=objective)
+            import httpx
+
+            metrics = httpx.get(server.url + "/metrics").text
+            refused = [x for x in metrics.splitlines() if x.startswith("infaas_selected_then_refused_total{")]
+            assert all(x.endswith(" 0.0") for x in refused), refused  # the worker agreed with the selection
+    finally:
+        server.stop()

@@ -38,6 +38,10 @@ class LoadSpec:
     # its batch size from it instead of timing every batch size at load (a cold start stays as fast
     # as the profile's load time says)
     batch_ms: tuple[tuple[int, float], ...] = ()
+    # the profile's batch-1 p50 over a dynamic axis (length, ms) and which axis that is: the worker's
+    # admission and batching cost a request by its length (Profile.cost_ms)
+    axis: str = ""
+    axis_ms: tuple[tuple[int, float], ...] = ()
     format: str = "onnx-fp32"  # which runtime runs the artifact, and how (registry.types.runtime_of)
     cache_dir: str = ""  # where a runtime that compiles (OpenVINO) keeps its compiled blobs; "": none
 
@@ -58,6 +62,8 @@ def spec_msg(spec: LoadSpec) -> dict:
         "admission": spec.admission,
         "sha256": spec.sha256,
         "batch_ms": dict(spec.batch_ms),
+        "axis": spec.axis,
+        "axis_ms": dict(spec.axis_ms),
         "format": spec.format,
         "cache_dir": spec.cache_dir,
     }
@@ -81,6 +87,8 @@ def spec_from_msg(m: dict) -> LoadSpec:
         admission=m.get("admission", True),
         sha256=m.get("sha256", ""),
         batch_ms=tuple(sorted((int(b), float(ms)) for b, ms in (m.get("batch_ms") or {}).items())),
+        axis=m.get("axis", ""),
+        axis_ms=tuple(sorted((int(n), float(ms)) for n, ms in (m.get("axis_ms") or {}).items())),
         format=m.get("format", "onnx-fp32"),
         cache_dir=m.get("cache_dir", ""),
     )

@@ -95,6 +95,8 @@ class Placement:
                 latency_slope_ms=prof.fit_slope_ms,
                 latency_intercept_ms=prof.fit_intercept_ms,
                 batch_ms=tuple(sorted(prof.latency_p50_ms.items())),
+                axis=prof.axis,
+                axis_ms=tuple(sorted(prof.axis_latency_ms.items())),
             )
         async with self.busy_section():
             result = await worker.load(spec)

@@ -115,6 +115,7 @@ class LatencyModel:
         from_slot: bool,
         alone: bool,
         profile: Profile | None,
+        length: int | None = None,
     ) -> None:
         """Learn from one answer. ``from_slot``: ``predicted_ms`` came from this replica's slot, so
         its residual is learned (its median, not its mean: bench/workload's totals are
@@ -128,7 +129,7 @@ class LatencyModel:
         elif key not in self.overhead_ms:  # one estimator per key: only a seed from other answers
             self.overhead_ms[key] = max(0.0, total_ms - queue_ms - compute_ms)
         if profile is not None and batch_size and compute_ms and alone:
-            ratio = compute_ms / profile.predict_ms(batch_size)
+            ratio = compute_ms / profile.cost_ms(batch_size, length)  # at the request's own length
             ewma(self.slowdown, key, min(10.0, max(0.5, ratio)), 0.1, start=1.0)
 
     def prune(self, keep: Callable[[str, str], bool]) -> None:

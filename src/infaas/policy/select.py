@@ -35,6 +35,9 @@ class Objective:
     min_accuracy: float | None = None
     max_cost: float | None = None
     allow_estimated: bool = True
+    # not asked but carried: the request's dynamic-axis length (a sequence), which its cost depends on
+    # (Profile.cost_ms); None for fixed shapes
+    length: int | None = None
 
     @property
     def empty(self) -> bool:
@@ -102,6 +105,7 @@ def predict_ms(
     extra_ms: float = 0.0,
     scale: float = 1.0,
     shared: tuple[float, ...] = (),
+    length: int | None = None,
 ) -> float:
     """Queue wait (:func:`drain_ms` of the rows ahead) plus this request's batch, times ``scale``:
     measured / profiled batch time on that worker lately. ``shared``: the work (ms) other variants
@@ -109,8 +113,11 @@ def predict_ms(
     thread), so each delays this request by at most as long as it runs itself (processor sharing:
     ``min(own, other)``), not by all of its work (adding it in series over-predicted tenfold in
     bench/workload). ``extra_ms``: what the rest misses lately on that worker (the serving path's
-    overhead, scheduling): the median residual, negative when it over-predicts (at most half)."""
-    own = (drain_ms(profile, max_batch, in_flight, batch, instances) + profile.predict_ms(min(rows, max_batch))) * scale
+    overhead, scheduling): the median residual, negative when it over-predicts (at most half).
+    ``length``: this request's dynamic-axis length (its own batch is costed at it; the rows ahead at
+    the profile's representative length)."""
+    own = drain_ms(profile, max_batch, in_flight, batch, instances) + profile.cost_ms(min(rows, max_batch), length)
+    own *= scale
     core = own + sum(min(own, other) for other in shared)
     return max(0.5 * core, core + extra_ms)
 
@@ -193,7 +200,7 @@ def select_sorted(
             continue
         cheapest = cheapest or o
         workers = live(o.variant.name)
-        best = _fastest_slot(o, workers, rows, lat) if workers else None
+        best = _fastest_slot(o, workers, rows, lat, objective.length) if workers else None
         if best is not None:
             choice = _choice(objective, o, best[0], best[1], scope)
             return _with_prefetch(choice, objective, index, loaded, cheapest, admissible, rows)
@@ -207,19 +214,19 @@ def select_sorted(
             if lat is None:
                 return _choice(objective, o, None, None, scope)
             continue
-        pred = o.profile.load_time_ms + o.profile.predict_ms(min(rows, o.variant.max_batch))
+        pred = o.profile.load_time_ms + o.profile.cost_ms(min(rows, o.variant.max_batch), objective.length)
         if lat is None or pred <= lat:
             return _choice(objective, o, None, pred, scope)
     _raise_unmet(objective, index, [o for o in loaded if admissible(o)], rows, scope, live)
 
 
 def _fastest_slot(
-    o: Option, workers: tuple[Slot, ...], rows: int, lat: float | None
+    o: Option, workers: tuple[Slot, ...], rows: int, lat: float | None, length: int | None = None
 ) -> tuple[str, float | None] | None:
     """The worker where ``o`` would answer soonest within ``lat`` (its predicted ms), or None."""
     best = None
     for worker, in_flight, *shape in workers:
-        pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight, *shape) if o.profile else None
+        pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight, *shape, length=length) if o.profile else None
         if lat is not None and (pred is None or pred > lat):
             continue
         if best is None or (pred or 0.0) < (best[1] or 0.0):
@@ -248,7 +255,13 @@ def _with_prefetch(
         return choice  # nothing in the scope is cheaper enough to be worth loading
     hosted = {x.variant.name for x in loaded}
     cheaper = _cheaper_cold(
-        ordered[start : start + PREFETCH_SCAN], hosted, admissible, objective.latency_ms, rows, _cost(cheapest)
+        ordered[start : start + PREFETCH_SCAN],
+        hosted,
+        admissible,
+        objective.latency_ms,
+        rows,
+        _cost(cheapest),
+        objective.length,
     )
     if cheaper is None:
         return choice
@@ -297,10 +310,10 @@ def _raise_if_saturated(
     assert lat is not None
     best: tuple[float, Option] | None = None
     for o in loaded:
-        if o.profile is None or o.profile.predict_ms(min(rows, o.variant.max_batch)) > lat:
+        if o.profile is None or o.profile.cost_ms(min(rows, o.variant.max_batch), objective.length) > lat:
             continue  # too slow even when idle
         for _, in_flight, *shape in live(o.variant.name) or ():
-            pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight, *shape)
+            pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight, *shape, length=objective.length)
             if best is None or pred < best[0]:
                 best = (pred, o)
     if best is not None:
@@ -319,6 +332,7 @@ def _cheaper_cold(
     lat: float | None,
     rows: int,
     cost: float,
+    length: int | None = None,
 ) -> Option | None:
     """The cheapest unloaded variant that would meet the objective once loaded, if it saves enough
     (``ordered`` is the slice of at most ``PREFETCH_SCAN`` candidates to look at)."""
@@ -327,7 +341,7 @@ def _cheaper_cold(
             return None  # sorted by cost: nothing further saves enough
         if o.profile is None or o.variant.name in hosted or not admissible(o):
             continue
-        if lat is None or o.profile.predict_ms(min(rows, o.variant.max_batch)) <= lat:
+        if lat is None or o.profile.cost_ms(min(rows, o.variant.max_batch), length) <= lat:
             return o
     return None
 
@@ -402,9 +416,11 @@ def _why_not(
             continue
         workers = live(o.variant.name) or ()
         for _, in_flight, *shape in workers:
-            timed.append((predict_ms(o.profile, o.variant.max_batch, rows, in_flight, *shape), o, "loaded"))
+            pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight, *shape, length=objective.length)
+            timed.append((pred, o, "loaded"))
         if not workers:
-            timed.append((o.profile.load_time_ms + o.profile.predict_ms(min(rows, o.variant.max_batch)), o, "cold"))
+            cold = o.profile.load_time_ms + o.profile.cost_ms(min(rows, o.variant.max_batch), objective.length)
+            timed.append((cold, o, "cold"))
     if objective.latency_ms is None:
         return f"no variant of {scope} meets {_objective_text(objective)} with a batch of {rows}"
     if not timed:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -168,6 +170,26 @@ class Profile(_Record):
                 memo[batch] = got
         return got
 
+    def axis_factor(self, length: int | None) -> float:
+        """How a request whose dynamic axis (``axis``, e.g. a sequence) is ``length`` long runs against the
+        representative length the batch table was measured at: the ratio of the batch-1 timings over
+        that axis, interpolated. The representative is half the longest length timed (the profiler
+        times r/8, r/4, r/2, r and 2r); below the shortest timed length, the shortest's time (a
+        floor: fixed costs do not shrink); past the longest, along the last segment. 1.0 without
+        timings over an axis, or without a length."""
+        table = self.axis_latency_ms
+        if not length or len(table) < 2:
+            return 1.0
+        sizes = sorted(table)
+        ref = _along(sizes, table, max(sizes) // 2)
+        return max(_along(sizes, table, length), 1e-6) / ref if ref > 0 else 1.0
+
+    def cost_ms(self, rows: int, length: int | None = None) -> float:
+        """Latency of one batch of ``rows`` requests whose dynamic axis is ``length`` long: the batch
+        table (``predict_ms``) scaled by :meth:`axis_factor`. The one cost of a request's shape that the
+        selection, the worker's admission and its batcher all use."""
+        return self.predict_ms(rows) * self.axis_factor(length)
+
     def _between(self, sizes: list[int], ms: list[float], batch: float) -> float:
         """``predict_ms`` from the measured table (``sizes`` ascending, ``ms`` monotone)."""
         if batch <= sizes[0]:
@@ -214,3 +236,27 @@ def linear_fit(batches: list[int], ms: list[float]) -> tuple[float, float]:
         return my / mx if mx else my, 0.0
     slope = sum((x - mx) * (y - my) for x, y in zip(batches, ms, strict=True)) / sxx
     return float(slope), float(my - slope * mx)
+
+
+def _along(sizes: list[int], table: dict[int, float], x: float) -> float:
+    """``table`` (length -> ms) at ``x``: linear between measured lengths, the shortest's below them,
+    extended along the last segment past them."""
+    if x <= sizes[0]:
+        return table[sizes[0]]
+    for lo, hi in itertools.pairwise(sizes):
+        if x <= hi:
+            return table[lo] + (table[hi] - table[lo]) * (x - lo) / (hi - lo)
+    lo, hi = sizes[-2], sizes[-1]
+    return table[hi] + (table[hi] - table[lo]) * (x - hi) / (hi - lo)
+
+
+def axis_length(axis: str, shapes: Mapping[str, Sequence[int]]) -> int | None:
+    """The length of a profile's dynamic axis in a request's input shapes: ``axis`` names it per input
+    (``"input_ids[1], attention_mask[1]"``), the first of those the request carries answers. None when
+    there is no such axis or input."""
+    for part in axis.split(","):
+        name, _, dim = part.strip().removesuffix("]").rpartition("[")
+        shape = shapes.get(name)
+        if shape is not None and dim.isdigit() and int(dim) < len(shape):
+            return int(shape[int(dim)])
+    return None

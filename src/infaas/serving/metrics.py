@@ -117,6 +117,14 @@ class Metrics:
             "infaas_batch_rows", "Rows per executed batch", ["variant"], buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.door_refused = refusal_counter(self.registry)
+        # the selection predicted the request in time, and the worker's admission (or its queue) then
+        # refused it: the two estimates disagreed, or the queue changed in between (issue 33)
+        self.selected_then_refused = Counter(
+            "infaas_selected_then_refused",
+            "Requests the selection predicted in time that the worker then refused",
+            ["variant"],
+            registry=self.registry,
+        )
         self.variants: dict[str, VariantStats] = defaultdict(VariantStats)
         self._children: dict[tuple[str, str], tuple] = {}
         self.registry.register(_LiveCollector(queue_depths, workers, decisions))

@@ -148,7 +148,9 @@ class Router:
         now = time.monotonic()
         arrived = req.arrival if req.arrival is not None else now
         deadline, why = self._deadline(arrived, req, params, offline)
-        objective = Objective(params.latency_ms, params.min_accuracy, params.max_cost, params.allow_estimated)
+        objective = Objective(
+            params.latency_ms, params.min_accuracy, params.max_cost, params.allow_estimated, _length(req, sig)
+        )
         if deadline <= now:
             # an objective no variant could meet, queues or not, is the caller's error (400) whenever it
             # is noticed; only a reachable one that ran out of time waiting is the server's (503)
@@ -328,6 +330,10 @@ class Router:
                 f"no answer from worker {route.worker.name} by the request's deadline "
                 f"({plan.deadline_source}); the request was cancelled there"
             ) from None
+        except (Overloaded, DeadlineExceeded):  # the worker's own refusal (admission, or dropped late)
+            if route.predicted_ms is not None and route.predicted_ms <= (plan.objective.latency_ms or 0.0):
+                self.metrics.selected_then_refused.labels(route.variant.name).inc()
+            raise
 
     def _respond(self, req: InferRequest, plan: Plan, route: Route, result: WorkerResult, start: int) -> InferResponse:
         total_ns = time.perf_counter_ns() - start
@@ -352,6 +358,7 @@ class Router:
             from_slot=route.learn,
             profile=self.catalog.profiles.get(var.name),
             alone=not any(w != var.name and worker.rows_in_flight(w) for w in worker.loaded_names()),
+            length=plan.objective.length,
         )
         params = {
             "variant": var.name,
@@ -391,6 +398,18 @@ def _outputs(req: InferRequest, plan: Plan, result: WorkerResult) -> list[InferO
         arr: np.ndarray = result.outputs[spec.name]
         outputs.append(InferOutput(spec.name, spec.datatype, tuple(arr.shape), arr, binary))
     return outputs
+
+
+def _length(req: InferRequest, sig: Signature) -> int | None:
+    """The request's dynamic-axis length: the first free non-batch dimension of the signature's inputs
+    (a sequence), read from the request's shape; None for fixed shapes."""
+    shapes = {i.name: i.shape for i in req.inputs}
+    for spec in sig.inputs:
+        shape = shapes.get(spec.name)
+        for d, n in enumerate(spec.shape[1:], 1):
+            if (n is None or n < 0) and shape is not None and d < len(shape):
+                return int(shape[d])
+    return None
 
 
 def _asked(o: Objective) -> dict:

@@ -56,6 +56,7 @@ class Pending:
     payload: Any = None
     offline: bool = False  # a batch job's request: counted apart from online demand
     nbytes: int = 0
+    length: int | None = None  # its dynamic axis's length (a sequence), when the variant has one
     out: dict | None = None  # output name -> the shared-memory span it is written to (protocol.shm.Span)
 
 
@@ -96,12 +97,14 @@ class BatchQueue:
         max_bytes: int | None = None,
         instances: int = 1,
         admission: bool = True,
+        axis_factor: Callable[[int | None], float] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self._fit = predict_s
+        self._axis = axis_factor  # a request's dynamic-axis length -> its cost against the batch table's
         self.slo_wait = slo_wait
         self.max_wait_s = max_wait_s
         self.max_bytes = max_bytes
@@ -116,28 +119,39 @@ class BatchQueue:
         self.offline_rows_queued = 0
         self.bytes_queued = 0
 
-    def predict_s(self, rows: int) -> float:
-        """Predicted time of one batch of ``rows``: the fit, scaled by what was measured here."""
-        return self._fit(rows) * self.scale
+    def predict_s(self, rows: int, length: int | None = None) -> float:
+        """Predicted time of one batch of ``rows`` (whose dynamic axis is ``length`` long): the fit,
+        scaled by the axis's cost (Profile.cost_ms) and by what was measured here."""
+        factor = self._axis(length) if self._axis is not None and length else 1.0
+        return self._fit(rows) * factor * self.scale
 
-    def observe(self, rows: int, seconds: float, alpha: float = 0.2) -> None:
+    def observe(self, rows: int, seconds: float, alpha: float = 0.2, length: int | None = None) -> None:
         """A batch of ``rows`` took ``seconds``: move the scale toward measured / predicted."""
-        predicted = self._fit(rows)
+        predicted = self._fit(rows) * (self._axis(length) if self._axis is not None and length else 1.0)
         if predicted > 0 and seconds > 0:
             ratio = min(10.0, max(0.5, seconds / predicted))
             self.scale += alpha * (ratio - self.scale)
 
-    def work_s(self, rows: int) -> float:
-        """Time to run ``rows`` queued rows: full batches, then the rest, shared by the instances."""
+    def work_s(self, rows: int, length: int | None = None) -> float:
+        """Time to run ``rows`` queued rows (as long as ``length``): full batches, then the rest,
+        shared by the instances."""
         full, rest = divmod(rows, self.max_batch)
-        total = full * self.predict_s(self.max_batch) + (self.predict_s(rest) if rest else 0.0)
+        total = full * self.predict_s(self.max_batch, length) + (self.predict_s(rest, length) if rest else 0.0)
         return total / self.instances
 
     def admit(
-        self, rows: int, nbytes: int, deadline: float | None, now: float, offline: bool = False, busy_s: float = 0.0
+        self,
+        rows: int,
+        nbytes: int,
+        deadline: float | None,
+        now: float,
+        offline: bool = False,
+        busy_s: float = 0.0,
+        length: int | None = None,
     ) -> Refusal | None:
         """None if a request of ``rows`` can join the queue; else why not. ``busy_s``: time until an
-        instance frees up from the batch it is running."""
+        instance frees up from the batch it is running. ``length``: its dynamic axis's length (the
+        rows ahead are costed as if alike)."""
         if self.max_bytes is not None and self.bytes_queued + nbytes > self.max_bytes and self._queue:
             return Refusal(
                 f"queue holds {self.bytes_queued} bytes of tensors (bound {self.max_bytes})",
@@ -146,7 +160,7 @@ class BatchQueue:
         if not self.admission:
             return None
         ahead = self.rows_queued if offline else self.rows_queued - self.offline_rows_queued
-        wait = busy_s + self.work_s(ahead + rows)
+        wait = busy_s + self.work_s(ahead + rows, length)
         if self.max_wait_s is not None and ahead and wait > self.max_wait_s:
             return Refusal(
                 f"queue holds {ahead} rows, {wait * 1000:.0f} ms of work, past its bound of "
@@ -238,9 +252,10 @@ class BatchQueue:
         deadlines = [m.deadline for m in members if m.deadline is not None]
         waiting = self.max_delay_s > 0
         if deadlines:
-            latest = min(deadlines) - self.predict_s(rows)  # leave while the most urgent can still make it
+            # leave while the most urgent can still make it (one batch shares one shape, so one length)
+            latest = min(deadlines) - self.predict_s(rows, head.length)
             if self.slo_wait:
-                due = min(latest, head.arrival + self.predict_s(self.max_batch))
+                due = min(latest, head.arrival + self.predict_s(self.max_batch, head.length))
                 waiting = self.overlap >= 0.5 and self.gap_s is not None and self._last_arrival is not None
                 if waiting:  # company comes while arrivals keep coming
                     due = min(due, self._last_arrival + 2 * self.gap_s)
@@ -261,7 +276,7 @@ class BatchQueue:
             return
         keep: deque[Pending] = deque()
         for item in self._queue:
-            late = item.deadline is not None and now + self.predict_s(item.rows) > item.deadline
+            late = item.deadline is not None and now + self.predict_s(item.rows, item.length) > item.deadline
             if late and item.drop_late:
                 out.append(item)
                 self._account(item, -1)

@@ -91,7 +91,9 @@ class VariantExecutor:
             else:
                 self.arrived_rows += item.rows
             now = time.monotonic()
-            refusal = self.queue.admit(item.rows, item.nbytes, item.deadline, now, item.offline, self._busy_s(now))
+            refusal = self.queue.admit(
+                item.rows, item.nbytes, item.deadline, now, item.offline, self._busy_s(now), item.length
+            )
             if refusal is None:
                 self.queue.put(item, running=bool(self._running_until))
                 self.cond.notify()
@@ -148,7 +150,7 @@ class VariantExecutor:
                             item, DeadlineExceeded(f"request dropped by {self.name}: it could not meet its deadline")
                         )
                     if formed.batch:
-                        self._running_until[index] = now + self.queue.predict_s(formed.rows)
+                        self._running_until[index] = now + self.queue.predict_s(formed.rows, formed.batch[0].length)
                         if len(self.queue):
                             self.cond.notify()  # another idle instance can take the rest
                         break
@@ -179,7 +181,7 @@ class VariantExecutor:
         compute_ns = int((end - start) * 1e9)
         offline = sum(p.rows for p in batch if p.offline)
         with self.cond:
-            self.queue.observe(rows, end - start)
+            self.queue.observe(rows, end - start, length=batch[0].length)
             self.batches += 1
             self.served += len(batch)
             self.busy_s += (end - start) * (rows - offline) / rows

@@ -23,7 +23,7 @@ import numpy as np
 from infaas.errors import InvalidInput, NotFound, Unavailable
 from infaas.protocol.shm import Maps, ShmTensor
 from infaas.protocol.worker_wire import SocketChannel
-from infaas.registry.types import runtime_of
+from infaas.registry.types import axis_length, runtime_of
 from infaas.worker.batcher import BatchQueue, Pending, preferred_batch
 from infaas.worker.executor import VariantExecutor
 from infaas.worker.measure import (
@@ -111,6 +111,9 @@ class Worker:
                 payload=inputs,
                 offline=msg.get("offline", False),
                 nbytes=sum(v.nbytes for v in inputs.values()),
+                length=axis_length(
+                    self.specs[msg["variant"]].get("axis") or "", {k: v.shape for k, v in inputs.items()}
+                ),
                 out=msg.get("out"),
             )
         )
@@ -161,6 +164,8 @@ class Worker:
             fit_slope_ms=slope,
             fit_intercept_ms=intercept,
             latency_p50_ms={b: t * 1000 for b, t in timings.items()},
+            axis=msg.get("axis") or "",
+            axis_latency_ms={int(n): ms for n, ms in (msg.get("axis_ms") or {}).items()},
         )
         queue = BatchQueue(
             preferred,
@@ -171,6 +176,7 @@ class Worker:
             max_bytes=msg.get("max_queue_bytes"),
             admission=msg.get("admission", True),
             instances=instances,
+            axis_factor=model.axis_factor,
         )
         for runtime in runtimes:  # what the calibration's large batches held goes back to the system
             runtime.release_memory()
