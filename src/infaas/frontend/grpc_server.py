@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("infaas.grpc")
 
+# Triton's shared-memory methods: guarded by the management keys (a region is a view of the client's memory)
+_SHARED_MEMORY = tuple(
+    f"{kind}SharedMemory{op}" for kind in ("System", "Cuda") for op in ("Status", "Register", "Unregister")
+)
+
 # headroom over max_request_bytes for the message's own framing (names, shapes, parameters)
 _ENVELOPE = 1 << 16
 
@@ -145,7 +150,7 @@ class GrpcFrontend:
     # ---- plumbing ------------------------------------------------------------------------------
     def _wrap(self, method):
         open_method = method.__name__ in ("ServerLive", "ServerReady")  # probes need no key
-        keys = self.management_keys if "SharedMemory" in method.__name__ else self.keys
+        keys = self.management_keys if method.__name__ in _SHARED_MEMORY else self.keys
 
         async def call(request, context: grpc.aio.ServicerContext):
             try:
@@ -178,7 +183,7 @@ class GrpcFrontend:
             "ModelConfig",
             "ModelStatistics",
             "RepositoryIndex",
-            *(f"{kind}SharedMemory{op}" for kind in ("System", "Cuda") for op in ("Status", "Register", "Unregister")),
+            *_SHARED_MEMORY,
         ):
             request_type = getattr(pb, f"{name}Request")
             methods[name] = grpc.unary_unary_rpc_method_handler(

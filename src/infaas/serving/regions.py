@@ -61,9 +61,6 @@ class Regions:
         self._regions: dict[str, Region] = {}
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._regions)
-
     # ---- the extension's endpoints --------------------------------------------------------------
     def register(self, name: object, key: object, offset: object, byte_size: object) -> None:
         if not isinstance(name, str) or not name:
