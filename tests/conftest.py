@@ -144,3 +144,30 @@ def fresh_redis(redis_url):
 
     redis.Redis.from_url(redis_url).flushdb()
     return redis_url
+
+
+def assert_selection_and_admission_agree(server, name: str) -> tuple[float, float]:
+    """Load variant ``name`` alone on the server's first worker, idle, and check that the selection's
+    prediction for one row there is the worker's admission estimate, the learned correction
+    included (issue 33); returns both (ms)."""
+    from infaas.policy import predict_ms
+
+    def run(coro):
+        return asyncio.run_coroutine_threadsafe(coro, server.loop).result(120)
+
+    plane = server.services
+    worker = plane.cluster.workers[0]
+    for other in set(worker.loaded_names()) - {name}:
+        run(worker.unload(other))
+    run(plane.placement.load(plane.catalog.variants[name], worker))
+    _, in_flight, batch, instances, _overhead, *rest = plane.latency.slot(
+        worker.name, name, {name: 0}, plane.catalog.profiles, plane.catalog.variants
+    )
+    # the serving path's learned overhead (the residual outside the worker) left out: the worker's
+    # deadline already counts the time spent before it
+    selected = predict_ms(
+        plane.catalog.profiles[name], plane.catalog.variants[name].max_batch, 1, in_flight, batch, instances, 0.0, *rest
+    )
+    admitted = run(worker.stats())["variants"][name]["admit_ms"]
+    assert admitted == pytest.approx(selected, rel=0.01, abs=1e-3), (name, selected, admitted)
+    return selected, admitted

@@ -96,7 +96,7 @@ def test_a_job_survives_a_restart_and_resumes_from_its_last_batch(digits_profile
     settings = Settings(
         data_dir=copy_data_dir(digits_profiled_dir, tmp_path / "d"), port=0, workers=1, profile_on_register=False
     )
-    x = rows(30_000)
+    x = rows(12_000)
     server = BackgroundServer(settings).start()
     with Client(server.url) as client:
         job = client.submit_job("digits-classification", {"input": x}, min_accuracy=0.96)
@@ -105,20 +105,20 @@ def test_a_job_survives_a_restart_and_resumes_from_its_last_batch(digits_profile
     registry = Registry.open(settings.data_dir)
     stopped = registry.store.get("job", job["id"])
     registry.close()
-    assert 2000 <= stopped["done_rows"] < 30_000 and stopped["status"] in ("running", "paused"), stopped
+    assert 2000 <= stopped["done_rows"] < 12_000 and stopped["status"] in ("running", "paused"), stopped
 
     server = BackgroundServer(settings).start()
     try:
         with Client(server.url) as client:
-            assert wait_until(lambda: client.job(job["id"])["status"] == "done", timeout=120)
+            assert wait_until(lambda: client.job(job["id"])["status"] == "done", timeout=300)
             done = client.job(job["id"])
-            assert sum(done["variants"].values()) == 30_000  # resumed, not started again
+            assert sum(done["variants"].values()) == 12_000  # resumed, not started again
             log = [d["reason"] for d in client.decisions(1000)]
-            assert f"job {job['id']} resumed after a restart at {stopped['done_rows']}/30000 rows" in log
+            assert f"job {job['id']} resumed after a restart at {stopped['done_rows']}/12000 rows" in log
             result = client.job_result(job["id"])
-            assert result["label"].shape == (30_000,)
+            assert result["label"].shape == (12_000,)
             at = stopped["done_rows"]
-            for lo, hi in ((0, 64), (at - 32, at + 32), (29_936, 30_000)):  # by the variant that served each row
+            for lo, hi in ((0, 64), (at - 32, at + 32), (11_936, 12_000)):  # by the variant that served each row
                 for start, end, variant in done["segments"]:
                     a, b = max(lo, start), min(hi, end)
                     if a < b:

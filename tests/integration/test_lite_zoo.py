@@ -10,8 +10,13 @@ from infaas.client import Client  # noqa: E402
 from infaas.registry import Registry  # noqa: E402
 from infaas.settings import Settings  # noqa: E402
 from infaas.zoo import efficientnet  # noqa: E402
+from tests.conftest import assert_selection_and_admission_agree  # noqa: E402
 
-pytestmark = [pytest.mark.zoo, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.zoo,
+    pytest.mark.slow,
+    pytest.mark.timeout(1800),
+]  # Lite profiling: minutes on an AVX2-only CPU
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +99,10 @@ def lite_reports(tmp_path_factory, lite_models):
     for m in lite_models:
         if m.name in ("efficientnet-lite0", "efficientnet-lite2"):
             registry.register(m.name, m.task, m.onnx, accuracy=m.accuracy, calibration=m.calibration, max_batch=16)
-            reports[m.name] = asyncio.run(profile_architecture(registry, m.name, Settings(data_dir=data), quick=True))
+            # ONNX Runtime's forms only (OpenVINO's are covered by test_runtimes): on an AVX2-only
+            # EPYC, profiling Lite2 alone took 814 s with both runtimes
+            settings = Settings(data_dir=data, runtimes=["onnxruntime"])
+            reports[m.name] = asyncio.run(profile_architecture(registry, m.name, settings, quick=True))
     registry.close()
     return data, reports
 
@@ -130,9 +138,12 @@ def test_an_int8_variant_beats_fp32_within_the_bound_or_the_search_says_why(lite
             if v.format == "onnx-int8-static":
                 assert p.peak_memory_mb < prof[by[("onnx-fp32", v.threads, v.max_batch)].name].peak_memory_mb
                 assert v.params["search"][-1]["verdict"].startswith(("meets", "kept"))
-    else:  # none could be kept here: the search log says, recipe by recipe, why
+    else:  # none could be kept here: the search log says, recipe by recipe, why (or, where the default
+        # recipe is already slower than fp32, as on an AVX2-only CPU, why no search could help)
         log = report.searches["onnx-int8-static"]
-        assert len([t for t in log if "params" in t]) > 1 and all(t["verdict"] for t in log)
+        assert all(t["verdict"] for t in log)
+        skipped = any(t["verdict"].startswith("not searched: the default recipe is slower than fp32") for t in log)
+        assert len([t for t in log if "params" in t]) > 1 or skipped, log
     for v in report.variants:
         if v.format == "onnx-int8-dynamic":  # kept with honest numbers, or rejected with the measured reason
             assert v.status == "ready" or v.reason.startswith(("dominated by", "may lose", "not evaluated"))
@@ -166,6 +177,14 @@ def test_objectives_choose_among_the_lite_family(profiled_lite_server):
         assert "cheapest variant meeting latency_ms" in p["reason"]
         with pytest.raises(Exception, match="min_accuracy 0.8 unreachable .* best is 0.776"):
             c.infer("imagenet-classification", images, min_accuracy=0.8)
+
+
+def test_selection_and_admission_agree_for_every_lite_variant(profiled_lite_server):
+    plane = profiled_lite_server.services
+    names = [n for n, v in plane.catalog.variants.items() if v.status == "ready" and v.threads == 1]
+    assert len(names) >= 4, names
+    for name in names:
+        assert_selection_and_admission_agree(profiled_lite_server, name)
 
 
 def test_one_core_workers_are_never_given_a_two_thread_variant(lite_reports):

@@ -16,6 +16,7 @@ from infaas.profiler import profile_architecture  # noqa: E402
 from infaas.registry import Registry  # noqa: E402
 from infaas.settings import Settings  # noqa: E402
 from infaas.zoo import text  # noqa: E402
+from tests.conftest import assert_selection_and_admission_agree  # noqa: E402
 
 pytestmark = [pytest.mark.zoo, pytest.mark.slow]
 
@@ -118,5 +119,7 @@ def test_short_sentences_are_costed_short_and_long_ones_refused_up_front(profile
             metrics = httpx.get(server.url + "/metrics").text
             refused = [x for x in metrics.splitlines() if x.startswith("infaas_selected_then_refused_total{")]
             assert all(x.endswith(" 0.0") for x in refused), refused  # the worker agreed with the selection
+        for p in profiles:  # and so do their estimates for every variant, idle
+            assert_selection_and_admission_agree(server, p.variant)
     finally:
         server.stop()

@@ -73,3 +73,117 @@ def test_short_sentences_meet_an_objective_the_representative_length_misses():
     assert c.worker == "w0" and "predicted 5.50 ms" in c.reason
     with pytest.raises(Exception, match="latency_ms 20"):
         select(Objective(latency_ms=20.0, length=128), [option], 2, "task t")
+
+
+def test_the_queue_ahead_is_costed_at_each_request_s_own_length():
+    """Long requests queued ahead of a short one count at their length, not at the new request's."""
+    queue = BatchQueue(8, predict_s=lambda rows: ENCODER.predict_ms(rows) / 1000, axis_factor=ENCODER.axis_factor)
+    from infaas.worker.batcher import Pending
+
+    now = 100.0
+    for i in range(3):  # 3 requests of 2 rows at 256 tokens: ~2.08x the representative each
+        queue.put(Pending(key=i, rows=2, arrival=now, length=256))
+    alike = queue.work_s(8, 9)  # what costing everything at the new request's 9 tokens would say
+    wait = queue.ahead_s(2, 9, offline=False)
+    expected = queue.work_s(8) * (6 * ENCODER.axis_factor(256) + 2 * ENCODER.axis_factor(9)) / 8
+    assert wait == pytest.approx(expected) and wait > 5 * alike
+    refused = queue.admit(2, 0, now + 0.050, now, length=9)  # ~95 ms of work ahead: a 50-ms deadline fails
+    assert refused is not None and "6 rows queued ahead" in refused.reason
+    for i in range(3):  # taken out again: nothing left counted
+        queue.cancel(i)
+    assert queue.units_queued == pytest.approx(0.0) and queue.ahead_s(2, 9, offline=False) == pytest.approx(
+        queue.work_s(2, 9)
+    )
+
+
+def test_a_batch_says_how_fast_its_variant_runs_only_when_it_ran_alone():
+    from infaas.worker.executor import Activity
+
+    activity = Activity()
+    a = activity.begin("a")
+    assert activity.end("a", a)  # nothing else ran
+    a, a2 = activity.begin("a"), activity.begin("a")  # two instances of one variant: still alone
+    assert activity.end("a", a) and activity.end("a", a2)
+    a = activity.begin("a")
+    b = activity.begin("b")  # b starts while a runs: neither ran alone
+    assert not activity.end("b", b) and not activity.end("a", a)
+    a = activity.begin("a")
+    b = activity.begin("b")
+    activity.end("b", b)  # b came and went during a: a time-shared its cores
+    assert not activity.end("a", a)
+    assert activity.end("b", activity.begin("b"))  # and after both, alone again
+
+
+def test_the_selection_applies_the_worker_s_own_correction_when_it_sends_one():
+    from infaas.policy.latency import LatencyModel
+
+    model = LatencyModel()
+    key = ("w0", VAR.name)
+    common = dict(total_ms=20.0, queue_ms=1.0, compute_ms=18.0, batch_size=1, predicted_ms=None, from_slot=False)
+    model.answered(key, **common, alone=True, profile=ENCODER)  # no scale sent: learned here (EWMA)
+    assert model.slowdown[key] == pytest.approx(1.0 + 0.1 * (18.0 / 12.0 - 1.0))
+    model.answered(key, **common, alone=False, profile=ENCODER, scale=1.7)  # the worker's account, as is
+    assert model.slowdown[key] == 1.7
+    assert model.slot("w0", VAR.name, {}, {VAR.name: ENCODER}, {VAR.name: VAR})[5] == 1.7
+
+
+def test_the_running_batch_is_counted_by_how_long_it_has_run():
+    """A burst's second request finds the first batch just started: all of it is ahead; a request
+    arriving as that batch ends finds almost none of it; not known, half (the simulator's case)."""
+    from infaas.policy import drain_ms
+
+    b4 = ENCODER.predict_ms(4)  # 40 ms: rows in flight run in batches of 4
+    assert drain_ms(ENCODER, 8, 4, 4) == pytest.approx(0.5 * b4)
+    assert drain_ms(ENCODER, 8, 4, 4, running_ms=0.0) == pytest.approx(b4)
+    assert drain_ms(ENCODER, 8, 4, 4, running_ms=30.0) == pytest.approx(b4 - 30.0)
+    assert drain_ms(ENCODER, 8, 4, 4, running_ms=500.0) == 0.0  # overran its prediction: nothing left counted
+    assert drain_ms(ENCODER, 8, 6, 4, running_ms=10.0) == pytest.approx(b4 - 10.0 + ENCODER.predict_ms(2))
+    slot = ("w0", 4, 4, 1, 0.0, 1.0, (), 10.0)
+    assert predict_ms(ENCODER, 8, 1, *slot[1:]) == pytest.approx(b4 - 10.0 + ENCODER.predict_ms(1))
+
+
+def test_the_channel_dates_the_batch_a_worker_runs_from_its_sends_and_answers():
+    import asyncio
+
+    from infaas.cluster.channel import Channel
+
+    class Frames:
+        def write(self, writer, message):
+            pass
+
+    async def go():
+        channel = Channel(Frames())
+        channel.writer = object()
+        assert "v" not in channel.since
+        first, _ = channel.send({}, "v", 1)
+        started = channel.since["v"]
+        second, _ = channel.send({}, "v", 1)
+        assert channel.since["v"] == started  # queued behind the running batch: its start unchanged
+        await asyncio.sleep(0.01)
+        channel._release(first)  # one batch ended: the next begins now
+        assert channel.since["v"] > started
+        channel._release(second)
+        assert "v" not in channel.since  # nothing in flight: no batch running
+
+    asyncio.run(go())
+
+
+def test_a_reloaded_replica_starts_its_correction_afresh_on_both_sides():
+    from infaas.policy.latency import LatencyModel
+
+    model = LatencyModel()
+    key = ("w0", VAR.name)
+    model.answered(
+        key,
+        total_ms=1.0,
+        queue_ms=0.0,
+        compute_ms=1.0,
+        batch_size=1,
+        predicted_ms=None,
+        from_slot=False,
+        alone=True,
+        profile=ENCODER,
+        scale=0.85,
+    )
+    model.loaded("w0", VAR.name, 4, 1)  # its worker's new executor starts at 1.0: so does the selection
+    assert model.slot("w0", VAR.name, {}, {VAR.name: ENCODER}, {VAR.name: VAR})[5] == 1.0

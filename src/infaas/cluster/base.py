@@ -120,6 +120,9 @@ class WorkerResult:
     compute_ns: int
     batch_size: int
     batch_pos: int
+    # the worker's measured / profiled batch time of that variant lately (batches that ran alone): the one
+    # learned correction its admission and the selection both apply; None from a worker that sends none
+    scale: float | None = None
 
 
 class WorkerHandle(Protocol):
@@ -146,6 +149,7 @@ class WorkerHandle(Protocol):
     def loaded_names(self) -> set[str] | frozenset[str]: ...
     def outstanding(self, variant: str | None = None) -> int: ...
     def rows_in_flight(self, variant: str) -> int: ...
+    def running_ms(self, variant: str) -> float | None: ...  # how long its running batch has run
     async def start(self) -> None: ...
     async def stop(self, kill: bool = True) -> None: ...  # kill: end its process (or actor) too
     def kill(self) -> None: ...  # fault drills: the worker dies and is replaced as after any death

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import enum
 import itertools
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -59,7 +60,15 @@ class Channel:
         self.inflight: dict[int, tuple[str, int]] = {}  # infer id -> (variant, rows), until the worker answers
         self.outstanding: Counter[str] = Counter()
         self.rows: Counter[str] = Counter()
+        # per variant with rows in flight: when its worker most likely began the batch it runs now
+        # (the first send to an idle variant, else the last answer: the next batch starts as one ends)
+        self.since: dict[str, float] = {}
         self._ids = itertools.count(1)
+
+    def running_ms(self, variant: str) -> float | None:
+        """How long the batch of ``variant`` running there has most likely run; None when none is."""
+        since = self.since.get(variant)
+        return None if since is None else (time.monotonic() - since) * 1000
 
     @property
     def attached(self) -> bool:
@@ -83,6 +92,8 @@ class Channel:
         self.frames.write(self.writer, message)
         if variant is not None:
             self.inflight[rid] = (variant, rows)
+            if not self.rows[variant]:
+                self.since[variant] = time.monotonic()
             self.outstanding[variant] += 1
             self.rows[variant] += rows
         return rid, fut
@@ -128,6 +139,10 @@ class Channel:
         variant, rows = self.inflight.pop(rid)
         self.outstanding[variant] -= 1
         self.rows[variant] -= rows
+        if self.rows[variant] > 0:
+            self.since[variant] = time.monotonic()
+        else:
+            self.since.pop(variant, None)
 
     def fail_all(self, exc: Exception) -> None:
         for rid in list(self.inflight):

@@ -124,6 +124,9 @@ class ManagedWorker:
     def rows_in_flight(self, variant: str) -> int:
         return self.channel.rows[variant]
 
+    def running_ms(self, variant: str) -> float | None:
+        return self.channel.running_ms(variant)
+
     def _set_state(self, state: WorkerState, why: str = "") -> None:
         if state is not self.state:
             log.info("worker %s: %s -> %s%s", self.name, self.state.value, state.value, f" ({why})" if why else "")
@@ -436,6 +439,5 @@ class ManagedWorker:
             raise
         if not reply["ok"]:
             raise error_from_reply(reply, self.name)
-        return WorkerResult(
-            reply["outputs"], reply["queue_ns"], reply["compute_ns"], reply["batch_size"], reply["batch_pos"]
-        )
+        fields = (reply[k] for k in ("outputs", "queue_ns", "compute_ns", "batch_size", "batch_pos"))
+        return WorkerResult(*fields, reply.get("scale"))

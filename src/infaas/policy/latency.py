@@ -44,8 +44,10 @@ class LatencyModel:
         self.slowdown: dict[Key, float] = {}
 
     def loaded(self, worker: str, variant: str, preferred_batch: int, instances: int) -> None:
-        """A load answered: the worker runs ``variant`` in batches of ``preferred_batch``."""
+        """A load answered: the worker runs ``variant`` in batches of ``preferred_batch``, and its
+        correction starts afresh there (a reloaded replica's worker does not remember it)."""
         self.batching[(worker, variant)] = (preferred_batch, instances)
+        self.slowdown.pop((worker, variant), None)
 
     def resized(self, worker: str, variant: str, instances: int) -> None:
         """The replica now runs ``instances`` runtime instances (its batch size unchanged)."""
@@ -60,12 +62,14 @@ class LatencyModel:
         profiles: Mapping[str, Profile],
         variants: Mapping[str, Variant],
         drains: dict[str, float] | None = None,
+        running_ms: float | None = None,
     ) -> Slot:
         """How a loaded variant's next request would run on ``worker``, given the rows in flight
         there per hosted variant: its own rows, batch size, instances, learned correction and
         slowdown, and the work other variants have in flight on the same cores (``predict_ms``
         counts it as processor sharing, not in series). ``drains``: a memo of each hosted variant's
-        work in flight, for a caller asking about several variants of one worker at one moment."""
+        work in flight, for a caller asking about several variants of one worker at one moment.
+        ``running_ms``: how long the batch running there has run (None: not known; counted half done)."""
         batch, instances = self.batching.get((worker, variant), (0, 1))
         return (
             worker,
@@ -75,6 +79,7 @@ class LatencyModel:
             self.overhead_ms.get((worker, variant), 0.0),
             self.slowdown.get((worker, variant), 1.0),
             self._shared(worker, variant, in_flight, profiles, variants, drains),
+            running_ms,
         )
 
     def _shared(
@@ -116,19 +121,24 @@ class LatencyModel:
         alone: bool,
         profile: Profile | None,
         length: int | None = None,
+        scale: float | None = None,
     ) -> None:
         """Learn from one answer. ``from_slot``: ``predicted_ms`` came from this replica's slot, so
         its residual is learned (its median, not its mean: bench/workload's totals are
         heavy-tailed, and a mean of total - queue - compute left digits 37 % low at the median, an
         EWMA of the residual 15 % high); otherwise only a first seed (the serving path's own
         overhead). ``alone``: no other variant had work on that worker, so the batch's compute
-        time says how fast it runs there (time-sharing is predicted apart)."""
+        time says how fast it runs there (time-sharing is predicted apart). ``scale``: the worker's own
+        account of the same (its admission's correction, from batches that ran alone there), taken
+        as is when the worker sends it, so the selection and the admission apply one correction."""
         extra = self.overhead_ms.get(key, 0.0)
         if predicted_ms is not None and from_slot:
             track_median(self.overhead_ms, key, total_ms - (predicted_ms - extra))
         elif key not in self.overhead_ms:  # one estimator per key: only a seed from other answers
             self.overhead_ms[key] = max(0.0, total_ms - queue_ms - compute_ms)
-        if profile is not None and batch_size and compute_ms and alone:
+        if scale is not None:
+            self.slowdown[key] = scale
+        elif profile is not None and batch_size and compute_ms and alone:
             ratio = compute_ms / profile.cost_ms(batch_size, length)  # at the request's own length
             ewma(self.slowdown, key, min(10.0, max(0.5, ratio)), 0.1, start=1.0)
 

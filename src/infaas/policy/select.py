@@ -17,12 +17,14 @@ from infaas.registry.types import Profile, Variant
 
 # Where a loaded variant runs: (worker, rows in flight), or with how that worker runs it: (worker,
 # rows in flight, batch size, runtime instances, overhead ms, measured / profiled batch time[, the
-# ms of work other variants have in flight on that worker's cores])
+# ms of work other variants have in flight on that worker's cores[, how long its running batch has
+# run (ms; None: not known)]])
 Slot = (
     tuple[str, int]
     | tuple[str, int, int, int]
     | tuple[str, int, int, int, float, float]
     | tuple[str, int, int, int, float, float, tuple[float, ...]]
+    | tuple[str, int, int, int, float, float, tuple[float, ...], float | None]
 )
 
 
@@ -81,18 +83,29 @@ class Saturated(Unreachable):
         self.wait_ms = wait_ms
 
 
-def drain_ms(profile: Profile, max_batch: int, in_flight: int, batch: int | None = None, instances: int = 1) -> float:
+def drain_ms(
+    profile: Profile,
+    max_batch: int,
+    in_flight: int,
+    batch: int | None = None,
+    instances: int = 1,
+    running_ms: float | None = None,
+) -> float:
     """How long ``in_flight`` rows take as the worker runs them: in batches of its size (its
     preferred batch, calibrated at load; ``max_batch`` when unknown) — full batches, then the
     rest — shared by its ``instances``. The first batch is running already (the worker never
-    idles with rows queued) and, seen at a random moment, is half done: half of it is counted
-    (bench/workload: counting it whole made four in five of the worst predictions too high)."""
+    idles with rows queued): what is left of it after the ``running_ms`` it has run, or, not
+    known, half of it (seen at a random moment it is half done; bench/workload: counting it
+    whole made four in five of the worst predictions too high; but a request right behind
+    another finds that one's batch just started, and half undercounts it)."""
     if not in_flight:
         return 0.0
     size = max(1, min(batch or max_batch, max_batch))
     full, rest = divmod(in_flight, size)
     total = full * profile.predict_ms(size) + (profile.predict_ms(rest) if rest else 0.0)
-    return (total - 0.5 * profile.predict_ms(min(in_flight, size))) / max(1, instances)
+    first = profile.predict_ms(min(in_flight, size))
+    done = 0.5 * first if running_ms is None else min(first, max(0.0, running_ms))
+    return (total - done) / max(1, instances)
 
 
 def predict_ms(
@@ -105,6 +118,7 @@ def predict_ms(
     extra_ms: float = 0.0,
     scale: float = 1.0,
     shared: tuple[float, ...] = (),
+    running_ms: float | None = None,
     length: int | None = None,
 ) -> float:
     """Queue wait (:func:`drain_ms` of the rows ahead) plus this request's batch, times ``scale``:
@@ -114,9 +128,12 @@ def predict_ms(
     ``min(own, other)``), not by all of its work (adding it in series over-predicted tenfold in
     bench/workload). ``extra_ms``: what the rest misses lately on that worker (the serving path's
     overhead, scheduling): the median residual, negative when it over-predicts (at most half).
+    ``running_ms``: how long the batch running there has run (:func:`drain_ms`).
     ``length``: this request's dynamic-axis length (its own batch is costed at it; the rows ahead at
     the profile's representative length)."""
-    own = drain_ms(profile, max_batch, in_flight, batch, instances) + profile.cost_ms(min(rows, max_batch), length)
+    own = drain_ms(profile, max_batch, in_flight, batch, instances, running_ms) + profile.cost_ms(
+        min(rows, max_batch), length
+    )
     own *= scale
     core = own + sum(min(own, other) for other in shared)
     return max(0.5 * core, core + extra_ms)

@@ -275,7 +275,14 @@ class Router:
         if not self.policy.reads_slots:
             return worker.name, worker.rows_in_flight(name)
         in_flight = {v: worker.rows_in_flight(v) for v in worker.loaded_names()}
-        return self.latency.slot(worker.name, name, in_flight, self.catalog.profiles, self.catalog.variants)
+        return self.latency.slot(
+            worker.name,
+            name,
+            in_flight,
+            self.catalog.profiles,
+            self.catalog.variants,
+            running_ms=worker.running_ms(name),
+        )
 
     def _runnable(self, variants: list[Variant]) -> list[Variant]:
         """The variants a worker runs as profiled: no more threads than a worker has cores (a
@@ -359,6 +366,7 @@ class Router:
             profile=self.catalog.profiles.get(var.name),
             alone=not any(w != var.name and worker.rows_in_flight(w) for w in worker.loaded_names()),
             length=plan.objective.length,
+            scale=result.scale,
         )
         params = {
             "variant": var.name,

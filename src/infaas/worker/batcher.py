@@ -118,16 +118,22 @@ class BatchQueue:
         self.rows_queued = 0
         self.offline_rows_queued = 0
         self.bytes_queued = 0
+        # rows weighted by their own length's cost (axis_factor): the queue ahead costed per request
+        self.units_queued = 0.0
+        self.offline_units_queued = 0.0
+
+    def factor(self, length: int | None) -> float:
+        """A row as long as ``length`` costs this many rows of the batch table's (1 without an axis)."""
+        return self._axis(length) if self._axis is not None and length else 1.0
 
     def predict_s(self, rows: int, length: int | None = None) -> float:
         """Predicted time of one batch of ``rows`` (whose dynamic axis is ``length`` long): the fit,
         scaled by the axis's cost (Profile.cost_ms) and by what was measured here."""
-        factor = self._axis(length) if self._axis is not None and length else 1.0
-        return self._fit(rows) * factor * self.scale
+        return self._fit(rows) * self.factor(length) * self.scale
 
     def observe(self, rows: int, seconds: float, alpha: float = 0.2, length: int | None = None) -> None:
         """A batch of ``rows`` took ``seconds``: move the scale toward measured / predicted."""
-        predicted = self._fit(rows) * (self._axis(length) if self._axis is not None and length else 1.0)
+        predicted = self._fit(rows) * self.factor(length)
         if predicted > 0 and seconds > 0:
             ratio = min(10.0, max(0.5, seconds / predicted))
             self.scale += alpha * (ratio - self.scale)
@@ -138,6 +144,16 @@ class BatchQueue:
         full, rest = divmod(rows, self.max_batch)
         total = full * self.predict_s(self.max_batch, length) + (self.predict_s(rest, length) if rest else 0.0)
         return total / self.instances
+
+    def ahead_s(self, rows: int, length: int | None, offline: bool) -> float:
+        """Time to run what is queued ahead of a new request (online requests go ahead of offline
+        ones) and then its own ``rows``: each queued request costed at its own length, the batches
+        as the fit times them."""
+        ahead = self.rows_queued if offline else self.rows_queued - self.offline_rows_queued
+        units = self.units_queued if offline else self.units_queued - self.offline_units_queued
+        total = ahead + rows
+        weight = (max(0.0, units) + rows * self.factor(length)) / total if total else 1.0
+        return self.work_s(total) * weight
 
     def admit(
         self,
@@ -151,16 +167,16 @@ class BatchQueue:
     ) -> Refusal | None:
         """None if a request of ``rows`` can join the queue; else why not. ``busy_s``: time until an
         instance frees up from the batch it is running. ``length``: its dynamic axis's length (the
-        rows ahead are costed as if alike)."""
+        queued requests ahead are costed at theirs)."""
         if self.max_bytes is not None and self.bytes_queued + nbytes > self.max_bytes and self._queue:
             return Refusal(
                 f"queue holds {self.bytes_queued} bytes of tensors (bound {self.max_bytes})",
-                self.work_s(self.rows_queued) + busy_s,
+                self.ahead_s(0, None, offline=True) + busy_s,
             )
         if not self.admission:
             return None
         ahead = self.rows_queued if offline else self.rows_queued - self.offline_rows_queued
-        wait = busy_s + self.work_s(ahead + rows, length)
+        wait = busy_s + self.ahead_s(rows, length, offline)
         if self.max_wait_s is not None and ahead and wait > self.max_wait_s:
             return Refusal(
                 f"queue holds {ahead} rows, {wait * 1000:.0f} ms of work, past its bound of "
@@ -195,8 +211,11 @@ class BatchQueue:
     def _account(self, item: Pending, sign: int) -> None:
         self.rows_queued += sign * item.rows
         self.bytes_queued += sign * item.nbytes
+        units = item.rows * self.factor(item.length)
+        self.units_queued += sign * units
         if item.offline:
             self.offline_rows_queued += sign * item.rows
+            self.offline_units_queued += sign * units
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -225,6 +244,7 @@ class BatchQueue:
         items = list(self._queue)
         self._queue.clear()
         self.rows_queued = self.offline_rows_queued = self.bytes_queued = 0
+        self.units_queued = self.offline_units_queued = 0.0
         return items
 
     def next(self, now: float) -> Formed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -13,6 +14,34 @@ from infaas.protocol.shm import Maps
 from infaas.protocol.worker_wire import SocketChannel
 from infaas.worker.batcher import BatchQueue, Pending
 from infaas.worker.runtime import Runtime, infer_checked
+
+
+class Activity:
+    """The batches running in one worker process, per variant: tells a batch that ran alone (no other
+    variant's batch overlapped it) from one that time-shared the cores. Only the former says how fast
+    a variant runs here; sharing is predicted apart (``policy.select.predict_ms``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: Counter[str] = Counter()
+        self._starts: Counter[str] = Counter()
+        self._total = 0
+
+    def begin(self, variant: str) -> tuple[bool, int]:
+        """A batch of ``variant`` starts; the token :meth:`end` takes."""
+        with self._lock:
+            alone = not any(n for v, n in self._running.items() if v != variant)
+            self._running[variant] += 1
+            self._starts[variant] += 1
+            self._total += 1
+            return alone, self._total - self._starts[variant]
+
+    def end(self, variant: str, token: tuple[bool, int]) -> bool:
+        """The batch ended: whether it ran alone throughout (none running at its start, none started since)."""
+        alone, others_started = token
+        with self._lock:
+            self._running[variant] -= 1
+            return alone and self._total - self._starts[variant] == others_started
 
 
 class VariantExecutor:
@@ -24,9 +53,16 @@ class VariantExecutor:
     """
 
     def __init__(
-        self, name: str, runtimes: list[Runtime], queue: BatchQueue, channel: SocketChannel, maps: Maps | None = None
+        self,
+        name: str,
+        runtimes: list[Runtime],
+        queue: BatchQueue,
+        channel: SocketChannel,
+        maps: Maps | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.name = name
+        self.activity = activity or Activity()  # shared by the process's variants
         self.maps = maps or Maps()  # where outputs that go to shared memory are written
         self.runtimes = runtimes
         self.queue = queue
@@ -116,6 +152,11 @@ class VariantExecutor:
         if item is not None:
             self._fail(item, Cancelled(f"request cancelled by its caller while queued on {self.name}"))
 
+    def estimate_s(self, rows: int, length: int | None = None) -> float:
+        """What admission predicts now for a new online request of ``rows``: until an instance
+        frees up, then the queue ahead and its own batch (call with ``cond`` held)."""
+        return self._busy_s(time.monotonic()) + self.queue.ahead_s(rows, length, offline=False)
+
     def _busy_s(self, now: float) -> float:
         """Until an instance is free: 0 if one is idle, else the earliest predicted end of a batch."""
         if len(self._running_until) < len(self.runtimes):
@@ -167,6 +208,7 @@ class VariantExecutor:
     def _run(self, runtime: Runtime, batch: list[Pending]) -> None:
         start = time.monotonic()
         rows = sum(p.rows for p in batch)
+        token = self.activity.begin(self.name)
         try:
             if len(batch) == 1:
                 inputs = batch[0].payload
@@ -174,14 +216,18 @@ class VariantExecutor:
                 inputs = {name: np.concatenate([p.payload[name] for p in batch], axis=0) for name in batch[0].payload}
             outputs = infer_checked(runtime, inputs, rows)
         except Exception as exc:  # a failed batch fails its requests, not the worker
+            self.activity.end(self.name, token)
             for item in batch:
                 self._fail(item, exc)
             return
         end = time.monotonic()
+        alone = self.activity.end(self.name, token)
         compute_ns = int((end - start) * 1e9)
         offline = sum(p.rows for p in batch if p.offline)
         with self.cond:
-            self.queue.observe(rows, end - start, length=batch[0].length)
+            if alone:  # the one learned correction: admission here, and the selection's (sent with each answer)
+                self.queue.observe(rows, end - start, length=batch[0].length)
+            scale = self.queue.scale
             self.batches += 1
             self.served += len(batch)
             self.busy_s += (end - start) * (rows - offline) / rows
@@ -208,6 +254,7 @@ class VariantExecutor:
                     "compute_ns": compute_ns,
                     "batch_size": rows,
                     "batch_pos": pos,
+                    "scale": scale,
                 }
             )
 

@@ -25,7 +25,7 @@ from infaas.protocol.shm import Maps, ShmTensor
 from infaas.protocol.worker_wire import SocketChannel
 from infaas.registry.types import axis_length, runtime_of
 from infaas.worker.batcher import BatchQueue, Pending, preferred_batch
-from infaas.worker.executor import VariantExecutor
+from infaas.worker.executor import Activity, VariantExecutor
 from infaas.worker.measure import (
     answers,
     calibrate,
@@ -50,6 +50,7 @@ class Worker:
         self.specs: dict[str, dict] = {}  # each loaded variant's load message (a resize loads more alike)
         self.control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control")
         self.maps = Maps()  # the shared-memory objects requests' tensors lie in (protocol.shm)
+        self.activity = Activity()  # which variants' batches run at once (a batch alone says its speed)
         self.started = time.time()
 
     def serve(self) -> None:
@@ -181,7 +182,7 @@ class Worker:
         for runtime in runtimes:  # what the calibration's large batches held goes back to the system
             runtime.release_memory()
         trim()
-        self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel, self.maps)
+        self.variants[name] = VariantExecutor(name, runtimes, queue, self.channel, self.maps, self.activity)
         self.specs[name] = msg
         return {
             "load_time_s": sum(r.load_time_s for r in runtimes) / instances,
@@ -260,6 +261,9 @@ class Worker:
                     "expired": e.expired,
                     "cancelled": e.cancelled,
                     "scale": round(e.queue.scale, 3),
+                    # what admission predicts now for one more row (queued work included): the
+                    # estimate the selection's must agree with (tests/integration/test_agreement.py)
+                    "admit_ms": round(e.estimate_s(1) * 1000, 4),
                     "arrived_rows": e.arrived_rows,
                     "offline_rows": e.offline_rows,
                     "completed_rows": e.completed_rows,

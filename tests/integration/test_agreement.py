@@ -1,0 +1,63 @@
+"""Selection and admission agree (issue 33): on an idle worker, for every variant of the digits zoo,
+what the selection predicts for a request is what the worker's admission predicts for it, and a
+query whose objective the prediction meets is served, one it misses refused up front (400), never accepted by the selection and then refused by the worker (503)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from infaas.app import BackgroundServer
+from infaas.client import Client
+from infaas.policy import predict_ms
+from infaas.settings import Settings
+from tests.conftest import assert_selection_and_admission_agree, copy_data_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, digits_profiled_dir):
+    data = copy_data_dir(digits_profiled_dir, tmp_path_factory.mktemp("agree") / "d")
+    srv = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False)).start()
+    yield srv
+    srv.stop()
+
+
+def test_selection_and_admission_predict_the_same_for_every_zoo_variant(server):
+    plane = server.services
+    cores = plane.cluster.cores_per_worker
+    names = sorted(
+        v.name
+        for v in plane.catalog.variants.values()
+        if v.status == "ready" and v.threads <= cores and v.name in plane.catalog.profiles
+    )
+    assert len(names) >= 6, names  # every architecture of the zoo, in its fp32 and INT8 forms at least
+    seen = {}
+    for name in names:
+        seen[name] = assert_selection_and_admission_agree(server, name)
+    assert len({arch.split(".")[0] for arch in seen}) >= 3, seen
+
+
+def test_an_objective_the_shared_prediction_meets_is_served_and_one_it_misses_refused_up_front(server, digits_samples):
+    """The contract seen from a client: a 400 up front, or an answer; the selection's acceptance is
+    not undone by the worker's admission."""
+    x, _ = digits_samples
+    plane = server.services
+    worker = plane.cluster.workers[0]
+    arch = "digits-mlp"
+    with Client(server.url) as c:
+        for _ in range(5):  # the serving path's own overhead learned on the replica that serves
+            name = c.infer(arch, {"input": x[:1]}, latency_ms=1000).parameters["variant"]
+        slot = plane.latency.slot(worker.name, name, {name: 0}, plane.catalog.profiles, plane.catalog.variants)
+        selected = predict_ms(plane.catalog.profiles[name], plane.catalog.variants[name].max_batch, 1, *slot[1:])
+        fastest = min(plane.catalog.profiles[v.name].cost_ms(1) for v in plane.catalog.by_arch[arch])
+        with pytest.raises(Exception, match="unreachable"):
+            c.infer(arch, {"input": x[:1]}, latency_ms=fastest * 0.5)
+        objective = max(selected * 3, 5.0)
+        for _ in range(5):
+            r = c.infer(arch, {"input": x[:1]}, latency_ms=objective)
+            assert r.parameters["predicted_ms"] < objective
+    metrics = httpx.get(server.url + "/metrics").text
+    refused = [x for x in metrics.splitlines() if x.startswith("infaas_selected_then_refused_total{")]
+    assert all(x.endswith(" 0.0") for x in refused), refused
