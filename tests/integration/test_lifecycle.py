@@ -57,6 +57,7 @@ def test_an_unload_draining_while_a_load_of_the_same_variant_arrives_leaves_them
     run(server, race())
     assert worker.hosts(name) and worker.replicas[name] is ReplicaState.READY
     assert worker_has(server, worker, name)  # the process agrees with the frontend
+    assert run(server, worker.stats())["switch_ms"] == pytest.approx(0.5)  # short requests' GIL hops
     r = httpx.post(
         server.url + "/v2/models/digits-mlp/infer",
         timeout=30,

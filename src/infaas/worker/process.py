@@ -39,6 +39,12 @@ from infaas.worker.measure import (
 from infaas.worker.runtime import OnnxRuntime, Runtime, infer_checked, make_runtime
 
 _MAX_TIMED_RUNS = 2000  # the most runs one batch size gets towards its time floor
+# How long a thread that wants the GIL waits before the holder is asked to drop it (CPython: 5 ms).
+# A sub-ms request crosses two threads here (the receiver, then its variant's executor) while other
+# variants' executors run Python between their batches; at 5 ms each hop could wait that long
+# behind them. bench/workload on an AVX2 EPYC (Zen 1), two runs each: the selection's error
+# against the objective, p90, 0.30-0.32 at 5 ms, 0.25 at 0.5 ms (docs/benchmarks.md, issue 33).
+GIL_SWITCH_S = 0.0005
 
 
 class Worker:
@@ -52,6 +58,7 @@ class Worker:
         self.maps = Maps()  # the shared-memory objects requests' tensors lie in (protocol.shm)
         self.activity = Activity()  # which variants' batches run at once (a batch alone says its speed)
         self.started = time.time()
+        sys.setswitchinterval(GIL_SWITCH_S)
 
     def serve(self) -> None:
         self.channel.send({"id": 0, "ok": True, "hello": {"pid": os.getpid(), "threads": self.threads}})
@@ -277,6 +284,7 @@ class Worker:
             "time": time.monotonic(),
             "cpu_s": sum(os.times()[:2]),
             "cores": self.threads,
+            "switch_ms": sys.getswitchinterval() * 1000,
             "variants": variants,
         }
 
