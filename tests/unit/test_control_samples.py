@@ -17,10 +17,13 @@ from infaas.policy import Sample
 from tests.unit.test_policy_autoscale import FP32, INT8, P8, P32, variant
 
 
-def counters(completed, arrived=None, batches=1, busy_s=0.0, queued=0, p50=4.0, offline=0, instances=1):
+def counters(completed, arrived=None, batches=1, busy_s=0.0, queued=0, p50=4.0, offline=0, instances=1, turned=0):
     return {
         "completed_rows": completed,
         "arrived_rows": completed if arrived is None else arrived,
+        "arrived_requests": (completed if arrived is None else arrived) // 2,  # 2-row requests
+        "turned_away_rows": turned,
+        "turned_away_requests": turned // 2,
         "batches": batches,
         "busy_s": busy_s,
         "queued_rows": queued,
@@ -33,13 +36,18 @@ def counters(completed, arrived=None, batches=1, busy_s=0.0, queued=0, p50=4.0, 
 
 def test_replica_rates_are_deltas_over_time_and_skip_first_and_restarted_reports():
     assert replica_rates(None, 1.0, counters(10)) is None  # a first report: no rate yet
-    old = (1.0, counters(100, arrived=110, batches=10, busy_s=0.2, offline=4))
+    old = (1.0, counters(100, arrived=110, batches=10, busy_s=0.2, offline=4, turned=2))
     assert replica_rates(old, 1.0, counters(150)) is None  # no time passed
     assert replica_rates(old, 2.0, counters(50)) is None  # counters went back: a restarted process
-    r = replica_rates(old, 3.0, counters(180, arrived=210, batches=20, busy_s=1.2, queued=6, offline=10, instances=2))
+    r = replica_rates(
+        old, 3.0, counters(180, arrived=210, batches=20, busy_s=1.2, queued=6, offline=10, instances=2, turned=8)
+    )
     assert r == pytest.approx(
         {
             "arrival": 50.0,
+            "turned": 3.0,  # refused by the selection while it was busy: demand too
+            "requests": 25.0,
+            "turned_requests": 1.5,
             "completed": 40.0,
             "offline": 3.0,
             "batch": 8.0,
@@ -57,8 +65,11 @@ def test_a_window_sample_sums_rates_and_takes_the_slowest_replica():
         {"arrival": 10, "completed": 9, "batch": 4.0, "queue": 2, "p50": 3.0, "busy": 0.5, "compute": 2.5},
         {"arrival": 20, "completed": 18, "batch": 0.0, "queue": 5, "p50": 7.0, "busy": 0.1, "compute": 0.0},
     ]
+    # 1 and 2 rows/s turned away, in 1 and 1 requests/s, beside 5 and 3 requests/s that arrived
+    for p, turned, asked in zip(parts, (1, 2), (5, 3), strict=True):
+        p.update(turned=turned, turned_requests=1, requests=asked)
     window: deque[Sample] = deque()
-    assert window_sample(5.0, parts, window) == Sample(5.0, 30, 27, 4.0, 7, 7.0, pytest.approx(0.3), 2.5)
+    assert window_sample(5.0, parts, window) == Sample(5.0, 30, 27, 4.0, 7, 7.0, pytest.approx(0.3), 2.5, 3, 0.2)
     idle = [dict(p, batch=0.0) for p in parts]
     window.append(Sample(4.0, 1, 1, 6.0, 0, 1.0))
     assert window_sample(6.0, idle, window).mean_batch == 6.0  # no batch ran: the last one's size

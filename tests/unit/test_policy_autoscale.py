@@ -312,3 +312,50 @@ def test_variants_on_a_hot_worker_spread_to_a_cool_one():
     # no cool worker: nothing to spread to
     warm = [WorkerRoom("w0", 1000, 2, cpu=0.95), WorkerRoom("w1", 1000, 1, cpu=0.7)]
     assert autoscale(loads, {}, warm, 10, Memory(), CFG)[0] == []
+
+
+def turned(t, arrived, away, n=5):
+    """A window where ``away`` 1-row requests a second were refused by the selection (the replicas
+    busy) beside ``arrived``."""
+    share = away / (away + arrived) if away else 0.0
+    return tuple(
+        Sample(t - n + i, arrived, arrived, 1, 0, 3.0, turned_away_rps=away, turned_away_share=share) for i in range(n)
+    )
+
+
+def test_requests_turned_away_by_the_selection_are_demand_and_overload_the_variant():
+    # 40 rows/s arrive, far under the 800 rows/s a replica computes at batch 8, but the objective
+    # leaves no room to queue: 10 more rows/s were refused (429) because the replica was busy
+    state, why, demand = state_of(VariantLoad(FP32, P32, ("w0",), turned(10, 40, 10)), CFG)
+    assert state == "overloaded" and demand == 50 and "20% of requests turned away (10.0 of 50.0 rows/s)" in why
+    # every request refused (nothing arrives): still demand, not an idle variant
+    assert state_of(VariantLoad(FP32, P32, ("w0",), turned(10, 0, 5)), CFG)[0] == "overloaded"
+    # a stray refusal under the share is not overload
+    assert state_of(VariantLoad(FP32, P32, ("w0",), turned(10, 100, 2)), CFG)[0] == "active"
+    family = {"a": [(FP32, P32)]}
+    actions, mem = autoscale(
+        [VariantLoad(FP32, P32, ("w0",), turned(10, 40, 10))], family, [WorkerRoom("w1", 1000)], 10, Memory(), CFG
+    )
+    assert [(a.kind, a.target) for a in actions] == [("replicate", "w1")] and "turned away" in actions[0].reason
+    assert mem.short["a.fp32"] == (10, 1, 50)
+
+
+def test_a_variant_that_turned_requests_away_keeps_the_replica_it_got_while_demand_holds():
+    family, two = {"a": [(FP32, P32)]}, ("w0", "w1")
+    mem = Memory(short={"a.fp32": (10, 1, 50)})  # one replica turned requests away at 50 rows/s
+    for t in range(11, 40):  # two replicas now serve all 50 rows/s: low by throughput, kept by the hold
+        actions, mem = autoscale([VariantLoad(FP32, P32, two, turned(t, 50, 0))], family, [], t, mem, CFG)
+        assert actions == []
+    # demand fell under half of what it was: the usual hysteresis applies again
+    kinds = []
+    for t in range(40, 52):
+        actions, mem = autoscale([VariantLoad(FP32, P32, two, turned(t, 20, 0))], family, [], t, mem, CFG)
+        kinds += [(a.kind, a.target) for a in actions]
+    assert kinds == [("unload", "w1")]
+    # after the hold, the same demand that was held scales down too
+    mem = Memory(short={"a.fp32": (10, 1, 50)})
+    kinds = []
+    for t in range(71, 83):
+        actions, mem = autoscale([VariantLoad(FP32, P32, two, turned(t, 50, 0))], family, [], t, mem, CFG)
+        kinds += [(a.kind, a.target) for a in actions]
+    assert kinds == [("unload", "w1")] and "a.fp32" not in mem.short

@@ -168,6 +168,7 @@ class WorkerHandle(Protocol):
         shm: Shared | None = None,
     ) -> WorkerResult: ...
     async def stats(self) -> dict[str, Any]: ...
+    def turned_away(self, variant: str, rows: int) -> None: ...  # demand the selection refused (saturated)
     def forget_shm(self, key: str) -> None: ...  # shared-memory object ``key`` unregistered: unmap it
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from infaas.hardware import HardwareKind
 
 _DRAIN_ABOVE = 4 * 2**20
+TURNED_AWAY_S = 0.1  # how often (at most) a frontend tells a worker of the demand its selection refused
 
 
 class Recovery(enum.Enum):
@@ -64,6 +65,8 @@ class Channel:
         # (the first send to an idle variant, else the last answer: the next batch starts as one ends)
         self.since: dict[str, float] = {}
         self._ids = itertools.count(1)
+        self._turned: dict[str, list[int]] = {}  # variant -> [requests, rows] turned away, not yet told
+        self._turned_flush: asyncio.TimerHandle | None = None
 
     def running_ms(self, variant: str) -> float | None:
         """How long the batch of ``variant`` running there has most likely run; None when none is."""
@@ -116,6 +119,22 @@ class Channel:
             fut.cancel()
         if rid in self.inflight:
             self.notify({"op": "cancel", "variant": variant, "key": rid})
+
+    def turned_away(self, variant: str, rows: int) -> None:
+        """A request of ``rows`` the selection refused (429) because ``variant`` on this worker was too
+        busy for its objective: the worker counts it as demand its replica did not carry, where the
+        controller of any frontend reads it. One notice ``TURNED_AWAY_S`` after the first refusal,
+        with every one until then."""
+        counts = self._turned.setdefault(variant, [0, 0])
+        counts[0] += 1
+        counts[1] += rows
+        if self._turned_flush is None:
+            self._turned_flush = asyncio.get_running_loop().call_later(TURNED_AWAY_S, self._send_turned)
+
+    def _send_turned(self) -> None:
+        self._turned_flush = None
+        turned, self._turned = self._turned, {}
+        self.notify({"op": "turned_away", "counts": turned})
 
     def notify(self, message: dict) -> None:
         """A one-way message (no reply), if the stream is open; lost with the stream otherwise."""

@@ -394,6 +394,10 @@ class ManagedWorker:
         if self.transport.shares_memory:
             self.channel.notify({"op": "forget_shm", "key": key})
 
+    def turned_away(self, variant: str, rows: int) -> None:
+        """The selection refused ``rows`` (429) that ``variant`` here meets its objective with when idle."""
+        self.channel.turned_away(variant, rows)
+
     async def stats(self) -> dict[str, Any]:
         return await self._call({"op": "stats"}, timeout=10)
 

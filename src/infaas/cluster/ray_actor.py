@@ -151,6 +151,8 @@ class WorkerActor:
             elif msg.get("op") == "cancel" and msg.get("key") in mine:
                 rid, variant = mine[msg["key"]]
                 self.worker.cancel(variant, rid)
+            elif msg.get("op") == "turned_away":
+                self.worker.turned_away(msg["counts"])
 
         return on_message
 

@@ -29,6 +29,9 @@ def replica_rates(old: tuple[float, Mapping[str, Any]] | None, now: float, c: Ma
     rows = c["completed_rows"] - o["completed_rows"]
     return {
         "arrival": (c["arrived_rows"] - o["arrived_rows"]) / dt,
+        "turned": (c["turned_away_rows"] - o["turned_away_rows"]) / dt,
+        "requests": (c["arrived_requests"] - o["arrived_requests"]) / dt,
+        "turned_requests": (c["turned_away_requests"] - o["turned_away_requests"]) / dt,
         "completed": rows / dt,
         "offline": (c["offline_rows"] - o["offline_rows"]) / dt,
         "batch": rows / batches if batches else 0.0,
@@ -54,7 +57,14 @@ def window_sample(t: float, parts: list[dict], window: deque[Sample]) -> Sample:
         max(p["p50"] for p in parts),
         sum(p["busy"] for p in parts) / len(parts),
         max(p["compute"] for p in parts),
+        sum(p["turned"] for p in parts),
+        turned_share(sum(p["turned_requests"] for p in parts), sum(p["requests"] for p in parts)),
     )
+
+
+def turned_share(turned: float, arrived: float) -> float:
+    """The share of a variant's requests the selection turned away (of those and the arrivals)."""
+    return turned / (turned + arrived) if turned > 0 else 0.0
 
 
 def worker_cpu(prev: tuple[float, float] | None, now: float, cpu_s: float, cores: int) -> float | None:

@@ -10,7 +10,11 @@ States, as in INFaaS:
 - ``inactive``: no arrivals in the window;
 - ``overloaded``: demand over the newest samples above what its replicas sustain (capacity per
   replica = rows/s at the profile's best batch, less a headroom), replicas computing nearly all
-  the time, or a queue that keeps growing;
+  the time, a queue that keeps growing, or requests turned away: the selection refused them (429)
+  because these replicas were too busy for their objectives (an objective with no room to batch
+  or queue caps a replica far below its throughput). Demand counts those refused rows too, and a
+  variant keeps one replica more than the count that turned requests away for
+  ``turned_away_hold_s``;
 - ``interfered``: latency well above the profile's prediction while demand is within capacity;
 - ``active``: otherwise.
 Actions: ``replicate`` (one more replica on a worker with memory to spare), ``upgrade`` (a faster
@@ -39,6 +43,7 @@ from infaas.policy.scaling import (
     every_worker_above,
     hourly_usd,
     state_of,
+    turned_away,
 )
 from infaas.registry.types import Profile, Variant
 
@@ -57,6 +62,7 @@ def autoscale(
     actions: list[Action] = []
     low_since = dict(memory.low_since)
     scaled_at = {k: t for k, t in memory.scaled_at.items() if now - t < cfg.cooldown_s}
+    short = {k: held for k, held in memory.short.items() if now - held[0] < cfg.turned_away_hold_s}
     free = {r.name: r.free_mb for r in rooms}
     spare = {r.name: max(0, r.cores - r.threads) for r in rooms}  # cores no runtime instance holds
     if memory.drain is not None:  # nothing is placed on a worker being emptied
@@ -69,6 +75,9 @@ def autoscale(
         v, p = load.variant, load.profile
         state, why, demand = state_of(load, cfg)
         per_replica = capacity_rps(p, v.max_batch) * (1 - cfg.headroom)
+        share, _, surge = turned_away(load, cfg)
+        if share > cfg.turned_away_share:
+            short[v.name] = (now, load.slots, surge)  # this many turned requests away: not enough
         if state == "overloaded":
             low_since.pop(v.name, None)
             if v.name in scaled_at:
@@ -94,11 +103,15 @@ def autoscale(
             scaled_at[v.name] = now
             free[spread.target] -= p.peak_memory_mb
             continue
+        held = short.get(v.name)
+        if state != "inactive" and held is not None and load.slots <= held[1] + 1 and demand > held[2] / 2:
+            low_since.pop(v.name, None)  # one more than turned requests away, at about that demand
+            continue
         _scale_down(load, state, demand, per_replica, quiet_for, family, per_arch, low_since, now, cfg, actions)
     drain, cool_since = consolidate(loads, rooms, now, memory.drain, memory.cool_since, free, spare, cfg, actions)
     hot_since, added_at = _scale_out(loads, rooms, now, memory, cfg, actions)
     empty_since = _scale_in(rooms, now, memory, cfg, actions)
-    return actions, Memory(low_since, empty_since, scaled_at, hot_since, added_at, drain, cool_since)
+    return actions, Memory(low_since, empty_since, scaled_at, hot_since, added_at, drain, cool_since, short)
 
 
 def _last(load: VariantLoad, worker: str) -> VariantLoad:

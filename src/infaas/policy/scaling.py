@@ -23,6 +23,11 @@ class Sample:
     p50_ms: float
     busy: float = 0.0  # fraction of the replicas' time spent computing
     compute_ms: float = 0.0  # mean time a batch computed (0: not reported; then p50 is judged)
+    # rows per second the selection refused (429) because these replicas were busy: demand too; and
+    # the share of requests that was (of those and the arrivals: a tight objective's 1-row
+    # requests beside another app's large ones count as requests, not as rows)
+    turned_away_rps: float = 0.0
+    turned_away_share: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,13 @@ class ScalingConfig:
     # so that scale-in can remove it (infaas.policy.consolidate)
     consolidate: bool = True
     consolidate_s: float = 30.0
+    # requests the selection refused because the variant's replicas were busy (429, saturated) are
+    # demand: over this share of its requests in the newest samples, the variant is overloaded
+    # whatever its throughput says (an objective with no room to batch or queue caps a replica)
+    turned_away_share: float = 0.05
+    # ... and, for this long, keeps one replica more than the count that turned requests away while
+    # its demand stays above half of what it was then
+    turned_away_hold_s: float = 60.0
 
 
 @dataclass
@@ -117,6 +129,8 @@ class Memory:
     added_at: float | None = None  # when a worker was last added for CPU
     drain: str | None = None  # the worker being emptied (consolidation)
     cool_since: float | None = None  # since when the fleet could do without one of its workers
+    # variant -> (when it last turned requests away, its instances and demand in rows/s then)
+    short: dict[str, tuple[float, int, float]] = field(default_factory=dict)
 
 
 def every_worker_above(rooms: list[WorkerRoom], threshold: float) -> list[WorkerRoom]:
@@ -135,17 +149,34 @@ def capacity_rps(profile: Profile, max_batch: int) -> float:
     return batch / ms * 1000 if ms > 0 else float("inf")
 
 
+def turned_away(load: VariantLoad, cfg: ScalingConfig) -> tuple[float, float, float]:
+    """Over the newest samples: the share of requests the selection turned away from this variant
+    (its replicas busy), those rows per second, and all its demand in rows/s (those plus the arrivals)."""
+    recent = load.window[-cfg.fast_samples :]
+    n = max(1, len(recent))
+    turned = sum(s.turned_away_rps for s in recent) / n
+    share = sum(s.turned_away_share for s in recent) / n
+    return share, turned, turned + sum(s.arrival_rps for s in recent) / n
+
+
 def state_of(load: VariantLoad, cfg: ScalingConfig) -> tuple[str, str, float]:
     """(state, reason, demand in rows/s) of a loaded variant over its window."""
-    if not load.window or all(s.arrival_rps == 0 for s in load.window):
+    if not load.window or all(s.arrival_rps == 0 and s.turned_away_rps == 0 for s in load.window):
         return "inactive", "no requests in the window", 0.0
-    demand = sum(s.arrival_rps for s in load.window) / len(load.window)
-    recent = load.window[-cfg.fast_samples :]  # scale up on the last samples, down on the whole window
-    surge = sum(s.arrival_rps for s in recent) / len(recent)
+    demand = sum(s.arrival_rps + s.turned_away_rps for s in load.window) / len(load.window)
+    share, turned, surge = turned_away(load, cfg)  # scale up on the last samples, down on the whole window
     cap = capacity_rps(load.profile, load.variant.max_batch) * load.slots * (1 - cfg.headroom)
     first, last = load.window[0], load.window[-1]
     growing = len(load.window) > 1 and last.queue_rows > first.queue_rows > load.variant.max_batch * load.slots
+    recent = load.window[-cfg.fast_samples :]
     busy = sum(s.busy for s in recent) / len(recent)
+    if share > cfg.turned_away_share:
+        return (
+            "overloaded",
+            f"{share:.0%} of requests turned away ({turned:.1f} of {surge:.1f} rows/s): "
+            f"{load.carried()} too busy for their objectives",
+            max(demand, surge),
+        )
     if surge > cap or growing or busy > 1 - cfg.headroom:
         demand = max(demand, surge)
         if demand > cap:

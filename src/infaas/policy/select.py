@@ -1,8 +1,5 @@
-"""Per-query selection: which loaded variant, on which worker, and why.
-
-Pure: the caller passes a snapshot of candidates and their live load; nothing
-here reads a clock, a socket or the registry.
-"""
+"""Per-query selection: which loaded variant, on which worker, and why. Pure: the caller passes a
+snapshot of candidates and their live load; nothing here reads a clock, a socket or the registry."""
 
 from __future__ import annotations
 
@@ -76,11 +73,12 @@ class Unreachable(Exception):
 class Saturated(Unreachable):
     """A loaded variant would meet the latency objective with an empty queue, but not behind the
     rows in flight now, and no cold start can either: the objective is fine, the load is not.
-    ``wait_ms`` is how far the best option misses it (a hint for when to retry)."""
+    ``wait_ms``: how far the best option misses it (when to retry); ``variant``, ``worker``: that
+    option, whose demand the request was (the autoscaler counts it there)."""
 
-    def __init__(self, message: str, wait_ms: float) -> None:
+    def __init__(self, message: str, wait_ms: float, variant: str | None = None, worker: str | None = None) -> None:
         super().__init__(message)
-        self.wait_ms = wait_ms
+        self.wait_ms, self.variant, self.worker = wait_ms, variant, worker
 
 
 def drain_ms(
@@ -325,20 +323,22 @@ def _raise_if_saturated(
     """Raise :class:`Saturated` if the latency objective is missed only because of queues."""
     lat = objective.latency_ms
     assert lat is not None
-    best: tuple[float, Option] | None = None
+    best: tuple[float, Option, str] | None = None
     for o in loaded:
         if o.profile is None or o.profile.cost_ms(min(rows, o.variant.max_batch), objective.length) > lat:
             continue  # too slow even when idle
-        for _, in_flight, *shape in live(o.variant.name) or ():
+        for worker, in_flight, *shape in live(o.variant.name) or ():
             pred = predict_ms(o.profile, o.variant.max_batch, rows, in_flight, *shape, length=objective.length)
             if best is None or pred < best[0]:
-                best = (pred, o)
+                best = (pred, o, worker)
     if best is not None:
-        pred, o = best
+        pred, o, worker = best
         raise Saturated(
             f"{scope} is saturated for latency_ms {lat:g}: {o.variant.name} would meet it when "
             f"idle, but with the rows in flight now it predicts {pred:.1f} ms",
             pred - lat,
+            o.variant.name,
+            worker,
         )
 
 

@@ -176,6 +176,13 @@ class Router:
             return None
         return None
 
+    def _turned_away(self, exc: Saturated, rows: int) -> None:
+        """A request refused because the variant that fits it is busy is still its demand: the
+        worker hosting that variant counts it (the autoscaler reads it there, whichever frontend leads)."""
+        worker = next((w for w in self.cluster.workers if w.name == exc.worker), None)
+        if worker is not None and exc.variant is not None:
+            worker.turned_away(exc.variant, rows)
+
     def _live(self, name: str) -> tuple[Slot, ...]:
         """The slots of the workers hosting ``name`` (queue, batching, correction of each)."""
         return tuple(self._slot(w, name) for w in self.cluster.workers if w.hosts(name))
@@ -250,6 +257,7 @@ class Router:
                 plan.objective, loaded, ordered, plan.rows, plan.scope, self._live, self.flagged()
             )
         except Saturated as exc:
+            self._turned_away(exc, plan.rows)
             raise Overloaded(str(exc), retry_after_s=max(0.0, exc.wait_ms / 1000)) from None
         except Unreachable as exc:
             raise InvalidInput(str(exc)) from None

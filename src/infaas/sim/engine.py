@@ -164,6 +164,9 @@ class SimReplica:
         self._wake_at: float | None = None
         # cumulative counters, as a worker reports them (``stats``)
         self.arrived_rows = self.completed_rows = self.batches = 0
+        self.arrived_requests = 0
+        # refused by the selection while this was busy (what a frontend's notice says)
+        self.turned_away_requests = self.turned_away_rows = 0
         self.busy_s = 0.0
         self.latencies_ms: list[float] = []  # since the last ``stats``
         self.dropped_rows = 0  # expired in the queue
@@ -179,6 +182,9 @@ class SimReplica:
         lat.sort()
         return {
             "arrived_rows": self.arrived_rows,
+            "arrived_requests": self.arrived_requests,
+            "turned_away_rows": self.turned_away_rows,
+            "turned_away_requests": self.turned_away_requests,
             "completed_rows": self.completed_rows,
             "offline_rows": 0,
             "batches": self.batches,
@@ -210,6 +216,7 @@ class SimReplica:
             self._finish([out])
             return out
         self.arrived_rows += out.rows
+        self.arrived_requests += 1
         self.queue.put(Pending(key=out, rows=out.rows, arrival=now, deadline=out.deadline), running=bool(self.running))
         self._dispatch()
         return out

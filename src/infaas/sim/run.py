@@ -161,7 +161,12 @@ class Simulation:
 
         try:
             choice = self.policy.select(objective, loaded, index, 1, f"task {app.task}", slots, self.flagged)
-        except Saturated:
+        except Saturated as exc:
+            host = next((w for w in hosting.get(exc.variant or "", ()) if w.name == exc.worker), None)
+            if host is not None:  # its demand, as a frontend tells the worker
+                replica = host.hosted[exc.variant].replica
+                replica.turned_away_requests += 1
+                replica.turned_away_rows += 1
             return self._fail(req, "refused", "dropped")
         except Unreachable:
             return self._fail(req, "unreachable", "unmeetable")

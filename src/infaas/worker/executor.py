@@ -73,7 +73,9 @@ class VariantExecutor:
         self.batches = 0
         self.busy_s = 0.0  # computing online rows (a mixed batch's time is split by rows)
         self.offline_busy_s = 0.0
-        self.arrived_rows = 0  # online
+        self.arrived_rows = self.arrived_requests = 0  # online
+        # online requests (rows) the frontends' selection refused while this was busy
+        self.turned_away_requests = self.turned_away_rows = 0
         self.offline_rows = 0
         self.completed_rows = 0
         self.refused = 0  # shed at admission
@@ -126,6 +128,7 @@ class VariantExecutor:
                 self.offline_rows += item.rows
             else:
                 self.arrived_rows += item.rows
+                self.arrived_requests += 1
             now = time.monotonic()
             refusal = self.queue.admit(
                 item.rows, item.nbytes, item.deadline, now, item.offline, self._busy_s(now), item.length

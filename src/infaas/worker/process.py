@@ -74,6 +74,8 @@ class Worker:
                 self.cancel(msg["variant"], msg["key"])
             elif op == "forget_shm":  # the frontend unregistered this object's regions
                 self.maps.forget(msg["key"])
+            elif op == "turned_away":
+                self.turned_away(msg["counts"])
             elif op == "shutdown":
                 return
             else:
@@ -84,6 +86,16 @@ class Worker:
         executor = self.variants.get(variant)
         if executor is not None:
             executor.cancel(key)
+
+    def turned_away(self, counts: dict[str, list[int]]) -> None:
+        """Requests (and their rows) a frontend's selection refused because these variants here were
+        busy: demand they did not carry, reported beside the arrivals for the autoscaler."""
+        for variant, (requests, rows) in counts.items():
+            executor = self.variants.get(variant)
+            if executor is not None:
+                with executor.cond:
+                    executor.turned_away_requests += int(requests)
+                    executor.turned_away_rows += int(rows)
 
     def submit_control(self, msg: dict) -> None:
         """Run a control op (load, unload, stats, profile, predict, ping) on the control thread; its
@@ -272,6 +284,9 @@ class Worker:
                     # estimate the selection's must agree with (tests/integration/test_agreement.py)
                     "admit_ms": round(e.estimate_s(1) * 1000, 4),
                     "arrived_rows": e.arrived_rows,
+                    "arrived_requests": e.arrived_requests,
+                    "turned_away_rows": e.turned_away_rows,
+                    "turned_away_requests": e.turned_away_requests,
                     "offline_rows": e.offline_rows,
                     "completed_rows": e.completed_rows,
                     "p50_ms": float(np.percentile(lat, 50)) if lat else None,
