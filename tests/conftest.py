@@ -161,7 +161,7 @@ def assert_selection_and_admission_agree(server, name: str) -> tuple[float, floa
         run(worker.unload(other))
     run(plane.placement.load(plane.catalog.variants[name], worker))
     _, in_flight, batch, instances, _overhead, *rest = plane.latency.slot(
-        worker.name, name, {name: 0}, plane.catalog.profiles, plane.catalog.variants
+        worker.name, name, {name: 0}, plane.catalog.profiles, plane.catalog.variants, now=time.monotonic()
     )
     # the serving path's learned overhead (the residual outside the worker) left out: the worker's
     # deadline already counts the time spent before it

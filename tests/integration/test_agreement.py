@@ -4,6 +4,8 @@ query whose objective the prediction meets is served, one it misses refused up f
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -49,7 +51,9 @@ def test_an_objective_the_shared_prediction_meets_is_served_and_one_it_misses_re
     with Client(server.url) as c:
         for _ in range(5):  # the serving path's own overhead learned on the replica that serves
             name = c.infer(arch, {"input": x[:1]}, latency_ms=1000).parameters["variant"]
-        slot = plane.latency.slot(worker.name, name, {name: 0}, plane.catalog.profiles, plane.catalog.variants)
+        slot = plane.latency.slot(
+            worker.name, name, {name: 0}, plane.catalog.profiles, plane.catalog.variants, now=time.monotonic()
+        )
         selected = predict_ms(plane.catalog.profiles[name], plane.catalog.variants[name].max_batch, 1, *slot[1:])
         fastest = min(plane.catalog.profiles[v.name].cost_ms(1) for v in plane.catalog.by_arch[arch])
         with pytest.raises(Exception, match="unreachable"):

@@ -187,3 +187,39 @@ def test_a_reloaded_replica_starts_its_correction_afresh_on_both_sides():
     )
     model.loaded("w0", VAR.name, 4, 1)  # its worker's new executor starts at 1.0: so does the selection
     assert model.slot("w0", VAR.name, {}, {VAR.name: ENCODER}, {VAR.name: VAR})[5] == 1.0
+
+
+def test_a_learned_correction_decays_toward_the_profile_while_nothing_refreshes_it():
+    """A slowdown measured while other work loaded the cores would otherwise keep a replica refused
+    for good: predicted over the objective, sent nothing, never measured again. Both copies (the
+    worker's admission and the selection's) decay by half every SCALE_HALF_LIFE_S of their clocks."""
+    from infaas.policy import Saturated
+    from infaas.policy.latency import LatencyModel
+    from infaas.registry.types import SCALE_HALF_LIFE_S, decayed
+
+    h = SCALE_HALF_LIFE_S
+    assert decayed(1.8, 0.0) == 1.8 and decayed(1.8, h) == pytest.approx(1.4) and decayed(0.6, 2 * h) == 0.9
+    clock = [100.0]
+    queue = BatchQueue(8, predict_s=lambda rows: ENCODER.predict_ms(rows) / 1000, clock=lambda: clock[0])
+    queue.observe(1, 0.012 * 1.8, alpha=1.0)  # a batch of one ran 1.8x its profile
+    assert queue.scale == pytest.approx(1.8) and queue.predict_s(1) == pytest.approx(0.012 * 1.8)
+    clock[0] += h
+    assert queue.scale == pytest.approx(1.4)
+    queue.observe(1, 0.012 * 1.4, alpha=0.5)  # measured again: from the decayed value, and its clock restarts
+    assert queue.scale == pytest.approx(1.4)
+    clock[0] += h
+    assert queue.scale == pytest.approx(1.2)
+
+    model, key = LatencyModel(), ("w0", VAR.name)
+    common = dict(total_ms=22.0, queue_ms=0.0, compute_ms=21.6, batch_size=1, predicted_ms=None, from_slot=False)
+    model.answered(key, **common, alone=True, profile=ENCODER, scale=1.8, now=50.0)
+
+    def option(now):  # the replica as the router sees it at ``now``
+        return Option(VAR, ENCODER, (model.slot("w0", VAR.name, {}, {VAR.name: ENCODER}, {VAR.name: VAR}, now=now),))
+
+    objective = Objective(latency_ms=18.0)  # 12 ms profiled: met when idle as profiled, not at 1.8x (21.6 ms)
+    with pytest.raises(Saturated):
+        select(objective, [option(50.0)], 1, "model enc")
+    # no answer since: 1.2x, 14.4 ms, and the replica is tried again
+    assert select(objective, [option(50.0 + 2 * h)], 1, "model enc").worker == "w0"
+    assert model.slot("w0", VAR.name, {}, {VAR.name: ENCODER}, {VAR.name: VAR})[5] == 1.8  # no clock: as learned

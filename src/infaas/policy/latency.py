@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from infaas.policy.select import Slot, drain_ms
-from infaas.registry.types import Profile, Variant
+from infaas.registry.types import Profile, Variant, decayed
 
 Key = tuple[str, str]  # (worker, variant)
 
@@ -36,18 +36,22 @@ def track_median(values: dict, key: Any, x: float) -> None:
 class LatencyModel:
     """Per replica: the batch size and runtime instances it runs with (from its load), the running
     median of what the profile-based prediction misses there (``overhead_ms``), and how much
-    slower than profiled its batches ran there alone lately (``slowdown``, EWMA, bounded 0.5-10)."""
+    slower than profiled its batches ran there alone lately (``slowdown``, EWMA, bounded 0.5-10),
+    decaying toward 1 from when an answer last set it (``slowdown_at``, the caller's clock), as the
+    worker's own copy does."""
 
     def __init__(self) -> None:
         self.batching: dict[Key, tuple[int, int]] = {}
         self.overhead_ms: dict[Key, float] = {}
         self.slowdown: dict[Key, float] = {}
+        self.slowdown_at: dict[Key, float] = {}
 
     def loaded(self, worker: str, variant: str, preferred_batch: int, instances: int) -> None:
         """A load answered: the worker runs ``variant`` in batches of ``preferred_batch``, and its
         correction starts afresh there (a reloaded replica's worker does not remember it)."""
         self.batching[(worker, variant)] = (preferred_batch, instances)
         self.slowdown.pop((worker, variant), None)
+        self.slowdown_at.pop((worker, variant), None)
 
     def resized(self, worker: str, variant: str, instances: int) -> None:
         """The replica now runs ``instances`` runtime instances (its batch size unchanged)."""
@@ -63,13 +67,15 @@ class LatencyModel:
         variants: Mapping[str, Variant],
         drains: dict[str, float] | None = None,
         running_ms: float | None = None,
+        now: float | None = None,
     ) -> Slot:
         """How a loaded variant's next request would run on ``worker``, given the rows in flight
         there per hosted variant: its own rows, batch size, instances, learned correction and
         slowdown, and the work other variants have in flight on the same cores (``predict_ms``
         counts it as processor sharing, not in series). ``drains``: a memo of each hosted variant's
         work in flight, for a caller asking about several variants of one worker at one moment.
-        ``running_ms``: how long the batch running there has run (None: not known; counted half done)."""
+        ``running_ms``: how long the batch running there has run (None: not known; counted half done).
+        ``now``: the caller's clock, for the slowdown's decay (None: as last learned)."""
         batch, instances = self.batching.get((worker, variant), (0, 1))
         return (
             worker,
@@ -77,10 +83,14 @@ class LatencyModel:
             batch or None,
             instances,
             self.overhead_ms.get((worker, variant), 0.0),
-            self.slowdown.get((worker, variant), 1.0),
+            self._slowdown((worker, variant), now),
             self._shared(worker, variant, in_flight, profiles, variants, drains),
             running_ms,
         )
+
+    def _slowdown(self, key: Key, now: float | None) -> float:
+        learned, at = self.slowdown.get(key, 1.0), self.slowdown_at.get(key)
+        return learned if now is None or at is None else decayed(learned, now - at)
 
     def _shared(
         self,
@@ -122,6 +132,7 @@ class LatencyModel:
         profile: Profile | None,
         length: int | None = None,
         scale: float | None = None,
+        now: float | None = None,
     ) -> None:
         """Learn from one answer. ``from_slot``: ``predicted_ms`` came from this replica's slot, so
         its residual is learned (its median, not its mean: bench/workload's totals are
@@ -130,7 +141,8 @@ class LatencyModel:
         overhead). ``alone``: no other variant had work on that worker, so the batch's compute
         time says how fast it runs there (time-sharing is predicted apart). ``scale``: the worker's own
         account of the same (its admission's correction, from batches that ran alone there), taken
-        as is when the worker sends it, so the selection and the admission apply one correction."""
+        as is when the worker sends it, so the selection and the admission apply one correction.
+        ``now``: when the answer came (the caller's clock); the slowdown decays from then."""
         extra = self.overhead_ms.get(key, 0.0)
         if predicted_ms is not None and from_slot:
             track_median(self.overhead_ms, key, total_ms - (predicted_ms - extra))
@@ -140,10 +152,15 @@ class LatencyModel:
             self.slowdown[key] = scale
         elif profile is not None and batch_size and compute_ms and alone:
             ratio = compute_ms / profile.cost_ms(batch_size, length)  # at the request's own length
-            ewma(self.slowdown, key, min(10.0, max(0.5, ratio)), 0.1, start=1.0)
+            self.slowdown[key] = self._slowdown(key, now)
+            ewma(self.slowdown, key, min(10.0, max(0.5, ratio)), 0.1)
+        else:
+            return
+        if now is not None:
+            self.slowdown_at[key] = now
 
     def prune(self, keep: Callable[[str, str], bool]) -> None:
         """Forget what was learned about replicas for which ``keep(worker, variant)`` is false."""
-        for learned in (self.batching, self.overhead_ms, self.slowdown):
+        for learned in (self.batching, self.overhead_ms, self.slowdown, self.slowdown_at):
             for key in [k for k in learned if not keep(*k)]:
                 del learned[key]

@@ -260,3 +260,15 @@ def axis_length(axis: str, shapes: Mapping[str, Sequence[int]]) -> int | None:
         if shape is not None and dim.isdigit() and int(dim) < len(shape):
             return int(shape[int(dim)])
     return None
+
+
+SCALE_HALF_LIFE_S = 10.0
+
+
+def decayed(scale: float, idle_s: float, half_life_s: float = SCALE_HALF_LIFE_S) -> float:
+    """A learned batch-time correction (measured / profiled) ``idle_s`` after a batch last set it:
+    back toward the profile's 1.0 by half every ``half_life_s``. What it measured (other work on the
+    cores) passes, and a correction no batch refreshes would otherwise keep a replica refused for
+    good: predicted over an objective, sent nothing, never measured again. The worker's admission
+    and the selection both decay it, each from its own clock."""
+    return scale if idle_s <= 0 else 1.0 + (scale - 1.0) * 0.5 ** (idle_s / half_life_s)

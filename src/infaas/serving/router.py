@@ -290,6 +290,7 @@ class Router:
             self.catalog.profiles,
             self.catalog.variants,
             running_ms=worker.running_ms(name),
+            now=time.monotonic(),
         )
 
     def _runnable(self, variants: list[Variant]) -> list[Variant]:
@@ -375,6 +376,7 @@ class Router:
             alone=not any(w != var.name and worker.rows_in_flight(w) for w in worker.loaded_names()),
             length=plan.objective.length,
             scale=result.scale,
+            now=time.monotonic(),
         )
         params = {
             "variant": var.name,

@@ -158,6 +158,7 @@ class SimReplica:
             slo_wait=True,
             max_wait_s=self.max_wait_s,
             instances=self.instances,
+            clock=lambda: self.events.now,
             admission=self.admission,
         )
         self.running: list[float] = []  # when each running batch ends

@@ -154,7 +154,9 @@ class Simulation:
             if not self.policy.reads_slots:  # (worker, rows in flight) is all it reads
                 return w.name, w.hosted[name].replica.in_flight_rows
             rows, drains = seen.get(w.name) or seen.setdefault(w.name, (w.in_flight(), {}))
-            return self.latency.slot(w.name, name, rows, self.catalog.profiles, self.catalog.variants, drains)
+            return self.latency.slot(
+                w.name, name, rows, self.catalog.profiles, self.catalog.variants, drains, now=self.events.now
+            )
 
         def slots(name: str):
             return tuple(slot(w, name) for w in hosting.get(name, ()))
@@ -331,6 +333,7 @@ class Simulation:
                         from_slot=req.learn,
                         alone=not any(n != variant.name and r for n, r in worker.in_flight().items()),
                         profile=profile,
+                        now=self.events.now,
                     )
         h = worker.hosted.get(variant.name)
         if h is not None:

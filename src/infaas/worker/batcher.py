@@ -37,10 +37,13 @@ quieter machine does not over-admit.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from infaas.registry.types import decayed
 
 
 @dataclass(slots=True)
@@ -98,6 +101,7 @@ class BatchQueue:
         instances: int = 1,
         admission: bool = True,
         axis_factor: Callable[[int | None], float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -110,7 +114,9 @@ class BatchQueue:
         self.max_bytes = max_bytes
         self.instances = max(1, instances)
         self.admission = admission  # off: only the bytes bound refuses; deadlines are kept in the queue
-        self.scale = 1.0  # measured / predicted batch time (EWMA)
+        self._scale = 1.0  # measured / predicted batch time (EWMA) when a batch last set it ...
+        self._scaled_at: float | None = None  # ... at this time of ``clock`` (the simulator's own)
+        self._clock = clock
         self._queue: deque[Pending] = deque()
         self.overlap = 0.0  # EWMA: did online arrivals find others queued or running (1) or not (0)
         self.gap_s: float | None = None  # EWMA of the time between overlapping online arrivals
@@ -126,6 +132,11 @@ class BatchQueue:
         """A row as long as ``length`` costs this many rows of the batch table's (1 without an axis)."""
         return self._axis(length) if self._axis is not None and length else 1.0
 
+    @property
+    def scale(self) -> float:
+        """The learned correction now: decaying toward the profile while no batch refreshes it."""
+        return self._scale if self._scaled_at is None else decayed(self._scale, self._clock() - self._scaled_at)
+
     def predict_s(self, rows: int, length: int | None = None) -> float:
         """Predicted time of one batch of ``rows`` (whose dynamic axis is ``length`` long): the fit,
         scaled by the axis's cost (Profile.cost_ms) and by what was measured here."""
@@ -136,7 +147,8 @@ class BatchQueue:
         predicted = self._fit(rows) * self.factor(length)
         if predicted > 0 and seconds > 0:
             ratio = min(10.0, max(0.5, seconds / predicted))
-            self.scale += alpha * (ratio - self.scale)
+            before = self.scale
+            self._scale, self._scaled_at = before + alpha * (ratio - before), self._clock()
 
     def work_s(self, rows: int, length: int | None = None) -> float:
         """Time to run ``rows`` queued rows (as long as ``length``): full batches, then the rest,
