@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from infaas.policy.select import Slot, drain_ms
-from infaas.registry.types import Profile, Variant, decayed
+from infaas.registry.types import Profile, Variant, decayed, faded
 
 Key = tuple[str, str]  # (worker, variant)
 
@@ -36,22 +36,23 @@ def track_median(values: dict, key: Any, x: float) -> None:
 class LatencyModel:
     """Per replica: the batch size and runtime instances it runs with (from its load), the running
     median of what the profile-based prediction misses there (``overhead_ms``), and how much
-    slower than profiled its batches ran there alone lately (``slowdown``, EWMA, bounded 0.5-10),
-    decaying toward 1 from when an answer last set it (``slowdown_at``, the caller's clock), as the
-    worker's own copy does."""
+    slower than profiled its batches ran there alone lately (``slowdown``, EWMA, bounded 0.5-10).
+    Both fade while no answer refreshes them (``learned_at``, the caller's clock): the slowdown
+    toward 1, as the worker's own copy does, the overhead toward 0, so that a value learned from a
+    slow first answer cannot keep an idle replica refused for good."""
 
     def __init__(self) -> None:
         self.batching: dict[Key, tuple[int, int]] = {}
         self.overhead_ms: dict[Key, float] = {}
         self.slowdown: dict[Key, float] = {}
-        self.slowdown_at: dict[Key, float] = {}
+        self.learned_at: dict[Key, float] = {}
 
     def loaded(self, worker: str, variant: str, preferred_batch: int, instances: int) -> None:
         """A load answered: the worker runs ``variant`` in batches of ``preferred_batch``, and its
         correction starts afresh there (a reloaded replica's worker does not remember it)."""
         self.batching[(worker, variant)] = (preferred_batch, instances)
         self.slowdown.pop((worker, variant), None)
-        self.slowdown_at.pop((worker, variant), None)
+        self.learned_at.pop((worker, variant), None)
 
     def resized(self, worker: str, variant: str, instances: int) -> None:
         """The replica now runs ``instances`` runtime instances (its batch size unchanged)."""
@@ -82,15 +83,19 @@ class LatencyModel:
             in_flight.get(variant, 0),
             batch or None,
             instances,
-            self.overhead_ms.get((worker, variant), 0.0),
+            self._overhead((worker, variant), now),
             self._slowdown((worker, variant), now),
             self._shared(worker, variant, in_flight, profiles, variants, drains),
             running_ms,
         )
 
     def _slowdown(self, key: Key, now: float | None) -> float:
-        learned, at = self.slowdown.get(key, 1.0), self.slowdown_at.get(key)
+        learned, at = self.slowdown.get(key, 1.0), self.learned_at.get(key)
         return learned if now is None or at is None else decayed(learned, now - at)
+
+    def _overhead(self, key: Key, now: float | None) -> float:
+        learned, at = self.overhead_ms.get(key, 0.0), self.learned_at.get(key)
+        return learned if now is None or at is None else faded(learned, now - at)
 
     def _shared(
         self,
@@ -142,7 +147,9 @@ class LatencyModel:
         time says how fast it runs there (time-sharing is predicted apart). ``scale``: the worker's own
         account of the same (its admission's correction, from batches that ran alone there), taken
         as is when the worker sends it, so the selection and the admission apply one correction.
-        ``now``: when the answer came (the caller's clock); the slowdown decays from then."""
+        ``now``: when the answer came (the caller's clock); what was learned fades from then."""
+        if key in self.overhead_ms:
+            self.overhead_ms[key] = self._overhead(key, now)
         extra = self.overhead_ms.get(key, 0.0)
         if predicted_ms is not None and from_slot:
             track_median(self.overhead_ms, key, total_ms - (predicted_ms - extra))
@@ -155,12 +162,12 @@ class LatencyModel:
             self.slowdown[key] = self._slowdown(key, now)
             ewma(self.slowdown, key, min(10.0, max(0.5, ratio)), 0.1)
         else:
-            return
+            self.slowdown[key] = self._slowdown(key, now)  # (the clock restarts for both)
         if now is not None:
-            self.slowdown_at[key] = now
+            self.learned_at[key] = now
 
     def prune(self, keep: Callable[[str, str], bool]) -> None:
         """Forget what was learned about replicas for which ``keep(worker, variant)`` is false."""
-        for learned in (self.batching, self.overhead_ms, self.slowdown, self.slowdown_at):
+        for learned in (self.batching, self.overhead_ms, self.slowdown, self.learned_at):
             for key in [k for k in learned if not keep(*k)]:
                 del learned[key]

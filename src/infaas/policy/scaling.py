@@ -114,7 +114,7 @@ class ScalingConfig:
     turned_away_share: float = 0.05
     # ... and, for this long, keeps one replica more than the count that turned requests away while
     # its demand stays above half of what it was then
-    turned_away_hold_s: float = 60.0
+    turned_away_hold_s: float = 300.0
 
 
 @dataclass
