@@ -74,8 +74,10 @@ def test_requests_the_selection_turns_away_are_demand_and_scale_their_variant_up
     """A 1-row query whose objective leaves no room to wait behind another app's 16-row batch is
     refused up front (429) while one computes: demand, though far under the replica's throughput.
     The frontend tells the worker, the worker counts it, and the autoscaler scales up, saying why."""
-    with serving(heavy_dir, tmp_path) as (server, client, plane, name):
+    # two 1-core workers, the variant on one: room for a replica on the other (another worker is for CPU)
+    with serving(heavy_dir, tmp_path, workers=2) as (server, client, plane, name):
         variant, profile = plane.catalog.variants[name], plane.catalog.profiles[name]
+        assert sum(w.hosts(name) for w in plane.cluster.workers) == 1
         one = {"input": digits.sample_inputs(1)[0]}
         for _ in range(5):  # the serving path's own overhead, learned on the replica
             idle = client.infer("digits-conv", one, latency_ms=1000).parameters["predicted_ms"]
@@ -101,11 +103,12 @@ def test_requests_the_selection_turns_away_are_demand_and_scale_their_variant_up
         asyncio.run(both())
         refused = sum(status == 429 for _, _, status, _ in records)
         assert refused >= 3, (len(records), refused, objective)
-        worker = plane.cluster.workers[0]
 
-        def counted():
-            stats = asyncio.run_coroutine_threadsafe(worker.stats(), server.loop).result(10)["variants"][name]
-            return stats["turned_away_requests"]
+        def counted():  # over its replicas (a second may have come)
+            reports = [
+                asyncio.run_coroutine_threadsafe(w.stats(), server.loop).result(10) for w in plane.cluster.workers
+            ]
+            return sum(r["variants"][name]["turned_away_requests"] for r in reports if name in r["variants"])
 
         # every request the selection refused, counted once where its variant runs (a 429 could also
         # be the worker's own refusal, which is not counted here)

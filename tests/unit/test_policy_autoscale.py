@@ -359,3 +359,21 @@ def test_a_variant_that_turned_requests_away_keeps_the_replica_it_got_while_dema
         actions, mem = autoscale([VariantLoad(FP32, P32, two, turned(t, 50, 0))], family, [], t, mem, CFG)
         kinds += [(a.kind, a.target) for a in actions]
     assert kinds == [("unload", "w1")] and "a.fp32" not in mem.short
+
+
+def test_requests_turned_away_add_a_worker_only_when_the_workers_have_no_cpu_to_spare():
+    """Turned away but not short of throughput: short of replicas where it runs. No room for one on
+    the workers there is not, alone, a reason for another worker (it would share the machine's cores
+    with the frontend); every worker hosting it above worker_busy CPU is, as INFaaS's rule has it."""
+    family = {"a": [(FP32, P32)]}
+    turned_load = VariantLoad(FP32, P32, ("w0",), turned(10, 40, 10))
+    cool = [WorkerRoom("w0", 0, cpu=0.6, cores=1, threads=1)]
+    actions, _ = autoscale([turned_load], family, cool, 10, Memory(), CFG)
+    assert actions == []
+    hot = [WorkerRoom("w0", 0, cpu=0.9, cores=1, threads=1)]
+    actions, _ = autoscale([turned_load], family, hot, 10, Memory(), CFG)
+    assert [a.kind for a in actions] == ["add_worker"] and "turned away" in actions[0].reason
+    # short of throughput as well: a worker as before, whatever the CPU
+    both = VariantLoad(FP32, P32, ("w0",), turned(10, 900, 100))
+    actions, _ = autoscale([both], family, cool, 10, Memory(), CFG)
+    assert [a.kind for a in actions] == ["add_worker"] and "over capacity" in actions[0].reason

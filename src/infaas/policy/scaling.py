@@ -149,14 +149,35 @@ def capacity_rps(profile: Profile, max_batch: int) -> float:
     return batch / ms * 1000 if ms > 0 else float("inf")
 
 
-def turned_away(load: VariantLoad, cfg: ScalingConfig) -> tuple[float, float, float]:
-    """Over the newest samples: the share of requests the selection turned away from this variant
-    (its replicas busy), those rows per second, and all its demand in rows/s (those plus the arrivals)."""
+@dataclass(frozen=True, slots=True)
+class Pressure:
+    """A loaded variant's load over the newest samples (scale-up reads these; scale-down the window)."""
+
+    share: float  # of its requests the selection turned away (its replicas too busy)
+    turned: float  # those rows per second
+    surge: float  # all its demand, rows/s: the arrivals and those turned away
+    cap: float  # what its instances sustain, less the headroom
+    growing: bool  # its queue kept growing over the window
+    busy: float  # share of its instances' time computing
+
+    def saturated(self, cfg: ScalingConfig) -> bool:
+        """Short of throughput: demand over capacity, a growing queue or instances computing nearly all the time."""
+        return self.surge > self.cap or self.growing or self.busy > 1 - cfg.headroom
+
+
+def pressure(load: VariantLoad, cfg: ScalingConfig) -> Pressure:
     recent = load.window[-cfg.fast_samples :]
     n = max(1, len(recent))
     turned = sum(s.turned_away_rps for s in recent) / n
-    share = sum(s.turned_away_share for s in recent) / n
-    return share, turned, turned + sum(s.arrival_rps for s in recent) / n
+    first, last = load.window[0], load.window[-1]
+    return Pressure(
+        sum(s.turned_away_share for s in recent) / n,
+        turned,
+        turned + sum(s.arrival_rps for s in recent) / n,
+        capacity_rps(load.profile, load.variant.max_batch) * load.slots * (1 - cfg.headroom),
+        len(load.window) > 1 and last.queue_rows > first.queue_rows > load.variant.max_batch * load.slots,
+        sum(s.busy for s in recent) / n,
+    )
 
 
 def state_of(load: VariantLoad, cfg: ScalingConfig) -> tuple[str, str, float]:
@@ -164,28 +185,24 @@ def state_of(load: VariantLoad, cfg: ScalingConfig) -> tuple[str, str, float]:
     if not load.window or all(s.arrival_rps == 0 and s.turned_away_rps == 0 for s in load.window):
         return "inactive", "no requests in the window", 0.0
     demand = sum(s.arrival_rps + s.turned_away_rps for s in load.window) / len(load.window)
-    share, turned, surge = turned_away(load, cfg)  # scale up on the last samples, down on the whole window
-    cap = capacity_rps(load.profile, load.variant.max_batch) * load.slots * (1 - cfg.headroom)
+    pr = pressure(load, cfg)  # scale up on the last samples, down on the whole window
     first, last = load.window[0], load.window[-1]
-    growing = len(load.window) > 1 and last.queue_rows > first.queue_rows > load.variant.max_batch * load.slots
-    recent = load.window[-cfg.fast_samples :]
-    busy = sum(s.busy for s in recent) / len(recent)
-    if share > cfg.turned_away_share:
-        return (
-            "overloaded",
-            f"{share:.0%} of requests turned away ({turned:.1f} of {surge:.1f} rows/s): "
-            f"{load.carried()} too busy for their objectives",
-            max(demand, surge),
-        )
-    if surge > cap or growing or busy > 1 - cfg.headroom:
-        demand = max(demand, surge)
-        if demand > cap:
-            why = f"demand {demand:.0f} rows/s over capacity {cap:.0f} of {load.carried()}"
-        elif growing:
+    if pr.saturated(cfg):
+        demand = max(demand, pr.surge)
+        if demand > pr.cap:
+            why = f"demand {demand:.0f} rows/s over capacity {pr.cap:.0f} of {load.carried()}"
+        elif pr.growing:
             why = f"queue growing {first.queue_rows} -> {last.queue_rows} rows"
         else:
-            why = f"replicas computing {busy:.0%} of the time (demand {demand:.0f} rows/s)"
+            why = f"replicas computing {pr.busy:.0%} of the time (demand {demand:.0f} rows/s)"
         return "overloaded", why, demand
+    if pr.share > cfg.turned_away_share:
+        return (
+            "overloaded",
+            f"{pr.share:.0%} of requests turned away ({pr.turned:.1f} of {pr.surge:.1f} rows/s): "
+            f"{load.carried()} too busy for their objectives",
+            max(demand, pr.surge),
+        )
     # interference slows the computation itself: a batch's compute time against its profile (time
     # queued behind a burst is load, not interference); p50 where compute time is not reported
     expected = load.profile.predict_ms(max(1, round(last.mean_batch)))
@@ -196,7 +213,7 @@ def state_of(load: VariantLoad, cfg: ScalingConfig) -> tuple[str, str, float]:
             f"{what} {observed:.1f} ms vs {expected:.1f} ms profiled at batch {last.mean_batch:.1f}",
             demand,
         )
-    return "active", f"demand {demand:.0f} of capacity {cap:.0f} rows/s", demand
+    return "active", f"demand {demand:.0f} of capacity {pr.cap:.0f} rows/s", demand
 
 
 def hourly_usd(p: Profile) -> float:
