@@ -54,6 +54,7 @@ class DecisionLog:
         frontend: str = "",
         publish: Callable[[str, list[dict]], None] | None = None,
         remote: Callable[[], list[tuple[str, list[dict]]]] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.control: deque[dict[str, Any]] = deque(maxlen=size)
         self.selections: deque[dict[str, Any]] = deque(maxlen=size)
@@ -64,9 +65,10 @@ class DecisionLog:
         self._second = -1
         self._kept: dict[tuple, dict] = {}  # (scope, variant) -> the selection kept this second
         self._dirty = False
+        self._clock = clock  # wall time: each entry's ``time``, and the second selections are sampled in
 
     def log_decision(self, kind: str, reason: str, **fields: Any) -> dict:
-        now = time.time()
+        now = self._clock()
         self.counts[kind] += 1
         if kind == SELECT:
             second = int(now)
