@@ -223,24 +223,3 @@ def test_a_learned_correction_decays_toward_the_profile_while_nothing_refreshes_
     # no answer since: 1.2x, 14.4 ms, and the replica is tried again
     assert select(objective, [option(50.0 + 2 * h)], 1, "model enc").worker == "w0"
     assert model.slot("w0", VAR.name, {}, {VAR.name: ENCODER}, {VAR.name: VAR})[5] == 1.8  # no clock: as learned
-
-
-def test_a_learned_overhead_fades_too_so_a_slow_first_answer_cannot_refuse_a_replica_for_good():
-    """bench/workload: Lite0's first answers after a scale-out took ~20 ms more than predicted (a cold
-    serving path); the residual's median learned it, every later query was refused (429) and
-    nothing could correct it. It fades toward 0 by half every SCALE_HALF_LIFE_S without answers."""
-    from infaas.policy import Saturated
-    from infaas.policy.latency import LatencyModel
-    from infaas.registry.types import SCALE_HALF_LIFE_S as h
-
-    model, key = LatencyModel(), ("w0", VAR.name)
-    seed = dict(queue_ms=0.0, compute_ms=12.0, batch_size=1, predicted_ms=None, from_slot=False, alone=False)
-    model.answered(key, total_ms=32.0, **seed, profile=ENCODER, now=0.0)  # 20 ms beyond queue and compute
-
-    def option(now):
-        return Option(VAR, ENCODER, (model.slot("w0", VAR.name, {}, {VAR.name: ENCODER}, {VAR.name: VAR}, now=now),))
-
-    assert option(0.0).workers[0][4] == 20.0 and option(h).workers[0][4] == pytest.approx(10.0)
-    with pytest.raises(Saturated):  # 12 ms profiled + 20 learned, against 25
-        select(Objective(latency_ms=25.0), [option(0.0)], 1, "model enc")
-    assert select(Objective(latency_ms=25.0), [option(2 * h)], 1, "model enc").worker == "w0"  # 12 + 5

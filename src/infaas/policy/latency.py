@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from infaas.policy.select import Slot, drain_ms
-from infaas.registry.types import Profile, Variant, decayed, faded
+from infaas.registry.types import Profile, Variant, decayed
 
 Key = tuple[str, str]  # (worker, variant)
 
@@ -36,10 +36,10 @@ def track_median(values: dict, key: Any, x: float) -> None:
 class LatencyModel:
     """Per replica: the batch size and runtime instances it runs with (from its load), the running
     median of what the profile-based prediction misses there (``overhead_ms``), and how much
-    slower than profiled its batches ran there alone lately (``slowdown``, EWMA, bounded 0.5-10).
-    Both fade while no answer refreshes them (``learned_at``, the caller's clock): the slowdown
-    toward 1, as the worker's own copy does, the overhead toward 0, so that a value learned from a
-    slow first answer cannot keep an idle replica refused for good."""
+    slower than profiled its batches ran there alone lately (``slowdown``, EWMA, bounded 0.5-10),
+    decaying toward 1 while no answer refreshes it (``learned_at``, the caller's clock), as the
+    worker's own copy does. The overhead does not fade: bench/workload measured it real (Lite0's
+    ~20 ms on a slow CPU), and a faded one let requests through that came back late."""
 
     def __init__(self) -> None:
         self.batching: dict[Key, tuple[int, int]] = {}
@@ -83,7 +83,7 @@ class LatencyModel:
             in_flight.get(variant, 0),
             batch or None,
             instances,
-            self._overhead((worker, variant), now),
+            self.overhead_ms.get((worker, variant), 0.0),
             self._slowdown((worker, variant), now),
             self._shared(worker, variant, in_flight, profiles, variants, drains),
             running_ms,
@@ -92,10 +92,6 @@ class LatencyModel:
     def _slowdown(self, key: Key, now: float | None) -> float:
         learned, at = self.slowdown.get(key, 1.0), self.learned_at.get(key)
         return learned if now is None or at is None else decayed(learned, now - at)
-
-    def _overhead(self, key: Key, now: float | None) -> float:
-        learned, at = self.overhead_ms.get(key, 0.0), self.learned_at.get(key)
-        return learned if now is None or at is None else faded(learned, now - at)
 
     def _shared(
         self,
@@ -147,9 +143,7 @@ class LatencyModel:
         time says how fast it runs there (time-sharing is predicted apart). ``scale``: the worker's own
         account of the same (its admission's correction, from batches that ran alone there), taken
         as is when the worker sends it, so the selection and the admission apply one correction.
-        ``now``: when the answer came (the caller's clock); what was learned fades from then."""
-        if key in self.overhead_ms:
-            self.overhead_ms[key] = self._overhead(key, now)
+        ``now``: when the answer came (the caller's clock); the slowdown fades from then."""
         extra = self.overhead_ms.get(key, 0.0)
         if predicted_ms is not None and from_slot:
             track_median(self.overhead_ms, key, total_ms - (predicted_ms - extra))
@@ -162,7 +156,7 @@ class LatencyModel:
             self.slowdown[key] = self._slowdown(key, now)
             ewma(self.slowdown, key, min(10.0, max(0.5, ratio)), 0.1)
         else:
-            self.slowdown[key] = self._slowdown(key, now)  # (the clock restarts for both)
+            self.slowdown[key] = self._slowdown(key, now)  # (as it is now: its clock restarts)
         if now is not None:
             self.learned_at[key] = now
 
