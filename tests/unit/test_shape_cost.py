@@ -223,3 +223,18 @@ def test_a_learned_correction_decays_toward_the_profile_while_nothing_refreshes_
     # no answer since: 1.2x, 14.4 ms, and the replica is tried again
     assert select(objective, [option(50.0 + 2 * h)], 1, "model enc").worker == "w0"
     assert model.slot("w0", VAR.name, {}, {VAR.name: ENCODER}, {VAR.name: VAR})[5] == 1.8  # no clock: as learned
+
+
+def test_a_refused_idle_replica_is_probed_at_most_once_every_probe_s():
+    """What was learned about a replica is refreshed only by its answers; a replica the selection
+    refuses on it gets none. The router sends one refused request there anyway, when it is idle, at
+    most once every PROBE_S per replica; its answer is learned from like any other."""
+    from infaas.policy.latency import PROBE_S, LatencyModel
+
+    model = LatencyModel()
+    a, b = ("w0", "lite0"), ("w1", "lite0")
+    assert model.probe(a, 100.0) and not model.probe(a, 100.0 + PROBE_S / 2)
+    assert model.probe(b, 100.5)  # each replica its own
+    assert model.probe(a, 100.0 + PROBE_S)
+    model.prune(lambda worker, variant: worker != "w0")
+    assert model.probe(a, 100.0 + PROBE_S + 0.1)  # a replica gone and back starts afresh

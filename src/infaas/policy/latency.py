@@ -14,6 +14,7 @@ from infaas.policy.select import Slot, drain_ms
 from infaas.registry.types import Profile, Variant, decayed
 
 Key = tuple[str, str]  # (worker, variant)
+PROBE_S = 2.0  # the least time between two probes of one idle replica the selection refuses
 
 
 def ewma(values: dict, key: Any, x: float, alpha: float, start: float | None = None) -> None:
@@ -46,6 +47,7 @@ class LatencyModel:
         self.overhead_ms: dict[Key, float] = {}
         self.slowdown: dict[Key, float] = {}
         self.learned_at: dict[Key, float] = {}
+        self.probed_at: dict[Key, float] = {}
 
     def loaded(self, worker: str, variant: str, preferred_batch: int, instances: int) -> None:
         """A load answered: the worker runs ``variant`` in batches of ``preferred_batch``, and its
@@ -160,8 +162,19 @@ class LatencyModel:
         if now is not None:
             self.learned_at[key] = now
 
+    def probe(self, key: Key, now: float) -> bool:
+        """Whether to send a request the selection refused to ``key``'s replica, idle, anyway: what was
+        learned there (the serving path's overhead, the slowdown) is refreshed only by answers, and a
+        replica refused on it gets none (bench/workload: photos-fast refused from its first seconds to
+        the end of a run, on 17-20 ms of overhead). At most one every ``PROBE_S`` (``now``: the
+        caller's clock); the answer is learned from like any other."""
+        if now - self.probed_at.get(key, float("-inf")) < PROBE_S:
+            return False
+        self.probed_at[key] = now
+        return True
+
     def prune(self, keep: Callable[[str, str], bool]) -> None:
         """Forget what was learned about replicas for which ``keep(worker, variant)`` is false."""
-        for learned in (self.batching, self.overhead_ms, self.slowdown, self.learned_at):
+        for learned in (self.batching, self.overhead_ms, self.slowdown, self.learned_at, self.probed_at):
             for key in [k for k in learned if not keep(*k)]:
                 del learned[key]

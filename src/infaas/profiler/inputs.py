@@ -70,6 +70,12 @@ def dynamic_axes(signature: Signature) -> dict[str, int]:
     return out
 
 
+def axis_spec(signature: Signature) -> str:
+    """The dynamic axes as a profile names them (``"input_ids[1], attention_mask[1]"``); the router
+    reads a request's length through the same text (``registry.types.axis_length``)."""
+    return ", ".join(f"{k}[{d}]" for k, d in dynamic_axes(signature).items())
+
+
 def axis_sizes(representative: int) -> list[int]:
     return sorted(
         {

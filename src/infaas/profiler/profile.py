@@ -32,7 +32,7 @@ from infaas.cluster.base import ClusterBackend, WorkerHandle
 from infaas.cluster.local import measuring_worker
 from infaas.hardware import local_kind
 from infaas.profiler import quality as Q
-from infaas.profiler.inputs import axis_sizes, dynamic_axes
+from infaas.profiler.inputs import axis_sizes, axis_spec, dynamic_axes
 from infaas.profiler.measure import (
     Evaluation,
     Measurement,
@@ -253,7 +253,7 @@ def _measurer(
             m, new_worker, registry, arch, data, batches, repeats, warmup, metric, axis, min_time_ms
         )
 
-    return data, ", ".join(f"{k}[{d}]" for k, d in dims.items()), measure
+    return data, axis_spec(arch.signature), measure
 
 
 async def profile_architecture(

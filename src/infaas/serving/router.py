@@ -19,6 +19,7 @@ from infaas.errors import DeadlineExceeded, InfaasError, InvalidInput, Overloade
 from infaas.policy import (
     BatchTooLarge,
     Candidate,
+    Choice,
     NoCandidate,
     Objective,
     Option,
@@ -29,11 +30,13 @@ from infaas.policy import (
 )
 from infaas.policy.latency import LatencyModel
 from infaas.policy.policies import Policy
+from infaas.profiler.inputs import axis_spec
 from infaas.protocol.params import RequestParams, parse_request_params
 from infaas.protocol.shm import Shared
 from infaas.protocol.types import InferOutput, InferRequest, InferResponse, costly, materialize
 from infaas.protocol.validate import check_inputs
 from infaas.registry import Signature, Variant
+from infaas.registry.types import axis_length
 from infaas.serving.metrics import Metrics
 from infaas.serving.regions import Regions, deliver
 from infaas.settings import Settings
@@ -149,7 +152,11 @@ class Router:
         arrived = req.arrival if req.arrival is not None else now
         deadline, why = self._deadline(arrived, req, params, offline)
         objective = Objective(
-            params.latency_ms, params.min_accuracy, params.max_cost, params.allow_estimated, _length(req, sig)
+            params.latency_ms,
+            params.min_accuracy,
+            params.max_cost,
+            params.allow_estimated,
+            axis_length(axis_spec(sig), {i.name: i.shape for i in req.inputs}),  # as the worker reads it
         )
         if deadline <= now:
             # an objective no variant could meet, queues or not, is the caller's error (400) whenever it
@@ -176,12 +183,19 @@ class Router:
             return None
         return None
 
-    def _turned_away(self, exc: Saturated, rows: int) -> None:
-        """A request refused because the variant that fits it is busy is still its demand: the
-        worker hosting that variant counts it (the autoscaler reads it there, whichever frontend leads)."""
+    def _saturated(self, exc: Saturated, plan: Plan) -> Choice:
+        """The variant that meets the objective when idle predicts over it now: a probe of its replica
+        when that is idle (what was learned there kept it refused; LatencyModel.probe), else a 429,
+        the request counted as demand by that replica's worker (the autoscaler of any frontend reads it)."""
         worker = next((w for w in self.cluster.workers if w.name == exc.worker), None)
-        if worker is not None and exc.variant is not None:
-            worker.turned_away(exc.variant, rows)
+        variant, profile = self.catalog.variants.get(exc.variant or ""), self.catalog.profiles.get(exc.variant or "")
+        if worker is not None and variant is not None and profile is not None and plan.objective.latency_ms:
+            idle = not any(worker.rows_in_flight(v) for v in worker.loaded_names())
+            if idle and self.latency.probe((worker.name, variant.name), time.monotonic()):
+                predicted = plan.objective.latency_ms + exc.wait_ms
+                return Choice(variant, worker.name, predicted, profile.cost_per_1k, f"probe of an idle replica: {exc}")
+            worker.turned_away(variant.name, plan.rows)
+        raise Overloaded(str(exc), retry_after_s=max(0.0, exc.wait_ms / 1000)) from None
 
     def _live(self, name: str) -> tuple[Slot, ...]:
         """The slots of the workers hosting ``name`` (queue, batching, correction of each)."""
@@ -257,8 +271,7 @@ class Router:
                 plan.objective, loaded, ordered, plan.rows, plan.scope, self._live, self.flagged()
             )
         except Saturated as exc:
-            self._turned_away(exc, plan.rows)
-            raise Overloaded(str(exc), retry_after_s=max(0.0, exc.wait_ms / 1000)) from None
+            choice = self._saturated(exc, plan)
         except Unreachable as exc:
             raise InvalidInput(str(exc)) from None
         chosen, worker_name = choice.variant, choice.worker
@@ -416,18 +429,6 @@ def _outputs(req: InferRequest, plan: Plan, result: WorkerResult) -> list[InferO
         arr: np.ndarray = result.outputs[spec.name]
         outputs.append(InferOutput(spec.name, spec.datatype, tuple(arr.shape), arr, binary))
     return outputs
-
-
-def _length(req: InferRequest, sig: Signature) -> int | None:
-    """The request's dynamic-axis length: the first free non-batch dimension of the signature's inputs
-    (a sequence), read from the request's shape; None for fixed shapes."""
-    shapes = {i.name: i.shape for i in req.inputs}
-    for spec in sig.inputs:
-        shape = shapes.get(spec.name)
-        for d, n in enumerate(spec.shape[1:], 1):
-            if (n is None or n < 0) and shape is not None and d < len(shape):
-                return int(shape[d])
-    return None
 
 
 def _asked(o: Objective) -> dict:
