@@ -94,6 +94,15 @@ def digits_profiled_dir(tmp_path_factory, digits_data_dir) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def profiled_server(tmp_path_factory, digits_profiled_dir):
+    """A server (one worker, no gRPC door) over a copy of the profiled digits zoo, one per module."""
+    data = copy_data_dir(digits_profiled_dir, tmp_path_factory.mktemp("profiled") / "d")
+    server = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False)).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def heavy_dir(tmp_path_factory):
     """digits-conv (heavy on purpose: a few hundred to a few thousand rows/s on one core) registered and profiled (quick)."""

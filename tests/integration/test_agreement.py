@@ -4,26 +4,22 @@ query whose objective the prediction meets is served, one it misses refused up f
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 import pytest
 
-from infaas.app import BackgroundServer
 from infaas.client import Client
 from infaas.policy import predict_ms
-from infaas.settings import Settings
-from tests.conftest import assert_selection_and_admission_agree, copy_data_dir
+from tests.conftest import assert_selection_and_admission_agree, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, digits_profiled_dir):
-    data = copy_data_dir(digits_profiled_dir, tmp_path_factory.mktemp("agree") / "d")
-    srv = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False)).start()
-    yield srv
-    srv.stop()
+def server(profiled_server):
+    return profiled_server
 
 
 def test_selection_and_admission_predict_the_same_for_every_zoo_variant(server):
@@ -65,3 +61,29 @@ def test_an_objective_the_shared_prediction_meets_is_served_and_one_it_misses_re
     metrics = httpx.get(server.url + "/metrics").text
     refused = [x for x in metrics.splitlines() if x.startswith("infaas_selected_then_refused_total{")]
     assert all(x.endswith(" 0.0") for x in refused), refused
+
+
+def test_a_replica_refused_on_what_was_learned_there_is_probed_once_then_refused_as_demand(server, digits_samples):
+    """A learned overhead that puts an idle replica over the objective refuses every query there, and
+    only an answer could correct it: the first refused query goes there anyway (a probe, said in its
+    reason), the next within PROBE_S is a 429 that its worker counts as demand turned away."""
+    x, _ = digits_samples
+    plane = server.services
+    worker = plane.cluster.workers[0]
+    arch = "digits-mlp"
+    with Client(server.url) as c:
+        c.infer(arch, {"input": x[:1]}, latency_ms=1000)  # one of its variants loaded
+        mine = [n for n in worker.loaded_names() if plane.catalog.variants[n].architecture == arch]
+        for name in mine:  # as if their first answers had come back half a second late
+            plane.latency.overhead_ms[(worker.name, name)] = 500.0
+
+        def turned():
+            stats = asyncio.run_coroutine_threadsafe(worker.stats(), server.loop).result(10)["variants"]
+            return sum(stats[n]["turned_away_requests"] for n in mine if n in stats)
+
+        before = turned()
+        probe = c.infer(arch, {"input": x[:1]}, latency_ms=5.0)  # met when idle as profiled
+        assert probe.parameters["reason"].startswith("probe of an idle replica"), probe.parameters
+        with pytest.raises(Exception, match="saturated"):
+            c.infer(arch, {"input": x[:1]}, latency_ms=5.0)
+    assert wait_until(lambda: turned() == before + 1, timeout=5), (turned(), before)

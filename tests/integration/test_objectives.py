@@ -17,11 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, digits_profiled_dir):
-    data = copy_data_dir(digits_profiled_dir, tmp_path_factory.mktemp("obj") / "d")
-    srv = BackgroundServer(Settings(data_dir=data, port=0, workers=1, profile_on_register=False)).start()
-    yield srv
-    srv.stop()
+def server(profiled_server):
+    return profiled_server
 
 
 def ask(server, x, model="digits-classification", **params):

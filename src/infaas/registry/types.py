@@ -271,9 +271,4 @@ def decayed(scale: float, idle_s: float, half_life_s: float = SCALE_HALF_LIFE_S)
     cores) passes, and a correction no batch refreshes would otherwise keep a replica refused for
     good: predicted over an objective, sent nothing, never measured again. The worker's admission
     and the selection both decay it, each from its own clock."""
-    return 1.0 + faded(scale - 1.0, idle_s, half_life_s)
-
-
-def faded(value: float, idle_s: float, half_life_s: float = SCALE_HALF_LIFE_S) -> float:
-    """``value`` halved every ``half_life_s`` of the ``idle_s`` since it was learned."""
-    return value if idle_s <= 0 else value * 0.5 ** (idle_s / half_life_s)
+    return scale if idle_s <= 0 else 1.0 + (scale - 1.0) * 0.5 ** (idle_s / half_life_s)
