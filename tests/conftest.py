@@ -62,6 +62,13 @@ def scaling_settings(heavy_dir: Path, dst: Path, **overrides) -> Settings:
     return Settings(data_dir=copy_data_dir(heavy_dir, dst), **{**base, **overrides})
 
 
+def one_worker_settings(src: Path, dst: Path, **overrides) -> Settings:
+    """A copy of a data directory served by one worker, REST and gRPC on free ports, no autoscaling
+    and no profiling on registration (the tests' usual server), with ``overrides``."""
+    base = {"port": 0, "grpc_port": 0, "workers": 1, "autoscale": False, "profile_on_register": False}
+    return Settings(data_dir=copy_data_dir(src, dst), **{**base, **overrides})
+
+
 def copy_data_dir(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

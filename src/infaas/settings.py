@@ -106,6 +106,18 @@ class Settings(BaseSettings):
         gt=0,
         description="refuse new inference requests (503, body unread) while the event loop runs this late",
     )
+    door_throttle_k: float = Field(
+        1.5,
+        ge=1.0,
+        description="while a model's workers refuse some of its requests, the door refuses at random (429, body "
+        "unread) the share of new ones past this multiple of the rate they accept (adaptive throttling)",
+    )
+    door_throttle_busy: float = Field(
+        0.5,
+        ge=0.0,
+        description="the door's throttle refuses only while the frontend's process used this share of a core "
+        "over the last second (otherwise a request the workers would refuse costs it next to nothing)",
+    )
     max_connections: int = Field(
         1024, ge=1, description="concurrent HTTP connections (REST) and RPCs (gRPC); past it: 503 / RESOURCE_EXHAUSTED"
     )

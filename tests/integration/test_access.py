@@ -11,8 +11,7 @@ from onnx import TensorProto, helper
 
 from infaas.app import BackgroundServer
 from infaas.client import Client, GrpcClient, InfaasClientError
-from infaas.settings import Settings
-from tests.conftest import copy_data_dir
+from tests.conftest import one_worker_settings
 
 INFER = "/v2/models/digits-mlp/infer"
 
@@ -23,15 +22,10 @@ def infer_body(x: np.ndarray) -> dict:
 
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory, digits_data_dir):
-    data = copy_data_dir(digits_data_dir, tmp_path_factory.mktemp("locked") / "d")
     server = BackgroundServer(
-        Settings(
-            data_dir=data,
-            port=0,
-            grpc_port=0,
-            workers=1,
-            autoscale=False,
-            profile_on_register=False,
+        one_worker_settings(
+            digits_data_dir,
+            tmp_path_factory.mktemp("locked") / "d",
             api_keys=["infer-1", "infer-2"],
             management_api_keys=["admin"],
             management_port=0,

@@ -15,7 +15,7 @@ import pytest
 
 from infaas.app import BackgroundServer
 from infaas.settings import Settings
-from tests.conftest import copy_data_dir
+from tests.conftest import copy_data_dir, one_worker_settings
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -149,8 +149,7 @@ def test_the_grpc_door_refuses_inference_while_the_loop_stalls_and_still_answers
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    data = copy_data_dir(digits_data_dir, tmp_path / "d")
-    settings = Settings(data_dir=data, port=0, grpc_port=0, workers=1, autoscale=False, profile_on_register=False)
+    settings = one_worker_settings(digits_data_dir, tmp_path / "d")
     with BackgroundServer(settings) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         inp = grpcclient.InferInput("input", [1, 64], "FP32")
@@ -181,5 +180,47 @@ def test_the_grpc_door_refuses_inference_while_the_loop_stalls_and_still_answers
         assert results["ready"] is True
         assert _refused(server.url, "grpc", "loop_lag") >= 1
         time.sleep(0.6)  # the lag has passed: served again
+        assert client.infer("digits-mlp", [inp]).as_numpy("label").shape == (1,)
+        client.close()
+
+
+def test_a_model_whose_requests_are_refused_is_throttled_at_both_doors_then_served_again(
+    tmp_path, digits_data_dir, digits_samples
+):
+    """Requests whose deadlines pass before they run (a 1-us timeout) are refused behind the door (503);
+    the model's throttle then refuses most new requests for it at the door itself (429, body unread,
+    counted under reason="throttle"), on REST and on gRPC alike; its counts fade within seconds and
+    the model is served again."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    # door_throttle_busy 0: as if the frontend were busy (a test's few requests do not make it so)
+    settings = one_worker_settings(digits_data_dir, tmp_path / "d", door_throttle_busy=0.0)
+    url = "/v2/models/digits-mlp/infer"
+    with BackgroundServer(settings) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        late = [http.post(url, content=_body(digits_samples, timeout_us=1)) for _ in range(30)]
+        assert {r.status_code for r in late} <= {503, 429} and late[0].status_code == 503
+        answers = [http.post(url, content=_body(digits_samples)) for _ in range(10)]
+        refused = [r for r in answers if r.status_code == 429]
+        assert refused and "door_throttle_k 1.5" in refused[0].json()["error"] and refused[0].headers["retry-after"]
+        assert _refused(server.url, "rest", "throttle") >= len(refused) + sum(r.status_code == 429 for r in late)
+
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        inp = grpcclient.InferInput("input", [1, 64], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 64), np.float32))
+        codes = []
+        for _ in range(10):
+            try:
+                client.infer("digits-mlp", [inp], timeout=1)  # the server-side timeout, 1 us
+                codes.append("OK")
+            except InferenceServerException as exc:
+                codes.append(str(exc.status()))
+        throttled = codes.count("StatusCode.RESOURCE_EXHAUSTED")
+        assert throttled and _refused(server.url, "grpc", "throttle") == throttled, codes
+        assert set(codes) <= {"StatusCode.RESOURCE_EXHAUSTED", "StatusCode.DEADLINE_EXCEEDED"}, codes
+
+        time.sleep(3.0)  # six of the throttle's time constants: its counts have faded
+        assert all(http.post(url, content=_body(digits_samples)).status_code == 200 for _ in range(20))
         assert client.infer("digits-mlp", [inp]).as_numpy("label").shape == (1,)
         client.close()

@@ -26,8 +26,7 @@ from infaas.app import BackgroundServer
 from infaas.frontend.openapi import openapi_schema
 from infaas.protocol.grpc_codec import SERVICE
 from infaas.protocol.proto import kserve_v2_pb2 as pb
-from infaas.settings import Settings
-from tests.conftest import copy_data_dir
+from tests.conftest import one_worker_settings
 
 pytestmark = pytest.mark.slow
 
@@ -37,15 +36,10 @@ ALLOWED = {200, 201, 202, 204, 400, 401, 404, 409, 413, 429, 503}
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory, digits_data_dir):
-    data = copy_data_dir(digits_data_dir, tmp_path_factory.mktemp("fuzz") / "d")
     server = BackgroundServer(
-        Settings(
-            data_dir=data,
-            port=0,
-            grpc_port=0,
-            workers=1,
-            autoscale=False,
-            profile_on_register=False,
+        one_worker_settings(
+            digits_data_dir,
+            tmp_path_factory.mktemp("fuzz") / "d",
             default_timeout_s=ANSWER_S,
             max_request_bytes=4 << 20,
             max_management_bytes=4 << 20,

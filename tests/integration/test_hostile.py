@@ -20,7 +20,7 @@ from infaas.app import BackgroundServer
 from infaas.protocol.grpc_codec import SERVICE
 from infaas.protocol.proto import kserve_v2_pb2 as pb
 from infaas.settings import Settings
-from tests.conftest import copy_data_dir
+from tests.conftest import copy_data_dir, one_worker_settings
 
 LIMIT = 1 << 20  # the strict server's body limit
 
@@ -35,15 +35,10 @@ def body(x: np.ndarray, **params) -> dict:
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory, digits_data_dir):
     """A server with small limits: 1 MiB bodies (inference and management), 8 connections."""
-    data = copy_data_dir(digits_data_dir, tmp_path_factory.mktemp("strict") / "d")
     server = BackgroundServer(
-        Settings(
-            data_dir=data,
-            port=0,
-            grpc_port=0,
-            workers=1,
-            autoscale=False,
-            profile_on_register=False,
+        one_worker_settings(
+            digits_data_dir,
+            tmp_path_factory.mktemp("strict") / "d",
             max_request_bytes=LIMIT,
             max_management_bytes=LIMIT,
             max_connections=8,

@@ -234,9 +234,65 @@ def test_measured_batch_times_correct_the_profile():
     assert q.scale <= 10.0
 
 
+def test_a_backlogged_queue_is_costed_at_the_rate_it_drains_not_its_compute():
+    """A small model at a high request rate: each batch computes as profiled (42 ms), but replies and
+    new requests' decoding take the worker another 21 ms a batch. Admission counts the queue ahead at
+    63 ms a batch, while a batch's own prediction stays its compute; without a backlog it decays."""
+    clock = [0.0]
+    q = BatchQueue(max_batch=4, predict_s=fit_ms(10, 2), clock=lambda: clock[0])
+    for k in range(8):
+        q.put(item(k, deadline=10.0))
+    assert q.admit(rows=1, nbytes=0, deadline=0.100, now=0.0) is None  # 84 + 12 ms of compute
+    for _ in range(40):
+        q.observe(4, 0.042)
+        q.observe_backlogged(4, 0.063)
+    assert q.scale == pytest.approx(1.0) and q.predict_s(4) == pytest.approx(0.042)
+    assert q.backlog_scale == pytest.approx(1.5, rel=0.01)
+    assert q.work_s(8) == pytest.approx(0.126, rel=0.01)
+    refusal = q.admit(rows=1, nbytes=0, deadline=0.100, now=0.0)  # 126 + 18 ms: past 100
+    assert refusal is not None and "8 rows queued ahead" in refusal.reason
+    clock[0] = 60.0  # a minute with no backlog: back to the profile
+    assert q.backlog_scale == pytest.approx(1.0, abs=0.01)
+    for _ in range(40):  # a slowdown of the compute itself is never undercut by the drain rate
+        q.observe(4, 0.084)
+    assert q.backlog_scale == pytest.approx(q.scale)
+
+
 def test_admission_off_queues_everything_within_the_byte_bound():
     q = BatchQueue(max_batch=4, predict_s=fit_ms(10, 2), max_wait_s=0.1, max_bytes=100, admission=False)
     for k in range(40):
         q.put(Pending(key=k, rows=1, arrival=0.0, nbytes=1, deadline=0.05))
     assert q.admit(rows=1, nbytes=1, deadline=0.05, now=0.0) is None  # would be refused with admission on
     assert q.admit(rows=1, nbytes=100, deadline=None, now=0.0) is not None  # bytes are still bounded
+
+
+def test_a_standing_queue_is_refused_when_overloaded_but_a_burst_or_a_closed_loop_is_not():
+    """Batches of 4 take 42 ms (target: two of them, 84 ms; interval: four targets, 336 ms). A burst
+    queues up to its deadline, and without refusals (a closed loop of clients keeps a queue as long
+    as there are clients) a standing queue is left alone; once the queue has refused a request, and
+    every batch has started over 84 ms after its oldest request for 336 ms, a request that would wait
+    past 84 ms is refused, though its deadline is far; when a batch starts within the target again,
+    the queue takes up to its deadline again."""
+    q = BatchQueue(max_batch=4, predict_s=fit_ms(10, 2))
+    assert q.standing_target_s() == pytest.approx(0.084)
+    for k in range(60):  # a burst at t=0: 15 batches, 630 ms of work, deadlines 10 s away
+        assert q.admit(rows=1, nbytes=0, deadline=10.0, now=0.0) is None
+        q.put(item(k, arrival=0.0, deadline=10.0))
+    now = 0.0
+    for _ in range(12):
+        assert q.next(now).batch
+        now += 0.042
+    assert not q.standing(now)  # standing since 126 ms, but nothing refused: not overloaded
+    assert q.admit(rows=1, nbytes=0, deadline=now + 0.05, now=now) is not None  # its own deadline: refused
+    assert q.standing(now)
+    refusal = q.admit(rows=1, nbytes=0, deadline=now + 10.0, now=now)
+    assert refusal is not None and "standing queue" in refusal.reason and refusal.overloaded
+    while len(q):
+        q.next(now)
+        now += 0.042
+    q.put(item("late", arrival=now - 0.01, deadline=now + 10))
+    q.next(now)  # started 10 ms after it arrived: not standing
+    assert not q.standing(now + 1.0)
+    for k in range(8):
+        q.put(item(k, arrival=now, deadline=now + 10))
+    assert q.admit(rows=1, nbytes=0, deadline=now + 10.0, now=now) is None  # 8 queued, 126 ms: absorbed

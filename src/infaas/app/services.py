@@ -33,7 +33,7 @@ from infaas.policy.latency import LatencyModel
 from infaas.policy.policies import policy_named, scaling_from
 from infaas.registry import Registry
 from infaas.registry.scratch import own_tempdir
-from infaas.serving.door import Door, LoopLag
+from infaas.serving.door import Door, LoopLag, Throttle
 from infaas.serving.metrics import Metrics
 from infaas.serving.regions import Regions
 from infaas.serving.router import Router
@@ -275,8 +275,8 @@ def build_services(settings: Settings) -> Services:
 
 
 def _doors(settings: Settings, metrics: Metrics) -> dict[str, Door]:
-    lag = LoopLag()
+    lag, throttle = LoopLag(), Throttle(settings.door_throttle_k, settings.door_throttle_busy)
     return {
-        name: Door(name, settings.max_inflight_requests, settings.max_loop_lag_ms, lag, metrics.door_refused)
+        name: Door(name, settings.max_inflight_requests, settings.max_loop_lag_ms, lag, metrics.door_refused, throttle)
         for name in ("rest", "grpc")
     }

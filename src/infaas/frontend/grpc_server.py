@@ -69,7 +69,7 @@ class GrpcFrontend:
 
     async def ModelInfer(self, req, ctx):
         arrival = time.monotonic()
-        with self.door.admit(arrival):  # refused before decoding when the frontend itself is overloaded
+        with self.door.admit(arrival, req.model_name):  # refused before decoding when the frontend itself is overloaded
             request = decode_infer(req, self.settings.max_request_elements)
             request.arrival, request.via = arrival, "grpc"
             remaining = ctx.time_remaining()  # the client's gRPC deadline becomes the request's

@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from infaas.errors import InfaasError, InvalidInput, TooLarge, Unavailable
 from infaas.frontend.auth import authorize
+from infaas.serving.door import accepted_status
 
 if TYPE_CHECKING:
     from infaas.app.services import Services
@@ -66,7 +67,9 @@ def guard(fn: Handler, keys: tuple[str, ...] = ()) -> Handler:
 class DoorMiddleware:
     """The REST app's outermost layer: every request's arrival time, taken before its body is read
     (``request.state.arrival``), and admission of inference requests at the door
-    (:mod:`infaas.serving.door`): refused at once, body unread, when the frontend itself is overloaded."""
+    (:mod:`infaas.serving.door`): refused at once, body unread, when the frontend itself is overloaded
+    or the model's workers refuse most of what reaches them; each answer's status tells the model's
+    throttle whether its workers accepted it."""
 
     def __init__(self, app, door: Door) -> None:
         self.app = app
@@ -81,15 +84,25 @@ class DoorMiddleware:
         if scope["method"] != "POST" or not scope["path"].endswith("/infer"):  # health, metadata: always answered
             await self.app(scope, receive, send)
             return
+        parts = scope["path"].split("/")  # /v2/models/{name}[/versions/{version}]/infer
+        model = parts[3] if len(parts) > 4 else ""
         try:
-            self.door.enter(now)
+            self.door.enter(now, model)
         except Unavailable as exc:  # refused at the door, body unread
             await error_response(exc.message, exc.status, exc.retry_after_s)(scope, receive, send)
             return
+        status = 500
+
+        async def sent(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, sent)
         finally:
-            self.door.leave()
+            self.door.leave(model, accepted_status(status))
 
 
 def arrival_of(request: Request) -> float:

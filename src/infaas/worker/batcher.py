@@ -32,7 +32,19 @@ its own batch cannot finish by its deadline, when the queue would hold more than
 of work (the bound in rows follows from the latency fit: what can finish within the longest
 allowed wait), or when it would hold more than ``max_bytes`` of tensors. Predictions are scaled
 by the ratio of measured to predicted batch time (:meth:`observe`), so a profile taken on a
-quieter machine does not over-admit.
+quieter machine does not over-admit; the work queued ahead is scaled by how fast the queue really
+drains while it is backlogged (:meth:`observe_backlogged`: a batch's compute plus the worker's own work
+around it, its replies and the decoding of new requests on the same cores), which for a small model
+at a high request rate is well over its compute alone.
+
+A standing queue is refused too (CoDel's rule, for admission), while the queue is overloaded (it
+refused a request in the last second): when every batch of the last interval started after its
+oldest request had waited longer than the target (two full batches' time, at least 5 ms), the queue
+is not absorbing a burst but standing, and a new request that would wait longer than the target is
+refused. Without refusals a standing queue is a closed loop of clients (16 clients keep 16 requests
+queued, served as fast as they come) and is left alone. A queue filled to its deadline serves no more than a short one
+while arrivals outrun it; it only makes every answer as late as the deadline allows, and any delay
+on the way back then makes it late (bench/overload, a small model at hundreds of requests a second).
 """
 
 from __future__ import annotations
@@ -44,6 +56,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infaas.registry.types import decayed
+
+STANDING_MIN_S = 0.005  # the least queue wait counted as standing (CoDel's target) ...
+STANDING_INTERVAL_S = 0.1  # ... when it lasts this long (at least four targets) ...
+STANDING_REFUSED_S = 1.0  # ... and the queue refused a request this recently (overloaded, not a closed loop)
 
 
 @dataclass(slots=True)
@@ -116,6 +132,10 @@ class BatchQueue:
         self.admission = admission  # off: only the bytes bound refuses; deadlines are kept in the queue
         self._scale = 1.0  # measured / predicted batch time (EWMA) when a batch last set it ...
         self._scaled_at: float | None = None  # ... at this time of ``clock`` (the simulator's own)
+        self._drain = 1.0  # measured / predicted time from one backlogged batch's start to the next's
+        self._drained_at: float | None = None
+        self._above_since: float | None = None  # when batches began to start later than the target
+        self._refused_at: float | None = None  # when admission last refused a request as overloaded
         self._clock = clock
         self._queue: deque[Pending] = deque()
         self.overlap = 0.0  # EWMA: did online arrivals find others queued or running (1) or not (0)
@@ -137,25 +157,60 @@ class BatchQueue:
         """The learned correction now: decaying toward the profile while no batch refreshes it."""
         return self._scale if self._scaled_at is None else decayed(self._scale, self._clock() - self._scaled_at)
 
+    @property
+    def backlog_scale(self) -> float:
+        """The correction for queued work: how much slower than the fit a backlogged queue drains
+        (never less than :attr:`scale`), decaying like it."""
+        drain = self._drain if self._drained_at is None else decayed(self._drain, self._clock() - self._drained_at)
+        return max(self.scale, drain)
+
+    def standing_target_s(self) -> float:
+        """The queue wait past which a queue that stays is standing: two full batches, at least 5 ms."""
+        return max(STANDING_MIN_S, 2 * self.predict_s(self.max_batch))
+
+    def standing(self, now: float) -> bool:
+        """Whether the queue refused a request lately and every batch of the last interval started
+        later than the target after its oldest request arrived."""
+        if self._above_since is None or self._refused_at is None or now - self._refused_at > STANDING_REFUSED_S:
+            return False
+        return now - self._above_since >= max(STANDING_INTERVAL_S, 4 * self.standing_target_s())
+
+    def _started(self, now: float, head_arrival: float) -> None:
+        if now - head_arrival <= self.standing_target_s():
+            self._above_since = None
+        elif self._above_since is None:
+            self._above_since = now
+
     def predict_s(self, rows: int, length: int | None = None) -> float:
         """Predicted time of one batch of ``rows`` (whose dynamic axis is ``length`` long): the fit,
         scaled by the axis's cost (Profile.cost_ms) and by what was measured here."""
         return self._fit(rows) * self.factor(length) * self.scale
 
+    def _moved(self, before: float, rows: int, seconds: float, alpha: float, length: int | None) -> float | None:
+        predicted = self._fit(rows) * self.factor(length)
+        if predicted <= 0 or seconds <= 0:
+            return None
+        return before + alpha * (min(10.0, max(0.5, seconds / predicted)) - before)
+
     def observe(self, rows: int, seconds: float, alpha: float = 0.2, length: int | None = None) -> None:
         """A batch of ``rows`` took ``seconds``: move the scale toward measured / predicted."""
-        predicted = self._fit(rows) * self.factor(length)
-        if predicted > 0 and seconds > 0:
-            ratio = min(10.0, max(0.5, seconds / predicted))
-            before = self.scale
-            self._scale, self._scaled_at = before + alpha * (ratio - before), self._clock()
+        moved = self._moved(self.scale, rows, seconds, alpha, length)
+        if moved is not None:
+            self._scale, self._scaled_at = moved, self._clock()
+
+    def observe_backlogged(self, rows: int, seconds: float, alpha: float = 0.2, length: int | None = None) -> None:
+        """With requests still queued, a batch of ``rows`` held its instance ``seconds`` from its start
+        to its last reply: move the drain correction toward measured / predicted."""
+        moved = self._moved(max(self._drain, self.scale), rows, seconds, alpha, length)
+        if moved is not None:
+            self._drain, self._drained_at = moved, self._clock()
 
     def work_s(self, rows: int, length: int | None = None) -> float:
-        """Time to run ``rows`` queued rows (as long as ``length``): full batches, then the rest,
-        shared by the instances."""
+        """Time to drain ``rows`` queued rows (as long as ``length``): full batches, then the rest,
+        shared by the instances, at the rate measured while backlogged."""
         full, rest = divmod(rows, self.max_batch)
-        total = full * self.predict_s(self.max_batch, length) + (self.predict_s(rest, length) if rest else 0.0)
-        return total / self.instances
+        batches = full * self._fit(self.max_batch) + (self._fit(rest) if rest else 0.0)
+        return batches * self.factor(length) * self.backlog_scale / self.instances
 
     def ahead_s(self, rows: int, length: int | None, offline: bool) -> float:
         """Time to run what is queued ahead of a new request (online requests go ahead of offline
@@ -180,6 +235,21 @@ class BatchQueue:
         """None if a request of ``rows`` can join the queue; else why not. ``busy_s``: time until an
         instance frees up from the batch it is running. ``length``: its dynamic axis's length (the
         queued requests ahead are costed at theirs)."""
+        refusal = self._judge(rows, nbytes, deadline, now, offline, busy_s, length)
+        if refusal is not None and refusal.overloaded:
+            self._refused_at = now
+        return refusal
+
+    def _judge(
+        self,
+        rows: int,
+        nbytes: int,
+        deadline: float | None,
+        now: float,
+        offline: bool,
+        busy_s: float,
+        length: int | None,
+    ) -> Refusal | None:
         if self.max_bytes is not None and self.bytes_queued + nbytes > self.max_bytes and self._queue:
             return Refusal(
                 f"queue holds {self.bytes_queued} bytes of tensors (bound {self.max_bytes})",
@@ -194,6 +264,13 @@ class BatchQueue:
                 f"queue holds {ahead} rows, {wait * 1000:.0f} ms of work, past its bound of "
                 f"{self.max_wait_s * 1000:.0f} ms",
                 wait - self.max_wait_s,
+            )
+        if ahead and self.standing(now) and wait > (target := self.standing_target_s()):
+            return Refusal(
+                f"a standing queue: its batches have started over {target * 1000:.0f} ms after their oldest "
+                f"request arrived for {(now - (self._above_since or now)) * 1000:.0f} ms; {ahead} rows queued, "
+                f"{wait * 1000:.0f} ms of work",
+                wait - target,
             )
         if deadline is not None and now + wait > deadline:
             left = max(0.0, deadline - now)
@@ -299,6 +376,7 @@ class BatchQueue:
             for m in members:
                 self._account(m, -1)
             formed.batch = members
+            self._started(now, min(m.arrival for m in members))
         else:
             formed.wait_s = due - now
         return formed

@@ -202,11 +202,16 @@ class VariantExecutor:
             if index not in self._instances:  # retired (shrink): free its runtime, end the thread
                 runtime.unload()
                 return
+            started = time.monotonic()
             try:
                 self._run(runtime, formed.batch)
             finally:
                 with self.cond:
                     self._running_until.pop(index, None)
+                    if len(self.queue):  # backlogged: how fast the queue really drains, replies and all
+                        self.queue.observe_backlogged(
+                            formed.rows, time.monotonic() - started, length=formed.batch[0].length
+                        )
 
     def _run(self, runtime: Runtime, batch: list[Pending]) -> None:
         start = time.monotonic()

@@ -280,6 +280,7 @@ class Worker:
                     "expired": e.expired,
                     "cancelled": e.cancelled,
                     "scale": round(e.queue.scale, 3),
+                    "backlog_scale": round(e.queue.backlog_scale, 3),
                     # what admission predicts now for one more row (queued work included): the
                     # estimate the selection's must agree with (tests/integration/test_agreement.py)
                     "admit_ms": round(e.estimate_s(1) * 1000, 4),
