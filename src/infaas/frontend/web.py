@@ -68,7 +68,7 @@ class DoorMiddleware:
     """The REST app's outermost layer: every request's arrival time, taken before its body is read
     (``request.state.arrival``), and admission of inference requests at the door
     (:mod:`infaas.serving.door`): refused at once, body unread, when the frontend itself is overloaded
-    or the model's workers refuse most of what reaches them; each answer's status tells the model's
+    or the model's workers refuse part of what reaches them; each answer's status tells the model's
     throttle whether its workers accepted it."""
 
     def __init__(self, app, door: Door) -> None:

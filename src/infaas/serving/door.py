@@ -18,8 +18,9 @@ taken here too, so its deadline counts the time it then waits inside the server.
 A third measure is per model, and sheds what the workers behind the door would refuse anyway
 (:class:`Throttle`): while a model's workers refuse some of what reaches them, the door refuses at
 random (429, body unread) the share of new requests past ``door_throttle_k`` times the rate they
-accept: adaptive throttling, as Google's SRE book has clients do, done at the server's door. A refusal here costs the frontend a fraction of one the worker's admission
-makes, after the body was read and decoded and the request sent; bench/overload measured it on a
+accept: adaptive throttling, as Google's SRE book has clients do, done at the server's door. A
+refusal here costs the frontend a fraction of one the worker's admission makes, after the body was
+read and decoded and the request sent; bench/overload measured it on a
 frontend-bound model (a small one at hundreds of requests a second), where those refusals alone
 saturated the frontend at 3x capacity and every answer came back late. It acts only while the
 frontend is busy (its process used half a core or more over the last second): otherwise passing a

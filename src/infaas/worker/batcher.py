@@ -42,9 +42,10 @@ refused a request in the last second): when every batch of the last interval sta
 oldest request had waited longer than the target (two full batches' time, at least 5 ms), the queue
 is not absorbing a burst but standing, and a new request that would wait longer than the target is
 refused. Without refusals a standing queue is a closed loop of clients (16 clients keep 16 requests
-queued, served as fast as they come) and is left alone. A queue filled to its deadline serves no more than a short one
-while arrivals outrun it; it only makes every answer as late as the deadline allows, and any delay
-on the way back then makes it late (bench/overload, a small model at hundreds of requests a second).
+queued, served as fast as they come) and is left alone. A queue filled to its deadline serves no
+more than a short one while arrivals outrun it; it only makes every answer as late as the deadline
+allows, and any delay on the way back then makes it late (bench/overload, a small model at hundreds
+of requests a second).
 """
 
 from __future__ import annotations
