@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from infaas.errors import Overloaded
-from infaas.serving.door import Door, LoopLag, Throttle
+from infaas.errors import Overloaded, Unavailable
+from infaas.serving.door import Door, LoopLag, Throttle, accepted_status
 
 
 def _lag(samples: list[tuple[float, float]], last_tick: float) -> LoopLag:
@@ -90,3 +90,17 @@ def test_the_door_refuses_with_429_and_names_the_throttle():
         door.enter(10.8, "m")
     assert refused.value.status == 429 and "door_throttle_k 1.5" in refused.value.message
     assert door.inflight == 0
+
+
+def test_only_a_refusal_for_load_feeds_the_throttle():
+    assert not accepted_status(429)
+    assert accepted_status(503) and accepted_status(200) and accepted_status(400)  # a crash, a deadline: not load
+    throttle = Throttle(1.5, random_draw=lambda: 0.0)
+    door = Door("grpc", 4, 250, _lag([(10 + 0.02 * i, 0.001) for i in range(40)], 10.8), throttle=throttle)
+    door.lag.ensure_running = lambda: None  # type: ignore[method-assign]
+    with pytest.raises(Unavailable), door.admit(10.8, "m"):
+        raise Unavailable("worker w0 crashed")
+    assert throttle.share("m", 10.8) == 0.0
+    with pytest.raises(Overloaded), door.admit(10.8, "m"):
+        raise Overloaded("queue full", retry_after_s=0.1)
+    assert throttle.share("m", 10.8) > 0 and door.inflight == 0

@@ -101,7 +101,7 @@ _THROTTLE_KEYS = 4096  # models it keeps counts for (a bound: the least recently
 
 class Throttle:
     """Per model, three exponentially fading counts (time constant 0.5 s): requests passed to the
-    workers, those the workers then refused (overloaded or late), and those refused here; and the
+    workers, those the workers then refused as overloaded (429), and those refused here; and the
     share of new requests to refuse: ``(refused here + k * refused there - (k - 1) * passed) /
     (passed + refused here + 1)``, between 0 and 0.9. That is the share of arrivals past ``k`` times
     the rate the workers accept (passed - refused there), counted when the door passes a request and
@@ -141,16 +141,16 @@ class Throttle:
         return share if refuse else None
 
     def answered(self, key: str, now: float, accepted: bool) -> None:
-        """A request for ``key`` that passed was answered: ``accepted`` unless the workers refused it
-        as overloaded or late."""
+        """A request for ``key`` that passed was answered: ``accepted`` unless refused as overloaded."""
         if not accepted:
             self._faded(key, now)[1] += 1.0
 
 
 def accepted_status(status: int) -> bool:
-    """Whether an answer's HTTP status says its workers accepted it: not 429 (overloaded) or 503
-    (unavailable, or its deadline passed)."""
-    return status not in (429, 503)
+    """Whether an answer's HTTP status says its workers accepted it: anything but 429 (refused as
+    overloaded). A 503 (no worker, a crash, a deadline) is not load the door could shed: throttling
+    on it would answer "overloaded" for a worker that is restarting."""
+    return status != 429
 
 
 class Door:
@@ -216,7 +216,7 @@ class Door:
         self.inflight += 1
 
     def leave(self, model: str = "", accepted: bool = True) -> None:
-        """Give back a place; ``accepted``: the request was not refused as overloaded or late."""
+        """Give back a place; ``accepted``: the request was not refused as overloaded (429)."""
         self.inflight -= 1
         if self.throttle is not None:
             self.throttle.answered(model, time.monotonic(), accepted)
@@ -228,10 +228,10 @@ class Door:
         try:
             yield
             accepted = True
-        except Unavailable:  # overloaded, late or no worker: the workers' refusal
+        except Overloaded:  # the workers' (or the selection's) refusal for load
             raise
         except BaseException:
-            accepted = True  # a bad request or a cancelled call is not the workers' refusal
+            accepted = True  # a bad request, a crash, a deadline or a cancelled call: not load to shed
             raise
         finally:
             self.leave(model, accepted)
