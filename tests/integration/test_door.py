@@ -213,16 +213,23 @@ def test_a_model_whose_workers_refuse_for_load_is_throttled_at_both_doors_then_s
         assert _refused(server.url, "rest", "throttle") == 0
 
         throttle = server.services.doors["rest"].throttle
+        draw = throttle._draw
         assert throttle is server.services.doors["grpc"].throttle
 
         def refused_for_load() -> None:
+            throttle._draw = lambda: 0.0  # every draw refuses while the share is above 0
             for _ in range(30):
-                throttle.arrived("digits-mlp", time.monotonic())
+                throttle.arrived("digits-mlp", time.monotonic(), busy=-1.0)  # passed, whatever the share
                 throttle.answered("digits-mlp", time.monotonic(), accepted=False)
+            shares.append(throttle.share("digits-mlp", time.monotonic()))
 
+        shares: list[float] = []
+
+        time.sleep(3.0)  # the 40 passes above fade (six time constants)
         _on_loop(server, refused_for_load)
         answers = [http.post(url, content=_body(digits_samples)) for _ in range(10)]
         refused = [r for r in answers if r.status_code == 429]
+        assert shares[-1] > 0.5, shares
         assert refused and "door_throttle_k 1.5" in refused[0].json()["error"] and refused[0].headers["retry-after"]
         assert _refused(server.url, "rest", "throttle") == len(refused)
 
@@ -241,6 +248,7 @@ def test_a_model_whose_workers_refuse_for_load_is_throttled_at_both_doors_then_s
         assert throttled and _refused(server.url, "grpc", "throttle") == throttled, codes
         assert set(codes) <= {"StatusCode.RESOURCE_EXHAUSTED", "OK"}, codes
 
+        _on_loop(server, lambda: setattr(throttle, "_draw", draw))  # random draws again
         time.sleep(3.0)  # six of the throttle's time constants: its counts have faded
         assert all(http.post(url, content=_body(digits_samples)).status_code == 200 for _ in range(20))
         assert client.infer("digits-mlp", [inp]).as_numpy("label").shape == (1,)

@@ -96,6 +96,7 @@ class LoopLag:
 
 _THROTTLE_TAU_S = 0.5  # the throttle's memory: its counts fade by e every this long
 _THROTTLE_MAX_SHARE = 0.9  # it never refuses more: what gets through tells it the workers recovered
+_THROTTLE_MIN_REFUSED = 1.5  # under two recent refusals (faded) is no evidence: after a quiet spell all pass
 _THROTTLE_KEYS = 4096  # models it keeps counts for (a bound: the least recently seen are forgotten)
 
 
@@ -128,6 +129,8 @@ class Throttle:
     def share(self, key: str, now: float) -> float:
         """The share of new requests for ``key`` to refuse now."""
         passed, refused, here, _ = self._faded(key, now)
+        if refused < _THROTTLE_MIN_REFUSED:
+            return 0.0
         share = (here + self.k * refused - (self.k - 1) * passed) / (passed + here + 1.0)
         return min(_THROTTLE_MAX_SHARE, max(0.0, share))
 

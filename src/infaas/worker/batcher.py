@@ -38,7 +38,7 @@ around it, its replies and the decoding of new requests on the same cores), whic
 at a high request rate is well over its compute alone.
 
 A standing queue is refused too (CoDel's rule, for admission), while the queue is overloaded (it
-refused a request in the last second): when every batch of the last interval started after its
+refused a request in the last second, since its batches began to start late): when every batch of the last interval started after its
 oldest request had waited longer than the target (two full batches' time, at least 5 ms), the queue
 is not absorbing a burst but standing, and a new request that would wait longer than the target is
 refused. Without refusals a standing queue is a closed loop of clients (16 clients keep 16 requests
@@ -170,9 +170,11 @@ class BatchQueue:
         return max(STANDING_MIN_S, 2 * self.predict_s(self.max_batch))
 
     def standing(self, now: float) -> bool:
-        """Whether the queue refused a request lately and every batch of the last interval started
-        later than the target after its oldest request arrived."""
-        if self._above_since is None or self._refused_at is None or now - self._refused_at > STANDING_REFUSED_S:
+        """Whether every batch of the last interval started later than the target after its oldest
+        request arrived, and the queue refused a request in the last second, since they began to."""
+        if self._above_since is None or self._refused_at is None or self._refused_at < self._above_since:
+            return False  # no refusal since batches began to start late: a burst or a closed loop, not overload
+        if now - self._refused_at > STANDING_REFUSED_S:
             return False
         return now - self._above_since >= max(STANDING_INTERVAL_S, 4 * self.standing_target_s())
 
