@@ -64,6 +64,17 @@ STANDING_REFUSED_S = 1.0  # ... and the queue refused a request this recently (o
 
 
 @dataclass(slots=True)
+class _Learned:
+    """A measured / predicted ratio (EWMA), decaying toward the profile's 1.0 from when it was set."""
+
+    value: float = 1.0
+    at: float | None = None  # when a batch last set it (the queue's clock)
+
+    def now(self, t: float) -> float:
+        return self.value if self.at is None else decayed(self.value, t - self.at)
+
+
+@dataclass(slots=True)
 class Pending:
     """One queued request."""
 
@@ -131,10 +142,8 @@ class BatchQueue:
         self.max_bytes = max_bytes
         self.instances = max(1, instances)
         self.admission = admission  # off: only the bytes bound refuses; deadlines are kept in the queue
-        self._scale = 1.0  # measured / predicted batch time (EWMA) when a batch last set it ...
-        self._scaled_at: float | None = None  # ... at this time of ``clock`` (the simulator's own)
-        self._drain = 1.0  # measured / predicted time from one backlogged batch's start to the next's
-        self._drained_at: float | None = None
+        self._scale = _Learned()  # measured / predicted batch time (the clock: the simulator's own there)
+        self._drain = _Learned()  # measured / predicted time from a backlogged batch's start to its last reply
         self._above_since: float | None = None  # when batches began to start later than the target
         self._refused_at: float | None = None  # when admission last refused a request as overloaded
         self._clock = clock
@@ -156,14 +165,14 @@ class BatchQueue:
     @property
     def scale(self) -> float:
         """The learned correction now: decaying toward the profile while no batch refreshes it."""
-        return self._scale if self._scaled_at is None else decayed(self._scale, self._clock() - self._scaled_at)
+        return self._scale.now(self._clock())
 
     @property
     def backlog_scale(self) -> float:
         """The correction for queued work: how much slower than the fit a backlogged queue drains
         (never less than :attr:`scale`), decaying like it."""
-        drain = self._drain if self._drained_at is None else decayed(self._drain, self._clock() - self._drained_at)
-        return max(self.scale, drain)
+        now = self._clock()
+        return max(self._scale.now(now), self._drain.now(now))
 
     def standing_target_s(self) -> float:
         """The queue wait past which a queue that stays is standing: two full batches, at least 5 ms."""
@@ -189,24 +198,21 @@ class BatchQueue:
         scaled by the axis's cost (Profile.cost_ms) and by what was measured here."""
         return self._fit(rows) * self.factor(length) * self.scale
 
-    def _moved(self, before: float, rows: int, seconds: float, alpha: float, length: int | None) -> float | None:
+    def _learn(self, learned: _Learned, before: float, rows: int, seconds: float, alpha: float, length: int | None):
+        """Move ``learned`` from ``before`` toward measured / predicted (bounded 0.5-10) by ``alpha``."""
         predicted = self._fit(rows) * self.factor(length)
-        if predicted <= 0 or seconds <= 0:
-            return None
-        return before + alpha * (min(10.0, max(0.5, seconds / predicted)) - before)
+        if predicted > 0 and seconds > 0:
+            learned.value = before + alpha * (min(10.0, max(0.5, seconds / predicted)) - before)
+            learned.at = self._clock()
 
     def observe(self, rows: int, seconds: float, alpha: float = 0.2, length: int | None = None) -> None:
         """A batch of ``rows`` took ``seconds``: move the scale toward measured / predicted."""
-        moved = self._moved(self.scale, rows, seconds, alpha, length)
-        if moved is not None:
-            self._scale, self._scaled_at = moved, self._clock()
+        self._learn(self._scale, self.scale, rows, seconds, alpha, length)
 
     def observe_backlogged(self, rows: int, seconds: float, alpha: float = 0.2, length: int | None = None) -> None:
         """With requests still queued, a batch of ``rows`` held its instance ``seconds`` from its start
         to its last reply: move the drain correction toward measured / predicted."""
-        moved = self._moved(max(self._drain, self.scale), rows, seconds, alpha, length)
-        if moved is not None:
-            self._drain, self._drained_at = moved, self._clock()
+        self._learn(self._drain, self.backlog_scale, rows, seconds, alpha, length)
 
     def work_s(self, rows: int, length: int | None = None) -> float:
         """Time to drain ``rows`` queued rows (as long as ``length``): full batches, then the rest,
