@@ -64,8 +64,9 @@ class Settings(BaseSettings):
     cores_per_worker: int = Field(0, ge=0, description="0: split this machine's cores evenly")
     default_max_batch: int = Field(16, ge=1)
     runtimes: CommaList = Field(
-        default_factory=lambda: ["onnxruntime", "openvino"],
-        description="runtimes whose variants registration generates (onnxruntime always; openvino when installed)",
+        default_factory=lambda: ["onnxruntime", "openvino", "pytorch"],
+        description="runtimes whose variants registration generates (onnxruntime always; openvino when "
+        "installed; pytorch for architectures registered with a PyTorch program)",
     )
     instances_per_variant: int = Field(
         1, ge=1, description="runtime instances per loaded variant, sharing its queue and the worker's cores"

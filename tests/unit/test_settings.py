@@ -19,7 +19,7 @@ def test_precedence_file_then_env_then_flags(tmp_path, monkeypatch):
 def test_runtimes_are_named_from_a_list_and_checked(monkeypatch):
     from infaas.registry.types import runtime_of
 
-    assert Settings().runtimes == ["onnxruntime", "openvino"]
+    assert Settings().runtimes == ["onnxruntime", "openvino", "pytorch"]
     monkeypatch.setenv("INFAAS_RUNTIMES", "onnxruntime")
     assert Settings().runtimes == ["onnxruntime"]
     with pytest.raises(ValueError, match="unknown runtime"):
@@ -27,4 +27,5 @@ def test_runtimes_are_named_from_a_list_and_checked(monkeypatch):
     # a variant's format names its runtime and how that runtime loads it
     assert runtime_of("onnx-int8-static") == ("onnxruntime", {})
     assert runtime_of("ov-bf16") == ("openvino", {"precision": "bf16"})
+    assert runtime_of("pt-bf16") == ("pytorch", {"precision": "bf16"})
     assert runtime_of("ov-fp32") == ("openvino", {"precision": "f32"})

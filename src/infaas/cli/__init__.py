@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy", type=float, help="declared top-1 accuracy (0..1)")
     p.add_argument("--validation", help=".npz with 'inputs' and 'labels': accuracy is measured")
     p.add_argument("--calibration", help=".npz with 'inputs' (no labels) to calibrate INT8 variants on")
+    p.add_argument(
+        "--program", help="the same model as a torch.export program (.pt2): PyTorch's variants beside ONNX's"
+    )
     p.add_argument("--description")
     p.add_argument("--max-batch", type=int)
     p.add_argument(

@@ -103,6 +103,8 @@ def cmd_register(args) -> None:
         "calibration": args.calibration,
         "description": args.description or "",
     }
+    if args.program:
+        item["program"] = args.program
     if args.metric:
         item["metric"] = args.metric
     if args.max_batch:
@@ -130,6 +132,7 @@ def cmd_zoo(args) -> None:
             "description": m.description,
             "max_batch": m.max_batch,
             **({"metric": m.metric} if m.metric else {}),
+            **({"program": m.program} if m.program else {}),
         }
         for m in models
     ]

@@ -202,6 +202,7 @@ class Client:
         framework: str = "onnx",
         max_batch: int | None = None,
         metric: str | None = None,
+        program: str | Path | bytes | None = None,
     ) -> dict:
         def read(x):
             return x if isinstance(x, bytes) else Path(x).read_bytes()
@@ -211,6 +212,8 @@ class Client:
             files["validation"] = ("validation.npz", read(validation), "application/octet-stream")
         if calibration is not None:
             files["calibration"] = ("calibration.npz", read(calibration), "application/octet-stream")
+        if program is not None:
+            files["program"] = ("model.pt2", read(program), "application/octet-stream")
         data = {"name": name, "task": task, "framework": framework, "description": description}
         if accuracy is not None:
             data["accuracy"] = str(accuracy)

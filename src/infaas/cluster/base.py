@@ -44,6 +44,9 @@ class LoadSpec:
     axis_ms: tuple[tuple[int, float], ...] = ()
     format: str = "onnx-fp32"  # which runtime runs the artifact, and how (registry.types.runtime_of)
     cache_dir: str = ""  # where a runtime that compiles (OpenVINO) keeps its compiled blobs; "": none
+    # the artifact's load options as the generator recorded them (Variant.params: a PyTorch program's
+    # output names, memory format, precision); each runtime reads what it needs
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 def spec_msg(spec: LoadSpec) -> dict:
@@ -66,6 +69,7 @@ def spec_msg(spec: LoadSpec) -> dict:
         "axis_ms": dict(spec.axis_ms),
         "format": spec.format,
         "cache_dir": spec.cache_dir,
+        "options": dict(spec.options),
     }
 
 
@@ -91,6 +95,7 @@ def spec_from_msg(m: dict) -> LoadSpec:
         axis_ms=tuple(sorted((int(n), float(ms)) for n, ms in (m.get("axis_ms") or {}).items())),
         format=m.get("format", "onnx-fp32"),
         cache_dir=m.get("cache_dir", ""),
+        options=tuple(sorted((m.get("options") or {}).items())),
     )
 
 

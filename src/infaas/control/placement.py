@@ -88,6 +88,7 @@ class Placement:
             sha256=variant.artifact_hash.split(".", 1)[0],
             format=variant.format,
             cache_dir=str(self.registry.models.root.parent / "cache" / "openvino"),
+            options=tuple(sorted(variant.params.items())),
         )
         if (prof := self.catalog.profiles.get(variant.name)) is not None:
             spec = dataclasses.replace(

@@ -75,7 +75,7 @@ async def register(request: Request) -> Response:
             raise InvalidInput("registration takes multipart/form-data (fields name, task, model ...)")
         body = await read_body(request, settings.max_management_bytes)
         try:
-            form = await Request(request.scope, replay(body)).form(max_files=3, max_fields=20)
+            form = await Request(request.scope, replay(body)).form(max_files=4, max_fields=20)
         except HTTPException as exc:  # Starlette's parser: missing boundary, too many parts ...
             raise InvalidInput(f"malformed multipart body: {exc.detail}") from None
         try:
@@ -101,6 +101,7 @@ async def register(request: Request) -> Response:
                 metric=_field(form, "metric"),
                 validation=await _file(form, "validation"),
                 calibration=await _file(form, "calibration"),
+                program=await _file(form, "program"),
             )
         finally:
             await form.close()

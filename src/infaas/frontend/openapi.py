@@ -146,6 +146,12 @@ def openapi_schema() -> dict:
                                         "format": "binary",
                                         "description": ".npz with 'inputs' for INT8 calibration (no labels)",
                                     },
+                                    "program": {
+                                        "type": "string",
+                                        "format": "binary",
+                                        "description": "the same model as a torch.export program (.pt2): "
+                                        "PyTorch's variants",
+                                    },
                                     "accuracy": {"type": "number", "description": "declared top-1 accuracy (0..1)"},
                                     "framework": {"type": "string"},
                                     "description": {"type": "string"},

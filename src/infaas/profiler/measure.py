@@ -91,6 +91,7 @@ async def measure_on_worker(
                 "inputs": data.inputs,
                 "provider": m.provider,
                 "format": m.artifact.format,
+                "options": m.artifact.params,
                 "batches": batches,
                 "repeats": repeats,
                 "warmup": warmup,

@@ -124,6 +124,15 @@ class Registry:
         return None
 
     # ---- writes ----------------------------------------------------------------------------
+    def _program(self, program: bytes | str | Path) -> str:
+        """Store a PyTorch program, the source of PyTorch's variants: its forward takes the signature's
+        inputs by name and returns its outputs (a dict by name, or in order). Whether it loads is the
+        generator's to find (a clear skip)."""
+        data = program if isinstance(program, bytes) else Path(program).read_bytes()
+        if not data.startswith(b"PK"):  # torch.export.save writes a zip archive
+            raise InvalidInput("program: not a torch.export archive (.pt2, saved by torch.export.save)")
+        return self.models.put_bytes(data, ".pt2")
+
     def register(
         self,
         name: str,
@@ -138,11 +147,13 @@ class Registry:
         max_batch: int = 16,
         threads: int | None = None,
         metric: str | None = None,
+        program: bytes | str | Path | None = None,
     ) -> tuple[Architecture, Variant]:
         """Register an ONNX model for a task; returns the architecture and its baseline variant.
 
         ``metric`` is the task's quality metric (``METRICS``); a new task without one takes
-        ``default_metric`` of the signature, an existing task keeps its own."""
+        ``default_metric`` of the signature, an existing task keeps its own. ``program``: the same
+        model as a ``torch.export`` program (.pt2; :meth:`_program`)."""
         self._check_request(name, task, accuracy, max_batch, metric)
         model_bytes = model if isinstance(model, bytes) else Path(model).read_bytes()
         signature = read_signature(model_bytes)
@@ -155,6 +166,7 @@ class Registry:
             accuracy, validation_hash = self._measured(model_hash, signature, validation, threads or 1)
             source = "measured"
         calibration_hash = None if calibration is None else self._calibration(calibration, signature)
+        program_hash = None if program is None else self._program(program)
 
         arch = Architecture(
             name=name,
@@ -166,6 +178,7 @@ class Registry:
             model_hash=model_hash,
             validation_hash=validation_hash,
             calibration_hash=calibration_hash,
+            program_hash=program_hash,
             max_batch=max_batch,
             description=description,
         )

@@ -72,6 +72,9 @@ class Architecture(_Record):
     model_hash: str
     validation_hash: str | None = None
     calibration_hash: str | None = None
+    # the same model as a PyTorch program (``torch.export``'s .pt2), when one was registered: the
+    # source of the ``pt-*`` variants
+    program_hash: str | None = None
     max_batch: int = 16
     description: str = ""
     created_at: float = Field(default_factory=time.time)
@@ -204,16 +207,23 @@ class Profile(_Record):
         return ms[i - 1] + (ms[i] - ms[i - 1]) * (batch - b0) / (b1 - b0)
 
 
-RUNTIMES = ("onnxruntime", "openvino")
+RUNTIMES = ("onnxruntime", "openvino", "pytorch")
 # the formats of a variant per runtime: ORT runs ``onnx-*``; OpenVINO runs ``ov-*`` from the same
 # ONNX graphs (fp32 and bf16 from the registered one, int8 from ORT's QDQ artifact)
 OPENVINO_FORMATS = {"ov-fp32": {"precision": "f32"}, "ov-bf16": {"precision": "bf16"}, "ov-int8": {"precision": "f32"}}
 
 
+# PyTorch runs ``pt-*`` from the registered program (eager, in fp32 or under bf16 autocast)
+TORCH_FORMATS = {"pt-fp32": {"precision": "fp32"}, "pt-bf16": {"precision": "bf16"}}
+
+
 def runtime_of(fmt: str) -> tuple[str, dict]:
-    """(runtime, its load options) of a variant's format: ``ov-*`` OpenVINO, else ONNX Runtime."""
+    """(runtime, its load options) of a variant's format: ``ov-*`` OpenVINO, ``pt-*`` PyTorch, else
+    ONNX Runtime."""
     if fmt in OPENVINO_FORMATS:
         return "openvino", dict(OPENVINO_FORMATS[fmt])
+    if fmt in TORCH_FORMATS:
+        return "pytorch", dict(TORCH_FORMATS[fmt])
     return "onnxruntime", {}
 
 

@@ -10,7 +10,9 @@ Formats (each an ONNX artifact in the model store):
 - ``onnx-int8-dynamic``: dynamic quantization (int8 weights, activations quantized at run time;
   MatMul-heavy graphs such as transformers), searched the same way;
 - ``onnx-fp16``: only when a CUDA provider is present (skipped here otherwise, with the reason);
-- ``ov-fp32``, ``ov-bf16``, ``ov-int8``: the same graphs run by OpenVINO (:mod:`infaas.variants.openvino`).
+- ``ov-fp32``, ``ov-bf16``, ``ov-int8``: the same graphs run by OpenVINO (:mod:`infaas.variants.openvino`);
+- ``pt-fp32``, ``pt-bf16``: the architecture's registered PyTorch program, where one was registered
+  (:mod:`infaas.variants.pytorch`), on the CPU and on a CUDA device where PyTorch sees one.
 Execution configurations multiply each format: intra-op threads (1, 2, 4 … up to a worker's
 cores) and max batch (1, 4, 8, 16 … up to the architecture's max batch). Whether a variant is any
 good is the profiler's business: nothing here decides by rule that a format is slow.
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from infaas.registry import Architecture, Registry, Variant, variant_name
 from infaas.variants.artifact import Artifact, Skipped
 from infaas.variants.openvino import openvino_artifacts
+from infaas.variants.pytorch import pytorch_artifacts
 from infaas.variants.quantize import DEFAULT_RECIPES, Quantizer
 
 
@@ -47,7 +50,7 @@ def generate_artifacts(
     *,
     gpu: bool = False,
     progress: Callable[[str], None] | None = None,
-    runtimes: tuple[str, ...] | list[str] = ("onnxruntime", "openvino"),
+    runtimes: tuple[str, ...] | list[str] = ("onnxruntime", "openvino", "pytorch"),
 ) -> tuple[list[Artifact], list[Skipped]]:
     """Build every format of ``arch`` with its default recipe and store it, for ``runtimes``
     (ONNX Runtime always: its fp32 graph is every variant's parent); returns the artifacts and
@@ -89,6 +92,11 @@ def generate_artifacts(
         more, why_not = openvino_artifacts(registry, arch, artifacts)
         artifacts += more
         skipped += why_not
+    if "pytorch" in runtimes:
+        say("PyTorch: loading the registered program, measuring its memory format")
+        more, why_not = pytorch_artifacts(registry, arch)
+        artifacts += more
+        skipped += why_not
     return artifacts, skipped
 
 
@@ -100,17 +108,35 @@ def cuda_available() -> bool:
 
 
 GPU_FORMATS = ("onnx-fp32", "onnx-fp16")  # QDQ INT8 runs poorly on plain CUDA (TensorRT territory)
+TORCH_GPU_FORMATS = ("pt-fp32", "pt-bf16")
+
+
+def torch_cuda_available() -> bool:
+    """True when PyTorch is installed here and sees a CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def plan_variants(
-    arch: Architecture, artifacts: list[Artifact], max_threads: int, max_batch: int, gpu: bool = False
+    arch: Architecture,
+    artifacts: list[Artifact],
+    max_threads: int,
+    max_batch: int,
+    gpu: bool = False,
+    torch_gpu: bool = False,
 ) -> list[Variant]:
     """Every (format, provider, threads, max batch) combination, as pending variants: CPU formats
-    at 1, 2 … ``max_threads`` threads; with a GPU, fp32 and fp16 on CUDA (one host thread)."""
+    at 1, 2 … ``max_threads`` threads; with ONNX Runtime's CUDA provider, fp32 and fp16 on CUDA, and
+    with a CUDA device PyTorch sees, its formats there (one host thread each)."""
     baseline = variant_name(arch.name, "onnx-fp32", "cpu", max_threads, max_batch)
     configs = [(art, "cpu", t) for art in artifacts if art.format != "onnx-fp16" for t in powers_of_two(max_threads)]
     if gpu:
         configs += [(art, "cuda", 1) for art in artifacts if art.format in GPU_FORMATS]
+    if torch_gpu:
+        configs += [(art, "cuda", 1) for art in artifacts if art.format in TORCH_GPU_FORMATS]
     variants = []
     for art, provider, threads in configs:
         for mb in batch_sizes(max_batch):

@@ -223,6 +223,7 @@ class Worker:
                 provider=msg.get("provider", "cpu"),
                 allow_spinning=self.allow_spinning,
                 cache_dir=msg.get("cache_dir") or None,
+                options=msg.get("options"),
             )
             runtime.load()
             runtimes.append(runtime)
@@ -311,9 +312,11 @@ class Worker:
         import onnxruntime  # noqa: F401  (imported before the baseline, so only the variant is counted)
 
         fmt = msg.get("format", "onnx-fp32")
-        if runtime_of(fmt)[0] == "openvino":
-            with contextlib.suppress(ImportError):  # (likewise; not installed: the load says so)
+        with contextlib.suppress(ImportError):  # (likewise; not installed: the load says so)
+            if runtime_of(fmt)[0] == "openvino":
                 import openvino  # noqa: F401
+            elif runtime_of(fmt)[0] == "pytorch":
+                import torch  # noqa: F401
         rss_before = rss_mb()
         runtime = make_runtime(
             msg["path"],
@@ -321,6 +324,7 @@ class Worker:
             threads=min(msg["threads"], self.threads),
             provider=msg.get("provider", "cpu"),
             allow_spinning=self.allow_spinning,
+            options=msg.get("options"),
         )
         runtime.load()
         rss_loaded = rss_mb()

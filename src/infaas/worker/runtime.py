@@ -206,13 +206,26 @@ def make_runtime(
     provider: str = "cpu",
     allow_spinning: bool = False,
     cache_dir: str | Path | None = None,
+    options: dict | None = None,
 ) -> Runtime:
-    """The runtime a variant's format names (:func:`infaas.registry.types.runtime_of`)."""
+    """The runtime a variant's format names (:func:`infaas.registry.types.runtime_of`); ``options``:
+    the artifact's recorded load options (``Variant.params``), read by the runtime that needs them."""
     from infaas.registry.types import runtime_of
+    from infaas.worker.torch_runtime import TorchRuntime
 
-    runtime, options = runtime_of(fmt)
+    runtime, defaults = runtime_of(fmt)
     if runtime == "openvino":
-        return OpenVinoRuntime(path, threads=threads, precision=options.get("precision", "f32"), cache_dir=cache_dir)
+        return OpenVinoRuntime(path, threads=threads, precision=defaults.get("precision", "f32"), cache_dir=cache_dir)
+    if runtime == "pytorch":
+        opts = {**(options or {}), **defaults}
+        return TorchRuntime(
+            path,
+            threads=threads,
+            precision=opts["precision"],
+            device=provider,
+            outputs=opts.get("outputs") or (),
+            channels_last=bool(opts.get("channels_last")),
+        )
     return OnnxRuntime(path, threads=threads, provider=provider, allow_spinning=allow_spinning)
 
 

@@ -14,7 +14,7 @@ def build_family(name: str) -> list[ZooModel]:
     if name == "digits-heavy":  # one slow model for the digits task: load a small machine (autoscaling demos)
         from infaas.zoo import digits
 
-        return [digits.heavy()]
+        return [digits.heavy(program=True)]
     if name == "efficientnet-lite":
         from infaas.zoo import efficientnet
 

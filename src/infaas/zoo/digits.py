@@ -29,6 +29,7 @@ class ZooModel:
     description: str = ""
     max_batch: int = 16
     metric: str | None = None  # the task's quality metric (None: from the outputs)
+    program: bytes | None = field(default=None, repr=False)  # the same model as a torch.export .pt2
 
     def register_in(self, registry, **overrides):
         """Register this model in ``registry`` (a :class:`~infaas.registry.Registry`) with its
@@ -39,6 +40,7 @@ class ZooModel:
             "calibration": self.calibration,
             "max_batch": self.max_batch,
             "description": self.description,
+            "program": self.program,
         }
         return registry.register(self.name, self.task, self.onnx, **{**fields, **overrides})
 
@@ -125,14 +127,15 @@ def _random_features(channels: int, layers: int, seed: int) -> tuple[list, list]
     return nodes, inits
 
 
-def heavy(channels: int = 256, layers: int = 5, seed: int = 0) -> ZooModel:
+def heavy(channels: int = 256, layers: int = 5, seed: int = 0, program: bool = False) -> ZooModel:
     """``digits-conv``: a deliberately heavy model for the same task, to load a small machine.
 
     ``layers`` random 3x3 convolutions of ``channels`` channels over the 8x8 image (fixed random
     features, ReLU), 2x2 average pooling, and a ridge-regression read-out fitted in closed form:
     about 2 x 9 x 64 x channels^2 x layers FLOPs per row (~380 M at the defaults), with small
     weights, so it loads and quantizes fast. Accuracy is measured on the held-out split; the
-    training inputs calibrate its INT8 variants.
+    training inputs calibrate its INT8 variants. ``program``: with the same model as a PyTorch
+    program (:mod:`infaas.zoo.programs`; needs torch), the source of its ``pt-*`` variants.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -175,6 +178,10 @@ def heavy(channels: int = 256, layers: int = 5, seed: int = 0) -> ZooModel:
         "digits_conv",
     )
     onnx.checker.check_model(model)
+    from infaas.zoo.programs import digits_conv_program
+
+    arrays = {i.name: numpy_helper.to_array(i) for i in inits}
+    convs = [(arrays[f"w{i}"], arrays[f"b{i}"]) for i in range(layers)]
     calib = io.BytesIO()
     np.savez(calib, inputs=x_train[:256])
     return ZooModel(
@@ -184,6 +191,7 @@ def heavy(channels: int = 256, layers: int = 5, seed: int = 0) -> ZooModel:
         validation=validation_npz(x_val, y_val),
         calibration=calib.getvalue(),
         description=f"{layers} random 3x3 convolutions of {channels} channels + ridge read-out (heavy on purpose)",
+        program=digits_conv_program(convs, w_out) if program else None,
     )
 
 

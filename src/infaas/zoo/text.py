@@ -274,6 +274,17 @@ def export(model) -> bytes:
     return buf.getvalue()
 
 
+def program(model) -> bytes:
+    """The encoder as a ``torch.export`` program (batch and sequence axes free): PyTorch's variants."""
+    import torch
+
+    from infaas.zoo.programs import export_program
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    sample = tokenize(["Return the number of items in a container.", "Open a socket."])
+    return export_program(model, {n: torch.from_numpy(sample[n]) for n in names}, {n: {1: "sequence"} for n in names})
+
+
 def sample_npz(texts: list[str]) -> bytes:
     """Registered sample inputs (an .npz, one array per input): the generator calibrates on the first
     half, the profiler measures fidelity on the second."""
@@ -296,7 +307,8 @@ def build(names: list[str] | None = None, steps: int = 200) -> list[ZooModel]:
         torch.set_num_threads(min(2, threads))
         for name in names or list(ARCHITECTURES):
             layers, ffn = ARCHITECTURES[name]
-            onnx_bytes = export(train(name, texts, targets, steps))
+            model = train(name, texts, targets, steps)
+            onnx_bytes = export(model)
             models.append(
                 ZooModel(
                     name=name,
@@ -305,6 +317,7 @@ def build(names: list[str] | None = None, steps: int = 200) -> list[ZooModel]:
                     calibration=samples,
                     max_batch=16,
                     metric="cosine",
+                    program=program(model),
                     description=f"{layers}-layer sentence encoder ({HIDDEN} wide, feed-forward {ffn}) distilled "
                     f"to LSA of {len(texts)} stdlib docstrings",
                 )
