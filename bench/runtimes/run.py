@@ -1,7 +1,8 @@
-"""Runtimes side by side: ONNX Runtime and OpenVINO variants of the same graphs, profiled on this CPU.
+"""Runtimes side by side: ONNX Runtime, OpenVINO and PyTorch variants of the same models, profiled on this CPU.
 
 Registers EfficientNet-Lite0/1/2 (exported locally from the [zoo] extra's weights, with their
-calibration images), lets the profiler generate and judge every variant of every installed runtime
+calibration images and PyTorch programs) and the text zoo's two-layer sentence encoder (distilled
+locally; quality is cosine fidelity to fp32), lets the profiler generate and judge every variant of every installed runtime
 (``Settings.runtimes``), then prints, per architecture at the most threads and the largest max batch,
 each format side by side: rows/s at the best batch, p50 at batch 1, memory, load time, quality with
 its 95 % interval, verdict, and throughput as a ratio to ORT fp32. It also times OpenVINO's compile
@@ -9,7 +10,7 @@ cache (a load with an empty cache, then with the blob the first load left) and a
 selection which variant it picks for "within 1 point of fp32's top-1, any latency". Writes
 bench/results/runtimes.json.
 
-    python bench/runtimes/run.py [--quick] [--only efficientnet-lite0]
+    python bench/runtimes/run.py [--quick] [--only efficientnet-lite0 text-encoder-l2]
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from infaas.registry import Registry  # noqa: E402
 from infaas.registry.types import runtime_of  # noqa: E402
 from infaas.settings import Settings  # noqa: E402
 from infaas.worker.runtime import make_runtime  # noqa: E402
-from infaas.zoo import efficientnet  # noqa: E402
+from infaas.zoo import efficientnet, text  # noqa: E402
+
+MODELS = [*efficientnet.ARCHITECTURES, "text-encoder-l2"]
 
 console = Console(width=150)
 
@@ -108,17 +111,19 @@ def side_by_side(name: str, report, registry: Registry, work: Path) -> tuple[Tab
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer runs per batch size")
-    p.add_argument("--only", nargs="+", choices=list(efficientnet.ARCHITECTURES))
+    p.add_argument("--only", nargs="+", choices=MODELS)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "runtimes.json"))
     args = p.parse_args()
-    names = args.only or list(efficientnet.ARCHITECTURES)
+    names = args.only or MODELS
     work = Path(tempfile.mkdtemp(prefix="infaas-runtimes-"))
     settings = Settings(data_dir=work)
     registry = Registry.open(work)
     kind = local_kind()
     t0 = time.monotonic()
-    with console.status("exporting to ONNX"):
-        for m in efficientnet.build(names):
+    with console.status("exporting to ONNX and torch.export (training the encoder)"):
+        lite = [n for n in names if n in efficientnet.ARCHITECTURES]
+        encoders = [n for n in names if n in text.ARCHITECTURES]
+        for m in (efficientnet.build(lite) if lite else []) + (text.build(encoders) if encoders else []):
             m.register_in(registry)
     out = {"quick": args.quick, "hardware": kind.as_dict(), "runtimes": settings.runtimes, "architectures": {}}
     with Progress(console=console) as progress:

@@ -15,6 +15,7 @@ pytest.importorskip("torch", reason="needs the [zoo] extra")
 
 from infaas.app import BackgroundServer  # noqa: E402
 from infaas.errors import InvalidInput, RuntimeContractError  # noqa: E402
+from infaas.hardware import local_kind  # noqa: E402
 from infaas.profiler import profile_architecture  # noqa: E402
 from infaas.registry import Registry  # noqa: E402
 from infaas.settings import Settings  # noqa: E402
@@ -51,7 +52,7 @@ def test_pytorch_variants_stand_beside_ort_ones_each_with_a_verdict(torch_dir):
     try:
         variants = {v.name: v for v in registry.variants("digits-conv")}
         formats = {v.format for v in variants.values()}
-        assert {"onnx-fp32", "pt-fp32"} <= formats
+        assert {"onnx-fp32", "pt-fp32", "pt-aot-fp32"} <= formats, report.skipped
         assert ("pt-bf16" in formats) == bf16_instructions()
         if not bf16_instructions():
             assert "emulate" in {s.format: s.reason for s in report.skipped}["pt-bf16"]
@@ -66,6 +67,9 @@ def test_pytorch_variants_stand_beside_ort_ones_each_with_a_verdict(torch_dir):
         assert pt.status in ("ready", "rejected") and (pt.reason or pt.status == "ready")
         assert pt.params["outputs"] == ["label", "probabilities"] and isinstance(pt.params["channels_last"], bool)
         assert pt.params["channels_last_speedup"] > 0  # measured, not assumed
+        aot = variants["digits-conv.pt-aot-fp32.cpu.t1.b16"]  # compiled ahead of time, for this kind
+        assert aot.params["built_for"] == local_kind().id and aot.params["compile_s"] > 0
+        assert aot.artifact_hash != pt.artifact_hash and aot.status in ("ready", "rejected")
         profile = registry.profile(pt.name)
         assert (
             profile is not None
@@ -85,14 +89,16 @@ def test_a_pytorch_variant_is_served_and_answers_like_onnx_runtime(torch_dir, tm
     try:
         _, y = digits.sample_inputs(16)
         answers = {}
-        for name in ("digits-conv.fp32.cpu.t1.b16", "digits-conv.pt-fp32.cpu.t1.b16"):
+        names = ("digits-conv.fp32.cpu.t1.b16", "digits-conv.pt-fp32.cpu.t1.b16", "digits-conv.pt-aot-fp32.cpu.t1.b16")
+        for name in names:
             r = httpx.post(f"{server.url}/v2/models/{name}/infer", content=digits_body(16), timeout=60)
             assert r.status_code == 200, r.text
             assert r.json()["parameters"]["variant"] == name
             answers[name] = {o["name"]: np.asarray(o["data"]) for o in r.json()["outputs"]}
-        ort_out, pt_out = answers.values()
-        np.testing.assert_allclose(pt_out["probabilities"], ort_out["probabilities"], atol=1e-4)
-        assert (pt_out["label"] == y).mean() >= 0.9
+        ort_out, *pt_outs = answers.values()
+        for pt_out in pt_outs:  # eager and compiled: the same answers as ONNX Runtime's
+            np.testing.assert_allclose(pt_out["probabilities"], ort_out["probabilities"], atol=1e-4)
+            assert (pt_out["label"] == y).mean() >= 0.9
         listed = httpx.get(f"{server.url}/api/v1/variants", timeout=30).json()
         runtimes = {v["name"]: v["runtime"] for v in listed}
         assert runtimes["digits-conv.pt-fp32.cpu.t1.b16"] == "pytorch"
@@ -148,5 +154,23 @@ def test_the_gpu_path_skips_cleanly_without_a_cuda_device(conv, tmp_path):
         if not cuda:
             with pytest.raises(RuntimeContractError, match="no CUDA device"):
                 TorchRuntime(registry.models.path(arch.program_hash), device="cuda").load()
+    finally:
+        registry.close()
+
+
+def test_a_compiled_package_is_refused_on_another_hardware_kind(torch_dir):
+    """AOTInductor's shared library may use instructions another CPU lacks: loading it on another
+    kind is a clear error, not a crash."""
+    registry = Registry.open(torch_dir[0])
+    try:
+        aot = registry.variant("digits-conv.pt-aot-fp32.cpu.t1.b16")
+        path = registry.models.path(aot.artifact_hash)
+        other = {**aot.params, "built_for": "x86_64.another-cpu.avx2"}
+        with pytest.raises(RuntimeContractError, match="compiled by AOTInductor for hardware kind x86_64.another-cpu"):
+            make_runtime(path, "pt-aot-fp32", options=other).load()
+        runtime = make_runtime(path, "pt-aot-fp32", options=aot.params)
+        runtime.load()  # on its own kind it loads, and runs zeros of the recorded input shapes
+        out = runtime.infer(runtime.sample_inputs(3))
+        assert out["probabilities"].shape == (3, 10) and out["label"].shape == (3,)
     finally:
         registry.close()

@@ -213,8 +213,13 @@ RUNTIMES = ("onnxruntime", "openvino", "pytorch")
 OPENVINO_FORMATS = {"ov-fp32": {"precision": "f32"}, "ov-bf16": {"precision": "bf16"}, "ov-int8": {"precision": "f32"}}
 
 
-# PyTorch runs ``pt-*`` from the registered program (eager, in fp32 or under bf16 autocast)
-TORCH_FORMATS = {"pt-fp32": {"precision": "fp32"}, "pt-bf16": {"precision": "bf16"}}
+# PyTorch runs ``pt-*`` from the registered program: eager, in fp32 or under bf16 autocast, or
+# compiled ahead of time for this CPU kind by AOTInductor (``pt-aot-fp32``)
+TORCH_FORMATS = {
+    "pt-fp32": {"precision": "fp32"},
+    "pt-bf16": {"precision": "bf16"},
+    "pt-aot-fp32": {"precision": "fp32", "compiled": True},
+}
 
 
 def runtime_of(fmt: str) -> tuple[str, dict]:

@@ -11,8 +11,9 @@ Formats (each an ONNX artifact in the model store):
   MatMul-heavy graphs such as transformers), searched the same way;
 - ``onnx-fp16``: only when a CUDA provider is present (skipped here otherwise, with the reason);
 - ``ov-fp32``, ``ov-bf16``, ``ov-int8``: the same graphs run by OpenVINO (:mod:`infaas.variants.openvino`);
-- ``pt-fp32``, ``pt-bf16``: the architecture's registered PyTorch program, where one was registered
-  (:mod:`infaas.variants.pytorch`), on the CPU and on a CUDA device where PyTorch sees one.
+- ``pt-fp32``, ``pt-aot-fp32``, ``pt-bf16``: the architecture's registered PyTorch program, where
+  one was registered (:mod:`infaas.variants.pytorch`): eager, compiled ahead of time, bf16; the
+  eager ones also on a CUDA device where PyTorch sees one.
 Execution configurations multiply each format: intra-op threads (1, 2, 4 … up to a worker's
 cores) and max batch (1, 4, 8, 16 … up to the architecture's max batch). Whether a variant is any
 good is the profiler's business: nothing here decides by rule that a format is slow.
@@ -93,7 +94,7 @@ def generate_artifacts(
         artifacts += more
         skipped += why_not
     if "pytorch" in runtimes:
-        say("PyTorch: loading the registered program, measuring its memory format")
+        say("PyTorch: loading the registered program, measuring its memory format, compiling it (AOTInductor)")
         more, why_not = pytorch_artifacts(registry, arch)
         artifacts += more
         skipped += why_not

@@ -225,6 +225,8 @@ def make_runtime(
             device=provider,
             outputs=opts.get("outputs") or (),
             channels_last=bool(opts.get("channels_last")),
+            compiled_for=opts.get("built_for") if opts.get("compiled") else None,
+            inputs=opts.get("inputs"),
         )
     return OnnxRuntime(path, threads=threads, provider=provider, allow_spinning=allow_spinning)
 

@@ -1,7 +1,9 @@
 """PyTorch behind the runtime contract: a registered ``torch.export`` program (.pt2), run eagerly.
 
 ``precision`` "fp32", or "bf16" (autocast: matmuls and convolutions in bf16, outputs back to their
-registered types); ``channels_last`` converts the program's 4-D weights to the channels-last memory
+registered types); ``compiled_for``: the artifact is an AOTInductor package (the program compiled
+ahead of time to a shared library for that hardware kind; loading it on another kind is refused,
+its code may use instructions this CPU lacks); ``channels_last`` converts the program's 4-D weights to the channels-last memory
 format (the generator measures whether it pays); ``device`` "cpu" or "cuda". Threads: PyTorch's
 intra-op thread count belongs to the calling thread's OpenMP settings, so each executor thread
 sets it to the variant's own before it runs (two variants in one worker keep their counts).
@@ -38,6 +40,8 @@ class TorchRuntime:
         device: str = "cpu",
         outputs: tuple[str, ...] | list[str] = (),
         channels_last: bool = False,
+        compiled_for: str | None = None,
+        inputs: list | None = None,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise RuntimeContractError(f"unknown PyTorch precision {precision!r} (fp32 or bf16)")
@@ -47,30 +51,45 @@ class TorchRuntime:
         self.provider = device
         self.outputs = list(outputs)
         self.channels_last = channels_last
+        self.compiled_for = compiled_for
         self.load_time_s = 0.0
         self._module = None
-        self._inputs: list[tuple[str, tuple, object]] = []  # (name, shape after the batch, torch dtype)
+        # (name, shape after the batch (None: free), dtype name), as the generator recorded them
+        self._recorded = [(n, None if d is None else tuple(d), t) for n, d, t in inputs or ()]
+        self._inputs: list[tuple[str, tuple | None, object]] = []  # (name, shape after the batch, torch dtype)
 
     def load(self) -> None:
         torch = import_torch()
         if self.provider == "cuda" and not torch.cuda.is_available():
             raise RuntimeContractError("PyTorch has no CUDA device here")
         start = time.perf_counter()
+        if self.compiled_for is not None:
+            self._load_compiled(torch)
+            self.load_time_s = time.perf_counter() - start
+            return
         try:
             program = torch.export.load(str(self.path))
         except Exception as exc:
             raise RuntimeContractError(f"not a loadable torch.export program: {exc}") from None
-        specs = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
-        self._inputs = []
-        for name in program.graph_signature.user_inputs:
-            val = specs.get(name)
-            dims = tuple(d if isinstance(d, int) else None for d in val.shape[1:]) if val is not None else None
-            self._inputs.append((name, dims, None if val is None else val.dtype))
+        self._inputs = program_inputs(program)
         module = program.module()
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self._module = module.to(self.provider) if self.provider != "cpu" else module
         self.load_time_s = time.perf_counter() - start
+
+    def _load_compiled(self, torch) -> None:
+        from infaas.hardware import local_kind
+
+        if self.compiled_for != local_kind().id:
+            raise RuntimeContractError(
+                f"compiled by AOTInductor for hardware kind {self.compiled_for}, not this one ({local_kind().id})"
+            )
+        try:
+            self._module = torch._inductor.aoti_load_package(str(self.path))
+        except Exception as exc:
+            raise RuntimeContractError(f"not a loadable AOTInductor package: {exc}") from None
+        self._inputs = [(n, d, getattr(torch, t)) for n, d, t in self._recorded]
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._module is None:
@@ -141,5 +160,18 @@ class TorchRuntime:
             "precision": self.precision,
             "device": self.provider,
             "channels_last": self.channels_last,
+            "compiled_for": self.compiled_for,
             "load_time_s": self.load_time_s,
         }
+
+
+def program_inputs(program) -> list[tuple[str, tuple | None, object]]:
+    """(name, shape after the batch with None for a free axis, torch dtype) of an exported
+    program's user inputs."""
+    specs = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
+    out = []
+    for name in program.graph_signature.user_inputs:
+        val = specs.get(name)
+        dims = tuple(d if isinstance(d, int) else None for d in val.shape[1:]) if val is not None else None
+        out.append((name, dims, None if val is None else val.dtype))
+    return out

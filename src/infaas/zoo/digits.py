@@ -41,6 +41,7 @@ class ZooModel:
             "max_batch": self.max_batch,
             "description": self.description,
             "program": self.program,
+            **({"metric": self.metric} if self.metric else {}),
         }
         return registry.register(self.name, self.task, self.onnx, **{**fields, **overrides})
 
