@@ -317,6 +317,7 @@ class Worker:
                 import openvino  # noqa: F401
             elif runtime_of(fmt)[0] == "pytorch":
                 import torch  # noqa: F401
+                import torch._inductor  # noqa: F401  (2 s on its own: AOTInductor's packages load through it)
         rss_before = rss_mb()
         runtime = make_runtime(
             msg["path"],
