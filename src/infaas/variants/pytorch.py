@@ -20,9 +20,12 @@ not installed, or a program that does not load: the formats are skipped with the
 
 from __future__ import annotations
 
-import statistics
+import importlib.util
+import json
+import os
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 from infaas.hardware import local_kind
@@ -30,6 +33,7 @@ from infaas.registry import Architecture, Registry
 from infaas.variants.artifact import Artifact, Skipped
 
 FORMATS = ("pt-fp32", "pt-aot-fp32", "pt-bf16")
+BUILD_TIMEOUT_S = 1800  # loading, timing both memory formats and compiling (~40 s for Lite0 on 2 cores)
 
 
 def bf16_instructions() -> bool:
@@ -37,49 +41,27 @@ def bf16_instructions() -> bool:
     return bool({"avx512_bf16", "amx_int8", "bf16"} & set(local_kind().flags))
 
 
-def _median_ms(runtime, inputs: dict, repeats: int = 5) -> float:
-    runtime.infer(inputs)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runtime.infer(inputs)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
-
-def _memory_format(path: Path, outputs: list[str], threads: int) -> dict:
-    """The program's inputs as recorded for the runtime, and channels-last or not, by measurement at
-    batch 4 (only for programs with 4-D weights)."""
-    from infaas.worker.torch_runtime import TorchRuntime
-
-    plain = TorchRuntime(path, threads=threads, outputs=outputs)
-    plain.load()
-    recorded = [[n, None if d is None else list(d), str(t).removeprefix("torch.")] for n, d, t in plain._inputs]
-    inputs = plain.sample_inputs(4)
-    if inputs is None or not any(p.dim() == 4 for p in plain._module.parameters()):
-        return {"inputs": recorded, "channels_last": False}
-    cl = TorchRuntime(path, threads=threads, outputs=outputs, channels_last=True)
-    cl.load()
-    ratio = _median_ms(plain, inputs) / _median_ms(cl, inputs)
-    return {"inputs": recorded, "channels_last": ratio > 1.05, "channels_last_speedup": round(ratio, 3)}
-
-
-def _compiled(registry: Registry, arch: Architecture, params: dict) -> Artifact | Skipped:
-    """The program compiled ahead of time by AOTInductor for this CPU kind, or why not."""
-    import torch
-
-    start = time.perf_counter()
+def _built(registry: Registry, arch: Architecture, threads: int, aot: Path) -> dict:
+    """:func:`build` in a child process (torch, its compiler and any crash of theirs stay out of the
+    server); RuntimeError with the child's reason."""
+    outputs = [o.name for o in arch.signature.outputs]
+    cmd = [sys.executable, "-m", "infaas.variants.pytorch_build", str(registry.models.path(arch.program_hash))]
+    env = {**os.environ, "TMPDIR": str(aot.parent)}  # the compiler's scratch goes with the job's
     try:
-        program = torch.export.load(str(registry.models.path(arch.program_hash)))
-        with tempfile.TemporaryDirectory() as tmp:
-            package = torch._inductor.aoti_compile_and_package(program, package_path=str(Path(tmp) / "aot.pt2"))
-            key = registry.models.put_file(Path(package), ".pt2")
-    except Exception as exc:
-        cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        return Skipped("pt-aot-fp32", f"AOTInductor could not compile the program: {cause[:300]}")
-    seconds = round(time.perf_counter() - start, 1)
-    extra = {"precision": "fp32", "compiled": True, "built_for": local_kind().id, "compile_s": seconds}
-    return Artifact("pt-aot-fp32", key, "aotinductor", {**params, **extra})
+        done = subprocess.run(
+            [*cmd, str(threads), str(aot), *outputs],
+            cwd=aot.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"building its PyTorch formats took over {BUILD_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"exit code {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def pytorch_artifacts(registry: Registry, arch: Architecture, threads: int = 1) -> tuple[list[Artifact], list[Skipped]]:
@@ -87,22 +69,24 @@ def pytorch_artifacts(registry: Registry, arch: Architecture, threads: int = 1) 
     if arch.program_hash is None:
         why = "no PyTorch program registered for this architecture (register one with --program model.pt2)"
         return [], [Skipped(f, why) for f in FORMATS]
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         return [], [Skipped(f, "PyTorch is not installed (pip install 'infaas[zoo]')") for f in FORMATS]
-    outputs = [o.name for o in arch.signature.outputs]
-    try:
-        params = {"outputs": outputs, **_memory_format(registry.models.path(arch.program_hash), outputs, threads)}
-    except Exception as exc:
-        why = (
-            f"the PyTorch program does not load or run: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        )
-        return [], [Skipped(f, why) for f in FORMATS]
-    artifacts = [Artifact("pt-fp32", arch.program_hash, "pytorch", {**params, "precision": "fp32"})]
-    skipped = []
-    compiled = _compiled(registry, arch, {k: v for k, v in params.items() if not k.startswith("channels_last")})
-    (artifacts if isinstance(compiled, Artifact) else skipped).append(compiled)
+    with tempfile.TemporaryDirectory() as tmp:
+        aot = Path(tmp) / "aot.pt2"
+        try:
+            result = _built(registry, arch, threads, aot)
+        except RuntimeError as exc:
+            return [], [Skipped(f, f"the PyTorch program does not load or run: {exc}") for f in FORMATS]
+        params, compiled = result["params"], result["aot"]
+        artifacts = [Artifact("pt-fp32", arch.program_hash, "pytorch", {**params, "precision": "fp32"})]
+        skipped = []
+        if "error" in compiled:
+            skipped.append(Skipped("pt-aot-fp32", f"AOTInductor could not compile the program: {compiled['error']}"))
+        else:
+            plain = {k: v for k, v in params.items() if not k.startswith("channels_last")}
+            extra = {"precision": "fp32", "compiled": True, "built_for": local_kind().id, **compiled}
+            key = registry.models.put_file(aot, ".pt2")
+            artifacts.append(Artifact("pt-aot-fp32", key, "aotinductor", {**plain, **extra}))
     if bf16_instructions():
         artifacts.append(Artifact("pt-bf16", arch.program_hash, "pytorch", {**params, "precision": "bf16"}))
     else:
