@@ -29,9 +29,9 @@ def _memory_format(path: Path, outputs: list[str], threads: int) -> dict:
 
     plain = TorchRuntime(path, threads=threads, outputs=outputs)
     plain.load()
-    recorded = [[n, None if d is None else list(d), str(t).removeprefix("torch.")] for n, d, t in plain._inputs]
+    recorded = [[n, None if d is None else list(d), str(t).removeprefix("torch.")] for n, d, t in plain.input_specs]
     inputs = plain.sample_inputs(4)
-    if inputs is None or not any(p.dim() == 4 for p in plain._module.parameters()):
+    if inputs is None or not plain.has_4d_weights:
         return {"inputs": recorded, "channels_last": False}
     cl = TorchRuntime(path, threads=threads, outputs=outputs, channels_last=True)
     cl.load()

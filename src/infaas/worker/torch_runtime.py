@@ -3,8 +3,9 @@
 ``precision`` "fp32", or "bf16" (autocast: matmuls and convolutions in bf16, outputs back to their
 registered types); ``compiled_for``: the artifact is an AOTInductor package (the program compiled
 ahead of time to a shared library for that hardware kind; loading it on another kind is refused,
-its code may use instructions this CPU lacks); ``channels_last`` converts the program's 4-D weights to the channels-last memory
-format (the generator measures whether it pays); ``device`` "cpu" or "cuda". Threads: PyTorch's
+its code may use instructions this CPU lacks); ``channels_last`` converts the program's 4-D
+weights to the channels-last memory format (the generator measures whether it pays); ``device``
+"cpu" or "cuda". Threads: PyTorch's
 intra-op thread count belongs to the calling thread's OpenMP settings, so each executor thread
 sets it to the variant's own before it runs (two variants in one worker keep their counts).
 """
@@ -139,6 +140,16 @@ class TorchRuntime:
 
     def release_memory(self) -> None:
         """Nothing to shrink: PyTorch's CPU allocator returns large blocks to the system itself."""
+
+    @property
+    def input_specs(self) -> list[tuple[str, tuple | None, object]]:
+        """(name, shape after the batch with None for a free axis, torch dtype) of each input, once loaded."""
+        return list(self._inputs)
+
+    @property
+    def has_4d_weights(self) -> bool:
+        """Whether the loaded (eager) program has convolution-shaped weights: channels-last may matter."""
+        return self._module is not None and any(p.dim() == 4 for p in self._module.parameters())
 
     def sample_inputs(self, rows: int) -> dict[str, np.ndarray] | None:
         """Zeros of the program's input shapes, or None when a non-batch dimension is free."""
