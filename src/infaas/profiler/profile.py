@@ -44,7 +44,6 @@ from infaas.profiler.measure import (
 from infaas.profiler.search import search_recipes
 from infaas.profiler.verdict import judge
 from infaas.registry import Architecture, Profile, Registry, Variant
-from infaas.registry.types import runtime_of
 from infaas.settings import Settings
 from infaas.variants.artifact import Artifact, Skipped
 from infaas.variants.generate import (
@@ -52,7 +51,6 @@ from infaas.variants.generate import (
     generate_artifacts,
     plan_variants,
     powers_of_two,
-    torch_cuda_available,
 )
 from infaas.variants.quantize import DEFAULT_RECIPES
 
@@ -100,9 +98,7 @@ def _plan(
 ) -> list[Variant]:
     """The variants of these artifacts (threads x max batch), each with its format's search log;
     new ones stored now, so a failure later leaves them registered."""
-    # a CUDA device for PyTorch's formats (torch is imported only where there is a program to run)
-    torch_gpu = any(runtime_of(a.format)[0] == "pytorch" for a in artifacts) and torch_cuda_available()
-    planned = plan_variants(arch, artifacts, max_threads, arch.max_batch, gpu=gpu, torch_gpu=torch_gpu)
+    planned = plan_variants(arch, artifacts, max_threads, arch.max_batch, gpu=gpu)
     planned = [
         v.model_copy(update={"params": {**v.params, "search": report.searches[v.format]}})
         if v.format in report.searches

@@ -109,16 +109,7 @@ def cuda_available() -> bool:
 
 
 GPU_FORMATS = ("onnx-fp32", "onnx-fp16")  # QDQ INT8 runs poorly on plain CUDA (TensorRT territory)
-TORCH_GPU_FORMATS = ("pt-fp32", "pt-bf16")
-
-
-def torch_cuda_available() -> bool:
-    """True when PyTorch is installed here and sees a CUDA device."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+TORCH_GPU_FORMATS = ("pt-fp32", "pt-bf16")  # where their build saw a CUDA device (params["cuda_device"])
 
 
 def plan_variants(
@@ -127,17 +118,15 @@ def plan_variants(
     max_threads: int,
     max_batch: int,
     gpu: bool = False,
-    torch_gpu: bool = False,
 ) -> list[Variant]:
     """Every (format, provider, threads, max batch) combination, as pending variants: CPU formats
     at 1, 2 … ``max_threads`` threads; with ONNX Runtime's CUDA provider, fp32 and fp16 on CUDA, and
-    with a CUDA device PyTorch sees, its formats there (one host thread each)."""
+    PyTorch's eager formats on CUDA where their build saw a device (one host thread each)."""
     baseline = variant_name(arch.name, "onnx-fp32", "cpu", max_threads, max_batch)
     configs = [(art, "cpu", t) for art in artifacts if art.format != "onnx-fp16" for t in powers_of_two(max_threads)]
     if gpu:
         configs += [(art, "cuda", 1) for art in artifacts if art.format in GPU_FORMATS]
-    if torch_gpu:
-        configs += [(art, "cuda", 1) for art in artifacts if art.format in TORCH_GPU_FORMATS]
+    configs += [(a, "cuda", 1) for a in artifacts if a.format in TORCH_GPU_FORMATS and a.params.get("cuda_device")]
     variants = []
     for art, provider, threads in configs:
         for mb in batch_sizes(max_batch):

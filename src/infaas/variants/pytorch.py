@@ -1,4 +1,4 @@
-"""PyTorch's formats of an architecture: its registered ``torch.export`` program, run eagerly.
+"""PyTorch's formats of an architecture: its registered ``torch.export`` program, eager or compiled.
 
 - ``pt-fp32``: the program as registered;
 - ``pt-aot-fp32``: the program compiled ahead of time by AOTInductor (``torch.compile``'s code
@@ -14,8 +14,10 @@
 
 Channels-last is measured, not assumed: for a program with 4-D weights the generator times both
 memory formats at one batch and records the faster in the artifact's ``params`` with the ratio.
-The eager formats point at the registered program; the compiled one is a new artifact. No program registered, PyTorch
-not installed, or a program that does not load: the formats are skipped with the reason.
+The eager formats point at the registered program; the compiled one is a new artifact. No program
+registered, PyTorch not installed, or a program that does not load: the formats are skipped with
+the reason. All of it runs in a child process (:mod:`infaas.variants.pytorch_build`), which also
+says whether PyTorch sees a CUDA device (``params["cuda_device"]`` of the eager formats).
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def pytorch_artifacts(registry: Registry, arch: Architecture, threads: int = 1) 
         except RuntimeError as exc:
             return [], [Skipped(f, f"the PyTorch program does not load or run: {exc}") for f in FORMATS]
         params, compiled = result["params"], result["aot"]
-        artifacts = [Artifact("pt-fp32", arch.program_hash, "pytorch", {**params, "precision": "fp32"})]
+        eager = {**params, "cuda_device": result["cuda_device"]}
+        artifacts = [Artifact("pt-fp32", arch.program_hash, "pytorch", {**eager, "precision": "fp32"})]
         skipped = []
         if "error" in compiled:
             skipped.append(Skipped("pt-aot-fp32", f"AOTInductor could not compile the program: {compiled['error']}"))
@@ -88,7 +91,7 @@ def pytorch_artifacts(registry: Registry, arch: Architecture, threads: int = 1) 
             key = registry.models.put_file(aot, ".pt2")
             artifacts.append(Artifact("pt-aot-fp32", key, "aotinductor", {**plain, **extra}))
     if bf16_instructions():
-        artifacts.append(Artifact("pt-bf16", arch.program_hash, "pytorch", {**params, "precision": "bf16"}))
+        artifacts.append(Artifact("pt-bf16", arch.program_hash, "pytorch", {**eager, "precision": "bf16"}))
     else:
         skipped.append(
             Skipped("pt-bf16", "no bf16 instructions on this CPU (AVX-512 BF16 or AMX): PyTorch would emulate them")

@@ -56,7 +56,10 @@ def _compile(program: Path, dst: Path) -> dict:
 def build(program: Path, outputs: list[str], threads: int, aot: Path) -> dict:
     """In the child process: the program's load options (inputs, measured memory format) and its
     AOTInductor package written to ``aot``."""
-    return {"params": {"outputs": outputs, **_memory_format(program, outputs, threads)}, "aot": _compile(program, aot)}
+    import torch
+
+    params = {"outputs": outputs, **_memory_format(program, outputs, threads)}
+    return {"params": params, "aot": _compile(program, aot), "cuda_device": torch.cuda.is_available()}
 
 
 def main() -> None:

@@ -211,12 +211,13 @@ def make_runtime(
     """The runtime a variant's format names (:func:`infaas.registry.types.runtime_of`); ``options``:
     the artifact's recorded load options (``Variant.params``), read by the runtime that needs them."""
     from infaas.registry.types import runtime_of
-    from infaas.worker.torch_runtime import TorchRuntime
 
     runtime, defaults = runtime_of(fmt)
     if runtime == "openvino":
         return OpenVinoRuntime(path, threads=threads, precision=defaults.get("precision", "f32"), cache_dir=cache_dir)
     if runtime == "pytorch":
+        from infaas.worker.torch_runtime import TorchRuntime
+
         opts = {**(options or {}), **defaults}
         return TorchRuntime(
             path,
