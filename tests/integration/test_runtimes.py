@@ -12,10 +12,12 @@ import pytest
 
 from infaas.app import BackgroundServer
 from infaas.errors import RuntimeContractError
+from infaas.hardware import local_kind
 from infaas.registry import Registry
 from infaas.registry.types import runtime_of
 from infaas.settings import Settings
 from infaas.variants import generate_artifacts
+from infaas.variants.quantize import nncf_overflow_fix
 from infaas.worker.runtime import make_runtime
 from infaas.zoo import digits
 from tests.conftest import copy_data_dir, digits_body
@@ -33,8 +35,12 @@ def test_openvino_variants_stand_beside_ort_ones_each_with_a_verdict(heavy_dir, 
     try:
         variants = registry.variants("digits-conv")
         formats = {v.format for v in variants}
-        assert {"onnx-fp32", "onnx-int8-static", "ov-fp32", "ov-int8"} <= formats
+        assert {"onnx-fp32", "onnx-int8-static", "ov-fp32", "ov-int8", "ov-int8-nncf"} <= formats
         assert ("ov-bf16" in formats) == bf16_kernels()
+        nncf = next(v for v in variants if v.format == "ov-int8-nncf")  # NNCF's own INT8 graph, stored apart
+        assert nncf.method == "nncf-int8" and nncf.artifact_hash != next(v for v in variants if v.format == "ov-int8").artifact_hash
+        assert (nncf.params["overflow_fix"], nncf.params["overflow_fix_why"]) == nncf_overflow_fix(local_kind())
+        assert nncf.params["quantizer"] == "nncf" and nncf.params["calibration_rows"] == 128
         ov = [v for v in variants if runtime_of(v.format)[0] == "openvino"]
         assert "digits-conv.ov-fp32.cpu.t1.b16" in {v.name for v in ov}  # the name carries the runtime
         fp32 = next(v for v in variants if v.format == "onnx-fp32")
@@ -61,7 +67,7 @@ def test_a_graph_openvino_cannot_convert_skips_its_formats_with_the_reason(tmp_p
         artifacts, skipped = generate_artifacts(registry, registry.architecture("digits-mlp"))
         assert all(runtime_of(a.format)[0] == "onnxruntime" for a in artifacts)
         reasons = {s.format: s.reason for s in skipped}
-        for fmt in ("ov-fp32", "ov-bf16", "ov-int8"):
+        for fmt in ("ov-fp32", "ov-bf16", "ov-int8", "ov-int8-nncf"):
             assert "OpenVINO cannot convert this graph" in reasons[fmt] and "ai.onnx.ml" in reasons[fmt], reasons
         # ORT only, by setting: no OpenVINO formats and nothing said about them
         _, only_ort = generate_artifacts(registry, registry.architecture("digits-mlp"), runtimes=("onnxruntime",))
@@ -82,6 +88,25 @@ def test_without_openvino_installed_the_formats_are_skipped_and_a_load_says_why(
         assert all("not installed" in s.reason for s in skipped if s.format.startswith("ov-"))
         with pytest.raises(RuntimeContractError, match="OpenVINO is not installed"):
             make_runtime(path, "ov-fp32").load()
+    finally:
+        registry.close()
+
+
+def test_without_nncf_its_format_alone_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    registry = Registry.open(tmp_path / "d")
+    try:
+        conv = digits.heavy(channels=16, layers=1)
+        registry.register(conv.name, conv.task, conv.onnx, validation=conv.validation, max_batch=16, threads=1)
+        monkeypatch.setitem(sys.modules, "nncf", None)  # find_spec("nncf") says it is not there
+        artifacts, skipped = generate_artifacts(registry, registry.architecture(conv.name), runtimes=("openvino",))
+        assert {"ov-fp32", "ov-int8"} <= {a.format for a in artifacts} and "ov-int8-nncf" not in {a.format for a in artifacts}
+        assert "NNCF is not installed" in next(s.reason for s in skipped if s.format == "ov-int8-nncf")
+        # without calibration or validation data there is nothing to calibrate on: said, not attempted
+        bare = digits.heavy(channels=8, layers=1)
+        registry.register("bare-conv", bare.task, bare.onnx, max_batch=16, threads=1)
+        monkeypatch.delitem(sys.modules, "nncf")
+        _, skipped = generate_artifacts(registry, registry.architecture("bare-conv"), runtimes=("openvino",))
+        assert "no calibration or validation data" in next(s.reason for s in skipped if s.format == "ov-int8-nncf")
     finally:
         registry.close()
 

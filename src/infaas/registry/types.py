@@ -209,8 +209,13 @@ class Profile(_Record):
 
 RUNTIMES = ("onnxruntime", "openvino", "pytorch")
 # the formats of a variant per runtime: ORT runs ``onnx-*``; OpenVINO runs ``ov-*`` from the same
-# ONNX graphs (fp32 and bf16 from the registered one, int8 from ORT's QDQ artifact)
-OPENVINO_FORMATS = {"ov-fp32": {"precision": "f32"}, "ov-bf16": {"precision": "bf16"}, "ov-int8": {"precision": "f32"}}
+# ONNX graphs (fp32 and bf16 from the registered one, int8 from ORT's QDQ artifact or NNCF's)
+OPENVINO_FORMATS = {
+    "ov-fp32": {"precision": "f32"},
+    "ov-bf16": {"precision": "bf16"},
+    "ov-int8": {"precision": "f32"},
+    "ov-int8-nncf": {"precision": "f32"},
+}
 
 
 # PyTorch runs ``pt-*`` from the registered program: eager, in fp32 or under bf16 autocast, or

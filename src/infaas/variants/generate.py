@@ -10,7 +10,7 @@ Formats (each an ONNX artifact in the model store):
 - ``onnx-int8-dynamic``: dynamic quantization (int8 weights, activations quantized at run time;
   MatMul-heavy graphs such as transformers), searched the same way;
 - ``onnx-fp16``: only when a CUDA provider is present (skipped here otherwise, with the reason);
-- ``ov-fp32``, ``ov-bf16``, ``ov-int8``: the same graphs run by OpenVINO (:mod:`infaas.variants.openvino`);
+- ``ov-fp32``, ``ov-bf16``, ``ov-int8``, ``ov-int8-nncf``: the same graphs, and NNCF's INT8 one, run by OpenVINO (:mod:`infaas.variants.openvino`);
 - ``pt-fp32``, ``pt-aot-fp32``, ``pt-bf16``: the architecture's registered PyTorch program, where
   one was registered (:mod:`infaas.variants.pytorch`): eager, compiled ahead of time, bf16; the
   eager ones also on a CUDA device where PyTorch sees one.
@@ -58,6 +58,7 @@ def generate_artifacts(
     what was skipped, with why."""
     artifacts = [Artifact("onnx-fp32", arch.model_hash, "baseline", {"graph_optimization": "all"})]
     skipped: list[Skipped] = []
+    say = progress or (lambda _msg: None)
     with Quantizer(registry, arch, progress) as q:
         for fmt, recipe in DEFAULT_RECIPES.items():
             if (why := q.why_not(fmt)) is not None:
@@ -67,7 +68,11 @@ def generate_artifacts(
                 artifacts.append(q.quantize(fmt, recipe))
             except ValueError as exc:
                 skipped.append(Skipped(fmt, str(exc)))
-    say = progress or (lambda _msg: None)
+        if "openvino" in runtimes:  # its INT8 forms quantize with the same calibration rows
+            say("OpenVINO: checking that it converts the graph")
+            more, why_not = openvino_artifacts(registry, arch, artifacts, q)
+            artifacts += more
+            skipped += why_not
     source = registry.models.path(arch.model_hash)
     if not gpu:
         skipped.append(Skipped("onnx-fp16", "no CUDA execution provider on this machine"))
@@ -88,11 +93,6 @@ def generate_artifacts(
             )
         except Exception as exc:
             skipped.append(Skipped("onnx-fp16", f"conversion failed: {exc}"))
-    if "openvino" in runtimes:
-        say("OpenVINO: checking that it converts the graph")
-        more, why_not = openvino_artifacts(registry, arch, artifacts)
-        artifacts += more
-        skipped += why_not
     if "pytorch" in runtimes:
         say("PyTorch: loading the registered program, measuring its memory format, compiling it (AOTInductor)")
         more, why_not = pytorch_artifacts(registry, arch)

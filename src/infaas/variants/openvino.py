@@ -4,9 +4,12 @@
 - ``ov-bf16``: the same graph at bf16 inference precision, where OpenVINO lists bf16 kernels for
   this CPU (AVX-512 BF16 or AMX);
 - ``ov-int8``: ORT's INT8 QDQ graph (``onnx-int8-static``, default recipe), which OpenVINO runs with
-  its own INT8 kernels.
+  its own INT8 kernels;
+- ``ov-int8-nncf``: NNCF's post-training quantization of the registered graph, on the same
+  calibration rows (:meth:`infaas.variants.quantize.Quantizer.nncf`): OpenVINO's own quantizer
+  placement, bias correction, and 7-bit weights on x86 CPUs without VNNI, where 8-bit ones saturate.
 
-Nothing is written: each format points at an artifact already in the model store. A graph OpenVINO
+Only ``ov-int8-nncf`` writes an artifact; the others point at one already in the model store. A graph OpenVINO
 cannot convert (scikit-learn's ``ai.onnx.ml`` operators, say) or an OpenVINO not installed skips
 the formats with the reason; the profiler judges the rest like any other variant.
 """
@@ -15,8 +18,9 @@ from __future__ import annotations
 
 from infaas.registry import Architecture, Registry
 from infaas.variants.artifact import Artifact, Skipped
+from infaas.variants.quantize import Quantizer
 
-FORMATS = ("ov-fp32", "ov-bf16", "ov-int8")
+FORMATS = ("ov-fp32", "ov-bf16", "ov-int8", "ov-int8-nncf")
 
 
 def _cause(exc: Exception) -> str:
@@ -27,7 +31,7 @@ def _cause(exc: Exception) -> str:
 
 
 def openvino_artifacts(
-    registry: Registry, arch: Architecture, onnx_artifacts: list[Artifact]
+    registry: Registry, arch: Architecture, onnx_artifacts: list[Artifact], quantizer: Quantizer
 ) -> tuple[list[Artifact], list[Skipped]]:
     """OpenVINO's formats of ``arch`` over the ONNX artifacts already made, and those skipped with why."""
     try:
@@ -51,4 +55,8 @@ def openvino_artifacts(
         skipped.append(Skipped("ov-int8", "no INT8 QDQ graph to compile (onnx-int8-static was skipped)"))
     else:
         artifacts.append(Artifact("ov-int8", qdq.key, "openvino", {**qdq.params, "precision": "f32"}))
+    try:
+        artifacts.append(quantizer.nncf("ov-int8-nncf"))
+    except ValueError as exc:
+        skipped.append(Skipped("ov-int8-nncf", str(exc)))
     return artifacts, skipped

@@ -5,19 +5,14 @@ scratch directory as the working directory and temporary directory, so nothing l
 
 from __future__ import annotations
 
-import sys
+from infaas.variants.child import child_main
 
 
-def main() -> None:
+def _step(args: list[str]) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    src, dst = sys.argv[1], sys.argv[2]
-    try:
-        quant_pre_process(src, dst)
-    except Exception as exc:  # the parent reads the reason from stderr's last line
-        print(f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500], file=sys.stderr)
-        sys.exit(2)
+    quant_pre_process(args[0], args[1])
 
 
 if __name__ == "__main__":
-    main()
+    child_main(_step)

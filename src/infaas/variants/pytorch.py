@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from infaas.hardware import local_kind
 from infaas.registry import Architecture, Registry
 from infaas.variants.artifact import Artifact, Skipped
+from infaas.variants.child import run_child
 
 FORMATS = ("pt-fp32", "pt-aot-fp32", "pt-bf16")
 BUILD_TIMEOUT_S = 1800  # loading, timing both memory formats and compiling (~40 s for Lite0 on 2 cores)
@@ -47,23 +45,9 @@ def _built(registry: Registry, arch: Architecture, threads: int, aot: Path) -> d
     """:func:`build` in a child process (torch, its compiler and any crash of theirs stay out of the
     server); RuntimeError with the child's reason."""
     outputs = [o.name for o in arch.signature.outputs]
-    cmd = [sys.executable, "-m", "infaas.variants.pytorch_build", str(registry.models.path(arch.program_hash))]
-    env = {**os.environ, "TMPDIR": str(aot.parent)}  # the compiler's scratch goes with the job's
-    try:
-        done = subprocess.run(
-            [*cmd, str(threads), str(aot), *outputs],
-            cwd=aot.parent,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"building its PyTorch formats took over {BUILD_TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        raise RuntimeError(lines[-1] if lines else f"exit code {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    args = [str(registry.models.path(arch.program_hash)), str(threads), str(aot), *outputs]
+    out = run_child("infaas.variants.pytorch_build", args, aot.parent, BUILD_TIMEOUT_S, "building its PyTorch formats")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def pytorch_artifacts(registry: Registry, arch: Architecture, threads: int = 1) -> tuple[list[Artifact], list[Skipped]]:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
+
+from infaas.variants.child import child_main
 
 
 def _median_ms(runtime, inputs: dict, repeats: int = 5) -> float:
@@ -62,17 +63,12 @@ def build(program: Path, outputs: list[str], threads: int, aot: Path) -> dict:
     return {"params": params, "aot": _compile(program, aot), "cuda_device": torch.cuda.is_available()}
 
 
-def main() -> None:
-    """``python -m infaas.variants.pytorch_build PROGRAM THREADS AOT OUTPUT...``: :func:`build`, as one JSON
-    line on stdout; a program that does not load or run exits 2 with the reason on stderr's last line."""
-    program, threads, aot, *outputs = sys.argv[1:]
-    try:
-        result = build(Path(program), outputs, int(threads), Path(aot))
-    except Exception as exc:
-        print(f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500], file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(result))
+def _step(args: list[str]) -> str:
+    """``python -m infaas.variants.pytorch_build PROGRAM THREADS AOT OUTPUT...``: :func:`build`, as one
+    JSON line on stdout; a program that does not load or run exits 2 with the reason."""
+    program, threads, aot, *outputs = args
+    return json.dumps(build(Path(program), outputs, int(threads), Path(aot)))
 
 
 if __name__ == "__main__":
-    main()
+    child_main(_step)

@@ -5,17 +5,18 @@ quantization by recipe; sensitivity of each node for mixed precision)."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from infaas.hardware import HardwareKind, local_kind
 from infaas.registry import Architecture, Registry
 from infaas.variants.artifact import Artifact, calibration_inputs
+from infaas.variants.child import run_child
 
 QUANTIZABLE_OPS = {"Conv", "MatMul", "Gemm", "ConvTranspose", "Gather", "Attention", "LSTM", "GRU"}
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # the weight-bearing ops (recipe "ops": "compute")
@@ -45,6 +46,23 @@ def _quantized_something(path: Path) -> bool:
         )
         for n in graph.node
     )
+
+
+NNCF_TIMEOUT_S = 1800.0  # NNCF's calibration and bias correction (~14 s for Lite0 on 2 cores)
+VNNI = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def nncf_overflow_fix(kind: HardwareKind) -> tuple[str, str]:
+    """NNCF's overflow fix for INT8 on ``kind``, and why: x86 CPUs without VNNI multiply u8 by s8 with
+    an instruction (VPMADDUBSW) whose 16-bit sums saturate at 8-bit weights, so every layer gets 7-bit
+    weights there (measured on Lite0 on an AVX2-only EPYC: agreement with fp32 0.82 against 0.70 with
+    the first layer only); elsewhere NNCF's default."""
+    if kind.machine in ("x86_64", "AMD64") and not VNNI & set(kind.flags):
+        return (
+            "enable",
+            "no VNNI on this CPU: 8-bit weights would saturate its INT8 kernels, so 7-bit weights in every layer",
+        )
+    return "first_layer_only", "NNCF's default: this CPU's INT8 kernels do not saturate"
 
 
 class _QuietQuantizer(logging.Filter):
@@ -101,15 +119,7 @@ def _pre_process(source: Path, target: Path, timeout_s: float = 900.0) -> None:
     whatever ORT writes beside the working directory stays there. RuntimeError with ORT's reason."""
     work = target.parent / "pre-process"
     work.mkdir()
-    env = {**os.environ, "TMPDIR": str(work)}
-    cmd = [sys.executable, "-m", "infaas.variants.preprocess", str(source), str(target)]
-    try:
-        done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"did not finish within {timeout_s:g} s") from None
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        raise RuntimeError(lines[-1] if lines else f"exit code {done.returncode}")
+    run_child("infaas.variants.preprocess", [str(source), str(target)], work, timeout_s, "pre-processing")
 
 
 class Quantizer:
@@ -163,6 +173,12 @@ class Quantizer:
                     node.name = f"{node.op_type}_{i}"
             onnx.save(model, str(self._pre))
         return self._pre
+
+    def _calibrated(self, rows: int) -> dict:
+        return {
+            "calibration_rows": rows,
+            "calibrated_on": "calibration" if self.arch.calibration_hash else "validation",
+        }
 
     def why_not(self, fmt: str) -> str | None:
         if not self.quantizable:
@@ -235,11 +251,7 @@ class Quantizer:
                     errors.append(f"{type(exc).__name__}: {exc}")
             else:
                 raise ValueError(f"quantization failed: {'; '.join(errors)}")
-            extra_done = {
-                **extra_done,
-                "calibration_rows": rows,
-                "calibrated_on": "calibration" if self.arch.calibration_hash else "validation",
-            }
+            extra_done = {**extra_done, **self._calibrated(rows)}
             method = "int8-mixed" if recipe["exclude"] else "int8-static"
         if not _quantized_something(out):
             raise ValueError("the quantizer left the graph unchanged")
@@ -247,6 +259,38 @@ class Quantizer:
         if fmt == "onnx-int8-static":
             params["quant_format"] = "QDQ"
         return Artifact(fmt, self.registry.models.put_file(out), method, params)
+
+    def nncf(self, fmt: str) -> Artifact:
+        """``fmt`` made by NNCF's post-training quantization (a QDQ graph for OpenVINO's INT8 kernels)
+        on the same calibration rows, in a child process; ValueError with the reason when it cannot be."""
+        if (why := self.why_not("onnx-int8-static")) is not None:
+            raise ValueError(why)
+        if importlib.util.find_spec("nncf") is None:
+            raise ValueError("NNCF is not installed (pip install 'infaas[openvino]'; make install-dev installs it)")
+        assert self.calib is not None
+        rows = len(next(iter(self.calib.values())))
+        overflow_fix, why_fix = nncf_overflow_fix(local_kind())
+        work = self.dir / f"nncf-{len(list(self.dir.iterdir()))}"
+        work.mkdir()
+        np.savez(work / "calibration.npz", **self.calib)
+        out = work / "int8.onnx"
+        self.say(f"{fmt}: NNCF post-training quantization on {rows} inputs (overflow fix: {overflow_fix})")
+        args = [str(self.source), str(work / "calibration.npz"), str(out), overflow_fix]
+        try:
+            done = run_child("infaas.variants.nncf_build", args, work, NNCF_TIMEOUT_S, "NNCF's quantization")
+        except RuntimeError as exc:
+            raise ValueError(f"NNCF could not quantize the graph: {exc}") from None
+        if not _quantized_something(out):
+            raise ValueError("NNCF left the graph unchanged")
+        params = {
+            "quantizer": "nncf",
+            **json.loads(done.strip().splitlines()[-1]),
+            "overflow_fix": overflow_fix,
+            "overflow_fix_why": why_fix,
+            **self._calibrated(rows),
+            "precision": "f32",
+        }
+        return Artifact(fmt, self.registry.models.put_file(out), "nncf-int8", params)
 
     def _entropy_ranges(self, reader, recipe: dict) -> dict:
         """Activation ranges by KL divergence (TensorRT's method: 2,048 histogram bins searched for
