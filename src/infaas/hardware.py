@@ -82,18 +82,24 @@ def parse_cpuinfo(text: str, machine: str) -> HardwareKind:
 
 
 def _gpu() -> str:
-    """The first CUDA device's name when ONNX Runtime here can use CUDA, else ""."""
+    """The first NVIDIA GPU's model as ``nvidia-smi`` names it, else "cuda-gpu" where ONNX Runtime has
+    a CUDA provider, else "". Asked of the driver, not of a runtime: ONNX Runtime's CUDA provider and
+    PyTorch's CUDA build both profile their ``cuda`` variants under this name, and neither is imported
+    here to find it (a CPU variant's kind never includes it)."""
+    import subprocess
+
     try:
-        import onnxruntime
-
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            return ""
-        import subprocess
-
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
         )
-        return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else "cuda-gpu"
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.splitlines()[0].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        import onnxruntime
+
+        return "cuda-gpu" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else ""
     except Exception:
         return ""
 

@@ -38,7 +38,10 @@ def test_openvino_variants_stand_beside_ort_ones_each_with_a_verdict(heavy_dir, 
         assert {"onnx-fp32", "onnx-int8-static", "ov-fp32", "ov-int8", "ov-int8-nncf"} <= formats
         assert ("ov-bf16" in formats) == bf16_kernels()
         nncf = next(v for v in variants if v.format == "ov-int8-nncf")  # NNCF's own INT8 graph, stored apart
-        assert nncf.method == "nncf-int8" and nncf.artifact_hash != next(v for v in variants if v.format == "ov-int8").artifact_hash
+        assert (
+            nncf.method == "nncf-int8"
+            and nncf.artifact_hash != next(v for v in variants if v.format == "ov-int8").artifact_hash
+        )
         assert (nncf.params["overflow_fix"], nncf.params["overflow_fix_why"]) == nncf_overflow_fix(local_kind())
         assert nncf.params["quantizer"] == "nncf" and nncf.params["calibration_rows"] == 128
         ov = [v for v in variants if runtime_of(v.format)[0] == "openvino"]
@@ -99,7 +102,9 @@ def test_without_nncf_its_format_alone_is_skipped_with_the_reason(tmp_path, monk
         registry.register(conv.name, conv.task, conv.onnx, validation=conv.validation, max_batch=16, threads=1)
         monkeypatch.setitem(sys.modules, "nncf", None)  # find_spec("nncf") says it is not there
         artifacts, skipped = generate_artifacts(registry, registry.architecture(conv.name), runtimes=("openvino",))
-        assert {"ov-fp32", "ov-int8"} <= {a.format for a in artifacts} and "ov-int8-nncf" not in {a.format for a in artifacts}
+        assert {"ov-fp32", "ov-int8"} <= {a.format for a in artifacts} and "ov-int8-nncf" not in {
+            a.format for a in artifacts
+        }
         assert "NNCF is not installed" in next(s.reason for s in skipped if s.format == "ov-int8-nncf")
         # without calibration or validation data there is nothing to calibrate on: said, not attempted
         bare = digits.heavy(channels=8, layers=1)

@@ -78,3 +78,22 @@ def test_hardware_kind_from_cpuinfo():
     gpu = HardwareKind("x86_64", "AMD EPYC 7B13", ("avx2",), "NVIDIA H100 80GB HBM3")
     assert gpu.for_provider("cpu") == "x86_64.amd-epyc-7b13.avx2"
     assert gpu.for_provider("cuda") == "x86_64.amd-epyc-7b13.avx2.nvidia-h100-80gb-hbm3"
+
+
+def test_the_gpu_model_is_asked_of_the_driver_whichever_runtime_uses_it(tmp_path, monkeypatch):
+    """A machine whose only CUDA runtime is PyTorch still names its GPU (nvidia-smi, no runtime
+    imported); without the tool and without ORT's CUDA provider there is no GPU in the kind."""
+    from infaas import hardware
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\necho "NVIDIA H200"\necho "NVIDIA H200"\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    assert hardware._gpu() == "NVIDIA H200"
+    smi.write_text("#!/bin/sh\nexit 9\n")  # a driver that answers with an error: no name from it
+    assert hardware._gpu() in ("", "cuda-gpu")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    import onnxruntime
+
+    expected = "cuda-gpu" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else ""
+    assert hardware._gpu() == expected
