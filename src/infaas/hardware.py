@@ -45,6 +45,17 @@ class HardwareKind:
         flags = "-".join("amx" if f == "amx_int8" else f for f in self.flags) or "baseline"
         return ".".join([self.machine, _slug(self.cpu) or "cpu", flags])
 
+    @property
+    def vnni(self) -> bool:
+        """Whether INT8 products accumulate in 32 bits in one instruction (AVX-512 VNNI, AVX-VNNI or
+        AMX): without it x86's U8S8 kernels use VPMADDUBSW, whose 16-bit sums saturate."""
+        return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(self.flags))
+
+    @property
+    def bf16(self) -> bool:
+        """Whether the CPU computes bf16 natively (AVX-512 BF16, AMX, or Arm's BF16)."""
+        return bool({"avx512_bf16", "amx_int8", "bf16"} & set(self.flags))
+
     def for_provider(self, provider: str) -> str:
         """The kind a variant on ``provider`` is profiled under: the CPU's, plus the GPU's for a GPU
         provider (a CPU variant measures the same on a machine with or without a GPU)."""

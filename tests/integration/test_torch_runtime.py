@@ -20,7 +20,6 @@ from infaas.profiler import profile_architecture  # noqa: E402
 from infaas.registry import Registry  # noqa: E402
 from infaas.settings import Settings  # noqa: E402
 from infaas.variants import generate_artifacts, plan_variants  # noqa: E402
-from infaas.variants.pytorch import bf16_instructions  # noqa: E402
 from infaas.worker.runtime import make_runtime  # noqa: E402
 from infaas.worker.torch_runtime import TorchRuntime  # noqa: E402
 from infaas.zoo import digits  # noqa: E402
@@ -53,8 +52,8 @@ def test_pytorch_variants_stand_beside_ort_ones_each_with_a_verdict(torch_dir):
         variants = {v.name: v for v in registry.variants("digits-conv")}
         formats = {v.format for v in variants.values()}
         assert {"onnx-fp32", "pt-fp32", "pt-aot-fp32"} <= formats, report.skipped  # AOT needs g++ (.ci/run)
-        assert ("pt-bf16" in formats) == bf16_instructions()
-        if not bf16_instructions():
+        assert ("pt-bf16" in formats) == local_kind().bf16
+        if not local_kind().bf16:
             assert "emulate" in {s.format: s.reason for s in report.skipped}["pt-bf16"]
         pt = variants["digits-conv.pt-fp32.cpu.t1.b16"]  # the name carries the runtime
         fp32 = variants["digits-conv.fp32.cpu.t1.b16"]

@@ -25,3 +25,14 @@ def test_the_overflow_fix_follows_the_kinds_int8_instructions(machine, flags, fi
     chosen, why = nncf_overflow_fix(kind)
     assert chosen == fix and why
     assert ("7-bit" in why) == (fix == "enable")
+
+
+def test_a_kind_says_whether_it_has_vnni_and_native_bf16():
+    def kind(flags: str, machine: str = "x86_64"):
+        return parse_cpuinfo(f"model name\t: some cpu\nflags\t\t: {flags}\n", machine)
+
+    assert not kind("avx2").vnni and not kind("avx2").bf16
+    assert kind("avx2 avx512f avx512_vnni").vnni and not kind("avx2 avx512f avx512_vnni").bf16
+    assert kind("avx2 avx512_vnni avx512_bf16").bf16
+    assert kind("avx2 amx_int8").vnni and kind("avx2 amx_int8").bf16
+    assert kind("fp asimd bf16", "aarch64").bf16 and not kind("fp asimd bf16", "aarch64").vnni

@@ -36,11 +36,6 @@ FORMATS = ("pt-fp32", "pt-aot-fp32", "pt-bf16")
 BUILD_TIMEOUT_S = 1800  # loading, timing both memory formats and compiling (~40 s for Lite0 on 2 cores)
 
 
-def bf16_instructions() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16, AMX, or Arm's BF16)."""
-    return bool({"avx512_bf16", "amx_int8", "bf16"} & set(local_kind().flags))
-
-
 def _built(registry: Registry, arch: Architecture, threads: int, aot: Path) -> dict:
     """:func:`build` in a child process (torch, its compiler and any crash of theirs stay out of the
     server); RuntimeError with the child's reason."""
@@ -74,7 +69,7 @@ def pytorch_artifacts(registry: Registry, arch: Architecture, threads: int = 1) 
             extra = {"precision": "fp32", "compiled": True, "built_for": local_kind().id, **compiled}
             key = registry.models.put_file(aot, ".pt2")
             artifacts.append(Artifact("pt-aot-fp32", key, "aotinductor", {**plain, **extra}))
-    if bf16_instructions():
+    if local_kind().bf16:
         artifacts.append(Artifact("pt-bf16", arch.program_hash, "pytorch", {**eager, "precision": "bf16"}))
     else:
         skipped.append(

@@ -49,7 +49,6 @@ def _quantized_something(path: Path) -> bool:
 
 
 NNCF_TIMEOUT_S = 1800.0  # NNCF's calibration and bias correction (~14 s for Lite0 on 2 cores)
-VNNI = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 def nncf_overflow_fix(kind: HardwareKind) -> tuple[str, str]:
@@ -57,7 +56,7 @@ def nncf_overflow_fix(kind: HardwareKind) -> tuple[str, str]:
     an instruction (VPMADDUBSW) whose 16-bit sums saturate at 8-bit weights, so every layer gets 7-bit
     weights there (measured on Lite0 on an AVX2-only EPYC: agreement with fp32 0.82 against 0.70 with
     the first layer only); elsewhere NNCF's default."""
-    if kind.machine in ("x86_64", "AMD64") and not VNNI & set(kind.flags):
+    if kind.machine in ("x86_64", "AMD64") and not kind.vnni:
         return (
             "enable",
             "no VNNI on this CPU: 8-bit weights would saturate its INT8 kernels, so 7-bit weights in every layer",
