@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -150,7 +151,7 @@ def measure_capacity(data: Path, seconds: float = 6.0) -> float:
 DOOR_OFF = {
     "INFAAS_MAX_LOOP_LAG_MS": "1000000000",
     "INFAAS_MAX_INFLIGHT_REQUESTS": "1000000000",
-    "INFAAS_DOOR_THROTTLE_K": "1000000000",
+    "INFAAS_DOOR_THROTTLE": "false",
 }
 
 
@@ -173,7 +174,7 @@ def run_config(
     try:
         stages = [(x * capacity, s) for x, s in STAGES]
         records: list[tuple[int, float, int, float]] = []
-        reported: list[tuple[int, float, float]] = []
+        reported: list[tuple[int, float, float, str]] = []
         asyncio.run(
             ramp(
                 server.url,
@@ -191,12 +192,30 @@ def run_config(
         server.stop()
     out = summarize(name, records, stages, capacity, deadline_s)
     for i, row in enumerate(out["stages"]):
-        server_ms = sorted(r[2] for r in reported if r[0] == i)
+        row["refused_by"] = dict(Counter(refused_by(r[3]) for r in reported if r[0] == i and r[3]).most_common())
+        server_ms = sorted(r[2] for r in reported if r[0] == i and not r[3])
         row["server_p99_ms"] = round(server_ms[int(0.99 * (len(server_ms) - 1))], 1) if server_ms else None
         if row["server_p99_ms"] and row["p99_ms"]:
             row["server_over_client_p99"] = round(row["server_p99_ms"] / row["p99_ms"], 3)
     out["encoding"] = encoding
     return out
+
+
+# who refused a request, from the words of its error (serving/door.py, worker/batcher.py, the worker)
+_REFUSERS = [
+    ("the most they take", "door: throttle"),
+    ("requests in flight through its", "door: in flight"),
+    ("event loop", "door: loop lag"),
+    ("its body was not read", "door: expired"),
+    ("standing queue", "worker: standing queue"),
+    ("rows queued ahead", "worker: deadline"),
+    ("past its bound", "worker: queue bound"),
+    ("could not meet its deadline", "worker: dropped late"),
+]
+
+
+def refused_by(error: str) -> str:
+    return next((who for words, who in _REFUSERS if words in error), "other")
 
 
 def summarize(name: str, records: list, stages: list, capacity: float, deadline_s: float) -> dict:
@@ -408,7 +427,7 @@ def main() -> None:
             print(
                 f"{r['config']:<36} {s['x']:>4}x {s['offered_rps']:>8} {s['goodput_rps']:>8} "
                 f"{s['goodput_x_capacity']:>6} {s['p50_ms']!s:>8} {s['p99_ms']!s:>8} {s.get('server_p99_ms')!s:>8} "
-                f"{s['all_ok_after_s']!s:>8}  {s['codes']}"
+                f"{s['all_ok_after_s']!s:>8}  {s['codes']} {s.get('refused_by') or ''}"
             )
     if soaked:
         print(

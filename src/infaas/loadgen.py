@@ -147,7 +147,7 @@ async def ramp(
     slo_ms: float | None = None,
     records: list[tuple[int, float, int, float]] | None = None,
     timeout_s: float | None = None,
-    reported: list[tuple[int, float, float]] | None = None,
+    reported: list[tuple[int, float, float, str]] | None = None,
 ) -> list[dict]:
     """Open-loop load: for each (requests per second, seconds) stage, send at that rate, evenly spaced.
 
@@ -157,8 +157,9 @@ async def ramp(
     ``records``, when given, receives one ``(stage, arrival s since the start, status, latency s)``
     per request (status -1: a connection error; 0: no answer within ``timeout_s``, after which the
     client gives up and closes its connection, as a real caller with a timeout does).
-    ``reported``, when given, receives ``(stage, arrival, the server's own server_ms)`` per answer with
-    status 200 (the answers are then parsed: a little more of the client's CPU).
+    ``reported``, when given, receives ``(stage, arrival, the server's own server_ms, error)`` per answer
+    (the answers are then parsed: a little more of the client's CPU): ``server_ms`` for status 200 (NaN
+    otherwise), and for any other status the error the server gave (empty for a 200).
     """
     began = time.perf_counter()
     u = urlparse(url)
@@ -176,8 +177,7 @@ async def ramp(
                 status = await asyncio.wait_for(_exchange(*conn, request), timeout_s)
             else:
                 status, doc = await asyncio.wait_for(_exchange_full(*conn, request), timeout_s)
-                if status == 200:
-                    reported.append((stage, t0 - began, float((doc.get("parameters") or {}).get("server_ms", "nan"))))
+                reported.append((stage, t0 - began, *_account(status, doc)))
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             gave_up = isinstance(exc, TimeoutError)
             if conn is not None:
@@ -215,6 +215,13 @@ async def ramp(
             row["slo_violations"] = sum(t * 1000 > slo_ms for t in lat) + len(errors)
         out.append(row)
     return out
+
+
+def _account(status: int, doc: dict) -> tuple[float, str]:
+    """The server's own account of an answer: its ``server_ms`` (a 200), or its error (NaN, the error)."""
+    if status == 200:
+        return float((doc.get("parameters") or {}).get("server_ms", "nan")), ""
+    return float("nan"), str(doc.get("error", ""))
 
 
 async def _exchange_full(

@@ -107,11 +107,10 @@ class Settings(BaseSettings):
         gt=0,
         description="refuse new inference requests (503, body unread) while the event loop runs this late",
     )
-    door_throttle_k: float = Field(
-        1.5,
-        ge=1.0,
-        description="while a model's workers refuse some of its requests, the door refuses at random (429, body "
-        "unread) the share of new ones past this multiple of the rate they accept (adaptive throttling)",
+    door_throttle: bool = Field(
+        True,
+        description="while a model's workers refuse some of its requests, the door holds its requests in flight to a "
+        "limit learned from those refusals and refuses the rest (429, body unread)",
     )
     door_throttle_busy: float = Field(
         0.5,

@@ -195,10 +195,11 @@ def test_a_model_whose_workers_refuse_for_load_is_throttled_at_both_doors_then_s
     tmp_path, digits_data_dir, digits_samples
 ):
     """503s (requests whose 1-us deadline passed, as a crashed worker's would be) are not load to shed:
-    the door keeps passing requests. Once the model's workers have refused 30 requests as overloaded
-    (429; recorded on the doors' shared throttle, as their answers would be), the door refuses most
-    new requests for it itself (429, body unread, counted under reason="throttle"), on REST and on
-    gRPC alike; its counts fade within seconds and the model is served again."""
+    the door keeps passing requests. Once the model's workers have refused requests as overloaded
+    while 30 were in flight (429; recorded on the doors' shared throttle, as their answers would be),
+    the door holds the model to 27 in flight and refuses new requests past that itself (429, body
+    unread, counted under reason="throttle"), on REST and on gRPC alike; its count of refusals fades
+    within seconds and the model is served again."""
     import numpy as np
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
@@ -213,24 +214,22 @@ def test_a_model_whose_workers_refuse_for_load_is_throttled_at_both_doors_then_s
         assert _refused(server.url, "rest", "throttle") == 0
 
         throttle = server.services.doors["rest"].throttle
-        draw = throttle._draw
         assert throttle is server.services.doors["grpc"].throttle
 
-        def refused_for_load() -> None:
-            throttle._draw = lambda: 0.0  # every draw refuses while the share is above 0
+        def refused_for_load() -> None:  # 30 requests in flight, then the workers refuse two of them
             for _ in range(30):
-                throttle.arrived("digits-mlp", time.monotonic(), busy=-1.0)  # passed, whatever the share
+                throttle.arrived("digits-mlp", time.monotonic(), busy=-1.0)
+            for _ in range(2):
                 throttle.answered("digits-mlp", time.monotonic(), accepted=False)
-            shares.append(throttle.share("digits-mlp", time.monotonic()))
+            limits.append(throttle.limit("digits-mlp", time.monotonic()))
 
-        shares: list[float] = []
+        limits: list[float | None] = []
 
-        time.sleep(3.0)  # the 40 passes above fade (six time constants)
         _on_loop(server, refused_for_load)
         answers = [http.post(url, content=_body(digits_samples)) for _ in range(10)]
         refused = [r for r in answers if r.status_code == 429]
-        assert shares[-1] > 0.5, shares
-        assert refused and "door_throttle_k 1.5" in refused[0].json()["error"] and refused[0].headers["retry-after"]
+        assert limits[-1] == pytest.approx(27.0), limits  # 0.9 of the 30 in flight
+        assert refused and "28 are in flight" in refused[0].json()["error"] and refused[0].headers["retry-after"]
         assert _refused(server.url, "rest", "throttle") == len(refused)
 
         client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -248,7 +247,6 @@ def test_a_model_whose_workers_refuse_for_load_is_throttled_at_both_doors_then_s
         assert throttled and _refused(server.url, "grpc", "throttle") == throttled, codes
         assert set(codes) <= {"StatusCode.RESOURCE_EXHAUSTED", "OK"}, codes
 
-        _on_loop(server, lambda: setattr(throttle, "_draw", draw))  # random draws again
         time.sleep(3.0)  # six of the throttle's time constants: its counts have faded
         assert all(http.post(url, content=_body(digits_samples)).status_code == 200 for _ in range(20))
         assert client.infer("digits-mlp", [inp]).as_numpy("label").shape == (1,)

@@ -275,7 +275,8 @@ def build_services(settings: Settings) -> Services:
 
 
 def _doors(settings: Settings, metrics: Metrics) -> dict[str, Door]:
-    lag, throttle = LoopLag(), Throttle(settings.door_throttle_k, settings.door_throttle_busy)
+    lag = LoopLag()
+    throttle = Throttle(settings.door_throttle_busy) if settings.door_throttle else None
     return {
         name: Door(name, settings.max_inflight_requests, settings.max_loop_lag_ms, lag, metrics.door_refused, throttle)
         for name in ("rest", "grpc")

@@ -69,13 +69,16 @@ class GrpcFrontend:
 
     async def ModelInfer(self, req, ctx):
         arrival = time.monotonic()
-        with self.door.admit(arrival, req.model_name):  # refused before decoding when the frontend itself is overloaded
+        # refused before decoding when the frontend itself is overloaded
+        with self.door.admit(arrival, req.model_name) as passage:
             request = decode_infer(req, self.settings.max_request_elements)
             request.arrival, request.via = arrival, "grpc"
             remaining = ctx.time_remaining()  # the client's gRPC deadline becomes the request's
             if remaining is not None:
                 request.deadline = arrival + remaining
-            return encode_infer(await self.router.infer(request))
+            resp = await self.router.infer(request)
+            passage.took(resp.parameters)  # the door's throttle learns the worker's queue wait
+            return encode_infer(resp)
 
     async def ModelConfig(self, req, ctx):
         cfg = self.views.model_config(req.name, req.version or None)

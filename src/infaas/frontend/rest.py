@@ -114,6 +114,8 @@ async def infer(request: Request) -> Response:
         raise Cancelled("the client disconnected; its request was cancelled") from None
     finally:
         gone.cancel()
+    if (passage := request.scope.get("state", {}).get("passage")) is not None:
+        passage.took(resp.parameters)  # the door's throttle learns the worker's queue wait
     content, headers = codec.encode_response(resp)
     return Response(content, 200, headers=headers)
 

@@ -68,8 +68,9 @@ class DoorMiddleware:
     """The REST app's outermost layer: every request's arrival time, taken before its body is read
     (``request.state.arrival``), and admission of inference requests at the door
     (:mod:`infaas.serving.door`): refused at once, body unread, when the frontend itself is overloaded
-    or the model's workers refuse part of what reaches them; each answer's status tells the model's
-    throttle whether its workers accepted it."""
+    or the model's workers refuse part of what reaches them; each answer's status, and its queue wait
+    (``request.state.passage``, filled in by the handler), tell the model's throttle how its workers
+    are doing."""
 
     def __init__(self, app, door: Door) -> None:
         self.app = app
@@ -87,10 +88,11 @@ class DoorMiddleware:
         parts = scope["path"].split("/")  # /v2/models/{name}[/versions/{version}]/infer
         model = parts[3] if len(parts) > 4 else ""
         try:
-            self.door.enter(now, model)
+            passage = self.door.enter(now, model)
         except Unavailable as exc:  # refused at the door, body unread
             await error_response(exc.message, exc.status, exc.retry_after_s)(scope, receive, send)
             return
+        scope["state"]["passage"] = passage  # the handler notes what the workers said of it
         status = 500
 
         async def sent(message) -> None:
@@ -102,7 +104,7 @@ class DoorMiddleware:
         try:
             await self.app(scope, receive, sent)
         finally:
-            self.door.leave(model, accepted_status(status))
+            self.door.leave(model, accepted_status(status), passage)
 
 
 def arrival_of(request: Request) -> float:

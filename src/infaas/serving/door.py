@@ -16,16 +16,15 @@ and counted; health and metadata requests are always let through. Each request's
 taken here too, so its deadline counts the time it then waits inside the server.
 
 A third measure is per model, and sheds what the workers behind the door would refuse anyway
-(:class:`Throttle`): while a model's workers refuse some of what reaches them, the door refuses at
-random (429, body unread) the share of new requests past ``door_throttle_k`` times the rate they
-accept: adaptive throttling, as Google's SRE book has clients do, done at the server's door. A
-refusal here costs the frontend a fraction of one the worker's admission makes, after the body was
-read and decoded and the request sent; bench/overload measured it on a
-frontend-bound model (a small one at hundreds of requests a second), where those refusals alone
-saturated the frontend at 3x capacity and every answer came back late. It acts only while the
-frontend is busy (its process used half a core or more over the last second): otherwise passing a
-request costs next to nothing, and the worker's answer is exact where the throttle's estimate lags
-(at tens of requests a second it refused a quarter of the requests right after an overload ended).
+(:class:`Throttle`): while a model's workers refuse some of what reaches them, the door holds the
+model's requests in flight to a limit learned from those refusals, and refuses the rest (429, body
+unread). A refusal here costs the frontend a tenth of one the worker's admission makes (0.16 against
+1.45 ms of its CPU, measured with bench/overload's frontend-bound model), after the body was read and
+decoded and the request sent; there, those refusals alone saturated the shared cores at 3x capacity
+and every answer came back late. It acts only while the frontend is busy (its process used half a
+core or more over the last second): otherwise passing a request costs next to nothing, and the
+worker's answer is exact where a learned limit lags (at tens of requests a second an earlier version
+refused a quarter of the requests right after an overload ended).
 """
 
 from __future__ import annotations
@@ -33,10 +32,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 import time
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -94,59 +93,116 @@ class LoopLag:
                 await self._task
 
 
-_THROTTLE_TAU_S = 0.5  # the throttle's memory: its counts fade by e every this long
-_THROTTLE_MAX_SHARE = 0.9  # it never refuses more: what gets through tells it the workers recovered
-_THROTTLE_MIN_REFUSED = 1.5  # under two recent refusals (faded) is no evidence: after a quiet spell all pass
-_THROTTLE_KEYS = 4096  # models it keeps counts for (a bound: the least recently seen are forgotten)
+_THROTTLE_TAU_S = 0.5  # the throttle's memory of refusals: its count fades by e every this long
+_THROTTLE_MIN_REFUSED = 1.5  # under two recent refusals (faded) it is off: after a quiet spell all pass
+_THROTTLE_BACKOFF = 0.9  # a refusal by the workers cuts the limit to this share of what was in flight
+_THROTTLE_MIN_CUT = 0.5  # a standing queue cuts the limit by target / wait, never below half of it
+_TARGET_MIN_S = 0.02  # the least queue wait the limit aims under (the workers' own standing target is 5 ms)
+_THROTTLE_KEYS = 4096  # models it keeps state for (a bound: the least recently seen are forgotten)
+
+
+@dataclass(slots=True)
+class Passage:
+    """A request the door let through; its handler fills in what the workers said of it."""
+
+    queue_s: float | None = None  # how long it waited in its worker's queue
+    compute_s: float | None = None  # how long its batch computed
+
+    def took(self, params: dict) -> None:
+        """Read the worker's account from an answer's parameters (``queue_ms``, ``compute_ms``)."""
+        if params.get("queue_ms") is not None:
+            self.queue_s = params["queue_ms"] / 1000
+        if params.get("compute_ms") is not None:
+            self.compute_s = params["compute_ms"] / 1000
+
+
+@dataclass(slots=True)
+class _Model:
+    inflight: int = 0  # requests for the model passed by the doors and not yet answered
+    limit: float | None = None  # how many may be in flight while it is on (None: not learned yet)
+    refused: float = 0.0  # refusals, by its workers (429) or by the doors, faded
+    at: float = 0.0  # when ``refused`` was last faded
+    since_cut: int = 0  # answers since the limit was last cut (one cut per half a limit of answers)
 
 
 class Throttle:
-    """Per model, three exponentially fading counts (time constant 0.5 s): requests passed to the
-    workers, those the workers then refused as overloaded (429), and those refused here; and the
-    share of new requests to refuse: ``(refused here + k * refused there - (k - 1) * passed) /
-    (passed + refused here + 1)``, between 0 and 0.9. That is the share of arrivals past ``k`` times
-    the rate the workers accept (passed - refused there), counted when the door passes a request and
-    when a refusal comes back (milliseconds later), so it does not lag the way counting accepts at
-    their answer would. While the workers refuse nothing it refuses nothing, bursts included; at 3x a
-    model's capacity, k = 1.5 refuses half at the door and lets 1.5x through, so the workers stay
-    full and the frontend pays for a third of the refusals instead of all of them."""
+    """Per model, a limit on requests in flight through the doors, on while the model's workers (or
+    the doors) refused a request for it lately (a faded count, time constant 0.5 s, of at least 1.5).
+    Then a new request is refused here (429, body unread) while as many as the limit are in flight.
+    Each answer frees a place at once, so the workers stay as full as they take, and what they would
+    refuse is refused here, at a tenth of the frontend's cost.
 
-    def __init__(self, k: float, min_busy: float = 0.5, random_draw=random.random) -> None:
-        self.k = k
+    The limit is learned as TCP Vegas and adaptive concurrency limits learn a window, from what the
+    answers say: the first refusal by the workers (429) sets it to 0.9 of what was in flight then;
+    an answer that waited in its worker's queue longer than the target (two of its batches' compute,
+    at least 20 ms) cuts it by target / wait (at most by half); an answer that waited less, while the
+    limit bound, raises it by one a limit's worth of answers. At most one cut for half a limit's worth
+    of answers: one queue's answers are one signal. So while the doors shed a model's load, its
+    worker's queue holds about two batches: enough to stay busy, short enough that no answer comes
+    back late. That is the CoDel rule the workers' admission follows too, which they cannot apply
+    here: refused upstream, they see no overload. The workers' own target is 5 ms; here a queue that
+    short emptied whenever the frontend fell behind for a moment (bench/overload at 3x: 0.74-1.03x
+    of capacity with 5 ms, 0.90-1.02x with 20 ms, two runs of each encoding).
+
+    The first version refused a random share of arrivals past 1.5x the rate the workers accepted. On a
+    frontend-bound model (bench/overload ``--channels 32``) it swung every few seconds between refusing
+    90 % (a queue filled to its deadline refuses everything while it drains, read as "accepts
+    nothing") and passing everything, and while it passed 1.5x, the workers' refusals of the third
+    too many cost the shared cores a third of their time."""
+
+    def __init__(self, min_busy: float = 0.5) -> None:
         self.min_busy = min_busy  # it refuses only while the frontend used this share of a core lately
-        self._draw = random_draw
-        self._counts: dict[str, list[float]] = {}  # model -> [passed, refused there, refused here, when]
+        self._models: dict[str, _Model] = {}
 
-    def _faded(self, key: str, now: float) -> list[float]:
-        counts = self._counts.pop(key, None) or [0.0, 0.0, 0.0, now]
-        fade = math.exp(-max(0.0, now - counts[3]) / _THROTTLE_TAU_S)
-        counts[0], counts[1], counts[2], counts[3] = counts[0] * fade, counts[1] * fade, counts[2] * fade, now
-        self._counts[key] = counts  # most recently seen last
-        if len(self._counts) > _THROTTLE_KEYS:
-            del self._counts[next(iter(self._counts))]
-        return counts
+    def _model(self, key: str, now: float) -> _Model:
+        m = self._models.pop(key, None) or _Model(at=now)
+        m.refused *= math.exp(-max(0.0, now - m.at) / _THROTTLE_TAU_S)
+        m.at = now
+        self._models[key] = m  # most recently seen last
+        if len(self._models) > _THROTTLE_KEYS:
+            del self._models[next(iter(self._models))]
+        return m
 
-    def share(self, key: str, now: float) -> float:
-        """The share of new requests for ``key`` to refuse now."""
-        passed, refused, here, _ = self._faded(key, now)
-        if refused < _THROTTLE_MIN_REFUSED:
-            return 0.0
-        share = (here + self.k * refused - (self.k - 1) * passed) / (passed + here + 1.0)
-        return min(_THROTTLE_MAX_SHARE, max(0.0, share))
+    def limit(self, key: str, now: float) -> float | None:
+        """The limit on ``key``'s requests in flight now; None while the throttle is off for it."""
+        m = self._model(key, now)
+        return m.limit if m.refused >= _THROTTLE_MIN_REFUSED and m.limit is not None else None
 
-    def arrived(self, key: str, now: float, busy: float = 1.0) -> float | None:
-        """One request for ``key``: its refusal share when the draw refuses it (counted), else None
-        (counted as passed). ``busy``: the share of a core the frontend used lately; under
-        ``min_busy`` every request passes, whatever the share (still counted)."""
-        share = self.share(key, now)
-        refuse = busy >= self.min_busy and share > 0 and self._draw() < share
-        self._counts[key][2 if refuse else 0] += 1.0
-        return share if refuse else None
+    def arrived(self, key: str, now: float, busy: float = 1.0) -> tuple[int, float] | None:
+        """One request for ``key``: (in flight, limit) when it is refused (counted), else None (it is
+        in flight until :meth:`answered`). ``busy``: the share of a core the frontend used lately;
+        under ``min_busy`` every request passes (refusing here would save next to nothing)."""
+        limit = self.limit(key, now)
+        m = self._models[key]
+        if limit is not None and busy >= self.min_busy and m.inflight >= limit:
+            m.refused += 1.0
+            return m.inflight, limit
+        m.inflight += 1
+        return None
 
-    def answered(self, key: str, now: float, accepted: bool) -> None:
-        """A request for ``key`` that passed was answered: ``accepted`` unless refused as overloaded."""
+    def answered(self, key: str, now: float, accepted: bool, passage: Passage | None = None) -> None:
+        """A request for ``key`` that passed was answered: ``accepted`` unless refused as overloaded;
+        ``passage``: what its worker said of it (its queue wait, its batch's compute)."""
+        m = self._model(key, now)
+        inflight, m.inflight = m.inflight, max(0, m.inflight - 1)
+        m.since_cut += 1
         if not accepted:
-            self._faded(key, now)[1] += 1.0
+            m.refused += 1.0
+            self._cut(m, min(m.limit or inflight, inflight) * _THROTTLE_BACKOFF)
+            return
+        if m.limit is None or passage is None or passage.queue_s is None:
+            return
+        target = max(_TARGET_MIN_S, 2 * (passage.compute_s or 0.0))
+        if passage.queue_s > target:
+            self._cut(m, m.limit * max(_THROTTLE_MIN_CUT, target / passage.queue_s))
+        elif inflight >= m.limit - 1:
+            m.limit += 1.0 / m.limit
+
+    @staticmethod
+    def _cut(m: _Model, to: float) -> None:
+        if m.limit is None or m.since_cut >= m.limit / 2:
+            m.limit = max(1.0, to)
+            m.since_cut = 0
 
 
 def accepted_status(status: int) -> bool:
@@ -197,7 +253,7 @@ class Door:
         if self.refused is not None:
             self.refused.labels(self.name, reason).inc()
 
-    def enter(self, now: float, model: str = "") -> None:
+    def enter(self, now: float, model: str = "") -> Passage:
         """Take a place for one inference request for ``model`` (give it back with :meth:`leave`), or
         raise :class:`Unavailable` or :class:`Overloaded` (counted, with the reason and a retry hint)
         when the door refuses it."""
@@ -205,31 +261,33 @@ class Door:
         if refused is not None:
             self.count(refused[0])
             raise Unavailable(refused[1], retry_after_s=1.0)
-        share = None
+        refused = None
         if self.throttle is not None:  # only a busy frontend gains from refusing what its workers would
-            share = self.throttle.arrived(model, now, self.lag.busy())
-        if share is not None:
+            refused = self.throttle.arrived(model, now, self.lag.busy())
+        if refused is not None:
             self.count("throttle")
             raise Overloaded(
-                f"model '{model}' is overloaded: its workers refuse part of what reaches them, so the door refuses "
-                f"{share:.0%} of its new requests before reading them (door_throttle_k {self.throttle.k:g}); "
-                "retry shortly",
+                f"model '{model}' is overloaded: its workers refused requests for it lately, and {refused[0]} are "
+                f"in flight, the most they take now ({refused[1]:.1f}, learned from their answers); refused before "
+                "reading it; retry shortly",
                 retry_after_s=1.0,
             )
         self.inflight += 1
+        return Passage()
 
-    def leave(self, model: str = "", accepted: bool = True) -> None:
-        """Give back a place; ``accepted``: the request was not refused as overloaded (429)."""
+    def leave(self, model: str = "", accepted: bool = True, passage: Passage | None = None) -> None:
+        """Give back a place; ``accepted``: the request was not refused as overloaded (429);
+        ``passage``: what :meth:`enter` gave, as its handler filled it in."""
         self.inflight -= 1
         if self.throttle is not None:
-            self.throttle.answered(model, time.monotonic(), accepted)
+            self.throttle.answered(model, time.monotonic(), accepted, passage)
 
     @contextlib.contextmanager
-    def admit(self, now: float, model: str = "") -> Iterator[None]:
-        self.enter(now, model)
+    def admit(self, now: float, model: str = "") -> Iterator[Passage]:
+        passage = self.enter(now, model)
         accepted = False
         try:
-            yield
+            yield passage
             accepted = True
         except Overloaded:  # the workers' (or the selection's) refusal for load
             raise
@@ -237,7 +295,7 @@ class Door:
             accepted = True  # a bad request, a crash, a deadline or a cancelled call: not load to shed
             raise
         finally:
-            self.leave(model, accepted)
+            self.leave(model, accepted, passage)
 
 
 def refusal_counter(registry: CollectorRegistry) -> Counter:
