@@ -192,7 +192,9 @@ def run_config(
         server.stop()
     out = summarize(name, records, stages, capacity, deadline_s)
     for i, row in enumerate(out["stages"]):
-        row["refused_by"] = dict(Counter(refused_by(r[3]) for r in reported if r[0] == i and r[3]).most_common())
+        errors = [r[3] for r in reported if r[0] == i and r[3]]
+        row["refused_by"] = dict(Counter(refused_by(e) for e in errors).most_common())
+        row["other_errors"] = sorted({e[:200] for e in errors if refused_by(e) == "other"})[:3]
         server_ms = sorted(r[2] for r in reported if r[0] == i and not r[3])
         row["server_p99_ms"] = round(server_ms[int(0.99 * (len(server_ms) - 1))], 1) if server_ms else None
         if row["server_p99_ms"] and row["p99_ms"]:
