@@ -17,8 +17,8 @@ taken here too, so its deadline counts the time it then waits inside the server.
 
 A third measure is per model, and sheds what the workers behind the door would refuse anyway
 (:class:`Throttle`): while a model's workers refuse some of what reaches them, the door holds the
-model's requests in flight to a limit learned from those refusals, and refuses the rest (429, body
-unread). A refusal here costs the frontend a tenth of one the worker's admission makes (0.16 against
+model's requests in flight to a limit learned from their answers (their refusals, their queue
+waits), and refuses the rest (429, body unread). A refusal here costs the frontend a tenth of one the worker's admission makes (0.16 against
 1.45 ms of its CPU, measured with bench/overload's frontend-bound model), after the body was read and
 decoded and the request sent; there, those refusals alone saturated the shared cores at 3x capacity
 and every answer came back late. It acts only while the frontend is busy (its process used half a
@@ -261,14 +261,14 @@ class Door:
         if refused is not None:
             self.count(refused[0])
             raise Unavailable(refused[1], retry_after_s=1.0)
-        refused = None
+        held = None  # (in flight, limit) when the model's throttle refuses it
         if self.throttle is not None:  # only a busy frontend gains from refusing what its workers would
-            refused = self.throttle.arrived(model, now, self.lag.busy())
-        if refused is not None:
+            held = self.throttle.arrived(model, now, self.lag.busy())
+        if held is not None:
             self.count("throttle")
             raise Overloaded(
-                f"model '{model}' is overloaded: its workers refused requests for it lately, and {refused[0]} are "
-                f"in flight, the most they take now ({refused[1]:.1f}, learned from their answers); refused before "
+                f"model '{model}' is overloaded: its workers refused requests for it lately, and {held[0]} are "
+                f"in flight, the most they take now ({held[1]:.1f}, learned from their answers); refused before "
                 "reading it; retry shortly",
                 retry_after_s=1.0,
             )
