@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     door_throttle: bool = Field(
         True,
         description="while a model's workers refuse some of its requests, the door holds its requests in flight to a "
-        "limit learned from those refusals and refuses the rest (429, body unread)",
+        "limit learned from their answers (refusals, queue waits) and refuses the rest (429, body unread)",
     )
     door_throttle_busy: float = Field(
         0.5,
